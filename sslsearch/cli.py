@@ -1,0 +1,195 @@
+"""The `sslsearch` command: thin wrappers that parse, call one library function and print."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from sslsearch.errors import InputError
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer ≥ 1, got {text}")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but usage errors are one line (exit code 2 is argparse's own)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _add_pretrain(sub) -> None:
+    from sslsearch.data import DATASETS
+    from sslsearch.train import PretrainConfig
+
+    d = PretrainConfig()
+    p = sub.add_parser("pretrain", help="pretrain one backbone (the reference's main.py)")
+    p.add_argument("--dataset", default=d.dataset, help=f"one of {', '.join(DATASETS)} (default: {d.dataset})")
+    p.add_argument("--data-dir", default=None, help="where data sets live or are downloaded to (default: ./data)")
+    p.add_argument("--image-size", type=int, default=None, help="side of the images of a 'folder' data set")
+    p.add_argument("--loss", default=d.loss, help="barlow (off-diagonal → 0) or hsic (off-diagonal → −1)")
+    p.add_argument("--lmbda", type=float, default=d.lmbda, help=f"λ, weight of the off-diagonal term (default: {d.lmbda})")
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--feature-dim", type=int, default=d.feature_dim)
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--optimizer", default=d.optimizer, help="adam (reference), sgd or lars")
+    p.add_argument("--schedule", default=d.schedule, help="constant (reference) or cosine")
+    p.add_argument("--warmup-epochs", type=int, default=d.warmup_epochs)
+    p.add_argument("--normalization", default=d.normalization, help="reference (mean/std) or batchnorm (official Barlow Twins)")
+    p.add_argument("--projector", default=None, help="hidden widths, e.g. 512 (reference) or 8192-8192 (official)")
+    p.add_argument("--backbone", default=None, help="resnet18, resnet34, resnet50, small_cnn (default: small_cnn on digits, else resnet50)")
+    p.add_argument("--eval-every", type=int, default=d.eval_every, help="epochs between probes and checkpoints")
+    p.add_argument("--device", default=d.device, help="auto, cpu or cuda[:N]")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--out", default=None, help="output folder (default: runs/pretrain-DATASET-LOSS-TIME)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(run=_run_pretrain)
+
+
+def _run_pretrain(args) -> int:
+    from sslsearch.train import PretrainConfig, pretrain
+
+    values = {k: getattr(args, k) for k in ("dataset", "loss", "lmbda", "batch_size", "feature_dim", "epochs", "lr",
+                                            "weight_decay", "optimizer", "schedule", "warmup_epochs", "normalization",
+                                            "backbone", "eval_every", "device", "seed", "compile", "image_size")}
+    values["data_dir"] = str(Path(args.data_dir or "data").resolve())
+    if args.projector is not None:
+        try:
+            values["projector_hidden"] = tuple(int(w) for w in args.projector.split("-") if w)
+        except ValueError:
+            raise InputError(f"--projector expects widths joined by '-', e.g. 512 or 8192-8192, got {args.projector!r}") from None
+    config = PretrainConfig(**values)
+    config.validate()
+    out = Path(args.out or f"runs/pretrain-{config.dataset}-{config.loss}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
+    resume = None
+    if args.resume:
+        resume = out / "last.pt"
+        if not resume.is_file():
+            raise InputError(f"--resume: no checkpoint at {resume}")
+    elif out.exists() and any(out.iterdir()):
+        raise InputError(f"output folder {out} exists and is not empty; pass --resume to continue it or choose another --out")
+    result = pretrain(config, out_dir=out, resume=resume, progress=not args.quiet)
+    baseline = result.history[0]
+    final = result.last_evaluated()
+    print(f"random init: val_acc {baseline['val_acc']:.2f}  knn_acc {baseline['knn_acc']:.2f}")
+    print(f"pretrained ({final['epoch']} epochs): val_acc {final['val_acc']:.2f}  knn_acc {final['knn_acc']:.2f}")
+    print(f"checkpoint: {out / 'last.pt'}")
+    return 0
+
+
+def _add_linear(sub) -> None:
+    p = sub.add_parser("linear", help="full linear evaluation of a checkpoint (the reference's linear.py)")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--epochs", type=int, default=200)
+    p.add_argument("--batch-size", type=int, default=512)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--weight-decay", type=float, default=1e-6)
+    p.add_argument("--data-dir", default=None, help="override the data folder stored in the checkpoint")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", default=None, help="CSV of per-epoch results (default: next to the checkpoint)")
+    p.set_defaults(run=_run_linear)
+
+
+def _run_linear(args) -> int:
+    import csv
+    import torch
+
+    from sslsearch.data import load_dataset
+    from sslsearch.evaluate import linear_evaluation
+    from sslsearch.train import PretrainConfig, load_checkpoint, model_from_checkpoint
+
+    for name in ("epochs", "batch_size"):
+        if getattr(args, name) < 1:
+            raise InputError(f"--{name.replace('_', '-')} must be ≥ 1, got {getattr(args, name)}")
+    checkpoint = load_checkpoint(args.checkpoint)
+    config = PretrainConfig.from_dict(checkpoint["config"])
+    if args.device != "auto" and not (args.device == "cpu" or (args.device.startswith("cuda") and torch.cuda.is_available())):
+        raise InputError(f"device must be auto, cpu or an available cuda[:N], got {args.device!r}")
+    device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    data = load_dataset(config.dataset, args.data_dir or config.data_dir, val_fraction=config.val_fraction,
+                        split_seed=config.split_seed, image_size=config.image_size).to(device)
+    backbone = model_from_checkpoint(checkpoint).backbone.to(device)
+    out = Path(args.out).resolve() if args.out else Path(args.checkpoint).resolve().with_name("linear.csv")
+    rows = []
+
+    def on_epoch(row):
+        rows.append(row)
+        print(f"epoch {row['epoch']}/{args.epochs} loss {row['train_loss']:.4f} train_acc {row['train_acc']:.2f} "
+              f"test_acc {row['test_acc']:.2f}", file=sys.stderr, flush=True)
+
+    result = linear_evaluation(backbone, data, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                               weight_decay=args.weight_decay, seed=config.seed, on_epoch=on_epoch)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    print(f"linear evaluation: test_acc {result['test_acc']:.2f} after {args.epochs} epochs ({out})")
+    return 0
+
+
+def _add_bench(sub) -> None:
+    p = sub.add_parser("bench", help="benchmarks")
+    bench = p.add_subparsers(dest="bench", required=True, parser_class=_Parser)
+    a = bench.add_parser("augment", help="batched augmentation vs the reference's per-image PIL pipeline")
+    a.add_argument("--preset", default="cifar", help="cifar, stl10, tiny_imagenet or digits")
+    a.add_argument("--images", type=_positive_int, default=2048)
+    a.add_argument("--batch-size", type=_positive_int, default=256)
+    a.add_argument("--threads", type=_positive_int, default=2, help="CPU threads for both pipelines")
+    a.add_argument("--json", action="store_true", help="print the figures as JSON")
+    a.set_defaults(run=_run_bench_augment)
+
+
+def _run_bench_augment(args) -> int:
+    from sslsearch.augment import PRESETS
+    from sslsearch.bench import bench_augment, format_bench_augment
+
+    if args.preset not in PRESETS:
+        raise InputError(f"unknown preset {args.preset!r}; expected one of {', '.join(PRESETS)}")
+    result = bench_augment(args.preset, images=args.images, batch_size=args.batch_size, threads=args.threads)
+    print(json.dumps(result, indent=2) if args.json else format_bench_augment(result))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="sslsearch", description="Hyperparameter search for Barlow Twins and its HSIC variant.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _add_pretrain(sub)
+    _add_linear(sub)
+    _add_bench(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: bad input is one line on stderr and exit code 2, never a traceback."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except InputError as error:
+        print(f"sslsearch: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("sslsearch: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:
+        from sslsearch.train import TrainingDiverged
+
+        if isinstance(error, TrainingDiverged):
+            print(f"sslsearch: training diverged: {error}", file=sys.stderr)
+            return 1
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,180 @@
+"""How good is a backbone? Weighted kNN monitor, fast linear probe, full linear evaluation.
+
+- `knn_accuracy`: the reference's monitor (Wu et al. 2018 / yaohungt/Barlow-Twins-HSIC main.py):
+  cosine similarity of L2-normalised backbone features to a labelled bank, top k=200 neighbours,
+  votes weighted by exp(sim / T) with T=0.5.
+- `fit_linear_probe`: softmax regression on cached, frozen, standardised features, fitted
+  full-batch with L-BFGS on the device: seconds, not minutes. This gives the search objective
+  `val_acc` (and `test_acc` when asked for, for reporting only).
+- `linear_evaluation`: the reference's linear.py: frozen encoder, train augmentations,
+  Adam lr 1e-3, wd 1e-6, N epochs, test accuracy each epoch.
+Accuracies are percentages, as the reference prints them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sslsearch.augment import PRESETS, augment_views, eval_views
+from sslsearch.data import ImageData
+
+
+def _autocast(device: torch.device):
+    # bf16 on CUDA (tensor cores); plain fp32 elsewhere, where bf16 is slower and less exact.
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+@torch.no_grad()
+def extract_features(backbone: nn.Module, images: torch.Tensor, preset: str, batch_size: int = 512) -> torch.Tensor:
+    """Frozen backbone features (float32, N×d, on the images' device) of the evaluation views."""
+    was_training = backbone.training
+    backbone.eval()
+    chunks = []
+    try:
+        for start in range(0, images.shape[0], batch_size):
+            x = eval_views(images[start:start + batch_size], PRESETS[preset])
+            if x.device.type == "cuda":
+                x = x.contiguous(memory_format=torch.channels_last)
+            with _autocast(x.device):
+                chunks.append(backbone(x).float())
+    finally:
+        backbone.train(was_training)
+    if not chunks:
+        return torch.empty(0, 0, device=images.device)
+    return torch.cat(chunks)
+
+
+@torch.no_grad()
+def knn_accuracy(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Tensor, query_labels: torch.Tensor,
+                 num_classes: int, k: int = 200, temperature: float = 0.5, chunk: int = 1024) -> float:
+    """Top-1 accuracy (%) of the weighted kNN classifier of the reference."""
+    if queries.shape[0] == 0:
+        return float("nan")
+    bank = F.normalize(bank.float(), dim=1)
+    queries = F.normalize(queries.float(), dim=1)
+    k = min(k, bank.shape[0])
+    correct = torch.zeros((), device=queries.device)
+    for start in range(0, queries.shape[0], chunk):
+        q = queries[start:start + chunk]
+        sim_weight, sim_index = (q @ bank.T).topk(k, dim=1)
+        neighbour_labels = bank_labels[sim_index]
+        votes = torch.zeros(q.shape[0], num_classes, device=q.device)
+        votes.scatter_add_(1, neighbour_labels, (sim_weight / temperature).exp())
+        correct += (votes.argmax(1) == query_labels[start:start + chunk]).sum()
+    return 100.0 * correct.item() / queries.shape[0]
+
+
+@dataclass
+class LinearProbe:
+    """A softmax-regression head on standardised features."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+    weight: torch.Tensor
+    bias: torch.Tensor
+
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        return ((features - self.mean) / self.std) @ self.weight.T + self.bias
+
+    @torch.no_grad()
+    def accuracy(self, features: torch.Tensor, labels: torch.Tensor) -> float:
+        """Top-1 accuracy (%)."""
+        if features.shape[0] == 0:
+            return float("nan")
+        return 100.0 * (self.logits(features).argmax(1) == labels).float().mean().item()
+
+
+def fit_linear_probe(features: torch.Tensor, labels: torch.Tensor, num_classes: int,
+                     weight_decay: float = 1e-4, max_iter: int = 100) -> LinearProbe:
+    """Fit softmax regression (cross-entropy + weight_decay·‖W‖²) full-batch with L-BFGS.
+
+    Deterministic: zero initialisation and no sampling, so the same features give the same probe.
+    """
+    features = features.float()
+    mean = features.mean(0)
+    # Standardising makes one weight decay fit every backbone and makes L-BFGS converge quickly.
+    std = features.std(0).clamp_min(1e-6) if features.shape[0] > 1 else torch.ones_like(mean)
+    x = (features - mean) / std
+    weight = torch.zeros(num_classes, x.shape[1], device=x.device, requires_grad=True)
+    bias = torch.zeros(num_classes, device=x.device, requires_grad=True)
+    optimizer = torch.optim.LBFGS([weight, bias], lr=1.0, max_iter=max_iter, history_size=20,
+                                  line_search_fn="strong_wolfe", tolerance_grad=1e-6, tolerance_change=1e-9)
+
+    def closure():
+        optimizer.zero_grad()
+        loss = F.cross_entropy(x @ weight.T + bias, labels) + weight_decay * weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        optimizer.step(closure)
+    return LinearProbe(mean, std, weight.detach(), bias.detach())
+
+
+def probe_scores(backbone: nn.Module, data: ImageData, *, knn_k: int = 200, knn_temperature: float = 0.5,
+                 probe_weight_decay: float = 1e-4, with_test: bool = False) -> dict[str, float]:
+    """`val_acc` (fast linear probe) and `knn_acc` on the validation split; `test_acc` on request."""
+    train = extract_features(backbone, data.train_images, data.preset)
+    val = extract_features(backbone, data.val_images, data.preset)
+    probe = fit_linear_probe(train, data.train_labels, data.num_classes, probe_weight_decay)
+    scores = {
+        "val_acc": probe.accuracy(val, data.val_labels),
+        "knn_acc": knn_accuracy(train, data.train_labels, val, data.val_labels, data.num_classes, knn_k, knn_temperature),
+    }
+    if with_test:
+        test = extract_features(backbone, data.test_images, data.preset)
+        scores["test_acc"] = probe.accuracy(test, data.test_labels)
+    return scores
+
+
+def linear_evaluation(backbone: nn.Module, data: ImageData, *, epochs: int = 200, batch_size: int = 512,
+                      lr: float = 1e-3, weight_decay: float = 1e-6, seed: int = 0,
+                      on_epoch: Callable[[dict], None] | None = None) -> dict[str, float]:
+    """The reference's linear evaluation: a linear classifier on the frozen encoder, trained on
+    augmented views of all labelled training images (train + val), scored on the test split.
+
+    Deviation: the reference leaves the frozen encoder in train mode, so its BatchNorm layers use
+    batch statistics and keep updating their running averages; here the encoder is in eval mode,
+    as in the standard linear-evaluation protocol.
+    """
+    device = data.train_images.device
+    images = torch.cat([data.train_images, data.val_images])
+    labels = torch.cat([data.train_labels, data.val_labels])
+    preset = PRESETS[data.preset]
+    generator = torch.Generator(device=device).manual_seed(seed)
+    shuffle = torch.Generator().manual_seed(seed)
+    backbone.eval()
+    head = nn.Linear(backbone.out_dim, data.num_classes).to(device)
+    optimizer = torch.optim.Adam(head.parameters(), lr=lr, weight_decay=weight_decay)
+    test_features = extract_features(backbone, data.test_images, data.preset)
+    result: dict[str, float] = {}
+    for epoch in range(1, epochs + 1):
+        order = torch.randperm(images.shape[0], generator=shuffle).to(device)
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device)
+        for start in range(0, images.shape[0], batch_size):
+            index = order[start:start + batch_size]
+            with torch.no_grad(), _autocast(device):
+                features = backbone(augment_views(images[index], preset, generator)).float()
+            logits = head(features)
+            loss = F.cross_entropy(logits, labels[index])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.detach() * index.shape[0]
+            correct += (logits.argmax(1) == labels[index]).sum()
+        with torch.no_grad():
+            test_acc = 100.0 * (head(test_features).argmax(1) == data.test_labels).float().mean().item()
+        result = {"epoch": epoch, "train_loss": loss_sum.item() / images.shape[0],
+                  "train_acc": 100.0 * correct.item() / images.shape[0], "test_acc": test_acc}
+        if not math.isfinite(result["train_loss"]):
+            raise FloatingPointError(f"linear evaluation diverged at epoch {epoch} (loss {result['train_loss']})")
+        if on_epoch is not None:
+            on_epoch(result)
+    return result

@@ -1,0 +1,341 @@
+"""One Barlow Twins / HSIC pretraining run, in plain PyTorch (no Ray, Optuna or MLflow).
+
+The loop keeps everything on the training device: the data set as uint8 tensors, batched
+augmentation with per-image random parameters, bf16 autocast and channels_last on CUDA, and
+no host synchronisation per step (the running loss stays a device tensor; the host looks at it
+about once a second for the progress bar and once per epoch for the NaN check).
+
+As in the reference, the two views go through the network in separate forward passes, so
+BatchNorm normalises each view with its own batch statistics.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from sslsearch import __version__
+from sslsearch.augment import PRESETS, augment_views
+from sslsearch.data import DATASETS, ImageData, load_dataset
+from sslsearch.errors import InputError
+from sslsearch.evaluate import probe_scores
+from sslsearch.losses import LOSSES, NORMALIZATIONS, ssl_loss
+from sslsearch.models import SSLModel, build_backbone, build_projector, list_backbones
+from sslsearch.optim import OPTIMIZERS, SCHEDULES, build_optimizer, lr_factor
+
+CHECKPOINT_FORMAT = 1
+STATISTICS_COLUMNS = ("epoch", "train_loss", "val_acc", "knn_acc", "images_per_s", "lr", "seconds")
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """Everything that determines a pretraining run. Defaults are the reference's unless noted."""
+
+    dataset: str = "digits"
+    data_dir: str | None = None          # absolute path; Ray runs trials in their own working directory
+    val_fraction: float = 0.1            # carved, stratified, from the labelled training set
+    split_seed: int = 0                  # fixed across a sweep so every trial sees the same val split
+    image_size: int | None = None        # "folder" data sets only
+    backbone: str | None = None          # None: small_cnn for digits, resnet50 (the reference) otherwise
+    feature_dim: int = 128               # reference README
+    projector_hidden: tuple[int, ...] = (512,)
+    projector_last_bias: bool = True
+    normalize_projection: bool = True    # the reference L2-normalises z; the official recipe does not
+    loss: str = "barlow"                 # "barlow" (off-diagonal → 0) or "hsic" (off-diagonal → −1)
+    lmbda: float = 0.0078125             # 1/128, the reference README's runs
+    normalization: str = "reference"     # "batchnorm" for the official Barlow Twins recipe
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 1e-6
+    momentum: float = 0.9                # SGD and LARS only
+    schedule: str = "constant"           # the reference keeps Adam's lr constant
+    warmup_epochs: int = 0
+    batch_size: int = 128                # reference README
+    epochs: int = 1000                   # the reference's default
+    eval_every: int = 5                  # the reference runs its kNN monitor every 5 epochs
+    knn_k: int = 200
+    knn_temperature: float = 0.5
+    probe_weight_decay: float = 1e-4
+    seed: int = 0
+    device: str = "auto"                 # "auto": CUDA when available, else CPU
+    compile: bool = False                # torch.compile the model (CUDA; compile time is paid once)
+
+    def resolved_backbone(self) -> str:
+        return self.backbone or ("small_cnn" if self.dataset == "digits" else "resnet50")
+
+    def validate(self) -> None:
+        """Raise InputError (one line) for any value the run cannot use."""
+        choices = {"dataset": DATASETS, "loss": LOSSES, "normalization": NORMALIZATIONS,
+                   "optimizer": OPTIMIZERS, "schedule": SCHEDULES}
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise InputError(f"unknown {key} {getattr(self, key)!r}; expected one of {', '.join(allowed)}")
+        if self.resolved_backbone() not in list_backbones():
+            raise InputError(f"unknown backbone {self.backbone!r}; expected one of {', '.join(list_backbones())}")
+        checks = [
+            (self.lmbda >= 0 and math.isfinite(self.lmbda), f"lmbda must be a finite number ≥ 0, got {self.lmbda}"),
+            (self.feature_dim >= 1, f"feature_dim must be ≥ 1, got {self.feature_dim}"),
+            (all(h >= 1 for h in self.projector_hidden), f"projector_hidden widths must be ≥ 1, got {self.projector_hidden}"),
+            (self.batch_size >= 2, f"batch_size must be ≥ 2 (the loss standardises along the batch), got {self.batch_size}"),
+            (self.epochs >= 1, f"epochs must be ≥ 1, got {self.epochs}"),
+            (self.lr > 0 and math.isfinite(self.lr), f"lr must be > 0, got {self.lr}"),
+            (self.weight_decay >= 0, f"weight_decay must be ≥ 0, got {self.weight_decay}"),
+            (0 <= self.warmup_epochs < self.epochs or self.warmup_epochs == 0,
+             f"warmup_epochs must be in [0, epochs), got {self.warmup_epochs}"),
+            (self.eval_every >= 1, f"eval_every must be ≥ 1, got {self.eval_every}"),
+            (0 < self.val_fraction < 1, f"val_fraction must be in (0, 1), got {self.val_fraction}"),
+            (self.knn_k >= 1 and self.knn_temperature > 0, "knn_k must be ≥ 1 and knn_temperature > 0"),
+            (self.device in ("auto", "cpu") or self.device.startswith("cuda"),
+             f"device must be auto, cpu or cuda[:N], got {self.device!r}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise InputError(message)
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise InputError(f"device {self.device!r} requested but CUDA is not available; use --device cpu")
+
+    def torch_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.device)
+
+    def to_dict(self) -> dict:
+        """Plain values only (lists for tuples), so checkpoints load with weights_only=True."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "PretrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise InputError(f"unknown pretraining setting(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
+        values = dict(values)
+        if "projector_hidden" in values:
+            values["projector_hidden"] = tuple(values["projector_hidden"])
+        return cls(**values)
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class PretrainResult:
+    config: PretrainConfig
+    model: SSLModel
+    history: list[dict] = field(default_factory=list)   # one row per epoch; epoch 0 = random initialisation
+    out_dir: Path | None = None
+
+    def last_evaluated(self) -> dict:
+        return next(row for row in reversed(self.history) if row.get("val_acc") is not None)
+
+
+def build_model(config: PretrainConfig, image_size: int) -> SSLModel:
+    """Backbone + projector as the config describes them (on the CPU, seeded by the caller)."""
+    backbone = build_backbone(config.resolved_backbone(), image_size)
+    projector = build_projector(backbone.out_dim, config.feature_dim, config.projector_hidden, config.projector_last_bias)
+    return SSLModel(backbone, projector, config.normalize_projection)
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """Read a checkpoint written by `pretrain`; InputError when it is missing or unreadable."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"checkpoint not found: {path.resolve()}")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for corrupt files
+        raise InputError(f"cannot read checkpoint {path.resolve()}: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}") from None
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT or "model" not in checkpoint:
+        raise InputError(f"{path.resolve()} is not an sslsearch pretraining checkpoint (format {CHECKPOINT_FORMAT})")
+    return checkpoint
+
+
+def _atomic_save(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)  # a crash mid-write leaves the previous file intact
+
+
+def _write_statistics(history: list[dict], path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=STATISTICS_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        for row in history:
+            writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in STATISTICS_COLUMNS})
+    os.replace(tmp, path)
+
+
+class _Progress:
+    """A progress line (loss, images/s, ETA) that reads the device loss at most once a second."""
+
+    def __init__(self, enabled: bool, total_steps: int, batch_size: int):
+        self.enabled, self.total, self.batch_size = enabled, total_steps, batch_size
+        self.start = self.last = time.perf_counter()
+        self.done = 0
+        self.tty = sys.stderr.isatty()
+
+    def step(self, epoch: int, epochs: int, loss_sum: torch.Tensor, steps_in_epoch: int) -> None:
+        self.done += 1
+        if not self.enabled or not self.tty:
+            return
+        now = time.perf_counter()
+        if now - self.last < 1.0 and self.done < self.total:
+            return
+        self.last = now
+        rate = self.done * self.batch_size / (now - self.start)
+        eta = (self.total - self.done) * self.batch_size / max(rate, 1e-9)
+        loss = loss_sum.item() / max(steps_in_epoch, 1)  # the one host sync, about once a second
+        print(f"\repoch {epoch}/{epochs} loss {loss:.4f} {rate:,.0f} img/s ETA {eta:,.0f}s   ", end="", file=sys.stderr, flush=True)
+
+    def epoch_end(self, row: dict, epochs: int) -> None:
+        if not self.enabled:
+            return
+        parts = [f"epoch {row['epoch']}/{epochs}", f"loss {row['train_loss']:.4f}", f"{row['images_per_s']:,.0f} img/s"]
+        if row.get("val_acc") is not None:
+            parts += [f"val_acc {row['val_acc']:.2f}", f"knn_acc {row['knn_acc']:.2f}"]
+        print(("\r" if self.tty else "") + "  ".join(parts) + " " * 8, file=sys.stderr, flush=True)
+
+
+def pretrain(config: PretrainConfig, *, out_dir: str | os.PathLike | None = None, resume: str | os.PathLike | None = None,
+             data: ImageData | None = None, on_report: Callable[[dict, Path | None], None] | None = None,
+             progress: bool = True) -> PretrainResult:
+    """Pretrain a backbone; evaluate every `eval_every` epochs and at the end.
+
+    Writes to `out_dir` (when given): `last.pt` (full state, resumable), `best.pt` (best `val_acc`)
+    and `statistics.csv` (one row per epoch). `resume` continues from a `last.pt`: on the CPU the
+    result is identical to a run that never stopped. `on_report(row, checkpoint_path)` is called
+    after every evaluation (this is how a Ray Tune trial reports).
+    """
+    config.validate()
+    checkpoint = load_checkpoint(resume) if resume is not None else None
+    if checkpoint is not None:
+        saved = PretrainConfig.from_dict(checkpoint["config"])
+        ignore = {"epochs", "device", "compile", "data_dir"}
+        differing = [f.name for f in dataclasses.fields(config)
+                     if f.name not in ignore and getattr(config, f.name) != getattr(saved, f.name)]
+        if differing:
+            raise InputError(f"checkpoint {resume} was trained with different settings: {', '.join(differing)}")
+    device = config.torch_device()
+    if data is None:
+        data = load_dataset(config.dataset, config.data_dir, val_fraction=config.val_fraction,
+                            split_seed=config.split_seed, image_size=config.image_size)
+    n_images = data.pretrain_images.shape[0]
+    if config.batch_size > n_images:
+        raise InputError(f"batch_size {config.batch_size} exceeds the {n_images} pretraining images of {config.dataset}")
+    data = data.to(device)
+    out = Path(out_dir).resolve() if out_dir is not None else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+
+    torch.manual_seed(config.seed)
+    model = build_model(config, data.image_size)
+    if device.type == "cuda":
+        model = model.to(device, memory_format=torch.channels_last)
+    else:
+        model = model.to(device)
+    optimizer = build_optimizer(config.optimizer, model.parameters(), config.lr, config.weight_decay,
+                                config.momentum, fused=device.type == "cuda")
+    shuffle = torch.Generator().manual_seed(config.seed)
+    augment_rng = torch.Generator(device=device).manual_seed(config.seed + 1)
+    steps_per_epoch = n_images // config.batch_size  # drop_last, as the reference
+    total_steps = steps_per_epoch * config.epochs
+    warmup_steps = steps_per_epoch * config.warmup_epochs
+    history: list[dict] = []
+    start_epoch, step = 1, 0
+    best_val = -math.inf
+
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        shuffle.set_state(checkpoint["rng"]["shuffle"])
+        augment_rng.set_state(checkpoint["rng"]["augment"].to(augment_rng.get_state().device))
+        torch.set_rng_state(checkpoint["rng"]["torch"])
+        history = list(checkpoint["history"])
+        start_epoch, step = checkpoint["epoch"] + 1, checkpoint["step"]
+        best_val = max((r["val_acc"] for r in history if r.get("val_acc") is not None and r["epoch"] > 0), default=-math.inf)
+    else:
+        # Epoch 0: the same network at random initialisation, the baseline pretraining must beat.
+        history.append({"epoch": 0, "train_loss": None, **probe_scores(model.backbone, data, knn_k=config.knn_k,
+                        knn_temperature=config.knn_temperature, probe_weight_decay=config.probe_weight_decay),
+                        "images_per_s": None, "lr": None, "seconds": 0.0})
+
+    step_model = torch.compile(model) if config.compile else model
+    preset = PRESETS[data.preset]
+    bar = _Progress(progress, steps_per_epoch * (config.epochs - start_epoch + 1), config.batch_size)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+    def view(images: torch.Tensor) -> torch.Tensor:
+        x = augment_views(images, preset, augment_rng)
+        return x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else x
+
+    for epoch in range(start_epoch, config.epochs + 1):
+        model.train()
+        epoch_start = time.perf_counter()
+        order = torch.randperm(n_images, generator=shuffle).to(device, non_blocking=True)
+        loss_sum = torch.zeros((), device=device)
+        for i in range(steps_per_epoch):
+            lr = config.lr * lr_factor(step, total_steps, warmup_steps, config.schedule)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            images = data.pretrain_images[order[i * config.batch_size:(i + 1) * config.batch_size]]
+            with autocast:
+                _, z1 = step_model(view(images))
+                _, z2 = step_model(view(images))
+            loss = ssl_loss(config.loss, z1, z2, config.lmbda, config.normalization)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.detach()
+            step += 1
+            bar.step(epoch, config.epochs, loss_sum, i + 1)
+        train_loss = loss_sum.item() / steps_per_epoch  # one host sync per epoch
+        seconds = time.perf_counter() - epoch_start
+        if not math.isfinite(train_loss):
+            raise TrainingDiverged(f"loss became {train_loss} in epoch {epoch} (loss={config.loss}, lmbda={config.lmbda}, "
+                                   f"lr={config.lr}); lower the learning rate or λ")
+        row = {"epoch": epoch, "train_loss": train_loss, "val_acc": None, "knn_acc": None,
+               "images_per_s": steps_per_epoch * config.batch_size / seconds, "lr": lr, "seconds": seconds}
+        evaluate_now = epoch % config.eval_every == 0 or epoch == config.epochs
+        if evaluate_now:
+            row.update(probe_scores(model.backbone, data, knn_k=config.knn_k, knn_temperature=config.knn_temperature,
+                                    probe_weight_decay=config.probe_weight_decay))
+        history.append(row)
+        bar.epoch_end(row, config.epochs)
+        checkpoint_path = None
+        if out is not None and evaluate_now:
+            state = {
+                "format": CHECKPOINT_FORMAT, "sslsearch_version": __version__, "torch_version": torch.__version__,
+                "config": config.to_dict(), "epoch": epoch, "step": step,
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "rng": {"shuffle": shuffle.get_state(), "augment": augment_rng.get_state().cpu(), "torch": torch.get_rng_state()},
+                "history": history, "image_size": data.image_size, "preset": data.preset,
+                "classes": list(data.classes),
+            }
+            checkpoint_path = out / "last.pt"
+            _atomic_save(state, checkpoint_path)
+            if row["val_acc"] > best_val:
+                best_val = row["val_acc"]
+                _atomic_save(state, out / "best.pt")
+            _write_statistics(history, out / "statistics.csv")
+        if on_report is not None and evaluate_now:
+            on_report(row, checkpoint_path)
+    return PretrainResult(config, model, history, out)
+
+
+def model_from_checkpoint(checkpoint: dict) -> SSLModel:
+    """Rebuild the SSLModel stored in a checkpoint (on the CPU, in eval mode)."""
+    config = PretrainConfig.from_dict(checkpoint["config"])
+    model = build_model(config, checkpoint["image_size"])
+    model.load_state_dict(checkpoint["model"])
+    return model.eval()
