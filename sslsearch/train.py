@@ -33,7 +33,7 @@ from sslsearch.models import SSLModel, build_backbone, build_projector, list_bac
 from sslsearch.optim import OPTIMIZERS, SCHEDULES, build_optimizer, lr_factor
 
 CHECKPOINT_FORMAT = 1
-STATISTICS_COLUMNS = ("epoch", "train_loss", "val_acc", "knn_acc", "images_per_s", "lr", "seconds")
+STATISTICS_COLUMNS = ("epoch", "train_loss", "val_acc", "knn_acc", "test_acc", "images_per_s", "lr", "seconds")
 
 
 @dataclass(frozen=True)
@@ -209,13 +209,14 @@ class _Progress:
 
 def pretrain(config: PretrainConfig, *, out_dir: str | os.PathLike | None = None, resume: str | os.PathLike | None = None,
              data: ImageData | None = None, on_report: Callable[[dict, Path | None], None] | None = None,
-             progress: bool = True) -> PretrainResult:
+             progress: bool = True, final_test: bool = False) -> PretrainResult:
     """Pretrain a backbone; evaluate every `eval_every` epochs and at the end.
 
     Writes to `out_dir` (when given): `last.pt` (full state, resumable), `best.pt` (best `val_acc`)
     and `statistics.csv` (one row per epoch). `resume` continues from a `last.pt`: on the CPU the
     result is identical to a run that never stopped. `on_report(row, checkpoint_path)` is called
-    after every evaluation (this is how a Ray Tune trial reports).
+    after every evaluation (this is how a Ray Tune trial reports). With `final_test`, the last
+    evaluation also measures `test_acc`, once, for reporting.
     """
     config.validate()
     checkpoint = load_checkpoint(resume) if resume is not None else None
@@ -309,13 +310,14 @@ def pretrain(config: PretrainConfig, *, out_dir: str | os.PathLike | None = None
         evaluate_now = epoch % config.eval_every == 0 or epoch == config.epochs
         if evaluate_now:
             row.update(probe_scores(model.backbone, data, knn_k=config.knn_k, knn_temperature=config.knn_temperature,
-                                    probe_weight_decay=config.probe_weight_decay))
+                                    probe_weight_decay=config.probe_weight_decay,
+                                    with_test=final_test and epoch == config.epochs))
         history.append(row)
         bar.epoch_end(row, config.epochs)
         checkpoint_path = None
         if out is not None and evaluate_now:
             state = {
-                "format": CHECKPOINT_FORMAT, "sslsearch_version": __version__, "torch_version": torch.__version__,
+                "format": CHECKPOINT_FORMAT, "sslsearch_version": __version__, "torch_version": str(torch.__version__),
                 "config": config.to_dict(), "epoch": epoch, "step": step,
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "rng": {"shuffle": shuffle.get_state(), "augment": augment_rng.get_state().cpu(), "torch": torch.get_rng_state()},

@@ -1,0 +1,454 @@
+"""Batched augmentation on the training device, with random parameters drawn per image.
+
+The reference (yaohungt/Barlow-Twins-HSIC, utils.py) augments one PIL image at a time in
+DataLoader workers: about 1k pairs of views per second per CPU core, which starves a GPU.
+`torchvision.transforms.v2` batches, but draws one set of random parameters per call, so
+every image of a batch would get the same crop and the same colours. Here each op takes one
+parameter per image and the whole batch goes through it as tensor ops: no Python loop over
+images, no `.item()`, no branch on data, so on CUDA it queues asynchronously.
+
+Each op follows torchvision's tensor implementation (`torchvision.transforms.functional` on
+float images), which tests/test_augment.py checks op by op. Deviations from the reference's
+PIL pipeline, all small:
+- values stay float32 between ops; PIL rounds to uint8 after every op (<= 0.5/255 each);
+- the contrast mean is not rounded to an integer and hue shifts are continuous, not in
+  steps of 1/255 of a turn as PIL's `adjust_hue` on uint8 HSV;
+- grayscale uses torchvision's tensor weights 0.2989/0.587/0.114 (PIL: 0.299/0.587/0.114);
+- resampling is torch's antialiased interpolate (the same kernels as PIL, without PIL's
+  fixed-point arithmetic).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+
+import torch
+
+# Colour-jitter ops, numbered as torchvision's ColorJitter numbers them in its random order.
+BRIGHTNESS, CONTRAST, SATURATION, HUE = 0, 1, 2, 3
+# Luma weights of torchvision's tensor `rgb_to_grayscale` (ITU-R 601-2, as TensorFlow writes it).
+_LUMA = (0.2989, 0.587, 0.114)
+_CROP_TRIES = 10  # RandomResizedCrop.get_params gives up after 10 rejected boxes
+
+
+@dataclass(frozen=True)
+class AugmentPreset:
+    """One dataset's augmentation recipe: a training view and the deterministic eval view."""
+
+    name: str
+    size: int                                      # output side of a training view
+    crop_scale: tuple[float, float]                # crop area, as a fraction of the source image
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    interpolation: str = "bilinear"                # or "bicubic"
+    flip_p: float = 0.5
+    jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1)  # brightness, contrast, saturation, hue
+    jitter_p: float = 0.8
+    grayscale_p: float = 0.2
+    color_before_crop: bool = False                # stl10/tiny: jitter at source resolution, then crop
+    mean: tuple[float, float, float] = (0.4914, 0.4822, 0.4465)
+    std: tuple[float, float, float] = (0.2023, 0.1994, 0.2010)
+    eval_resize: int | None = None                 # shorter side after resizing (interpolation above)
+    eval_crop: int | None = None                   # then a centre crop of this side
+
+    def __post_init__(self):
+        if self.interpolation not in ("bilinear", "bicubic"):
+            raise ValueError(f"interpolation must be 'bilinear' or 'bicubic', not {self.interpolation!r}")
+        if not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
+            raise ValueError(f"crop_scale must satisfy 0 < low <= high <= 1, got {self.crop_scale}")
+        if not 0 < self.crop_ratio[0] <= self.crop_ratio[1]:
+            raise ValueError(f"crop_ratio must satisfy 0 < low <= high, got {self.crop_ratio}")
+        if min(self.jitter) < 0 or self.jitter[HUE] > 0.5:
+            raise ValueError(f"jitter strengths must be >= 0 and hue <= 0.5, got {self.jitter}")
+        for name in ("flip_p", "jitter_p", "grayscale_p"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be a probability, got {getattr(self, name)}")
+
+
+PRESETS: dict[str, AugmentPreset] = {
+    preset.name: preset
+    for preset in (
+        # The reference's CIFAR-10 train_transform: crop first, then colours, at 32 px.
+        AugmentPreset("cifar", size=32, crop_scale=(0.08, 1.0)),
+        # The reference's Tiny ImageNet and STL-10 transforms: colours at source resolution,
+        # then a bicubic crop to 64 px. STL-10 (96 px) evaluates on a resize to 70 + centre crop 64.
+        AugmentPreset("tiny_imagenet", size=64, crop_scale=(0.2, 1.0), interpolation="bicubic",
+                      grayscale_p=0.1, color_before_crop=True,
+                      mean=(0.480, 0.448, 0.398), std=(0.277, 0.269, 0.282)),
+        AugmentPreset("stl10", size=64, crop_scale=(0.2, 1.0), interpolation="bicubic",
+                      grayscale_p=0.1, color_before_crop=True,
+                      mean=(0.43, 0.42, 0.39), std=(0.27, 0.26, 0.27), eval_resize=70, eval_crop=64),
+        # Ours: scikit-learn's 8x8 digits upscaled to 32 px RGB. No flip (digits are not mirror
+        # symmetric); grayscale images, so saturation and hue are meaningless and grayscale is a
+        # no-op. Milder crops: a digit cut to 8% of its area is unreadable. Mean/std measured
+        # on all 1797 digits (0..16 mapped to 0..1, upscaled bilinearly, rounded to uint8):
+        # 0.305 / 0.324 (nearest-neighbour upscaling gives 0.305 / 0.376).
+        AugmentPreset("digits", size=32, crop_scale=(0.25, 1.0), flip_p=0.0, jitter=(0.4, 0.4, 0.0, 0.0),
+                      grayscale_p=0.0, mean=(0.305, 0.305, 0.305), std=(0.324, 0.324, 0.324)),
+    )
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Random parameters, one set per image
+# ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ViewParams:
+    """The random parameters of one view of each image in a batch (all tensors, first dim N)."""
+
+    boxes: torch.Tensor            # N×4 int64 crop boxes (top, left, height, width) in source pixels
+    flip: torch.Tensor             # N bool: mirror left-right
+    jitter: torch.Tensor           # N bool: colour jitter applies (RandomApply)
+    jitter_order: torch.Tensor     # N×4 int64: a permutation of the four jitter ops, as ColorJitter's randperm(4)
+    jitter_factors: torch.Tensor   # N×4 float: brightness, contrast, saturation factors and hue shift
+    grayscale: torch.Tensor        # N bool: convert to grayscale
+
+
+def sample_crop_boxes(n: int, height: int, width: int, scale: tuple[float, float],
+                      ratio: tuple[float, float], generator: torch.Generator) -> torch.Tensor:
+    """N×4 (top, left, height, width) boxes drawn as RandomResizedCrop.get_params draws one."""
+    device = generator.device
+    # All tries are drawn at once and the first acceptable one kept, instead of looping until one
+    # fits. Double precision, as get_params computes in Python floats (it only matters when a
+    # side lands on a rounding boundary).
+    area = height * width
+    u_area = torch.rand(n, _CROP_TRIES, generator=generator, device=device, dtype=torch.float64)
+    u_ratio = torch.rand(n, _CROP_TRIES, generator=generator, device=device, dtype=torch.float64)
+    target_area = area * (scale[0] + (scale[1] - scale[0]) * u_area)
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    aspect = torch.exp(log_lo + (log_hi - log_lo) * u_ratio)
+    w = torch.sqrt(target_area * aspect).round()  # round half to even, as Python's round()
+    h = torch.sqrt(target_area / aspect).round()
+    fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    first = fits.to(torch.uint8).argmax(dim=1, keepdim=True)  # argmax returns the first maximum
+    found = fits.any(dim=1)
+    w = w.gather(1, first).squeeze(1)
+    h = h.gather(1, first).squeeze(1)
+
+    # get_params' fallback when all tries fail: the central crop clipped to the ratio range.
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        fallback_w, fallback_h = width, int(round(width / min(ratio)))
+    elif in_ratio > max(ratio):
+        fallback_w, fallback_h = int(round(height * max(ratio))), height
+    else:
+        fallback_w, fallback_h = width, height
+    w = torch.where(found, w, fallback_w)
+    h = torch.where(found, h, fallback_h)
+
+    # randint(0, side - crop + 1) per image: a uniform draw scaled by each image's own range.
+    u_pos = torch.rand(n, 2, generator=generator, device=device, dtype=torch.float64)
+    top = torch.minimum((u_pos[:, 0] * (height - h + 1)).floor(), height - h)
+    left = torch.minimum((u_pos[:, 1] * (width - w + 1)).floor(), width - w)
+    top = torch.where(found, top, (height - fallback_h) // 2)
+    left = torch.where(found, left, (width - fallback_w) // 2)
+    return torch.stack((top, left, h, w), dim=1).long()
+
+
+def sample_view_params(n: int, height: int, width: int, preset: AugmentPreset,
+                       generator: torch.Generator) -> ViewParams:
+    """Draw one view's parameters for N images of height×width, on the generator's device."""
+    device = generator.device
+    boxes = sample_crop_boxes(n, height, width, preset.crop_scale, preset.crop_ratio, generator)
+    flip = torch.rand(n, generator=generator, device=device) < preset.flip_p
+    jitter = torch.rand(n, generator=generator, device=device) < preset.jitter_p
+    # ColorJitter's ranges: factors uniform in [max(0, 1 - s), 1 + s], the hue shift in [-h, h].
+    b, c, s, h = preset.jitter
+    low = _device_constant((max(0.0, 1 - b), max(0.0, 1 - c), max(0.0, 1 - s), -h), device)
+    high = _device_constant((1 + b, 1 + c, 1 + s, h), device)
+    factors = low + (high - low) * torch.rand(n, 4, generator=generator, device=device)
+    order = torch.rand(n, 4, generator=generator, device=device).argsort(dim=1)  # uniform permutations
+    grayscale = torch.rand(n, generator=generator, device=device) < preset.grayscale_p
+    return ViewParams(boxes, flip, jitter, order, factors, grayscale)
+
+
+# ---------------------------------------------------------------------------------------------
+# Ops on float images in [0, 1], N×3×H×W, with one parameter per image
+# ---------------------------------------------------------------------------------------------
+
+def resized_crop(images: torch.Tensor, boxes: torch.Tensor, size: int, interpolation: str = "bilinear",
+                 flip: torch.Tensor | None = None) -> torch.Tensor:
+    """Crop each image to its box (top, left, height, width) and resize it to size×size.
+
+    Matches torchvision's `resized_crop(..., antialias=True)` on tensors. `flip` (N bool)
+    mirrors the chosen outputs at no cost. uint8 images come out as float in [0, 1].
+    """
+    _, _, height, width = images.shape
+    rows = _resample_weights(boxes[:, 0], boxes[:, 2], height, size, interpolation)
+    cols = _resample_weights(boxes[:, 1], boxes[:, 3], width, size, interpolation, flip)
+    return _resample(images, rows, cols)
+
+
+def luminance(images: torch.Tensor) -> torch.Tensor:
+    """N×1×H×W grayscale, weighted as torchvision's rgb_to_grayscale."""
+    n, _, height, width = images.shape
+    # A matmul over the channel axis is a single pass over the image, 4x faster than r*a + g*b + b*c.
+    weights = _device_constant(_LUMA, images.device)
+    return torch.matmul(weights, images.reshape(n, 3, height * width)).view(n, 1, height, width)
+
+
+def to_grayscale(images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Replace the images selected by `mask` (N bool) with their luminance on all three channels."""
+    return _to_grayscale_(images.clone(), mask)
+
+
+def adjust_brightness(images: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
+    """Scale each image by its factor (N), clamped to [0, 1]."""
+    return _blend_(images.clone(), factors, torch.zeros((), device=images.device))
+
+
+def adjust_contrast(images: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
+    """Blend each image with the mean of its luminance."""
+    mean = luminance(images).mean(dim=(2, 3), keepdim=True)
+    return _blend_(images.clone(), factors, (1 - factors).view(-1, 1, 1, 1) * mean)
+
+
+def adjust_saturation(images: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
+    """Blend each image with its luminance."""
+    return _blend_(images.clone(), factors, (1 - factors).view(-1, 1, 1, 1) * luminance(images))
+
+
+def adjust_hue(images: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
+    """Rotate each image's hue by its shift (N, in turns, within [-0.5, 0.5]), as torchvision's HSV round trip."""
+    # torchvision goes RGB -> HSV -> RGB with a six-way selection per pixel. Selections
+    # (torch.where, bool masks) run 10-20x slower than arithmetic on CPU, so this computes the
+    # same function with min/max/abs/clamp only. In sixths of a turn:
+    # - the hexcone hue is ±d, with d in [0, 3] the distance from red, d = 1 + (g + b - r - min)/chroma,
+    #   and the sign of g - b;
+    # - channel n of (R, G, B) = (5, 3, 1) is max - chroma*T(hue + n), T the trapezoid wave of
+    #   period 6 (0→1 on [0, 1], 1 until 3, 1→0 on [3, 4], 0 until 6) that _hsv2rgb tabulates;
+    # - T(x) = T(4 - x) turns T(-d + s + n) into T(d - s + 4 - n), so for either sign channel n
+    #   reads T(d + sign*(s + m) + c) with (m, c) = (0, 5), (1, 2), (-1, 2) for R, G, B;
+    # - that argument stays within [-2, 11], where T(x) = clamp(2 - ||x - 5| - 3|, 0, 1).
+    # Gray pixels (chroma 0) come out as their gray value whatever d is.
+    device = images.device
+    r, g, b = (channel.unsqueeze(1) for channel in images.unbind(dim=1))
+    max_c = images.amax(dim=1, keepdim=True)
+    min_c = images.amin(dim=1, keepdim=True)
+    chroma = max_c - min_c
+    distance = (g + b).sub_(r).sub_(min_c).div_(chroma.clamp(min=torch.finfo(images.dtype).tiny))
+    sign = torch.ones_like(distance).copysign_(g - b)  # ties (g == b, d in {0, 3}) may take either sign
+    turn = 6 * shifts.view(-1, 1, 1, 1) + _device_constant((0.0, 1.0, -1.0), device).view(1, 3, 1, 1)
+    start = _device_constant((1.0 + 5 - 5, 1.0 + 2 - 5, 1.0 + 2 - 5), device).view(1, 3, 1, 1)  # 1 + c - 5
+    x = (distance + start).addcmul_(sign, turn)               # T's argument minus 5, N×3×H×W
+    x = x.abs_().sub_(3).abs_().sub_(2).clamp_(-1, 0)         # -T
+    return x.mul_(chroma).add_(max_c)
+
+
+def color_jitter(images: torch.Tensor, factors: torch.Tensor, order: torch.Tensor,
+                 active: tuple[bool, bool, bool, bool] = (True, True, True, True)) -> torch.Tensor:
+    """ColorJitter with per-image factors (N×4) applied in per-image order (N×4 permutations of 0..3).
+
+    Ops not `active` are skipped, as ColorJitter skips an op of strength 0. Factors of
+    (1, 1, 1, 0) leave an image unchanged.
+    """
+    return _color_jitter_(images.clone(), factors, order, active)
+
+
+def normalize(images: torch.Tensor, mean: tuple[float, float, float], std: tuple[float, float, float]) -> torch.Tensor:
+    """(x - mean) / std per channel, in place."""
+    mean_t = _device_constant(tuple(mean), images.device).view(1, 3, 1, 1)
+    std_t = _device_constant(tuple(std), images.device).view(1, 3, 1, 1)
+    return images.sub_(mean_t).div_(std_t)
+
+
+# ---------------------------------------------------------------------------------------------
+# The pipelines
+# ---------------------------------------------------------------------------------------------
+
+def augment_views(images: torch.Tensor, preset: AugmentPreset, generator: torch.Generator) -> torch.Tensor:
+    """One augmented view of each image (uint8 N×3×H×W) as normalised float32 N×3×size×size.
+
+    All randomness comes from `generator` (on the images' device): the same generator state
+    gives the same views. Call twice for the two views of a pair.
+    """
+    if generator.device != images.device:
+        raise ValueError(f"generator is on {generator.device} but images are on {images.device}")
+    n, _, height, width = images.shape
+    return apply_view(images, sample_view_params(n, height, width, preset, generator), preset)
+
+
+def apply_view(images: torch.Tensor, params: ViewParams, preset: AugmentPreset) -> torch.Tensor:
+    """The training view of each image (uint8 N×3×H×W) with the given parameters, normalised."""
+    active = tuple(strength > 0 for strength in preset.jitter)
+    identity = _device_constant((1.0, 1.0, 1.0, 0.0), images.device)
+    factors = torch.where(params.jitter.unsqueeze(1), params.jitter_factors, identity)
+    apply_color = any(active) and preset.jitter_p > 0
+
+    def colors(x: torch.Tensor) -> torch.Tensor:  # x is ours to overwrite
+        if apply_color:
+            x = _color_jitter_(x, factors, params.jitter_order, active)
+        if preset.grayscale_p > 0:
+            x = _to_grayscale_(x, params.grayscale)
+        return x
+
+    if preset.color_before_crop:
+        x = colors(images.float().div_(255))
+        x = resized_crop(x, params.boxes, preset.size, preset.interpolation, flip=params.flip)
+    else:
+        # Crop first: the colour ops then run on the (smaller or equal) output resolution.
+        x = colors(resized_crop(images, params.boxes, preset.size, preset.interpolation, flip=params.flip))
+    if preset.interpolation == "bicubic":
+        x = x.clamp_(0, 1)  # bicubic overshoots; PIL clamps when it writes uint8
+    return normalize(x, preset.mean, preset.std)
+
+
+def eval_views(images: torch.Tensor, preset: AugmentPreset) -> torch.Tensor:
+    """The deterministic eval view of each image (uint8 N×3×H×W), normalised float32."""
+    n, _, height, width = images.shape
+    if preset.eval_resize is None:
+        x = images.float().div_(255)
+        if preset.eval_crop is not None:
+            top, left = _centre_crop_offsets((height, width), preset.eval_crop)
+            x = x[:, :, top:top + preset.eval_crop, left:left + preset.eval_crop].contiguous()
+        return normalize(x, preset.mean, preset.std)
+
+    # torchvision's Resize(int): the shorter side becomes eval_resize, the longer keeps the aspect.
+    short, long = min(height, width), max(height, width)
+    long_out = int(preset.eval_resize * long / short)
+    out_h, out_w = (preset.eval_resize, long_out) if height <= width else (long_out, preset.eval_resize)
+    # One set of weights, shared by every image.
+    zero = torch.zeros(1, dtype=torch.long, device=images.device)
+    rows = _resample_weights(zero, zero + height, height, out_h, preset.interpolation)
+    cols = _resample_weights(zero, zero + width, width, out_w, preset.interpolation)
+    if preset.eval_crop is not None:
+        # A centre crop after the resize keeps only the middle rows of the weight matrices.
+        top, left = _centre_crop_offsets((out_h, out_w), preset.eval_crop)
+        rows = rows[:, top:top + preset.eval_crop]
+        cols = cols[:, left:left + preset.eval_crop]
+    x = _resample(images, rows, cols)
+    if preset.interpolation == "bicubic":
+        x = x.clamp_(0, 1)
+    return normalize(x, preset.mean, preset.std)
+
+
+# ---------------------------------------------------------------------------------------------
+# Internals
+# ---------------------------------------------------------------------------------------------
+
+def _resample_weights(start: torch.Tensor, length: torch.Tensor, in_size: int, out_size: int,
+                      interpolation: str, flip: torch.Tensor | None = None) -> torch.Tensor:
+    """N×out_size×in_size weights that resample source pixels [start, start + length) to out_size pixels.
+
+    The same weights as torch's antialiased interpolate (and PIL's resize): output pixel i is
+    centred at scale*(i + 0.5) in the crop, the kernel is stretched by the scale factor when
+    downsampling, clipped to the crop, and each row renormalised to sum to 1. `flip` (N bool)
+    mirrors the chosen outputs.
+    """
+    device = start.device
+    start = start.to(torch.float32).view(-1, 1, 1)
+    length = length.to(torch.float32).view(-1, 1, 1)
+    scale = length / out_size                                          # source pixels per output pixel
+    stretch = scale.clamp(min=1.0)                                     # kernel widening when downsampling
+    position = torch.arange(out_size, device=device, dtype=torch.float32).view(1, -1, 1)
+    if flip is not None:
+        # A mirrored output pixel i is the plain output pixel out_size - 1 - i.
+        position = position + flip.to(torch.float32).view(-1, 1, 1) * (out_size - 1 - 2 * position)
+    source = torch.arange(in_size, device=device, dtype=torch.float32).view(1, 1, -1) - start  # crop coordinates
+    # Kernel argument (source + 0.5 - centre)/stretch: one pass over the N×out×in matrix.
+    distance = (source + 0.5) / stretch - (position + 0.5) * (scale / stretch)
+    weights = _triangle_(distance) if interpolation == "bilinear" else _keys_cubic(distance)
+    # 1 for source pixels inside the crop, else 0 (source is integer-valued), without a bool mask.
+    inside = (source + 1).clamp_(0, 1) * (length - source).clamp_(0, 1)
+    weights = weights.mul_(inside)
+    return weights.div_(weights.sum(dim=2, keepdim=True))
+
+
+def _triangle_(x: torch.Tensor) -> torch.Tensor:
+    # max(0, 1 - |x|), overwriting x.
+    return x.abs_().neg_().add_(1).clamp_(min=0)
+
+
+def _keys_cubic(x: torch.Tensor, a: float = -0.5) -> torch.Tensor:
+    # Keys' cubic convolution with a = -0.5, the kernel of PIL and of torch's antialiased bicubic
+    # (torch's plain bicubic uses a = -0.75): (a+2)t³ - (a+3)t² + 1 for t = |x| < 1,
+    # a(t-1)(t-2)² for 1 <= t < 2, else 0. Written as the outer piece plus the inner piece's
+    # difference from it, (t-1)²(2t + 4a + 1), each evaluated at t clipped to its own end, where
+    # it vanishes: no per-element selection.
+    t = x.abs()
+    t1, t2 = t.clamp(max=1), t.clamp(max=2)
+    return a * (t2 - 1) * (t2 - 2).square() + (t1 - 1).square() * (2 * t1 + 4 * a + 1)
+
+
+def _resample(images: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """rows @ image @ colsᵀ per image and channel (weights N×out×in, or 1×out×in for all images)."""
+    n, channels, height, width = images.shape
+    if images.dtype == torch.uint8:
+        # ToTensor's /255 goes into the small weight matrix instead of a pass over the images.
+        images, rows = images.float(), rows / 255
+    x = torch.matmul(images.reshape(n, channels * height, width), cols.transpose(1, 2))
+    return torch.matmul(rows.unsqueeze(1), x.view(n, channels, height, cols.shape[1]))
+
+
+def _color_jitter_(x: torch.Tensor, factors: torch.Tensor, order: torch.Tensor,
+                   active: tuple[bool, bool, bool, bool]) -> torch.Tensor:
+    """color_jitter, overwriting x."""
+    ops = [op for op in (BRIGHTNESS, CONTRAST, SATURATION, HUE) if active[op]]
+    # Rank of each active op among the active ops of each image's order (N×A).
+    position = order.argsort(dim=1)
+    position = torch.stack([position[:, op] for op in ops], dim=1)
+    rank = (position.unsqueeze(1) < position.unsqueeze(2)).sum(dim=2)
+    blends = [(op, rank[:, i]) for i, op in enumerate(ops) if op != HUE]
+    if HUE not in ops:
+        for step in range(len(ops)):
+            x = _blend_step_(x, factors, [(op, op_rank == step) for op, op_rank in blends])
+        return x
+
+    # Brightness, contrast and saturation are one kind of op (a blend, whichever target each image
+    # needs), so each step applies one of them per image. Hue is computed once, not at each step:
+    # first the blends an image ranks before its hue shift, then the hue, then those after it.
+    hue_rank = rank[:, ops.index(HUE)]
+    for step in range(len(ops) - 1):
+        x = _blend_step_(x, factors, [(op, (op_rank == step) & (op_rank < hue_rank)) for op, op_rank in blends])
+    x = adjust_hue(x, factors[:, HUE])
+    for step in range(1, len(ops)):
+        x = _blend_step_(x, factors, [(op, (op_rank == step) & (op_rank > hue_rank)) for op, op_rank in blends])
+    return x
+
+
+def _blend_step_(x: torch.Tensor, factors: torch.Tensor, picks: list[tuple[int, torch.Tensor]]) -> torch.Tensor:
+    """Apply, to each image, the one blend op (brightness, contrast or saturation) `picks` selects for it, if any."""
+    # Per-image coefficients (N-sized, cheap to select): the image's factor, and how much of its
+    # luminance (saturation) or of the luminance's mean (contrast) makes up its target.
+    factor = torch.ones_like(factors[:, 0])
+    to_luminance = torch.zeros_like(factor)
+    to_mean = torch.zeros_like(factor)
+    for op, chosen in picks:
+        factor = torch.where(chosen, factors[:, op], factor)
+        if op == SATURATION:
+            to_luminance = chosen.to(factor.dtype)
+        elif op == CONTRAST:
+            to_mean = chosen.to(factor.dtype)
+    if all(op == BRIGHTNESS for op, _ in picks):
+        return _blend_(x, factor, torch.zeros((), device=x.device))
+    lum = luminance(x)
+    weight = (1 - factor).view(-1, 1, 1, 1)
+    offsets = torch.addcmul(weight * to_mean.view(-1, 1, 1, 1) * lum.mean(dim=(2, 3), keepdim=True),
+                            lum, weight * to_luminance.view(-1, 1, 1, 1))
+    return _blend_(x, factor, offsets)
+
+
+def _blend_(x: torch.Tensor, factors: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    # torchvision's _blend, factor*image + (1 - factor)*target clamped to [0, 1], with the second
+    # term passed in; in place, and exact at factor 1 with a zero offset.
+    return torch.addcmul(offsets, x, factors.view(-1, 1, 1, 1), out=x).clamp_(0, 1)
+
+
+def _to_grayscale_(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    # lerp is exact at weights 0 and 1: masked images become their luminance, the others stay.
+    return x.lerp_(luminance(x), mask.to(x.dtype).view(-1, 1, 1, 1))
+
+
+def _centre_crop_offsets(size: tuple[int, int], crop: int) -> tuple[int, int]:
+    # torchvision's center_crop rounds the margins half to even.
+    if crop > min(size):
+        raise ValueError(f"centre crop {crop} is larger than the image {size}")
+    return int(round((size[0] - crop) / 2.0)), int(round((size[1] - crop) / 2.0))
+
+
+@functools.lru_cache(maxsize=64)
+def _device_constant(values: tuple[float, ...], device: torch.device) -> torch.Tensor:
+    # Copying a Python list to a CUDA tensor synchronises with the host; copy each constant once.
+    return torch.tensor(values, dtype=torch.float32, device=device)

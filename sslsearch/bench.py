@@ -1,0 +1,148 @@
+"""Benchmarks: how fast this package's pieces run on this machine (`sslsearch bench ...`).
+
+Each benchmark returns a dict of plain numbers (for --json) and has a `format_...` function
+for the human-readable report.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import torchvision.transforms as T
+from PIL import Image
+
+from sslsearch.augment import PRESETS, AugmentPreset, augment_views
+
+# Side of the source images each preset is used with (STL-10 is cropped from 96 to 64 px).
+SOURCE_SIZES = {"cifar": 32, "stl10": 96, "tiny_imagenet": 64, "digits": 32}
+
+
+# ---------------------------------------------------------------------------------------------
+# Augmentation: batched on the device vs the reference's per-image PIL pipeline
+# ---------------------------------------------------------------------------------------------
+
+def bench_augment(preset: str = "cifar", images: int = 2048, batch_size: int = 256, threads: int = 2,
+                  source_size: int | None = None, seed: int = 0, device: str = "cpu") -> dict:
+    """Pairs of views per second of `augment_views` and of the reference PIL pipeline, on the same images.
+
+    The batched pipeline runs in this process with `threads` torch threads; the reference runs
+    in a DataLoader with `threads` workers (one core each), as the reference trains.
+    """
+    recipe = PRESETS[preset]
+    size = source_size or SOURCE_SIZES[preset]
+    data = _natural_images(images, size, seed)
+    previous_threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        batched_s = _time_batched(data, recipe, batch_size, seed, torch.device(device))
+    finally:
+        torch.set_num_threads(previous_threads)
+    reference_s = _time_reference(data, recipe, batch_size, threads)
+    return {
+        "preset": preset,
+        "threads": threads,
+        "images": images,
+        "batch_size": batch_size,
+        "source_size": size,
+        "device": device,
+        "batched_pairs_per_s": images / batched_s,
+        "reference_pairs_per_s": images / reference_s,
+        "ratio": reference_s / batched_s,
+    }
+
+
+def format_bench_augment(result: dict) -> str:
+    """A short report of bench_augment's result."""
+    size = result["source_size"]
+    return "\n".join([
+        f"augmentation, preset {result['preset']}: {result['images']} images of {size}x{size} px, "
+        f"{result['threads']} CPU thread(s)",
+        f"  batched ({result['device']}, batches of {result['batch_size']}): "
+        f"{result['batched_pairs_per_s']:>10,.0f} pairs/s",
+        f"  reference (PIL, {result['threads']} DataLoader worker(s)):     "
+        f"{result['reference_pairs_per_s']:>10,.0f} pairs/s",
+        f"  speed-up: {result['ratio']:.1f}x",
+    ])
+
+
+def reference_transform(preset: AugmentPreset) -> T.Compose:
+    """The reference's per-image training transform (yaohungt/Barlow-Twins-HSIC utils.py) for a preset."""
+    interpolation = T.InterpolationMode(preset.interpolation)
+    crop = [T.RandomResizedCrop(preset.size, scale=preset.crop_scale, ratio=preset.crop_ratio,
+                                interpolation=interpolation)]
+    if preset.flip_p > 0:
+        crop.append(T.RandomHorizontalFlip(preset.flip_p))
+    color = [T.RandomApply([T.ColorJitter(*preset.jitter)], p=preset.jitter_p)]
+    if preset.grayscale_p > 0:
+        color.append(T.RandomGrayscale(p=preset.grayscale_p))
+    steps = color + crop if preset.color_before_crop else crop + color
+    return T.Compose(steps + [T.ToTensor(), T.Normalize(preset.mean, preset.std)])
+
+
+class _ReferencePairs(torch.utils.data.Dataset):
+    """Two independently augmented views of each image, one PIL image at a time (as the reference)."""
+
+    def __init__(self, images: np.ndarray, transform: T.Compose):
+        self.images = images  # N×H×W×3 uint8
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int):
+        image = Image.fromarray(self.images[index])
+        return self.transform(image), self.transform(image)
+
+
+def _natural_images(n: int, size: int, seed: int) -> torch.Tensor:
+    # Smooth random colour fields plus fine noise: like photos, neighbouring pixels correlate and
+    # colours vary, so no op takes a shortcut on flat or saturated images.
+    generator = torch.Generator().manual_seed(seed)
+    coarse_size = max(2, size // 8)
+    chunks = []
+    for start in range(0, n, 1024):
+        count = min(1024, n - start)
+        coarse = torch.rand(count, 3, coarse_size, coarse_size, generator=generator)
+        smooth = F.interpolate(coarse, size=(size, size), mode="bicubic", align_corners=False)
+        noise = torch.rand(count, 3, size, size, generator=generator)
+        chunks.append((0.85 * smooth + 0.15 * noise).clamp_(0, 1).mul_(255).round_().to(torch.uint8))
+    return torch.cat(chunks)
+
+
+def _time_batched(data: torch.Tensor, preset: AugmentPreset, batch_size: int, seed: int,
+                  device: torch.device) -> float:
+    data = data.to(device)
+    generator = torch.Generator(device).manual_seed(seed)
+
+    def synchronize():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    for _ in range(2):  # warm-up: allocator, constants on the device, CUDA kernels
+        augment_views(data[:batch_size], preset, generator)
+    synchronize()
+    start = time.perf_counter()
+    for i in range(0, len(data), batch_size):
+        batch = data[i:i + batch_size]
+        augment_views(batch, preset, generator)
+        augment_views(batch, preset, generator)
+    synchronize()
+    return time.perf_counter() - start
+
+
+def _time_reference(data: torch.Tensor, preset: AugmentPreset, batch_size: int, workers: int) -> float:
+    dataset = _ReferencePairs(data.permute(0, 2, 3, 1).contiguous().numpy(), reference_transform(preset))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=workers,
+                                         persistent_workers=workers > 0)
+    # Warm-up: start the workers (kept alive by persistent_workers) and run a few batches each.
+    batches = iter(loader)
+    for _ in range(min(len(loader), 2 * max(workers, 1))):
+        next(batches)
+    del batches
+    start = time.perf_counter()
+    for _ in loader:
+        pass
+    return time.perf_counter() - start

@@ -1,0 +1,190 @@
+"""Experiment files → validated, frozen dataclasses.
+
+Precedence is resolved in one place, `load_experiment`: dataclass defaults < experiment file <
+`--set key.sub=value` overrides. Unknown keys are errors that list the valid ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sslsearch.errors import InputError
+from sslsearch.train import PretrainConfig
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_EXPERIMENT = PROJECT_ROOT / "experiments" / "digits.yaml"
+SAMPLERS = ("tpe", "random", "gp")
+SCHEDULERS = ("asha", "fifo")
+CHECKPOINT_POLICIES = ("best_and_last", "all")
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    space: str = "../search_spaces/barlow_hsic.yaml"  # relative to the experiment file's folder
+    num_samples: int = 16        # trials in all (pairs count as two)
+    sampler: str = "tpe"         # Optuna's TPE; "random" and "gp" for comparison
+    seed: int = 0                # seeds the sampler, and the trials' seeds derive from it
+    paired: bool = False         # run each sampled configuration with both losses, same seed
+    max_concurrent: int = 2
+    time_budget_s: float | None = None
+
+
+@dataclass(frozen=True)
+class SchedulerSettings:
+    type: str = "asha"           # or "fifo": every trial runs all its epochs
+    grace_period: int = 2        # epochs before ASHA may stop a trial
+    reduction_factor: float = 2
+
+
+@dataclass(frozen=True)
+class ResourceSettings:
+    cpus_per_trial: float = 1
+    gpus_per_trial: float = 0    # fractions let several small trials share one GPU
+
+
+@dataclass(frozen=True)
+class TrackingSettings:
+    uri: str | None = None       # None: SQLite next to the sweep; or http://host:port of an MLflow server
+    checkpoints: str = "best_and_last"
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    pretrain: PretrainConfig
+    search: SearchSettings = field(default_factory=SearchSettings)
+    scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
+    resources: ResourceSettings = field(default_factory=ResourceSettings)
+    tracking: TrackingSettings = field(default_factory=TrackingSettings)
+    source: str | None = None    # the experiment file it came from (absolute)
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "pretrain": self.pretrain.to_dict(),
+            **{k: dataclasses.asdict(getattr(self, k)) for k in ("search", "scheduler", "resources", "tracking")},
+        }
+
+    def space_path(self) -> Path:
+        base = Path(self.source).parent if self.source else Path.cwd()
+        return (base / self.search.space).resolve()
+
+
+_SECTIONS = {"search": SearchSettings, "scheduler": SchedulerSettings, "resources": ResourceSettings,
+             "tracking": TrackingSettings, "pretrain": PretrainConfig}
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """'pretrain.lr=0.01' → (['pretrain', 'lr'], 0.01); the value is read as YAML."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise InputError(f"--set expects key.sub=value, got {text!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return [part for part in key.strip().split(".")], value
+
+
+def _merge(base: dict, path: list[str], value: Any) -> None:
+    node = base
+    for part in path[:-1]:
+        if not isinstance(node.get(part, {}), dict):
+            raise InputError(f"--set {'.'.join(path)}: {part} is not a section")
+        node = node.setdefault(part, {})
+    node[path[-1]] = value
+
+
+def _build(cls, values: Any, where: str):
+    if values is None:
+        values = {}
+    if not isinstance(values, dict):
+        raise InputError(f"{where} must be a mapping of settings, got {type(values).__name__}")
+    known = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise InputError(f"unknown key(s) in {where}: {', '.join(unknown)}; valid: {', '.join(known)}")
+    types = {f.name: f.type for f in dataclasses.fields(cls)}
+    converted = {}
+    for key, value in values.items():
+        declared = str(types[key])
+        if declared.startswith("tuple") and isinstance(value, list):
+            value = tuple(value)
+        if declared in ("float", "float | None") and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        numeric = declared.split(" |")[0] in ("float", "int")
+        if numeric and value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise InputError(f"{where}.{key} must be a number, got {value!r}")
+        if declared == "bool" and not isinstance(value, bool):
+            raise InputError(f"{where}.{key} must be true or false, got {value!r}")
+        if declared == "int" and isinstance(value, float):
+            if not value.is_integer():
+                raise InputError(f"{where}.{key} must be an integer, got {value!r}")
+            value = int(value)
+        converted[key] = value
+    try:
+        return cls(**converted)
+    except TypeError as error:
+        raise InputError(f"{where}: {error}") from None
+
+
+def load_experiment(path: str | Path | None = None, overrides: list[str] = (), name: str | None = None) -> Experiment:
+    """Read an experiment file (None: the embedded digits default), apply overrides, validate."""
+    path = Path(path).resolve() if path is not None else DEFAULT_EXPERIMENT
+    if not path.is_file():
+        raise InputError(f"experiment file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise InputError(f"malformed YAML in {path}{where}: {getattr(error, 'problem', None) or error}") from None
+    if not isinstance(raw, dict):
+        raise InputError(f"{path} must hold a mapping with keys name, {', '.join(_SECTIONS)}")
+    for override in overrides:
+        keys, value = parse_override(override)
+        _merge(raw, keys, value)
+    if name is not None:
+        raw["name"] = name
+    unknown = sorted(set(raw) - {"name", *_SECTIONS})
+    if unknown:
+        raise InputError(f"unknown key(s) in {path.name}: {', '.join(unknown)}; valid: name, {', '.join(_SECTIONS)}")
+    sections = {key: _build(cls, raw.get(key), key) for key, cls in _SECTIONS.items()}
+    pretrain = sections.pop("pretrain")
+    if pretrain.data_dir is not None:
+        # Ray runs each trial in its own working directory: hand it an absolute path.
+        pretrain = dataclasses.replace(pretrain, data_dir=str((path.parent / pretrain.data_dir).resolve()))
+    experiment = Experiment(name=str(raw.get("name") or path.stem), pretrain=pretrain, source=str(path), **sections)
+    validate_experiment(experiment)
+    return experiment
+
+
+def validate_experiment(experiment: Experiment) -> None:
+    """One-line InputError for any setting a sweep cannot use."""
+    experiment.pretrain.validate()
+    s, sch, r, t = experiment.search, experiment.scheduler, experiment.resources, experiment.tracking
+    checks = [
+        (s.num_samples >= 1, f"search.num_samples must be ≥ 1, got {s.num_samples}"),
+        (s.sampler in SAMPLERS, f"search.sampler must be one of {', '.join(SAMPLERS)}, got {s.sampler!r}"),
+        (s.max_concurrent >= 1, f"search.max_concurrent must be ≥ 1, got {s.max_concurrent}"),
+        (s.time_budget_s is None or s.time_budget_s > 0, f"search.time_budget_s must be > 0, got {s.time_budget_s}"),
+        (not s.paired or s.num_samples % 2 == 0, f"search.paired needs an even num_samples (pairs), got {s.num_samples}"),
+        (sch.type in SCHEDULERS, f"scheduler.type must be one of {', '.join(SCHEDULERS)}, got {sch.type!r}"),
+        (1 <= sch.grace_period <= experiment.pretrain.epochs,
+         f"scheduler.grace_period must be in [1, pretrain.epochs={experiment.pretrain.epochs}], got {sch.grace_period}"),
+        (sch.reduction_factor > 1, f"scheduler.reduction_factor must be > 1, got {sch.reduction_factor}"),
+        (r.cpus_per_trial > 0 and math.isfinite(r.cpus_per_trial), f"resources.cpus_per_trial must be > 0, got {r.cpus_per_trial}"),
+        (r.gpus_per_trial >= 0, f"resources.gpus_per_trial must be ≥ 0, got {r.gpus_per_trial}"),
+        (t.checkpoints in CHECKPOINT_POLICIES, f"tracking.checkpoints must be one of {', '.join(CHECKPOINT_POLICIES)}"),
+        (t.uri is None or t.uri.startswith(("http://", "https://", "sqlite:///", "file:")),
+         f"tracking.uri must be http(s)://host:port or sqlite:///path, got {t.uri!r}"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise InputError(message)

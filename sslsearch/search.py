@@ -1,0 +1,377 @@
+"""Sweeps: a Ray Tune Tuner with Optuna sampling and ASHA early stopping.
+
+Fixes a known defect of Ray's OptunaSearch: when ASHA stops a trial early, OptunaSearch tells
+Optuna the trial COMPLETED with its truncated score, so TPE learns from short trials as if they
+were final. `SweepSearcher` records such trials as PRUNED, with their intermediate values at
+step = epoch, as Optuna's own pruners would.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import optuna
+import ray
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.search.optuna import OptunaSearch
+
+from sslsearch.config import Experiment
+from sslsearch.errors import InputError
+from sslsearch.space import SearchSpace
+from sslsearch.trainable import run_trial
+
+# The objective, named once: ASHA, Optuna and the summaries all read it from here.
+METRIC, MODE = "val_acc", "max"
+SWEEP_FILE = "sslsearch-sweep.json"
+STUDY_FILE = "optuna-study.journal"
+OUTCOMES = ("completed", "stopped early", "errored", "running")
+
+
+def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
+    if name == "tpe":
+        # constant_liar: concurrent trials see each other as provisional results, so they spread out.
+        return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "gp":
+        return optuna.samplers.GPSampler(seed=seed)
+    raise InputError(f"unknown sampler {name!r}; expected tpe, random or gp")
+
+
+def write_study_snapshot(study: optuna.Study, path: Path) -> None:
+    """Write the study as an Optuna journal file that optuna-dashboard can open (atomic replace)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(tmp)))
+    copy = optuna.create_study(storage=storage, study_name=study.study_name, directions=study.directions)
+    copy.add_trials([t for t in study.get_trials(deepcopy=False) if t.state.is_finished()])
+    os.replace(tmp, path)
+    Path(str(tmp) + ".lock").unlink(missing_ok=True)
+
+
+class SweepSearcher(OptunaSearch):
+    """OptunaSearch that reports ASHA-stopped trials as PRUNED and can pair the loss variants."""
+
+    def __init__(self, space: SearchSpace, *, max_epochs: int, sampler: str, seed: int, paired: bool,
+                 study_name: str, study_path: str | None):
+        super().__init__(space=space.to_optuna(), metric=METRIC, mode=MODE, sampler=make_sampler(sampler, seed),
+                         study_name=study_name)
+        self._max_epochs = max_epochs
+        self._paired = paired
+        self._seed = seed
+        self._study_path = study_path
+        self._partner: dict | None = None   # params waiting for their other-loss twin
+        self._suggested = 0
+        self.outcomes: dict[str, str] = {}
+
+    def suggest(self, trial_id: str):
+        if trial_id not in self._ot_trials and self._paired and self._partner is not None:
+            # The next ask() returns exactly these params: the same configuration with the other loss.
+            self._ot_study.enqueue_trial(self._partner, skip_if_exists=False)
+        fresh = trial_id not in self._ot_trials
+        config = super().suggest(trial_id)
+        if config is None:
+            return None
+        ot_trial = self._ot_trials[trial_id]
+        if fresh:
+            pair = self._suggested // 2 if self._paired else self._suggested
+            if self._paired and self._partner is None:
+                twin = dict(ot_trial.params)
+                twin["loss"] = "hsic" if twin["loss"] == "barlow" else "barlow"
+                self._partner = twin
+            elif self._paired:
+                self._partner = None
+            self._suggested += 1
+            ot_trial.set_user_attr("ray_trial_id", trial_id)
+            ot_trial.set_user_attr("pair", pair)
+            ot_trial.set_user_attr("seed", self._seed + pair)
+        # Paired trials share a seed, so the two losses start from the same initialisation and data order.
+        return {**config, "seed": ot_trial.user_attrs["seed"], "pair": ot_trial.user_attrs["pair"]}
+
+    def on_trial_result(self, trial_id: str, result: dict):
+        if trial_id in self._completed_trials or result.get(METRIC) is None:
+            return
+        self._ot_trials[trial_id].report(result[METRIC], step=int(result["epoch"]))
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+        if trial_id in self._completed_trials:
+            return
+        ot_trial = self._ot_trials[trial_id]
+        value = (result or {}).get(METRIC)
+        if error or value is None or (isinstance(value, float) and not math.isfinite(value)):
+            state, values, outcome = optuna.trial.TrialState.FAIL, None, "errored"
+        elif int(result.get("epoch", 0)) < self._max_epochs:
+            # Stopped by ASHA (or by the time budget) before its last epoch: PRUNED, not COMPLETE.
+            state, values, outcome = optuna.trial.TrialState.PRUNED, None, "stopped early"
+        else:
+            state, values, outcome = optuna.trial.TrialState.COMPLETE, value, "completed"
+        ot_trial.set_user_attr("outcome", outcome)
+        self._ot_study.tell(ot_trial, values, state=state)
+        self._completed_trials.add(trial_id)
+        self.outcomes[trial_id] = outcome
+        self.persist()
+
+    def persist(self) -> None:
+        if self._study_path:
+            write_study_snapshot(self._ot_study, Path(self._study_path))
+
+    @property
+    def study(self) -> optuna.Study:
+        return self._ot_study
+
+
+class LiveView(tune.Callback):
+    """Prints a line per report and per finished trial, with the best val_acc so far per loss."""
+
+    def __init__(self, stream=None):
+        self.stream = stream
+        self.best: dict[str, float] = {}
+        self.start = time.monotonic()
+
+    def _print(self, text: str) -> None:
+        elapsed = time.monotonic() - self.start
+        print(f"[{int(elapsed) // 60:02d}:{int(elapsed) % 60:02d}] {text}", file=self.stream or sys.stdout, flush=True)
+
+    @staticmethod
+    def _describe(trial) -> str:
+        c = trial.config
+        return (f"{trial.trial_id} {c.get('loss', c['base']['loss'])} λ={c.get('lmbda', c['base']['lmbda']):.3g} "
+                f"lr={c.get('lr', c['base']['lr']):.3g} d={c.get('feature_dim', c['base']['feature_dim'])}")
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        loss = trial.config.get("loss", trial.config["base"]["loss"])
+        if result.get(METRIC) is not None:
+            self.best[loss] = max(self.best.get(loss, -math.inf), result[METRIC])
+        best = "  ".join(f"{k} {v:.2f}" for k, v in sorted(self.best.items()))
+        running = sum(t.status == "RUNNING" for t in trials)
+        self._print(f"{self._describe(trial)} epoch {result['epoch']} val_acc {result[METRIC]:.2f} "
+                    f"| running {running}, finished {sum(t.is_finished() for t in trials)} | best: {best}")
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        result = trial.last_result or {}
+        self._print(f"{self._describe(trial)} finished at epoch {result.get('epoch', '?')}")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._print(f"{self._describe(trial)} ERRORED: {trial.error_file or ''}")
+
+
+@dataclass
+class TrialSummary:
+    trial_id: str
+    loss: str
+    params: dict
+    epoch: int
+    val_acc: float | None
+    test_acc: float | None
+    outcome: str
+    trial_seconds: float
+    checkpoint: str | None
+    node_id: str | None = None
+
+
+@dataclass
+class SweepSummary:
+    name: str
+    path: str
+    trials: list[TrialSummary]
+    wall_seconds: float
+    concurrency: int
+    study_path: str | None = None
+    extra: dict = field(default_factory=dict)
+
+    def best_per_loss(self) -> dict[str, TrialSummary]:
+        best: dict[str, TrialSummary] = {}
+        for t in self.trials:
+            if t.val_acc is None or not math.isfinite(t.val_acc):
+                continue
+            if t.loss not in best or t.val_acc > best[t.loss].val_acc:
+                best[t.loss] = t
+        return best
+
+    @property
+    def overhead(self) -> float:
+        """Wall time over the ideal (Σ trial time / concurrency), minus 1."""
+        ideal = sum(t.trial_seconds for t in self.trials) / max(1, self.concurrency)
+        return self.wall_seconds / ideal - 1 if ideal > 0 else float("nan")
+
+    def format(self) -> str:
+        counts = {o: sum(t.outcome == o for t in self.trials) for o in OUTCOMES}
+        lines = [f"sweep {self.name}: {len(self.trials)} trials ({', '.join(f'{v} {k}' for k, v in counts.items() if v)})",
+                 f"wall {self.wall_seconds:.0f}s vs trials' own time / concurrency "
+                 f"{sum(t.trial_seconds for t in self.trials) / max(1, self.concurrency):.0f}s "
+                 f"(concurrency {self.concurrency}): overhead {100 * self.overhead:.0f}%"]
+        for loss, t in sorted(self.best_per_loss().items()):
+            params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in t.params.items() if k != "loss")
+            test = f", test_acc {t.test_acc:.2f}" if t.test_acc is not None else ""
+            lines.append(f"best {loss}: val_acc {t.val_acc:.2f}{test} (trial {t.trial_id}, {t.outcome} at epoch {t.epoch}; {params})")
+            lines.append(f"  checkpoint: {t.checkpoint}")
+        if self.study_path:
+            lines.append(f"optuna study: optuna-dashboard {self.study_path}")
+        return "\n".join(lines)
+
+
+def _quiet() -> None:
+    """The live view replaces Ray's and Optuna's console chatter."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # Checkpointing every report interval is intended; Ray warns about it when trials are short.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+
+
+def _trial_dirname(trial) -> str:
+    return f"trial_{trial.trial_id}"
+
+
+def connect_ray(address: str | None, num_cpus: int | None = None) -> None:
+    """Start a local Ray instance with explicit CPUs, or join a cluster; InputError if unreachable."""
+    if ray.is_initialized():
+        return
+    try:
+        if address:
+            ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+        else:
+            ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False,
+                     logging_level=logging.WARNING)
+    except (ConnectionError, RuntimeError, ValueError, TimeoutError) as error:
+        raise InputError(f"cannot reach the Ray cluster at {address!r}: {str(error).splitlines()[0]}") from None
+
+
+def _concurrency(experiment: Experiment) -> int:
+    cpus = ray.cluster_resources().get("CPU", 1)
+    gpus = ray.cluster_resources().get("GPU", 0)
+    slots = cpus // experiment.resources.cpus_per_trial
+    if experiment.resources.gpus_per_trial > 0:
+        slots = min(slots, gpus // experiment.resources.gpus_per_trial)
+    return int(max(1, min(experiment.search.max_concurrent, slots)))
+
+
+def _trainable(experiment: Experiment):
+    return tune.with_resources(run_trial, {"cpu": experiment.resources.cpus_per_trial,
+                                           "gpu": experiment.resources.gpus_per_trial})
+
+
+def _local_path(storage: str) -> Path | None:
+    return None if "://" in storage else Path(storage)
+
+
+def sweep_path(storage: str, name: str) -> str:
+    return f"{storage.rstrip('/')}/{name}"
+
+
+def run_sweep(experiment: Experiment, space: SearchSpace, *, name: str, storage: str, address: str | None = None,
+              callbacks: list | None = None, stream=None) -> SweepSummary:
+    """Run a new sweep; its records live in `storage`/`name`."""
+    local = _local_path(storage)
+    if local is not None:
+        storage = str(local.resolve())
+        if (local / name).exists():
+            raise InputError(f"a sweep named {name!r} already exists in {storage}; resume it with `sslsearch resume {name}` "
+                             "or choose another --name")
+    if experiment.search.paired and space.choices("loss") is None:
+        raise InputError("search.paired needs 'loss' in the search space as a choice of barlow and hsic")
+    if experiment.search.paired and sorted(space.choices("loss")) != ["barlow", "hsic"]:
+        raise InputError(f"search.paired needs loss choices [barlow, hsic], got {list(space.choices('loss'))}")
+    _quiet()
+    connect_ray(address)
+    path = sweep_path(storage, name)
+    study_path = str(Path(path) / STUDY_FILE) if local is not None else None
+    if local is not None:
+        Path(path).mkdir(parents=True)
+        (Path(path) / SWEEP_FILE).write_text(json.dumps(
+            {"experiment": experiment.to_dict(), "experiment_source": experiment.source,
+             "space": {p.name: dataclasses.asdict(p) for p in space.parameters}, "space_source": space.source,
+             "storage": storage, "name": name}, indent=2))
+    searcher = SweepSearcher(space, max_epochs=experiment.pretrain.epochs, sampler=experiment.search.sampler,
+                             seed=experiment.search.seed, paired=experiment.search.paired, study_name=name,
+                             study_path=study_path)
+    if experiment.scheduler.type == "asha":
+        scheduler = ASHAScheduler(time_attr="epoch", metric=METRIC, mode=MODE, max_t=experiment.pretrain.epochs,
+                                  grace_period=experiment.scheduler.grace_period,
+                                  reduction_factor=experiment.scheduler.reduction_factor)
+    else:
+        scheduler = FIFOScheduler()
+    concurrency = _concurrency(experiment)
+    tuner = tune.Tuner(
+        _trainable(experiment),
+        param_space={"base": experiment.pretrain.to_dict(), "final_test": True,
+                     "cpus": experiment.resources.cpus_per_trial},
+        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=experiment.search.num_samples,
+                                    max_concurrent_trials=experiment.search.max_concurrent,
+                                    time_budget_s=experiment.search.time_budget_s, reuse_actors=True,
+                                    trial_dirname_creator=_trial_dirname),
+        run_config=tune.RunConfig(
+            name=name, storage_path=storage, verbose=0,
+            callbacks=[LiveView(stream), *(callbacks or [])],
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1 if experiment.tracking.checkpoints != "all" else None,
+                                                    checkpoint_score_attribute=METRIC, checkpoint_score_order=MODE),
+            failure_config=tune.FailureConfig(max_failures=0)),
+    )
+    started = time.monotonic()
+    results = tuner.fit()
+    return summarize(results, name, path, time.monotonic() - started, concurrency, study_path)
+
+
+def resume_sweep(name: str, storage: str, address: str | None = None, stream=None, callbacks: list | None = None) -> SweepSummary:
+    """Continue an interrupted sweep: searcher, scheduler and unfinished trials from their checkpoints."""
+    local = _local_path(storage)
+    if local is not None:
+        storage = str(local.resolve())
+    path = sweep_path(storage, name)
+    if not tune.Tuner.can_restore(path):
+        known = sorted(p.name for p in local.iterdir() if tune.Tuner.can_restore(str(p))) if local and local.is_dir() else []
+        raise InputError(f"no sweep named {name!r} in {storage}; known sweeps: {', '.join(known) or 'none'}")
+    _quiet()
+    meta = json.loads((Path(path) / SWEEP_FILE).read_text()) if local is not None else None
+    experiment = _experiment_from_meta(meta) if meta else None
+    connect_ray(address)
+    tuner = tune.Tuner.restore(path, trainable=_trainable(experiment) if experiment else run_trial,
+                               resume_unfinished=True, resume_errored=True)
+    started = time.monotonic()
+    results = tuner.fit()
+    concurrency = _concurrency(experiment) if experiment else 1
+    return summarize(results, name, path, time.monotonic() - started, concurrency,
+                     str(Path(path) / STUDY_FILE) if local is not None else None)
+
+
+def _experiment_from_meta(meta: dict) -> Experiment:
+    from sslsearch.config import ResourceSettings, SchedulerSettings, SearchSettings, TrackingSettings
+    from sslsearch.train import PretrainConfig
+
+    e = meta["experiment"]
+    return Experiment(name=e["name"], pretrain=PretrainConfig.from_dict(e["pretrain"]),
+                      search=SearchSettings(**e["search"]), scheduler=SchedulerSettings(**e["scheduler"]),
+                      resources=ResourceSettings(**e["resources"]), tracking=TrackingSettings(**e["tracking"]),
+                      source=meta.get("experiment_source"))
+
+
+def summarize(results, name: str, path: str, wall: float, concurrency: int, study_path: str | None) -> SweepSummary:
+    """Per-trial outcomes from a ResultGrid (outcome from epochs reached and errors)."""
+    trials = []
+    for result in results:
+        metrics = result.metrics or {}
+        config = result.config or {}
+        base = config.get("base", {})
+        epochs = base.get("epochs")
+        epoch = int(metrics.get("epoch", 0) or 0)
+        if result.error is not None:
+            outcome = "errored"
+        elif epochs is not None and epoch >= epochs:
+            outcome = "completed"
+        else:
+            outcome = "stopped early"
+        params = {k: v for k, v in config.items() if k not in ("base", "final_test", "cpus", "pair")}
+        trials.append(TrialSummary(
+            trial_id=metrics.get("trial_id") or Path(result.path).name, loss=params.get("loss", base.get("loss")),
+            params=params, epoch=epoch, val_acc=metrics.get(METRIC), test_acc=metrics.get("test_acc"), outcome=outcome,
+            trial_seconds=float(metrics.get("trial_seconds", 0.0) or 0.0),
+            checkpoint=result.checkpoint.path if result.checkpoint else None, node_id=metrics.get("node_id")))
+    return SweepSummary(name, path, trials, wall, concurrency, study_path if study_path and Path(study_path).exists() else None)

@@ -1,0 +1,114 @@
+"""Search-space files: each parameter a distribution, checked before any trial starts."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import yaml
+
+from sslsearch.errors import InputError
+from sslsearch.train import PretrainConfig
+
+DISTRIBUTIONS = ("loguniform", "uniform", "int", "choice")
+# Settings that describe the data or the run rather than the method: not searchable.
+NOT_SEARCHABLE = {"dataset", "data_dir", "val_fraction", "split_seed", "image_size", "device", "epochs", "eval_every"}
+SEARCHABLE = tuple(f.name for f in dataclasses.fields(PretrainConfig) if f.name not in NOT_SEARCHABLE)
+
+
+@dataclass(frozen=True)
+class Parameter:
+    name: str
+    distribution: str
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    values: tuple | None = None
+
+    def to_optuna(self) -> optuna.distributions.BaseDistribution:
+        if self.distribution == "loguniform":
+            return optuna.distributions.FloatDistribution(self.low, self.high, log=True)
+        if self.distribution == "uniform":
+            return optuna.distributions.FloatDistribution(self.low, self.high)
+        if self.distribution == "int":
+            return optuna.distributions.IntDistribution(int(self.low), int(self.high), log=self.log)
+        return optuna.distributions.CategoricalDistribution(list(self.values))
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    parameters: tuple[Parameter, ...]
+    source: str | None = None
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(p.name for p in self.parameters)
+
+    def to_optuna(self) -> dict[str, optuna.distributions.BaseDistribution]:
+        return {p.name: p.to_optuna() for p in self.parameters}
+
+    def choices(self, name: str) -> tuple | None:
+        for p in self.parameters:
+            if p.name == name:
+                return p.values
+        return None
+
+
+def _parameter(name: str, spec: Any, where: str) -> Parameter:
+    if name not in SEARCHABLE:
+        raise InputError(f"{where}: the trainable does not know parameter {name!r}; searchable: {', '.join(SEARCHABLE)}")
+    if not isinstance(spec, dict) or "distribution" not in spec:
+        raise InputError(f"{where}: {name} must be a mapping with 'distribution' ({', '.join(DISTRIBUTIONS)})")
+    kind = spec["distribution"]
+    allowed = {"loguniform": {"low", "high"}, "uniform": {"low", "high"}, "int": {"low", "high", "log"}, "choice": {"values"}}
+    if kind not in allowed:
+        raise InputError(f"{where}: {name} has unknown distribution {kind!r}; expected one of {', '.join(DISTRIBUTIONS)}")
+    extra = sorted(set(spec) - allowed[kind] - {"distribution"})
+    missing = sorted(allowed[kind] - set(spec) - {"log"})
+    if extra or missing:
+        raise InputError(f"{where}: {name} ({kind}) takes {', '.join(sorted(allowed[kind]))}"
+                         + (f"; unknown: {', '.join(extra)}" if extra else "") + (f"; missing: {', '.join(missing)}" if missing else ""))
+    if kind == "choice":
+        values = spec["values"]
+        if not isinstance(values, list) or not values:
+            raise InputError(f"{where}: {name} choice needs a non-empty list of values")
+        if len(set(map(repr, values))) != len(values):
+            raise InputError(f"{where}: {name} choice lists a value twice: {values}")
+        return Parameter(name, kind, values=tuple(values))
+    low, high = spec["low"], spec["high"]
+    for bound in (low, high):
+        if isinstance(bound, bool) or not isinstance(bound, (int, float)) or not math.isfinite(bound):
+            raise InputError(f"{where}: {name} bounds must be finite numbers, got low={low!r} high={high!r}")
+    if low >= high:
+        raise InputError(f"{where}: {name} needs low < high, got low={low} high={high}")
+    log = bool(spec.get("log", False))
+    if (kind == "loguniform" or log) and low <= 0:
+        raise InputError(f"{where}: {name} is log-scaled, so its bounds must be > 0, got low={low}")
+    if kind == "int" and not (float(low).is_integer() and float(high).is_integer()):
+        raise InputError(f"{where}: {name} int bounds must be integers, got low={low} high={high}")
+    return Parameter(name, kind, low=float(low), high=float(high), log=log)
+
+
+def parse_search_space(raw: Any, where: str = "search space") -> SearchSpace:
+    """Validate a {name: {distribution: ...}} mapping."""
+    if not isinstance(raw, dict) or not raw:
+        raise InputError(f"{where} must be a non-empty mapping of parameter: {{distribution: ...}}")
+    return SearchSpace(tuple(_parameter(name, spec, where) for name, spec in raw.items()), source=None)
+
+
+def load_search_space(path: str | Path) -> SearchSpace:
+    """Read and validate a search-space YAML file."""
+    path = Path(path).resolve()
+    if not path.is_file():
+        raise InputError(f"search space file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise InputError(f"malformed YAML in {path}{where}: {getattr(error, 'problem', None) or error}") from None
+    return dataclasses.replace(parse_search_space(raw, path.name), source=str(path))
