@@ -181,33 +181,24 @@ def resized_crop(images: torch.Tensor, boxes: torch.Tensor, size: int, interpola
     return _resample(images, rows, cols)
 
 
-def luminance(images: torch.Tensor) -> torch.Tensor:
-    """N×1×H×W grayscale, weighted as torchvision's rgb_to_grayscale."""
-    n, _, height, width = images.shape
-    # A matmul over the channel axis is a single pass over the image, 4x faster than r*a + g*b + b*c.
-    weights = _device_constant(_LUMA, images.device)
-    return torch.matmul(weights, images.reshape(n, 3, height * width)).view(n, 1, height, width)
-
-
 def to_grayscale(images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Replace the images selected by `mask` (N bool) with their luminance on all three channels."""
-    return _to_grayscale_(images.clone(), mask)
+    return _color_map(images, _grayscale_matrices(mask))
 
 
 def adjust_brightness(images: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
     """Scale each image by its factor (N), clamped to [0, 1]."""
-    return _blend_(images.clone(), factors, torch.zeros((), device=images.device))
+    return _blend(images, factors)
 
 
 def adjust_contrast(images: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
     """Blend each image with the mean of its luminance."""
-    mean = luminance(images).mean(dim=(2, 3), keepdim=True)
-    return _blend_(images.clone(), factors, (1 - factors).view(-1, 1, 1, 1) * mean)
+    return _blend(images, factors, to_mean=1 - factors)
 
 
 def adjust_saturation(images: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
     """Blend each image with its luminance."""
-    return _blend_(images.clone(), factors, (1 - factors).view(-1, 1, 1, 1) * luminance(images))
+    return _blend(images, factors, to_luminance=1 - factors)
 
 
 def adjust_hue(images: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
@@ -221,7 +212,8 @@ def adjust_hue(images: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
     #   period 6 (0→1 on [0, 1], 1 until 3, 1→0 on [3, 4], 0 until 6) that _hsv2rgb tabulates;
     # - T(x) = T(4 - x) turns T(-d + s + n) into T(d - s + 4 - n), so for either sign channel n
     #   reads T(d + sign*(s + m) + c) with (m, c) = (0, 5), (1, 2), (-1, 2) for R, G, B;
-    # - that argument stays within [-2, 11], where T(x) = clamp(2 - ||x - 5| - 3|, 0, 1).
+    # - that argument stays within [-2, 11], where T(x) = clamp(2 - ||x - 5| - 3|, 0, 1) (two of
+    #   T's period-6 tents, centred at 2 and 8).
     # Gray pixels (chroma 0) come out as their gray value whatever d is.
     device = images.device
     r, g, b = (channel.unsqueeze(1) for channel in images.unbind(dim=1))
@@ -231,10 +223,10 @@ def adjust_hue(images: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
     distance = (g + b).sub_(r).sub_(min_c).div_(chroma.clamp(min=torch.finfo(images.dtype).tiny))
     sign = torch.ones_like(distance).copysign_(g - b)  # ties (g == b, d in {0, 3}) may take either sign
     turn = 6 * shifts.view(-1, 1, 1, 1) + _device_constant((0.0, 1.0, -1.0), device).view(1, 3, 1, 1)
-    start = _device_constant((1.0 + 5 - 5, 1.0 + 2 - 5, 1.0 + 2 - 5), device).view(1, 3, 1, 1)  # 1 + c - 5
+    start = _device_constant((1.0, -2.0, -2.0), device).view(1, 3, 1, 1)  # d's 1, plus c, minus 5
     x = (distance + start).addcmul_(sign, turn)               # T's argument minus 5, N×3×H×W
     x = x.abs_().sub_(3).abs_().sub_(2).clamp_(-1, 0)         # -T
-    return x.mul_(chroma).add_(max_c)
+    return torch.addcmul(max_c, chroma, x, out=x)
 
 
 def color_jitter(images: torch.Tensor, factors: torch.Tensor, order: torch.Tensor,
@@ -244,7 +236,27 @@ def color_jitter(images: torch.Tensor, factors: torch.Tensor, order: torch.Tenso
     Ops not `active` are skipped, as ColorJitter skips an op of strength 0. Factors of
     (1, 1, 1, 0) leave an image unchanged.
     """
-    return _color_jitter_(images.clone(), factors, order, active)
+    ops = [op for op in (BRIGHTNESS, CONTRAST, SATURATION, HUE) if active[op]]
+    if not ops:
+        return images.clone()
+    # Each image's place for each active op among its active ops (N×A), from its order of all four.
+    position = order.argsort(dim=1)
+    position = torch.stack([position[:, op] for op in ops], dim=1)
+    rank = (position.unsqueeze(1) < position.unsqueeze(2)).sum(dim=2)
+    blend_ops = [op for op in ops if op != HUE]
+    if not blend_ops:
+        return adjust_hue(images, factors[:, HUE])
+    blend_rank = torch.stack([rank[:, ops.index(op)] for op in blend_ops], dim=1)  # N×K
+    if HUE not in ops:
+        return _blend_steps(images, factors, blend_ops, blend_rank, range(len(ops)), blend_rank >= 0)
+
+    # Brightness, contrast and saturation are one kind of op (a blend, whichever target each image
+    # needs), so each step applies one of them per image. Hue is computed once, not at each step:
+    # first the blends an image ranks before its hue shift, then the hue, then those after it.
+    hue_rank = rank[:, ops.index(HUE)].unsqueeze(1)
+    x = _blend_steps(images, factors, blend_ops, blend_rank, range(len(ops) - 1), blend_rank < hue_rank)
+    x = adjust_hue(x, factors[:, HUE])
+    return _blend_steps(x, factors, blend_ops, blend_rank, range(1, len(ops)), blend_rank > hue_rank)
 
 
 def normalize(images: torch.Tensor, mean: tuple[float, float, float], std: tuple[float, float, float]) -> torch.Tensor:
@@ -264,6 +276,7 @@ def augment_views(images: torch.Tensor, preset: AugmentPreset, generator: torch.
     All randomness comes from `generator` (on the images' device): the same generator state
     gives the same views. Call twice for the two views of a pair.
     """
+    _check_images(images)
     if generator.device != images.device:
         raise ValueError(f"generator is on {generator.device} but images are on {images.device}")
     n, _, height, width = images.shape
@@ -272,31 +285,37 @@ def augment_views(images: torch.Tensor, preset: AugmentPreset, generator: torch.
 
 def apply_view(images: torch.Tensor, params: ViewParams, preset: AugmentPreset) -> torch.Tensor:
     """The training view of each image (uint8 N×3×H×W) with the given parameters, normalised."""
+    _check_images(images)
     active = tuple(strength > 0 for strength in preset.jitter)
     identity = _device_constant((1.0, 1.0, 1.0, 0.0), images.device)
     factors = torch.where(params.jitter.unsqueeze(1), params.jitter_factors, identity)
-    apply_color = any(active) and preset.jitter_p > 0
+    jitter = any(active) and preset.jitter_p > 0
 
-    def colors(x: torch.Tensor) -> torch.Tensor:  # x is ours to overwrite
-        if apply_color:
-            x = _color_jitter_(x, factors, params.jitter_order, active)
-        if preset.grayscale_p > 0:
-            x = _to_grayscale_(x, params.grayscale)
-        return x
+    def crop(x: torch.Tensor) -> torch.Tensor:
+        x = resized_crop(x, params.boxes, preset.size, preset.interpolation, flip=params.flip)
+        return x.clamp_(0, 1) if preset.interpolation == "bicubic" else x  # PIL clamps bicubic overshoot
 
     if preset.color_before_crop:
-        x = colors(images.float().div_(255))
-        x = resized_crop(x, params.boxes, preset.size, preset.interpolation, flip=params.flip)
-    else:
-        # Crop first: the colour ops then run on the (smaller or equal) output resolution.
-        x = colors(resized_crop(images, params.boxes, preset.size, preset.interpolation, flip=params.flip))
-    if preset.interpolation == "bicubic":
-        x = x.clamp_(0, 1)  # bicubic overshoots; PIL clamps when it writes uint8
-    return normalize(x, preset.mean, preset.std)
+        x = images.float().div_(255)
+        if jitter:
+            x = color_jitter(x, factors, params.jitter_order, active)
+        if preset.grayscale_p > 0:
+            x = to_grayscale(x, params.grayscale)
+        return normalize(crop(x), preset.mean, preset.std)
+
+    x = crop(images)
+    if jitter:
+        x = color_jitter(x, factors, params.jitter_order, active)
+    # Grayscale and normalisation are both per-image colour maps, applied here as one.
+    scale = 1 / _device_constant(tuple(preset.std), images.device)
+    shift = -_device_constant(tuple(preset.mean), images.device) * scale
+    matrix = scale.view(1, 3, 1) * _grayscale_matrices(params.grayscale)
+    return _color_map(x, matrix, shift.expand(len(x), 3))
 
 
 def eval_views(images: torch.Tensor, preset: AugmentPreset) -> torch.Tensor:
     """The deterministic eval view of each image (uint8 N×3×H×W), normalised float32."""
+    _check_images(images)
     n, _, height, width = images.shape
     if preset.eval_resize is None:
         x = images.float().div_(255)
@@ -382,63 +401,62 @@ def _resample(images: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> t
     return torch.matmul(rows.unsqueeze(1), x.view(n, channels, height, cols.shape[1]))
 
 
-def _color_jitter_(x: torch.Tensor, factors: torch.Tensor, order: torch.Tensor,
-                   active: tuple[bool, bool, bool, bool]) -> torch.Tensor:
-    """color_jitter, overwriting x."""
-    ops = [op for op in (BRIGHTNESS, CONTRAST, SATURATION, HUE) if active[op]]
-    # Rank of each active op among the active ops of each image's order (N×A).
-    position = order.argsort(dim=1)
-    position = torch.stack([position[:, op] for op in ops], dim=1)
-    rank = (position.unsqueeze(1) < position.unsqueeze(2)).sum(dim=2)
-    blends = [(op, rank[:, i]) for i, op in enumerate(ops) if op != HUE]
-    if HUE not in ops:
-        for step in range(len(ops)):
-            x = _blend_step_(x, factors, [(op, op_rank == step) for op, op_rank in blends])
-        return x
-
-    # Brightness, contrast and saturation are one kind of op (a blend, whichever target each image
-    # needs), so each step applies one of them per image. Hue is computed once, not at each step:
-    # first the blends an image ranks before its hue shift, then the hue, then those after it.
-    hue_rank = rank[:, ops.index(HUE)]
-    for step in range(len(ops) - 1):
-        x = _blend_step_(x, factors, [(op, (op_rank == step) & (op_rank < hue_rank)) for op, op_rank in blends])
-    x = adjust_hue(x, factors[:, HUE])
-    for step in range(1, len(ops)):
-        x = _blend_step_(x, factors, [(op, (op_rank == step) & (op_rank > hue_rank)) for op, op_rank in blends])
+def _blend_steps(x: torch.Tensor, factors: torch.Tensor, blend_ops: list[int], blend_rank: torch.Tensor,
+                  steps: range, eligible: torch.Tensor) -> torch.Tensor:
+    """One blend per step and image: at step s, the blend op an image ranks s-th, if eligible (N×K)."""
+    # All steps' per-image coefficients at once (N×S, cheap): chosen[n, s, k] says image n applies
+    # blend_ops[k] at step s. Unchosen images get factor exactly 1 and no target: unchanged.
+    slots = torch.arange(steps.start, steps.stop, device=x.device).view(1, -1, 1)
+    chosen = ((blend_rank.unsqueeze(1) == slots) & eligible.unsqueeze(1)).to(x.dtype)
+    op_factors = torch.stack([factors[:, op] for op in blend_ops], dim=1).unsqueeze(1)   # N×1×K
+    factor = (chosen * op_factors).sum(dim=2) + (1 - chosen.sum(dim=2))
+    # The target's share, (1 - factor), goes to the luminance (saturation) or its mean (contrast).
+    to_luminance = (1 - factor) * chosen[:, :, blend_ops.index(SATURATION)] if SATURATION in blend_ops else None
+    to_mean = (1 - factor) * chosen[:, :, blend_ops.index(CONTRAST)] if CONTRAST in blend_ops else None
+    for s in range(len(steps)):
+        x = _blend(x, factor[:, s], None if to_luminance is None else to_luminance[:, s],
+                   None if to_mean is None else to_mean[:, s])
     return x
 
 
-def _blend_step_(x: torch.Tensor, factors: torch.Tensor, picks: list[tuple[int, torch.Tensor]]) -> torch.Tensor:
-    """Apply, to each image, the one blend op (brightness, contrast or saturation) `picks` selects for it, if any."""
-    # Per-image coefficients (N-sized, cheap to select): the image's factor, and how much of its
-    # luminance (saturation) or of the luminance's mean (contrast) makes up its target.
-    factor = torch.ones_like(factors[:, 0])
-    to_luminance = torch.zeros_like(factor)
-    to_mean = torch.zeros_like(factor)
-    for op, chosen in picks:
-        factor = torch.where(chosen, factors[:, op], factor)
-        if op == SATURATION:
-            to_luminance = chosen.to(factor.dtype)
-        elif op == CONTRAST:
-            to_mean = chosen.to(factor.dtype)
-    if all(op == BRIGHTNESS for op, _ in picks):
-        return _blend_(x, factor, torch.zeros((), device=x.device))
-    lum = luminance(x)
-    weight = (1 - factor).view(-1, 1, 1, 1)
-    offsets = torch.addcmul(weight * to_mean.view(-1, 1, 1, 1) * lum.mean(dim=(2, 3), keepdim=True),
-                            lum, weight * to_luminance.view(-1, 1, 1, 1))
-    return _blend_(x, factor, offsets)
+def _blend(images: torch.Tensor, factors: torch.Tensor, to_luminance: torch.Tensor | None = None,
+           to_mean: torch.Tensor | None = None) -> torch.Tensor:
+    """torchvision's _blend per image, factor*image + (1 - factor)*target clamped to [0, 1].
+
+    The target is black, plus the luminance with weight `to_luminance` (saturation) and its mean
+    with weight `to_mean` (contrast), each N or None. Luminance is linear in RGB, so the blend is a
+    3×3 colour matrix plus an offset per image: one pass, exact at factor 1 and zero weights.
+    """
+    n = images.shape[0]
+    luma = _device_constant(_LUMA, images.device)
+    matrix = factors.view(n, 1, 1) * torch.eye(3, device=images.device)
+    if to_luminance is not None:
+        matrix = matrix + to_luminance.view(n, 1, 1) * luma              # share·luma added to every row
+    offset = None
+    if to_mean is not None:
+        offset = (to_mean * (images.mean(dim=(2, 3)) @ luma)).view(n, 1)  # share·mean luminance
+    return _color_map(images, matrix, offset).clamp_(0, 1)
 
 
-def _blend_(x: torch.Tensor, factors: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-    # torchvision's _blend, factor*image + (1 - factor)*target clamped to [0, 1], with the second
-    # term passed in; in place, and exact at factor 1 with a zero offset.
-    return torch.addcmul(offsets, x, factors.view(-1, 1, 1, 1), out=x).clamp_(0, 1)
+def _color_map(images: torch.Tensor, matrix: torch.Tensor, offset: torch.Tensor | None = None) -> torch.Tensor:
+    """matrix @ rgb + offset at every pixel: N×3×3 matrices, offsets N×3 or N×1 (or None)."""
+    n, _, height, width = images.shape
+    out = torch.bmm(matrix, images.reshape(n, 3, height * width))
+    if offset is not None:
+        out = out.add_(offset.unsqueeze(2))
+    return out.view(n, 3, height, width)
 
 
-def _to_grayscale_(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    # lerp is exact at weights 0 and 1: masked images become their luminance, the others stay.
-    return x.lerp_(luminance(x), mask.to(x.dtype).view(-1, 1, 1, 1))
+def _grayscale_matrices(mask: torch.Tensor) -> torch.Tensor:
+    # N×3×3: every row the luma weights where mask (as torchvision's rgb_to_grayscale with 3
+    # output channels), the identity elsewhere; both exact.
+    luma_rows = _device_constant(_LUMA, mask.device).expand(3, 3)
+    return torch.where(mask.view(-1, 1, 1), luma_rows, torch.eye(3, device=mask.device))
+
+
+def _check_images(images: torch.Tensor) -> None:
+    if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
+        raise TypeError(f"expected uint8 images of shape N×3×H×W, got {images.dtype} {tuple(images.shape)}")
 
 
 def _centre_crop_offsets(size: tuple[int, int], crop: int) -> tuple[int, int]:

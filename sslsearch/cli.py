@@ -195,8 +195,6 @@ def _run_sweep(args) -> int:
         raise InputError(f"--name may hold letters, digits, '-', '_' and '.', got {name!r}")
     from sslsearch.search import run_sweep
 
-    print(f"sweep {name}: {experiment.search.num_samples} trials of up to {experiment.pretrain.epochs} epochs on "
-          f"{experiment.pretrain.dataset}; records in {_storage(args.storage)}/{name}", flush=True)
     summary = run_sweep(experiment, space, name=name, storage=_storage(args.storage), address=args.address)
     print(summary.format())
     return 0

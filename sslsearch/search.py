@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import os
+import socket
 import sys
 import time
 from dataclasses import dataclass, field
@@ -132,14 +133,17 @@ class SweepSearcher(OptunaSearch):
 class LiveView(tune.Callback):
     """Prints a line per report and per finished trial, with the best val_acc so far per loss."""
 
-    def __init__(self, stream=None):
-        self.stream = stream
+    def __init__(self, quiet: bool = False):
+        # No file object kept here: Ray pickles callbacks into the sweep's state for resuming.
+        self.quiet = quiet
         self.best: dict[str, float] = {}
         self.start = time.monotonic()
 
     def _print(self, text: str) -> None:
+        if self.quiet:
+            return
         elapsed = time.monotonic() - self.start
-        print(f"[{int(elapsed) // 60:02d}:{int(elapsed) % 60:02d}] {text}", file=self.stream or sys.stdout, flush=True)
+        print(f"[{int(elapsed) // 60:02d}:{int(elapsed) % 60:02d}] {text}", flush=True)
 
     @staticmethod
     def _describe(trial) -> str:
@@ -176,6 +180,7 @@ class TrialSummary:
     trial_seconds: float
     checkpoint: str | None
     node_id: str | None = None
+    pair: int | None = None
 
 
 @dataclass
@@ -235,6 +240,8 @@ def connect_ray(address: str | None, num_cpus: int | None = None) -> None:
     """Start a local Ray instance with explicit CPUs, or join a cluster; InputError if unreachable."""
     if ray.is_initialized():
         return
+    if address and address != "auto":
+        _check_reachable(address)
     try:
         if address:
             ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
@@ -243,6 +250,18 @@ def connect_ray(address: str | None, num_cpus: int | None = None) -> None:
                      logging_level=logging.WARNING)
     except (ConnectionError, RuntimeError, ValueError, TimeoutError) as error:
         raise InputError(f"cannot reach the Ray cluster at {address!r}: {str(error).splitlines()[0]}") from None
+
+
+def _check_reachable(address: str) -> None:
+    """Ray retries an unreachable address for minutes; a plain TCP connect answers in seconds."""
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise InputError(f"--address must be auto, HOST:PORT or ray://HOST:PORT, got {address!r}")
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as error:
+        raise InputError(f"cannot reach the Ray cluster at {address}: {error.strerror or error}") from None
 
 
 def _concurrency(experiment: Experiment) -> int:
@@ -268,7 +287,7 @@ def sweep_path(storage: str, name: str) -> str:
 
 
 def run_sweep(experiment: Experiment, space: SearchSpace, *, name: str, storage: str, address: str | None = None,
-              callbacks: list | None = None, stream=None) -> SweepSummary:
+              callbacks: list | None = None, quiet: bool = False) -> SweepSummary:
     """Run a new sweep; its records live in `storage`/`name`."""
     local = _local_path(storage)
     if local is not None:
@@ -283,6 +302,8 @@ def run_sweep(experiment: Experiment, space: SearchSpace, *, name: str, storage:
     _quiet()
     connect_ray(address)
     path = sweep_path(storage, name)
+    print(f"sweep {name}: {experiment.search.num_samples} trials of up to {experiment.pretrain.epochs} epochs on "
+          f"{experiment.pretrain.dataset}; records in {path}", file=open(os.devnull, "w") if quiet else sys.stdout, flush=True)
     study_path = str(Path(path) / STUDY_FILE) if local is not None else None
     if local is not None:
         Path(path).mkdir(parents=True)
@@ -310,7 +331,7 @@ def run_sweep(experiment: Experiment, space: SearchSpace, *, name: str, storage:
                                     trial_dirname_creator=_trial_dirname),
         run_config=tune.RunConfig(
             name=name, storage_path=storage, verbose=0,
-            callbacks=[LiveView(stream), *(callbacks or [])],
+            callbacks=[LiveView(quiet), *(callbacks or [])],
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1 if experiment.tracking.checkpoints != "all" else None,
                                                     checkpoint_score_attribute=METRIC, checkpoint_score_order=MODE),
             failure_config=tune.FailureConfig(max_failures=0)),
@@ -320,7 +341,7 @@ def run_sweep(experiment: Experiment, space: SearchSpace, *, name: str, storage:
     return summarize(results, name, path, time.monotonic() - started, concurrency, study_path)
 
 
-def resume_sweep(name: str, storage: str, address: str | None = None, stream=None, callbacks: list | None = None) -> SweepSummary:
+def resume_sweep(name: str, storage: str, address: str | None = None) -> SweepSummary:
     """Continue an interrupted sweep: searcher, scheduler and unfinished trials from their checkpoints."""
     local = _local_path(storage)
     if local is not None:
@@ -368,10 +389,12 @@ def summarize(results, name: str, path: str, wall: float, concurrency: int, stud
             outcome = "completed"
         else:
             outcome = "stopped early"
-        params = {k: v for k, v in config.items() if k not in ("base", "final_test", "cpus", "pair")}
+        params = {k: v for k, v in config.items() if k not in ("base", "final_test", "cpus", "pair", "seed")}
+        params["seed"] = config.get("seed", base.get("seed"))
         trials.append(TrialSummary(
             trial_id=metrics.get("trial_id") or Path(result.path).name, loss=params.get("loss", base.get("loss")),
             params=params, epoch=epoch, val_acc=metrics.get(METRIC), test_acc=metrics.get("test_acc"), outcome=outcome,
             trial_seconds=float(metrics.get("trial_seconds", 0.0) or 0.0),
-            checkpoint=result.checkpoint.path if result.checkpoint else None, node_id=metrics.get("node_id")))
+            checkpoint=result.checkpoint.path if result.checkpoint else None, node_id=metrics.get("node_id"),
+            pair=config.get("pair")))
     return SweepSummary(name, path, trials, wall, concurrency, study_path if study_path and Path(study_path).exists() else None)

@@ -271,6 +271,29 @@ def pretrain(config: PretrainConfig, *, out_dir: str | os.PathLike | None = None
                         knn_temperature=config.knn_temperature, probe_weight_decay=config.probe_weight_decay),
                         "images_per_s": None, "lr": None, "seconds": 0.0})
 
+    def save_state(epoch: int) -> Path | None:
+        if out is None:
+            return None
+        state = {
+            "format": CHECKPOINT_FORMAT, "sslsearch_version": __version__, "torch_version": str(torch.__version__),
+            "config": config.to_dict(), "epoch": epoch, "step": step,
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "rng": {"shuffle": shuffle.get_state(), "augment": augment_rng.get_state().cpu(), "torch": torch.get_rng_state()},
+            "history": history, "image_size": data.image_size, "preset": data.preset, "classes": list(data.classes),
+        }
+        _atomic_save(state, out / "last.pt")
+        if epoch > 0 and history[-1]["val_acc"] > best_val:
+            _atomic_save(state, out / "best.pt")
+        _write_statistics(history, out / "statistics.csv")
+        return out / "last.pt"
+
+    if checkpoint is None:
+        # A checkpoint of the initial state too: a trial interrupted before its first report then
+        # resumes instead of starting again from scratch.
+        path = save_state(0)
+        if on_report is not None:
+            on_report(history[0], path)
+
     step_model = torch.compile(model) if config.compile else model
     preset = PRESETS[data.preset]
     bar = _Progress(progress, steps_per_epoch * (config.epochs - start_epoch + 1), config.batch_size)
@@ -314,22 +337,9 @@ def pretrain(config: PretrainConfig, *, out_dir: str | os.PathLike | None = None
                                     with_test=final_test and epoch == config.epochs))
         history.append(row)
         bar.epoch_end(row, config.epochs)
-        checkpoint_path = None
-        if out is not None and evaluate_now:
-            state = {
-                "format": CHECKPOINT_FORMAT, "sslsearch_version": __version__, "torch_version": str(torch.__version__),
-                "config": config.to_dict(), "epoch": epoch, "step": step,
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "rng": {"shuffle": shuffle.get_state(), "augment": augment_rng.get_state().cpu(), "torch": torch.get_rng_state()},
-                "history": history, "image_size": data.image_size, "preset": data.preset,
-                "classes": list(data.classes),
-            }
-            checkpoint_path = out / "last.pt"
-            _atomic_save(state, checkpoint_path)
-            if row["val_acc"] > best_val:
-                best_val = row["val_acc"]
-                _atomic_save(state, out / "best.pt")
-            _write_statistics(history, out / "statistics.csv")
+        checkpoint_path = save_state(epoch) if evaluate_now else None
+        if evaluate_now and row["val_acc"] > best_val:
+            best_val = row["val_acc"]
         if on_report is not None and evaluate_now:
             on_report(row, checkpoint_path)
     return PretrainResult(config, model, history, out)

@@ -1,0 +1,317 @@
+"""The winning backbone in hand: export the best trial's weights with a model card, and load them back.
+
+`export_best` picks the best finished trial by `val_acc` (the leaderboard's ranking and
+tie-break, see sslsearch.leaderboard), downloads its checkpoint from MLflow and writes:
+- `backbone.pt`: a plain state_dict of the backbone only (the `backbone.` prefix stripped), so the
+  ResNets keep torchvision's key names; `torch.load(..., weights_only=True)` reads it;
+- `model_card.json` and `model_card.md`: configuration, metrics, data set, seed, sweep, MLflow run
+  id, versions and the sha256 of `backbone.pt`.
+
+Which checkpoint: `checkpoints/last.pt`, falling back to `checkpoints/best.pt`. The trial was ranked
+on its *final* `val_acc`, and `test_acc` was measured once, on the final model; `best.pt` may hold
+an earlier epoch whose test accuracy was never measured. The card's metrics are always read from
+the exported checkpoint's own history at its epoch, so they describe exactly these weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from sslsearch import __version__
+from sslsearch.errors import InputError
+from sslsearch.leaderboard import LOSSES, json_value, load_trials, mlflow_client, rank_trials
+
+BACKBONE_FILE = "backbone.pt"
+CARD_JSON = "model_card.json"
+CARD_MD = "model_card.md"
+CARD_FORMAT = 1
+CHECKPOINTS = ("checkpoints/last.pt", "checkpoints/best.pt")   # in order of preference; see the module docstring
+ALIAS = "champion"
+
+
+def sha256_of(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def backbone_state_dict(checkpoint: dict) -> dict[str, torch.Tensor]:
+    """The backbone's weights from an sslsearch checkpoint, keys without the `backbone.` prefix."""
+    prefix = "backbone."
+    return {k[len(prefix):]: v.detach().clone().contiguous() for k, v in checkpoint["model"].items() if k.startswith(prefix)}
+
+
+def _torchvision_recipe(backbone: str, image_size: int) -> str | None:
+    if not backbone.startswith("resnet"):
+        return None
+    maxpool = "model.maxpool = nn.Identity()  # 32 px inputs" if image_size <= 32 else "(maxpool kept: inputs above 32 px)"
+    return (f"model = torchvision.models.{backbone}(); model.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False); "
+            f"{maxpool}; model.fc = nn.Identity(); model.load_state_dict(torch.load('{BACKBONE_FILE}', weights_only=True), strict=True)")
+
+
+def _history_row(checkpoint: dict) -> dict:
+    epoch = checkpoint["epoch"]
+    return next((r for r in checkpoint.get("history", []) if r.get("epoch") == epoch), {})
+
+
+def _model_card(checkpoint: dict, trial, rank_overall: int, candidates: int, skipped: list[str], source: str,
+                tracking_uri: str, weights_sha256: str, n_tensors: int, n_parameters: int) -> dict:
+    import torchvision
+
+    from sslsearch.augment import PRESETS
+    from sslsearch.train import PretrainConfig
+
+    config = PretrainConfig.from_dict(checkpoint["config"])
+    row = _history_row(checkpoint)
+    preset = PRESETS[checkpoint["preset"]]
+    backbone = config.resolved_backbone()
+    return {
+        "card_format": CARD_FORMAT,
+        "sweep": trial["sweep"],
+        "trial_id": trial["trial_id"],
+        "mlflow_run_id": trial["run_id"],
+        "tracking_uri": tracking_uri,
+        "checkpoint": {"artifact": source, "epoch": int(checkpoint["epoch"])},
+        "loss": config.loss,
+        "hyperparameters": {"lmbda": config.lmbda, "lr": config.lr, "feature_dim": config.feature_dim,
+                            "loss": config.loss, "seed": config.seed},
+        # Of these weights: the checkpoint's own evaluation at its epoch. test_acc is None unless
+        # that epoch was the trial's final one (test data is evaluated once, at the end).
+        "metrics": {"val_acc": row.get("val_acc"), "test_acc": row.get("test_acc"), "knn_acc": row.get("knn_acc"),
+                    "epoch": int(checkpoint["epoch"])},
+        "selection": {"metric": "val_acc (final report)", "mode": "max",
+                      "tie_break": "more epochs, then less wall time (trial_seconds), then trial id",
+                      "ranked_outcomes": ["completed", "stopped early"], "rank": rank_overall, "candidates": candidates,
+                      "skipped_without_checkpoint": skipped, "loss_filter": None,
+                      "val_acc": json_value(trial["val_acc"]), "test_acc": json_value(trial["test_acc"]),
+                      "epochs": int(trial["epochs"]), "outcome": trial["outcome"]},
+        "dataset": config.dataset,
+        "classes": list(checkpoint.get("classes", [])),
+        "seed": config.seed,
+        "split_seed": config.split_seed,
+        "val_fraction": config.val_fraction,
+        "backbone": backbone,
+        "image_size": int(checkpoint["image_size"]),
+        "preset": checkpoint["preset"],
+        "input": {"eval_resize": preset.eval_resize, "eval_crop": preset.eval_crop,
+                  "input_size": preset.eval_crop or int(checkpoint["image_size"]),
+                  "mean": list(preset.mean), "std": list(preset.std),
+                  "scale": "RGB in [0, 1] (uint8 / 255), then (x - mean) / std per channel"},
+        "torchvision": _torchvision_recipe(backbone, int(checkpoint["image_size"])),
+        "config": checkpoint["config"],
+        "weights": {"file": BACKBONE_FILE, "sha256": weights_sha256, "tensors": n_tensors, "parameters": n_parameters,
+                    "format": "state_dict of the backbone only; torch.load(path, weights_only=True)"},
+        "versions": {"sslsearch": __version__, "torch": str(torch.__version__), "torchvision": torchvision.__version__,
+                     "trained_with": {"sslsearch": checkpoint.get("sslsearch_version"), "torch": checkpoint.get("torch_version")}},
+        "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def _fmt(value, spec: str = ".2f") -> str:
+    return "—" if value is None else format(value, spec)
+
+
+def card_markdown(card: dict) -> str:
+    """The model card as Markdown (the JSON card is the complete one)."""
+    m, s, h = card["metrics"], card["selection"], card["hyperparameters"]
+    lines = [
+        f"# {card['backbone']} pretrained with {card['loss']} on {card['dataset']}",
+        "",
+        f"Best trial of sweep `{card['sweep']}` by `val_acc` (rank {s['rank']} of {s['candidates']} finished trials"
+        f"{', loss ' + s['loss_filter'] if s['loss_filter'] else ''}); trial `{card['trial_id']}`, "
+        f"MLflow run `{card['mlflow_run_id']}`, checkpoint `{card['checkpoint']['artifact']}` (epoch {card['checkpoint']['epoch']}).",
+        "",
+        "| metric | value |",
+        "| --- | ---: |",
+        f"| val_acc (fast linear probe, validation split) | {_fmt(m['val_acc'])} |",
+        f"| test_acc (same probe, test split; reported, never used to choose) | {_fmt(m['test_acc'])} |",
+        f"| knn_acc (weighted kNN, k=200, T=0.5) | {_fmt(m['knn_acc'])} |",
+        f"| epochs | {m['epoch']} |",
+        "",
+        f"Hyperparameters: loss {h['loss']}, λ {h['lmbda']:.6g}, lr {h['lr']:.6g}, feature_dim {h['feature_dim']}, seed {h['seed']}.",
+        "",
+        f"Weights: `{card['weights']['file']}`, {card['weights']['parameters']:,} parameters, "
+        f"sha256 `{card['weights']['sha256']}`.",
+        f"Input: {card['input']['input_size']} px RGB, {card['input']['scale']}; mean {card['input']['mean']}, "
+        f"std {card['input']['std']}"
+        + (f"; resize the shorter side to {card['input']['eval_resize']} then centre-crop {card['input']['eval_crop']}"
+           if card["input"]["eval_resize"] else "") + ".",
+        "",
+    ]
+    if card["torchvision"]:
+        lines += ["Plain torchvision equivalent:", "", "```python", card["torchvision"].replace("; ", "\n"), "```", ""]
+    lines += ["In sslsearch: `sslsearch.load_backbone(folder)` (checks the sha256 first).", "",
+              f"Versions: sslsearch {card['versions']['sslsearch']}, torch {card['versions']['torch']}, "
+              f"torchvision {card['versions']['torchvision']}. Exported {card['exported_at']}.", ""]
+    return "\n".join(lines)
+
+
+def _pick(trials, loss: str | None, client) -> tuple[object, str, int, int, list[str]]:
+    """The best ranked trial that has a checkpoint: (row, artifact path, overall rank, candidates, skipped trial ids)."""
+    ranked = rank_trials(trials)
+    if loss is not None:
+        if loss not in LOSSES:
+            raise InputError(f"unknown loss {loss!r}; expected one of {', '.join(LOSSES)}")
+        ranked = ranked[ranked["loss"] == loss]
+        if ranked.empty:
+            raise InputError(f"sweep {', '.join(trials['sweep'].unique())} has no finished {loss} trial")
+    skipped = []
+    for position, (_, row) in enumerate(ranked.iterrows(), start=1):
+        present = {f.path for f in client.list_artifacts(row["run_id"], "checkpoints")}
+        source = next((c for c in CHECKPOINTS if c in present), None)
+        if source is not None:
+            return row, source, position, len(ranked), skipped
+        skipped.append(row["trial_id"])
+    raise InputError(f"no finished trial of sweep {', '.join(trials['sweep'].unique())} has a checkpoint in MLflow "
+                     f"({' or '.join(CHECKPOINTS)})")
+
+
+def _refuse_existing(out: Path, force: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise InputError(f"export path {out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise InputError(f"export folder {out} exists and is not empty; pass --force to replace it")
+
+
+def _swap_into_place(staged: Path, out: Path) -> None:
+    """Replace `out` by the finished `staged` folder: no half-written export is ever at `out`."""
+    if not out.exists():
+        os.replace(staged, out)
+        return
+    aside = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+    aside.rmdir()
+    os.replace(out, aside)
+    try:
+        os.replace(staged, out)
+    except OSError:
+        os.replace(aside, out)  # put the previous export back
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def export_best(tracking_uri: str, sweep: str | None, out_dir: str | os.PathLike, *, loss: str | None = None,
+                force: bool = False, register: str | None = None) -> dict:
+    """Export the best trial's backbone (by val_acc) of `sweep` (None: the most recent) to `out_dir`.
+
+    Returns the model card; with `register`, the card returned (not the file) also holds the
+    registered model's name, version and alias under "registered".
+    """
+    from sslsearch.train import load_checkpoint, model_from_checkpoint
+
+    out = Path(out_dir).resolve()
+    _refuse_existing(out, force)
+    trials = load_trials(tracking_uri, [sweep] if sweep else None)
+    client = mlflow_client(tracking_uri)
+    trial, source, rank, candidates, skipped = _pick(trials, loss, client)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staged = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        with tempfile.TemporaryDirectory(prefix="sslsearch-export-") as download:
+            local = client.download_artifacts(trial["run_id"], source, dst_path=download)
+            checkpoint = load_checkpoint(local)
+        model = model_from_checkpoint(checkpoint)  # also proves the weights fit the recorded configuration
+        weights = backbone_state_dict(checkpoint)
+        torch.save(weights, staged / BACKBONE_FILE)
+        card = _model_card(checkpoint, trial, rank, candidates, skipped, source, tracking_uri,
+                           sha256_of(staged / BACKBONE_FILE), len(weights),
+                           sum(p.numel() for p in model.backbone.parameters()))
+        card["selection"]["loss_filter"] = loss
+        (staged / CARD_JSON).write_text(json.dumps(card, indent=2) + "\n")
+        (staged / CARD_MD).write_text(card_markdown(card))
+        registered = _register(client, register, staged, model.backbone, card) if register else None
+        _refuse_existing(out, force)  # again: another process may have written there meanwhile
+        _swap_into_place(staged, out)
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
+    if registered:
+        card = {**card, "registered": registered}
+    return card
+
+
+def _register(client, name: str, folder: Path, backbone: nn.Module, card: dict) -> dict:
+    """Log the backbone as an MLflow model (pytorch flavour, with the export files) and register it, alias `champion`."""
+    import mlflow.pytorch
+    import torchvision
+    from mlflow.entities import LoggedModelStatus
+    from mlflow.exceptions import MlflowException
+
+    experiment_id = client.get_run(card["mlflow_run_id"]).info.experiment_id
+    logged = client.create_logged_model(experiment_id, name="backbone", source_run_id=card["mlflow_run_id"],
+                                        tags={"sslsearch.sweep": card["sweep"], "sslsearch.trial_id": card["trial_id"]},
+                                        params={k: str(v) for k, v in card["hyperparameters"].items()})
+    try:
+        with tempfile.TemporaryDirectory(prefix="sslsearch-model-") as tmp:
+            # Pickle (not 'pt2'): the loaded model is the backbone module itself, any batch size,
+            # eval()/train() as usual. small_cnn needs sslsearch importable; the ResNets only torchvision.
+            mlflow.pytorch.save_model(
+                backbone.eval(), os.path.join(tmp, "model"), serialization_format="pickle",
+                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}",
+                                  f"torchvision=={torchvision.__version__.split('+')[0]}"],
+                extra_files=[str(folder / f) for f in (BACKBONE_FILE, CARD_JSON, CARD_MD)])
+            client.log_model_artifacts(logged.model_id, os.path.join(tmp, "model"))
+        client.finalize_logged_model(logged.model_id, LoggedModelStatus.READY)
+    except BaseException:
+        client.finalize_logged_model(logged.model_id, LoggedModelStatus.FAILED)
+        raise
+    try:
+        client.create_registered_model(name, description="Backbones exported by sslsearch (Barlow Twins / HSIC).")
+    except MlflowException as error:
+        if error.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    metrics = card["metrics"]
+    version = client.create_model_version(
+        name, source=f"models:/{logged.model_id}", run_id=card["mlflow_run_id"], model_id=logged.model_id,
+        tags={"sslsearch.sweep": card["sweep"], "sslsearch.trial_id": card["trial_id"], "sha256": card["weights"]["sha256"],
+              "val_acc": str(metrics["val_acc"]), "test_acc": str(metrics["test_acc"])},
+        description=f"{card['backbone']} ({card['loss']}, λ={card['hyperparameters']['lmbda']:.4g}) from sweep {card['sweep']}")
+    client.set_registered_model_alias(name, ALIAS, version.version)
+    return {"name": name, "version": str(version.version), "alias": ALIAS, "uri": f"models:/{name}@{ALIAS}",
+            "model_id": logged.model_id}
+
+
+def _locate(path: Path) -> tuple[Path, Path]:
+    if path.is_dir():
+        return path / BACKBONE_FILE, path / CARD_JSON
+    return path, path.with_name(CARD_JSON)
+
+
+def load_backbone(path: str | os.PathLike) -> nn.Module:
+    """The exported backbone, ready to use (eval mode, CPU), from an export folder or its backbone.pt.
+
+    The sha256 of the weights is checked against the model card next to them first.
+    """
+    from sslsearch.models import build_backbone
+
+    weights_path, card_path = _locate(Path(path).resolve())
+    for needed in (weights_path, card_path):
+        if not needed.is_file():
+            raise InputError(f"{needed} not found; expected an export folder written by `sslsearch export`")
+    try:
+        card = json.loads(card_path.read_text())
+        expected, name, image_size = card["weights"]["sha256"], card["backbone"], int(card["image_size"])
+    except (ValueError, KeyError, TypeError) as error:
+        raise InputError(f"{card_path} is not an sslsearch model card ({type(error).__name__}: {error})") from None
+    actual = sha256_of(weights_path)
+    if actual != expected:
+        raise InputError(f"{weights_path} has sha256 {actual[:16]}… but its model card expects {expected[:16]}…; "
+                         "the file was changed or corrupted")
+    state = torch.load(weights_path, map_location="cpu", weights_only=True)
+    backbone = build_backbone(name, image_size)
+    try:
+        backbone.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        raise InputError(f"{weights_path} does not fit a {name} backbone: {str(error).splitlines()[0]}") from None
+    return backbone.eval()

@@ -1,0 +1,97 @@
+"""Experiment and search-space files: precedence, validation, one-line errors with exit code 2."""
+
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from sslsearch.cli import main
+from sslsearch.config import DEFAULT_EXPERIMENT, load_experiment
+from sslsearch.errors import InputError
+from sslsearch.space import load_search_space, parse_search_space
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_precedence_defaults_then_file_then_overrides(tmp_path):
+    path = tmp_path / "e.yaml"
+    path.write_text(yaml.safe_dump({"name": "x", "pretrain": {"epochs": 7, "lr": 0.01}, "search": {"num_samples": 4}}))
+    e = load_experiment(path, ["pretrain.lr=0.5", "search.sampler=random", "scheduler.grace_period=3"])
+    assert e.pretrain.epochs == 7            # file
+    assert e.pretrain.lr == 0.5              # override beats file
+    assert e.pretrain.batch_size == 128      # default
+    assert e.search.sampler == "random" and e.scheduler.grace_period == 3
+    assert e.search.num_samples == 4
+
+
+def test_shipped_experiments_and_space_load():
+    for path in sorted((ROOT / "experiments").glob("*.yaml")):
+        e = load_experiment(path)
+        space = load_search_space(e.space_path())
+        assert set(space.names) <= {"lmbda", "lr", "feature_dim", "loss", "weight_decay"}, path
+    space = load_search_space(ROOT / "search_spaces" / "barlow_hsic.yaml").to_optuna()
+    assert space["lmbda"].log and space["lmbda"].low == 1e-4 and space["lmbda"].high == 0.1
+    assert 1 / 128 < space["lmbda"].high and 0.0051 > space["lmbda"].low
+    assert space["feature_dim"].choices == (64, 128, 256, 512, 1024)
+    assert isinstance(space["loss"], optuna.distributions.CategoricalDistribution)
+
+
+def test_default_experiment_is_the_embedded_digits_sweep():
+    e = load_experiment(None)
+    assert e.source == str(DEFAULT_EXPERIMENT) and e.pretrain.dataset == "digits"
+    assert e.search.num_samples >= 8 and e.scheduler.type == "asha" and e.search.paired
+
+
+@pytest.mark.parametrize("raw,match", [
+    ({"lmbda": {"distribution": "loguniform", "low": 0.1, "high": 0.01}}, "low < high"),
+    ({"lmbda": {"distribution": "loguniform", "low": 0.0, "high": 0.01}}, "bounds must be > 0"),
+    ({"feature_dim": {"distribution": "int", "low": 0, "high": 8, "log": True}}, "bounds must be > 0"),
+    ({"loss": {"distribution": "choice", "values": []}}, "non-empty list"),
+    ({"momentum_magic": {"distribution": "uniform", "low": 0, "high": 1}}, "does not know parameter 'momentum_magic'"),
+    ({"lr": {"distribution": "normal", "low": 0, "high": 1}}, "unknown distribution 'normal'"),
+    ({"lr": {"distribution": "uniform", "low": 0}}, "missing: high"),
+    ({"epochs": {"distribution": "int", "low": 1, "high": 9}}, "does not know parameter 'epochs'"),
+])
+def test_bad_search_spaces(raw, match):
+    with pytest.raises(InputError, match=match):
+        parse_search_space(raw)
+
+
+def _run(capsys, argv):
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    return code, err
+
+
+@pytest.mark.parametrize("content,overrides,match", [
+    ("pretrain: [unclosed", [], "malformed YAML"),
+    ("pretrain: {epochz: 3}", [], "unknown key\\(s\\) in pretrain: epochz; valid: dataset"),
+    ("pretrian: {}", [], "unknown key\\(s\\) in e.yaml: pretrian; valid: name, search"),
+    ("search: {num_samples: 0}", [], "num_samples must be ≥ 1"),
+    ("search: {paired: true, num_samples: 3}", [], "even num_samples"),
+    ("", ["pretrain.lmbda=-1"], "lmbda must be"),
+    ("", ["pretrain.epochs=abc"], "pretrain.epochs must be a number"),
+    ("", ["scheduler.type=hyperband"], "scheduler.type must be one of asha, fifo"),
+])
+def test_sweep_cli_refuses_bad_experiments_before_any_trial(tmp_path, capsys, content, overrides, match):
+    path = tmp_path / "e.yaml"
+    path.write_text(content)
+    argv = ["sweep", str(path), "--storage", str(tmp_path / "runs")]
+    for o in overrides:
+        argv += ["--set", o]
+    code, err = _run(capsys, argv)
+    assert code == 2
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    import re
+    assert re.search(match, err), err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_sweep_cli_refuses_a_bad_space_file_and_unknown_resume(tmp_path, capsys):
+    space = tmp_path / "s.yaml"
+    space.write_text("lr: {distribution: loguniform, low: -1, high: 1}")
+    code, err = _run(capsys, ["sweep", "--space", str(space), "--storage", str(tmp_path / "runs")])
+    assert code == 2 and "bounds must be > 0" in err and len(err.splitlines()) == 1
+    code, err = _run(capsys, ["resume", "nope", "--storage", str(tmp_path / "runs")])
+    assert code == 2 and "no sweep named 'nope'" in err and len(err.splitlines()) == 1

@@ -1,0 +1,179 @@
+"""Export end to end: a real (tiny) pretraining run recorded in a temporary MLflow store → export →
+load back → the same features; the card's test_acc reproduced by an independent classifier."""
+
+import json
+import os
+import shutil
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+from test_leaderboard import open_store, trial, write_sweep  # noqa: E402
+
+from sslsearch.data import load_dataset  # noqa: E402
+from sslsearch.errors import InputError  # noqa: E402
+from sslsearch.export import backbone_state_dict, export_best, load_backbone, sha256_of  # noqa: E402
+from sslsearch.models import SSLModel, build_backbone, build_projector  # noqa: E402
+from sslsearch.train import PretrainConfig, load_checkpoint, model_from_checkpoint, pretrain  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory, digits):
+    """A sweep whose best trial with a checkpoint is a real 2-epoch run; the one ranked above it has no checkpoint."""
+    folder = tmp_path_factory.mktemp("export-records")
+    config = PretrainConfig(dataset="digits", epochs=2, eval_every=1, device="cpu", feature_dim=16)
+    result = pretrain(config, out_dir=folder / "trial", data=digits, progress=False, final_test=True)
+    final = result.history[-1]
+    client, uri, experiment_id = open_store(folder)
+    real = trial("real", "barlow", None, {r["epoch"]: r["val_acc"] for r in result.history}, test_acc=final["test_acc"],
+                 lmbda=config.lmbda, lr=config.lr, feature_dim=config.feature_dim, seed=config.seed, seconds=20,
+                 artifacts={"checkpoints": [folder / "trial" / "last.pt", folder / "trial" / "best.pt"],
+                            "": [folder / "trial" / "statistics.csv"]})
+    no_checkpoint = trial("lucky", "barlow", None, {0: 30.0, 1: final["val_acc"] + 0.5}, "stopped early", seconds=5)
+    other = trial("other", "hsic", None, {0: 30.0, 1: 40.0, 2: 50.0}, test_acc=49, seconds=20)
+    _, run_ids = write_sweep(client, experiment_id, "export-sweep", [real, no_checkpoint, other],
+                             base={"dataset": "digits", "epochs": 2, "backbone": "small_cnn"})
+    return {"uri": uri, "client": client, "folder": folder, "final": final, "run_id": run_ids["real"],
+            "checkpoint": folder / "trial" / "last.pt"}
+
+
+@pytest.fixture(scope="module")
+def exported(sweep, tmp_path_factory):
+    out = tmp_path_factory.mktemp("export") / "best"
+    card = export_best(sweep["uri"], None, out)
+    return out, card
+
+
+def test_export_writes_weights_and_card(sweep, exported):
+    out, card = exported
+    assert sorted(p.name for p in out.iterdir()) == ["backbone.pt", "model_card.json", "model_card.md"]
+    assert not [p for p in out.parent.iterdir() if p.name != "best"]  # no staging folder left behind
+    assert json.loads((out / "model_card.json").read_text()) == card
+    assert card["mlflow_run_id"] == sweep["run_id"] and card["sweep"] == "export-sweep" and card["trial_id"] == "real"
+    # "lucky" ranks first (higher val_acc) but has no checkpoint to export: skipped, and the card says so.
+    assert card["selection"]["rank"] == 2 and card["selection"]["skipped_without_checkpoint"] == ["lucky"]
+    assert card["checkpoint"] == {"artifact": "checkpoints/last.pt", "epoch": 2}
+    assert card["metrics"]["val_acc"] == sweep["final"]["val_acc"] and card["metrics"]["test_acc"] == sweep["final"]["test_acc"]
+    assert (card["dataset"], card["backbone"], card["image_size"], card["preset"], card["seed"]) == ("digits", "small_cnn", 32, "digits", 0)
+    assert card["versions"]["torch"] == torch.__version__ and card["versions"]["torchvision"] == torchvision.__version__
+    assert card["weights"]["sha256"] == sha256_of(out / "backbone.pt")
+    state = torch.load(out / "backbone.pt", weights_only=True)
+    assert set(state) == set(build_backbone("small_cnn", 32).state_dict())  # backbone only, prefix stripped
+    assert "sha256" in (out / "model_card.md").read_text()
+
+
+def test_loaded_backbone_gives_the_trials_own_features(sweep, exported):
+    out, _ = exported
+    own = model_from_checkpoint(load_checkpoint(sweep["checkpoint"])).backbone
+    x = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = own(x)
+        for path in (out, out / "backbone.pt"):
+            backbone = load_backbone(path)
+            assert not backbone.training
+            assert torch.equal(backbone(x), expected)
+
+
+def test_tampered_weights_are_refused(exported, tmp_path):
+    out, _ = exported
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    state = torch.load(copy / "backbone.pt", weights_only=True)
+    first = next(iter(state))
+    state[first] = state[first] + 1e-3
+    torch.save(state, copy / "backbone.pt")
+    with pytest.raises(InputError, match="sha256 .* but its model card expects") as error:
+        load_backbone(copy)
+    assert "\n" not in str(error.value)
+    with pytest.raises(InputError, match="not found"):
+        load_backbone(tmp_path / "nowhere")
+
+
+def test_existing_export_folder_needs_force(sweep, exported, tmp_path):
+    out = tmp_path / "taken"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(InputError, match="exists and is not empty; pass --force"):
+        export_best(sweep["uri"], "export-sweep", out)
+    assert (out / "notes.txt").read_text() == "mine"
+    card = export_best(sweep["uri"], "export-sweep", out, force=True)
+    assert sorted(p.name for p in out.iterdir()) == ["backbone.pt", "model_card.json", "model_card.md"]
+    assert card["weights"]["sha256"] == exported[1]["weights"]["sha256"]
+    assert [p.name for p in tmp_path.iterdir()] == ["taken"]
+
+
+def test_loss_filter(sweep, tmp_path):
+    with pytest.raises(InputError, match="no finished trial of sweep export-sweep has a checkpoint"):
+        export_best(sweep["uri"], None, tmp_path / "hsic", loss="hsic")
+    with pytest.raises(InputError, match="unknown loss 'simclr'"):
+        export_best(sweep["uri"], None, tmp_path / "x", loss="simclr")
+    assert not list(tmp_path.iterdir())
+    card = export_best(sweep["uri"], None, tmp_path / "barlow", loss="barlow")
+    assert card["trial_id"] == "real" and card["selection"]["loss_filter"] == "barlow"
+
+
+def test_registered_model_loads_back_by_alias(sweep, exported, tmp_path, monkeypatch):
+    import mlflow.pytorch
+
+    card = export_best(sweep["uri"], None, tmp_path / "reg", register="sslsearch-digits")
+    assert card["registered"]["uri"] == "models:/sslsearch-digits@champion"
+    assert "registered" not in json.loads((tmp_path / "reg" / "model_card.json").read_text())
+    version = sweep["client"].get_model_version_by_alias("sslsearch-digits", "champion")
+    assert version.run_id == sweep["run_id"] and version.tags["sha256"] == card["weights"]["sha256"]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", sweep["uri"])
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", sweep["uri"])
+    model = mlflow.pytorch.load_model("models:/sslsearch-digits@champion")
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(model.eval()(x), load_backbone(exported[0])(x))
+    # Exporting again moves the alias to a new version.
+    export_best(sweep["uri"], None, tmp_path / "reg2", register="sslsearch-digits")
+    assert sweep["client"].get_model_version_by_alias("sslsearch-digits", "champion").version == "2"
+
+
+def test_independent_logistic_regression_reproduces_the_cards_test_acc(exported, digits):
+    """Acceptance: scikit-learn on the exported backbone's features (train + val → test) within 2 points."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    from sslsearch.evaluate import extract_features
+
+    out, card = exported
+    backbone = load_backbone(out)
+    train = torch.cat([extract_features(backbone, digits.train_images, card["preset"]),
+                       extract_features(backbone, digits.val_images, card["preset"])]).numpy()
+    labels = torch.cat([digits.train_labels, digits.val_labels]).numpy()
+    test = extract_features(backbone, digits.test_images, card["preset"]).numpy()
+    scaler = StandardScaler().fit(train)
+    classifier = LogisticRegression(max_iter=5000).fit(scaler.transform(train), labels)
+    accuracy = 100 * classifier.score(scaler.transform(test), digits.test_labels.numpy())
+    print(f"logistic regression test accuracy {accuracy:.2f} vs card test_acc {card['metrics']['test_acc']:.2f}")
+    assert abs(accuracy - card["metrics"]["test_acc"]) <= 2.0
+
+
+@pytest.mark.parametrize("name, image_size", [("resnet18", 32), ("resnet18", 64)])
+def test_exported_resnet_loads_into_plain_torchvision_strictly(name, image_size):
+    """The recipe in docs/export.md: torchvision's model with the reference's stem, strict=True."""
+    torch.manual_seed(0)
+    backbone = build_backbone(name, image_size)
+    model = SSLModel(backbone, build_projector(backbone.out_dim, 8))
+    state = backbone_state_dict({"model": model.state_dict()})
+    plain = getattr(torchvision.models, name)()
+    plain.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+    if image_size <= 32:
+        plain.maxpool = nn.Identity()
+    plain.fc = nn.Identity()
+    plain.load_state_dict(state, strict=True)
+    x = torch.randn(2, 3, image_size, image_size)
+    with torch.no_grad():
+        assert torch.equal(plain.eval()(x), backbone.eval()(x))

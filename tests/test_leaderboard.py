@@ -1,0 +1,265 @@
+"""Leaderboards over trial runs written to a temporary MLflow store in the tracking layout.
+
+The store is written here directly with MlflowClient (parent run per sweep, nested child run per
+trial, the tags, params and per-epoch metrics the tracking callback writes), so these tests read
+records exactly as they are left after Ray's folders are gone.
+"""
+
+import csv
+import io
+import json
+import math
+import os
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+from sslsearch.errors import InputError  # noqa: E402
+from sslsearch.leaderboard import (  # noqa: E402
+    EXPERIMENT, bootstrap_interval, build_leaderboard, format_leaderboard, load_trials, rank_trials, write_plots,
+)
+
+BASE = {"dataset": "digits", "epochs": 4, "backbone": "small_cnn", "batch_size": 128, "eval_every": 1}
+
+
+def open_store(folder):
+    """A fresh SQLite MLflow store in `folder` with the `sslsearch` experiment: (client, uri, experiment id)."""
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    experiment_id = client.create_experiment(EXPERIMENT, artifact_location=(folder / "mlartifacts").as_uri())
+    return client, uri, experiment_id
+
+
+def write_sweep(client, experiment_id, name, trials, *, base=BASE, started=None):
+    """Write a sweep as the tracking callback does; returns (parent run id, {trial_id: run id}).
+
+    Each trial is a dict: trial_id, loss, lmbda, lr, feature_dim, seed, pair (or None), outcome,
+    history {epoch: val_acc} (epoch 0 = random initialisation), test_acc (or None), seconds,
+    artifacts {artifact folder: [local files]}.
+    """
+    from mlflow.entities import Metric, Param
+
+    started = started or int(time.time() * 1000)
+    parent = client.create_run(experiment_id, start_time=started, run_name=name,
+                               tags={"sslsearch.role": "sweep", "sslsearch.sweep": name})
+    client.log_batch(parent.info.run_id, params=[Param(f"pretrain.{k}", str(v)) for k, v in base.items()])
+    run_ids = {}
+    for i, t in enumerate(trials):
+        tags = {"mlflow.parentRunId": parent.info.run_id, "sslsearch.role": "trial", "sslsearch.sweep": name,
+                "sslsearch.trial_id": t["trial_id"], "sslsearch.loss": t["loss"], "sslsearch.outcome": t["outcome"]}
+        if t.get("pair") is not None:
+            tags["sslsearch.pair"] = str(t["pair"])
+        run = client.create_run(experiment_id, start_time=started + 1 + i, run_name=t["trial_id"], tags=tags)
+        params = {"lmbda": t["lmbda"], "lr": t["lr"], "feature_dim": t["feature_dim"], "loss": t["loss"],
+                  "seed": t["seed"], **{f"base.{k}": v for k, v in base.items()}}
+        metrics, clock = [], started
+        epochs = sorted(t["history"])
+        for e in epochs:
+            clock += 10
+            seconds = t["seconds"] * e / max(max(epochs), 1)
+            metrics += [Metric("epoch", e, clock, e), Metric("val_acc", t["history"][e], clock, e),
+                        Metric("knn_acc", t["history"][e] - 5, clock, e), Metric("trial_seconds", seconds, clock, e)]
+            if e > 0:
+                metrics += [Metric("loss", 10.0 / e, clock, e), Metric("images_per_s", 1000.0, clock, e)]
+        if t.get("test_acc") is not None:
+            metrics.append(Metric("test_acc", t["test_acc"], clock, max(epochs)))
+        client.log_batch(run.info.run_id, metrics=metrics, params=[Param(k, str(v)) for k, v in params.items()])
+        for folder, files in t.get("artifacts", {}).items():
+            for file in files:
+                client.log_artifact(run.info.run_id, str(file), artifact_path=folder)
+        if t["outcome"] != "running":
+            client.set_terminated(run.info.run_id, "FAILED" if t["outcome"] == "errored" else "FINISHED")
+        run_ids[t["trial_id"]] = run.info.run_id
+    return parent.info.run_id, run_ids
+
+
+def trial(trial_id, loss, pair, history, outcome="completed", lmbda=0.01, lr=1e-3, feature_dim=64, seed=None,
+          test_acc=None, seconds=100.0, **extra):
+    return {"trial_id": trial_id, "loss": loss, "pair": pair, "history": history, "outcome": outcome, "lmbda": lmbda,
+            "lr": lr, "feature_dim": feature_dim, "seed": seed if seed is not None else (pair or 0), "test_acc": test_acc,
+            "seconds": seconds, **extra}
+
+
+def curve(*values):
+    """History with epoch 0 at 30 (the random-init baseline) and the given values at epochs 1, 2, …"""
+    return {0: 30.0, **{e: float(v) for e, v in enumerate(values, start=1)}}
+
+
+# The paired sweep the hand computations below refer to (4 epochs, evaluated every epoch).
+PAIRED = [
+    trial("p0b", "barlow", 0, curve(50, 60, 70, 80), test_acc=78, lmbda=0.01, lr=1e-3),
+    trial("p0h", "hsic", 0, curve(52, 63, 72, 85), test_acc=83, lmbda=0.01, lr=1e-3, seconds=110),
+    trial("p1b", "barlow", 1, curve(40, 45, 50, 55), test_acc=54, lmbda=0.1, lr=3e-3, feature_dim=32, seconds=90),
+    trial("p1h", "hsic", 1, curve(41, 47), "stopped early", lmbda=0.1, lr=3e-3, feature_dim=32, seconds=40),
+    trial("p2b", "barlow", 2, curve(20), "errored", lmbda=1.0, seconds=10),
+    trial("p2h", "hsic", 2, curve(60, 70, 80, 85), test_acc=84, lmbda=1.0, seconds=90),
+    trial("p3b", "barlow", 3, curve(50, 55, 58, 60), test_acc=59, lmbda=0.001, seconds=95),
+    trial("p3h", "hsic", 3, curve(50, 55, 58, 60), test_acc=61, lmbda=0.001, seconds=95),
+    trial("p4h", "hsic", 4, curve(45), "running", lmbda=0.05),
+    trial("p5b", "barlow", 5, curve(40, 44, 48, 50), test_acc=49, lmbda=0.3, seconds=80),
+    trial("p5h", "hsic", 5, curve(70, 85), "stopped early", lmbda=0.3, seconds=50),
+]
+# By hand: compared at the last epoch both evaluated —
+# pair 0 at epoch 4: 85 − 80 = 5; pair 1 at epoch 2 (hsic stopped): 47 − 45 = 2; pair 3 at epoch 4: 0 (a tie);
+# pair 5 at epoch 2: 85 − 44 = 41. Pair 2 (barlow errored) and pair 4 (no partner) are left out.
+DIFFERENCES = [5.0, 2.0, 0.0, 41.0]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("records")
+    client, uri, experiment_id = open_store(folder)
+    now = int(time.time() * 1000)
+    write_sweep(client, experiment_id, "old-sweep", [
+        trial("o0", "barlow", None, curve(61, 66)), trial("o1", "hsic", None, curve(62, 64)),
+    ], base={**BASE, "epochs": 2}, started=now - 50_000)
+    write_sweep(client, experiment_id, "all-errored", [
+        trial("e0", "barlow", None, curve(10), "errored"), trial("e1", "hsic", None, {0: 30.0}, "errored"),
+    ], started=now - 40_000)
+    write_sweep(client, experiment_id, "still-running", [
+        trial("r0", "barlow", None, curve(10), "running"), trial("r1", "hsic", None, {0: 30.0}, "errored"),
+    ], started=now - 30_000)
+    write_sweep(client, experiment_id, "cifar", [trial("c0", "barlow", None, curve(40, 50))],
+                base={**BASE, "dataset": "cifar10"}, started=now - 20_000)
+    parent, run_ids = write_sweep(client, experiment_id, "paired", PAIRED, started=now - 10_000)
+    return {"client": client, "uri": uri, "folder": folder, "parent": parent, "run_ids": run_ids}
+
+
+def test_trials_are_read_back_from_mlflow_alone(store):
+    trials = load_trials(store["uri"], ["paired"])
+    assert len(trials) == len(PAIRED)
+    row = trials.set_index("trial_id").loc["p1h"]
+    assert (row["loss"], row["outcome"], row["epochs"], row["pair"]) == ("hsic", "stopped early", 2, 1)
+    assert (row["lmbda"], row["lr"], row["feature_dim"]) == (0.1, 3e-3, 32)
+    assert row["val_acc"] == 47 and row["best_val_acc"] == 47 and math.isnan(row["test_acc"])
+    assert row["history"] == {0: 30.0, 1: 41.0, 2: 47.0}
+    p0b = trials.set_index("trial_id").loc["p0b"]
+    assert (p0b["val_acc"], p0b["test_acc"], p0b["trial_seconds"], p0b["dataset"]) == (80, 78, 100, "digits")
+    assert row["run_id"] == store["run_ids"]["p1h"] and row["parent_run_id"] == store["parent"]
+
+
+def test_no_sweep_named_means_the_most_recent_one(store):
+    assert set(load_trials(store["uri"])["sweep"]) == {"paired"}
+
+
+def test_several_sweeps_pool_into_one_leaderboard(store):
+    board = build_leaderboard(load_trials(store["uri"], ["old-sweep", "paired"]))
+    assert board.sweeps == ["old-sweep", "paired"]
+    assert len(board.trials) == len(PAIRED) + 2
+    header = next(line for line in format_leaderboard(board, "table").splitlines() if line.startswith("rank "))
+    assert header.split()[:3] == ["rank", "sweep", "trial"]  # with several sweeps, a sweep column
+    assert board.head_to_head["variants"]["barlow"]["trials"] == 5  # 4 finished paired + 1 old
+
+
+def test_bad_sweeps_are_one_clear_line(store):
+    with pytest.raises(InputError, match=r"unknown sweep 'nope'; known sweeps: paired, cifar, still-running") as error:
+        load_trials(store["uri"], ["nope"])
+    assert "\n" not in str(error.value)
+    with pytest.raises(InputError, match="all 2 trials of sweep 'all-errored' errored"):
+        load_trials(store["uri"], ["all-errored"])
+    with pytest.raises(InputError, match="different data sets"):
+        build_leaderboard(load_trials(store["uri"], ["paired", "cifar"]))
+    with pytest.raises(InputError, match="no MLflow records"):
+        load_trials(f"sqlite:///{store['folder'] / 'missing.db'}")
+    assert not (store["folder"] / "missing.db").exists()
+
+
+def test_a_sweep_without_a_finished_trial_is_refused(store):
+    with pytest.raises(InputError, match=r"sweep 'still-running' has no finished trial with a val_acc yet \(1 errored, 1 running\)"):
+        load_trials(store["uri"], ["still-running"])
+
+
+def test_ranks_follow_val_acc_then_the_documented_tie_breaks(store):
+    board = build_leaderboard(load_trials(store["uri"], ["paired"]))
+    ranked = board.ranked
+    # hsic: p2h and p0h tie at 85 over 4 epochs, p2h took less time; p5h has 85 too but after 2 epochs only.
+    assert list(ranked[ranked["loss"] == "hsic"]["trial_id"]) == ["p2h", "p0h", "p5h", "p3h", "p1h"]
+    assert list(ranked[ranked["loss"] == "barlow"]["trial_id"]) == ["p0b", "p3b", "p1b", "p5b"]
+    assert list(ranked[ranked["loss"] == "barlow"]["rank"]) == [1, 2, 3, 4]
+    assert "p2b" not in set(ranked["trial_id"]) and "p4h" not in set(ranked["trial_id"])  # errored, running
+
+
+def test_trial_id_is_the_last_tie_break():
+    rows = pd.DataFrame({"sweep": "s", "loss": "barlow", "trial_id": ["b", "a", "c"], "val_acc": [50.0, 50.0, 50.0],
+                         "epochs": [4, 4, 4], "trial_seconds": [10.0, 10.0, 10.0], "outcome": "completed"})
+    assert list(rank_trials(rows)["trial_id"]) == ["a", "b", "c"]
+
+
+def test_head_to_head_matches_a_hand_computation(store):
+    board = build_leaderboard(load_trials(store["uri"], ["paired"]))
+    h2h = board.head_to_head
+    assert h2h["variants"]["barlow"] == {"trials": 4, "best_val_acc": 80.0, "median_val_acc": 57.5, "best_trial": "p0b"}
+    assert h2h["variants"]["hsic"] == {"trials": 5, "best_val_acc": 85.0, "median_val_acc": 85.0, "best_trial": "p2h"}
+    paired = h2h["paired"]
+    assert sorted(board.pairs["difference"]) == sorted(DIFFERENCES)
+    assert list(board.pairs["epoch"]) == [4, 2, 4, 2]
+    assert paired["pairs"] == 4 and paired["mean_difference"] == pytest.approx(np.mean(DIFFERENCES))
+    assert paired["hsic_wins"] == 3.5 and paired["hsic_win_rate"] == pytest.approx(3.5 / 4)  # the tie counts half
+    assert paired["excluded"] == {"with an errored or running trial": 1, "without its partner": 1}
+    assert paired["ci_low"] <= paired["mean_difference"] <= paired["ci_high"]
+    assert min(DIFFERENCES) <= paired["ci_low"] and paired["ci_high"] <= max(DIFFERENCES)
+
+
+def test_bootstrap_interval_is_seeded_and_sensible():
+    values = np.array([5.0, 2.0, 0.0, 41.0, 3.0, -1.0])
+    assert bootstrap_interval(values, seed=7) == bootstrap_interval(values, seed=7)
+    assert bootstrap_interval(values, seed=7) != bootstrap_interval(values, seed=8)
+    low, high = bootstrap_interval(values)
+    assert low < values.mean() < high
+    # More of the same data: a narrower interval. A constant: a point.
+    wide, narrow = bootstrap_interval(values), bootstrap_interval(np.tile(values, 20))
+    assert narrow[1] - narrow[0] < wide[1] - wide[0]
+    assert bootstrap_interval(np.full(5, 2.5)) == (2.5, 2.5)
+
+
+def test_formats_parse(store):
+    board = build_leaderboard(load_trials(store["uri"], ["paired"]), top=3)
+    document = json.loads(format_leaderboard(board, "json"))
+    assert [r["trial_id"] for r in document["variants"]["hsic"]] == ["p2h", "p0h", "p5h"]
+    assert document["head_to_head"]["paired"]["hsic_win_rate"] == pytest.approx(0.875)
+    assert document["variants"]["hsic"][2]["test_acc"] is None  # NaN becomes null: strict JSON
+    rows = list(csv.DictReader(io.StringIO(format_leaderboard(board, "csv"))))
+    assert [(r["loss"], r["rank"], r["trial_id"]) for r in rows] == [
+        ("barlow", "1", "p0b"), ("barlow", "2", "p3b"), ("barlow", "3", "p1b"),
+        ("hsic", "1", "p2h"), ("hsic", "2", "p0h"), ("hsic", "3", "p5h")]
+    assert float(rows[0]["val_acc"]) == 80 and float(rows[0]["test_acc"]) == 78
+    table = format_leaderboard(board, "table")
+    assert "barlow (top 3 of 4 ranked)" in table and "hsic wins 3.5/4 (88%" in table
+    assert "mean +12.00 points" in table
+    markdown = format_leaderboard(board, "markdown")
+    assert "## hsic (top 3 of 5 ranked)" in markdown and "| rank | trial | λ |" in markdown
+    with pytest.raises(InputError, match="unknown format 'xml'"):
+        format_leaderboard(board, "xml")
+
+
+def test_plots_are_written_and_logged_to_the_sweep_run(store, tmp_path):
+    import optuna
+
+    storage = tmp_path / "runs"
+    (storage / "paired").mkdir(parents=True)
+    journal = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(storage / "paired" / "optuna-study.journal")))
+    study = optuna.create_study(storage=journal, study_name="paired", direction="maximize")
+    distributions = {"lmbda": optuna.distributions.FloatDistribution(1e-3, 1, log=True),
+                     "lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True),
+                     "loss": optuna.distributions.CategoricalDistribution(["barlow", "hsic"])}
+    for t in PAIRED:
+        if t["outcome"] == "completed":
+            study.add_trial(optuna.trial.create_trial(params={"lmbda": t["lmbda"], "lr": t["lr"], "loss": t["loss"]},
+                                                      distributions=distributions, value=max(t["history"].values())))
+    board = build_leaderboard(load_trials(store["uri"], ["paired", "old-sweep"]))
+    result = write_plots(board, tmp_path / "plots", store["uri"], storage=storage)
+    names = sorted(os.path.basename(f) for f in result["files"])
+    assert names == ["importances-paired.png", "learning_curves.png", "val_acc_vs_lmbda.png"]
+    for file in result["files"]:
+        assert open(file, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    assert result["notes"] == [f"importances for old-sweep: skipped, no Optuna study file at {storage / 'old-sweep' / 'optuna-study.journal'}"]
+    logged = {os.path.basename(f.path) for f in store["client"].list_artifacts(store["parent"], "leaderboard")}
+    assert logged == set(names)

@@ -1,0 +1,184 @@
+"""Sweeps end to end: Optuna + ASHA on Ray, PRUNED bookkeeping, pairing, kill + resume, two nodes."""
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+
+from sslsearch.config import load_experiment
+from sslsearch.search import STUDY_FILE, SweepSearcher, run_sweep
+from sslsearch.space import load_search_space
+
+ROOT = Path(__file__).resolve().parent.parent
+SSLSEARCH = [sys.executable, "-m", "sslsearch.cli"]
+
+
+def _searcher(paired=True, max_epochs=4, tmp_path=None):
+    space = load_search_space(ROOT / "search_spaces" / "barlow_hsic.yaml")
+    return SweepSearcher(space, max_epochs=max_epochs, sampler="tpe", seed=0, paired=paired, study_name="t",
+                         study_path=str(tmp_path / STUDY_FILE) if tmp_path else None)
+
+
+def test_paired_searcher_gives_twins_that_differ_only_in_loss():
+    s = _searcher()
+    configs = [s.suggest(f"t{i}") for i in range(6)]
+    for a, b in zip(configs[::2], configs[1::2]):
+        assert {a["loss"], b["loss"]} == {"barlow", "hsic"}
+        assert {k: v for k, v in a.items() if k != "loss"} == {k: v for k, v in b.items() if k != "loss"}
+    assert len({c["pair"] for c in configs}) == 3 and len({c["seed"] for c in configs}) == 3
+
+
+def test_stopped_trials_reach_optuna_as_pruned_with_their_intermediate_values(tmp_path):
+    s = _searcher(paired=False, tmp_path=tmp_path)
+    for trial_id in ("full", "short", "broken"):
+        s.suggest(trial_id)
+    for epoch, acc in ((1, 50.0), (2, 60.0), (4, 70.0)):
+        s.on_trial_result("full", {"epoch": epoch, "val_acc": acc})
+    s.on_trial_complete("full", {"epoch": 4, "val_acc": 70.0})
+    s.on_trial_result("short", {"epoch": 1, "val_acc": 40.0})
+    s.on_trial_result("short", {"epoch": 2, "val_acc": 45.0})
+    s.on_trial_complete("short", {"epoch": 2, "val_acc": 45.0})   # what Ray sends when ASHA stops it
+    s.on_trial_complete("broken", None, error=True)
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(tmp_path / STUDY_FILE)))
+    trials = {t.user_attrs["ray_trial_id"]: t for t in optuna.load_study(study_name="t", storage=storage).trials}
+    assert trials["full"].state == optuna.trial.TrialState.COMPLETE and trials["full"].value == 70.0
+    assert trials["short"].state == optuna.trial.TrialState.PRUNED
+    assert trials["short"].intermediate_values == {1: 40.0, 2: 45.0}
+    assert trials["broken"].state == optuna.trial.TrialState.FAIL
+    assert s.outcomes == {"full": "completed", "short": "stopped early", "broken": "errored"}
+
+
+def test_sweep_runs_pairs_on_ray_and_keeps_optuna_consistent(ray_session, tmp_path):
+    experiment = load_experiment(None, ["pretrain.epochs=3", "pretrain.eval_every=1", "search.num_samples=4",
+                                        "scheduler.grace_period=1", "scheduler.reduction_factor=2"])
+    space = load_search_space(experiment.space_path())
+    summary = run_sweep(experiment, space, name="small", storage=str(tmp_path), quiet=True)
+    assert len(summary.trials) == 4
+    by_pair = {}
+    for t in summary.trials:
+        by_pair.setdefault(t.pair, []).append(t)
+        assert t.checkpoint and Path(t.checkpoint, "last.pt").is_file()
+        if t.outcome == "completed":
+            assert t.test_acc is not None and t.epoch == 3
+    assert all({t.loss for t in pair} == {"barlow", "hsic"} for pair in by_pair.values())
+    study = optuna.load_study(study_name="small", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(summary.study_path)))
+    states = {t.user_attrs["ray_trial_id"]: t.state for t in study.trials}
+    for t in summary.trials:
+        expected = {"completed": "COMPLETE", "stopped early": "PRUNED"}[t.outcome]
+        assert states[t.trial_id].name == expected, (t.trial_id, t.outcome)
+    assert set(summary.best_per_loss()) == {"barlow", "hsic"}
+    assert "best barlow: val_acc" in summary.format() and "overhead" in summary.format()
+
+
+def _trial_epochs(sweep_dir: Path) -> dict[str, list[int]]:
+    epochs = {}
+    for result in sweep_dir.glob("trial_*/result.json"):
+        epochs[result.parent.name] = [json.loads(line)["epoch"] for line in result.read_text().splitlines() if line.strip()]
+    return epochs
+
+
+@pytest.mark.slow
+def test_default_sweep_killed_and_resumed_finishes_every_planned_trial_once(tmp_path):
+    """The acceptance run: the embedded default, SIGKILLed mid-sweep, then `sslsearch resume`."""
+    env, marker = _private_ray_env(tmp_path)
+    driver = subprocess.Popen([*SSLSEARCH, "sweep", "--name", "acc", "--storage", str(tmp_path)], cwd=tmp_path, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    sweep_dir = tmp_path / "acc"
+    deadline = time.monotonic() + 240
+    # Kill once a few trials have reported (and at least one has finished), i.e. genuinely mid-sweep.
+    while time.monotonic() < deadline:
+        time.sleep(2)
+        if driver.poll() is not None:
+            pytest.fail("sweep finished before it could be killed:\n" + driver.stdout.read())
+        epochs = _trial_epochs(sweep_dir) if sweep_dir.exists() else {}
+        if len(epochs) >= 4 and sum(1 for e in epochs.values() if e) >= 4:
+            break
+    os.killpg(driver.pid, signal.SIGKILL)  # the driver dies without any cleanup: a crash
+    driver.wait()
+    _kill_processes_mentioning(marker)    # and with it the Ray processes it had started
+    started = time.monotonic()
+    try:
+        resumed = subprocess.run([*SSLSEARCH, "resume", "acc", "--storage", str(tmp_path)], cwd=tmp_path, env=env,
+                                 capture_output=True, text=True, timeout=600)
+    finally:
+        _kill_processes_mentioning(marker)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    planned = load_experiment(None).search.num_samples
+    out = resumed.stdout
+    assert re.search(rf"sweep acc: {planned} trials", out), out
+    epochs = _trial_epochs(sweep_dir)
+    assert len(epochs) == planned
+    for trial, seq in epochs.items():
+        assert seq.count(0) <= 1, f"{trial} started twice from scratch: {seq}"
+        assert seq == sorted(seq) or seq.count(0) == 1, f"{trial} went backwards: {seq}"
+    assert "stopped early" in out and "best barlow: val_acc" in out and "best hsic: val_acc" in out
+    study = optuna.load_study(study_name="acc", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(sweep_dir / STUDY_FILE))))
+    assert len(study.trials) == planned
+    assert any(t.state == optuna.trial.TrialState.PRUNED for t in study.trials)
+    print(f"resume took {time.monotonic() - started:.0f}s")
+
+
+def _kill_processes_mentioning(text: str) -> None:
+    """Kill the Ray processes of one test's cluster only (never `ray stop`: it stops every Ray here)."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            environ = (proc / "environ").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if text in cmdline or text in environ:
+            try:
+                os.kill(int(proc.name), signal.SIGKILL)
+            except OSError:
+                pass
+
+
+def _private_ray_env(tmp_path: Path) -> tuple[dict, str]:
+    # A short private temp root (Ray's socket paths must stay under 107 characters) that also marks
+    # this test's Ray processes, so they can be killed without touching any other Ray on the machine.
+    root = Path("/tmp") / f"rt{os.getpid()}{tmp_path.name[-6:]}"
+    root.mkdir(exist_ok=True)
+    env = {**os.environ, "RAY_TMPDIR": str(root), "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled",
+           "PYTHONUNBUFFERED": "1"}
+    return env, str(root)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_node_cluster_places_trials_on_both_nodes(tmp_path):
+    ray_bin = str(Path(sys.executable).parent / "ray")
+    port = _free_port()
+    env, marker = _private_ray_env(tmp_path)
+    try:
+        subprocess.run([ray_bin, "start", "--head", f"--port={port}", "--num-cpus=1", "--include-dashboard=false",
+                        "--node-ip-address=127.0.0.1", "--disable-usage-stats"], check=True, capture_output=True, env=env)
+        subprocess.run([ray_bin, "start", f"--address=127.0.0.1:{port}", "--num-cpus=1",
+                        "--node-ip-address=127.0.0.1", "--disable-usage-stats"], check=True, capture_output=True, env=env)
+        result = subprocess.run([*SSLSEARCH, "sweep", "--name", "two", "--storage", str(tmp_path / "runs"),
+                                 "--address", f"127.0.0.1:{port}", "--set", "pretrain.epochs=2", "--set", "pretrain.eval_every=1",
+                                 "--set", "search.num_samples=4", "--set", "scheduler.type=fifo"],
+                                capture_output=True, text=True, timeout=400, env=env, cwd=tmp_path)
+        assert result.returncode == 0, result.stdout + result.stderr
+        nodes = set()
+        for path in (tmp_path / "runs" / "two").glob("trial_*/result.json"):
+            nodes |= {json.loads(line)["node_id"] for line in path.read_text().splitlines() if line.strip()}
+        assert len(nodes) == 2, nodes
+    finally:
+        _kill_processes_mentioning(marker)

@@ -1,0 +1,382 @@
+"""MLflow records of sweeps: real sweeps against SQLite and against an `mlflow server` on loopback,
+a sweep interrupted and resumed, and the callback's hooks replayed as a killed driver would."""
+
+import collections
+import os
+import pickle
+import signal
+import socket
+import subprocess
+import sys
+import time
+import types
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+import requests
+import torch
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+from ray import tune
+
+from sslsearch.config import load_experiment
+from sslsearch.errors import InputError
+from sslsearch.search import resume_sweep, run_sweep
+from sslsearch.space import load_search_space
+from sslsearch.tracking import MlflowTracking, check_tracking, default_tracking_uri, ui_command
+
+TINY = ["pretrain.epochs=2", "pretrain.eval_every=1", "search.num_samples=2", "scheduler.grace_period=1"]
+
+
+def tiny(*overrides):
+    return load_experiment(None, [*TINY, *overrides])
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def sweep_runs(uri: str, name: str):
+    """(parent runs, child runs by trial id) of one sweep, read the way the leaderboard reads them."""
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("sslsearch")
+    runs = client.search_runs([experiment.experiment_id], f"tags.`sslsearch.sweep` = '{name}'")
+    parents = [r for r in runs if r.data.tags["sslsearch.role"] == "sweep"]
+    children = collections.defaultdict(list)
+    for r in runs:
+        if r.data.tags["sslsearch.role"] == "trial":
+            children[r.data.tags["sslsearch.trial_id"]].append(r)
+    return parents, dict(children)
+
+
+def steps(client, run_id: str, key: str = "val_acc") -> list[int]:
+    return [m.step for m in client.get_metric_history(run_id, key)]
+
+
+def load_artifact(client, run_id: str, path: str, tmp_path: Path):
+    return torch.load(client.download_artifacts(run_id, path, str(tmp_path)), weights_only=True)
+
+
+# -- real sweeps ------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def sqlite_sweep(ray_session, tmp_path_factory):
+    """A real sweep recorded in SQLite, while MLflow fails twice with a transient error."""
+    storage = str(tmp_path_factory.mktemp("sqlite"))
+    experiment = tiny()
+    space = load_search_space(experiment.space_path())
+    original, failures = MlflowClient.log_batch, []
+
+    def flaky_log_batch(self, run_id, metrics=(), *args, **kwargs):
+        if metrics and len(failures) < 2:
+            failures.append(run_id)
+            raise MlflowException("database is locked", error_code="TEMPORARILY_UNAVAILABLE")
+        return original(self, run_id, metrics, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(MlflowClient, "log_batch", flaky_log_batch)
+        tracking = MlflowTracking(experiment, space, sweep="sq", storage=storage, backoff_s=0.05)
+        summary = run_sweep(experiment, space, name="sq", storage=storage, callbacks=[tracking])
+    return types.SimpleNamespace(uri=default_tracking_uri(storage), name="sq", storage=storage, summary=summary,
+                                 failures=failures, experiment=experiment)
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """A real `mlflow server` on 127.0.0.1, its artifacts proxied (as on a cluster)."""
+    folder = tmp_path_factory.mktemp("server")
+    port = free_port()
+    log = open(folder / "server.log", "w")
+    process = subprocess.Popen(
+        [str(Path(sys.executable).with_name("mlflow")), "server", "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
+         "--artifacts-destination", str(folder / "artifacts"), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            if requests.get(f"{uri}/health", timeout=1).ok:
+                break
+        except requests.RequestException:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"mlflow server did not start: {(folder / 'server.log').read_text()[-2000:]}")
+        time.sleep(0.5)
+    yield uri
+    os.killpg(process.pid, signal.SIGTERM)  # its own session: the server and its workers
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def server_sweep(ray_session, mlflow_server, tmp_path_factory):
+    """A real sweep recorded through the server, keeping every checkpoint; counts the driver's HTTP requests."""
+    storage = str(tmp_path_factory.mktemp("server-sweep"))
+    experiment = tiny("tracking.checkpoints=all")
+    space = load_search_space(experiment.space_path())
+    check_tracking(mlflow_server, sweep="sv")
+    original, sent = requests.Session.request, []
+
+    def counting_request(self, method, url, *args, **kwargs):
+        sent.append((method, urlparse(url).path))
+        return original(self, method, url, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(requests.Session, "request", counting_request)
+        tracking = MlflowTracking(experiment, space, sweep="sv", storage=storage, tracking_uri=mlflow_server)
+        summary = run_sweep(experiment, space, name="sv", storage=storage, callbacks=[tracking])
+    return types.SimpleNamespace(uri=mlflow_server, name="sv", storage=storage, summary=summary, sent=sent,
+                                 experiment=experiment)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("store", ["sqlite_sweep", "server_sweep"])
+def test_sweep_leaves_a_parent_run_and_one_child_per_trial(store, request, tmp_path):
+    sweep = request.getfixturevalue(store)
+    client = MlflowClient(sweep.uri)
+    parents, children = sweep_runs(sweep.uri, sweep.name)
+    assert len(parents) == 1
+    parent = parents[0]
+    assert parent.info.run_name == sweep.name and parent.info.status == "FINISHED"
+    assert parent.data.params["pretrain.epochs"] == "2" and parent.data.params["search.num_samples"] == "2"
+    assert {"sslsearch.version", "sslsearch.torch_version", "sslsearch.ray_version", "sslsearch.cluster_resources"} <= set(parent.data.tags)
+    assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"experiment.yaml", "search_space.yaml", "sweep.json"}
+
+    trials = {t.trial_id: t for t in sweep.summary.trials}
+    assert set(children) == set(trials) and all(len(runs) == 1 for runs in children.values())
+    for trial_id, (run,) in children.items():
+        trial, tags = trials[trial_id], run.data.tags
+        assert tags["mlflow.parentRunId"] == parent.info.run_id and run.info.run_name == trial_id
+        assert tags["sslsearch.loss"] == trial.loss and tags["sslsearch.outcome"] == trial.outcome
+        assert tags["sslsearch.pair"] == "0"  # the digits experiment pairs the losses
+        assert run.info.status == "FINISHED"
+        assert {"lmbda", "lr", "feature_dim", "loss", "seed", "base.epochs"} <= set(run.data.params)
+        # One point per reported epoch, at step = epoch; every report's metrics together.
+        assert steps(client, run.info.run_id) == list(range(trial.epoch + 1))
+        assert steps(client, run.info.run_id, "knn_acc") == list(range(trial.epoch + 1))
+        assert {"loss", "images_per_s", "trial_seconds", "test_acc"} <= set(run.data.metrics)
+        history = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "val_acc")}
+        best_epoch = max((e for e in history if e > 0), key=lambda e: (history[e], -e))
+        last = load_artifact(client, run.info.run_id, "checkpoints/last.pt", tmp_path)
+        best = load_artifact(client, run.info.run_id, "checkpoints/best.pt", tmp_path)
+        assert last["epoch"] == trial.epoch and best["epoch"] == best_epoch and "model" in best
+        statistics = Path(client.download_artifacts(run.info.run_id, "statistics.csv", str(tmp_path))).read_text()
+        assert len(statistics.strip().splitlines()) == trial.epoch + 2  # a header, then epochs 0..N
+        if sweep.experiment.tracking.checkpoints == "all":
+            kept = {a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")}
+            assert {f"checkpoints/epoch_{e}.pt" for e in range(trial.epoch + 1)} <= kept
+            assert load_artifact(client, run.info.run_id, "checkpoints/epoch_1.pt", tmp_path)["epoch"] == 1
+
+
+@pytest.mark.slow
+def test_transient_failures_are_retried_and_nothing_is_lost(sqlite_sweep):
+    assert len(sqlite_sweep.failures) == 2
+    assert all(t.outcome in ("completed", "stopped early") for t in sqlite_sweep.summary.trials)
+
+
+@pytest.mark.slow
+def test_one_batched_request_per_report(server_sweep):
+    client = MlflowClient(server_sweep.uri)
+    _, children = sweep_runs(server_sweep.uri, server_sweep.name)
+    reports = sum(len(steps(client, runs[0].info.run_id)) for runs in children.values())
+    counts = collections.Counter(path.removeprefix("/api/2.0/mlflow/").removeprefix("/ajax-api/2.0/mlflow/")
+                                 for _, path in server_sweep.sent)
+    log_batches = counts["runs/log-batch"]
+    # Per sweep: the parent's params; per trial: its params and its final tags; per report: one.
+    assert log_batches == reports + 2 * len(children) + 1, counts
+    print(f"\n{reports} reports, {len(children)} trials, {sum(counts.values())} requests: {dict(counts)}")
+
+
+@pytest.mark.slow
+def test_interrupted_sweep_resumes_the_same_runs(ray_session, tmp_path):
+    storage, name = str(tmp_path), "ir"
+    experiment = tiny("scheduler.type=fifo")
+    space = load_search_space(experiment.space_path())
+    uri = default_tracking_uri(storage)
+    run_sweep(experiment, space, name=name, storage=storage,
+              callbacks=[MlflowTracking(experiment, space, sweep=name, storage=storage), Interrupt(tmp_path / "interrupted")])
+    parents, children = sweep_runs(uri, name)
+    assert [p.info.status for p in parents] == ["KILLED"]  # honest: the sweep did not end
+    assert any(r.info.status == "KILLED" and r.data.tags["sslsearch.outcome"] == "running"
+               for runs in children.values() for r in runs)
+
+    summary = resume_sweep(name, storage)  # Ray restores the pickled callbacks, ours included
+    client = MlflowClient(uri)
+    parents, children = sweep_runs(uri, name)
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert set(children) == {t.trial_id for t in summary.trials}
+    for runs in children.values():
+        assert len(runs) == 1
+        assert runs[0].info.status == "FINISHED" and runs[0].data.tags["sslsearch.outcome"] == "completed"
+        assert steps(client, runs[0].info.run_id) == [0, 1, 2]
+
+
+class Interrupt(tune.Callback):
+    """Presses Ctrl-C once, after the first report of epoch 1 (a marker file stops it doing so again on resume)."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if result["epoch"] >= 1 and not self.marker.exists():
+            self.marker.touch()
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+# -- the hooks replayed: a driver killed, then resumed ------------------------------------------------
+
+class FakeTrial:
+    """What the callback reads of a Ray trial."""
+
+    def __init__(self, trial_id: str, folder: Path, loss: str):
+        self.trial_id, self.folder = trial_id, folder
+        self.config = {"base": {"epochs": 2, "loss": "barlow"}, "lmbda": 0.01, "lr": 1e-3, "feature_dim": 32,
+                       "loss": loss, "seed": 0, "pair": 0, "final_test": True, "cpus": 1}
+        self.last_result, self.checkpoint, self.status, self.error_file = {}, None, "RUNNING", None
+        self.saved = 0
+
+    def report(self, callback: MlflowTracking, epoch: int, val_acc: float) -> None:
+        result = {"epoch": epoch, "val_acc": val_acc, "knn_acc": val_acc / 2, "loss": 10.0 - epoch, "images_per_s": 1e3,
+                  "trial_seconds": float(epoch), "node_id": "n1", "training_iteration": epoch + 1, "time_total_s": 1.0}
+        callback.on_trial_result(0, [], self, dict(result))
+        self.last_result = result
+        self.saved += 1
+        folder = self.folder / self.trial_id / f"checkpoint_{self.saved:06d}"
+        folder.mkdir(parents=True)
+        torch.save({"epoch": epoch, "model": {"w": torch.full((2,), float(epoch))}}, folder / "last.pt")
+        (folder / "statistics.csv").write_text("epoch,val_acc\n" + "".join(f"{e},{val_acc}\n" for e in range(epoch + 1)))
+        self.checkpoint = tune.Checkpoint.from_directory(str(folder))
+        callback.on_checkpoint(0, [], self, self.checkpoint)
+
+
+def test_killed_then_interrupted_then_resumed_driver_keeps_one_run_per_trial(tmp_path):
+    experiment = tiny()
+    space = load_search_space(experiment.space_path())
+    first = MlflowTracking(experiment, space, sweep="replay", storage=str(tmp_path), backoff_s=0)
+    restored = lambda: pickle.loads(pickle.dumps(first))  # what Ray does on resume (tuner.pkl)
+    a, b = FakeTrial("aaaa0001", tmp_path, "barlow"), FakeTrial("bbbb0002", tmp_path, "hsic")
+
+    # Session 1: SIGKILLed after a few reports; runs are left RUNNING, nothing else happens.
+    first.setup()
+    for trial in (a, b):
+        first.on_trial_start(0, [], trial)
+    a.report(first, 0, 50.0), a.report(first, 1, 80.0), b.report(first, 0, 50.0)
+    pickle.dumps(first)  # Ray saves the callback with the experiment: no client, no lock in its state
+
+    # Session 2: re-reports an epoch already logged, then is interrupted (Ctrl-C).
+    second = restored()
+    second.setup()
+    for trial in (a, b):
+        second.on_trial_start(0, [], trial)
+    a.report(second, 1, 80.0)
+    second.on_experiment_end([a, b])
+    client, uri = MlflowClient(default_tracking_uri(str(tmp_path))), default_tracking_uri(str(tmp_path))
+    parents, children = sweep_runs(uri, "replay")
+    assert parents[0].info.status == "KILLED"
+    assert {r.info.status for runs in children.values() for r in runs} == {"KILLED"}
+    assert {r.data.tags["sslsearch.outcome"] for runs in children.values() for r in runs} == {"running"}
+
+    # Session 3: resumed to the end; b fails.
+    third = restored()
+    third.setup()
+    for trial in (a, b):
+        third.on_trial_start(0, [], trial)
+    a.report(third, 1, 80.0), a.report(third, 2, 70.0)
+    third.on_trial_complete(0, [], a)
+    b.report(third, 1, 60.0)
+    (tmp_path / "error.txt").write_text("Traceback (most recent call last):\n  ...\nRuntimeError: out of memory\n")
+    b.error_file, b.status = str(tmp_path / "error.txt"), "ERROR"
+    third.on_trial_error(0, [], b)
+    a.status = "TERMINATED"
+    third.on_experiment_end([a, b])
+
+    parents, children = sweep_runs(uri, "replay")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert {k: len(v) for k, v in children.items()} == {"aaaa0001": 1, "bbbb0002": 1}
+    (run_a,), (run_b,) = children["aaaa0001"], children["bbbb0002"]
+    assert steps(client, run_a.info.run_id) == [0, 1, 2] and steps(client, run_b.info.run_id) == [0, 1]
+    assert [m.value for m in client.get_metric_history(run_a.info.run_id, "val_acc")] == [50.0, 80.0, 70.0]
+    assert run_a.info.status == "FINISHED" and run_a.data.tags["sslsearch.outcome"] == "completed"
+    assert run_b.info.status == "FAILED" and run_b.data.tags["sslsearch.outcome"] == "errored"
+    assert run_b.data.tags["sslsearch.error"] == "RuntimeError: out of memory"
+    # best.pt is the best epoch after 0, whichever session saw it; last.pt the last.
+    assert load_artifact(client, run_a.info.run_id, "checkpoints/best.pt", tmp_path / "d1")["epoch"] == 1
+    assert load_artifact(client, run_a.info.run_id, "checkpoints/last.pt", tmp_path / "d2")["epoch"] == 2
+    assert run_a.data.params["lmbda"] == "0.01" and run_a.data.params["base.epochs"] == "2"
+
+
+def test_outage_queues_records_and_writes_them_in_order_later(tmp_path, monkeypatch):
+    experiment = tiny()
+    space = load_search_space(experiment.space_path())
+    tracking = MlflowTracking(experiment, space, sweep="outage", storage=str(tmp_path), attempts=2, backoff_s=0)
+    trial = FakeTrial("cccc0003", tmp_path, "barlow")
+    tracking.setup()
+    tracking.on_trial_start(0, [], trial)
+    original, calls, down = MlflowClient.log_batch, [], [True]
+
+    def log_batch(self, *args, **kwargs):
+        calls.append(down[0])
+        if down[0]:
+            raise requests.ConnectionError("connection refused")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(MlflowClient, "log_batch", log_batch)
+    trial.report(tracking, 0, 50.0)
+    trial.report(tracking, 1, 70.0)  # cooling down: queued without another try
+    assert calls == [True, True] and len(tracking._outbox) == 4
+    down[0] = False
+    trial.report(tracking, 2, 60.0)  # still cooling down
+    tracking.on_trial_complete(0, [], trial)
+    tracking.on_experiment_end([trial])  # writes everything, in order
+    client = MlflowClient(default_tracking_uri(str(tmp_path)))
+    _, children = sweep_runs(default_tracking_uri(str(tmp_path)), "outage")
+    (run,) = children["cccc0003"]
+    assert steps(client, run.info.run_id) == [0, 1, 2] and run.info.status == "FINISHED"
+    assert load_artifact(client, run.info.run_id, "checkpoints/best.pt", tmp_path / "d")["epoch"] == 1
+
+
+# -- where records go -----------------------------------------------------------------------------------
+
+def test_unreachable_server_is_a_one_line_input_error():
+    with pytest.raises(InputError) as error:
+        check_tracking(f"http://127.0.0.1:{free_port()}")
+    assert "unreachable" in str(error.value) and "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("uri", ["file:///tmp/mlruns", "sqlite:///relative.db", "postgres://x"])
+def test_stores_mlflow_cannot_use_here_are_refused(uri):
+    with pytest.raises(InputError):
+        check_tracking(uri)
+
+
+def test_default_store_is_sqlite_at_an_absolute_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert default_tracking_uri("runs") == f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}"
+    with pytest.raises(InputError):
+        default_tracking_uri("s3://bucket/runs")
+
+
+@pytest.mark.slow
+def test_a_sweep_name_already_recorded_is_refused(sqlite_sweep):
+    with pytest.raises(InputError, match="already holds a sweep named 'sq'"):
+        check_tracking(sqlite_sweep.uri, sweep="sq")
+    check_tracking(sqlite_sweep.uri, sweep="another")
+
+
+def test_ui_command_serves_the_sweep_store_on_loopback(tmp_path):
+    with pytest.raises(InputError, match="no MLflow records"):
+        ui_command(str(tmp_path))
+    (tmp_path / "mlflow.db").touch()
+    command = ui_command(str(tmp_path), port=5001)
+    assert command[1:4] == ["-m", "mlflow", "ui"]
+    assert command[command.index("--backend-store-uri") + 1] == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert command[command.index("--default-artifact-root") + 1] == (tmp_path / "mlartifacts").as_uri()
+    assert command[-4:] == ["--host", "127.0.0.1", "--port", "5001"]
