@@ -82,8 +82,8 @@ PRESETS: dict[str, AugmentPreset] = {
         # Ours: scikit-learn's 8x8 digits upscaled to 32 px RGB. No flip (digits are not mirror
         # symmetric); grayscale images, so saturation and hue are meaningless and grayscale is a
         # no-op. Milder crops: a digit cut to 8% of its area is unreadable. Mean/std measured
-        # on all 1797 digits (0..16 mapped to 0..1, upscaled bilinearly, rounded to uint8):
-        # 0.305 / 0.324 (nearest-neighbour upscaling gives 0.305 / 0.376).
+        # on all 1797 digits as sslsearch.data loads them (0..16 scaled to 0..255, bilinear to
+        # 32 px, rounded to uint8): 0.305 / 0.324.
         AugmentPreset("digits", size=32, crop_scale=(0.25, 1.0), flip_p=0.0, jitter=(0.4, 0.4, 0.0, 0.0),
                       grayscale_p=0.0, mean=(0.305, 0.305, 0.305), std=(0.324, 0.324, 0.324)),
     )
@@ -277,7 +277,7 @@ def augment_views(images: torch.Tensor, preset: AugmentPreset, generator: torch.
     gives the same views. Call twice for the two views of a pair.
     """
     _check_images(images)
-    if generator.device != images.device:
+    if generator.device.type != images.device.type:
         raise ValueError(f"generator is on {generator.device} but images are on {images.device}")
     n, _, height, width = images.shape
     return apply_view(images, sample_view_params(n, height, width, preset, generator), preset)
@@ -402,7 +402,7 @@ def _resample(images: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> t
 
 
 def _blend_steps(x: torch.Tensor, factors: torch.Tensor, blend_ops: list[int], blend_rank: torch.Tensor,
-                  steps: range, eligible: torch.Tensor) -> torch.Tensor:
+                 steps: range, eligible: torch.Tensor) -> torch.Tensor:
     """One blend per step and image: at step s, the blend op an image ranks s-th, if eligible (N×K)."""
     # All steps' per-image coefficients at once (N×S, cheap): chosen[n, s, k] says image n applies
     # blend_ops[k] at step s. Unchosen images get factor exactly 1 and no target: unchanged.
@@ -425,7 +425,7 @@ def _blend(images: torch.Tensor, factors: torch.Tensor, to_luminance: torch.Tens
 
     The target is black, plus the luminance with weight `to_luminance` (saturation) and its mean
     with weight `to_mean` (contrast), each N or None. Luminance is linear in RGB, so the blend is a
-    3×3 colour matrix plus an offset per image: one pass, exact at factor 1 and zero weights.
+    3×3 colour matrix plus an offset per image, one batched matmul; exact at factor 1 and zero weights.
     """
     n = images.shape[0]
     luma = _device_constant(_LUMA, images.device)

@@ -6,6 +6,7 @@ for the human-readable report.
 
 from __future__ import annotations
 
+import math
 import time
 
 import numpy as np
@@ -25,22 +26,35 @@ SOURCE_SIZES = {"cifar": 32, "stl10": 96, "tiny_imagenet": 64, "digits": 32}
 # ---------------------------------------------------------------------------------------------
 
 def bench_augment(preset: str = "cifar", images: int = 2048, batch_size: int = 256, threads: int = 2,
-                  source_size: int | None = None, seed: int = 0, device: str = "cpu") -> dict:
+                  source_size: int | None = None, seed: int = 0, device: str = "cpu", rounds: int = 3) -> dict:
     """Pairs of views per second of `augment_views` and of the reference PIL pipeline, on the same images.
 
     The batched pipeline runs in this process with `threads` torch threads; the reference runs
-    in a DataLoader with `threads` workers (one core each), as the reference trains.
+    in a DataLoader with `threads` workers (one core each), as the reference trains. The two
+    alternate for `rounds` passes over the images and each keeps its best pass, so a machine
+    whose speed drifts (shared cores) treats both alike.
     """
+    if threads < 1 or rounds < 1:
+        raise ValueError(f"threads and rounds must be at least 1, got {threads} and {rounds}")
     recipe = PRESETS[preset]
     size = source_size or SOURCE_SIZES[preset]
     data = _natural_images(images, size, seed)
+    # persistent_workers: the workers start once (in the first pass) and stay for the others.
+    loader = torch.utils.data.DataLoader(
+        _ReferencePairs(data.permute(0, 2, 3, 1).contiguous().numpy(), reference_transform(recipe)),
+        batch_size=batch_size, num_workers=threads, persistent_workers=True)
+    on_device = data.to(device)
+    generator = torch.Generator(device).manual_seed(seed)
     previous_threads = torch.get_num_threads()
+    batched_s, reference_s = math.inf, math.inf
     try:
-        torch.set_num_threads(threads)
-        batched_s = _time_batched(data, recipe, batch_size, seed, torch.device(device))
+        for _ in range(rounds):
+            torch.set_num_threads(threads)
+            batched_s = min(batched_s, _time_batched(on_device, recipe, batch_size, generator))
+            torch.set_num_threads(previous_threads)
+            reference_s = min(reference_s, _time_reference(loader))
     finally:
         torch.set_num_threads(previous_threads)
-    reference_s = _time_reference(data, recipe, batch_size, threads)
     return {
         "preset": preset,
         "threads": threads,
@@ -48,6 +62,7 @@ def bench_augment(preset: str = "cifar", images: int = 2048, batch_size: int = 2
         "batch_size": batch_size,
         "source_size": size,
         "device": device,
+        "rounds": rounds,
         "batched_pairs_per_s": images / batched_s,
         "reference_pairs_per_s": images / reference_s,
         "ratio": reference_s / batched_s,
@@ -112,14 +127,10 @@ def _natural_images(n: int, size: int, seed: int) -> torch.Tensor:
     return torch.cat(chunks)
 
 
-def _time_batched(data: torch.Tensor, preset: AugmentPreset, batch_size: int, seed: int,
-                  device: torch.device) -> float:
-    data = data.to(device)
-    generator = torch.Generator(device).manual_seed(seed)
-
+def _time_batched(data: torch.Tensor, preset: AugmentPreset, batch_size: int, generator: torch.Generator) -> float:
     def synchronize():
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        if data.device.type == "cuda":
+            torch.cuda.synchronize(data.device)
 
     for _ in range(2):  # warm-up: allocator, constants on the device, CUDA kernels
         augment_views(data[:batch_size], preset, generator)
@@ -133,15 +144,7 @@ def _time_batched(data: torch.Tensor, preset: AugmentPreset, batch_size: int, se
     return time.perf_counter() - start
 
 
-def _time_reference(data: torch.Tensor, preset: AugmentPreset, batch_size: int, workers: int) -> float:
-    dataset = _ReferencePairs(data.permute(0, 2, 3, 1).contiguous().numpy(), reference_transform(preset))
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=workers,
-                                         persistent_workers=workers > 0)
-    # Warm-up: start the workers (kept alive by persistent_workers) and run a few batches each.
-    batches = iter(loader)
-    for _ in range(min(len(loader), 2 * max(workers, 1))):
-        next(batches)
-    del batches
+def _time_reference(loader: torch.utils.data.DataLoader) -> float:
     start = time.perf_counter()
     for _ in loader:
         pass

@@ -172,12 +172,20 @@ def _add_sweep(sub) -> None:
     p.add_argument("--name", default=None, help="sweep name (default: EXPERIMENT-TIME)")
     p.add_argument("--address", default=None, help="Ray cluster: auto, HOST:PORT or ray://HOST:PORT (default: start Ray here)")
     p.add_argument("--storage", default="runs", help="folder or s3:// / gs:// URI for sweep records (default: ./runs)")
+    p.add_argument("--tracking-uri", default=None,
+                   help="MLflow tracking server http://HOST:PORT (default: SQLite in the storage folder)")
     p.set_defaults(run=_run_sweep)
-    r = sub.add_parser("resume", help="continue an interrupted sweep")
+    r = sub.add_parser("resume", help="continue an interrupted sweep (searcher, scheduler, trials, MLflow runs)")
     r.add_argument("name")
     r.add_argument("--address", default=None)
     r.add_argument("--storage", default="runs")
+    r.add_argument("--tracking-uri", default=None, help="default: the sweep's own")
     r.set_defaults(run=_run_resume)
+    u = sub.add_parser("ui", help="open the MLflow UI on the sweeps' tracking store")
+    u.add_argument("--storage", default="runs")
+    u.add_argument("--host", default="127.0.0.1", help="default: loopback only")
+    u.add_argument("--port", type=int, default=5000)
+    u.set_defaults(run=_run_ui)
 
 
 def _storage(text: str) -> str:
@@ -188,23 +196,109 @@ def _run_sweep(args) -> int:
     from sslsearch.config import load_experiment
     from sslsearch.space import load_search_space
 
-    experiment = load_experiment(args.experiment, args.overrides)
+    overrides = list(args.overrides) + ([f"tracking.uri={args.tracking_uri}"] if args.tracking_uri else [])
+    experiment = load_experiment(args.experiment, overrides)
     space = load_search_space(Path(args.space).resolve() if args.space else experiment.space_path())
     name = args.name or f"{experiment.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     if not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
         raise InputError(f"--name may hold letters, digits, '-', '_' and '.', got {name!r}")
     from sslsearch.search import run_sweep
+    from sslsearch.tracking import MlflowTracking, check_tracking, default_tracking_uri
 
-    summary = run_sweep(experiment, space, name=name, storage=_storage(args.storage), address=args.address)
+    storage = _storage(args.storage)
+    check_tracking(experiment.tracking.uri or default_tracking_uri(storage), sweep=name)
+    tracking = MlflowTracking(experiment, space, sweep=name, storage=storage)
+    summary = run_sweep(experiment, space, name=name, storage=storage, address=args.address, callbacks=[tracking])
     print(summary.format())
     return 0
 
 
 def _run_resume(args) -> int:
-    from sslsearch.search import resume_sweep
+    from sslsearch.search import resume_sweep, sweep_metadata
+    from sslsearch.tracking import check_tracking, default_tracking_uri
 
-    summary = resume_sweep(args.name, _storage(args.storage), address=args.address)
+    storage = _storage(args.storage)
+    meta = sweep_metadata(args.name, storage)
+    check_tracking(args.tracking_uri or (meta or {}).get("experiment", {}).get("tracking", {}).get("uri")
+                   or default_tracking_uri(storage))
+    summary = resume_sweep(args.name, storage, address=args.address)
     print(summary.format())
+    return 0
+
+
+def _run_ui(args) -> int:
+    import subprocess
+
+    from sslsearch.tracking import ui_command
+
+    command = ui_command(_storage(args.storage), args.host, args.port)
+    print(f"MLflow UI: http://{args.host}:{args.port}  (Ctrl-C to stop)", flush=True)
+    return subprocess.call(command)
+
+
+def _tracking_uri(args) -> str:
+    if args.tracking_uri:
+        return args.tracking_uri
+    from sslsearch.tracking import default_tracking_uri
+
+    return default_tracking_uri(args.storage)
+
+
+def _add_records(p) -> None:
+    p.add_argument("--storage", default="runs", help="the sweeps' storage folder (default: ./runs)")
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: sqlite:///STORAGE/mlflow.db)")
+
+
+def _add_leaderboard(sub) -> None:
+    p = sub.add_parser("leaderboard", help="rank a sweep's trials per loss and compare barlow with hsic (reads MLflow)")
+    p.add_argument("sweeps", nargs="*", metavar="SWEEP", help="sweep name(s), pooled (default: the most recently started)")
+    p.add_argument("--format", default="table", choices=("table", "csv", "json", "markdown"))
+    p.add_argument("--top", type=_positive_int, default=10, help="rows per loss (default: 10)")
+    p.add_argument("--plots", default=None, metavar="DIR", help="also write PNG plots to DIR and log them to the sweep's run")
+    _add_records(p)
+    p.set_defaults(run=_run_leaderboard)
+
+
+def _run_leaderboard(args) -> int:
+    from sslsearch.leaderboard import build_leaderboard, format_leaderboard, load_trials, write_plots
+
+    uri = _tracking_uri(args)
+    board = build_leaderboard(load_trials(uri, args.sweeps), top=args.top)
+    print(format_leaderboard(board, args.format))
+    if args.plots:
+        written = write_plots(board, args.plots, uri)
+        for note in written["notes"]:
+            print(note, file=sys.stderr)
+        print(f"plots: {', '.join(written['files'])} (also logged to the sweep's MLflow run)", file=sys.stderr)
+    return 0
+
+
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", help="write the best trial's backbone (by val_acc) with a model card")
+    p.add_argument("sweep", nargs="?", default=None, help="sweep name (default: the most recently started)")
+    p.add_argument("--loss", choices=("barlow", "hsic"), default=None, help="the best trial of this loss only")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for backbone.pt, model_card.json, model_card.md")
+    p.add_argument("--force", action="store_true", help="replace a non-empty --out folder")
+    p.add_argument("--register", default=None, metavar="NAME",
+                   help="also register the backbone in the MLflow Model Registry as NAME, alias champion")
+    _add_records(p)
+    p.set_defaults(run=_run_export)
+
+
+def _run_export(args) -> int:
+    import os
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # MLflow draws a bar per downloaded file
+    from sslsearch.export import export_best
+
+    card = export_best(_tracking_uri(args), args.sweep, args.out, loss=args.loss, force=args.force, register=args.register)
+    m = card["metrics"]
+    test = f", test_acc {m['test_acc']:.2f}" if m["test_acc"] is not None else ""
+    print(f"exported the {card['backbone']} of trial {card['trial_id']} ({card['loss']}, sweep {card['sweep']}, "
+          f"epoch {m['epoch']}): val_acc {m['val_acc']:.2f}{test}")
+    print(f"  {Path(args.out).resolve()}: backbone.pt (sha256 {card['weights']['sha256'][:16]}…), model_card.json, model_card.md")
+    if "registered" in card:
+        print(f"  registered as {card['registered']['uri']} (version {card['registered']['version']})")
     return 0
 
 
@@ -215,6 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_linear(sub)
     _add_bench(sub)
     _add_sweep(sub)
+    _add_leaderboard(sub)
+    _add_export(sub)
     return parser
 
 

@@ -182,8 +182,8 @@ def validate_experiment(experiment: Experiment) -> None:
         (r.cpus_per_trial > 0 and math.isfinite(r.cpus_per_trial), f"resources.cpus_per_trial must be > 0, got {r.cpus_per_trial}"),
         (r.gpus_per_trial >= 0, f"resources.gpus_per_trial must be ≥ 0, got {r.gpus_per_trial}"),
         (t.checkpoints in CHECKPOINT_POLICIES, f"tracking.checkpoints must be one of {', '.join(CHECKPOINT_POLICIES)}"),
-        (t.uri is None or t.uri.startswith(("http://", "https://", "sqlite:///", "file:")),
-         f"tracking.uri must be http(s)://host:port or sqlite:///path, got {t.uri!r}"),
+        (t.uri is None or t.uri.startswith(("http://", "https://")) or (t.uri.startswith("sqlite:////")),
+         f"tracking.uri must be http(s)://host:port or sqlite:////absolute/path (MLflow 3 has no file store), got {t.uri!r}"),
     ]
     for ok, message in checks:
         if not ok:

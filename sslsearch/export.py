@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
 import shutil
 import tempfile
 import time
@@ -52,12 +53,16 @@ def backbone_state_dict(checkpoint: dict) -> dict[str, torch.Tensor]:
     return {k[len(prefix):]: v.detach().clone().contiguous() for k, v in checkpoint["model"].items() if k.startswith(prefix)}
 
 
-def _torchvision_recipe(backbone: str, image_size: int) -> str | None:
+def torchvision_recipe(backbone: str, image_size: int) -> list[str] | None:
+    """Code lines that build the same backbone from plain torchvision (ResNets only)."""
     if not backbone.startswith("resnet"):
         return None
-    maxpool = "model.maxpool = nn.Identity()  # 32 px inputs" if image_size <= 32 else "(maxpool kept: inputs above 32 px)"
-    return (f"model = torchvision.models.{backbone}(); model.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False); "
-            f"{maxpool}; model.fc = nn.Identity(); model.load_state_dict(torch.load('{BACKBONE_FILE}', weights_only=True), strict=True)")
+    lines = [f"model = torchvision.models.{backbone}()",
+             "model.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)"]
+    if image_size <= 32:
+        lines.append("model.maxpool = nn.Identity()")  # the reference drops it at 32 px, keeps it above
+    return lines + ["model.fc = nn.Identity()",
+                    f"model.load_state_dict(torch.load('{BACKBONE_FILE}', weights_only=True), strict=True)"]
 
 
 def _history_row(checkpoint: dict) -> dict:
@@ -108,12 +113,13 @@ def _model_card(checkpoint: dict, trial, rank_overall: int, candidates: int, ski
                   "input_size": preset.eval_crop or int(checkpoint["image_size"]),
                   "mean": list(preset.mean), "std": list(preset.std),
                   "scale": "RGB in [0, 1] (uint8 / 255), then (x - mean) / std per channel"},
-        "torchvision": _torchvision_recipe(backbone, int(checkpoint["image_size"])),
+        "torchvision": torchvision_recipe(backbone, int(checkpoint["image_size"])),
         "config": checkpoint["config"],
         "weights": {"file": BACKBONE_FILE, "sha256": weights_sha256, "tensors": n_tensors, "parameters": n_parameters,
                     "format": "state_dict of the backbone only; torch.load(path, weights_only=True)"},
         "versions": {"sslsearch": __version__, "torch": str(torch.__version__), "torchvision": torchvision.__version__,
-                     "trained_with": {"sslsearch": checkpoint.get("sslsearch_version"), "torch": checkpoint.get("torch_version")}},
+                     "trained_with": {"sslsearch": checkpoint.get("sslsearch_version"),
+                                      "torch": checkpoint.get("torch_version")}},
         "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
 
@@ -130,27 +136,30 @@ def card_markdown(card: dict) -> str:
         "",
         f"Best trial of sweep `{card['sweep']}` by `val_acc` (rank {s['rank']} of {s['candidates']} finished trials"
         f"{', loss ' + s['loss_filter'] if s['loss_filter'] else ''}); trial `{card['trial_id']}`, "
-        f"MLflow run `{card['mlflow_run_id']}`, checkpoint `{card['checkpoint']['artifact']}` (epoch {card['checkpoint']['epoch']}).",
+        f"MLflow run `{card['mlflow_run_id']}`, checkpoint `{card['checkpoint']['artifact']}` "
+        f"(epoch {card['checkpoint']['epoch']}).",
         "",
         "| metric | value |",
         "| --- | ---: |",
         f"| val_acc (fast linear probe, validation split) | {_fmt(m['val_acc'])} |",
         f"| test_acc (same probe, test split; reported, never used to choose) | {_fmt(m['test_acc'])} |",
-        f"| knn_acc (weighted kNN, k=200, T=0.5) | {_fmt(m['knn_acc'])} |",
+        f"| knn_acc (weighted kNN, k={card['config'].get('knn_k')}, T={card['config'].get('knn_temperature')}) "
+        f"| {_fmt(m['knn_acc'])} |",
         f"| epochs | {m['epoch']} |",
         "",
-        f"Hyperparameters: loss {h['loss']}, λ {h['lmbda']:.6g}, lr {h['lr']:.6g}, feature_dim {h['feature_dim']}, seed {h['seed']}.",
+        f"Hyperparameters: loss {h['loss']}, λ {h['lmbda']:.6g}, lr {h['lr']:.6g}, feature_dim {h['feature_dim']}, "
+        f"seed {h['seed']}.",
         "",
         f"Weights: `{card['weights']['file']}`, {card['weights']['parameters']:,} parameters, "
         f"sha256 `{card['weights']['sha256']}`.",
-        f"Input: {card['input']['input_size']} px RGB, {card['input']['scale']}; mean {card['input']['mean']}, "
+        f"Input: {card['input']['input_size']} px, {card['input']['scale']}; mean {card['input']['mean']}, "
         f"std {card['input']['std']}"
         + (f"; resize the shorter side to {card['input']['eval_resize']} then centre-crop {card['input']['eval_crop']}"
            if card["input"]["eval_resize"] else "") + ".",
         "",
     ]
     if card["torchvision"]:
-        lines += ["Plain torchvision equivalent:", "", "```python", card["torchvision"].replace("; ", "\n"), "```", ""]
+        lines += ["Plain torchvision equivalent:", "", "```python", *card["torchvision"], "```", ""]
     lines += ["In sslsearch: `sslsearch.load_backbone(folder)` (checks the sha256 first).", "",
               f"Versions: sslsearch {card['versions']['sslsearch']}, torch {card['versions']['torch']}, "
               f"torchvision {card['versions']['torchvision']}. Exported {card['exported_at']}.", ""]
@@ -189,8 +198,7 @@ def _swap_into_place(staged: Path, out: Path) -> None:
     if not out.exists():
         os.replace(staged, out)
         return
-    aside = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-    aside.rmdir()
+    aside = out.with_name(f".{out.name}.old-{secrets.token_hex(4)}")
     os.replace(out, aside)
     try:
         os.replace(staged, out)
@@ -216,7 +224,10 @@ def export_best(tracking_uri: str, sweep: str | None, out_dir: str | os.PathLike
     trial, source, rank, candidates, skipped = _pick(trials, loss, client)
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    staged = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    # Next to `out`, so the final rename stays on one file system; os.mkdir (unlike mkdtemp, which
+    # makes 0700 folders) gives the export the permissions of any folder the user creates.
+    staged = out.with_name(f".{out.name}.partial-{secrets.token_hex(4)}")
+    os.mkdir(staged)
     try:
         with tempfile.TemporaryDirectory(prefix="sslsearch-export-") as download:
             local = client.download_artifacts(trial["run_id"], source, dst_path=download)
@@ -273,7 +284,9 @@ def _register(client, name: str, folder: Path, backbone: nn.Module, card: dict) 
             raise
     metrics = card["metrics"]
     version = client.create_model_version(
-        name, source=f"models:/{logged.model_id}", run_id=card["mlflow_run_id"], model_id=logged.model_id,
+        # The storage location, not models:/<id>: MLflow's SQL registry resolves a models:/ source
+        # through the *global* tracking URI, not this client's.
+        name, source=logged.artifact_location, run_id=card["mlflow_run_id"], model_id=logged.model_id,
         tags={"sslsearch.sweep": card["sweep"], "sslsearch.trial_id": card["trial_id"], "sha256": card["weights"]["sha256"],
               "val_acc": str(metrics["val_acc"]), "test_acc": str(metrics["test_acc"])},
         description=f"{card['backbone']} ({card['loss']}, λ={card['hyperparameters']['lmbda']:.4g}) from sweep {card['sweep']}")

@@ -93,18 +93,19 @@ def sweep_runs(client, experiment_id: str) -> dict[str, object]:
     """Parent run of every sweep, most recently started first (name → Run)."""
     runs: dict[str, object] = {}
     for run in _search_runs(client, experiment_id, "tags.`sslsearch.role` = 'sweep'"):
-        name = run.data.tags.get("sslsearch.sweep") or run.info.run_name
-        runs.setdefault(name, run)  # newest first: a (never expected) duplicate name keeps the newest
+        # Newest first. A (never expected) duplicate parent run: keep the oldest, the one the
+        # tracking callback continues; the sweep keeps the place of its newest start.
+        runs[run.data.tags.get("sslsearch.sweep") or run.info.run_name] = run
     return runs
 
 
-def _number(value, kind=float):
-    if value is None or value == "" or value == "None":
-        return None
+def _number(text, kind=float):
+    """A param or tag (MLflow keeps them as strings) as a number; None when absent or not a number."""
     try:
-        return kind(float(value)) if kind is int else kind(value)
+        value = float(text)
     except (TypeError, ValueError):
         return None
+    return int(value) if kind is int else value
 
 
 def _history(client, run_id: str, key: str) -> dict[int, float]:
@@ -167,9 +168,8 @@ def load_trials(tracking_uri: str, sweeps: list[str] | None = None) -> pd.DataFr
         raise InputError(f"unknown sweep {', '.join(map(repr, unknown))}; known sweeps: {', '.join(parents)}")
     rows = []
     for name in names:
-        escaped = name.replace("'", "\\'")
-        runs = _search_runs(client, experiment_id,
-                            f"tags.`sslsearch.role` = 'trial' and tags.`sslsearch.sweep` = '{escaped}'")
+        # A recorded sweep name holds no quotes (the tracking callback refuses them).
+        runs = _search_runs(client, experiment_id, f"tags.`sslsearch.role` = 'trial' and tags.`sslsearch.sweep` = '{name}'")
         sweep_rows = [_trial_row(client, run, parents[name].info.run_id) for run in runs]
         _check_rankable(name, sweep_rows)
         rows += sweep_rows
@@ -292,7 +292,7 @@ def build_leaderboard(trials: pd.DataFrame, *, top: int | None = 10, resamples: 
     """Rank and compare the trials of `load_trials`. Sweeps on different data sets are refused (not comparable)."""
     if top is not None and top < 1:
         raise InputError(f"--top must be ≥ 1, got {top}")
-    datasets = {s: d for s, d in trials[["sweep", "dataset"]].drop_duplicates().itertuples(index=False)}
+    datasets = dict(trials[["sweep", "dataset"]].dropna().drop_duplicates().itertuples(index=False))
     if len(set(datasets.values())) > 1:
         listing = ", ".join(f"{s} ({d})" for s, d in datasets.items())
         raise InputError(f"the sweeps pretrain on different data sets and cannot share a leaderboard: {listing}; "
@@ -434,10 +434,16 @@ def format_leaderboard(board: Leaderboard, fmt: str = "table") -> str:
 COLOURS = {"barlow": "tab:blue", "hsic": "tab:orange"}
 
 
-def _storage_of(tracking_uri: str) -> Path | None:
-    """The sweep storage folder of the default SQLite store `<storage>/mlflow.db`."""
+def _study_path(client, sweep: str, parent_run_id: str, tracking_uri: str, storage: str | os.PathLike | None) -> Path | None:
+    """Where the sweep's Optuna journal is: under `storage` if given, else the sweep folder the
+    parent run names (tag `sslsearch.sweep_path`), else next to a `sqlite:///<storage>/mlflow.db`."""
+    if storage is not None:
+        return Path(storage) / sweep / STUDY_FILE
+    sweep_path = client.get_run(parent_run_id).data.tags.get("sslsearch.sweep_path")
+    if sweep_path and "://" not in sweep_path:
+        return Path(sweep_path) / STUDY_FILE
     if tracking_uri.startswith("sqlite:///"):
-        return Path(tracking_uri[len("sqlite:///"):]).parent
+        return Path(tracking_uri[len("sqlite:///"):]).parent / sweep / STUDY_FILE
     return None
 
 
@@ -464,6 +470,7 @@ def _plot_val_acc_vs_lmbda(board: Leaderboard, path: Path) -> None:
 
 def _plot_learning_curves(board: Leaderboard, path: Path, per_loss: int = 3) -> None:
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     fig = Figure(figsize=(6.4, 4.2), layout="constrained")
     ax = fig.add_subplot()
@@ -473,6 +480,7 @@ def _plot_learning_curves(board: Leaderboard, path: Path, per_loss: int = 3) -> 
             epochs = sorted(row["history"])
             ax.plot(epochs, [row["history"][e] for e in epochs], styles[i % len(styles)], marker=".",
                     color=COLOURS.get(loss), label=f"{loss} #{row['rank']} λ={row['lmbda']:.3g} lr={row['lr']:.3g}")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch (0 = random initialisation)")
     ax.set_ylabel("val_acc (%)")
     ax.set_title(f"learning curves of the top {per_loss} trials per loss")
@@ -517,27 +525,28 @@ def write_plots(board: Leaderboard, out_dir: str | os.PathLike, tracking_uri: st
     """Write val_acc-vs-λ, learning curves and importances (PNG) to `out_dir`; log them to each sweep's parent run.
 
     `storage` is the sweep storage folder holding `<sweep>/optuna-study.journal` (default: the
-    folder of a `sqlite:///<storage>/mlflow.db` tracking URI). Returns {"files": [...], "notes": [...]}.
+    sweep folder recorded on the parent run, else the folder of a `sqlite:///<storage>/mlflow.db`
+    tracking URI). Returns {"files": [...], "notes": [...]}.
     """
+    client = mlflow_client(tracking_uri)
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     files, notes = [out / "val_acc_vs_lmbda.png", out / "learning_curves.png"], []
     _plot_val_acc_vs_lmbda(board, files[0])
     _plot_learning_curves(board, files[1])
-    root = Path(storage) if storage is not None else _storage_of(tracking_uri)
+    parents = dict(board.trials[["sweep", "parent_run_id"]].drop_duplicates().itertuples(index=False))
     for sweep in board.sweeps:
-        path = out / f"importances-{sweep}.png"
-        if root is None:
-            notes.append(f"importances for {sweep}: skipped, the sweep storage folder is unknown (pass storage)")
+        study = _study_path(client, sweep, parents[sweep], tracking_uri, storage)
+        if study is None:
+            notes.append(f"importances for {sweep}: skipped, the sweep's storage folder is unknown (pass storage)")
             continue
-        note = _plot_importances(sweep, root / sweep / STUDY_FILE, path)
+        note = _plot_importances(sweep, study, out / f"importances-{sweep}.png")
         if note is None:
-            files.append(path)
+            files.append(out / f"importances-{sweep}.png")
         else:
             notes.append(note)
     if log:
-        client = mlflow_client(tracking_uri)
-        for parent in board.trials["parent_run_id"].dropna().unique():
+        for parent in dict.fromkeys(parents.values()):
             for file in files:
                 client.log_artifact(parent, str(file), artifact_path="leaderboard")
     return {"files": [str(f) for f in files], "notes": notes}

@@ -246,7 +246,8 @@ def connect_ray(address: str | None, num_cpus: int | None = None) -> None:
         if address:
             ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
         else:
-            ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False,
+            # address="local": a private instance, never whatever Ray cluster happens to run on this machine.
+            ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False,
                      logging_level=logging.WARNING)
     except (ConnectionError, RuntimeError, ValueError, TimeoutError) as error:
         raise InputError(f"cannot reach the Ray cluster at {address!r}: {str(error).splitlines()[0]}") from None
@@ -341,17 +342,25 @@ def run_sweep(experiment: Experiment, space: SearchSpace, *, name: str, storage:
     return summarize(results, name, path, time.monotonic() - started, concurrency, study_path)
 
 
+def sweep_metadata(name: str, storage: str) -> dict | None:
+    """What `run_sweep` wrote about a sweep (experiment, space); InputError for an unknown sweep."""
+    local = _local_path(storage)
+    path = sweep_path(str(local.resolve()) if local else storage, name)
+    if not tune.Tuner.can_restore(path):
+        known = sorted(p.name for p in local.iterdir() if tune.Tuner.can_restore(str(p))) if local and local.is_dir() else []
+        raise InputError(f"no sweep named {name!r} in {storage}; known sweeps: {', '.join(known) or 'none'}")
+    meta = Path(path) / SWEEP_FILE
+    return json.loads(meta.read_text()) if local is not None and meta.is_file() else None
+
+
 def resume_sweep(name: str, storage: str, address: str | None = None) -> SweepSummary:
     """Continue an interrupted sweep: searcher, scheduler and unfinished trials from their checkpoints."""
     local = _local_path(storage)
     if local is not None:
         storage = str(local.resolve())
     path = sweep_path(storage, name)
-    if not tune.Tuner.can_restore(path):
-        known = sorted(p.name for p in local.iterdir() if tune.Tuner.can_restore(str(p))) if local and local.is_dir() else []
-        raise InputError(f"no sweep named {name!r} in {storage}; known sweeps: {', '.join(known) or 'none'}")
+    meta = sweep_metadata(name, storage)
     _quiet()
-    meta = json.loads((Path(path) / SWEEP_FILE).read_text()) if local is not None else None
     experiment = _experiment_from_meta(meta) if meta else None
     connect_ray(address)
     tuner = tune.Tuner.restore(path, trainable=_trainable(experiment) if experiment else run_trial,

@@ -300,7 +300,9 @@ class MlflowTracking(tune.Callback):
             return  # never ran: no run to finish
         self._configs.setdefault(trial.trial_id, trial.config)
         # The last report rides along (skipped if logged), so a lost report still ends in MLflow.
-        last = (int(result["epoch"]), {k: float(result[k]) for k in METRICS if _numeric(result.get(k))}) if "epoch" in result else None
+        last = None
+        if "epoch" in result:
+            last = (int(result["epoch"]), {k: float(result[k]) for k in METRICS if _numeric(result.get(k))})
         self._submit(("finish", trial.trial_id, outcome, status, error, last, trial.checkpoint, _best_checkpoint(trial),
                       only_if_open))
 
@@ -327,10 +329,6 @@ class MlflowTracking(tune.Callback):
                 if isinstance(error, MlflowException) and error.error_code in PERMANENT_ERRORS:
                     log.warning("MLflow refused a %s record of sweep %s: %s", record[0], self.sweep, _one_line(error))
                     return True
-                if isinstance(error, FileNotFoundError):
-                    # Ray already replaced this checkpoint by a newer one, which has its own record.
-                    log.info("skipped a %s record of sweep %s: %s", record[0], self.sweep, _one_line(error))
-                    return True
                 if attempt + 1 == self.attempts:
                     log.warning("MLflow at %s failed %d times (%s); %d record(s) of sweep %s queued, retrying in %.0f s",
                                 self.uri, self.attempts, _one_line(error), len(self._outbox), self.sweep, COOLDOWN_S)
@@ -354,6 +352,8 @@ class MlflowTracking(tune.Callback):
                 # 120 s timeouts) would freeze the driver, and so every trial, while a server is down.
                 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
                 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "60")
+                # Else each finished run prints its URL over the live view, at the cost of one more request.
+                os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
             self._client = mlflow.MlflowClient(self.uri)
         return self._client
 
@@ -401,7 +401,8 @@ class MlflowTracking(tune.Callback):
         if ray.is_initialized():  # not when the callback is driven by hand
             resources = ray.cluster_resources()
             tags.update({"sslsearch.cluster_resources": json.dumps(resources, sort_keys=True)[:8000],
-                         "sslsearch.cluster_cpus": str(resources.get("CPU", 0)), "sslsearch.cluster_gpus": str(resources.get("GPU", 0))})
+                         "sslsearch.cluster_cpus": str(resources.get("CPU", 0)),
+                         "sslsearch.cluster_gpus": str(resources.get("GPU", 0))})
         return self.client.create_run(self._experiment_id, tags=tags, run_name=self.sweep)
 
     def _fill_parent(self, run_id: str) -> None:
@@ -454,8 +455,7 @@ class MlflowTracking(tune.Callback):
         run = self._runs.get(trial_id)
         if run is not None:
             try:
-                self._runs[trial_id] = dataclasses.replace(_Run.from_mlflow(self.client.get_run(run.run_id)),
-                                                           pending_tags=run.pending_tags)
+                run.last_step = max(run.last_step, _Run.from_mlflow(self.client.get_run(run.run_id)).last_step)
             except Exception:  # the retry that follows will tell
                 pass
 
@@ -478,15 +478,18 @@ class MlflowTracking(tune.Callback):
             if self.experiment.tracking.checkpoints == "all":
                 self._upload(run.run_id, model, f"epoch_{epoch}.pt")
             # Epoch 0 is the random initialisation: never the "best" backbone.
-            if epoch > 0 and val_acc is not None and val_acc > run.best_val_acc:
-                self._upload(run.run_id, model, "best.pt")
+            if epoch > 0 and val_acc is not None and val_acc > run.best_val_acc and self._upload(run.run_id, model, "best.pt"):
                 run.best_val_acc, run.best_epoch = val_acc, epoch
                 run.pending_tags.update({BEST_EPOCH: str(epoch), BEST_VAL_ACC: repr(val_acc)})
 
-    def _upload(self, run_id: str, source: Path, name: str, artifact_path: str | None = "checkpoints") -> None:
+    def _upload(self, run_id: str, source: Path, name: str, artifact_path: str | None = "checkpoints") -> bool:
+        if not source.is_file():
+            # A record written late, after Ray replaced this checkpoint by a newer one (with its own record).
+            log.info("%s is gone; not uploaded as %s", source, name)
+            return False
         if source.name == name:
             self.client.log_artifact(run_id, str(source), artifact_path)
-            return
+            return True
         # MLflow names an artifact after its file: link the file under the new name next to the
         # checkpoint (same file system, so a large checkpoint is not copied); copy where links fail.
         try:
@@ -501,6 +504,7 @@ class MlflowTracking(tune.Callback):
             self.client.log_artifact(run_id, str(folder / name), artifact_path)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
+        return True
 
     def _write_finish(self, trial_id: str, outcome: str, status: str, error: str | None, last: tuple | None, latest,
                       best, only_if_open: bool) -> None:
@@ -509,16 +513,14 @@ class MlflowTracking(tune.Callback):
             return
         if latest is not None:
             with latest.as_directory() as folder:
-                if (Path(folder) / "statistics.csv").is_file():
-                    self._upload(run.run_id, Path(folder) / "statistics.csv", "statistics.csv", None)
-                if (Path(folder) / "last.pt").is_file():
-                    self._upload(run.run_id, Path(folder) / "last.pt", "last.pt")
+                self._upload(run.run_id, Path(folder) / "statistics.csv", "statistics.csv", None)
+                self._upload(run.run_id, Path(folder) / "last.pt", "last.pt")
         if best is not None and best[1] > 0 and best[2] > run.best_val_acc:
             # Ray kept the best checkpoint; it beats best.pt only if a crash cut an upload short.
             with best[0].as_directory() as folder:
-                self._upload(run.run_id, Path(folder) / "last.pt", "best.pt")
-            run.best_epoch, run.best_val_acc = best[1], best[2]
-            run.pending_tags.update({BEST_EPOCH: str(best[1]), BEST_VAL_ACC: repr(best[2])})
+                if self._upload(run.run_id, Path(folder) / "last.pt", "best.pt"):
+                    run.best_epoch, run.best_val_acc = best[1], best[2]
+                    run.pending_tags.update({BEST_EPOCH: str(best[1]), BEST_VAL_ACC: repr(best[2])})
         tags = {**run.pending_tags, OUTCOME: outcome}
         if error is not None:
             tags[ERROR] = _last_line(error)[:1000]

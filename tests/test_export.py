@@ -17,9 +17,18 @@ from test_leaderboard import open_store, trial, write_sweep  # noqa: E402
 
 from sslsearch.data import load_dataset  # noqa: E402
 from sslsearch.errors import InputError  # noqa: E402
-from sslsearch.export import backbone_state_dict, export_best, load_backbone, sha256_of  # noqa: E402
+from sslsearch.export import backbone_state_dict, export_best, load_backbone, sha256_of, torchvision_recipe  # noqa: E402
 from sslsearch.models import SSLModel, build_backbone, build_projector  # noqa: E402
 from sslsearch.train import PretrainConfig, load_checkpoint, model_from_checkpoint, pretrain  # noqa: E402
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: on a small shared CPU, two threads that contend with other work run ten times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +73,8 @@ def test_export_writes_weights_and_card(sweep, exported):
     assert card["selection"]["rank"] == 2 and card["selection"]["skipped_without_checkpoint"] == ["lucky"]
     assert card["checkpoint"] == {"artifact": "checkpoints/last.pt", "epoch": 2}
     assert card["metrics"]["val_acc"] == sweep["final"]["val_acc"] and card["metrics"]["test_acc"] == sweep["final"]["test_acc"]
-    assert (card["dataset"], card["backbone"], card["image_size"], card["preset"], card["seed"]) == ("digits", "small_cnn", 32, "digits", 0)
+    described = (card["dataset"], card["backbone"], card["image_size"], card["preset"], card["seed"])
+    assert described == ("digits", "small_cnn", 32, "digits", 0)
     assert card["versions"]["torch"] == torch.__version__ and card["versions"]["torchvision"] == torchvision.__version__
     assert card["weights"]["sha256"] == sha256_of(out / "backbone.pt")
     state = torch.load(out / "backbone.pt", weights_only=True)
@@ -120,6 +130,8 @@ def test_loss_filter(sweep, tmp_path):
     assert not list(tmp_path.iterdir())
     card = export_best(sweep["uri"], None, tmp_path / "barlow", loss="barlow")
     assert card["trial_id"] == "real" and card["selection"]["loss_filter"] == "barlow"
+    (tmp_path / "plain").mkdir()  # the export folder has the permissions of any new folder (not mkdtemp's 0700)
+    assert (tmp_path / "barlow").stat().st_mode == (tmp_path / "plain").stat().st_mode
 
 
 def test_registered_model_loads_back_by_alias(sweep, exported, tmp_path, monkeypatch):
@@ -138,7 +150,7 @@ def test_registered_model_loads_back_by_alias(sweep, exported, tmp_path, monkeyp
         assert torch.equal(model.eval()(x), load_backbone(exported[0])(x))
     # Exporting again moves the alias to a new version.
     export_best(sweep["uri"], None, tmp_path / "reg2", register="sslsearch-digits")
-    assert sweep["client"].get_model_version_by_alias("sslsearch-digits", "champion").version == "2"
+    assert str(sweep["client"].get_model_version_by_alias("sslsearch-digits", "champion").version) == "2"
 
 
 def test_independent_logistic_regression_reproduces_the_cards_test_acc(exported, digits):
@@ -159,21 +171,27 @@ def test_independent_logistic_regression_reproduces_the_cards_test_acc(exported,
     accuracy = 100 * classifier.score(scaler.transform(test), digits.test_labels.numpy())
     print(f"logistic regression test accuracy {accuracy:.2f} vs card test_acc {card['metrics']['test_acc']:.2f}")
     assert abs(accuracy - card["metrics"]["test_acc"]) <= 2.0
+    # The card's probe itself, rebuilt independently: the train split only, standardised, and the
+    # probe's L2 (mean cross-entropy + 1e-4·‖W‖², i.e. C = 1 / (2·1e-4·N)). This reproduces it closely.
+    n = len(digits.train_labels)
+    scaler = StandardScaler().fit(train[:n])
+    probe = LogisticRegression(C=1 / (2e-4 * n), max_iter=5000).fit(scaler.transform(train[:n]), labels[:n])
+    matched = 100 * probe.score(scaler.transform(test), digits.test_labels.numpy())
+    assert abs(matched - card["metrics"]["test_acc"]) <= 1.0
 
 
 @pytest.mark.parametrize("name, image_size", [("resnet18", 32), ("resnet18", 64)])
-def test_exported_resnet_loads_into_plain_torchvision_strictly(name, image_size):
-    """The recipe in docs/export.md: torchvision's model with the reference's stem, strict=True."""
+def test_exported_resnet_loads_into_plain_torchvision_strictly(name, image_size, tmp_path, monkeypatch):
+    """The card's torchvision recipe (also in docs/export.md), run as written: strict=True, same features."""
     torch.manual_seed(0)
     backbone = build_backbone(name, image_size)
     model = SSLModel(backbone, build_projector(backbone.out_dim, 8))
-    state = backbone_state_dict({"model": model.state_dict()})
-    plain = getattr(torchvision.models, name)()
-    plain.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
-    if image_size <= 32:
-        plain.maxpool = nn.Identity()
-    plain.fc = nn.Identity()
-    plain.load_state_dict(state, strict=True)
+    torch.save(backbone_state_dict({"model": model.state_dict()}), tmp_path / "backbone.pt")
+    monkeypatch.chdir(tmp_path)
+    namespace = {"torch": torch, "torchvision": torchvision, "nn": nn}
+    exec("\n".join(torchvision_recipe(name, image_size)), namespace)
+    plain = namespace["model"]
+    assert isinstance(plain.maxpool, nn.Identity) == (image_size <= 32)
     x = torch.randn(2, 3, image_size, image_size)
     with torch.no_grad():
         assert torch.equal(plain.eval()(x), backbone.eval()(x))

@@ -172,7 +172,8 @@ def test_bad_sweeps_are_one_clear_line(store):
 
 
 def test_a_sweep_without_a_finished_trial_is_refused(store):
-    with pytest.raises(InputError, match=r"sweep 'still-running' has no finished trial with a val_acc yet \(1 errored, 1 running\)"):
+    expected = r"sweep 'still-running' has no finished trial with a val_acc yet \(1 errored, 1 running\)"
+    with pytest.raises(InputError, match=expected):
         load_trials(store["uri"], ["still-running"])
 
 
@@ -254,12 +255,15 @@ def test_plots_are_written_and_logged_to_the_sweep_run(store, tmp_path):
         if t["outcome"] == "completed":
             study.add_trial(optuna.trial.create_trial(params={"lmbda": t["lmbda"], "lr": t["lr"], "loss": t["loss"]},
                                                       distributions=distributions, value=max(t["history"].values())))
+    # The journal is found through the sweep folder the parent run records (tracking.py writes this tag).
+    store["client"].set_tag(store["parent"], "sslsearch.sweep_path", str(storage / "paired"))
     board = build_leaderboard(load_trials(store["uri"], ["paired", "old-sweep"]))
-    result = write_plots(board, tmp_path / "plots", store["uri"], storage=storage)
+    result = write_plots(board, tmp_path / "plots", store["uri"])
     names = sorted(os.path.basename(f) for f in result["files"])
     assert names == ["importances-paired.png", "learning_curves.png", "val_acc_vs_lmbda.png"]
     for file in result["files"]:
         assert open(file, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
-    assert result["notes"] == [f"importances for old-sweep: skipped, no Optuna study file at {storage / 'old-sweep' / 'optuna-study.journal'}"]
+    missing = store["folder"] / "old-sweep" / "optuna-study.journal"  # no tag: next to the SQLite store
+    assert result["notes"] == [f"importances for old-sweep: skipped, no Optuna study file at {missing}"]
     logged = {os.path.basename(f.path) for f in store["client"].list_artifacts(store["parent"], "leaderboard")}
     assert logged == set(names)

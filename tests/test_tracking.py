@@ -62,12 +62,63 @@ def load_artifact(client, run_id: str, path: str, tmp_path: Path):
 
 # -- real sweeps ------------------------------------------------------------------------------------
 
+class Interrupt(tune.Callback):
+    """Presses Ctrl-C once, at the first report of epoch 1 (a marker file keeps it from pressing again on resume)."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if result["epoch"] >= 1 and not self.marker.exists():
+            self.marker.touch()
+            os.kill(os.getpid(), signal.SIGINT)
+
+
 @pytest.fixture(scope="module")
-def sqlite_sweep(ray_session, tmp_path_factory):
-    """A real sweep recorded in SQLite, while MLflow fails twice with a transient error."""
+def server_process(tmp_path_factory):
+    """Starts `mlflow server` on 127.0.0.1 (it takes ~20 s on a busy 2-core machine: start it early)."""
+    folder = tmp_path_factory.mktemp("server")
+    port = free_port()
+    log = open(folder / "server.log", "w")
+    # No job runner: it would add seven worker processes that these tests do not need.
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    process = subprocess.Popen(
+        [str(Path(sys.executable).with_name("mlflow")), "server", "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
+         "--artifacts-destination", str(folder / "artifacts"), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+    yield types.SimpleNamespace(process=process, uri=f"http://127.0.0.1:{port}", log=folder / "server.log")
+    os.killpg(process.pid, signal.SIGTERM)  # its own process group: the server and its workers
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(server_process):
+    """The server's URI, once `/health` answers."""
+    deadline = time.monotonic() + 180
+    while True:
+        try:
+            if requests.get(f"{server_process.uri}/health", timeout=1).ok:
+                return server_process.uri
+        except requests.RequestException:
+            pass
+        if server_process.process.poll() is not None or time.monotonic() > deadline:
+            pytest.fail(f"mlflow server did not start: {server_process.log.read_text()[-2000:]}")
+        time.sleep(0.5)
+
+
+@pytest.fixture(scope="module")
+def sqlite_sweep(ray_session, server_process, tmp_path_factory):
+    """A real sweep recorded in SQLite, keeping every checkpoint: MLflow fails twice with a transient
+    error, Ctrl-C interrupts the sweep at epoch 1, and `resume_sweep` completes it."""
     storage = str(tmp_path_factory.mktemp("sqlite"))
-    experiment = tiny()
+    experiment = tiny("tracking.checkpoints=all")
     space = load_search_space(experiment.space_path())
+    uri, name = default_tracking_uri(storage), "sq"
     original, failures = MlflowClient.log_batch, []
 
     def flaky_log_batch(self, run_id, metrics=(), *args, **kwargs):
@@ -78,55 +129,27 @@ def sqlite_sweep(ray_session, tmp_path_factory):
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(MlflowClient, "log_batch", flaky_log_batch)
-        tracking = MlflowTracking(experiment, space, sweep="sq", storage=storage, backoff_s=0.05)
-        summary = run_sweep(experiment, space, name="sq", storage=storage, callbacks=[tracking])
-    return types.SimpleNamespace(uri=default_tracking_uri(storage), name="sq", storage=storage, summary=summary,
-                                 failures=failures, experiment=experiment)
-
-
-@pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory):
-    """A real `mlflow server` on 127.0.0.1, its artifacts proxied (as on a cluster)."""
-    folder = tmp_path_factory.mktemp("server")
-    port = free_port()
-    log = open(folder / "server.log", "w")
-    process = subprocess.Popen(
-        [str(Path(sys.executable).with_name("mlflow")), "server", "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
-         "--artifacts-destination", str(folder / "artifacts"), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    uri = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            if requests.get(f"{uri}/health", timeout=1).ok:
-                break
-        except requests.RequestException:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            pytest.fail(f"mlflow server did not start: {(folder / 'server.log').read_text()[-2000:]}")
-        time.sleep(0.5)
-    yield uri
-    os.killpg(process.pid, signal.SIGTERM)  # its own session: the server and its workers
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-    log.close()
+        tracking = MlflowTracking(experiment, space, sweep=name, storage=storage, backoff_s=0.05)
+        run_sweep(experiment, space, name=name, storage=storage,
+                  callbacks=[tracking, Interrupt(Path(storage) / "interrupted")])
+    interrupted = sweep_runs(uri, name)
+    summary = resume_sweep(name, storage)  # Ray restores the pickled callbacks, ours included
+    return types.SimpleNamespace(uri=uri, name=name, storage=storage, summary=summary, failures=failures,
+                                 experiment=experiment, interrupted=interrupted)
 
 
 @pytest.fixture(scope="module")
 def server_sweep(ray_session, mlflow_server, tmp_path_factory):
-    """A real sweep recorded through the server, keeping every checkpoint; counts the driver's HTTP requests."""
+    """A real sweep recorded through the server; counts the driver's HTTP requests."""
     storage = str(tmp_path_factory.mktemp("server-sweep"))
-    experiment = tiny("tracking.checkpoints=all")
+    experiment = tiny()
     space = load_search_space(experiment.space_path())
     check_tracking(mlflow_server, sweep="sv")
     original, sent = requests.Session.request, []
 
     def counting_request(self, method, url, *args, **kwargs):
-        sent.append((method, urlparse(url).path))
+        if urlparse(url).netloc == urlparse(mlflow_server).netloc:  # not MLflow's own telemetry
+            sent.append((method, urlparse(url).path))
         return original(self, method, url, *args, **kwargs)
 
     with pytest.MonkeyPatch.context() as patch:
@@ -147,7 +170,8 @@ def test_sweep_leaves_a_parent_run_and_one_child_per_trial(store, request, tmp_p
     parent = parents[0]
     assert parent.info.run_name == sweep.name and parent.info.status == "FINISHED"
     assert parent.data.params["pretrain.epochs"] == "2" and parent.data.params["search.num_samples"] == "2"
-    assert {"sslsearch.version", "sslsearch.torch_version", "sslsearch.ray_version", "sslsearch.cluster_resources"} <= set(parent.data.tags)
+    assert {"sslsearch.version", "sslsearch.torch_version", "sslsearch.ray_version", "sslsearch.git_commit",
+            "sslsearch.cluster_resources"} <= set(parent.data.tags)
     assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"experiment.yaml", "search_space.yaml", "sweep.json"}
 
     trials = {t.trial_id: t for t in sweep.summary.trials}
@@ -162,7 +186,8 @@ def test_sweep_leaves_a_parent_run_and_one_child_per_trial(store, request, tmp_p
         # One point per reported epoch, at step = epoch; every report's metrics together.
         assert steps(client, run.info.run_id) == list(range(trial.epoch + 1))
         assert steps(client, run.info.run_id, "knn_acc") == list(range(trial.epoch + 1))
-        assert {"loss", "images_per_s", "trial_seconds", "test_acc"} <= set(run.data.metrics)
+        assert {"loss", "images_per_s", "trial_seconds"} <= set(run.data.metrics)
+        assert ("test_acc" in run.data.metrics) == (trial.outcome == "completed")  # measured once, at the natural end
         history = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "val_acc")}
         best_epoch = max((e for e in history if e > 0), key=lambda e: (history[e], -e))
         last = load_artifact(client, run.info.run_id, "checkpoints/last.pt", tmp_path)
@@ -177,58 +202,44 @@ def test_sweep_leaves_a_parent_run_and_one_child_per_trial(store, request, tmp_p
 
 
 @pytest.mark.slow
+def test_one_batched_request_per_report(server_sweep):
+    """Counts every HTTP request of the driver: each report costs one log-batch, plus one upload of best.pt
+    when val_acc improves; the rest is a fixed cost per sweep and per trial."""
+    client = MlflowClient(server_sweep.uri)
+    _, children = sweep_runs(server_sweep.uri, server_sweep.name)
+    trials, reports, improvements = len(children), 0, 0
+    for (run,) in children.values():
+        history = [m.value for m in client.get_metric_history(run.info.run_id, "val_acc")]
+        reports += len(history)
+        improvements += sum(v > max(history[1:i], default=-float("inf")) for i, v in enumerate(history) if i > 0)
+    kinds = collections.Counter("artifact upload" if "/mlflow-artifacts/" in path else f"{method} {path.split('/mlflow/')[-1]}"
+                                for method, path in server_sweep.sent)
+    assert kinds["POST runs/log-batch"] == 1 + reports + 2 * trials, kinds  # parent params; per trial: params, final tags
+    assert kinds["artifact upload"] == 3 + improvements + 2 * trials, kinds  # parent: 3 files; per trial: last.pt, statistics.csv
+    per_sweep = {"GET experiments/get-by-name": 1, "POST experiments/create": 1, "POST runs/search": 2,
+                 "POST runs/create": 1 + trials, "POST runs/update": 1 + trials,
+                 "GET runs/get": 1 + trials}  # the run's artifact location, once per run
+    assert {k: v for k, v in kinds.items() if k in per_sweep} == per_sweep, kinds
+    assert sum(kinds.values()) == sum(per_sweep.values()) + kinds["POST runs/log-batch"] + kinds["artifact upload"], kinds
+    fixed = sum(per_sweep.values()) + 1 + 3 + 4 * trials
+    print(f"\n{reports} reports of {trials} trials, {improvements} of them a new best: {sum(kinds.values())} requests = "
+          f"{fixed} fixed + {reports} log-batch + {improvements} best.pt; {dict(kinds)}")
+
+
+@pytest.mark.slow
+def test_interrupted_sweep_is_marked_honestly_then_resumed_into_the_same_runs(sqlite_sweep):
+    parents, children = sqlite_sweep.interrupted
+    assert [p.info.status for p in parents] == ["KILLED"]  # the sweep had not ended
+    statuses = {(r.info.status, r.data.tags["sslsearch.outcome"]) for runs in children.values() for r in runs}
+    assert ("KILLED", "running") in statuses and statuses <= {("KILLED", "running"), ("FINISHED", "completed"),
+                                                              ("FINISHED", "stopped early")}
+    # After the resume, the test above finds one FINISHED parent and one FINISHED child per trial.
+
+
+@pytest.mark.slow
 def test_transient_failures_are_retried_and_nothing_is_lost(sqlite_sweep):
     assert len(sqlite_sweep.failures) == 2
     assert all(t.outcome in ("completed", "stopped early") for t in sqlite_sweep.summary.trials)
-
-
-@pytest.mark.slow
-def test_one_batched_request_per_report(server_sweep):
-    client = MlflowClient(server_sweep.uri)
-    _, children = sweep_runs(server_sweep.uri, server_sweep.name)
-    reports = sum(len(steps(client, runs[0].info.run_id)) for runs in children.values())
-    counts = collections.Counter(path.removeprefix("/api/2.0/mlflow/").removeprefix("/ajax-api/2.0/mlflow/")
-                                 for _, path in server_sweep.sent)
-    log_batches = counts["runs/log-batch"]
-    # Per sweep: the parent's params; per trial: its params and its final tags; per report: one.
-    assert log_batches == reports + 2 * len(children) + 1, counts
-    print(f"\n{reports} reports, {len(children)} trials, {sum(counts.values())} requests: {dict(counts)}")
-
-
-@pytest.mark.slow
-def test_interrupted_sweep_resumes_the_same_runs(ray_session, tmp_path):
-    storage, name = str(tmp_path), "ir"
-    experiment = tiny("scheduler.type=fifo")
-    space = load_search_space(experiment.space_path())
-    uri = default_tracking_uri(storage)
-    run_sweep(experiment, space, name=name, storage=storage,
-              callbacks=[MlflowTracking(experiment, space, sweep=name, storage=storage), Interrupt(tmp_path / "interrupted")])
-    parents, children = sweep_runs(uri, name)
-    assert [p.info.status for p in parents] == ["KILLED"]  # honest: the sweep did not end
-    assert any(r.info.status == "KILLED" and r.data.tags["sslsearch.outcome"] == "running"
-               for runs in children.values() for r in runs)
-
-    summary = resume_sweep(name, storage)  # Ray restores the pickled callbacks, ours included
-    client = MlflowClient(uri)
-    parents, children = sweep_runs(uri, name)
-    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
-    assert set(children) == {t.trial_id for t in summary.trials}
-    for runs in children.values():
-        assert len(runs) == 1
-        assert runs[0].info.status == "FINISHED" and runs[0].data.tags["sslsearch.outcome"] == "completed"
-        assert steps(client, runs[0].info.run_id) == [0, 1, 2]
-
-
-class Interrupt(tune.Callback):
-    """Presses Ctrl-C once, after the first report of epoch 1 (a marker file stops it doing so again on resume)."""
-
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def on_trial_result(self, iteration, trials, trial, result, **info):
-        if result["epoch"] >= 1 and not self.marker.exists():
-            self.marker.touch()
-            os.kill(os.getpid(), signal.SIGINT)
 
 
 # -- the hooks replayed: a driver killed, then resumed ------------------------------------------------
@@ -341,6 +352,21 @@ def test_outage_queues_records_and_writes_them_in_order_later(tmp_path, monkeypa
     (run,) = children["cccc0003"]
     assert steps(client, run.info.run_id) == [0, 1, 2] and run.info.status == "FINISHED"
     assert load_artifact(client, run.info.run_id, "checkpoints/best.pt", tmp_path / "d")["epoch"] == 1
+
+
+def test_trials_cut_by_the_time_budget_are_stopped_early_not_interrupted(tmp_path):
+    experiment = tiny("search.time_budget_s=0.001")
+    tracking = MlflowTracking(experiment, load_search_space(experiment.space_path()), sweep="budget", storage=str(tmp_path))
+    trial = FakeTrial("dddd0004", tmp_path, "hsic")
+    tracking.setup()
+    tracking.on_trial_start(0, [], trial)
+    trial.report(tracking, 0, 50.0), trial.report(tracking, 1, 60.0)
+    trial.status = "TERMINATED"  # what Ray's time budget leaves, without calling on_trial_complete
+    tracking.on_experiment_end([trial])
+    parents, children = sweep_runs(default_tracking_uri(str(tmp_path)), "budget")
+    (run,) = children["dddd0004"]
+    assert parents[0].info.status == "FINISHED"
+    assert run.info.status == "FINISHED" and run.data.tags["sslsearch.outcome"] == "stopped early"
 
 
 # -- where records go -----------------------------------------------------------------------------------
