@@ -14,8 +14,10 @@ PIL pipeline, all small:
 - the contrast mean is not rounded to an integer and hue shifts are continuous, not in
   steps of 1/255 of a turn as PIL's `adjust_hue` on uint8 HSV;
 - grayscale uses torchvision's tensor weights 0.2989/0.587/0.114 (PIL: 0.299/0.587/0.114);
-- resampling is torch's antialiased interpolate (the same kernels as PIL, without PIL's
-  fixed-point arithmetic).
+- resampling is torch's antialiased interpolate: PIL's kernels, without PIL's fixed-point
+  weights and its uint8 rounding between the horizontal and vertical passes (which also clips
+  bicubic overshoot: up to ~3 grey levels at saturated edges, ~0.3 on average).
+Measured in tests/test_augment.py.
 """
 
 from __future__ import annotations
@@ -122,8 +124,10 @@ def sample_crop_boxes(n: int, height: int, width: int, scale: tuple[float, float
     w = torch.sqrt(target_area * aspect).round()  # round half to even, as Python's round()
     h = torch.sqrt(target_area / aspect).round()
     fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
-    first = fits.to(torch.uint8).argmax(dim=1, keepdim=True)  # argmax returns the first maximum
-    found = fits.any(dim=1)
+    tries = torch.arange(_CROP_TRIES, device=device)
+    first = torch.where(fits, tries, _CROP_TRIES).amin(dim=1, keepdim=True)  # first fitting try, or 10
+    found = first.squeeze(1) < _CROP_TRIES
+    first = first.clamp(max=_CROP_TRIES - 1)
     w = w.gather(1, first).squeeze(1)
     h = h.gather(1, first).squeeze(1)
 

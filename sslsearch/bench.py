@@ -71,16 +71,18 @@ def bench_augment(preset: str = "cifar", images: int = 2048, batch_size: int = 2
 
 def format_bench_augment(result: dict) -> str:
     """A short report of bench_augment's result."""
-    size = result["source_size"]
-    return "\n".join([
-        f"augmentation, preset {result['preset']}: {result['images']} images of {size}x{size} px, "
-        f"{result['threads']} CPU thread(s)",
-        f"  batched ({result['device']}, batches of {result['batch_size']}): "
-        f"{result['batched_pairs_per_s']:>10,.0f} pairs/s",
-        f"  reference (PIL, {result['threads']} DataLoader worker(s)):     "
-        f"{result['reference_pairs_per_s']:>10,.0f} pairs/s",
-        f"  speed-up: {result['ratio']:.1f}x",
-    ])
+    size, threads = result["source_size"], result["threads"]
+    rows = [
+        (f"batched ({result['device']}, batches of {result['batch_size']})", f"{result['batched_pairs_per_s']:,.0f} pairs/s"),
+        (f"reference (PIL, {threads} DataLoader worker{'s' * (threads > 1)})",
+         f"{result['reference_pairs_per_s']:,.0f} pairs/s"),
+        ("speed-up", f"{result['ratio']:.1f}x"),
+    ]
+    width = max(len(label) for label, _ in rows) + 2
+    return "\n".join(
+        [f"augmentation, preset {result['preset']}: {result['images']} images of {size}x{size} px, "
+         f"{threads} CPU thread{'s' * (threads > 1)}, best of {result['rounds']} passes"]
+        + [f"  {label:<{width}}{value:>16}" for label, value in rows])
 
 
 def reference_transform(preset: AugmentPreset) -> T.Compose:
