@@ -16,3 +16,11 @@ def ray_session():
         ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+def pytest_configure(config):
+    # One thread per test process: on 2 shared cores, two OpenMP threads fight whatever else runs
+    # (Ray workers, a second pytest) and slow small CPU models down several-fold.
+    import torch
+
+    torch.set_num_threads(1)
