@@ -1,0 +1,261 @@
+"""The benchmarks (`sslsearch bench train`, packing, the device check) run on the CPU at tiny sizes
+and report consistent figures; the training fast path they time keeps the reference's semantics.
+
+No timings are asserted: speed targets live in the benchmarks and docs/benchmarks.md, not here.
+"""
+
+import copy
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import sslsearch.bench as bench_module
+from sslsearch.augment import PRESETS, augment_views
+from sslsearch.bench import (bench_packing, bench_train, flops_per_image, format_bench_packing, format_bench_train,
+                             known_peak_tflops)
+from sslsearch.data import load_dataset
+from sslsearch.errors import InputError
+from sslsearch.losses import ssl_loss
+from sslsearch.train import PretrainConfig, build_model, make_train_step, prepare_training, pretrain
+
+ROOT = Path(__file__).resolve().parents[1]
+# What the bare GPU machine lacks: the benchmark code must import without any of them.
+ABSENT_ON_GPU_MACHINE = ("ray", "optuna", "mlflow", "pandas", "sklearn", "matplotlib", "yaml")
+
+
+# -------------------------------------------------------------------------------------------
+# bench_train
+# -------------------------------------------------------------------------------------------
+
+def test_bench_train_reports_consistent_figures_on_cpu():
+    result = bench_train("small_cnn", 32, 8, "cpu", steps=2, warmup=1, dataset_size=1000, threads=1)
+    assert result["images_per_s"] > 0 and result["reference_images_per_s"] > 0
+    assert result["ratio"] == pytest.approx(result["images_per_s"] / result["reference_images_per_s"])
+    # An epoch is the whole batches of dataset_size (drop_last): 125 steps of 8 images.
+    assert result["seconds_per_epoch"] == pytest.approx(1000 / result["images_per_s"])
+    assert result["achieved_tflops"] == pytest.approx(result["flops_per_image"] * result["images_per_s"] / 1e12)
+    assert result["peak_tflops"] is None and result["fraction_of_peak"] is None  # no peak is known for a CPU
+    assert result["compile_seconds"] is None
+    assert math.isfinite(result["loss"]) and math.isfinite(result["reference_loss"])
+    assert (result["preset"], result["source_size"], result["reference_workers"]) == ("cifar", 32, 1)
+    json.dumps(result)  # plain values only, for --json
+    text = format_bench_train(result)
+    for words in ("img/s", "s/epoch", "speed-up", "FLOP per image", "fraction of peak: n/a"):
+        assert words in text
+
+
+def test_bench_train_with_a_peak_and_without_the_reference():
+    result = bench_train("small_cnn", 64, 4, "cpu", steps=1, warmup=0, peak_tflops=2.0, reference=False)
+    assert result["preset"] == "stl10" and result["source_size"] == 96 and result["image_size"] == 64
+    assert result["fraction_of_peak"] == pytest.approx(result["achieved_tflops"] / 2.0)
+    assert result["ratio"] is None and result["reference_images_per_s"] is None
+    text = format_bench_train(result)
+    assert "% of 2 TFLOP/s peak" in text and "speed-up" not in text and "reference" not in text
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(image_size=48), "image_size must be one of"),
+    (dict(image_size=32, preset="stl10"), "makes 64 px views"),
+    (dict(backbone="vgg"), "unknown backbone 'vgg'"),
+    (dict(device="tpu"), "device must be"),
+    (dict(steps=0), "need steps >= 1"),
+    (dict(batch_size=64, dataset_size=10), "dataset_size >= batch_size"),
+    (dict(peak_tflops=0.0), "peak_tflops must be > 0"),
+    (dict(threads=0), "threads must be >= 1"),
+])
+def test_bench_train_refuses_bad_settings(kwargs, match):
+    values = dict(backbone="small_cnn", image_size=32, batch_size=4, device="cpu", steps=1, warmup=0, reference=False)
+    with pytest.raises(InputError, match=match):
+        bench_train(**{**values, **kwargs})
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message when CUDA is missing")
+def test_bench_train_without_cuda_says_so():
+    with pytest.raises(InputError, match="CUDA is not available"):
+        bench_train("small_cnn", 32, 4, "cuda", steps=1)
+
+
+def _forward_flops(model: nn.Module, image_size: int) -> tuple[float, float]:
+    """Forward FLOPs of one image from the layer shapes (2 per multiply-add), and those of the first conv."""
+    total, first = 0.0, None
+
+    def count(module, inputs, output):
+        nonlocal total, first
+        if isinstance(module, nn.Conv2d):
+            flops = 2 * output[0].numel() * module.in_channels // module.groups * math.prod(module.kernel_size)
+            first = flops if first is None else first
+        else:
+            flops = 2 * module.in_features * module.out_features
+        total += flops
+
+    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    with torch.no_grad():
+        model.eval()(torch.zeros(1, 3, image_size, image_size))
+    for hook in hooks:
+        hook.remove()
+    return total, first
+
+
+@pytest.mark.parametrize("backbone, image_size", [("resnet18", 32), ("resnet50", 64), ("small_cnn", 32)])
+def test_flops_per_image_match_the_layer_shapes(backbone, image_size):
+    config = PretrainConfig(backbone=backbone)
+    forward, first_conv = _forward_flops(build_model(config, image_size), image_size)
+    # Backward costs twice the forward (input and weight gradients), except the first conv, whose
+    # input needs no gradient; the loss adds c = z1ᵀz2 and its two gradients: 3·2·D² per image.
+    expected = 2 * (3 * forward - first_conv) + 3 * 2 * config.feature_dim ** 2
+    assert flops_per_image(config, image_size) == pytest.approx(expected, rel=1e-3)
+    joint = dataclass_replace(config, joint_views=True)
+    assert flops_per_image(joint, image_size) == pytest.approx(expected, rel=1e-3)
+
+
+def test_issue_arithmetic_for_a_cifar_epoch():
+    # The issue's floor: ~0.33 PFLOP (ResNet-18) and ~0.78 PFLOP (ResNet-50) per CIFAR-10 epoch.
+    assert flops_per_image(PretrainConfig(backbone="resnet18"), 32) * 50_000 / 1e15 == pytest.approx(0.333, abs=0.005)
+    assert flops_per_image(PretrainConfig(backbone="resnet50"), 32) * 50_000 / 1e15 == pytest.approx(0.779, abs=0.005)
+
+
+@pytest.mark.parametrize("name, peak", [("NVIDIA H200", 989.0), ("NVIDIA H100 80GB HBM3", 989.0),
+                                        ("NVIDIA H100 PCIe", 756.0), ("NVIDIA A100-SXM4-80GB", 312.0),
+                                        ("Tesla V100-SXM2-32GB", 125.0), ("NVIDIA RTX A6000", 155.0),
+                                        ("NVIDIA L4", 121.0), ("NVIDIA L40S", 362.0), ("Some Future GPU", None)])
+def test_known_peaks_by_device_name(monkeypatch, name, peak):
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
+    assert known_peak_tflops("cuda") == peak
+    assert known_peak_tflops("cpu") is None
+
+
+# -------------------------------------------------------------------------------------------
+# Several trials per device
+# -------------------------------------------------------------------------------------------
+
+def test_bench_packing_runs_concurrent_trials_on_cpu():
+    result = bench_packing((1, 2), "small_cnn", 32, 8, "cpu", steps=2, warmup=1)
+    assert [r["trials"] for r in result["runs"]] == [1, 2]
+    assert all(r["images_per_s"] > 0 and len(r["per_trial_images_per_s"]) == r["trials"] for r in result["runs"])
+    assert result["runs"][0]["speedup"] == 1.0
+    assert "2 trials" in format_bench_packing(result)
+
+
+def test_bench_packing_refuses_an_unknown_backbone():
+    with pytest.raises(InputError, match="unknown backbone"):
+        bench_packing((1,), "vgg", 32, 8, "cpu", steps=1, warmup=0)
+
+
+# -------------------------------------------------------------------------------------------
+# The fast path that bench_train times (train.make_train_step)
+# -------------------------------------------------------------------------------------------
+
+def dataclass_replace(config, **changes):
+    return PretrainConfig(**{**config.to_dict(), "projector_hidden": config.projector_hidden, **changes})
+
+
+@pytest.mark.parametrize("joint_views", [False, True])
+def test_train_step_batchnorm_sees_the_views_as_documented(joint_views):
+    # Separate passes (the reference): BN normalises each view with its own batch statistics.
+    # joint_views: one pass over both views, BN statistics over 2B images.
+    config = PretrainConfig(backbone="small_cnn", batch_size=16, feature_dim=32, joint_views=joint_views)
+    device = torch.device("cpu")
+    model, optimizer = prepare_training(config, 32, device)
+    twin = copy.deepcopy(model)
+    images = (torch.rand(16, 3, 32, 32) * 255).to(torch.uint8)
+    generator, replay = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)  # same state, same views
+    v1, v2 = augment_views(images, PRESETS["cifar"], replay), augment_views(images, PRESETS["cifar"], replay)
+    if joint_views:
+        z1, z2 = twin(torch.cat((v1, v2)))[1].chunk(2)
+    else:
+        z1, z2 = twin(v1)[1], twin(v2)[1]
+    expected = ssl_loss(config.loss, z1, z2, config.lmbda, config.normalization)
+    loss = make_train_step(config, model, optimizer, PRESETS["cifar"], generator)(images)
+    assert not loss.requires_grad
+    torch.testing.assert_close(loss, expected.detach(), rtol=1e-4, atol=1e-4)
+
+
+def test_separate_and_joint_views_differ():
+    images = (torch.rand(16, 3, 32, 32) * 255).to(torch.uint8)
+    losses = []
+    for joint_views in (False, True):
+        config = PretrainConfig(backbone="small_cnn", batch_size=16, feature_dim=32, joint_views=joint_views)
+        model, optimizer = prepare_training(config, 32, torch.device("cpu"))
+        losses.append(make_train_step(config, model, optimizer, PRESETS["cifar"], torch.Generator().manual_seed(5))(images))
+    assert not torch.allclose(losses[0], losses[1])
+
+
+def test_model_is_channels_last_with_a_fused_optimiser():
+    model, optimizer = prepare_training(PretrainConfig(backbone="resnet18"), 32, torch.device("cpu"))
+    assert model.backbone.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    assert optimizer.defaults.get("fused") is True
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+def test_compile_time_is_reported_apart_from_throughput(monkeypatch, digits):
+    monkeypatch.setattr(torch, "compile", lambda model: model)  # the bookkeeping, not the compiler
+    config = PretrainConfig(epochs=2, eval_every=2, batch_size=128, feature_dim=32, device="cpu", compile=True)
+    history = pretrain(config, data=digits, progress=False).history
+    assert history[1]["compile_seconds"] > 0 and "compile_seconds" not in history[2]
+    # images_per_s of the first epoch leaves the compiled step out of its time.
+    first = history[1]
+    assert first["images_per_s"] > (len(digits.pretrain_images) // 128) * 128 / first["seconds"]
+
+
+def test_joint_views_pretrain_and_resume_guard(tmp_path, digits):
+    config = PretrainConfig(epochs=1, eval_every=1, batch_size=128, feature_dim=32, device="cpu", joint_views=True)
+    result = pretrain(config, out_dir=tmp_path, data=digits, progress=False)
+    assert math.isfinite(result.history[-1]["train_loss"])
+    with pytest.raises(InputError, match="different settings: joint_views"):
+        pretrain(dataclass_replace(config, epochs=2, joint_views=False), out_dir=tmp_path, data=digits,
+                 progress=False, resume=tmp_path / "last.pt")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_train_step_does_not_synchronise():
+    config = PretrainConfig(backbone="small_cnn", batch_size=32)
+    device = torch.device("cuda")
+    model, optimizer = prepare_training(config, 32, device)
+    step = make_train_step(config, model, optimizer, PRESETS["cifar"], torch.Generator(device).manual_seed(0))
+    images = (torch.rand(32, 3, 32, 32) * 255).to(torch.uint8).to(device)
+    step(images)  # warm-up: optimiser state and constants reach the device once
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        loss_sum = step(images) + step(images)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.isfinite(loss_sum)
+
+
+# -------------------------------------------------------------------------------------------
+# The device check script, in CPU mode, on an interpreter where Ray & co. cannot be imported
+# -------------------------------------------------------------------------------------------
+
+def test_gpu_check_runs_on_cpu_without_the_sweep_dependencies(tmp_path):
+    blocker = tmp_path / "site"
+    blocker.mkdir()
+    (blocker / "sitecustomize.py").write_text(
+        "import sys\n" + "".join(f"sys.modules[{name!r}] = None\n" for name in ABSENT_ON_GPU_MACHINE))
+    out = tmp_path / "figures" / "gpu_check.json"
+    env = {**os.environ, "PYTHON": sys.executable, "PYTHONPATH": str(blocker)}
+    completed = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), str(out), "--device", "cpu"],
+                               cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    report = json.loads(out.read_text())
+    assert report["mode"] == "cpu" and report["ok"] is True and report["checks_ok"] is None
+    assert set(report["benchmarks"]) == {"small_cnn-32px-b16", "small_cnn-64px-b16", "resnet18-32px-b4"}
+    for name, figures in report["benchmarks"].items():
+        assert figures["images_per_s"] > 0 and figures["flops_per_image"] > 0, name
+    assert report["benchmarks"]["small_cnn-32px-b16"]["ratio"] > 0
+    assert [r["trials"] for r in report["packing"]["runs"]] == [1, 2]
+    assert "wrote" in completed.stdout
+    # The blocker works: the same interpreter cannot import Ray.
+    probe = subprocess.run([sys.executable, "-c", "import ray"], env=env, capture_output=True, text=True)
+    assert probe.returncode != 0
