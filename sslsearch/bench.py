@@ -14,7 +14,6 @@ torchvision, numpy and Pillow, so it runs on a bare GPU machine (benchmarks/gpu_
 
 from __future__ import annotations
 
-import copy
 import math
 import multiprocessing
 import os
@@ -422,6 +421,7 @@ def bench_packing(n_trials: tuple[int, ...] = (1, 2, 4), backbone: str = "resnet
     fractional GPU does; after their warm-up all start together (a barrier), and the aggregate is
     all their images over the span from the first start to the last finish. `threads`: torch
     threads per process (default: the CPUs shared out on the CPU, 1 per process on CUDA).
+    The processes are spawned, so a script that calls this needs the `if __name__ == "__main__":` guard.
     """
     dev = _bench_device(device)
     if not n_trials or min(n_trials) < 1:
@@ -446,10 +446,16 @@ def bench_packing(n_trials: tuple[int, ...] = (1, 2, 4), backbone: str = "resnet
             deadline = time.monotonic() + timeout_s
             while len(reports) < n:
                 try:
-                    reports.append(results.get(timeout=max(0.1, deadline - time.monotonic())))
+                    reports.append(results.get(timeout=1.0))
                 except queue.Empty:
-                    raise RuntimeError(f"packing benchmark: {n - len(reports)} of {n} trials did not finish "
-                                       f"within {timeout_s:.0f} s") from None
+                    # A process that died before it could report (e.g. it failed to start) never will.
+                    reported = {r["rank"] for r in reports}
+                    dead = [rank for rank, p in enumerate(processes) if p.exitcode not in (None, 0) and rank not in reported]
+                    if dead or time.monotonic() > deadline:
+                        raise RuntimeError(f"packing benchmark: {n - len(reports)} of {n} trials did not finish "
+                                           + (f"(trial {dead[0]} exited with code {processes[dead[0]].exitcode})"
+                                              if dead else f"within {timeout_s:.0f} s")) from None
+                    continue
                 if "error" in reports[-1]:
                     raise RuntimeError(f"packing benchmark: trial {reports[-1]['rank']} failed:\n{reports[-1]['error']}")
         finally:

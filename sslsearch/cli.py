@@ -150,6 +150,60 @@ def _add_bench(sub) -> None:
     a.add_argument("--threads", type=_positive_int, default=2, help="CPU threads for both pipelines")
     a.add_argument("--json", action="store_true", help="print the figures as JSON")
     a.set_defaults(run=_run_bench_augment)
+    _add_bench_train(bench)
+
+
+def _add_bench_train(bench) -> None:
+    t = bench.add_parser("train", help="pretraining steps, fast path vs a reference-style loop: img/s, s/epoch, % of peak")
+    t.add_argument("--backbone", default="resnet18", help="resnet18, resnet34, resnet50 or small_cnn")
+    t.add_argument("--image-size", type=int, default=32, help="32 (CIFAR preset) or 64 (STL-10 preset, 96 px sources)")
+    t.add_argument("--batch-size", type=_positive_int, default=128)
+    t.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    t.add_argument("--steps", type=_positive_int, default=None, help="timed steps (default: 100 on CUDA, 5 on the CPU)")
+    t.add_argument("--warmup", type=int, default=None, help="untimed steps first (default: 10 on CUDA, 1 on the CPU)")
+    t.add_argument("--rounds", type=_positive_int, default=1, help="alternate the two loops this often; each keeps its best")
+    t.add_argument("--dataset-size", type=_positive_int, default=50_000, help="images per epoch (default: CIFAR-10's 50,000)")
+    t.add_argument("--peak-tflops", type=float, default=None, help="the device's peak (default: a table of known GPUs)")
+    t.add_argument("--threads", type=_positive_int, default=None, help="torch threads, and the reference's DataLoader workers")
+    t.add_argument("--compile", action="store_true", help="torch.compile the fast path (compile time reported apart)")
+    t.add_argument("--joint-views", action="store_true", help="both views in one forward pass (BatchNorm over both)")
+    t.add_argument("--no-reference", action="store_true", help="skip the reference-style loop")
+    t.add_argument("--json", action="store_true", help="print the figures as JSON")
+    t.set_defaults(run=_run_bench_train)
+    k = bench.add_parser("packing", help="aggregate img/s of N training processes sharing one device")
+    k.add_argument("--trials", default="1,2,4", help="counts of concurrent trials, comma-separated (default: 1,2,4)")
+    k.add_argument("--backbone", default="resnet18")
+    k.add_argument("--image-size", type=int, default=32)
+    k.add_argument("--batch-size", type=_positive_int, default=128)
+    k.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    k.add_argument("--steps", type=_positive_int, default=None, help="timed steps per trial (default: 100 on CUDA, 5 on the CPU)")
+    k.add_argument("--threads", type=_positive_int, default=None, help="torch threads per trial")
+    k.add_argument("--json", action="store_true", help="print the figures as JSON")
+    k.set_defaults(run=_run_bench_packing)
+
+
+def _run_bench_train(args) -> int:
+    from sslsearch.bench import bench_train, format_bench_train
+
+    result = bench_train(args.backbone, args.image_size, args.batch_size, args.device, steps=args.steps, warmup=args.warmup,
+                         dataset_size=args.dataset_size, peak_tflops=args.peak_tflops, threads=args.threads,
+                         compile=args.compile, reference=not args.no_reference, joint_views=args.joint_views,
+                         rounds=args.rounds)
+    print(json.dumps(result, indent=2) if args.json else format_bench_train(result))
+    return 0
+
+
+def _run_bench_packing(args) -> int:
+    from sslsearch.bench import bench_packing, format_bench_packing
+
+    try:
+        trials = tuple(int(n) for n in args.trials.split(",") if n.strip())
+    except ValueError:
+        raise InputError(f"--trials expects counts joined by ',', e.g. 1,2,4, got {args.trials!r}") from None
+    result = bench_packing(trials, args.backbone, args.image_size, args.batch_size, args.device, steps=args.steps,
+                           threads=args.threads)
+    print(json.dumps(result, indent=2) if args.json else format_bench_packing(result))
+    return 0
 
 
 def _run_bench_augment(args) -> int:

@@ -2,11 +2,12 @@
 
 The loop keeps everything on the training device: the data set as uint8 tensors, batched
 augmentation with per-image random parameters, the channels_last memory format, a fused
-optimiser, bf16 autocast on CUDA, and no host synchronisation per step (the running loss stays a device tensor;
-the host looks at it about once a second for the progress bar and once per epoch for the NaN
-check). `torch.compile` is an option (`compile=True`); the first compiled step is timed on its own
-and reported as `compile_seconds` in that epoch's row, and left out of its `images_per_s`.
-`make_train_step` is this loop's step; `sslsearch bench train` times the same function.
+optimiser, bf16 autocast and cudnn.benchmark on CUDA, and no host synchronisation per step (the
+running loss stays a device tensor; the host looks at it about once a second for the progress
+bar and once per epoch for the NaN check). `torch.compile` is an option (`compile=True`): the
+first compiled step is timed on its own, reported as `compile_seconds` in that epoch's row and
+left out of its `images_per_s`. `make_train_step` is this loop's step; `sslsearch bench train`
+times the same function (docs/benchmarks.md).
 
 BatchNorm semantics: as in the reference, the two views go through the network in separate
 forward passes (the default, `joint_views=False`), so BatchNorm normalises each view with its

@@ -16,7 +16,6 @@ import pytest
 import torch
 from torch import nn
 
-import sslsearch.bench as bench_module
 from sslsearch.augment import PRESETS, augment_views
 from sslsearch.bench import (bench_packing, bench_train, flops_per_image, format_bench_packing, format_bench_train,
                              known_peak_tflops)
