@@ -16,7 +16,7 @@ from sslsearch.train import PretrainConfig
 
 DISTRIBUTIONS = ("loguniform", "uniform", "int", "choice")
 # Settings that describe the data or the run rather than the method: not searchable.
-NOT_SEARCHABLE = {"dataset", "data_dir", "val_fraction", "split_seed", "image_size", "device", "epochs", "eval_every"}
+NOT_SEARCHABLE = {"dataset", "data_dir", "val_fraction", "split_seed", "image_size", "device", "epochs", "eval_every", "compile"}
 SEARCHABLE = tuple(f.name for f in dataclasses.fields(PretrainConfig) if f.name not in NOT_SEARCHABLE)
 
 
