@@ -176,7 +176,7 @@ def validate_experiment(experiment: Experiment) -> None:
         (s.time_budget_s is None or s.time_budget_s > 0, f"search.time_budget_s must be > 0, got {s.time_budget_s}"),
         (not s.paired or s.num_samples % 2 == 0, f"search.paired needs an even num_samples (pairs), got {s.num_samples}"),
         (sch.type in SCHEDULERS, f"scheduler.type must be one of {', '.join(SCHEDULERS)}, got {sch.type!r}"),
-        (1 <= sch.grace_period <= experiment.pretrain.epochs,
+        (sch.type != "asha" or 1 <= sch.grace_period <= experiment.pretrain.epochs,
          f"scheduler.grace_period must be in [1, pretrain.epochs={experiment.pretrain.epochs}], got {sch.grace_period}"),
         (sch.reduction_factor > 1, f"scheduler.reduction_factor must be > 1, got {sch.reduction_factor}"),
         (r.cpus_per_trial > 0 and math.isfinite(r.cpus_per_trial), f"resources.cpus_per_trial must be > 0, got {r.cpus_per_trial}"),

@@ -15,11 +15,13 @@ import math
 import os
 import socket
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import optuna
+import pyarrow.fs
 import ray
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
@@ -48,8 +50,18 @@ def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
     raise InputError(f"unknown sampler {name!r}; expected tpe, random or gp")
 
 
-def write_study_snapshot(study: optuna.Study, path: Path) -> None:
-    """Write the study as an Optuna journal file that optuna-dashboard can open (atomic replace)."""
+def write_study_snapshot(study: optuna.Study, path: Path | str) -> None:
+    """Write the study as an Optuna journal file that optuna-dashboard can open (atomic replace).
+
+    `path` may be a URI of the sweep's remote storage: the snapshot is then written locally and copied.
+    """
+    if "://" in str(path):
+        with tempfile.TemporaryDirectory() as folder:
+            local = Path(folder) / STUDY_FILE
+            write_study_snapshot(study, local)
+            _write_bytes(str(path), local.read_bytes())
+        return
+    path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     tmp.unlink(missing_ok=True)
     storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(tmp)))
@@ -123,7 +135,7 @@ class SweepSearcher(OptunaSearch):
 
     def persist(self) -> None:
         if self._study_path:
-            write_study_snapshot(self._ot_study, Path(self._study_path))
+            write_study_snapshot(self._ot_study, self._study_path)
 
     @property
     def study(self) -> optuna.Study:
@@ -219,7 +231,9 @@ class SweepSummary:
             test = f", test_acc {t.test_acc:.2f}" if t.test_acc is not None else ""
             lines.append(f"best {loss}: val_acc {t.val_acc:.2f}{test} (trial {t.trial_id}, {t.outcome} at epoch {t.epoch}; {params})")
             lines.append(f"  checkpoint: {t.checkpoint}")
-        if self.study_path:
+        if self.study_path and "://" in self.study_path:
+            lines.append(f"optuna study: {self.study_path} (copy it locally, then optuna-dashboard FILE)")
+        elif self.study_path:
             lines.append(f"optuna study: optuna-dashboard {self.study_path}")
         return "\n".join(lines)
 
@@ -305,13 +319,14 @@ def run_sweep(experiment: Experiment, space: SearchSpace, *, name: str, storage:
     path = sweep_path(storage, name)
     print(f"sweep {name}: {experiment.search.num_samples} trials of up to {experiment.pretrain.epochs} epochs on "
           f"{experiment.pretrain.dataset}; records in {path}", file=open(os.devnull, "w") if quiet else sys.stdout, flush=True)
-    study_path = str(Path(path) / STUDY_FILE) if local is not None else None
+    study_path = f"{path}/{STUDY_FILE}"
     if local is not None:
         Path(path).mkdir(parents=True)
-        (Path(path) / SWEEP_FILE).write_text(json.dumps(
-            {"experiment": experiment.to_dict(), "experiment_source": experiment.source,
-             "space": {p.name: dataclasses.asdict(p) for p in space.parameters}, "space_source": space.source,
-             "storage": storage, "name": name}, indent=2))
+    # Written through pyarrow so that a sweep on s3:// or gs:// storage can be resumed from anywhere.
+    _write_text(f"{path}/{SWEEP_FILE}", json.dumps(
+        {"experiment": experiment.to_dict(), "experiment_source": experiment.source,
+         "space": {p.name: dataclasses.asdict(p) for p in space.parameters}, "space_source": space.source,
+         "storage": storage, "name": name}, indent=2))
     searcher = SweepSearcher(space, max_epochs=experiment.pretrain.epochs, sampler=experiment.search.sampler,
                              seed=experiment.search.seed, paired=experiment.search.paired, study_name=name,
                              study_path=study_path)
@@ -342,15 +357,31 @@ def run_sweep(experiment: Experiment, space: SearchSpace, *, name: str, storage:
     return summarize(results, name, path, time.monotonic() - started, concurrency, study_path)
 
 
-def sweep_metadata(name: str, storage: str) -> dict | None:
+def _write_bytes(uri: str, data: bytes) -> None:
+    fs, where = pyarrow.fs.FileSystem.from_uri(uri) if "://" in uri else (pyarrow.fs.LocalFileSystem(), uri)
+    fs.create_dir(where.rsplit("/", 1)[0], recursive=True)
+    with fs.open_output_stream(where) as stream:
+        stream.write(data)
+
+
+def _write_text(uri: str, text: str) -> None:
+    _write_bytes(uri, text.encode())
+
+
+def _read_text(uri: str) -> str:
+    fs, where = pyarrow.fs.FileSystem.from_uri(uri) if "://" in uri else (pyarrow.fs.LocalFileSystem(), uri)
+    with fs.open_input_stream(where) as stream:
+        return stream.read().decode()
+
+
+def sweep_metadata(name: str, storage: str) -> dict:
     """What `run_sweep` wrote about a sweep (experiment, space); InputError for an unknown sweep."""
     local = _local_path(storage)
     path = sweep_path(str(local.resolve()) if local else storage, name)
     if not tune.Tuner.can_restore(path):
         known = sorted(p.name for p in local.iterdir() if tune.Tuner.can_restore(str(p))) if local and local.is_dir() else []
         raise InputError(f"no sweep named {name!r} in {storage}; known sweeps: {', '.join(known) or 'none'}")
-    meta = Path(path) / SWEEP_FILE
-    return json.loads(meta.read_text()) if local is not None and meta.is_file() else None
+    return json.loads(_read_text(f"{path}/{SWEEP_FILE}"))
 
 
 def resume_sweep(name: str, storage: str, address: str | None = None) -> SweepSummary:
@@ -361,15 +392,14 @@ def resume_sweep(name: str, storage: str, address: str | None = None) -> SweepSu
     path = sweep_path(storage, name)
     meta = sweep_metadata(name, storage)
     _quiet()
-    experiment = _experiment_from_meta(meta) if meta else None
+    experiment = _experiment_from_meta(meta)
     connect_ray(address)
-    tuner = tune.Tuner.restore(path, trainable=_trainable(experiment) if experiment else run_trial,
+    tuner = tune.Tuner.restore(path, trainable=_trainable(experiment),
                                resume_unfinished=True, resume_errored=True)
     started = time.monotonic()
     results = tuner.fit()
-    concurrency = _concurrency(experiment) if experiment else 1
-    return summarize(results, name, path, time.monotonic() - started, concurrency,
-                     str(Path(path) / STUDY_FILE) if local is not None else None)
+    concurrency = _concurrency(experiment)
+    return summarize(results, name, path, time.monotonic() - started, concurrency, f"{path}/{STUDY_FILE}")
 
 
 def _experiment_from_meta(meta: dict) -> Experiment:
@@ -406,4 +436,6 @@ def summarize(results, name: str, path: str, wall: float, concurrency: int, stud
             trial_seconds=float(metrics.get("trial_seconds", 0.0) or 0.0),
             checkpoint=result.checkpoint.path if result.checkpoint else None, node_id=metrics.get("node_id"),
             pair=config.get("pair")))
-    return SweepSummary(name, path, trials, wall, concurrency, study_path if study_path and Path(study_path).exists() else None)
+    if study_path and "://" not in study_path and not Path(study_path).exists():
+        study_path = None
+    return SweepSummary(name, path, trials, wall, concurrency, study_path)

@@ -79,6 +79,21 @@ def test_sweep_runs_pairs_on_ray_and_keeps_optuna_consistent(ray_session, tmp_pa
     assert "best barlow: val_acc" in summary.format() and "overhead" in summary.format()
 
 
+def test_sweep_on_uri_storage_keeps_its_records_there_and_resumes(ray_session, tmp_path):
+    """s3:// and gs:// go through the same pyarrow file-system code as this file:// URI."""
+    from sslsearch.search import resume_sweep
+
+    experiment = load_experiment(None, ["pretrain.epochs=2", "search.num_samples=2", "scheduler.type=fifo"])
+    space = load_search_space(experiment.space_path())
+    storage = f"file://{tmp_path}/remote"
+    summary = run_sweep(experiment, space, name="uri", storage=storage, quiet=True)
+    assert len(summary.trials) == 2
+    for name in ("sslsearch-sweep.json", STUDY_FILE, "tuner.pkl"):
+        assert (tmp_path / "remote" / "uri" / name).is_file(), name
+    again = resume_sweep("uri", storage)
+    assert sorted(t.trial_id for t in again.trials) == sorted(t.trial_id for t in summary.trials)
+
+
 def _trial_epochs(sweep_dir: Path) -> dict[str, list[int]]:
     epochs = {}
     for result in sweep_dir.glob("trial_*/result.json"):
