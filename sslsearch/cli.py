@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -106,7 +107,6 @@ def _run_linear(args) -> int:
     import csv
     import torch
 
-    from sslsearch.data import load_dataset
     from sslsearch.evaluate import linear_evaluation
     from sslsearch.train import PretrainConfig, load_checkpoint, model_from_checkpoint
 
@@ -118,8 +118,9 @@ def _run_linear(args) -> int:
     if args.device != "auto" and not (args.device == "cpu" or (args.device.startswith("cuda") and torch.cuda.is_available())):
         raise InputError(f"device must be auto, cpu or an available cuda[:N], got {args.device!r}")
     device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
-    data = load_dataset(config.dataset, args.data_dir or config.data_dir, val_fraction=config.val_fraction,
-                        split_seed=config.split_seed, image_size=config.image_size).to(device)
+    if args.data_dir:
+        config = dataclasses.replace(config, data_dir=str(Path(args.data_dir).resolve()))
+    data = config.load_data().to(device)
     backbone = model_from_checkpoint(checkpoint).backbone.to(device)
     out = Path(args.out).resolve() if args.out else Path(args.checkpoint).resolve().with_name("linear.csv")
     rows = []

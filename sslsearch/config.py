@@ -134,17 +134,36 @@ def _build(cls, values: Any, where: str):
         raise InputError(f"{where}: {error}") from None
 
 
-def load_experiment(path: str | Path | None = None, overrides: list[str] = (), name: str | None = None) -> Experiment:
-    """Read an experiment file (None: the embedded digits default), apply overrides, validate."""
-    path = Path(path).resolve() if path is not None else DEFAULT_EXPERIMENT
+def read_yaml_file(path: Path, what: str) -> Any:
+    """The parsed YAML of `path`; InputError (one line, with line and column) if missing or malformed."""
     if not path.is_file():
-        raise InputError(f"experiment file not found: {path}")
+        raise InputError(f"{what} file not found: {path}")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        return yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
         raise InputError(f"malformed YAML in {path}{where}: {getattr(error, 'problem', None) or error}") from None
+
+
+def experiment_from_dict(raw: dict, source: str | None) -> Experiment:
+    """Build (without validating) an Experiment from {name, pretrain, search, ...} read from `source`."""
+    origin = Path(source) if source else Path.cwd() / "experiment"
+    unknown = sorted(set(raw) - {"name", *_SECTIONS})
+    if unknown:
+        raise InputError(f"unknown key(s) in {origin.name}: {', '.join(unknown)}; valid: name, {', '.join(_SECTIONS)}")
+    sections = {key: _build(cls, raw.get(key), key) for key, cls in _SECTIONS.items()}
+    pretrain = sections.pop("pretrain")
+    if pretrain.data_dir is not None:
+        # Ray runs each trial in its own working directory: hand it an absolute path.
+        pretrain = dataclasses.replace(pretrain, data_dir=str((origin.parent / pretrain.data_dir).resolve()))
+    return Experiment(name=str(raw.get("name") or origin.stem), pretrain=pretrain, source=source, **sections)
+
+
+def load_experiment(path: str | Path | None = None, overrides: list[str] = (), name: str | None = None) -> Experiment:
+    """Read an experiment file (None: the embedded digits default), apply overrides, validate."""
+    path = Path(path).resolve() if path is not None else DEFAULT_EXPERIMENT
+    raw = read_yaml_file(path, "experiment") or {}
     if not isinstance(raw, dict):
         raise InputError(f"{path} must hold a mapping with keys name, {', '.join(_SECTIONS)}")
     for override in overrides:
@@ -152,15 +171,7 @@ def load_experiment(path: str | Path | None = None, overrides: list[str] = (), n
         _merge(raw, keys, value)
     if name is not None:
         raw["name"] = name
-    unknown = sorted(set(raw) - {"name", *_SECTIONS})
-    if unknown:
-        raise InputError(f"unknown key(s) in {path.name}: {', '.join(unknown)}; valid: name, {', '.join(_SECTIONS)}")
-    sections = {key: _build(cls, raw.get(key), key) for key, cls in _SECTIONS.items()}
-    pretrain = sections.pop("pretrain")
-    if pretrain.data_dir is not None:
-        # Ray runs each trial in its own working directory: hand it an absolute path.
-        pretrain = dataclasses.replace(pretrain, data_dir=str((path.parent / pretrain.data_dir).resolve()))
-    experiment = Experiment(name=str(raw.get("name") or path.stem), pretrain=pretrain, source=str(path), **sections)
+    experiment = experiment_from_dict(raw, str(path))
     validate_experiment(experiment)
     return experiment
 

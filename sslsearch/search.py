@@ -27,7 +27,7 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from sslsearch.config import Experiment
+from sslsearch.config import Experiment, experiment_from_dict
 from sslsearch.errors import InputError
 from sslsearch.space import SearchSpace
 from sslsearch.trainable import run_trial
@@ -37,6 +37,14 @@ METRIC, MODE = "val_acc", "max"
 SWEEP_FILE = "sslsearch-sweep.json"
 STUDY_FILE = "optuna-study.journal"
 OUTCOMES = ("completed", "stopped early", "errored", "running")
+
+
+def trial_outcome(last_epoch: int, max_epochs: int | None, errored: bool = False) -> str:
+    """A finished trial's outcome: errored, completed (reached its last epoch), or stopped early by
+    ASHA or the time budget. The searcher, the sweep summary and the MLflow records all use this."""
+    if errored:
+        return "errored"
+    return "completed" if max_epochs is not None and last_epoch >= max_epochs else "stopped early"
 
 
 def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
@@ -120,13 +128,12 @@ class SweepSearcher(OptunaSearch):
             return
         ot_trial = self._ot_trials[trial_id]
         value = (result or {}).get(METRIC)
-        if error or value is None or (isinstance(value, float) and not math.isfinite(value)):
-            state, values, outcome = optuna.trial.TrialState.FAIL, None, "errored"
-        elif int(result.get("epoch", 0)) < self._max_epochs:
-            # Stopped by ASHA (or by the time budget) before its last epoch: PRUNED, not COMPLETE.
-            state, values, outcome = optuna.trial.TrialState.PRUNED, None, "stopped early"
-        else:
-            state, values, outcome = optuna.trial.TrialState.COMPLETE, value, "completed"
+        failed = error or value is None or (isinstance(value, float) and not math.isfinite(value))
+        outcome = trial_outcome(int((result or {}).get("epoch", 0)), self._max_epochs, errored=failed)
+        # Stopped by ASHA (or by the time budget) before its last epoch: PRUNED, not COMPLETE.
+        state, values = {"errored": (optuna.trial.TrialState.FAIL, None),
+                         "stopped early": (optuna.trial.TrialState.PRUNED, None),
+                         "completed": (optuna.trial.TrialState.COMPLETE, value)}[outcome]
         ot_trial.set_user_attr("outcome", outcome)
         self._ot_study.tell(ot_trial, values, state=state)
         self._completed_trials.add(trial_id)
@@ -392,7 +399,7 @@ def resume_sweep(name: str, storage: str, address: str | None = None) -> SweepSu
     path = sweep_path(storage, name)
     meta = sweep_metadata(name, storage)
     _quiet()
-    experiment = _experiment_from_meta(meta)
+    experiment = experiment_from_dict(meta["experiment"], meta.get("experiment_source"))
     connect_ray(address)
     tuner = tune.Tuner.restore(path, trainable=_trainable(experiment),
                                resume_unfinished=True, resume_errored=True)
@@ -402,17 +409,6 @@ def resume_sweep(name: str, storage: str, address: str | None = None) -> SweepSu
     return summarize(results, name, path, time.monotonic() - started, concurrency, f"{path}/{STUDY_FILE}")
 
 
-def _experiment_from_meta(meta: dict) -> Experiment:
-    from sslsearch.config import ResourceSettings, SchedulerSettings, SearchSettings, TrackingSettings
-    from sslsearch.train import PretrainConfig
-
-    e = meta["experiment"]
-    return Experiment(name=e["name"], pretrain=PretrainConfig.from_dict(e["pretrain"]),
-                      search=SearchSettings(**e["search"]), scheduler=SchedulerSettings(**e["scheduler"]),
-                      resources=ResourceSettings(**e["resources"]), tracking=TrackingSettings(**e["tracking"]),
-                      source=meta.get("experiment_source"))
-
-
 def summarize(results, name: str, path: str, wall: float, concurrency: int, study_path: str | None) -> SweepSummary:
     """Per-trial outcomes from a ResultGrid (outcome from epochs reached and errors)."""
     trials = []
@@ -420,14 +416,8 @@ def summarize(results, name: str, path: str, wall: float, concurrency: int, stud
         metrics = result.metrics or {}
         config = result.config or {}
         base = config.get("base", {})
-        epochs = base.get("epochs")
         epoch = int(metrics.get("epoch", 0) or 0)
-        if result.error is not None:
-            outcome = "errored"
-        elif epochs is not None and epoch >= epochs:
-            outcome = "completed"
-        else:
-            outcome = "stopped early"
+        outcome = trial_outcome(epoch, base.get("epochs"), errored=result.error is not None)
         params = {k: v for k, v in config.items() if k not in ("base", "final_test", "cpus", "pair", "seed")}
         params["seed"] = config.get("seed", base.get("seed"))
         trials.append(TrialSummary(

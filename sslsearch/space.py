@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-import yaml
 
+from sslsearch.config import read_yaml_file
 from sslsearch.errors import InputError
 from sslsearch.train import PretrainConfig
 
@@ -103,12 +103,5 @@ def parse_search_space(raw: Any, where: str = "search space") -> SearchSpace:
 def load_search_space(path: str | Path) -> SearchSpace:
     """Read and validate a search-space YAML file."""
     path = Path(path).resolve()
-    if not path.is_file():
-        raise InputError(f"search space file not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        raise InputError(f"malformed YAML in {path}{where}: {getattr(error, 'problem', None) or error}") from None
+    raw = read_yaml_file(path, "search space")
     return dataclasses.replace(parse_search_space(raw, path.name), source=str(path))

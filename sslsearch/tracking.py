@@ -8,7 +8,7 @@
   artifacts `experiment.yaml`, `search_space.yaml`, `sweep.json`.
 - child run per trial named after the trial id, nested (`mlflow.parentRunId`), tags
   `sslsearch.role=trial`, `sslsearch.sweep`, `sslsearch.trial_id`, `sslsearch.loss`,
-  `sslsearch.pair` (paired sweeps), `sslsearch.outcome` ∈ OUTCOMES; params: the trial's config
+  `sslsearch.pair` (paired sweeps), `sslsearch.outcome` ∈ sslsearch.search.OUTCOMES; params: the trial's config
   (`lmbda`, `lr`, ... and `base.*`); metrics at `step = epoch`; artifacts `statistics.csv`,
   `checkpoints/last.pt`, `checkpoints/best.pt` (best `val_acc` after epoch 0) and, with the
   `all` policy, `checkpoints/epoch_<N>.pt`.
@@ -47,12 +47,12 @@ from ray import tune
 import sslsearch
 from sslsearch.config import Experiment
 from sslsearch.errors import InputError
+from sslsearch.search import trial_outcome
 from sslsearch.space import SearchSpace
 
 log = logging.getLogger(__name__)
 
 EXPERIMENT_NAME = "sslsearch"
-OUTCOMES = ("running", "completed", "stopped early", "errored")
 # The trainable's reported metrics (see trainable.run_trial); Ray's own bookkeeping keys are not logged.
 METRICS = ("epoch", "loss", "val_acc", "knn_acc", "images_per_s", "test_acc", "trial_seconds")
 ROLE, SWEEP, TRIAL_ID, LOSS, PAIR, OUTCOME = ("sslsearch.role", "sslsearch.sweep", "sslsearch.trial_id",
@@ -291,8 +291,7 @@ class MlflowTracking(tune.Callback):
                         "the metrics and checkpoints", self.uri, len(self._outbox), self.sweep, self.sweep_path or "")
 
     def _outcome(self, trial) -> str:
-        epoch = int((trial.last_result or {}).get("epoch", 0))
-        return "completed" if epoch >= self.experiment.pretrain.epochs else "stopped early"
+        return trial_outcome(int((trial.last_result or {}).get("epoch", 0)), self.experiment.pretrain.epochs)
 
     def _finish(self, trial, outcome: str, status: str, error: str | None = None, only_if_open: bool = False) -> None:
         result = trial.last_result or {}

@@ -112,6 +112,11 @@ class PretrainConfig:
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise InputError(f"device {self.device!r} requested but CUDA is not available; use --device cpu")
 
+    def load_data(self) -> ImageData:
+        """The data set with this run's split settings (on the CPU)."""
+        return load_dataset(self.dataset, self.data_dir, val_fraction=self.val_fraction,
+                            split_seed=self.split_seed, image_size=self.image_size)
+
     def torch_device(self) -> torch.device:
         if self.device == "auto":
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -300,8 +305,7 @@ def pretrain(config: PretrainConfig, *, out_dir: str | os.PathLike | None = None
             raise InputError(f"checkpoint {resume} was trained with different settings: {', '.join(differing)}")
     device = config.torch_device()
     if data is None:
-        data = load_dataset(config.dataset, config.data_dir, val_fraction=config.val_fraction,
-                            split_seed=config.split_seed, image_size=config.image_size)
+        data = config.load_data()
     n_images = data.pretrain_images.shape[0]
     if config.batch_size > n_images:
         raise InputError(f"batch_size {config.batch_size} exceeds the {n_images} pretraining images of {config.dataset}")

@@ -16,7 +16,7 @@ import torch
 import ray
 from ray import tune
 
-from sslsearch.data import ImageData, load_dataset
+from sslsearch.data import ImageData
 from sslsearch.train import PretrainConfig, pretrain
 
 REPORTED = ("epoch", "loss", "val_acc", "knn_acc", "images_per_s", "test_acc")
@@ -35,8 +35,7 @@ def _data_for(config: PretrainConfig) -> ImageData:
     key = (config.dataset, config.data_dir, config.val_fraction, config.split_seed, config.image_size)
     if key not in _DATA:
         _DATA.clear()  # one data set at a time: they can be gigabytes
-        _DATA[key] = load_dataset(config.dataset, config.data_dir, val_fraction=config.val_fraction,
-                                  split_seed=config.split_seed, image_size=config.image_size)
+        _DATA[key] = config.load_data()
     return _DATA[key]
 
 
