@@ -7,7 +7,7 @@ nothing and uses no network. With CUDA it checks, on small batches, that augment
 and one training step's gradients (fp32) agree with the CPU and that training steps never wait
 for the device; then it times pretraining steps (`sslsearch.bench.bench_train`) for ResNet-18
 and ResNet-50 at 32 px and ResNet-50 at 64 px against the reference-style loop, larger batches,
-joint views, packed trials and torch.compile, skipping the optional runs that would push it
+joint views, the fast probe's share of a trial (`bench_probe`), packed trials and torch.compile, skipping the optional runs that would push it
 past its time budget (default 240 s; about 3 minutes on an H200 is expected). Without CUDA, or
 with --device cpu, it runs tiny sizes in well under a minute: that is what CI tests.
 The exit code is 1 when a check fails or a benchmark errors; the JSON is written either way.
@@ -19,6 +19,7 @@ import argparse
 import copy
 import datetime
 import json
+import math
 import os
 import platform
 import sys
@@ -32,8 +33,8 @@ import torch  # noqa: E402
 import torchvision  # noqa: E402
 
 from sslsearch import augment as A  # noqa: E402
-from sslsearch.bench import (SOURCE_SIZES, _natural_images, bench_packing, bench_train,  # noqa: E402
-                             format_bench_packing, format_bench_train)
+from sslsearch.bench import (SOURCE_SIZES, _natural_images, bench_packing, bench_probe, bench_train,  # noqa: E402
+                             format_bench_packing, format_bench_probe, format_bench_train)
 from sslsearch.losses import ssl_loss  # noqa: E402
 from sslsearch.train import PretrainConfig, build_model, make_train_step, prepare_training  # noqa: E402
 
@@ -64,10 +65,21 @@ CPU_PLAN = [
     ("resnet18-32px-b4", dict(backbone="resnet18", image_size=32, batch_size=4, steps=1, warmup=0,
                               dataset_size=CIFAR10_IMAGES, reference=False), True),
 ]
+# The fast probe at CIFAR-10's split sizes (45,000 train + 5,000 val); its share of a trial uses
+# the epoch of the named benchmarks above (the first that ran), rescaled to 45,000 images.
+CIFAR10_TRAIN, CIFAR10_VAL = 45_000, 5_000
+CUDA_PROBES = [
+    ("probe-resnet18", dict(backbone="resnet18", image_size=32, train_images=CIFAR10_TRAIN, val_images=CIFAR10_VAL),
+     ("resnet18-32px-b512", "resnet18-32px-b128")),
+    ("probe-resnet50", dict(backbone="resnet50", image_size=32, train_images=CIFAR10_TRAIN, val_images=CIFAR10_VAL),
+     ("resnet50-32px-b512", "resnet50-32px-b128")),
+]
+CPU_PROBES = [("probe-small_cnn", dict(backbone="small_cnn", image_size=32, train_images=512, val_images=128, rounds=1),
+               ("small_cnn-32px-b16",))]
 CPU_PACKING = dict(n_trials=(1, 2), backbone="small_cnn", image_size=32, batch_size=16, steps=2, warmup=1)
 # Rough seconds of each optional run on an H200, for the budget.
 ESTIMATED_S = {"resnet18-32px-b512": 10, "resnet50-32px-b512": 15, "resnet18-32px-b512-joint": 10,
-               "packing": 40, "resnet18-32px-b512-compile": 120}
+               "probe-resnet18": 15, "probe-resnet50": 25, "packing": 40, "resnet18-32px-b512-compile": 120}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out or Path(os.environ.get("OUT", ".")) / "gpu_check.json")
     report: dict = {"script": "benchmarks/gpu_check.py", "date": datetime.datetime.now().isoformat(timespec="seconds"),
                     "mode": "cuda" if cuda else "cpu", "environment": environment(device), "checks": {},
-                    "benchmarks": {}, "packing": None, "targets": None}
+                    "benchmarks": {}, "probes": {}, "packing": None, "targets": None}
     print(f"device check on {report['environment']['device_name']} (torch {torch.__version__})", flush=True)
 
     def save() -> None:
@@ -108,6 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     for name, kwargs, required in plan:
         run_benchmark(report, name, kwargs, required, device, started, args.budget_s)
         save()
+    for name, kwargs, epochs_from in (CUDA_PROBES if cuda else CPU_PROBES):
+        run_probe(report, name, kwargs, epochs_from, device, started, args.budget_s if cuda else math.inf)
+        save()
     packing = CUDA_PACKING if cuda else CPU_PACKING
     if args.no_packing:
         report["packing"] = {"skipped": "--no-packing"}
@@ -122,11 +137,12 @@ def main(argv: list[str] | None = None) -> int:
         run_benchmark(report, name, kwargs, required, device, started, args.budget_s)
         save()
     if cuda:
-        report["targets"] = targets(report["benchmarks"])
+        report["targets"] = targets(report["benchmarks"], report["probes"])
         for target, value in report["targets"].items():
             print(f"target {target}: {value}", flush=True)
     failed = (report["checks_ok"] is False
               or any("error" in r for r in report["benchmarks"].values())
+              or any("error" in r for r in report["probes"].values())
               or (isinstance(report["packing"], dict) and "error" in report["packing"]))
     report["ok"] = not failed
     save()
@@ -142,6 +158,25 @@ def run_benchmark(report: dict, name: str, kwargs: dict, required: bool, device:
     result = attempt(lambda: bench_train(device=device, **kwargs))
     report["benchmarks"][name] = result
     print(f"[{name}]\n" + (format_bench_train(result) if "error" not in result else summary(result)), flush=True)
+
+
+def run_probe(report: dict, name: str, kwargs: dict, epochs_from: tuple[str, ...], device: str, started: float,
+              budget_s: float) -> None:
+    if not within_budget(started, budget_s, ESTIMATED_S.get(name, 30)):
+        report["probes"][name] = {"skipped": "time budget"}
+        print(f"{name}: skipped (time budget)", flush=True)
+        return
+    ran = [(source, report["benchmarks"][source]) for source in epochs_from
+           if "images_per_s" in report["benchmarks"].get(source, {})]
+    epoch_s = None
+    if ran:  # the same steps' speed, over an epoch of the probe's train split (drop_last)
+        source, result = ran[0]
+        epoch_s = kwargs["train_images"] // result["batch_size"] * result["batch_size"] / result["images_per_s"]
+    result = attempt(lambda: bench_probe(device=device, seconds_per_epoch=epoch_s, **kwargs))
+    if ran and "error" not in result:
+        result["epoch_from"] = ran[0][0]
+    report["probes"][name] = result
+    print(f"[{name}]\n" + (format_bench_probe(result) if "error" not in result else summary(result)), flush=True)
 
 
 def within_budget(started: float, budget_s: float, estimate_s: float) -> bool:
@@ -305,7 +340,7 @@ def check_no_host_sync(device: str) -> dict:
     return {"ok": all(v == "no sync" for v in results.values()), **results}
 
 
-def targets(benchmarks: dict) -> dict:
+def targets(benchmarks: dict, probes: dict) -> dict:
     """The issue's H200 targets, against what ran."""
     def value(name: str, key: str):
         return benchmarks.get(name, {}).get(key)
@@ -321,6 +356,9 @@ def targets(benchmarks: dict) -> dict:
         "resnet50 CIFAR-10 epoch <= 5 s (batch 512)": verdict(r50_512, lambda x: x <= 5),
         "resnet18 >= 10x the reference-style loop": verdict(ratio18, lambda x: x >= 10),
         "resnet50 >= 10x the reference-style loop": verdict(ratio50, lambda x: x >= 10),
+        **{f"{name.removeprefix('probe-')} probe < 5 % of a trial (every {every} epochs)":
+           verdict(share, lambda x: x < 0.05)
+           for name, probe in probes.items() for every, share in probe.get("share", {}).items()},
     }
 
 

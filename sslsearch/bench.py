@@ -10,6 +10,8 @@ torchvision, numpy and Pillow, so it runs on a bare GPU machine (benchmarks/gpu_
   step), in the same process on the same images; FLOPs counted with PyTorch's flop counter.
 - `bench_packing`: aggregate throughput of N concurrent training processes on one device, as
   Ray runs trials with fractional GPUs.
+- `bench_probe`: the fast probe's time (features, L-BFGS fit, kNN) against the pretraining it
+  interrupts: its share of a trial at a report interval.
 """
 
 from __future__ import annotations
@@ -29,7 +31,9 @@ from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
 from sslsearch.augment import PRESETS, AugmentPreset, augment_views
+from sslsearch.data import ImageData
 from sslsearch.errors import InputError
+from sslsearch.evaluate import extract_features, fit_linear_probe, knn_accuracy, probe_scores
 from sslsearch.losses import ssl_loss
 from sslsearch.train import PretrainConfig, build_model, make_train_step, prepare_training, synchronize
 
@@ -511,6 +515,96 @@ def _packing_worker(rank: int, spec: dict, barrier, results) -> None:
     except BaseException:
         results.put({"rank": rank, "error": traceback.format_exc()})
         barrier.abort()
+
+
+# ---------------------------------------------------------------------------------------------
+# The fast probe's cost
+# ---------------------------------------------------------------------------------------------
+
+def bench_probe(backbone: str = "resnet18", image_size: int = 32, device: str = "auto", train_images: int = 45_000,
+                val_images: int = 5_000, num_classes: int = 10, batch_size: int = 128,
+                seconds_per_epoch: float | None = None, eval_every: tuple[int, ...] = (5, 10), rounds: int = 2,
+                threads: int | None = None, seed: int = 0) -> dict:
+    """Seconds of one probe (`sslsearch.evaluate.probe_scores`) and its share of a trial.
+
+    The probe runs as in a trial: features of the train and val splits (`train_images` +
+    `val_images`, CIFAR-10's 45,000 + 5,000 with val_fraction 0.1 by default), the L-BFGS fit,
+    the kNN; best of `rounds` after a warm-up, with each part also timed alone. Its share of a
+    trial that reports every `e` epochs is probe / (e × epoch + probe), where an epoch pretrains
+    on the `train_images` (the labelled train split minus val) and takes `seconds_per_epoch`,
+    or, if not given, what `bench_train`'s fast path measures for `backbone` at `batch_size`.
+    The labels are random, so L-BFGS runs all its iterations, as it does on real features.
+    """
+    dev = _bench_device(device)
+    preset = _preset_for(image_size, None)
+    if train_images < 2 or val_images < 1 or num_classes < 2 or rounds < 1 or not eval_every or min(eval_every) < 1:
+        raise InputError(f"need train_images >= 2, val_images >= 1, num_classes >= 2, rounds >= 1 and report intervals "
+                         f">= 1; got {train_images}, {val_images}, {num_classes}, {rounds}, {eval_every}")
+    if seconds_per_epoch is not None and not seconds_per_epoch > 0:
+        raise InputError(f"seconds_per_epoch must be > 0, got {seconds_per_epoch}")
+    previous_threads = torch.get_num_threads()
+    try:
+        if threads is not None:
+            torch.set_num_threads(threads)
+        if seconds_per_epoch is None:
+            epoch = bench_train(backbone, image_size, batch_size, str(dev), dataset_size=train_images, reference=False,
+                                threads=threads, seed=seed)
+            seconds_per_epoch = epoch["seconds_per_epoch"]
+        config = PretrainConfig(dataset="cifar10", backbone=backbone, batch_size=batch_size, seed=seed, device=str(dev))
+        model, _ = prepare_training(config, PRESETS[preset].size, dev)
+        images = _natural_images(train_images + val_images, SOURCE_SIZES[preset], seed).to(dev)
+        labels = torch.randint(0, num_classes, (train_images + val_images,),
+                               generator=torch.Generator().manual_seed(seed)).to(dev)
+        data = ImageData("bench", preset, tuple(map(str, range(num_classes))), images[:train_images],
+                         images[:train_images], labels[:train_images], images[train_images:], labels[train_images:],
+                         images[:0], labels[:0])
+        backbone_net = model.backbone
+
+        def timed(function):
+            synchronize(dev)
+            start = time.perf_counter()
+            value = function()
+            synchronize(dev)
+            return time.perf_counter() - start, value
+
+        warm = ImageData("warm-up", preset, data.classes, images[:256], images[:256], labels[:256], images[256:320],
+                         labels[256:320], images[:0], labels[:0])
+        probe_scores(backbone_net, warm)  # kernels, cuDNN's algorithm search, allocator
+        best = {"probe": math.inf, "features": math.inf, "fit": math.inf, "knn": math.inf}
+        for _ in range(rounds):
+            best["probe"] = min(best["probe"], timed(lambda: probe_scores(backbone_net, data))[0])
+            seconds, train = timed(lambda: extract_features(backbone_net, data.train_images, preset))
+            seconds_val, val = timed(lambda: extract_features(backbone_net, data.val_images, preset))
+            best["features"] = min(best["features"], seconds + seconds_val)
+            best["fit"] = min(best["fit"], timed(lambda: fit_linear_probe(train, data.train_labels, num_classes))[0])
+            best["knn"] = min(best["knn"], timed(lambda: knn_accuracy(train, data.train_labels, val, data.val_labels,
+                                                                      num_classes))[0])
+    finally:
+        torch.set_num_threads(previous_threads)
+    probe = best["probe"]
+    return {"backbone": backbone, "preset": preset, "image_size": PRESETS[preset].size, "device": str(dev),
+            "device_name": _device_name(dev), "threads": threads or (previous_threads if dev.type == "cpu" else None),
+            "train_images": train_images, "val_images": val_images, "num_classes": num_classes,
+            "feature_dim": backbone_net.out_dim, "rounds": rounds, "batch_size": batch_size,
+            "probe_seconds": probe, "features_seconds": best["features"], "fit_seconds": best["fit"],
+            "knn_seconds": best["knn"], "seconds_per_epoch": seconds_per_epoch,
+            "share": {str(e): probe / (e * seconds_per_epoch + probe) for e in eval_every}, "torch": str(torch.__version__)}
+
+
+def format_bench_probe(result: dict) -> str:
+    """A short report of bench_probe's result."""
+    r = result
+    threads = f", {r['threads']} thread{'s' * (r['threads'] != 1)}" if r["threads"] else ""
+    shares = ", ".join(f"every {e} epochs {100 * share:.1f} %" for e, share in r["share"].items())
+    return "\n".join([
+        f"fast probe: {r['backbone']} ({r['feature_dim']} features), {r['image_size']} px, {r['train_images']:,} train + "
+        f"{r['val_images']:,} val images, {r['num_classes']} classes, {r['device_name']}{threads}; best of {r['rounds']}",
+        f"  one probe            {r['probe_seconds']:8.2f} s  (features {r['features_seconds']:.2f} s, L-BFGS fit "
+        f"{r['fit_seconds']:.2f} s, kNN {r['knn_seconds']:.2f} s)",
+        f"  one epoch            {r['seconds_per_epoch']:8.2f} s  (pretraining on the {r['train_images']:,} train images, "
+        f"batch {r['batch_size']})",
+        f"  share of a trial     {shares}",
+    ])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -181,6 +181,19 @@ def _add_bench_train(bench) -> None:
     k.add_argument("--threads", type=_positive_int, default=None, help="torch threads per trial")
     k.add_argument("--json", action="store_true", help="print the figures as JSON")
     k.set_defaults(run=_run_bench_packing)
+    q = bench.add_parser("probe", help="the fast probe's seconds (features, L-BFGS, kNN) and its share of a trial")
+    q.add_argument("--backbone", default="resnet18")
+    q.add_argument("--image-size", type=int, default=32)
+    q.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    q.add_argument("--train-images", type=_positive_int, default=45_000, help="train split (default: CIFAR-10's 45,000)")
+    q.add_argument("--val-images", type=_positive_int, default=5_000, help="val split (default: CIFAR-10's 5,000)")
+    q.add_argument("--classes", type=_positive_int, default=10)
+    q.add_argument("--batch-size", type=_positive_int, default=128, help="pretraining batch for the epoch time")
+    q.add_argument("--epoch-seconds", type=float, default=None, help="an epoch's seconds (default: measured)")
+    q.add_argument("--eval-every", default="5,10", help="report intervals in epochs, comma-separated (default: 5,10)")
+    q.add_argument("--threads", type=_positive_int, default=None, help="torch threads")
+    q.add_argument("--json", action="store_true", help="print the figures as JSON")
+    q.set_defaults(run=_run_bench_probe)
 
 
 def _run_bench_train(args) -> int:
@@ -204,6 +217,19 @@ def _run_bench_packing(args) -> int:
     result = bench_packing(trials, args.backbone, args.image_size, args.batch_size, args.device, steps=args.steps,
                            threads=args.threads)
     print(json.dumps(result, indent=2) if args.json else format_bench_packing(result))
+    return 0
+
+
+def _run_bench_probe(args) -> int:
+    from sslsearch.bench import bench_probe, format_bench_probe
+
+    try:
+        intervals = tuple(int(n) for n in args.eval_every.split(",") if n.strip())
+    except ValueError:
+        raise InputError(f"--eval-every expects epochs joined by ',', e.g. 5,10, got {args.eval_every!r}") from None
+    result = bench_probe(args.backbone, args.image_size, args.device, args.train_images, args.val_images, args.classes,
+                         args.batch_size, args.epoch_seconds, intervals, threads=args.threads)
+    print(json.dumps(result, indent=2) if args.json else format_bench_probe(result))
     return 0
 
 

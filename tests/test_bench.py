@@ -17,8 +17,8 @@ import torch
 from torch import nn
 
 from sslsearch.augment import PRESETS, augment_views
-from sslsearch.bench import (bench_packing, bench_train, flops_per_image, format_bench_packing, format_bench_train,
-                             known_peak_tflops)
+from sslsearch.bench import (bench_packing, bench_probe, bench_train, flops_per_image, format_bench_packing,
+                             format_bench_probe, format_bench_train, known_peak_tflops)
 from sslsearch.data import load_dataset
 from sslsearch.errors import InputError
 from sslsearch.losses import ssl_loss
@@ -234,6 +234,41 @@ def test_cuda_train_step_does_not_synchronise():
 
 
 # -------------------------------------------------------------------------------------------
+# bench_probe
+# -------------------------------------------------------------------------------------------
+
+def test_bench_probe_times_the_parts_and_the_share_of_a_trial():
+    result = bench_probe("small_cnn", 32, "cpu", train_images=300, val_images=60, seconds_per_epoch=2.0,
+                         eval_every=(1, 5), rounds=1, threads=1)
+    assert result["feature_dim"] == 32 and result["seconds_per_epoch"] == 2.0
+    assert min(result["probe_seconds"], result["features_seconds"], result["fit_seconds"], result["knn_seconds"]) > 0
+    probe = result["probe_seconds"]
+    assert result["share"] == {"1": pytest.approx(probe / (2.0 + probe)), "5": pytest.approx(probe / (10.0 + probe))}
+    json.dumps(result)
+    text = format_bench_probe(result)
+    assert "every 5 epochs" in text and "L-BFGS" in text
+
+
+def test_bench_probe_measures_the_epoch_when_not_given():
+    result = bench_probe("small_cnn", 32, "cpu", train_images=64, val_images=16, batch_size=16, rounds=1, threads=1)
+    # the epoch of bench_train's fast path over the 64 train images
+    assert result["seconds_per_epoch"] > 0
+    assert 0 < result["share"]["10"] < result["share"]["5"] < 1
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(val_images=0), "val_images >= 1"),
+    (dict(eval_every=(0,)), "report intervals >= 1"),
+    (dict(seconds_per_epoch=0.0), "seconds_per_epoch must be > 0"),
+    (dict(image_size=48), "image_size must be one of"),
+])
+def test_bench_probe_refuses_bad_settings(kwargs, match):
+    with pytest.raises(InputError, match=match):
+        bench_probe(**{**dict(backbone="small_cnn", device="cpu", train_images=64, val_images=16, seconds_per_epoch=1.0),
+                       **kwargs})
+
+
+# -------------------------------------------------------------------------------------------
 # The device check script, in CPU mode, on an interpreter where Ray & co. cannot be imported
 # -------------------------------------------------------------------------------------------
 
@@ -254,7 +289,12 @@ def test_gpu_check_runs_on_cpu_without_the_sweep_dependencies(tmp_path):
         assert figures["images_per_s"] > 0 and figures["flops_per_image"] > 0, name
     assert report["benchmarks"]["small_cnn-32px-b16"]["ratio"] > 0
     assert [r["trials"] for r in report["packing"]["runs"]] == [1, 2]
+    probe = report["probes"]["probe-small_cnn"]
+    assert probe["epoch_from"] == "small_cnn-32px-b16" and probe["probe_seconds"] > 0
+    # the epoch is the benchmark's speed over the probe's 512 train images (drop_last at batch 16)
+    epoch = report["benchmarks"]["small_cnn-32px-b16"]
+    assert probe["seconds_per_epoch"] == pytest.approx(512 / epoch["images_per_s"])
     assert "wrote" in completed.stdout
     # The blocker works: the same interpreter cannot import Ray.
-    probe = subprocess.run([sys.executable, "-c", "import ray"], env=env, capture_output=True, text=True)
-    assert probe.returncode != 0
+    blocked = subprocess.run([sys.executable, "-c", "import ray"], env=env, capture_output=True, text=True)
+    assert blocked.returncode != 0

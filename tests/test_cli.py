@@ -122,6 +122,17 @@ def test_unreadable_checkpoint_and_existing_output_are_refused(tmp_path, capsys)
     assert (tmp_path / "out" / "keep.txt").read_text() == "precious"
 
 
+def test_bench_probe_prints_the_share_of_a_trial(capsys):
+    code, out, err = run(capsys, ["bench", "probe", "--backbone", "small_cnn", "--device", "cpu", "--train-images", 128,
+                                  "--val-images", 32, "--epoch-seconds", 3, "--eval-every", "2,4", "--threads", 1])
+    assert code == 0, err
+    probe = float(re.search(r"one probe\s+([\d.]+) s", out).group(1))
+    share = float(re.search(r"every 2 epochs ([\d.]+) %", out).group(1))
+    assert share == pytest.approx(100 * probe / (6 + probe), abs=0.2)  # both printed rounded
+    code, _, err = run(capsys, ["bench", "probe", "--eval-every", "two"])
+    assert code == 2 and "--eval-every expects epochs" in err
+
+
 def test_bench_augment_prints_the_ratio(capsys):
     code, out, err = run(capsys, ["bench", "augment", "--images", 64, "--batch-size", 32, "--threads", 1])
     assert code == 0, err
