@@ -65,21 +65,21 @@ CPU_PLAN = [
     ("resnet18-32px-b4", dict(backbone="resnet18", image_size=32, batch_size=4, steps=1, warmup=0,
                               dataset_size=CIFAR10_IMAGES, reference=False), True),
 ]
-# The fast probe at CIFAR-10's split sizes (45,000 train + 5,000 val); its share of a trial uses
-# the epoch of the named benchmarks above (the first that ran), rescaled to 45,000 images.
+# The fast probe at CIFAR-10's split sizes (45,000 train + 5,000 val) and its share of a trial,
+# against an epoch at the sweep files' batch of 512, timed side by side in each round.
 CIFAR10_TRAIN, CIFAR10_VAL = 45_000, 5_000
 CUDA_PROBES = [
-    ("probe-resnet18", dict(backbone="resnet18", image_size=32, train_images=CIFAR10_TRAIN, val_images=CIFAR10_VAL),
-     ("resnet18-32px-b512", "resnet18-32px-b128")),
-    ("probe-resnet50", dict(backbone="resnet50", image_size=32, train_images=CIFAR10_TRAIN, val_images=CIFAR10_VAL),
-     ("resnet50-32px-b512", "resnet50-32px-b128")),
+    ("probe-resnet18", dict(backbone="resnet18", image_size=32, train_images=CIFAR10_TRAIN, val_images=CIFAR10_VAL,
+                            batch_size=512)),
+    ("probe-resnet50", dict(backbone="resnet50", image_size=32, train_images=CIFAR10_TRAIN, val_images=CIFAR10_VAL,
+                            batch_size=512, steps=50)),
 ]
-CPU_PROBES = [("probe-small_cnn", dict(backbone="small_cnn", image_size=32, train_images=512, val_images=128, rounds=1),
-               ("small_cnn-32px-b16",))]
+CPU_PROBES = [("probe-small_cnn", dict(backbone="small_cnn", image_size=32, train_images=512, val_images=128,
+                                       batch_size=16, steps=2, warmup=1, rounds=1))]
 CPU_PACKING = dict(n_trials=(1, 2), backbone="small_cnn", image_size=32, batch_size=16, steps=2, warmup=1)
 # Rough seconds of each optional run on an H200, for the budget.
 ESTIMATED_S = {"resnet18-32px-b512": 10, "resnet50-32px-b512": 15, "resnet18-32px-b512-joint": 10,
-               "probe-resnet18": 15, "probe-resnet50": 25, "packing": 40, "resnet18-32px-b512-compile": 120}
+               "probe-resnet18": 20, "probe-resnet50": 35, "packing": 40, "resnet18-32px-b512-compile": 120}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -120,8 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, kwargs, required in plan:
         run_benchmark(report, name, kwargs, required, device, started, args.budget_s)
         save()
-    for name, kwargs, epochs_from in (CUDA_PROBES if cuda else CPU_PROBES):
-        run_probe(report, name, kwargs, epochs_from, device, started, args.budget_s if cuda else math.inf)
+    for name, kwargs in (CUDA_PROBES if cuda else CPU_PROBES):
+        run_probe(report, name, kwargs, device, started, args.budget_s if cuda else math.inf)
         save()
     packing = CUDA_PACKING if cuda else CPU_PACKING
     if args.no_packing:
@@ -160,21 +160,12 @@ def run_benchmark(report: dict, name: str, kwargs: dict, required: bool, device:
     print(f"[{name}]\n" + (format_bench_train(result) if "error" not in result else summary(result)), flush=True)
 
 
-def run_probe(report: dict, name: str, kwargs: dict, epochs_from: tuple[str, ...], device: str, started: float,
-              budget_s: float) -> None:
+def run_probe(report: dict, name: str, kwargs: dict, device: str, started: float, budget_s: float) -> None:
     if not within_budget(started, budget_s, ESTIMATED_S.get(name, 30)):
         report["probes"][name] = {"skipped": "time budget"}
         print(f"{name}: skipped (time budget)", flush=True)
         return
-    ran = [(source, report["benchmarks"][source]) for source in epochs_from
-           if "images_per_s" in report["benchmarks"].get(source, {})]
-    epoch_s = None
-    if ran:  # the same steps' speed, over an epoch of the probe's train split (drop_last)
-        source, result = ran[0]
-        epoch_s = kwargs["train_images"] // result["batch_size"] * result["batch_size"] / result["images_per_s"]
-    result = attempt(lambda: bench_probe(device=device, seconds_per_epoch=epoch_s, **kwargs))
-    if ran and "error" not in result:
-        result["epoch_from"] = ran[0][0]
+    result = attempt(lambda: bench_probe(device=device, **kwargs))
     report["probes"][name] = result
     print(f"[{name}]\n" + (format_bench_probe(result) if "error" not in result else summary(result)), flush=True)
 

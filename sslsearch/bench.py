@@ -524,41 +524,52 @@ def _packing_worker(rank: int, spec: dict, barrier, results) -> None:
 def bench_probe(backbone: str = "resnet18", image_size: int = 32, device: str = "auto", train_images: int = 45_000,
                 val_images: int = 5_000, num_classes: int = 10, batch_size: int = 128,
                 seconds_per_epoch: float | None = None, eval_every: tuple[int, ...] = (5, 10), rounds: int = 2,
-                threads: int | None = None, seed: int = 0) -> dict:
+                steps: int | None = None, warmup: int | None = None, threads: int | None = None, seed: int = 0) -> dict:
     """Seconds of one probe (`sslsearch.evaluate.probe_scores`) and its share of a trial.
 
     The probe runs as in a trial: features of the train and val splits (`train_images` +
     `val_images`, CIFAR-10's 45,000 + 5,000 with val_fraction 0.1 by default), the L-BFGS fit,
-    the kNN; best of `rounds` after a warm-up, with each part also timed alone. Its share of a
-    trial that reports every `e` epochs is probe / (e × epoch + probe), where an epoch pretrains
-    on the `train_images` (the labelled train split minus val) and takes `seconds_per_epoch`,
-    or, if not given, what `bench_train`'s fast path measures for `backbone` at `batch_size`.
-    The labels are random, so L-BFGS runs all its iterations, as it does on real features.
+    the kNN, each part also timed alone. Its share of a trial that reports every `e` epochs is
+    probe / (e × epoch + probe), where an epoch pretrains on the `train_images` (the labelled
+    train split minus val) at `batch_size`: unless `seconds_per_epoch` is given, each round
+    first times `steps` of train.py's fast step on the same images, so the two are measured side
+    by side; each keeps its best of `rounds`. The labels are a random linear function of the
+    backbone's features, so that L-BFGS works as on a trained backbone's (`fit_iterations` says
+    how long it ran; random labels stop it early, there being nothing to fit).
     """
     dev = _bench_device(device)
     preset = _preset_for(image_size, None)
-    if train_images < 2 or val_images < 1 or num_classes < 2 or rounds < 1 or not eval_every or min(eval_every) < 1:
-        raise InputError(f"need train_images >= 2, val_images >= 1, num_classes >= 2, rounds >= 1 and report intervals "
-                         f">= 1; got {train_images}, {val_images}, {num_classes}, {rounds}, {eval_every}")
+    steps = steps if steps is not None else (100 if dev.type == "cuda" else 5)
+    warmup = warmup if warmup is not None else (10 if dev.type == "cuda" else 1)
+    if (train_images < 2 or val_images < 1 or num_classes < 2 or rounds < 1 or not eval_every or min(eval_every) < 1
+            or steps < 1 or warmup < 0 or batch_size < 2 or train_images < batch_size):
+        raise InputError(f"need train_images >= batch_size >= 2, val_images >= 1, num_classes >= 2, rounds >= 1, "
+                         f"steps >= 1, warmup >= 0 and report intervals >= 1; got {train_images}, {batch_size}, "
+                         f"{val_images}, {num_classes}, {rounds}, {steps}, {warmup}, {eval_every}")
     if seconds_per_epoch is not None and not seconds_per_epoch > 0:
         raise InputError(f"seconds_per_epoch must be > 0, got {seconds_per_epoch}")
     previous_threads = torch.get_num_threads()
     try:
         if threads is not None:
             torch.set_num_threads(threads)
-        if seconds_per_epoch is None:
-            epoch = bench_train(backbone, image_size, batch_size, str(dev), dataset_size=train_images, reference=False,
-                                threads=threads, seed=seed)
-            seconds_per_epoch = epoch["seconds_per_epoch"]
         config = PretrainConfig(dataset="cifar10", backbone=backbone, batch_size=batch_size, seed=seed, device=str(dev))
-        model, _ = prepare_training(config, PRESETS[preset].size, dev)
+        config.validate()
         images = _natural_images(train_images + val_images, SOURCE_SIZES[preset], seed).to(dev)
-        labels = torch.randint(0, num_classes, (train_images + val_images,),
-                               generator=torch.Generator().manual_seed(seed)).to(dev)
+        training = None
+        if seconds_per_epoch is None:
+            # The train split, repeated if it holds fewer than the batches the timing draws.
+            copies = -(-(warmup + steps) * batch_size // train_images)
+            training = _FastLoop(config, images[:train_images].repeat(copies, 1, 1, 1), PRESETS[preset], dev, warmup, steps)
+        model, _ = prepare_training(config, PRESETS[preset].size, dev)
+        backbone_net = model.backbone
+        # Warm-up (kernels, cuDNN's algorithm search, the allocator) that also makes the labels.
+        features = extract_features(backbone_net, images, preset)
+        features = (features - features.mean(0)) / features.std(0).clamp_min(1e-6)
+        projection = torch.randn(features.shape[1], num_classes, generator=torch.Generator().manual_seed(seed))
+        labels = (features @ projection.to(dev)).argmax(1)
         data = ImageData("bench", preset, tuple(map(str, range(num_classes))), images[:train_images],
                          images[:train_images], labels[:train_images], images[train_images:], labels[train_images:],
                          images[:0], labels[:0])
-        backbone_net = model.backbone
 
         def timed(function):
             synchronize(dev)
@@ -567,27 +578,31 @@ def bench_probe(backbone: str = "resnet18", image_size: int = 32, device: str = 
             synchronize(dev)
             return time.perf_counter() - start, value
 
-        warm = ImageData("warm-up", preset, data.classes, images[:256], images[:256], labels[:256], images[256:320],
-                         labels[256:320], images[:0], labels[:0])
-        probe_scores(backbone_net, warm)  # kernels, cuDNN's algorithm search, allocator
-        best = {"probe": math.inf, "features": math.inf, "fit": math.inf, "knn": math.inf}
+        best = {"steps": math.inf, "probe": math.inf, "features": math.inf, "fit": math.inf, "knn": math.inf}
         for _ in range(rounds):
+            if training is not None:
+                best["steps"] = min(best["steps"], training.run())
             best["probe"] = min(best["probe"], timed(lambda: probe_scores(backbone_net, data))[0])
             seconds, train = timed(lambda: extract_features(backbone_net, data.train_images, preset))
             seconds_val, val = timed(lambda: extract_features(backbone_net, data.val_images, preset))
             best["features"] = min(best["features"], seconds + seconds_val)
-            best["fit"] = min(best["fit"], timed(lambda: fit_linear_probe(train, data.train_labels, num_classes))[0])
+            seconds, fitted = timed(lambda: fit_linear_probe(train, data.train_labels, num_classes))
+            best["fit"] = min(best["fit"], seconds)
             best["knn"] = min(best["knn"], timed(lambda: knn_accuracy(train, data.train_labels, val, data.val_labels,
                                                                       num_classes))[0])
     finally:
         torch.set_num_threads(previous_threads)
+    if training is not None:  # drop_last, as train.py
+        seconds_per_epoch = (train_images // batch_size) * batch_size * best["steps"] / (steps * batch_size)
     probe = best["probe"]
     return {"backbone": backbone, "preset": preset, "image_size": PRESETS[preset].size, "device": str(dev),
             "device_name": _device_name(dev), "threads": threads or (previous_threads if dev.type == "cpu" else None),
             "train_images": train_images, "val_images": val_images, "num_classes": num_classes,
             "feature_dim": backbone_net.out_dim, "rounds": rounds, "batch_size": batch_size,
+            "steps": steps if training is not None else None, "warmup": warmup if training is not None else None,
             "probe_seconds": probe, "features_seconds": best["features"], "fit_seconds": best["fit"],
-            "knn_seconds": best["knn"], "seconds_per_epoch": seconds_per_epoch,
+            "knn_seconds": best["knn"], "fit_iterations": fitted.iterations, "val_acc": fitted.accuracy(val, data.val_labels),
+            "seconds_per_epoch": seconds_per_epoch, "epoch_measured": training is not None,
             "share": {str(e): probe / (e * seconds_per_epoch + probe) for e in eval_every}, "torch": str(torch.__version__)}
 
 
@@ -600,9 +615,10 @@ def format_bench_probe(result: dict) -> str:
         f"fast probe: {r['backbone']} ({r['feature_dim']} features), {r['image_size']} px, {r['train_images']:,} train + "
         f"{r['val_images']:,} val images, {r['num_classes']} classes, {r['device_name']}{threads}; best of {r['rounds']}",
         f"  one probe            {r['probe_seconds']:8.2f} s  (features {r['features_seconds']:.2f} s, L-BFGS fit "
-        f"{r['fit_seconds']:.2f} s, kNN {r['knn_seconds']:.2f} s)",
+        f"{r['fit_seconds']:.2f} s in {r['fit_iterations']} iterations, kNN {r['knn_seconds']:.2f} s)",
         f"  one epoch            {r['seconds_per_epoch']:8.2f} s  (pretraining on the {r['train_images']:,} train images, "
-        f"batch {r['batch_size']})",
+        f"batch {r['batch_size']}; " + (f"{r['steps']} fast-path steps timed in each round)" if r["epoch_measured"]
+                                         else "as given)"),
         f"  share of a trial     {shares}",
     ])
 

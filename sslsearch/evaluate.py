@@ -38,7 +38,7 @@ def extract_features(backbone: nn.Module, images: torch.Tensor, preset: str, bat
     chunks = []
     try:
         for start in range(0, images.shape[0], batch_size):
-            # channels_last as in training (train.py): faster convolutions on CUDA and on the CPU.
+            # channels_last, as the model is (train.py): cuDNN's fast kernels want NHWC input (the CPU does not care).
             x = eval_views(images[start:start + batch_size], PRESETS[preset]).contiguous(memory_format=torch.channels_last)
             with _autocast(x.device):
                 chunks.append(backbone(x).float())
@@ -77,6 +77,7 @@ class LinearProbe:
     std: torch.Tensor
     weight: torch.Tensor
     bias: torch.Tensor
+    iterations: int = 0              # L-BFGS iterations the fit took (max_iter when it did not converge sooner)
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         return ((features - self.mean) / self.std) @ self.weight.T + self.bias
@@ -121,8 +122,9 @@ def fit_linear_probe(features: torch.Tensor, labels: torch.Tensor, num_classes: 
         return loss
 
     optimizer.step(closure)
+    iterations = int(optimizer.state[theta].get("n_iter", 0))
     theta = theta.detach()
-    return LinearProbe(mean, std, theta[:, :dim], theta[:, dim])
+    return LinearProbe(mean, std, theta[:, :dim], theta[:, dim], iterations)
 
 
 def probe_scores(backbone: nn.Module, data: ImageData, *, knn_k: int = 200, knn_temperature: float = 0.5,
