@@ -19,7 +19,6 @@ import argparse
 import copy
 import datetime
 import json
-import math
 import os
 import platform
 import sys
@@ -118,10 +117,12 @@ def main(argv: list[str] | None = None) -> int:
     plan = CUDA_PLAN if cuda else CPU_PLAN
     optional_tail = [] if not cuda or args.no_compile else [CUDA_COMPILE]
     for name, kwargs, required in plan:
-        run_benchmark(report, name, kwargs, required, device, started, args.budget_s)
+        run_step(report["benchmarks"], name, lambda: bench_train(device=device, **kwargs), format_bench_train,
+                 required, started, args.budget_s)
         save()
     for name, kwargs in (CUDA_PROBES if cuda else CPU_PROBES):
-        run_probe(report, name, kwargs, device, started, args.budget_s if cuda else math.inf)
+        run_step(report["probes"], name, lambda: bench_probe(device=device, **kwargs), format_bench_probe,
+                 not cuda, started, args.budget_s)
         save()
     packing = CUDA_PACKING if cuda else CPU_PACKING
     if args.no_packing:
@@ -134,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
               f"packing: {summary(report['packing'])}", flush=True)
     save()
     for name, kwargs, required in optional_tail:
-        run_benchmark(report, name, kwargs, required, device, started, args.budget_s)
+        run_step(report["benchmarks"], name, lambda: bench_train(device=device, **kwargs), format_bench_train,
+                 required, started, args.budget_s)
         save()
     if cuda:
         report["targets"] = targets(report["benchmarks"], report["probes"])
@@ -150,24 +152,15 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if failed else 0
 
 
-def run_benchmark(report: dict, name: str, kwargs: dict, required: bool, device: str, started: float, budget_s: float) -> None:
+def run_step(records: dict, name: str, run, describe, required: bool, started: float, budget_s: float) -> None:
+    """records[name] = run(), or its error, or "skipped" when an optional step would overrun the budget."""
     if not required and not within_budget(started, budget_s, ESTIMATED_S.get(name, 30)):
-        report["benchmarks"][name] = {"skipped": "time budget"}
+        records[name] = {"skipped": "time budget"}
         print(f"{name}: skipped (time budget)", flush=True)
         return
-    result = attempt(lambda: bench_train(device=device, **kwargs))
-    report["benchmarks"][name] = result
-    print(f"[{name}]\n" + (format_bench_train(result) if "error" not in result else summary(result)), flush=True)
-
-
-def run_probe(report: dict, name: str, kwargs: dict, device: str, started: float, budget_s: float) -> None:
-    if not within_budget(started, budget_s, ESTIMATED_S.get(name, 30)):
-        report["probes"][name] = {"skipped": "time budget"}
-        print(f"{name}: skipped (time budget)", flush=True)
-        return
-    result = attempt(lambda: bench_probe(device=device, **kwargs))
-    report["probes"][name] = result
-    print(f"[{name}]\n" + (format_bench_probe(result) if "error" not in result else summary(result)), flush=True)
+    result = attempt(run)
+    records[name] = result
+    print(f"[{name}]\n" + (describe(result) if "error" not in result else summary(result)), flush=True)
 
 
 def within_budget(started: float, budget_s: float, estimate_s: float) -> bool:
