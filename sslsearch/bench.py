@@ -546,8 +546,8 @@ def bench_probe(backbone: str = "resnet18", image_size: int = 32, device: str = 
         raise InputError(f"need train_images >= batch_size >= 2, val_images >= 1, num_classes >= 2, rounds >= 1, "
                          f"steps >= 1, warmup >= 0 and report intervals >= 1; got {train_images}, {batch_size}, "
                          f"{val_images}, {num_classes}, {rounds}, {steps}, {warmup}, {eval_every}")
-    if seconds_per_epoch is not None and not seconds_per_epoch > 0:
-        raise InputError(f"seconds_per_epoch must be > 0, got {seconds_per_epoch}")
+    if seconds_per_epoch is not None and not (math.isfinite(seconds_per_epoch) and seconds_per_epoch > 0):
+        raise InputError(f"seconds_per_epoch must be a finite number > 0, got {seconds_per_epoch}")
     previous_threads = torch.get_num_threads()
     try:
         if threads is not None:
@@ -562,8 +562,10 @@ def bench_probe(backbone: str = "resnet18", image_size: int = 32, device: str = 
             training = _FastLoop(config, images[:train_images].repeat(copies, 1, 1, 1), PRESETS[preset], dev, warmup, steps)
         model, _ = prepare_training(config, PRESETS[preset].size, dev)
         backbone_net = model.backbone
-        # Warm-up (kernels, cuDNN's algorithm search, the allocator) that also makes the labels.
-        features = extract_features(backbone_net, images, preset)
+        # Warm-up (kernels, cuDNN's algorithm search for the very batch shapes timed below, the
+        # allocator) that also makes the labels.
+        features = torch.cat([extract_features(backbone_net, images[:train_images], preset),
+                              extract_features(backbone_net, images[train_images:], preset)])
         features = (features - features.mean(0)) / features.std(0).clamp_min(1e-6)
         projection = torch.randn(features.shape[1], num_classes, generator=torch.Generator().manual_seed(seed))
         labels = (features @ projection.to(dev)).argmax(1)
@@ -603,6 +605,7 @@ def bench_probe(backbone: str = "resnet18", image_size: int = 32, device: str = 
             "probe_seconds": probe, "features_seconds": best["features"], "fit_seconds": best["fit"],
             "knn_seconds": best["knn"], "fit_iterations": fitted.iterations, "val_acc": fitted.accuracy(val, data.val_labels),
             "seconds_per_epoch": seconds_per_epoch, "epoch_measured": training is not None,
+            "steps_seconds": best["steps"] if training is not None else None,
             "share": {str(e): probe / (e * seconds_per_epoch + probe) for e in eval_every}, "torch": str(torch.__version__)}
 
 
@@ -630,11 +633,18 @@ def format_bench_probe(result: dict) -> str:
 def _bench_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if not (device == "cpu" or device.startswith("cuda")):
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
         raise InputError(f"device must be auto, cpu or cuda[:N], got {device!r}")
-    if device.startswith("cuda") and not torch.cuda.is_available():
+    if dev.type == "cuda" and not torch.cuda.is_available():
         raise InputError(f"device {device!r} requested but CUDA is not available; use --device cpu")
-    return torch.device(device)
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise InputError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                         f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    return dev
 
 
 def _preset_for(image_size: int, preset: str | None) -> str:

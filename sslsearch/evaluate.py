@@ -30,7 +30,7 @@ def _autocast(device: torch.device):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def extract_features(backbone: nn.Module, images: torch.Tensor, preset: str, batch_size: int = 512) -> torch.Tensor:
     """Frozen backbone features (float32, N×d, on the images' device) of the evaluation views."""
     was_training = backbone.training
@@ -104,7 +104,7 @@ def fit_linear_probe(features: torch.Tensor, labels: torch.Tensor, num_classes: 
     std = features.std(0).clamp_min(1e-6) if n > 1 else torch.ones_like(mean)
     # The bias is a last column of ones, so weight and bias are one parameter tensor.
     x = torch.cat([(features - mean) / std, torch.ones(n, 1, device=features.device)], 1)
-    target = F.one_hot(labels, num_classes).float()
+    target = F.one_hot(labels.long(), num_classes).float()
     decay = torch.full((num_classes, dim + 1), weight_decay, device=features.device)
     decay[:, dim] = 0.0
     theta = torch.zeros(num_classes, dim + 1, device=features.device, requires_grad=True)

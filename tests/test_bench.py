@@ -257,7 +257,9 @@ def test_bench_probe_measures_the_epoch_when_not_given():
                          steps=3, warmup=1)
     assert result["epoch_measured"] and (result["steps"], result["warmup"]) == (3, 1)
     # an epoch is 2 whole batches of 16 (drop_last), at the timed steps' speed
-    assert result["seconds_per_epoch"] > 0 and "3 fast-path steps timed" in format_bench_probe(result)
+    assert result["steps_seconds"] > 0
+    assert result["seconds_per_epoch"] == pytest.approx(2 * result["steps_seconds"] / 3)
+    assert "3 fast-path steps timed" in format_bench_probe(result)
     assert 0 < result["share"]["10"] < result["share"]["5"] < 1
 
 
@@ -265,7 +267,9 @@ def test_bench_probe_measures_the_epoch_when_not_given():
     (dict(val_images=0), "val_images >= 1"),
     (dict(train_images=8, batch_size=16), "train_images >= batch_size"),
     (dict(eval_every=(0,)), "report intervals >= 1"),
-    (dict(seconds_per_epoch=0.0), "seconds_per_epoch must be > 0"),
+    (dict(seconds_per_epoch=0.0), "seconds_per_epoch must be a finite number > 0"),
+    (dict(seconds_per_epoch=math.inf), "seconds_per_epoch must be a finite number > 0"),
+    (dict(device="cudaX"), "device must be auto, cpu or cuda"),
     (dict(image_size=48), "image_size must be one of"),
 ])
 def test_bench_probe_refuses_bad_settings(kwargs, match):
