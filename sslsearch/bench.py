@@ -294,7 +294,7 @@ def format_bench_train(result: dict) -> str:
     if r["ratio"] is not None:
         lines.append(f"  {'speed-up':<{width}}{r['ratio']:>13.1f}x")
     peak = (f"{100 * r['fraction_of_peak']:.1f} % of {r['peak_tflops']:,.0f} TFLOP/s peak" if r["fraction_of_peak"] is not None
-            else "fraction of peak: n/a (no known peak for this device; pass a peak)")
+            else "fraction of peak: n/a (no known peak for this device; pass --peak-tflops)")
     lines.append(f"  {_flop_text(r['flops_per_image'])}FLOP per image (2 views, forward + backward); "
                  f"achieved {_flop_text(r['achieved_tflops'] * 1e12)}FLOP/s, {peak}")
     if r["compile_seconds"] is not None:

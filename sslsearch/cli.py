@@ -73,6 +73,8 @@ def _run_pretrain(args) -> int:
     config = PretrainConfig(**values)
     config.validate()
     out = Path(args.out or f"runs/pretrain-{config.dataset}-{config.loss}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} is a file; give a folder (new, empty, or a run to --resume)")
     resume = None
     if args.resume:
         resume = out / "last.pt"
@@ -92,14 +94,15 @@ def _run_pretrain(args) -> int:
 
 def _add_linear(sub) -> None:
     p = sub.add_parser("linear", help="full linear evaluation of a checkpoint (the reference's linear.py)")
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--epochs", type=int, default=200)
-    p.add_argument("--batch-size", type=int, default=512)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--weight-decay", type=float, default=1e-6)
+    p.add_argument("--checkpoint", required=True, help="a last.pt / best.pt, or a folder holding last.pt")
+    p.add_argument("--epochs", type=int, default=200, help="(default: 200, the reference's)")
+    p.add_argument("--batch-size", type=int, default=512, help="(default: 512, the reference's)")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam's learning rate (default: 1e-3)")
+    p.add_argument("--weight-decay", type=float, default=1e-6, help="(default: 1e-6)")
     p.add_argument("--data-dir", default=None, help="override the data folder stored in the checkpoint")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--out", default=None, help="CSV of per-epoch results (default: next to the checkpoint)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default: auto)")
+    p.add_argument("--out", default=None,
+                   help="CSV of per-epoch results, must not exist (default: linear-TIME.csv next to the checkpoint)")
     p.set_defaults(run=_run_linear)
 
 
@@ -113,7 +116,14 @@ def _run_linear(args) -> int:
     for name in ("epochs", "batch_size"):
         if getattr(args, name) < 1:
             raise InputError(f"--{name.replace('_', '-')} must be ≥ 1, got {getattr(args, name)}")
-    checkpoint = load_checkpoint(args.checkpoint)
+    checkpoint_path = Path(args.checkpoint).resolve()
+    if checkpoint_path.is_dir():  # a pretrain output folder or a sweep trial's checkpoint folder
+        checkpoint_path = checkpoint_path / "last.pt"
+    out = (Path(args.out).resolve() if args.out
+           else checkpoint_path.with_name(f"linear-{time.strftime('%Y%m%d-%H%M%S')}.csv"))
+    if out.exists():
+        raise InputError(f"--out {out} exists; choose another file (results are never overwritten)")
+    checkpoint = load_checkpoint(checkpoint_path)
     config = PretrainConfig.from_dict(checkpoint["config"])
     if args.device != "auto" and not (args.device == "cpu" or (args.device.startswith("cuda") and torch.cuda.is_available())):
         raise InputError(f"device must be auto, cpu or an available cuda[:N], got {args.device!r}")
@@ -122,7 +132,6 @@ def _run_linear(args) -> int:
         config = dataclasses.replace(config, data_dir=str(Path(args.data_dir).resolve()))
     data = config.load_data().to(device)
     backbone = model_from_checkpoint(checkpoint).backbone.to(device)
-    out = Path(args.out).resolve() if args.out else Path(args.checkpoint).resolve().with_name("linear.csv")
     rows = []
 
     def on_epoch(row):
@@ -155,7 +164,7 @@ def _add_bench(sub) -> None:
 
 
 def _add_bench_train(bench) -> None:
-    t = bench.add_parser("train", help="pretraining steps, fast path vs a reference-style loop: img/s, s/epoch, % of peak")
+    t = bench.add_parser("train", help="pretraining steps, fast path vs a reference-style loop: img/s, s/epoch, %% of peak")
     t.add_argument("--backbone", default="resnet18", help="resnet18, resnet34, resnet50 or small_cnn")
     t.add_argument("--image-size", type=int, default=32, help="32 (CIFAR preset) or 64 (STL-10 preset, 96 px sources)")
     t.add_argument("--batch-size", type=_positive_int, default=128)
@@ -291,7 +300,7 @@ def _run_sweep(args) -> int:
     tracking = MlflowTracking(experiment, space, sweep=name, storage=storage)
     summary = run_sweep(experiment, space, name=name, storage=storage, address=args.address, callbacks=[tracking])
     print(summary.format())
-    return 0
+    return 130 if summary.unfinished else 0  # 130: interrupted, as a shell reports Ctrl-C
 
 
 def _run_resume(args) -> int:
@@ -304,7 +313,7 @@ def _run_resume(args) -> int:
                    or default_tracking_uri(storage))
     summary = resume_sweep(args.name, storage, address=args.address)
     print(summary.format())
-    return 0
+    return 130 if summary.unfinished else 0
 
 
 def _run_ui(args) -> int:
@@ -325,6 +334,15 @@ def _tracking_uri(args) -> str:
     return default_tracking_uri(args.storage)
 
 
+def _records_uri(args) -> str:
+    """The tracking URI of existing records, checked: an unreachable server or a missing store is one line."""
+    from sslsearch.tracking import check_tracking
+
+    uri = _tracking_uri(args)
+    check_tracking(uri, must_exist=True)
+    return uri
+
+
 def _add_records(p) -> None:
     p.add_argument("--storage", default="runs", help="the sweeps' storage folder (default: ./runs)")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: sqlite:///STORAGE/mlflow.db)")
@@ -343,7 +361,9 @@ def _add_leaderboard(sub) -> None:
 def _run_leaderboard(args) -> int:
     from sslsearch.leaderboard import build_leaderboard, format_leaderboard, load_trials, write_plots
 
-    uri = _tracking_uri(args)
+    if args.plots and Path(args.plots).exists() and not Path(args.plots).is_dir():
+        raise InputError(f"--plots {args.plots} is a file; give a folder for the PNG plots")
+    uri = _records_uri(args)
     board = build_leaderboard(load_trials(uri, args.sweeps), top=args.top)
     print(format_leaderboard(board, args.format))
     if args.plots:
@@ -372,7 +392,7 @@ def _run_export(args) -> int:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # MLflow draws a bar per downloaded file
     from sslsearch.export import export_best
 
-    card = export_best(_tracking_uri(args), args.sweep, args.out, loss=args.loss, force=args.force, register=args.register)
+    card = export_best(_records_uri(args), args.sweep, args.out, loss=args.loss, force=args.force, register=args.register)
     m = card["metrics"]
     test = f", test_acc {m['test_acc']:.2f}" if m["test_acc"] is not None else ""
     print(f"exported the {card['backbone']} of trial {card['trial_id']} ({card['loss']}, sweep {card['sweep']}, "

@@ -157,6 +157,8 @@ def experiment_from_dict(raw: dict, source: str | None) -> Experiment:
     if pretrain.data_dir is not None:
         # Ray runs each trial in its own working directory: hand it an absolute path.
         pretrain = dataclasses.replace(pretrain, data_dir=str((origin.parent / pretrain.data_dir).resolve()))
+    elif pretrain.dataset != "digits":  # (digits is bundled) the default ./data, as `sslsearch pretrain` has it
+        pretrain = dataclasses.replace(pretrain, data_dir=str((Path.cwd() / "data").resolve()))
     return Experiment(name=str(raw.get("name") or origin.stem), pretrain=pretrain, source=source, **sections)
 
 

@@ -108,6 +108,22 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *, val_fr
     return _assemble(name, source, val_fraction, split_seed, device)
 
 
+def prepare_dataset(name: str, data_dir: str | os.PathLike | None = None, *, download: bool = True) -> None:
+    """Make sure data set `name` is on disk in `data_dir`, downloading it when allowed, without decoding it.
+
+    A sweep calls this once on the driver before any trial starts: trials then neither race each
+    other to download the same archive nor fail one by one on a data set that is not there.
+    """
+    if name not in DATASETS:
+        raise InputError(f"unknown data set {name!r}; accepted: {', '.join(DATASETS)}")
+    root = Path(DEFAULT_DATA_DIR if data_dir is None else data_dir).expanduser().resolve()
+    if name in _ARCHIVES:
+        _ensure_present(name, root, _ARCHIVES[name], download)
+    elif name == "folder" and not (root / "train").is_dir():
+        raise InputError(f"folder data set not found: expected {root}/train/<class>/{_SUFFIX_GLOB} "
+                         f"and optionally {root}/test/<class>/{_SUFFIX_GLOB}")
+
+
 def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Seeded per-class split into sorted (keep_idx, held_out_idx); see _held_out_count for the sizes."""
     _check_fraction("fraction", fraction)
@@ -247,6 +263,7 @@ _TINY_IMAGENET = _Archive("http://cs231n.stanford.edu/tiny-imagenet-200.zip", "9
                           "tiny-imagenet-200", ("wnids.txt", "train", "val"),
                           "{wnids.txt,train/<wnid>/images/*.JPEG,val/images/*.JPEG + val/val_annotations.txt "
                           "or val/<wnid>/[images/]*.JPEG}")
+_ARCHIVES = {"cifar10": _CIFAR10, "cifar100": _CIFAR100, "stl10": _STL10, "tiny_imagenet": _TINY_IMAGENET}
 
 
 def _ensure_present(name: str, root: Path, archive: _Archive, download: bool) -> Path:
@@ -255,9 +272,11 @@ def _ensure_present(name: str, root: Path, archive: _Archive, download: bool) ->
         return base
     reason = "downloading is disabled (download=False)"
     if download:
+        created = _missing_dirs(root)   # what the download would create; a failed one must not leave it behind
         try:
             _download(root, archive)
         except Exception as exc:    # network, md5, disk: the user needs one line, not a traceback
+            _remove_empty_dirs(created)
             reason = f"download failed: {_one_line(exc)}"
         else:
             return base
@@ -266,19 +285,44 @@ def _ensure_present(name: str, root: Path, archive: _Archive, download: bool) ->
 
 def _download(root: Path, archive: _Archive) -> None:
     # Download and extract into a hidden staging folder, check that every expected file is there,
-    # and only then move the tree into place: an interrupted run leaves the staging folder (whose
-    # md5-checked archive the next run reuses), never a half-extracted tree that looks complete.
+    # and only then move the tree into place, so no half-extracted tree ever looks complete. A failed
+    # download removes the staging folder it created; one left by an interrupted run (whose md5-checked
+    # archive the next run reuses) keeps its archive and loses only the extraction, or goes if empty.
     from torchvision.datasets.utils import download_and_extract_archive   # lazy: importing torchvision takes ~1.4 s
 
     staging = root / f".sslsearch-download-{archive.folder}"
     extracted = staging / "extracted"
-    shutil.rmtree(extracted, ignore_errors=True)
-    download_and_extract_archive(archive.url, download_root=staging, extract_root=extracted, md5=archive.md5)
-    missing = _first_missing(extracted / archive.folder, archive.files)
-    if missing is not None:
-        raise RuntimeError(f"the archive from {archive.url} lacks {archive.folder}/{missing}")
-    _move_tree(extracted / archive.folder, root / archive.folder)
+    staged_before = staging.exists()
+    try:
+        shutil.rmtree(extracted, ignore_errors=True)
+        download_and_extract_archive(archive.url, download_root=staging, extract_root=extracted, md5=archive.md5)
+        missing = _first_missing(extracted / archive.folder, archive.files)
+        if missing is not None:
+            raise RuntimeError(f"the archive from {archive.url} lacks {archive.folder}/{missing}")
+        _move_tree(extracted / archive.folder, root / archive.folder)
+    except Exception:
+        shutil.rmtree(extracted if staged_before else staging, ignore_errors=True)
+        _remove_empty_dirs([staging])
+        raise
     shutil.rmtree(staging, ignore_errors=True)
+
+
+def _missing_dirs(path: Path) -> list[Path]:
+    """`path` and its ancestors that do not exist yet, deepest first."""
+    missing = []
+    while not path.exists() and path != path.parent:
+        missing.append(path)
+        path = path.parent
+    return missing
+
+
+def _remove_empty_dirs(paths: list[Path]) -> None:
+    # rmdir only removes empty folders, so nothing anyone put there in the meantime is lost.
+    for path in paths:
+        try:
+            path.rmdir()
+        except OSError:
+            return
 
 
 def _first_missing(base: Path, files: tuple[str, ...]) -> str | None:

@@ -151,7 +151,8 @@ def _trial_row(client, run, parent_run_id: str) -> dict:
 
 
 def load_trials(tracking_uri: str, sweeps: list[str] | None = None) -> pd.DataFrame:
-    """One row per trial of the named sweeps (None or empty: the most recently started sweep).
+    """One row per trial of the named sweeps (None or empty: the most recently started sweep that
+    has a finished trial, so that a sweep still running or killed early does not hide the others).
 
     Columns: TRIAL_COLUMNS; `val_acc` is the final report, `best_val_acc` the best report after
     epoch 0, `history` maps epoch → val_acc. InputError for an unknown sweep, a sweep without
@@ -162,17 +163,32 @@ def load_trials(tracking_uri: str, sweeps: list[str] | None = None) -> pd.DataFr
     parents = sweep_runs(client, experiment_id)
     if not parents:
         raise InputError(f"no sweeps recorded at {tracking_uri}; run `sslsearch sweep` first")
-    names = list(dict.fromkeys(sweeps)) if sweeps else [next(iter(parents))]
-    unknown = [n for n in names if n not in parents]
-    if unknown:
-        raise InputError(f"unknown sweep {', '.join(map(repr, unknown))}; known sweeps: {', '.join(parents)}")
-    rows = []
-    for name in names:
+
+    def rows_of(name: str) -> list[dict]:
         # A recorded sweep name holds no quotes (the tracking callback refuses them).
         runs = _search_runs(client, experiment_id, f"tags.`sslsearch.role` = 'trial' and tags.`sslsearch.sweep` = '{name}'")
-        sweep_rows = [_trial_row(client, run, parents[name].info.run_id) for run in runs]
-        _check_rankable(name, sweep_rows)
-        rows += sweep_rows
+        rows = [_trial_row(client, run, parents[name].info.run_id) for run in runs]
+        _check_rankable(name, rows)
+        return rows
+
+    rows = []
+    if sweeps:
+        names = list(dict.fromkeys(sweeps))
+        unknown = [n for n in names if n not in parents]
+        if unknown:
+            raise InputError(f"unknown sweep {', '.join(map(repr, unknown))}; known sweeps: {', '.join(parents)}")
+        for name in names:
+            rows += rows_of(name)
+    else:
+        latest_error = None
+        for name in parents:  # most recently started first
+            try:
+                rows = rows_of(name)
+                break
+            except InputError as error:
+                latest_error = latest_error or error
+        else:
+            raise InputError(f"{latest_error}; no other sweep has a finished trial either") from None
     trials = pd.DataFrame(rows, columns=list(TRIAL_COLUMNS))
     trials["pair"] = trials["pair"].astype("Int64")
     return trials.sort_values(["sweep", "trial_id"], kind="mergesort").reset_index(drop=True)

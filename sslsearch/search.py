@@ -28,6 +28,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from sslsearch.config import Experiment, experiment_from_dict
+from sslsearch.data import prepare_dataset
 from sslsearch.errors import InputError
 from sslsearch.space import SearchSpace
 from sslsearch.trainable import run_trial
@@ -150,7 +151,8 @@ class SweepSearcher(OptunaSearch):
 
 
 class LiveView(tune.Callback):
-    """Prints a line per report and per finished trial, with the best val_acc so far per loss."""
+    """Prints a line per report and per finished trial, with the best val_acc reported so far per loss (at
+    any epoch; the summary and the leaderboard rank trials by their final report)."""
 
     def __init__(self, quiet: bool = False):
         # No file object kept here: Ray pickles callbacks into the sweep's state for resuming.
@@ -177,7 +179,7 @@ class LiveView(tune.Callback):
         best = "  ".join(f"{k} {v:.2f}" for k, v in sorted(self.best.items()))
         running = sum(t.status == "RUNNING" for t in trials)
         self._print(f"{self._describe(trial)} epoch {result['epoch']} val_acc {result[METRIC]:.2f} "
-                    f"| running {running}, finished {sum(t.is_finished() for t in trials)} | best: {best}")
+                    f"| running {running}, finished {sum(t.is_finished() for t in trials)} | best report: {best}")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         result = trial.last_result or {}
@@ -227,6 +229,11 @@ class SweepSummary:
         ideal = sum(t.trial_seconds for t in self.trials) / max(1, self.concurrency)
         return self.wall_seconds / ideal - 1 if ideal > 0 else float("nan")
 
+    @property
+    def unfinished(self) -> int:
+        """Trials still running or pending when the sweep returned: it was interrupted (Ctrl-C)."""
+        return sum(t.outcome == "running" for t in self.trials)
+
     def format(self) -> str:
         counts = {o: sum(t.outcome == o for t in self.trials) for o in OUTCOMES}
         lines = [f"sweep {self.name}: {len(self.trials)} trials ({', '.join(f'{v} {k}' for k, v in counts.items() if v)})",
@@ -242,6 +249,9 @@ class SweepSummary:
             lines.append(f"optuna study: {self.study_path} (copy it locally, then optuna-dashboard FILE)")
         elif self.study_path:
             lines.append(f"optuna study: optuna-dashboard {self.study_path}")
+        if self.unfinished:
+            lines.append(f"interrupted with {self.unfinished} trial{'s' * (self.unfinished > 1)} unfinished; "
+                         f"continue with: sslsearch resume {self.name}")
         return "\n".join(lines)
 
 
@@ -286,6 +296,23 @@ def _check_reachable(address: str) -> None:
         raise InputError(f"cannot reach the Ray cluster at {address}: {error.strerror or error}") from None
 
 
+def check_resources(experiment: Experiment, address: str | None) -> None:
+    """A trial that asks for more CPUs or GPUs than Ray has would wait forever: refuse it (a local
+    instance) or warn (a cluster, whose autoscaler may still add nodes)."""
+    have = ray.cluster_resources()
+    cpus, gpus = have.get("CPU", 0), have.get("GPU", 0)
+    need_cpus, need_gpus = experiment.resources.cpus_per_trial, experiment.resources.gpus_per_trial
+    if need_cpus <= cpus and need_gpus <= gpus:
+        return
+    message = (f"a trial needs {need_cpus:g} CPU and {need_gpus:g} GPU, but the Ray {'cluster' if address else 'instance'} "
+               f"has {cpus:g} CPU and {gpus:g} GPU in all")
+    if address:
+        print(f"warning: {message}; trials wait until the cluster grows", file=sys.stderr, flush=True)
+        return
+    raise InputError(f"{message}; lower resources.cpus_per_trial / resources.gpus_per_trial "
+                     "(e.g. --set resources.gpus_per_trial=0 on a machine without a GPU)")
+
+
 def _concurrency(experiment: Experiment) -> int:
     cpus = ray.cluster_resources().get("CPU", 1)
     gpus = ray.cluster_resources().get("GPU", 0)
@@ -321,8 +348,13 @@ def run_sweep(experiment: Experiment, space: SearchSpace, *, name: str, storage:
         raise InputError("search.paired needs 'loss' in the search space as a choice of barlow and hsic")
     if experiment.search.paired and sorted(space.choices("loss")) != ["barlow", "hsic"]:
         raise InputError(f"search.paired needs loss choices [barlow, hsic], got {list(space.choices('loss'))}")
+    if address is None:
+        # Once, here: trials would race to download it, or fail one by one if it cannot be had.
+        # (On a cluster the data folder is the workers', which this machine may not see.)
+        prepare_dataset(experiment.pretrain.dataset, experiment.pretrain.data_dir)
     _quiet()
     connect_ray(address)
+    check_resources(experiment, address)
     path = sweep_path(storage, name)
     print(f"sweep {name}: {experiment.search.num_samples} trials of up to {experiment.pretrain.epochs} epochs on "
           f"{experiment.pretrain.dataset}; records in {path}", file=open(os.devnull, "w") if quiet else sys.stdout, flush=True)
@@ -401,6 +433,7 @@ def resume_sweep(name: str, storage: str, address: str | None = None) -> SweepSu
     _quiet()
     experiment = experiment_from_dict(meta["experiment"], meta.get("experiment_source"))
     connect_ray(address)
+    check_resources(experiment, address)
     tuner = tune.Tuner.restore(path, trainable=_trainable(experiment),
                                resume_unfinished=True, resume_errored=True)
     started = time.monotonic()
@@ -409,8 +442,20 @@ def resume_sweep(name: str, storage: str, address: str | None = None) -> SweepSu
     return summarize(results, name, path, time.monotonic() - started, concurrency, f"{path}/{STUDY_FILE}")
 
 
+def saved_statuses(path: str) -> dict[str, str]:
+    """Trial folder name → status, as Tune last saved the sweep's state. After Ctrl-C the unfinished
+    trials are saved PENDING or PAUSED (to be resumed), while the ResultGrid that fit() returns calls
+    every trial TERMINATED, having stopped them; {} when the state cannot be read."""
+    try:
+        return {f"trial_{t.trial_id}": t.status for t in tune.ExperimentAnalysis(path).trials}
+    except Exception:  # noqa: BLE001 — a summary without the interruption count is still a summary
+        return {}
+
+
 def summarize(results, name: str, path: str, wall: float, concurrency: int, study_path: str | None) -> SweepSummary:
-    """Per-trial outcomes from a ResultGrid (outcome from epochs reached and errors)."""
+    """Per-trial outcomes from a ResultGrid (outcome from epochs reached and errors; "running" for a
+    trial that had not ended when the sweep was interrupted)."""
+    status = saved_statuses(path)
     trials = []
     for result in results:
         metrics = result.metrics or {}
@@ -418,6 +463,8 @@ def summarize(results, name: str, path: str, wall: float, concurrency: int, stud
         base = config.get("base", {})
         epoch = int(metrics.get("epoch", 0) or 0)
         outcome = trial_outcome(epoch, base.get("epochs"), errored=result.error is not None)
+        if status.get(Path(result.path).name, "TERMINATED") not in ("TERMINATED", "ERROR"):
+            outcome = "running"
         params = {k: v for k, v in config.items() if k not in ("base", "final_test", "cpus", "pair", "seed")}
         params["seed"] = config.get("seed", base.get("seed"))
         trials.append(TrialSummary(

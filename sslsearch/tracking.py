@@ -83,8 +83,9 @@ def _artifact_root(uri: str) -> str | None:
     return (path.parent / "mlartifacts").as_uri() if path is not None else None
 
 
-def check_tracking(uri: str, sweep: str | None = None) -> None:
-    """InputError (one line) if the tracking store cannot take records; `sweep`: also refuse a name already recorded."""
+def check_tracking(uri: str, sweep: str | None = None, *, must_exist: bool = False) -> None:
+    """InputError (one line) if the tracking store cannot take records; `sweep`: also refuse a name already
+    recorded; `must_exist`: the store is read (leaderboard, export), so a SQLite file must already exist."""
     if uri.startswith(("http://", "https://")):
         try:
             response = requests.get(f"{uri.rstrip('/')}/health", timeout=5)
@@ -96,6 +97,11 @@ def check_tracking(uri: str, sweep: str | None = None) -> None:
     elif (path := _sqlite_path(uri)) is not None:
         if not path.is_absolute():
             raise InputError(f"tracking URI {uri} must name an absolute path (Ray moves trials' working directories)")
+        if must_exist:
+            if not path.is_file():
+                raise InputError(f"no MLflow records at {path}; run `sslsearch sweep` first, or pass the sweeps' "
+                                 "--storage or --tracking-uri")
+            return
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as error:

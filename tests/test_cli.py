@@ -80,6 +80,45 @@ def test_linear_evaluation_of_a_checkpoint(tmp_path, capsys):
     assert len(rows) == 11
     losses = [float(r.split(",")[1]) for r in rows[1:]]
     assert losses[-1] < losses[0]
+    # results are never overwritten; a run folder stands for its last.pt
+    code, _, err = run(capsys, ["linear", "--checkpoint", tmp_path / "run", "--epochs", 1, "--out", tmp_path / "linear.csv"])
+    assert code == 2 and "exists" in err and (tmp_path / "linear.csv").read_text().splitlines() == rows
+    code, out, err = run(capsys, ["linear", "--checkpoint", tmp_path / "run", "--epochs", 1, "--batch-size", 64])
+    assert code == 0, err
+    written = list((tmp_path / "run").glob("linear-*.csv"))
+    assert len(written) == 1 and len(written[0].read_text().splitlines()) == 2
+
+
+def test_help_of_every_command_prints(capsys):
+    for argv in (["--help"], ["bench", "--help"], ["bench", "train", "--help"], ["bench", "probe", "--help"],
+                 ["sweep", "--help"], ["leaderboard", "--help"], ["export", "--help"], ["linear", "--help"],
+                 ["pretrain", "--help"], ["resume", "--help"]):
+        with pytest.raises(SystemExit) as done:
+            main(argv)
+        assert done.value.code == 0, argv
+        assert "usage:" in capsys.readouterr().out
+
+
+def test_records_commands_check_the_store_first(tmp_path, capsys):
+    import socket
+    import time
+
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    started = time.monotonic()
+    for argv in (["leaderboard"], ["export", "--out", tmp_path / "best"]):
+        code, out, err = run(capsys, [*argv, "--tracking-uri", f"http://127.0.0.1:{port}"])
+        assert code == 2 and "is unreachable" in err and "\n" not in err, err
+        code, _, err = run(capsys, [*argv, "--tracking-uri", "./mlruns"])
+        assert code == 2 and "tracking URI must be" in err, err
+        code, _, err = run(capsys, [*argv, "--storage", tmp_path / "nothing-here"])
+        assert code == 2 and "no MLflow records" in err, err
+    assert time.monotonic() - started < 60  # not MLflow's minutes of retries
+    assert not (tmp_path / "nothing-here").exists() and not (tmp_path / "best").exists()
+    (tmp_path / "afile").write_text("mine")
+    code, _, err = run(capsys, ["leaderboard", "--plots", tmp_path / "afile"])
+    assert code == 2 and "is a file" in err and (tmp_path / "afile").read_text() == "mine"
 
 
 @pytest.mark.parametrize("argv,message", [
@@ -120,6 +159,12 @@ def test_unreadable_checkpoint_and_existing_output_are_refused(tmp_path, capsys)
     code, _, err = run(capsys, ["pretrain", "--epochs", "1", "--out", tmp_path / "out"])
     assert code == 2 and "exists and is not empty" in err
     assert (tmp_path / "out" / "keep.txt").read_text() == "precious"
+
+
+def test_pretrain_refuses_a_file_as_output_folder(tmp_path, capsys):
+    (tmp_path / "afile").write_text("mine")
+    code, _, err = run(capsys, ["pretrain", "--epochs", "1", "--out", tmp_path / "afile"])
+    assert code == 2 and "is a file" in err and (tmp_path / "afile").read_text() == "mine"
 
 
 def test_bench_probe_prints_the_share_of_a_trial(capsys):

@@ -88,6 +88,31 @@ def test_sweep_cli_refuses_bad_experiments_before_any_trial(tmp_path, capsys, co
     assert not (tmp_path / "runs").exists()
 
 
+def test_a_data_folder_is_always_absolute_for_the_trials(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    default = load_experiment(overrides=["pretrain.dataset=cifar10"])
+    assert default.pretrain.data_dir == str(tmp_path.resolve() / "data")  # pretrain's default, ./data
+    (tmp_path / "exp").mkdir()
+    (tmp_path / "exp" / "e.yaml").write_text("pretrain: {dataset: cifar10, data_dir: ../sets}")
+    assert load_experiment(tmp_path / "exp" / "e.yaml").pretrain.data_dir == str(tmp_path.resolve() / "sets")
+    assert load_experiment().pretrain.data_dir is None  # digits is bundled
+
+
+def test_sweep_cli_refuses_missing_data_before_any_trial(tmp_path, capsys, monkeypatch):
+    from sslsearch import data
+
+    def offline(root, archive):
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(data, "_download", offline)
+    argv = ["sweep", "--storage", str(tmp_path / "runs"), "--name", "c10", "--set", "pretrain.dataset=cifar10",
+            "--set", f"pretrain.data_dir={tmp_path / 'sets'}"]
+    code, err = _run(capsys, argv)
+    assert code == 2 and "cifar10" in err and "download failed: OSError: network unreachable" in err, err
+    assert len(err.splitlines()) == 1
+    assert not (tmp_path / "runs" / "c10").exists() and not (tmp_path / "sets").exists()
+
+
 def test_sweep_cli_refuses_a_bad_space_file_and_unknown_resume(tmp_path, capsys):
     space = tmp_path / "s.yaml"
     space.write_text("lr: {distribution: loguniform, low: -1, high: 1}")

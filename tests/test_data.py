@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pickle
 import urllib.error
+import urllib.request
 from collections import Counter
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import torch
 import torchvision.datasets.utils
 
 from sslsearch import data
-from sslsearch.data import DATASETS, ImageData, load_dataset, stratified_split
+from sslsearch.data import DATASETS, ImageData, load_dataset, prepare_dataset, stratified_split
 from sslsearch.errors import InputError
 from fake_datasets import (CIFAR10_CLASSES, STL10_CLASSES, asymmetric_image, stl10_unlabeled, write_cifar10,
                            write_cifar100, write_image_folder, write_stl10, write_tiny_imagenet)
@@ -370,6 +371,68 @@ def test_incomplete_archive_is_not_put_in_place(tmp_path, monkeypatch):
     assert not (tmp_path / "cifar-10-batches-py").exists()
 
 
+# --- failed downloads leave the file system as it was ----------------------------------------------
+
+def snapshot(root: Path) -> dict[str, bytes | None]:
+    """Every path under root, with the bytes of each file (None for a folder)."""
+    return {p.relative_to(root).as_posix(): None if p.is_dir() else p.read_bytes() for p in root.rglob("*")}
+
+
+def offline(monkeypatch):
+    # The real torchvision code runs (and creates its download folder) until it reaches the network.
+    def no_network(*args, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(urllib.request, "urlopen", no_network)
+
+
+def bad_archive(monkeypatch):
+    # A "downloaded" archive that cannot be extracted (truncated file, wrong content).
+    def garbage(url, root, filename=None, md5=None, **kwargs):
+        os.makedirs(root, exist_ok=True)
+        Path(root, filename or os.path.basename(url)).write_bytes(b"not an archive")
+
+    monkeypatch.setattr(torchvision.datasets.utils, "download_url", garbage)
+
+
+@pytest.mark.parametrize("failure", [offline, bad_archive])
+@pytest.mark.parametrize("state", ["missing", "empty", "user file"])
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_failed_download_leaves_data_dir_as_it_was(tmp_path, monkeypatch, name, state, failure):
+    data_dir = tmp_path / "new" / "data" if state == "missing" else tmp_path / "data"
+    if state != "missing":
+        data_dir.mkdir()
+    if state == "user file":
+        (data_dir / "notes.txt").write_text("mine")
+        (data_dir / "mine").mkdir()
+    before = snapshot(tmp_path)
+    failure(monkeypatch)
+    with pytest.raises(InputError, match=f"^{name} not found: .*; download failed: "):
+        load_dataset(name, data_dir)
+    assert snapshot(tmp_path) == before
+
+
+def test_failed_download_keeps_an_earlier_archive(tmp_path, monkeypatch):
+    # An interrupted earlier run left its archive in the staging folder: a later failure keeps it
+    # (the next run checks its md5 and reuses it) and drops only the half extraction.
+    staging = tmp_path / ".sslsearch-download-cifar-10-batches-py"
+    (staging / "extracted" / "cifar-10-batches-py").mkdir(parents=True)
+    (staging / "extracted" / "cifar-10-batches-py" / "data_batch_1").write_bytes(b"half")
+    (staging / "cifar-10-python.tar.gz").write_bytes(b"partial archive")
+    offline(monkeypatch)
+    with pytest.raises(InputError, match="download failed: URLError"):
+        load_dataset("cifar10", tmp_path)
+    assert snapshot(tmp_path) == {staging.name: None, f"{staging.name}/cifar-10-python.tar.gz": b"partial archive"}
+
+
+def test_failed_download_removes_an_empty_staging_folder(tmp_path, monkeypatch):
+    (tmp_path / ".sslsearch-download-stl10_binary").mkdir()     # left behind by an older version
+    offline(monkeypatch)
+    with pytest.raises(InputError, match="download failed: URLError"):
+        load_dataset("stl10", tmp_path)
+    assert snapshot(tmp_path) == {}
+
+
 # --- moving between devices --------------------------------------------------------------------------------
 
 def test_to_moves_every_tensor_and_keeps_train_a_view(fake_root):
@@ -387,3 +450,20 @@ def test_to_moves_every_tensor_and_keeps_train_a_view(fake_root):
 def test_device_argument_places_every_tensor():
     d = load_dataset("digits", device="meta")
     assert d.pretrain_images.device.type == d.val_labels.device.type == d.test_images.device.type == "meta"
+
+
+def test_prepare_dataset_checks_presence_without_decoding(tmp_path, monkeypatch):
+    def must_not_decode(*args, **kwargs):
+        raise AssertionError("prepare_dataset decoded images")
+
+    monkeypatch.setattr(data, "_read_cifar_split", must_not_decode)
+    write_cifar10(tmp_path / "sets")
+    prepare_dataset("cifar10", tmp_path / "sets")
+    prepare_dataset("digits")
+    with pytest.raises(InputError, match="cifar100"):
+        prepare_dataset("cifar100", tmp_path / "sets", download=False)
+    with pytest.raises(InputError, match="folder data set not found"):
+        prepare_dataset("folder", tmp_path / "none")
+    with pytest.raises(InputError, match="unknown data set 'mnist'"):
+        prepare_dataset("mnist")
+    assert not (tmp_path / "none").exists()

@@ -149,6 +149,26 @@ def test_no_sweep_named_means_the_most_recent_one(store):
     assert set(load_trials(store["uri"])["sweep"]) == {"paired"}
 
 
+def test_the_default_skips_newer_sweeps_without_a_finished_trial(tmp_path):
+    client, uri, experiment_id = open_store(tmp_path)
+    now = int(time.time() * 1000)
+    write_sweep(client, experiment_id, "older", [trial("o0", "barlow", None, curve(61, 66))], started=now - 30_000)
+    write_sweep(client, experiment_id, "killed", [trial("k0", "barlow", None, curve(10), "running")], started=now - 20_000)
+    write_sweep(client, experiment_id, "empty", [], started=now - 10_000)
+    assert set(load_trials(uri)["sweep"]) == {"older"}
+    with pytest.raises(InputError, match="sweep 'empty' has no trials recorded"):
+        load_trials(uri, ["empty"])  # named: no fallback
+
+
+def test_no_rankable_sweep_at_all_is_one_line(tmp_path):
+    client, uri, experiment_id = open_store(tmp_path)
+    now = int(time.time() * 1000)
+    write_sweep(client, experiment_id, "killed", [trial("k0", "barlow", None, curve(10), "running")], started=now - 20_000)
+    write_sweep(client, experiment_id, "empty", [], started=now - 10_000)
+    with pytest.raises(InputError, match=r"^sweep 'empty' has no trials recorded; no other sweep has a finished trial"):
+        load_trials(uri)
+
+
 def test_several_sweeps_pool_into_one_leaderboard(store):
     board = build_leaderboard(load_trials(store["uri"], ["old-sweep", "paired"]))
     assert board.sweeps == ["old-sweep", "paired"]

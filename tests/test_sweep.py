@@ -14,7 +14,8 @@ import optuna
 import pytest
 
 from sslsearch.config import load_experiment
-from sslsearch.search import STUDY_FILE, SweepSearcher, run_sweep
+from sslsearch.errors import InputError
+from sslsearch.search import STUDY_FILE, SweepSearcher, check_resources, run_sweep, summarize
 from sslsearch.space import load_search_space
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,6 +26,42 @@ def _searcher(paired=True, max_epochs=4, tmp_path=None):
     space = load_search_space(ROOT / "search_spaces" / "barlow_hsic.yaml")
     return SweepSearcher(space, max_epochs=max_epochs, sampler="tpe", seed=0, paired=paired, study_name="t",
                          study_path=str(tmp_path / STUDY_FILE) if tmp_path else None)
+
+
+def test_resources_no_node_can_give_are_refused_before_any_trial(ray_session, capsys):
+    # the session's Ray instance: 2 CPUs, no GPU
+    check_resources(load_experiment(ROOT / "experiments" / "digits.yaml"), None)
+    for override, needs in (("resources.gpus_per_trial=0.25", "1 CPU and 0.25 GPU"), ("resources.cpus_per_trial=8", "8 CPU")):
+        experiment = load_experiment(ROOT / "experiments" / "digits.yaml", [override])
+        with pytest.raises(InputError, match=f"a trial needs {needs}.*has 2 CPU and 0 GPU in all; lower"):
+            check_resources(experiment, None)
+        check_resources(experiment, "10.0.0.1:6379")  # a cluster may still grow: a warning only
+        assert "trials wait until the cluster grows" in capsys.readouterr().err
+
+
+class _Result:
+    def __init__(self, trial_id, epoch):
+        self.metrics = {"epoch": epoch, "val_acc": 50.0 + epoch, "trial_seconds": 1.0}
+        self.config = {"base": {"epochs": 4, "loss": "barlow", "seed": 0}, "loss": "barlow"}
+        self.error, self.checkpoint, self.path = None, None, f"/sweeps/s/trial_{trial_id}"
+
+
+def test_an_interrupted_sweep_says_so_and_how_to_resume(monkeypatch):
+    import sslsearch.search as search
+
+    results = [_Result("a", 4), _Result("b", 2), _Result("c", 1)]
+    # what Tune saved after Ctrl-C (the ResultGrid itself calls all three TERMINATED)
+    monkeypatch.setattr(search, "saved_statuses", lambda path: {"trial_a": "TERMINATED", "trial_b": "TERMINATED",
+                                                                "trial_c": "PENDING"})
+    summary = summarize(results, "s", "/sweeps/s", 10.0, 2, None)
+    assert [t.outcome for t in summary.trials] == ["completed", "stopped early", "running"]
+    assert summary.unfinished == 1
+    text = summary.format()
+    assert "1 completed, 1 stopped early, 1 running" in text
+    assert text.splitlines()[-1] == "interrupted with 1 trial unfinished; continue with: sslsearch resume s"
+    monkeypatch.setattr(search, "saved_statuses", lambda path: {})  # unreadable state: no claim either way
+    finished = summarize(results, "s", "/sweeps/s", 10.0, 2, None)
+    assert finished.unfinished == 0 and "interrupted" not in finished.format()
 
 
 def test_paired_searcher_gives_twins_that_differ_only_in_loss():
