@@ -415,9 +415,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _refuse_unknown(parser: argparse.ArgumentParser, args: argparse.Namespace, extra: list[str]) -> None:
+    """Unknown arguments: one line from the (sub)command they were given to, with a close match."""
+    import difflib
+
+    command = parser
+    for key in ("command", "bench"):
+        subparsers = next((a for a in command._actions if isinstance(a, argparse._SubParsersAction)), None)
+        if subparsers is None or getattr(args, key, None) not in subparsers.choices:
+            break
+        command = subparsers.choices[getattr(args, key)]
+    flags = sorted(f for a in command._actions for f in a.option_strings if f.startswith("--") and f != "--help")
+    hints = [f"{x} (did you mean {close[0]}?)" if (close := difflib.get_close_matches(x.split("=")[0], flags, 1)) else x
+             for x in extra]
+    command.error(f"unrecognized arguments: {' '.join(hints)}; accepted: {', '.join(flags)}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: bad input is one line on stderr and exit code 2, never a traceback."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        _refuse_unknown(parser, args, extra)
     try:
         return args.run(args)
     except InputError as error:

@@ -530,7 +530,8 @@ def _plot_importances(sweep: str, study_path: Path, path: Path) -> str | None:
     ax = fig.add_subplot()
     ax.barh(names, [importances[n] for n in names], color="tab:green")
     ax.set_xlabel("importance for val_acc (normalised)")
-    ax.set_title(f"{sweep}: hyperparameter importances ({type(evaluator).__name__}, {len(completed)} completed trials)",
+    # Two lines: a sweep's default name (experiment-date-time) plus the evaluator overflow one.
+    ax.set_title(f"{sweep}: hyperparameter importances\n({type(evaluator).__name__}, {len(completed)} completed trials)",
                  fontsize="small")
     fig.savefig(path, dpi=120)
     return None

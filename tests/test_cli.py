@@ -89,6 +89,15 @@ def test_linear_evaluation_of_a_checkpoint(tmp_path, capsys):
     assert len(written) == 1 and len(written[0].read_text().splitlines()) == 2
 
 
+def test_unknown_flags_are_one_line_from_their_command_with_a_hint(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["bench", "probe", "--train-imgs", "3"])
+    err = capsys.readouterr().err.strip()
+    assert done.value.code == 2 and len(err.splitlines()) == 1
+    assert err.startswith("sslsearch bench probe: error: unrecognized arguments: --train-imgs (did you mean --train-images?)")
+    assert "accepted: --backbone" in err and "--val-images" in err
+
+
 def test_help_of_every_command_prints(capsys):
     for argv in (["--help"], ["bench", "--help"], ["bench", "train", "--help"], ["bench", "probe", "--help"],
                  ["sweep", "--help"], ["leaderboard", "--help"], ["export", "--help"], ["linear", "--help"],
