@@ -205,6 +205,13 @@ def _add_bench_train(bench) -> None:
     q.set_defaults(run=_run_bench_probe)
 
 
+def _int_list(text: str, option: str, what: str, example: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(n) for n in text.split(",") if n.strip())
+    except ValueError:
+        raise InputError(f"{option} expects {what} joined by ',', e.g. {example}, got {text!r}") from None
+
+
 def _run_bench_train(args) -> int:
     from sslsearch.bench import bench_train, format_bench_train
 
@@ -219,10 +226,7 @@ def _run_bench_train(args) -> int:
 def _run_bench_packing(args) -> int:
     from sslsearch.bench import bench_packing, format_bench_packing
 
-    try:
-        trials = tuple(int(n) for n in args.trials.split(",") if n.strip())
-    except ValueError:
-        raise InputError(f"--trials expects counts joined by ',', e.g. 1,2,4, got {args.trials!r}") from None
+    trials = _int_list(args.trials, "--trials", "counts", "1,2,4")
     result = bench_packing(trials, args.backbone, args.image_size, args.batch_size, args.device, steps=args.steps,
                            threads=args.threads)
     print(json.dumps(result, indent=2) if args.json else format_bench_packing(result))
@@ -232,10 +236,7 @@ def _run_bench_packing(args) -> int:
 def _run_bench_probe(args) -> int:
     from sslsearch.bench import bench_probe, format_bench_probe
 
-    try:
-        intervals = tuple(int(n) for n in args.eval_every.split(",") if n.strip())
-    except ValueError:
-        raise InputError(f"--eval-every expects epochs joined by ',', e.g. 5,10, got {args.eval_every!r}") from None
+    intervals = _int_list(args.eval_every, "--eval-every", "epochs", "5,10")
     result = bench_probe(args.backbone, args.image_size, args.device, args.train_images, args.val_images, args.classes,
                          args.batch_size, args.epoch_seconds, intervals, threads=args.threads)
     print(json.dumps(result, indent=2) if args.json else format_bench_probe(result))
@@ -335,11 +336,11 @@ def _tracking_uri(args) -> str:
 
 
 def _records_uri(args) -> str:
-    """The tracking URI of existing records, checked: an unreachable server or a missing store is one line."""
+    """The tracking URI of existing records, checked: an unreachable server is one line, not minutes of retries."""
     from sslsearch.tracking import check_tracking
 
     uri = _tracking_uri(args)
-    check_tracking(uri, must_exist=True)
+    check_tracking(uri, reading=True)
     return uri
 
 

@@ -97,13 +97,11 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *, val_fr
                  split_seed: int = 0, download: bool = True, image_size: int | None = None,
                  device: str | torch.device = "cpu") -> ImageData:
     """Load data set `name` (one of DATASETS) from `data_dir` (default ./data; ignored by digits) onto `device`."""
-    if name not in DATASETS:
-        raise InputError(f"unknown data set {name!r}; accepted: {', '.join(DATASETS)}")
+    root = _dataset_root(name, data_dir)
     _check_fraction("val_fraction", val_fraction)
     _check_seed("split_seed", split_seed)
     image_size = _check_image_size(name, image_size)
     device = _check_device(device)
-    root = Path(DEFAULT_DATA_DIR if data_dir is None else data_dir).expanduser().resolve()
     source = _LOADERS[name](root, download, image_size)
     return _assemble(name, source, val_fraction, split_seed, device)
 
@@ -114,14 +112,17 @@ def prepare_dataset(name: str, data_dir: str | os.PathLike | None = None, *, dow
     A sweep calls this once on the driver before any trial starts: trials then neither race each
     other to download the same archive nor fail one by one on a data set that is not there.
     """
-    if name not in DATASETS:
-        raise InputError(f"unknown data set {name!r}; accepted: {', '.join(DATASETS)}")
-    root = Path(DEFAULT_DATA_DIR if data_dir is None else data_dir).expanduser().resolve()
+    root = _dataset_root(name, data_dir)
     if name in _ARCHIVES:
         _ensure_present(name, root, _ARCHIVES[name], download)
-    elif name == "folder" and not (root / "train").is_dir():
-        raise InputError(f"folder data set not found: expected {root}/train/<class>/{_SUFFIX_GLOB} "
-                         f"and optionally {root}/test/<class>/{_SUFFIX_GLOB}")
+    elif name == "folder":
+        _folder_classes(root)
+
+
+def _dataset_root(name: str, data_dir: str | os.PathLike | None) -> Path:
+    if name not in DATASETS:
+        raise InputError(f"unknown data set {name!r}; accepted: {', '.join(DATASETS)}")
+    return Path(DEFAULT_DATA_DIR if data_dir is None else data_dir).expanduser().resolve()
 
 
 def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -538,13 +539,20 @@ def _tiny_imagenet_names(base: Path, wnids: list[str]) -> tuple[str, ...]:
     return tuple(n if names.count(n) == 1 else f"{n} ({w})" for n, w in zip(names, wnids))
 
 
-def _load_folder(root: Path, download: bool, image_size: int | None) -> _Source:
-    size = image_size or FOLDER_IMAGE_SIZE
-    layout = f"expected {root}/train/<class>/{_SUFFIX_GLOB} and optionally {root}/test/<class>/{_SUFFIX_GLOB}"
-    train_dir, test_dir = root / "train", root / "test"
+def _folder_classes(root: Path) -> list[Path]:
+    """The class folders of root/train; InputError naming the layout when there are none."""
+    train_dir = root / "train"
     class_dirs = _class_dirs(train_dir) if train_dir.is_dir() else []
     if not class_dirs:
-        raise InputError(f"folder data set not found: {layout}")
+        raise InputError(f"folder data set not found: expected {root}/train/<class>/{_SUFFIX_GLOB} "
+                         f"and optionally {root}/test/<class>/{_SUFFIX_GLOB}")
+    return class_dirs
+
+
+def _load_folder(root: Path, download: bool, image_size: int | None) -> _Source:
+    size = image_size or FOLDER_IMAGE_SIZE
+    train_dir, test_dir = root / "train", root / "test"
+    class_dirs = _folder_classes(root)
     classes = tuple(d.name for d in class_dirs)
     train = []
     for label, directory in enumerate(class_dirs):

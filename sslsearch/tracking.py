@@ -83,9 +83,10 @@ def _artifact_root(uri: str) -> str | None:
     return (path.parent / "mlartifacts").as_uri() if path is not None else None
 
 
-def check_tracking(uri: str, sweep: str | None = None, *, must_exist: bool = False) -> None:
+def check_tracking(uri: str, sweep: str | None = None, *, reading: bool = False) -> None:
     """InputError (one line) if the tracking store cannot take records; `sweep`: also refuse a name already
-    recorded; `must_exist`: the store is read (leaderboard, export), so a SQLite file must already exist."""
+    recorded; `reading` (leaderboard, export): only check that the store can be reached, creating
+    nothing (leaderboard.mlflow_client refuses a SQLite store that does not exist)."""
     if uri.startswith(("http://", "https://")):
         try:
             response = requests.get(f"{uri.rstrip('/')}/health", timeout=5)
@@ -97,10 +98,7 @@ def check_tracking(uri: str, sweep: str | None = None, *, must_exist: bool = Fal
     elif (path := _sqlite_path(uri)) is not None:
         if not path.is_absolute():
             raise InputError(f"tracking URI {uri} must name an absolute path (Ray moves trials' working directories)")
-        if must_exist:
-            if not path.is_file():
-                raise InputError(f"no MLflow records at {path}; run `sslsearch sweep` first, or pass the sweeps' "
-                                 "--storage or --tracking-uri")
+        if reading:
             return
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
