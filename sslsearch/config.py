@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from sslsearch.errors import InputError
+from sslsearch.rungs import rung_epochs
 from sslsearch.train import PretrainConfig
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -201,3 +202,8 @@ def validate_experiment(experiment: Experiment) -> None:
     for ok, message in checks:
         if not ok:
             raise InputError(message)
+    if sch.type == "asha":
+        rung_epochs(experiment.pretrain.epochs, experiment.pretrain.eval_every, sch.grace_period, sch.reduction_factor)
+        if s.paired and s.max_concurrent < 2:
+            raise InputError("a paired ASHA sweep runs both twins of a pair together (one waits for the other at each "
+                             f"rung): search.max_concurrent must be at least 2, got {s.max_concurrent}")

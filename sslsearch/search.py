@@ -1,9 +1,14 @@
-"""Sweeps: a Ray Tune Tuner with Optuna sampling and ASHA early stopping.
+"""Sweeps: a Ray Tune Tuner with Optuna sampling and ASHA early stopping (sslsearch.asha).
 
-Fixes a known defect of Ray's OptunaSearch: when ASHA stops a trial early, OptunaSearch tells
-Optuna the trial COMPLETED with its truncated score, so TPE learns from short trials as if they
-were final. `SweepSearcher` records such trials as PRUNED, with their intermediate values at
-step = epoch, as Optuna's own pruners would.
+`SweepSearcher` keeps Optuna's study equal to what the trials reported (DESIGN.md, "One truth per trial"):
+- every reported val_acc at step = epoch, including the report that got a trial stopped: Ray passes
+  that one (and a completed trial's last report) only to `on_trial_complete`, never to `on_trial_result`;
+- a trial stopped early by ASHA or the time budget is PRUNED, not COMPLETE with its truncated score
+  (Ray's OptunaSearch tells COMPLETE, so TPE would learn from short trials as if they were final);
+- a diverged trial (NaN/inf loss) is COMPLETE at chance-level val_acc, so TPE learns to avoid its
+  region (told FAIL, TPE ignores it and keeps sampling there); FAIL is kept for real errors;
+- an errored trial that `resume` runs again gets a fresh Optuna trial (same parameters, the reports
+  so far) that learns the rerun's true outcome; the failed attempt stays FAIL.
 """
 
 from __future__ import annotations
@@ -24,9 +29,11 @@ import optuna
 import pyarrow.fs
 import ray
 from ray import tune
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
 
+from sslsearch.asha import PairedASHA, RungState
+from sslsearch.rungs import rung_epochs
 from sslsearch.config import Experiment, experiment_from_dict
 from sslsearch.data import prepare_dataset
 from sslsearch.errors import InputError
@@ -37,15 +44,24 @@ from sslsearch.trainable import run_trial
 METRIC, MODE = "val_acc", "max"
 SWEEP_FILE = "sslsearch-sweep.json"
 STUDY_FILE = "optuna-study.journal"
-OUTCOMES = ("completed", "stopped early", "errored", "running")
+OUTCOMES = ("completed", "stopped early", "diverged", "errored", "running")
 
 
-def trial_outcome(last_epoch: int, max_epochs: int | None, errored: bool = False) -> str:
-    """A finished trial's outcome: errored, completed (reached its last epoch), or stopped early by
-    ASHA or the time budget. The searcher, the sweep summary and the MLflow records all use this."""
+def trial_outcome(last_epoch: int, max_epochs: int | None, errored: bool = False, diverged: bool = False) -> str:
+    """A finished trial's outcome: errored (infrastructure or bug), diverged (NaN/inf loss: a result
+    about the configuration), completed (reached its last epoch), or stopped early by ASHA or the
+    time budget. The searcher, the sweep summary and the MLflow records all use this."""
     if errored:
         return "errored"
+    if diverged:
+        return "diverged"
     return "completed" if max_epochs is not None and last_epoch >= max_epochs else "stopped early"
+
+
+def result_outcome(result: dict | None, max_epochs: int | None, errored: bool = False) -> str:
+    """`trial_outcome` of a trial whose last Ray result is `result`."""
+    result = result or {}
+    return trial_outcome(int(result.get("epoch", 0) or 0), max_epochs, errored=errored, diverged=bool(result.get("diverged")))
 
 
 def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
@@ -93,9 +109,19 @@ class SweepSearcher(OptunaSearch):
         self._study_path = study_path
         self._partner: dict | None = None   # params waiting for their other-loss twin
         self._suggested = 0
+        self._steps: dict[str, dict[int, float]] = {}   # trial id → the val_acc told to Optuna per epoch
         self.outcomes: dict[str, str] = {}
 
+    def set_max_concurrency(self, max_concurrent: int) -> bool:
+        # The searcher limits concurrency itself: Ray's ConcurrencyLimiter drops on_trial_complete for
+        # a trial it does not count as live, such as an errored trial that `resume` runs again.
+        self._max_concurrent = max_concurrent
+        return True
+
     def suggest(self, trial_id: str):
+        live = len(self._ot_trials) - len(self._completed_trials)
+        if trial_id not in self._ot_trials and live >= getattr(self, "_max_concurrent", math.inf):
+            return None
         if trial_id not in self._ot_trials and self._paired and self._partner is not None:
             # The next ask() returns exactly these params: the same configuration with the other loss.
             self._ot_study.enqueue_trial(self._partner, skip_if_exists=False)
@@ -120,20 +146,60 @@ class SweepSearcher(OptunaSearch):
         return {**config, "seed": ot_trial.user_attrs["seed"], "pair": ot_trial.user_attrs["pair"]}
 
     def on_trial_result(self, trial_id: str, result: dict):
-        if trial_id in self._completed_trials or result.get(METRIC) is None:
-            return
-        self._ot_trials[trial_id].report(result[METRIC], step=int(result["epoch"]))
-
-    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+        if trial_id in self._completed_trials and self.outcomes.get(trial_id) == "errored":
+            self._rerun(trial_id)   # an errored trial that Tuner.restore(resume_errored=True) runs again
         if trial_id in self._completed_trials:
             return
+        self._report(trial_id, result)
+
+    def _report(self, trial_id: str, result: dict | None) -> None:
+        """Record a report's val_acc at step = epoch, once per step."""
+        if not result or result.get(METRIC) is None or "epoch" not in result:
+            return
+        value, step = float(result[METRIC]), int(result["epoch"])
+        steps = self._steps.setdefault(trial_id, {})
+        if step not in steps and math.isfinite(value):
+            self._ot_trials[trial_id].report(value, step=step)
+            steps[step] = value
+
+    def _rerun(self, trial_id: str) -> None:
+        """A fresh Optuna trial with the same parameters and the reports so far: the study keeps the
+        failed attempt as FAIL and learns the rerun's true outcome."""
+        failed = self._ot_trials[trial_id]
+        self._ot_study.enqueue_trial(dict(failed.params), skip_if_exists=False)
+        fresh = self._ot_study.ask(fixed_distributions=self._space)
+        for key in ("pair", "seed"):
+            fresh.set_user_attr(key, failed.user_attrs[key])
+        fresh.set_user_attr("ray_trial_id", trial_id)
+        fresh.set_user_attr("rerun_of", failed.number)
+        self._ot_trials[trial_id] = fresh
+        for step, value in sorted(self._steps.get(trial_id, {}).items()):
+            fresh.report(value, step=step)
+        self._completed_trials.discard(trial_id)
+        self.outcomes.pop(trial_id, None)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+        if trial_id in self._completed_trials and self.outcomes.get(trial_id) == "errored" and not error:
+            self._rerun(trial_id)
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return
         ot_trial = self._ot_trials[trial_id]
+        # Ray does not pass the report that made the scheduler stop a trial (nor a completed trial's
+        # last report) to on_trial_result: it arrives here, as the trial's last result.
+        self._report(trial_id, result)
+        steps = self._steps.get(trial_id, {})
+        last_step = max(steps, default=0)
+        if result is None or "epoch" not in result:
+            # A paused trial stopped while it waited for its twin: its last report is the one recorded.
+            result = {"epoch": last_step, METRIC: steps.get(last_step)} if steps else None
         value = (result or {}).get(METRIC)
-        failed = error or value is None or (isinstance(value, float) and not math.isfinite(value))
-        outcome = trial_outcome(int((result or {}).get("epoch", 0)), self._max_epochs, errored=failed)
-        # Stopped by ASHA (or by the time budget) before its last epoch: PRUNED, not COMPLETE.
+        failed = error or value is None or not math.isfinite(float(value))
+        outcome = result_outcome(result, self._max_epochs, errored=failed)
+        # Stopped by ASHA (or by the time budget) before its last epoch: PRUNED, not COMPLETE. A diverged
+        # trial is a finished result at chance-level val_acc, so TPE learns to avoid its region.
         state, values = {"errored": (optuna.trial.TrialState.FAIL, None),
                          "stopped early": (optuna.trial.TrialState.PRUNED, None),
+                         "diverged": (optuna.trial.TrialState.COMPLETE, value),
                          "completed": (optuna.trial.TrialState.COMPLETE, value)}[outcome]
         ot_trial.set_user_attr("outcome", outcome)
         self._ot_study.tell(ot_trial, values, state=state)
@@ -203,6 +269,13 @@ class TrialSummary:
     node_id: str | None = None
     pair: int | None = None
 
+    @property
+    def rankable(self) -> bool:
+        """Only trained, finished, finite results are ranked: never a trial that errored, diverged, is
+        still running, or was stopped after its epoch-0 report (a random network)."""
+        return (self.outcome in ("completed", "stopped early") and self.epoch > 0 and self.val_acc is not None
+                and math.isfinite(self.val_acc))
+
 
 @dataclass
 class SweepSummary:
@@ -217,7 +290,7 @@ class SweepSummary:
     def best_per_loss(self) -> dict[str, TrialSummary]:
         best: dict[str, TrialSummary] = {}
         for t in self.trials:
-            if t.val_acc is None or not math.isfinite(t.val_acc):
+            if not t.rankable:
                 continue
             if t.loss not in best or t.val_acc > best[t.loss].val_acc:
                 best[t.loss] = t
@@ -322,9 +395,9 @@ def _concurrency(experiment: Experiment) -> int:
     return int(max(1, min(experiment.search.max_concurrent, slots)))
 
 
-def _trainable(experiment: Experiment):
-    return tune.with_resources(run_trial, {"cpu": experiment.resources.cpus_per_trial,
-                                           "gpu": experiment.resources.gpus_per_trial})
+def _trainable(experiment: Experiment, trainable=None):
+    return tune.with_resources(trainable or run_trial, {"cpu": experiment.resources.cpus_per_trial,
+                                                        "gpu": experiment.resources.gpus_per_trial})
 
 
 def _local_path(storage: str) -> Path | None:
@@ -336,8 +409,13 @@ def sweep_path(storage: str, name: str) -> str:
 
 
 def run_sweep(experiment: Experiment, space: SearchSpace, *, name: str, storage: str, address: str | None = None,
-              callbacks: list | None = None, quiet: bool = False) -> SweepSummary:
-    """Run a new sweep; its records live in `storage`/`name`."""
+              callbacks: list | None = None, quiet: bool = False, trainable=None, synthetic: dict | None = None
+              ) -> SweepSummary:
+    """Run a new sweep; its records live in `storage`/`name`.
+
+    `trainable` replaces `trainable.run_trial` (with `synthetic`: `synthetic.synthetic_trial` and its
+    settings), for tests and platform benchmarks that exercise the search without training.
+    """
     local = _local_path(storage)
     if local is not None:
         storage = str(local.resolve())
@@ -348,7 +426,8 @@ def run_sweep(experiment: Experiment, space: SearchSpace, *, name: str, storage:
         raise InputError("search.paired needs 'loss' in the search space as a choice of barlow and hsic")
     if experiment.search.paired and sorted(space.choices("loss")) != ["barlow", "hsic"]:
         raise InputError(f"search.paired needs loss choices [barlow, hsic], got {list(space.choices('loss'))}")
-    if address is None:
+    scheduler_line = describe_scheduler(experiment)
+    if address is None and trainable is None:
         # Once, here: trials would race to download it, or fail one by one if it cannot be had.
         # (On a cluster the data folder is the workers', which this machine may not see.)
         prepare_dataset(experiment.pretrain.dataset, experiment.pretrain.data_dir)
@@ -357,7 +436,7 @@ def run_sweep(experiment: Experiment, space: SearchSpace, *, name: str, storage:
     check_resources(experiment, address)
     path = sweep_path(storage, name)
     print(f"sweep {name}: {experiment.search.num_samples} trials of up to {experiment.pretrain.epochs} epochs on "
-          f"{experiment.pretrain.dataset}; records in {path}", file=open(os.devnull, "w") if quiet else sys.stdout, flush=True)
+          f"{experiment.pretrain.dataset}; {scheduler_line}; records in {path}", file=open(os.devnull, "w") if quiet else sys.stdout, flush=True)
     study_path = f"{path}/{STUDY_FILE}"
     if local is not None:
         Path(path).mkdir(parents=True)
@@ -369,24 +448,20 @@ def run_sweep(experiment: Experiment, space: SearchSpace, *, name: str, storage:
     searcher = SweepSearcher(space, max_epochs=experiment.pretrain.epochs, sampler=experiment.search.sampler,
                              seed=experiment.search.seed, paired=experiment.search.paired, study_name=name,
                              study_path=study_path)
-    if experiment.scheduler.type == "asha":
-        scheduler = ASHAScheduler(time_attr="epoch", metric=METRIC, mode=MODE, max_t=experiment.pretrain.epochs,
-                                  grace_period=experiment.scheduler.grace_period,
-                                  reduction_factor=experiment.scheduler.reduction_factor)
-    else:
-        scheduler = FIFOScheduler()
+    scheduler = make_scheduler(experiment)
+    state = [RungState(scheduler)] if isinstance(scheduler, PairedASHA) else []
     concurrency = _concurrency(experiment)
     tuner = tune.Tuner(
-        _trainable(experiment),
+        _trainable(experiment, trainable),
         param_space={"base": experiment.pretrain.to_dict(), "final_test": True,
-                     "cpus": experiment.resources.cpus_per_trial},
+                     "cpus": experiment.resources.cpus_per_trial, **({"synthetic": synthetic} if synthetic else {})},
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=experiment.search.num_samples,
                                     max_concurrent_trials=experiment.search.max_concurrent,
                                     time_budget_s=experiment.search.time_budget_s, reuse_actors=True,
                                     trial_dirname_creator=_trial_dirname),
         run_config=tune.RunConfig(
             name=name, storage_path=storage, verbose=0,
-            callbacks=[LiveView(quiet), *(callbacks or [])],
+            callbacks=[LiveView(quiet), *state, *(callbacks or [])],
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1 if experiment.tracking.checkpoints != "all" else None,
                                                     checkpoint_score_attribute=METRIC, checkpoint_score_order=MODE),
             failure_config=tune.FailureConfig(max_failures=0)),
@@ -394,6 +469,28 @@ def run_sweep(experiment: Experiment, space: SearchSpace, *, name: str, storage:
     started = time.monotonic()
     results = tuner.fit()
     return summarize(results, name, path, time.monotonic() - started, concurrency, study_path)
+
+
+def make_scheduler(experiment: Experiment) -> TrialScheduler:
+    """ASHA (pair-aware in paired sweeps, rungs saved with the sweep) or FIFO (every trial to its full budget)."""
+    if experiment.scheduler.type != "asha":
+        return FIFOScheduler()
+    return PairedASHA(metric=METRIC, max_epochs=experiment.pretrain.epochs, eval_every=experiment.pretrain.eval_every,
+                      grace_period=experiment.scheduler.grace_period,
+                      reduction_factor=experiment.scheduler.reduction_factor, paired=experiment.search.paired)
+
+
+def describe_scheduler(experiment: Experiment) -> str:
+    """The sweep's opening words on stopping: at which epochs ASHA decides."""
+    if experiment.scheduler.type != "asha":
+        return "no early stopping (FIFO)"
+    pretrain = experiment.pretrain
+    rungs = rung_epochs(pretrain.epochs, pretrain.eval_every, experiment.scheduler.grace_period,
+                        experiment.scheduler.reduction_factor)
+    unit = "pairs" if experiment.search.paired else "trials"
+    keep = f"1/{experiment.scheduler.reduction_factor:g}"
+    return (f"ASHA stops {unit} below the top {keep} at epochs {', '.join(map(str, rungs))}" if rungs
+            else "ASHA has no rung before the last epoch: no early stopping")
 
 
 def _write_bytes(uri: str, data: bytes) -> None:
@@ -423,7 +520,7 @@ def sweep_metadata(name: str, storage: str) -> dict:
     return json.loads(_read_text(f"{path}/{SWEEP_FILE}"))
 
 
-def resume_sweep(name: str, storage: str, address: str | None = None) -> SweepSummary:
+def resume_sweep(name: str, storage: str, address: str | None = None, trainable=None) -> SweepSummary:
     """Continue an interrupted sweep: searcher, scheduler and unfinished trials from their checkpoints."""
     local = _local_path(storage)
     if local is not None:
@@ -434,7 +531,7 @@ def resume_sweep(name: str, storage: str, address: str | None = None) -> SweepSu
     experiment = experiment_from_dict(meta["experiment"], meta.get("experiment_source"))
     connect_ray(address)
     check_resources(experiment, address)
-    tuner = tune.Tuner.restore(path, trainable=_trainable(experiment),
+    tuner = tune.Tuner.restore(path, trainable=_trainable(experiment, trainable),
                                resume_unfinished=True, resume_errored=True)
     started = time.monotonic()
     results = tuner.fit()
@@ -462,10 +559,10 @@ def summarize(results, name: str, path: str, wall: float, concurrency: int, stud
         config = result.config or {}
         base = config.get("base", {})
         epoch = int(metrics.get("epoch", 0) or 0)
-        outcome = trial_outcome(epoch, base.get("epochs"), errored=result.error is not None)
+        outcome = result_outcome(metrics, base.get("epochs"), errored=result.error is not None)
         if status.get(Path(result.path).name, "TERMINATED") not in ("TERMINATED", "ERROR"):
             outcome = "running"
-        params = {k: v for k, v in config.items() if k not in ("base", "final_test", "cpus", "pair", "seed")}
+        params = {k: v for k, v in config.items() if k not in ("base", "final_test", "cpus", "pair", "seed", "synthetic")}
         params["seed"] = config.get("seed", base.get("seed"))
         trials.append(TrialSummary(
             trial_id=metrics.get("trial_id") or Path(result.path).name, loss=params.get("loss", base.get("loss")),

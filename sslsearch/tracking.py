@@ -47,7 +47,7 @@ from ray import tune
 import sslsearch
 from sslsearch.config import Experiment
 from sslsearch.errors import InputError
-from sslsearch.search import trial_outcome
+from sslsearch.search import result_outcome
 from sslsearch.space import SearchSpace
 
 log = logging.getLogger(__name__)
@@ -295,7 +295,7 @@ class MlflowTracking(tune.Callback):
                         "the metrics and checkpoints", self.uri, len(self._outbox), self.sweep, self.sweep_path or "")
 
     def _outcome(self, trial) -> str:
-        return trial_outcome(int((trial.last_result or {}).get("epoch", 0)), self.experiment.pretrain.epochs)
+        return result_outcome(trial.last_result, self.experiment.pretrain.epochs)
 
     def _finish(self, trial, outcome: str, status: str, error: str | None = None, only_if_open: bool = False) -> None:
         result = trial.last_result or {}

@@ -139,7 +139,11 @@ class PretrainConfig:
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite."""
+    """The loss became NaN or infinite (in epoch `epoch`)."""
+
+    def __init__(self, message: str, epoch: int):
+        super().__init__(message)
+        self.epoch = epoch
 
 
 @dataclass
@@ -392,7 +396,7 @@ def pretrain(config: PretrainConfig, *, out_dir: str | os.PathLike | None = None
         seconds = time.perf_counter() - epoch_start
         if not math.isfinite(train_loss):
             raise TrainingDiverged(f"loss became {train_loss} in epoch {epoch} (loss={config.loss}, lmbda={config.lmbda}, "
-                                   f"lr={config.lr}); lower the learning rate or λ")
+                                   f"lr={config.lr}); lower the learning rate or λ", epoch=epoch)
         # images_per_s leaves the one-off compilation out; `seconds` is the epoch's wall time.
         training_seconds = seconds - (compile_seconds or 0.0)
         row = {"epoch": epoch, "train_loss": train_loss, "val_acc": None, "knn_acc": None,

@@ -2,7 +2,8 @@
 
 Every report interval the trial reports `epoch, loss, val_acc, knn_acc, images_per_s` with a
 checkpoint; it resumes from `tune.get_checkpoint()`; the last report also carries `test_acc`,
-measured once. The objective is `val_acc`, never test accuracy.
+measured once. The objective is `val_acc`, never test accuracy. A trial whose loss diverges ends
+with one last report, `diverged: True` at chance-level val_acc (no checkpoint).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import ray
 from ray import tune
 
 from sslsearch.data import ImageData
-from sslsearch.train import PretrainConfig, pretrain
+from sslsearch.train import PretrainConfig, TrainingDiverged, pretrain
 
 REPORTED = ("epoch", "loss", "val_acc", "knn_acc", "images_per_s", "test_acc")
 
@@ -37,6 +38,11 @@ def _data_for(config: PretrainConfig) -> ImageData:
         _DATA.clear()  # one data set at a time: they can be gigabytes
         _DATA[key] = config.load_data()
     return _DATA[key]
+
+
+def chance_accuracy(labels: torch.Tensor) -> float:
+    """val_acc (%) of always answering the most frequent class: what a diverged network scores."""
+    return 100.0 * torch.bincount(labels).max().item() / max(1, labels.numel())
 
 
 def run_trial(config: dict) -> None:
@@ -67,8 +73,16 @@ def run_trial(config: dict) -> None:
             (Path(folder) / "trial_seconds.txt").write_text(repr(metrics["trial_seconds"]))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
 
+    data = _data_for(pretrain_config)
     try:
-        pretrain(pretrain_config, out_dir=scratch / "run", resume=resume, data=_data_for(pretrain_config),
+        pretrain(pretrain_config, out_dir=scratch / "run", resume=resume, data=data,
                  on_report=report, progress=False, final_test=bool(config.get("final_test", True)))
+    except TrainingDiverged as diverged:
+        # A result about the configuration, not a fault: the trial ends with the score of a network
+        # that predicts one class, so the searcher learns to avoid the region (DESIGN.md, outcomes).
+        chance = chance_accuracy(data.val_labels)
+        tune.report({"epoch": diverged.epoch, "loss": float("nan"), "val_acc": chance, "knn_acc": chance, "diverged": True,
+                     "trial_seconds": seconds_before + time.perf_counter() - started,
+                     "node_id": ray.get_runtime_context().get_node_id()})
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

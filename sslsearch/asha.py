@@ -1,0 +1,166 @@
+"""Asynchronous successive halving (ASHA; Li et al., "A System for Massively Parallel Hyperparameter
+Tuning", MLSys 2020) as the sweep needs it: rungs that are part of the sweep's saved state, and
+pairs of trials (the same configuration with each loss) promoted or stopped as one unit.
+
+Ray's ASHAScheduler keeps its rungs in memory only (Tuner.restore builds a fresh one from
+tuner.pkl) and judges every trial alone, so in a paired sweep whichever twin reaches a rung first
+sets the bar for the other. `PairedASHA` makes the same decisions as Ray's single-bracket ASHA for
+unpaired sweeps (tests/test_asha.py checks it against Ray's own scheduler), and for paired sweeps:
+
+- a twin that reaches a rung before its partner is PAUSED there (its checkpoint kept) until the
+  partner reports at the same rung; the pair is then judged on the better of its two val_acc
+  values (the max: a configuration is worth more budget if either loss is promising there; the mean
+  would stop exactly the configurations that separate the two losses) against the rung's other
+  pairs, and both twins continue or both stop, so both losses always get equal budgets;
+- a partner that ended before the rung (diverged, errored) releases its twin, which is judged alone.
+
+`RungState` is a Tune callback holding the same scheduler object (Ray pickles the Tuner's
+scheduler and callbacks together in tuner.pkl, so the reference survives a restore): Ray saves its
+state with the trials' and the searcher's in every experiment checkpoint, and restores it on
+resume, so a resumed sweep decides exactly as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from ray import tune
+from ray.tune.experiment import Trial
+from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+
+from sslsearch.rungs import rung_epochs
+
+
+class PairedASHA(FIFOScheduler):
+    """Single-bracket ASHA on `epoch` and val_acc (max); pair-aware when `paired`."""
+
+    # One decision per report: a buffered batch of results could carry a trial past its rung.
+    _supports_buffered_results = False
+
+    def __init__(self, *, metric: str, max_epochs: int, eval_every: int, grace_period: int, reduction_factor: float,
+                 paired: bool):
+        super().__init__()
+        self._metric, self._mode = metric, "max"
+        self.max_epochs, self.reduction_factor, self.paired = max_epochs, reduction_factor, paired
+        self.rungs = rung_epochs(max_epochs, eval_every, grace_period, reduction_factor)
+        self._reset()
+
+    def _reset(self) -> None:
+        # rung epoch → unit (trial id, or "pair N") → the value it was judged on
+        self.recorded: dict[int, dict[str, float]] = {r: {} for r in self.rungs}
+        self.values: dict[str, dict[int, float]] = {}    # trial id → rung epoch → its own val_acc there
+        self.waiting: dict[str, int] = {}                  # paused twin → the rung it waits at
+        self.stopped = 0
+
+    # -- the state Ray checkpoints with the experiment (through RungState) -------------------------
+
+    def state_dict(self) -> dict:
+        return {"recorded": {str(r): dict(v) for r, v in self.recorded.items()},
+                "values": {t: {str(r): v for r, v in by_rung.items()} for t, by_rung in self.values.items()},
+                "waiting": dict(self.waiting), "stopped": self.stopped}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._reset()
+        for rung, units in state["recorded"].items():
+            self.recorded.setdefault(int(rung), {}).update(units)
+        self.values = {t: {int(r): v for r, v in by_rung.items()} for t, by_rung in state["values"].items()}
+        self.waiting = dict(state["waiting"])
+        self.stopped = int(state["stopped"])
+
+    # -- decisions ------------------------------------------------------------------------------------
+
+    def cutoff(self, rung: int) -> float | None:
+        values = list(self.recorded[rung].values())
+        return float(np.nanpercentile(values, (1 - 1 / self.reduction_factor) * 100)) if values else None
+
+    def _unit(self, trial: Trial) -> str:
+        return f"pair {trial.config.get('pair')}" if self.paired else trial.trial_id
+
+    def _twin(self, tune_controller, trial: Trial) -> Trial | None:
+        pair = trial.config.get("pair")
+        for other in tune_controller.get_trials():
+            if other is not trial and other.config.get("pair") == pair:
+                return other
+        return None
+
+    def _judge(self, rung: int, unit: str, value: float) -> str:
+        """ASHA's rule: stop below the rung's (1 − 1/factor) quantile of the units recorded before."""
+        cutoff = self.cutoff(rung)
+        self.recorded[rung][unit] = value
+        if cutoff is not None and value < cutoff:
+            self.stopped += 1
+            return TrialScheduler.STOP
+        return TrialScheduler.CONTINUE
+
+    def on_trial_result(self, tune_controller, trial: Trial, result: dict) -> str:
+        if "epoch" not in result or self._metric not in result:
+            return TrialScheduler.CONTINUE
+        epoch, value = int(result["epoch"]), float(result[self._metric])
+        if epoch >= self.max_epochs or result.get("diverged"):
+            return TrialScheduler.STOP
+        mine = self.values.setdefault(trial.trial_id, {})
+        # The highest rung reached and not yet recorded (with aligned rungs: the rung of this report).
+        rung = next((r for r in reversed(self.rungs) if epoch >= r and r not in mine), None)
+        if rung is None:
+            return TrialScheduler.CONTINUE
+        mine[rung] = value
+        if not self.paired:
+            return self._judge(rung, trial.trial_id, value)
+        twin = self._twin(tune_controller, trial)
+        if twin is not None and rung in self.values.get(twin.trial_id, {}):
+            decision = self._judge(rung, self._unit(trial), max(value, self.values[twin.trial_id][rung]))
+            self._release(tune_controller, twin, decision)
+            return decision
+        if twin is None or twin.status in (Trial.TERMINATED, Trial.ERROR):
+            return self._judge(rung, self._unit(trial), value)   # its partner ended before this rung
+        self.waiting[trial.trial_id] = rung
+        return TrialScheduler.PAUSE
+
+    def _release(self, tune_controller, twin: Trial, decision: str) -> None:
+        """Apply the pair's decision to the twin waiting at the rung."""
+        if self.waiting.pop(twin.trial_id, None) is None:
+            return
+        if decision == TrialScheduler.STOP and twin.status in (Trial.PAUSED, Trial.PENDING):
+            tune_controller.stop_trial(twin)
+        # CONTINUE: no longer waiting, so choose_trial_to_run picks it up again.
+
+    def _partner_ended(self, tune_controller, trial: Trial) -> None:
+        self.waiting.pop(trial.trial_id, None)
+        if not self.paired:
+            return
+        twin = self._twin(tune_controller, trial)
+        if twin is None or twin.trial_id not in self.waiting:
+            return
+        rung = self.waiting[twin.trial_id]
+        self._release(tune_controller, twin, self._judge(rung, self._unit(twin), self.values[twin.trial_id][rung]))
+
+    def on_trial_complete(self, tune_controller, trial: Trial, result: dict) -> None:
+        self._partner_ended(tune_controller, trial)
+
+    def on_trial_error(self, tune_controller, trial: Trial) -> None:
+        self._partner_ended(tune_controller, trial)
+
+    def on_trial_remove(self, tune_controller, trial: Trial) -> None:
+        self._partner_ended(tune_controller, trial)
+
+    def choose_trial_to_run(self, tune_controller) -> Trial | None:
+        for status in (Trial.PENDING, Trial.PAUSED):
+            for trial in tune_controller.get_trials():
+                if trial.status == status and trial.trial_id not in self.waiting:
+                    return trial
+        return None
+
+    def debug_string(self) -> str:
+        return f"PairedASHA: rungs at epochs {self.rungs}, {self.stopped} stopped, {len(self.waiting)} waiting for a twin"
+
+
+class RungState(tune.Callback):
+    """Carries the scheduler's rungs in Ray's experiment checkpoints, so `Tuner.restore` gets them back."""
+
+    def __init__(self, scheduler: PairedASHA):
+        self.scheduler = scheduler
+
+    def get_state(self) -> dict:
+        return {"asha": self.scheduler.state_dict()}
+
+    def set_state(self, state: dict) -> None:
+        self.scheduler.load_state_dict(state["asha"])

@@ -1,0 +1,139 @@
+"""One truth per trial, checked on the real Tuner, searcher and scheduler (a synthetic trainable that
+reports like run_trial without training): what Optuna holds equals what Ray's trials reported."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+
+from sslsearch.config import load_experiment
+from sslsearch.errors import InputError
+from sslsearch.search import STUDY_FILE, resume_sweep, run_sweep
+from sslsearch.space import load_search_space
+from sslsearch.synthetic import CHANCE, synthetic_trial
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _experiment(*overrides):
+    return load_experiment(None, ["pretrain.epochs=8", "pretrain.eval_every=1", "search.num_samples=8",
+                                  "scheduler.grace_period=1", "scheduler.reduction_factor=2", *overrides])
+
+
+def _study(summary):
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(summary.study_path))
+    return optuna.load_study(study_name=Path(summary.path).name, storage=storage)
+
+
+def _ray_results(sweep_dir: Path) -> dict[str, list[dict]]:
+    """Every result Ray recorded per trial (its result.json), keyed by trial id."""
+    results = {}
+    for path in sweep_dir.glob("trial_*/result.json"):
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        results[path.parent.name.removeprefix("trial_")] = rows
+    return results
+
+
+def _sweep(tmp_path, name, experiment, **synthetic):
+    space = load_search_space(experiment.space_path())
+    return run_sweep(experiment, space, name=name, storage=str(tmp_path), quiet=True, trainable=synthetic_trial,
+                     synthetic=synthetic or {"epoch_seconds": 0.0})
+
+
+def test_optuna_holds_every_report_including_the_one_that_stopped_the_trial(ray_session, tmp_path):
+    summary = _sweep(tmp_path, "truth", _experiment("search.paired=false", "search.num_samples=10"))
+    results = _ray_results(Path(summary.path))
+    study = _study(summary)
+    assert len(study.trials) == 10
+    outcomes = {t.trial_id: t.outcome for t in summary.trials}
+    assert "stopped early" in outcomes.values() and "completed" in outcomes.values()
+    for trial in study.trials:
+        reported = results[trial.user_attrs["ray_trial_id"]]
+        # every report at step = epoch, the last one (ASHA's STOP, or the final epoch) included
+        assert trial.intermediate_values == {r["epoch"]: pytest.approx(r["val_acc"]) for r in reported}
+        last = reported[-1]
+        assert max(trial.intermediate_values) == last["epoch"]
+        expected = {"completed": optuna.trial.TrialState.COMPLETE, "stopped early": optuna.trial.TrialState.PRUNED}
+        assert trial.state == expected[outcomes[trial.user_attrs["ray_trial_id"]]]
+        if trial.state == optuna.trial.TrialState.COMPLETE:
+            assert trial.value == pytest.approx(last["val_acc"]) and last["epoch"] == 8
+        else:
+            assert last["epoch"] < 8
+
+
+def test_paired_sweep_stops_both_twins_of_a_pair_at_the_same_epoch(ray_session, tmp_path):
+    summary = _sweep(tmp_path, "pairs", _experiment("search.sampler=random"), epoch_seconds=0.02)
+    by_pair = {}
+    for t in summary.trials:
+        by_pair.setdefault(t.pair, {})[t.loss] = t.epoch
+    assert len(by_pair) == 4 and all(set(p) == {"barlow", "hsic"} for p in by_pair.values())
+    assert all(p["barlow"] == p["hsic"] for p in by_pair.values()), by_pair
+    assert any(p["barlow"] < 8 for p in by_pair.values()), "ASHA stopped no pair: the test shows nothing"
+    # Optuna agrees: both twins PRUNED at that epoch, or both COMPLETE
+    states = {}
+    for trial in _study(summary).trials:
+        states.setdefault(trial.user_attrs["pair"], set()).add((trial.state, max(trial.intermediate_values)))
+    assert all(len(s) == 1 for s in states.values()), states
+
+
+def test_diverged_trials_reach_optuna_as_finished_at_chance_level(ray_session, tmp_path):
+    summary = _sweep(tmp_path, "nan", _experiment("search.paired=false", "search.num_samples=6", "scheduler.type=fifo",
+                                                   "pretrain.epochs=3"), diverge_lr=1e-3)
+    outcomes = {t.trial_id: t for t in summary.trials}
+    diverged = [t for t in summary.trials if t.outcome == "diverged"]
+    assert diverged and len(diverged) < 6
+    for trial in _study(summary).trials:
+        t = outcomes[trial.user_attrs["ray_trial_id"]]
+        assert trial.user_attrs["outcome"] == t.outcome
+        if t.outcome == "diverged":
+            assert trial.params["lr"] > 1e-3
+            assert trial.state == optuna.trial.TrialState.COMPLETE and trial.value == CHANCE
+            assert trial.intermediate_values[1] == CHANCE
+        else:
+            assert trial.params["lr"] <= 1e-3
+    text = summary.format()
+    assert "diverged" in text.splitlines()[0]
+    assert all(b.outcome != "diverged" for b in summary.best_per_loss().values())
+
+
+def test_a_resumed_errored_trial_tells_optuna_its_true_outcome(ray_session, tmp_path):
+    flag = tmp_path / "fail"
+    flag.touch()
+    experiment = _experiment("search.paired=false", "search.num_samples=3", "scheduler.type=fifo", "pretrain.epochs=3")
+    summary = _sweep(tmp_path, "err", experiment, fail_flag=str(flag), fail_pair=1)
+    assert sorted(t.outcome for t in summary.trials) == ["completed", "completed", "errored"]
+    errored = next(t.trial_id for t in summary.trials if t.outcome == "errored")
+    assert not any(b.trial_id == errored for b in summary.best_per_loss().values())
+    flag.unlink()
+    again = resume_sweep("err", str(tmp_path), trainable=synthetic_trial)
+    assert sorted(t.outcome for t in again.trials) == ["completed"] * 3
+    attempts = [t for t in _study(again).trials if t.user_attrs["ray_trial_id"] == errored]
+    # the failed attempt stays FAIL; a fresh trial with the same parameters holds the rerun's true outcome
+    assert [t.state for t in attempts] == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE]
+    assert attempts[1].params == attempts[0].params and attempts[1].user_attrs["rerun_of"] == attempts[0].number
+    assert set(attempts[1].intermediate_values) == {0, 1, 2, 3}
+    assert attempts[1].user_attrs["outcome"] == "completed"
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (("scheduler.grace_period=3", "pretrain.eval_every=2"), "3 is not a report epoch"),
+    (("scheduler.reduction_factor=1.5", "scheduler.grace_period=2"), r"4\.5, 6\.75 are not report epochs"),
+    (("search.max_concurrent=1",), "search.max_concurrent must be at least 2"),
+])
+def test_rungs_between_reports_and_unpairable_concurrency_are_refused(overrides, message):
+    with pytest.raises(InputError, match=message):
+        _experiment(*overrides)
+
+
+def test_the_opening_line_says_where_asha_decides(ray_session, tmp_path, capsys):
+    experiment = _experiment("search.num_samples=2", "pretrain.epochs=4")
+    space = load_search_space(experiment.space_path())
+    run_sweep(experiment, space, name="line", storage=str(tmp_path), trainable=synthetic_trial, synthetic={})
+    first = capsys.readouterr().out.splitlines()[0]
+    assert "ASHA stops pairs below the top 1/2 at epochs 1, 2;" in first, first
