@@ -49,6 +49,7 @@ class PairedASHA(FIFOScheduler):
         self.recorded: dict[int, dict[str, float]] = {r: {} for r in self.rungs}
         self.values: dict[str, dict[int, float]] = {}    # trial id → rung epoch → its own val_acc there
         self.waiting: dict[str, int] = {}                  # paused twin → the rung it waits at
+        self.doomed: set[str] = set()                      # stopped with its twin while its pause was in flight
         self.stopped = 0
 
     # -- the state Ray checkpoints with the experiment (through RungState) -------------------------
@@ -56,7 +57,7 @@ class PairedASHA(FIFOScheduler):
     def state_dict(self) -> dict:
         return {"recorded": {str(r): dict(v) for r, v in self.recorded.items()},
                 "values": {t: {str(r): v for r, v in by_rung.items()} for t, by_rung in self.values.items()},
-                "waiting": dict(self.waiting), "stopped": self.stopped}
+                "waiting": dict(self.waiting), "doomed": sorted(self.doomed), "stopped": self.stopped}
 
     def load_state_dict(self, state: dict) -> None:
         self._reset()
@@ -64,6 +65,7 @@ class PairedASHA(FIFOScheduler):
             self.recorded.setdefault(int(rung), {}).update(units)
         self.values = {t: {int(r): v for r, v in by_rung.items()} for t, by_rung in state["values"].items()}
         self.waiting = dict(state["waiting"])
+        self.doomed = set(state["doomed"])
         self.stopped = int(state["stopped"])
 
     # -- decisions ------------------------------------------------------------------------------------
@@ -95,7 +97,8 @@ class PairedASHA(FIFOScheduler):
         if "epoch" not in result or self._metric not in result:
             return TrialScheduler.CONTINUE
         epoch, value = int(result["epoch"]), float(result[self._metric])
-        if epoch >= self.max_epochs or result.get("diverged"):
+        if epoch >= self.max_epochs or result.get("diverged") or trial.trial_id in self.doomed:
+            self.doomed.discard(trial.trial_id)
             return TrialScheduler.STOP
         mine = self.values.setdefault(trial.trial_id, {})
         # The highest rung reached and not yet recorded (with aligned rungs: the rung of this report).
@@ -119,12 +122,28 @@ class PairedASHA(FIFOScheduler):
         """Apply the pair's decision to the twin waiting at the rung."""
         if self.waiting.pop(twin.trial_id, None) is None:
             return
-        if decision == TrialScheduler.STOP and twin.status in (Trial.PAUSED, Trial.PENDING):
-            tune_controller.stop_trial(twin)
+        if decision == TrialScheduler.STOP:
+            self._stop(tune_controller, twin)
         # CONTINUE: no longer waiting, so choose_trial_to_run picks it up again.
+
+    def _stop(self, tune_controller, trial: Trial) -> None:
+        if trial.status in (Trial.PAUSED, Trial.PENDING):
+            self.doomed.discard(trial.trial_id)
+            tune_controller.stop_trial(trial)
+            # Ray 2.60 saves a trial's state only when it is marked, and stop_trial does not mark a
+            # trial without an actor: the experiment checkpoint would keep it PAUSED, and resume
+            # would run it again. (Ray's own HyperBand has the same gap.)
+            controller = getattr(tune_controller, "_tune_controller", tune_controller)
+            mark = getattr(controller, "_mark_trial_to_checkpoint", None)
+            if mark is not None:
+                mark(trial)
+        elif trial.status == Trial.RUNNING:
+            # Its PAUSE is still being saved: stop it once paused (choose_trial_to_run), or at its next report.
+            self.doomed.add(trial.trial_id)
 
     def _partner_ended(self, tune_controller, trial: Trial) -> None:
         self.waiting.pop(trial.trial_id, None)
+        self.doomed.discard(trial.trial_id)
         if not self.paired:
             return
         twin = self._twin(tune_controller, trial)
@@ -143,9 +162,12 @@ class PairedASHA(FIFOScheduler):
         self._partner_ended(tune_controller, trial)
 
     def choose_trial_to_run(self, tune_controller) -> Trial | None:
+        for trial in tune_controller.get_trials():
+            if trial.trial_id in self.doomed and trial.status in (Trial.PAUSED, Trial.PENDING):
+                self._stop(tune_controller, trial)
         for status in (Trial.PENDING, Trial.PAUSED):
             for trial in tune_controller.get_trials():
-                if trial.status == status and trial.trial_id not in self.waiting:
+                if trial.status == status and trial.trial_id not in self.waiting and trial.trial_id not in self.doomed:
                     return trial
         return None
 

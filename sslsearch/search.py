@@ -462,7 +462,9 @@ def run_sweep(experiment: Experiment, space: SearchSpace, *, name: str, storage:
         run_config=tune.RunConfig(
             name=name, storage_path=storage, verbose=0,
             callbacks=[LiveView(quiet), *state, *(callbacks or [])],
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1 if experiment.tracking.checkpoints != "all" else None,
+            # Two, not one: Ray's saved experiment state can name the checkpoint before the newest, and
+            # a resumed trial restores from the one it names (Ray syncs that state every num_to_keep checkpoints).
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2 if experiment.tracking.checkpoints != "all" else None,
                                                     checkpoint_score_attribute=METRIC, checkpoint_score_order=MODE),
             failure_config=tune.FailureConfig(max_failures=0)),
     )

@@ -21,9 +21,13 @@ from sslsearch.synthetic import CHANCE, synthetic_trial
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def _overrides(overrides) -> list[str]:
+    return ["pretrain.epochs=8", "pretrain.eval_every=1", "search.num_samples=8", "scheduler.grace_period=1",
+            "scheduler.reduction_factor=2", *overrides]
+
+
 def _experiment(*overrides):
-    return load_experiment(None, ["pretrain.epochs=8", "pretrain.eval_every=1", "search.num_samples=8",
-                                  "scheduler.grace_period=1", "scheduler.reduction_factor=2", *overrides])
+    return load_experiment(None, _overrides(overrides))
 
 
 def _study(summary):
@@ -137,3 +141,47 @@ def test_the_opening_line_says_where_asha_decides(ray_session, tmp_path, capsys)
     run_sweep(experiment, space, name="line", storage=str(tmp_path), trainable=synthetic_trial, synthetic={})
     first = capsys.readouterr().out.splitlines()[0]
     assert "ASHA stops pairs below the top 1/2 at epochs 1, 2;" in first, first
+
+
+def _stops(summary) -> dict[tuple, int]:
+    """(pair, loss) → the epoch the trial ended at: comparable across runs (Ray's trial ids are random)."""
+    return {(t.pair, t.loss): t.epoch for t in summary.trials}
+
+
+@pytest.mark.slow
+def test_a_killed_and_resumed_sweep_stops_the_same_trials_at_the_same_epochs(ray_session, tmp_path):
+    """ASHA's rungs are part of the sweep's saved state: the driver is SIGKILLed mid-sweep, and the
+    resumed sweep decides exactly as an uninterrupted one with the same seed."""
+    from test_sweep import _kill_processes_mentioning, _private_ray_env
+
+    overrides = ["search.sampler=random", "search.num_samples=10", "pretrain.epochs=8"]
+    synthetic = {"epoch_seconds": 0.15}
+    uninterrupted = _sweep(tmp_path / "a", "s", _experiment(*overrides), **synthetic)
+    reference = _stops(uninterrupted)
+    assert len(set(reference.values())) > 1, "every trial ended at the same epoch: nothing to compare"
+
+    env, marker = _private_ray_env(tmp_path)
+    script = ("import sys; from sslsearch.config import load_experiment; from sslsearch.space import load_search_space; "
+              "from sslsearch.search import run_sweep; from sslsearch.synthetic import synthetic_trial; "
+              f"e = load_experiment(None, {_overrides(overrides)!r}); "
+              f"run_sweep(e, load_search_space(e.space_path()), name='s', storage={str(tmp_path / 'b')!r}, quiet=True, "
+              f"trainable=synthetic_trial, synthetic={synthetic!r})")
+    driver = subprocess.Popen([sys.executable, "-c", script], env=env, start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    sweep_dir, deadline = tmp_path / "b" / "s", time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline:  # kill once some trials ended and others run: genuinely mid-sweep
+            time.sleep(0.5)
+            assert driver.poll() is None, "the sweep finished before it could be killed"
+            results = _ray_results(sweep_dir) if sweep_dir.exists() else {}
+            if len(results) >= 6 and sum(bool(rows) and rows[-1]["epoch"] >= 2 for rows in results.values()) >= 4:
+                break
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+    finally:
+        _kill_processes_mentioning(marker)
+    resumed = resume_sweep("s", str(tmp_path / "b"), trainable=synthetic_trial)
+    assert _stops(resumed) == reference
+    outcomes = {(t.pair, t.loss): t.outcome for t in uninterrupted.trials}
+    assert {(t.pair, t.loss): t.outcome for t in resumed.trials} == outcomes
+
