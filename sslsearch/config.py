@@ -39,7 +39,7 @@ class SearchSettings:
 @dataclass(frozen=True)
 class SchedulerSettings:
     type: str = "asha"           # or "fifo": every trial runs all its epochs
-    grace_period: int = 2        # epochs before ASHA may stop a trial
+    grace_period: int | None = None  # epochs before ASHA may stop a trial; default: the first report (pretrain.eval_every)
     reduction_factor: float = 2
 
 
@@ -160,6 +160,9 @@ def experiment_from_dict(raw: dict, source: str | None) -> Experiment:
         pretrain = dataclasses.replace(pretrain, data_dir=str((origin.parent / pretrain.data_dir).resolve()))
     elif pretrain.dataset != "digits":  # (digits is bundled) the default ./data, as `sslsearch pretrain` has it
         pretrain = dataclasses.replace(pretrain, data_dir=str((Path.cwd() / "data").resolve()))
+    if sections["scheduler"].grace_period is None:
+        # ASHA's first rung on the first report after epoch 0, so every rung falls on a report.
+        sections["scheduler"] = dataclasses.replace(sections["scheduler"], grace_period=pretrain.eval_every)
     return Experiment(name=str(raw.get("name") or origin.stem), pretrain=pretrain, source=source, **sections)
 
 

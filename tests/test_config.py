@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_precedence_defaults_then_file_then_overrides(tmp_path):
     path = tmp_path / "e.yaml"
     path.write_text(yaml.safe_dump({"name": "x", "pretrain": {"epochs": 7, "lr": 0.01}, "search": {"num_samples": 4}}))
-    e = load_experiment(path, ["pretrain.lr=0.5", "search.sampler=random", "scheduler.grace_period=3"])
+    e = load_experiment(path, ["pretrain.lr=0.5", "search.sampler=random", "scheduler.grace_period=3", "pretrain.eval_every=1"])
     assert e.pretrain.epochs == 7            # file
     assert e.pretrain.lr == 0.5              # override beats file
     assert e.pretrain.batch_size == 128      # default

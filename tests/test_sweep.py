@@ -73,26 +73,6 @@ def test_paired_searcher_gives_twins_that_differ_only_in_loss():
     assert len({c["pair"] for c in configs}) == 3 and len({c["seed"] for c in configs}) == 3
 
 
-def test_stopped_trials_reach_optuna_as_pruned_with_their_intermediate_values(tmp_path):
-    s = _searcher(paired=False, tmp_path=tmp_path)
-    for trial_id in ("full", "short", "broken"):
-        s.suggest(trial_id)
-    for epoch, acc in ((1, 50.0), (2, 60.0), (4, 70.0)):
-        s.on_trial_result("full", {"epoch": epoch, "val_acc": acc})
-    s.on_trial_complete("full", {"epoch": 4, "val_acc": 70.0})
-    s.on_trial_result("short", {"epoch": 1, "val_acc": 40.0})
-    s.on_trial_result("short", {"epoch": 2, "val_acc": 45.0})
-    s.on_trial_complete("short", {"epoch": 2, "val_acc": 45.0})   # what Ray sends when ASHA stops it
-    s.on_trial_complete("broken", None, error=True)
-    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(tmp_path / STUDY_FILE)))
-    trials = {t.user_attrs["ray_trial_id"]: t for t in optuna.load_study(study_name="t", storage=storage).trials}
-    assert trials["full"].state == optuna.trial.TrialState.COMPLETE and trials["full"].value == 70.0
-    assert trials["short"].state == optuna.trial.TrialState.PRUNED
-    assert trials["short"].intermediate_values == {1: 40.0, 2: 45.0}
-    assert trials["broken"].state == optuna.trial.TrialState.FAIL
-    assert s.outcomes == {"full": "completed", "short": "stopped early", "broken": "errored"}
-
-
 def test_sweep_runs_pairs_on_ray_and_keeps_optuna_consistent(ray_session, tmp_path):
     experiment = load_experiment(None, ["pretrain.epochs=3", "pretrain.eval_every=1", "search.num_samples=4",
                                         "scheduler.grace_period=1", "scheduler.reduction_factor=2"])

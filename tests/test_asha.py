@@ -1,0 +1,126 @@
+"""PairedASHA against Ray's own ASHAScheduler (the reference), its pair rule, and its saved state."""
+
+import random
+
+import pytest
+from ray.tune.experiment import Trial
+from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+
+from sslsearch.asha import PairedASHA
+from sslsearch.errors import InputError
+from sslsearch.rungs import rung_epochs
+
+
+class _Trial:
+    """What a scheduler reads of a Ray trial: its id, config and status."""
+
+    def __init__(self, trial_id, pair=None):
+        self.trial_id, self.config, self.status = trial_id, {"pair": pair}, Trial.RUNNING
+
+
+class _Controller:
+    def __init__(self, trials):
+        self.trials, self.stopped = trials, []
+
+    def get_trials(self):
+        return self.trials
+
+    def stop_trial(self, trial):
+        trial.status = Trial.TERMINATED
+        self.stopped.append(trial.trial_id)
+
+
+def test_rungs_are_rays_and_must_fall_on_report_epochs():
+    assert rung_epochs(16, 2, 2, 2) == [2, 4, 8]
+    assert rung_epochs(16, 1, 1, 4) == [1, 4]
+    assert rung_epochs(81, 1, 1, 3) == [1, 3, 9, 27]
+    assert rung_epochs(4, 2, 4, 2) == []  # grace = max: nothing to decide
+    with pytest.raises(InputError, match="trials report every 2 epochs.*3 is not a report epoch"):
+        rung_epochs(16, 2, 3, 2)
+    with pytest.raises(InputError, match="grace_period must be between 1 and pretrain.epochs"):
+        rung_epochs(16, 1, 0, 2)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_unpaired_decisions_equal_rays_asha(seed):
+    """Random arrival orders and values: every decision equals Ray's single-bracket ASHA's."""
+    rng = random.Random(seed)
+    reference = ASHAScheduler(time_attr="epoch", metric="val_acc", mode="max", max_t=16, grace_period=1, reduction_factor=2)
+    ours = PairedASHA(metric="val_acc", max_epochs=16, eval_every=1, grace_period=1, reduction_factor=2, paired=False)
+    trials = [_Trial(f"t{i}") for i in range(12)]
+    controller = _Controller(trials)
+    for trial in trials:
+        reference.on_trial_add(controller, trial)
+    epoch = {t.trial_id: 0 for t in trials}
+    live, decisions = list(trials), 0
+    while live:
+        trial = rng.choice(live)
+        epoch[trial.trial_id] += 1
+        result = {"epoch": epoch[trial.trial_id], "val_acc": rng.uniform(0, 100)}
+        expected = reference.on_trial_result(controller, trial, result)
+        assert ours.on_trial_result(controller, trial, result) == expected, (trial.trial_id, result)
+        decisions += 1
+        if expected == TrialScheduler.STOP:
+            live.remove(trial)
+    assert ours.stopped == reference._num_stopped - sum(e >= 16 for e in epoch.values())
+    assert decisions > 12
+
+
+def test_twins_wait_for_each_other_and_are_judged_on_the_better_value():
+    asha = PairedASHA(metric="val_acc", max_epochs=8, eval_every=1, grace_period=1, reduction_factor=2, paired=True)
+    a0, b0, a1, b1 = _Trial("a0", 0), _Trial("b0", 0), _Trial("a1", 1), _Trial("b1", 1)
+    controller = _Controller([a0, b0, a1, b1])
+    assert asha.on_trial_result(controller, a0, {"epoch": 1, "val_acc": 50.0}) == TrialScheduler.PAUSE
+    a0.status = Trial.PAUSED
+    assert asha.choose_trial_to_run(controller) is None  # a paused twin waits
+    assert asha.on_trial_result(controller, b0, {"epoch": 1, "val_acc": 70.0}) == TrialScheduler.CONTINUE
+    assert asha.recorded[1] == {"pair 0": 70.0} and asha.choose_trial_to_run(controller) is a0
+    # pair 1 is worse at rung 1 (max 60 < 70): both twins stop, the paused one through the controller
+    assert asha.on_trial_result(controller, a1, {"epoch": 1, "val_acc": 60.0}) == TrialScheduler.PAUSE
+    a1.status = Trial.PAUSED
+    assert asha.on_trial_result(controller, b1, {"epoch": 1, "val_acc": 10.0}) == TrialScheduler.STOP
+    assert controller.stopped == ["a1"] and asha.recorded[1]["pair 1"] == 60.0
+
+
+def test_a_twin_whose_partner_ended_before_the_rung_is_judged_alone():
+    asha = PairedASHA(metric="val_acc", max_epochs=8, eval_every=1, grace_period=1, reduction_factor=2, paired=True)
+    a, b = _Trial("a", 0), _Trial("b", 0)
+    controller = _Controller([a, b])
+    assert asha.on_trial_result(controller, a, {"epoch": 1, "val_acc": 50.0}) == TrialScheduler.PAUSE
+    a.status = Trial.PAUSED
+    assert asha.on_trial_result(controller, b, {"epoch": 1, "val_acc": 10.0, "diverged": True}) == TrialScheduler.STOP
+    b.status = Trial.TERMINATED
+    asha.on_trial_complete(controller, b, {"epoch": 1})
+    assert asha.waiting == {} and asha.recorded[1] == {"pair 0": 50.0}
+    assert asha.choose_trial_to_run(controller) is a
+
+
+def test_a_twin_still_saving_its_pause_is_stopped_once_paused():
+    asha = PairedASHA(metric="val_acc", max_epochs=8, eval_every=1, grace_period=1, reduction_factor=2, paired=True)
+    trials = [_Trial(n, p) for n, p in (("a0", 0), ("b0", 0), ("a1", 1), ("b1", 1))]
+    controller = _Controller(trials)
+    a0, b0, a1, b1 = trials
+    asha.on_trial_result(controller, a0, {"epoch": 1, "val_acc": 90.0})
+    asha.on_trial_result(controller, b0, {"epoch": 1, "val_acc": 90.0})
+    assert asha.on_trial_result(controller, a1, {"epoch": 1, "val_acc": 20.0}) == TrialScheduler.PAUSE
+    # a1 is still RUNNING (Ray is saving its checkpoint) when b1's report stops the pair
+    assert asha.on_trial_result(controller, b1, {"epoch": 1, "val_acc": 30.0}) == TrialScheduler.STOP
+    assert asha.doomed == {"a1"} and controller.stopped == []
+    a1.status = Trial.PAUSED
+    b1.status = Trial.TERMINATED
+    a0.status = b0.status = Trial.RUNNING
+    assert asha.choose_trial_to_run(controller) is None
+    assert controller.stopped == ["a1"] and asha.doomed == set()
+
+
+def test_the_rungs_survive_a_round_trip_through_the_saved_state():
+    asha = PairedASHA(metric="val_acc", max_epochs=8, eval_every=1, grace_period=1, reduction_factor=2, paired=True)
+    a, b = _Trial("a", 0), _Trial("b", 0)
+    controller = _Controller([a, b])
+    asha.on_trial_result(controller, a, {"epoch": 1, "val_acc": 50.0})
+    asha.on_trial_result(controller, b, {"epoch": 1, "val_acc": 60.0})
+    asha.on_trial_result(controller, a, {"epoch": 2, "val_acc": 70.0})
+    restored = PairedASHA(metric="val_acc", max_epochs=8, eval_every=1, grace_period=1, reduction_factor=2, paired=True)
+    restored.load_state_dict(asha.state_dict())
+    assert restored.state_dict() == asha.state_dict()
+    assert restored.recorded == {1: {"pair 0": 60.0}, 2: {}, 4: {}} and restored.waiting == {"a": 2}
