@@ -203,6 +203,19 @@ def _add_bench_train(bench) -> None:
     q.add_argument("--threads", type=_positive_int, default=None, help="torch threads")
     q.add_argument("--json", action="store_true", help="print the figures as JSON")
     q.set_defaults(run=_run_bench_probe)
+    s = bench.add_parser("search", help="what the search is worth: TPE/random × ASHA/FIFO on one problem, over seeds")
+    s.add_argument("experiment", nargs="?", default=None, help="experiment YAML (default: experiments/digits.yaml)")
+    s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a setting of the experiment, e.g. --set pretrain.epochs=8")
+    s.add_argument("--methods", default="tpe+asha,random+asha,random+fifo,tpe+fifo",
+                   help="sampler+scheduler pairs, comma-separated (default: all four)")
+    s.add_argument("--seeds", default="0,1,2", help="search seeds, comma-separated (default: 0,1,2)")
+    s.add_argument("--storage", default=None, help="keep the sweeps' folders here (default: a temporary folder)")
+    s.add_argument("--plot", default=None, help="write the anytime curves (all methods, one axis) to this PNG")
+    s.add_argument("--quick", action="store_true",
+                   help="check the machinery in about a minute: one seed, one pair of trials, 2 epochs (figures meaningless)")
+    s.add_argument("--json", action="store_true", help="print the figures as JSON")
+    s.set_defaults(run=_run_bench_search)
 
 
 def _int_list(text: str, option: str, what: str, example: str) -> tuple[int, ...]:
@@ -240,6 +253,27 @@ def _run_bench_probe(args) -> int:
     result = bench_probe(args.backbone, args.image_size, args.device, args.train_images, args.val_images, args.classes,
                          args.batch_size, args.epoch_seconds, intervals, threads=args.threads)
     print(json.dumps(result, indent=2) if args.json else format_bench_probe(result))
+    return 0
+
+
+def _run_bench_search(args) -> int:
+    from sslsearch.config import load_experiment
+    from sslsearch.space import load_search_space
+
+    seeds = (0,) if args.quick else _int_list(args.seeds, "--seeds", "seeds", "0,1,2")
+    quick = ["pretrain.epochs=2", "pretrain.eval_every=1", "scheduler.grace_period=1", "search.num_samples=2"]
+    experiment = load_experiment(args.experiment, [*(quick if args.quick else []), *args.overrides])
+    space = load_search_space(experiment.space_path())
+    if args.plot and Path(args.plot).is_dir():
+        raise InputError(f"--plot must name a PNG file, got the folder {args.plot}")
+    from sslsearch.bench_search import bench_search, format_bench_search, plot_anytime
+
+    methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+    result = bench_search(experiment, space, methods=methods, seeds=seeds, storage=args.storage,
+                          progress=(lambda line: None) if args.json else print)
+    print(json.dumps(result, indent=2) if args.json else format_bench_search(result))
+    if args.plot:
+        print(f"anytime curves: {plot_anytime(result, args.plot)}", file=sys.stderr if args.json else sys.stdout)
     return 0
 
 
