@@ -193,7 +193,8 @@ class SweepSearcher(OptunaSearch):
             # A paused trial stopped while it waited for its twin: its last report is the one recorded.
             result = {"epoch": last_step, METRIC: steps.get(last_step)} if steps else None
         value = (result or {}).get(METRIC)
-        failed = error or value is None or not math.isfinite(float(value))
+        # Never reported (removed while pending, e.g. when the time budget ran out): stopped early, not errored.
+        failed = error or (value is not None and not math.isfinite(float(value)))
         outcome = result_outcome(result, self._max_epochs, errored=failed)
         # Stopped by ASHA (or by the time budget) before its last epoch: PRUNED, not COMPLETE. A diverged
         # trial is a finished result at chance-level val_acc, so TPE learns to avoid its region.
