@@ -8,6 +8,7 @@ step = epoch, as Optuna's own pruners would.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -30,7 +31,8 @@ from ray.tune.search.optuna import OptunaSearch
 from sslsearch.config import Experiment, experiment_from_dict
 from sslsearch.data import prepare_dataset
 from sslsearch.errors import InputError
-from sslsearch.space import SearchSpace
+from sslsearch.space import SearchSpace, check_space
+from sslsearch.sweeplock import SweepLock, check_owned, create_sweep_folder
 from sslsearch.trainable import run_trial
 
 # The objective, named once: ASHA, Optuna and the summaries all read it from here.
@@ -217,8 +219,8 @@ class SweepSummary:
     def best_per_loss(self) -> dict[str, TrialSummary]:
         best: dict[str, TrialSummary] = {}
         for t in self.trials:
-            if t.val_acc is None or not math.isfinite(t.val_acc):
-                continue
+            if t.val_acc is None or not math.isfinite(t.val_acc) or t.outcome == "errored":
+                continue  # an errored trial's last report is no result (and its checkpoint may be broken)
             if t.loss not in best or t.val_acc > best[t.loss].val_acc:
                 best[t.loss] = t
         return best
@@ -344,10 +346,7 @@ def run_sweep(experiment: Experiment, space: SearchSpace, *, name: str, storage:
         if (local / name).exists():
             raise InputError(f"a sweep named {name!r} already exists in {storage}; resume it with `sslsearch resume {name}` "
                              "or choose another --name")
-    if experiment.search.paired and space.choices("loss") is None:
-        raise InputError("search.paired needs 'loss' in the search space as a choice of barlow and hsic")
-    if experiment.search.paired and sorted(space.choices("loss")) != ["barlow", "hsic"]:
-        raise InputError(f"search.paired needs loss choices [barlow, hsic], got {list(space.choices('loss'))}")
+    check_space(space, experiment)
     if address is None:
         # Once, here: trials would race to download it, or fail one by one if it cannot be had.
         # (On a cluster the data folder is the workers', which this machine may not see.)
@@ -359,8 +358,10 @@ def run_sweep(experiment: Experiment, space: SearchSpace, *, name: str, storage:
     print(f"sweep {name}: {experiment.search.num_samples} trials of up to {experiment.pretrain.epochs} epochs on "
           f"{experiment.pretrain.dataset}; records in {path}", file=open(os.devnull, "w") if quiet else sys.stdout, flush=True)
     study_path = f"{path}/{STUDY_FILE}"
-    if local is not None:
-        Path(path).mkdir(parents=True)
+    lock = contextlib.nullcontext()
+    if local is not None:  # one mkdir is the name check, so two sweeps of one name cannot both start
+        create_sweep_folder(Path(path), name)
+        lock = SweepLock(path, name, "start").acquire()
     # Written through pyarrow so that a sweep on s3:// or gs:// storage can be resumed from anywhere.
     _write_text(f"{path}/{SWEEP_FILE}", json.dumps(
         {"experiment": experiment.to_dict(), "experiment_source": experiment.source,
@@ -387,12 +388,14 @@ def run_sweep(experiment: Experiment, space: SearchSpace, *, name: str, storage:
         run_config=tune.RunConfig(
             name=name, storage_path=storage, verbose=0,
             callbacks=[LiveView(quiet), *(callbacks or [])],
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1 if experiment.tracking.checkpoints != "all" else None,
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2 if experiment.tracking.checkpoints != "all" else None,
                                                     checkpoint_score_attribute=METRIC, checkpoint_score_order=MODE),
-            failure_config=tune.FailureConfig(max_failures=0)),
+            # A dead worker (SIGKILL, OOM, node lost) is retried from the trial's last checkpoint.
+            failure_config=tune.FailureConfig(max_failures=experiment.resources.max_failures)),
     )
     started = time.monotonic()
-    results = tuner.fit()
+    with lock:
+        results = tuner.fit()
     return summarize(results, name, path, time.monotonic() - started, concurrency, study_path)
 
 
@@ -432,12 +435,17 @@ def resume_sweep(name: str, storage: str, address: str | None = None) -> SweepSu
     meta = sweep_metadata(name, storage)
     _quiet()
     experiment = experiment_from_dict(meta["experiment"], meta.get("experiment_source"))
+    lock = contextlib.nullcontext()
+    if local is not None:  # Ray unpickles tuner.pkl from this folder: it must be the user's own
+        check_owned(Path(path))
+        lock = SweepLock(path, name, "resume").acquire()
     connect_ray(address)
     check_resources(experiment, address)
     tuner = tune.Tuner.restore(path, trainable=_trainable(experiment),
                                resume_unfinished=True, resume_errored=True)
     started = time.monotonic()
-    results = tuner.fit()
+    with lock:
+        results = tuner.fit()
     concurrency = _concurrency(experiment)
     return summarize(results, name, path, time.monotonic() - started, concurrency, f"{path}/{STUDY_FILE}")
 
