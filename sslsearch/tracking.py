@@ -545,7 +545,8 @@ class MlflowTracking(tune.Callback):
             self._client = mlflow.MlflowClient(self.uri)
         return self._client
 
-    def _write_sweep(self) -> None:
+    def _write_sweep(self, reopen: bool = True) -> None:
+        """Find (or create) the parent run and the trials' runs; `reopen`: a sweep (re)starting marks it RUNNING."""
         client = self.client
         if self._experiment_id is None:
             experiment = client.get_experiment_by_name(EXPERIMENT_NAME)
@@ -557,7 +558,7 @@ class MlflowTracking(tune.Callback):
                 log.warning("MLflow holds %d parent runs for sweep %s; continuing the oldest", len(found), self.sweep)
             if found:
                 parent = min(found, key=lambda r: r.info.start_time)
-                if parent.info.status != "RUNNING":
+                if reopen and parent.info.status != "RUNNING":
                     client.update_run(parent.info.run_id, status="RUNNING")
             else:
                 parent = self._create_parent()
@@ -624,7 +625,7 @@ class MlflowTracking(tune.Callback):
     def _run(self, trial_id: str, reopen: bool = False) -> _Run:
         """The trial's run: found by tags or created; `reopen` marks a run continued by a resume RUNNING again."""
         if self._parent is None:
-            self._write_sweep()
+            self._write_sweep(reopen=False)
         run = self._runs.get(trial_id)
         if run is None:
             config = self._configs.get(trial_id, {})
@@ -742,7 +743,7 @@ class MlflowTracking(tune.Callback):
 
     def _write_end(self, status: str) -> None:
         if self._parent is None:
-            self._write_sweep()
+            self._write_sweep(reopen=False)
         self.client.set_terminated(self._parent, status)
 
 
@@ -814,7 +815,7 @@ def sync_sweep(tracking: MlflowTracking, trials: list) -> SyncReport:
     if unsent:
         return SyncReport(tracking.sweep, queued - unsent, unsent, len(trials), 0, 0, 0, 0, 0)
     client = tracking.client
-    tracking._write_sweep()
+    tracking._write_sweep(reopen=False)
     duplicates = sum(len(runs) > 1 for runs in _runs_by_trial(tracking).values())
     created = added = points = fixed = 0
     ended = ("TERMINATED", "ERROR")
