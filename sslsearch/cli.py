@@ -310,14 +310,29 @@ def _run_sweep(args) -> int:
 
     check_tracking(experiment.tracking.uri or default_tracking_uri(storage), sweep=name)
     tracking = MlflowTracking(experiment, space, sweep=name, storage=storage)
-    summary = run_sweep(experiment, space, name=name, storage=storage, address=args.address, callbacks=[tracking])
+    return _report_sweep(lambda: run_sweep(experiment, space, name=name, storage=storage, address=args.address,
+                                           callbacks=[tracking]))
+
+
+def _report_sweep(run) -> int:
+    """Run a sweep (or its resume), print its summary; exit code per `sweep_exit_code`, 4 if an OS error stopped it."""
+    from sslsearch.search import SweepStopped
+
+    try:
+        summary = run()
+    except SweepStopped as stopped:
+        if stopped.summary is not None:
+            print(stopped.summary.format())
+        print(f"sslsearch: error: {stopped}", file=sys.stderr)
+        return 4
     print(summary.format())
     return sweep_exit_code(summary)
 
 
 def sweep_exit_code(summary) -> int:
     """0 every trial finished and every record reached MLflow; 1 some trials errored; 3 records wait in the
-    outbox (sslsearch sync NAME); 130 interrupted (as a shell reports Ctrl-C). Bad input is 2 (main)."""
+    outbox (sslsearch sync NAME); 130 interrupted (as a shell reports Ctrl-C). Bad input is 2 (main); an OS
+    error that stopped the sweep (disk full) is 4 (_report_sweep)."""
     from sslsearch.tracking import unsent_records
 
     unsent = unsent_records(summary.path)
@@ -339,9 +354,7 @@ def _run_resume(args) -> int:
     meta = sweep_metadata(args.name, storage)
     check_tracking(args.tracking_uri or (meta or {}).get("experiment", {}).get("tracking", {}).get("uri")
                    or default_tracking_uri(storage))
-    summary = resume_sweep(args.name, storage, address=args.address)
-    print(summary.format())
-    return sweep_exit_code(summary)
+    return _report_sweep(lambda: resume_sweep(args.name, storage, address=args.address))
 
 
 def _run_sync(args) -> int:

@@ -156,6 +156,18 @@ class _BoundedLoader(yaml.SafeLoader):
                 raise InputError(f"{self.name}: more than {MAX_ALIASES} YAML aliases (*name); write the values out")
         return super().compose_node(parent, index)
 
+    def construct_mapping(self, node, deep=False):
+        # YAML keeps the last of two equal keys without a word: a setting given twice is a mistake to show.
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, (str, int, float, bool)):
+                continue  # unhashable keys: SafeLoader refuses them itself
+            if key in seen:
+                raise InputError(f"{self.name}: {key!r} is given twice (line {key_node.start_mark.line + 1}); keep one")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
 
 def read_yaml_file(path: Path, what: str) -> Any:
     """The parsed YAML of `path`; InputError (one line, with line and column) if missing, too large, not UTF-8 or
@@ -186,7 +198,7 @@ def read_yaml_file(path: Path, what: str) -> Any:
 def experiment_from_dict(raw: dict, source: str | None) -> Experiment:
     """Build (without validating) an Experiment from {name, pretrain, search, ...} read from `source`."""
     origin = Path(source) if source else Path.cwd() / "experiment"
-    unknown = sorted(set(raw) - {"name", *_SECTIONS})
+    unknown = sorted(map(str, set(raw) - {"name", *_SECTIONS}))
     if unknown:
         raise InputError(f"unknown key(s) in {origin.name}: {', '.join(unknown)}; valid: name, {', '.join(_SECTIONS)}")
     sections = {key: build_section(cls, raw.get(key), key) for key, cls in _SECTIONS.items()}

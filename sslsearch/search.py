@@ -25,6 +25,7 @@ import optuna
 import pyarrow.fs
 import ray
 from ray import tune
+from ray.tune.error import TuneError
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
 
@@ -75,11 +76,14 @@ def write_study_snapshot(study: optuna.Study, path: Path | str) -> None:
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     tmp.unlink(missing_ok=True)
-    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(tmp)))
-    copy = optuna.create_study(storage=storage, study_name=study.study_name, directions=study.directions)
-    copy.add_trials([t for t in study.get_trials(deepcopy=False) if t.state.is_finished()])
-    os.replace(tmp, path)
-    Path(str(tmp) + ".lock").unlink(missing_ok=True)
+    try:
+        storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(tmp)))
+        copy = optuna.create_study(storage=storage, study_name=study.study_name, directions=study.directions)
+        copy.add_trials([t for t in study.get_trials(deepcopy=False) if t.state.is_finished()])
+        os.replace(tmp, path)
+    finally:  # a full disk must not leave a half-written snapshot behind (the previous one stays intact)
+        tmp.unlink(missing_ok=True)
+        Path(str(tmp) + ".lock").unlink(missing_ok=True)
 
 
 class SweepSearcher(OptunaSearch):
@@ -395,8 +399,44 @@ def run_sweep(experiment: Experiment, space: SearchSpace, *, name: str, storage:
     )
     started = time.monotonic()
     with lock:
-        results = tuner.fit()
+        results = _fit(tuner, name, path, started, concurrency, study_path)
     return summarize(results, name, path, time.monotonic() - started, concurrency, study_path)
+
+
+class SweepStopped(RuntimeError):
+    """An OS error (disk full, storage gone) stopped the sweep; `summary` is what its saved state says, if readable."""
+
+    def __init__(self, message: str, summary: SweepSummary | None):
+        super().__init__(message)
+        self.summary = summary
+
+
+def _fit(tuner, name: str, path: str, started: float, concurrency: int, study_path: str):
+    """tuner.fit(); an OS error stops the sweep in good order: one line, the summary, the resume hint."""
+    try:
+        return tuner.fit()
+    except (OSError, TuneError) as raised:
+        error = _os_error(raised)
+        if error is None:
+            raise
+        where = f" writing {error.filename}" if error.filename else ""
+        summary = None
+        try:  # Ray saved the sweep's state before the error; if the disk allowed it, the summary says where it was
+            summary = summarize(tune.ResultGrid(tune.ExperimentAnalysis(path)), name, path, time.monotonic() - started,
+                                concurrency, study_path)
+        except Exception:  # noqa: BLE001 — no summary is better than a second traceback
+            pass
+        raise SweepStopped(f"sweep {name} stopped: {error.strerror or error}{where}; free the space (or fix the "
+                           f"storage), then: sslsearch resume {name}", summary) from None
+
+
+def _os_error(error: BaseException) -> OSError | None:
+    """The OSError behind `error`: Ray re-raises one from a callback or the searcher as a TuneError holding its text."""
+    for _ in range(10):
+        if error is None or isinstance(error, OSError):
+            return error
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def _write_bytes(uri: str, data: bytes) -> None:
@@ -444,9 +484,9 @@ def resume_sweep(name: str, storage: str, address: str | None = None) -> SweepSu
     tuner = tune.Tuner.restore(path, trainable=_trainable(experiment),
                                resume_unfinished=True, resume_errored=True)
     started = time.monotonic()
-    with lock:
-        results = tuner.fit()
     concurrency = _concurrency(experiment)
+    with lock:
+        results = _fit(tuner, name, path, started, concurrency, f"{path}/{STUDY_FILE}")
     return summarize(results, name, path, time.monotonic() - started, concurrency, f"{path}/{STUDY_FILE}")
 
 

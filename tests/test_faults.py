@@ -209,3 +209,72 @@ def test_resume_refuses_a_sweep_folder_others_can_write(tmp_path):
     os.chmod(tmp_path / "tuner.pkl", 0o666)
     with pytest.raises(InputError, match="tuner.pkl is writable by others .*chmod go-w"):
         check_owned(tmp_path)
+
+
+def test_a_crafted_backbone_pickle_is_one_line_not_code(tmp_path):
+    import json
+    import pickle
+
+    from sslsearch.export import load_backbone, sha256_of
+
+    class Payload:  # what a crafted file would run on a plain torch.load
+        def __reduce__(self):
+            return (os.system, ("touch pwned",))
+
+    (tmp_path / "backbone.pt").write_bytes(pickle.dumps(Payload()))
+    card = {"weights": {"sha256": sha256_of(tmp_path / "backbone.pt")}, "backbone": "small_cnn", "image_size": 8}
+    (tmp_path / "model_card.json").write_text(json.dumps(card))
+    with pytest.raises(InputError, match="cannot load .*backbone.pt \\(UnpicklingError: .*weights_only refuses"):
+        load_backbone(tmp_path)
+    assert not (Path.cwd() / "pwned").exists()
+
+
+class FillDisk(tune.Callback):
+    """Fills the storage's file system at the first report of epoch 1 (once: a marker outside it remembers)."""
+
+    def __init__(self, disk: Path, marker: Path):
+        self.disk, self.marker = disk, marker
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if result["epoch"] >= 1 and not self.marker.exists():
+            self.marker.touch()
+            with open(self.disk / "filler", "wb") as f:
+                try:
+                    while True:
+                        f.write(b"\0" * (1 << 20))
+                        f.flush()
+                except OSError:
+                    pass
+
+
+@pytest.mark.slow
+def test_a_full_disk_stops_the_sweep_in_good_order_and_resume_finishes_it(ray_session, tmp_path, capsys):
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs as the sweep's storage needs root")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        from sslsearch.search import resume_sweep
+
+        storage, name = str(disk / "runs"), "full"
+        experiment = load_experiment(None, [*TINY, "resources.max_failures=1"])
+        space = load_search_space(experiment.space_path())
+        tracking = MlflowTracking(experiment, space, sweep=name, storage=storage, flush_timeout_s=3)
+        code = cli._report_sweep(lambda: run_sweep(experiment, space, name=name, storage=storage, quiet=True,
+                                                   callbacks=[tracking, FillDisk(disk, tmp_path / "filled")]))
+        out, err = capsys.readouterr()
+        assert (tmp_path / "filled").exists()
+        lines = [line for line in err.splitlines() if line.startswith("sslsearch: error:")]
+        if code == 4:  # an OS error escaped Ray: one line, the summary, the resume hint
+            assert len(lines) == 1 and f"sslsearch resume {name}" in lines[0] and "Traceback" not in err
+        else:  # Ray absorbed it: the trials that could not save errored, and the sweep says so
+            assert code == 1 and "errored" in out
+        assert not list(disk.rglob("*.tmp"))
+        (disk / "filler").unlink()  # space freed
+        summary = resume_sweep(name, storage)
+        assert [t.outcome for t in summary.trials] == ["completed", "completed"]
+        assert cli.sweep_exit_code(summary) == 0
+    finally:
+        subprocess.run(["umount", "-l", str(disk)])
