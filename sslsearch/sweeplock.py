@@ -111,17 +111,17 @@ class SweepLock:
 
 
 def check_owned(path: Path) -> None:
-    """InputError unless the sweep folder and Ray's pickled state in it belong to this user and only they can write
-    them: `resume` unpickles that state, and a crafted tuner.pkl runs code."""
+    """InputError unless the sweep folder and Ray's pickled state in it belong to this user and not everyone can
+    write them: `resume` unpickles that state, and a crafted tuner.pkl runs code."""
     uid = os.getuid()
     for item in (path, *(path / name for name in ("tuner.pkl", "trainable.pkl") if (path / name).exists())):
         info = item.lstat()
         if info.st_uid != uid:
             raise InputError(f"{item} belongs to uid {info.st_uid}, not you (uid {uid}); resume unpickles it, so it "
                              "must be your own: copy the sweep folder yourself if you trust it")
-        if info.st_mode & 0o022:
-            raise InputError(f"{item} is writable by others (mode {info.st_mode & 0o777:o}); resume unpickles it, so "
-                             f"only you may write it: chmod go-w {item}")
+        if info.st_mode & 0o002:  # (group-writable is left alone: with per-user groups, as umask 002 gives, it is you)
+            raise InputError(f"{item} is writable by everyone (mode {info.st_mode & 0o777:o}); resume unpickles it, so "
+                             f"others must not write it: chmod o-w {item}")
 
 
 def _read(fd: int) -> dict:

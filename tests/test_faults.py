@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import types
 from pathlib import Path
 
@@ -207,7 +206,7 @@ def test_resume_refuses_a_sweep_folder_others_can_write(tmp_path):
     (tmp_path / "tuner.pkl").write_bytes(b"")
     check_owned(tmp_path)
     os.chmod(tmp_path / "tuner.pkl", 0o666)
-    with pytest.raises(InputError, match="tuner.pkl is writable by others .*chmod go-w"):
+    with pytest.raises(InputError, match="tuner.pkl is writable by everyone .*chmod o-w"):
         check_owned(tmp_path)
 
 
