@@ -13,10 +13,12 @@
   `checkpoints/last.pt`, `checkpoints/best.pt` (best `val_acc` after epoch 0) and, with the
   `all` policy, `checkpoints/epoch_<N>.pt`.
 
-Every write goes through an ordered outbox: a transient failure (server down, SQLite locked) is
-retried with backoff, then left queued for a later hook and flushed at the end of the sweep. It
-never stops the sweep. MLflow itself is the state: a resumed sweep finds its runs by tags and
-continues them, and metric steps already logged are skipped, so nothing is duplicated.
+Every record goes through a durable outbox in the sweep's folder (`Outbox`: append-only, fsynced,
+numbered): the hooks only append, and a background thread sends in order, retrying transient
+failures (server down, SQLite locked) with backoff and then every COOLDOWN_S, so training never
+waits on the tracking server. What is left at the end waits on disk: `resume` replays it, and
+`sync` (`sslsearch sync NAME`) replays it and then makes MLflow equal to Ray's per-trial results.
+Every writer is idempotent: runs are found by tags, metric steps already logged are skipped.
 """
 
 from __future__ import annotations
