@@ -306,6 +306,11 @@ def _add_sweep(sub) -> None:
     r.add_argument("--storage", default="runs")
     r.add_argument("--tracking-uri", default=None, help="default: the sweep's own")
     r.set_defaults(run=_run_resume)
+    y = sub.add_parser("sync", help="send a sweep's queued MLflow records and make MLflow match Ray's results")
+    y.add_argument("name")
+    y.add_argument("--storage", default="runs")
+    y.add_argument("--tracking-uri", default=None, help="default: the sweep's own")
+    y.set_defaults(run=_run_sync)
     u = sub.add_parser("ui", help="open the MLflow UI on the sweeps' tracking store")
     u.add_argument("--storage", default="runs")
     u.add_argument("--host", default="127.0.0.1", help="default: loopback only")
@@ -327,15 +332,52 @@ def _run_sweep(args) -> int:
     name = args.name or f"{experiment.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     if not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
         raise InputError(f"--name may hold letters, digits, '-', '_' and '.', got {name!r}")
+    from sslsearch.space import check_space
+
+    check_space(space, experiment)  # before anything is written: the tracking check below creates the store
+    storage = _storage(args.storage)
+    if "://" not in storage and (Path(storage) / name).exists():
+        raise InputError(f"a sweep named {name!r} already exists in {storage}; resume it with `sslsearch resume {name}` "
+                         "or choose another --name")
     from sslsearch.search import run_sweep
     from sslsearch.tracking import MlflowTracking, check_tracking, default_tracking_uri
 
-    storage = _storage(args.storage)
     check_tracking(experiment.tracking.uri or default_tracking_uri(storage), sweep=name)
     tracking = MlflowTracking(experiment, space, sweep=name, storage=storage)
-    summary = run_sweep(experiment, space, name=name, storage=storage, address=args.address, callbacks=[tracking])
+    return _report_sweep(lambda: run_sweep(experiment, space, name=name, storage=storage, address=args.address,
+                                           callbacks=[tracking]))
+
+
+def _report_sweep(run) -> int:
+    """Run a sweep (or its resume), print its summary; exit code per `sweep_exit_code`, 4 if an OS error stopped it."""
+    from sslsearch.search import SweepStopped
+
+    try:
+        summary = run()
+    except SweepStopped as stopped:
+        if stopped.summary is not None:
+            print(stopped.summary.format())
+        print(f"sslsearch: error: {stopped}", file=sys.stderr)
+        return 4
     print(summary.format())
-    return 130 if summary.unfinished else 0  # 130: interrupted, as a shell reports Ctrl-C
+    return sweep_exit_code(summary)
+
+
+def sweep_exit_code(summary) -> int:
+    """0 every trial finished and every record reached MLflow; 1 some trials errored; 3 records wait in the
+    outbox (sslsearch sync NAME); 130 interrupted (as a shell reports Ctrl-C). Bad input is 2 (main); an OS
+    error that stopped the sweep (disk full) is 4 (_report_sweep)."""
+    from sslsearch.tracking import unsent_records
+
+    unsent = unsent_records(summary.path)
+    if unsent:
+        print(f"{unsent} MLflow record(s) not sent yet (the tracking server did not take them); they wait in the sweep's "
+              f"outbox: run `sslsearch sync {summary.name}` once the server answers", file=sys.stderr)
+    if summary.unfinished:
+        return 130
+    if any(t.outcome == "errored" for t in summary.trials):
+        return 1
+    return 3 if unsent else 0
 
 
 def _run_resume(args) -> int:
@@ -346,9 +388,15 @@ def _run_resume(args) -> int:
     meta = sweep_metadata(args.name, storage)
     check_tracking(args.tracking_uri or (meta or {}).get("experiment", {}).get("tracking", {}).get("uri")
                    or default_tracking_uri(storage))
-    summary = resume_sweep(args.name, storage, address=args.address)
-    print(summary.format())
-    return 130 if summary.unfinished else 0
+    return _report_sweep(lambda: resume_sweep(args.name, storage, address=args.address))
+
+
+def _run_sync(args) -> int:
+    from sslsearch.tracking import sync
+
+    report = sync(args.name, _storage(args.storage), args.tracking_uri)
+    print(report.format())
+    return 3 if report.unsent else 0
 
 
 def _run_ui(args) -> int:

@@ -23,6 +23,8 @@ DEFAULT_EXPERIMENT = PROJECT_ROOT / "experiments" / "digits.yaml"
 SAMPLERS = ("tpe", "random", "gp")
 SCHEDULERS = ("asha", "fifo")
 CHECKPOINT_POLICIES = ("best_and_last", "all")
+MAX_FILE_BYTES = 1 << 20   # an experiment or a search space is a page of settings, not a megabyte
+MAX_ALIASES = 100
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,7 @@ class SchedulerSettings:
 class ResourceSettings:
     cpus_per_trial: float = 1
     gpus_per_trial: float = 0    # fractions let several small trials share one GPU
+    max_failures: int = 3        # retries of a trial whose worker died (SIGKILL, OOM, node lost), from its checkpoint
 
 
 @dataclass(frozen=True)
@@ -102,13 +105,14 @@ def _merge(base: dict, path: list[str], value: Any) -> None:
     node[path[-1]] = value
 
 
-def _build(cls, values: Any, where: str):
+def build_section(cls, values: Any, where: str):
+    """`cls(**values)` with every value's type checked against the field's (one-line InputError)."""
     if values is None:
         values = {}
     if not isinstance(values, dict):
         raise InputError(f"{where} must be a mapping of settings, got {type(values).__name__}")
     known = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(values) - set(known))
+    unknown = sorted(map(str, set(values) - set(known)))
     if unknown:
         raise InputError(f"unknown key(s) in {where}: {', '.join(unknown)}; valid: {', '.join(known)}")
     types = {f.name: f.type for f in dataclasses.fields(cls)}
@@ -122,8 +126,15 @@ def _build(cls, values: Any, where: str):
         numeric = declared.split(" |")[0] in ("float", "int")
         if numeric and value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
             raise InputError(f"{where}.{key} must be a number, got {value!r}")
+        if numeric and isinstance(value, float) and not math.isfinite(value):
+            raise InputError(f"{where}.{key} must be a finite number, got {value!r}")
         if declared == "bool" and not isinstance(value, bool):
             raise InputError(f"{where}.{key} must be true or false, got {value!r}")
+        if declared.startswith("str") and value is not None and not isinstance(value, str):
+            raise InputError(f"{where}.{key} must be text, got {value!r}")
+        if declared.startswith("tuple") and not (isinstance(value, tuple) and all(
+                isinstance(v, int) and not isinstance(v, bool) for v in value)):
+            raise InputError(f"{where}.{key} must be a list of integers, e.g. [512], got {value!r}")
         if declared == "int" and isinstance(value, float):
             if not value.is_integer():
                 raise InputError(f"{where}.{key} must be an integer, got {value!r}")
@@ -135,12 +146,50 @@ def _build(cls, values: Any, where: str):
         raise InputError(f"{where}: {error}") from None
 
 
+class _BoundedLoader(yaml.SafeLoader):
+    """yaml.safe_load, refusing more than MAX_ALIASES aliases: a few nested aliases ("billion laughs") expand to
+    gigabytes once the settings are flattened or printed."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            self.aliases = getattr(self, "aliases", 0) + 1
+            if self.aliases > MAX_ALIASES:
+                raise InputError(f"{self.name}: more than {MAX_ALIASES} YAML aliases (*name); write the values out")
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node, deep=False):
+        # YAML keeps the last of two equal keys without a word: a setting given twice is a mistake to show.
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, (str, int, float, bool)):
+                continue  # unhashable keys: SafeLoader refuses them itself
+            if key in seen:
+                raise InputError(f"{self.name}: {key!r} is given twice (line {key_node.start_mark.line + 1}); keep one")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml_file(path: Path, what: str) -> Any:
-    """The parsed YAML of `path`; InputError (one line, with line and column) if missing or malformed."""
+    """The parsed YAML of `path`; InputError (one line, with line and column) if missing, too large, not UTF-8 or
+    malformed."""
     if not path.is_file():
         raise InputError(f"{what} file not found: {path}")
+    if path.stat().st_size > MAX_FILE_BYTES:
+        raise InputError(f"{what} file {path} is {path.stat().st_size} bytes; settings files are at most {MAX_FILE_BYTES}")
     try:
-        return yaml.safe_load(path.read_text())
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise InputError(f"{what} file {path} is not UTF-8 text (byte {error.start}: {error.object[error.start]:#04x})") from None
+    try:
+        loader = _BoundedLoader(text)
+        loader.name = str(path)
+        try:
+            return loader.get_single_data()
+        finally:
+            loader.dispose()
+    except RecursionError:
+        raise InputError(f"{what} file {path} nests too deeply") from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
@@ -150,10 +199,10 @@ def read_yaml_file(path: Path, what: str) -> Any:
 def experiment_from_dict(raw: dict, source: str | None) -> Experiment:
     """Build (without validating) an Experiment from {name, pretrain, search, ...} read from `source`."""
     origin = Path(source) if source else Path.cwd() / "experiment"
-    unknown = sorted(set(raw) - {"name", *_SECTIONS})
+    unknown = sorted(map(str, set(raw) - {"name", *_SECTIONS}))
     if unknown:
         raise InputError(f"unknown key(s) in {origin.name}: {', '.join(unknown)}; valid: name, {', '.join(_SECTIONS)}")
-    sections = {key: _build(cls, raw.get(key), key) for key, cls in _SECTIONS.items()}
+    sections = {key: build_section(cls, raw.get(key), key) for key, cls in _SECTIONS.items()}
     pretrain = sections.pop("pretrain")
     if pretrain.data_dir is not None:
         # Ray runs each trial in its own working directory: hand it an absolute path.
@@ -162,16 +211,23 @@ def experiment_from_dict(raw: dict, source: str | None) -> Experiment:
         pretrain = dataclasses.replace(pretrain, data_dir=str((Path.cwd() / "data").resolve()))
     if sections["scheduler"].grace_period is None:
         # ASHA's first rung on the first report after epoch 0, so every rung falls on a report.
-        sections["scheduler"] = dataclasses.replace(sections["scheduler"], grace_period=pretrain.eval_every)
+        sections["scheduler"] = dataclasses.replace(sections["scheduler"], grace_period=min(pretrain.eval_every, pretrain.epochs))
     return Experiment(name=str(raw.get("name") or origin.stem), pretrain=pretrain, source=source, **sections)
 
 
 def load_experiment(path: str | Path | None = None, overrides: list[str] = (), name: str | None = None) -> Experiment:
     """Read an experiment file (None: the embedded digits default), apply overrides, validate."""
     path = Path(path).resolve() if path is not None else DEFAULT_EXPERIMENT
-    raw = read_yaml_file(path, "experiment") or {}
+    raw = read_yaml_file(path, "experiment")
+    if raw is None or raw == {}:
+        raise InputError(f"experiment file {path} is empty; it needs at least a pretrain section (see experiments/digits.yaml)")
     if not isinstance(raw, dict):
         raise InputError(f"{path} must hold a mapping with keys name, {', '.join(_SECTIONS)}")
+    empty = [key for key in _SECTIONS if key in raw and raw[key] in (None, {})]
+    if empty:
+        raise InputError(f"section(s) {', '.join(empty)} of {path} are empty; give settings or remove the section")
+    if not isinstance(raw.get("name", ""), str):
+        raise InputError(f"name in {path} must be text, got {raw['name']!r}")
     for override in overrides:
         keys, value = parse_override(override)
         _merge(raw, keys, value)
@@ -188,6 +244,8 @@ def validate_experiment(experiment: Experiment) -> None:
     s, sch, r, t = experiment.search, experiment.scheduler, experiment.resources, experiment.tracking
     checks = [
         (s.num_samples >= 1, f"search.num_samples must be ≥ 1, got {s.num_samples}"),
+        (0 <= s.seed < 2**32 - s.num_samples, f"search.seed must be in [0, 2**32 - num_samples), got {s.seed}"),
+        (r.max_failures >= 0, f"resources.max_failures must be ≥ 0, got {r.max_failures}"),
         (s.sampler in SAMPLERS, f"search.sampler must be one of {', '.join(SAMPLERS)}, got {s.sampler!r}"),
         (s.max_concurrent >= 1, f"search.max_concurrent must be ≥ 1, got {s.max_concurrent}"),
         (s.time_budget_s is None or s.time_budget_s > 0, f"search.time_budget_s must be > 0, got {s.time_budget_s}"),

@@ -321,7 +321,14 @@ def load_backbone(path: str | os.PathLike) -> nn.Module:
     if actual != expected:
         raise InputError(f"{weights_path} has sha256 {actual[:16]}… but its model card expects {expected[:16]}…; "
                          "the file was changed or corrupted")
-    state = torch.load(weights_path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(weights_path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 — UnpicklingError, EOFError, RuntimeError (zip), OSError: all one line
+        reason = str(error).strip().splitlines()[0][:300] if str(error).strip() else ""
+        raise InputError(f"cannot load {weights_path} ({type(error).__name__}: {reason}); weights_only refuses "
+                         "anything but tensors and plain values") from None
+    if not isinstance(state, dict):
+        raise InputError(f"{weights_path} holds a {type(state).__name__}, not a backbone's state dict")
     backbone = build_backbone(name, image_size)
     try:
         backbone.load_state_dict(state, strict=True)

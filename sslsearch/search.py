@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -29,6 +30,7 @@ import optuna
 import pyarrow.fs
 import ray
 from ray import tune
+from ray.tune.error import TuneError
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
 
@@ -37,7 +39,8 @@ from sslsearch.rungs import rung_epochs
 from sslsearch.config import Experiment, experiment_from_dict
 from sslsearch.data import prepare_dataset
 from sslsearch.errors import InputError
-from sslsearch.space import SearchSpace
+from sslsearch.space import SearchSpace, check_space
+from sslsearch.sweeplock import SweepLock, check_owned, create_sweep_folder
 from sslsearch.trainable import run_trial
 
 # The objective, named once: ASHA, Optuna and the summaries all read it from here.
@@ -89,11 +92,14 @@ def write_study_snapshot(study: optuna.Study, path: Path | str) -> None:
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     tmp.unlink(missing_ok=True)
-    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(tmp)))
-    copy = optuna.create_study(storage=storage, study_name=study.study_name, directions=study.directions)
-    copy.add_trials([t for t in study.get_trials(deepcopy=False) if t.state.is_finished()])
-    os.replace(tmp, path)
-    Path(str(tmp) + ".lock").unlink(missing_ok=True)
+    try:
+        storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(tmp)))
+        copy = optuna.create_study(storage=storage, study_name=study.study_name, directions=study.directions)
+        copy.add_trials([t for t in study.get_trials(deepcopy=False) if t.state.is_finished()])
+        os.replace(tmp, path)
+    finally:  # a full disk must not leave a half-written snapshot behind (the previous one stays intact)
+        tmp.unlink(missing_ok=True)
+        Path(str(tmp) + ".lock").unlink(missing_ok=True)
 
 
 class SweepSearcher(OptunaSearch):
@@ -423,10 +429,7 @@ def run_sweep(experiment: Experiment, space: SearchSpace, *, name: str, storage:
         if (local / name).exists():
             raise InputError(f"a sweep named {name!r} already exists in {storage}; resume it with `sslsearch resume {name}` "
                              "or choose another --name")
-    if experiment.search.paired and space.choices("loss") is None:
-        raise InputError("search.paired needs 'loss' in the search space as a choice of barlow and hsic")
-    if experiment.search.paired and sorted(space.choices("loss")) != ["barlow", "hsic"]:
-        raise InputError(f"search.paired needs loss choices [barlow, hsic], got {list(space.choices('loss'))}")
+    check_space(space, experiment)
     scheduler_line = describe_scheduler(experiment)
     if address is None and trainable is None:
         # Once, here: trials would race to download it, or fail one by one if it cannot be had.
@@ -439,8 +442,10 @@ def run_sweep(experiment: Experiment, space: SearchSpace, *, name: str, storage:
     print(f"sweep {name}: {experiment.search.num_samples} trials of up to {experiment.pretrain.epochs} epochs on "
           f"{experiment.pretrain.dataset}; {scheduler_line}; records in {path}", file=open(os.devnull, "w") if quiet else sys.stdout, flush=True)
     study_path = f"{path}/{STUDY_FILE}"
-    if local is not None:
-        Path(path).mkdir(parents=True)
+    lock = contextlib.nullcontext()
+    if local is not None:  # one mkdir is the name check, so two sweeps of one name cannot both start
+        create_sweep_folder(Path(path), name)
+        lock = SweepLock(path, name, "start").acquire()
     # Written through pyarrow so that a sweep on s3:// or gs:// storage can be resumed from anywhere.
     _write_text(f"{path}/{SWEEP_FILE}", json.dumps(
         {"experiment": experiment.to_dict(), "experiment_source": experiment.source,
@@ -467,10 +472,12 @@ def run_sweep(experiment: Experiment, space: SearchSpace, *, name: str, storage:
             # a resumed trial restores from the one it names (Ray syncs that state every num_to_keep checkpoints).
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2 if experiment.tracking.checkpoints != "all" else None,
                                                     checkpoint_score_attribute=METRIC, checkpoint_score_order=MODE),
-            failure_config=tune.FailureConfig(max_failures=0)),
+            # A dead worker (SIGKILL, OOM, node lost) is retried from the trial's last checkpoint.
+            failure_config=tune.FailureConfig(max_failures=experiment.resources.max_failures)),
     )
     started = time.monotonic()
-    results = tuner.fit()
+    with lock:
+        results = _fit(tuner, name, path, started, concurrency, study_path)
     return summarize(results, name, path, time.monotonic() - started, concurrency, study_path)
 
 
@@ -494,6 +501,42 @@ def describe_scheduler(experiment: Experiment) -> str:
     keep = f"1/{experiment.scheduler.reduction_factor:g}"
     return (f"ASHA stops {unit} below the top {keep} at epochs {', '.join(map(str, rungs))}" if rungs
             else "ASHA has no rung before the last epoch: no early stopping")
+
+
+class SweepStopped(RuntimeError):
+    """An OS error (disk full, storage gone) stopped the sweep; `summary` is what its saved state says, if readable."""
+
+    def __init__(self, message: str, summary: SweepSummary | None):
+        super().__init__(message)
+        self.summary = summary
+
+
+def _fit(tuner, name: str, path: str, started: float, concurrency: int, study_path: str):
+    """tuner.fit(); an OS error stops the sweep in good order: one line, the summary, the resume hint."""
+    try:
+        return tuner.fit()
+    except (OSError, TuneError) as raised:
+        error = _os_error(raised)
+        if error is None:
+            raise
+        where = f" writing {error.filename}" if error.filename else ""
+        summary = None
+        try:  # Ray saved the sweep's state before the error; if the disk allowed it, the summary says where it was
+            summary = summarize(tune.ResultGrid(tune.ExperimentAnalysis(path)), name, path, time.monotonic() - started,
+                                concurrency, study_path)
+        except Exception:  # noqa: BLE001 — no summary is better than a second traceback
+            pass
+        raise SweepStopped(f"sweep {name} stopped: {error.strerror or error}{where}; free the space (or fix the "
+                           f"storage), then: sslsearch resume {name}", summary) from None
+
+
+def _os_error(error: BaseException) -> OSError | None:
+    """The OSError behind `error`: Ray re-raises one from a callback or the searcher as a TuneError holding its text."""
+    for _ in range(10):
+        if error is None or isinstance(error, OSError):
+            return error
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def _write_bytes(uri: str, data: bytes) -> None:
@@ -532,13 +575,18 @@ def resume_sweep(name: str, storage: str, address: str | None = None, trainable=
     meta = sweep_metadata(name, storage)
     _quiet()
     experiment = experiment_from_dict(meta["experiment"], meta.get("experiment_source"))
+    lock = contextlib.nullcontext()
+    if local is not None:  # Ray unpickles tuner.pkl from this folder: it must be the user's own
+        check_owned(Path(path))
+        lock = SweepLock(path, name, "resume").acquire()
     connect_ray(address)
     check_resources(experiment, address)
     tuner = tune.Tuner.restore(path, trainable=_trainable(experiment, trainable),
                                resume_unfinished=True, resume_errored=True)
     started = time.monotonic()
-    results = tuner.fit()
     concurrency = _concurrency(experiment)
+    with lock:
+        results = _fit(tuner, name, path, started, concurrency, f"{path}/{STUDY_FILE}")
     return summarize(results, name, path, time.monotonic() - started, concurrency, f"{path}/{STUDY_FILE}")
 
 
@@ -563,8 +611,8 @@ def summarize(results, name: str, path: str, wall: float, concurrency: int, stud
         base = config.get("base", {})
         epoch = int(metrics.get("epoch", 0) or 0)
         outcome = result_outcome(metrics, base.get("epochs"), errored=result.error is not None)
-        if status.get(Path(result.path).name, "TERMINATED") not in ("TERMINATED", "ERROR"):
-            outcome = "running"
+        if result.error is None and status.get(Path(result.path).name, "TERMINATED") not in ("TERMINATED", "ERROR"):
+            outcome = "running"   # (an errored trial is errored, whatever Ray saved before it failed)
         params = {k: v for k, v in config.items() if k not in ("base", "final_test", "cpus", "pair", "seed", "synthetic")}
         params["seed"] = config.get("seed", base.get("seed"))
         trials.append(TrialSummary(

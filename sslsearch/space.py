@@ -10,7 +10,7 @@ from typing import Any
 
 import optuna
 
-from sslsearch.config import read_yaml_file
+from sslsearch.config import build_section, read_yaml_file
 from sslsearch.errors import InputError
 from sslsearch.train import PretrainConfig
 
@@ -98,6 +98,32 @@ def parse_search_space(raw: Any, where: str = "search space") -> SearchSpace:
     if not isinstance(raw, dict) or not raw:
         raise InputError(f"{where} must be a non-empty mapping of parameter: {{distribution: ...}}")
     return SearchSpace(tuple(_parameter(name, spec, where) for name, spec in raw.items()), source=None)
+
+
+def check_space(space: SearchSpace, experiment) -> None:
+    """InputError unless every value the space can produce, put on top of the experiment's pretraining settings,
+    passes the same validator as `sslsearch pretrain` (choices each; distributions at both bounds, since every
+    limit the validator sets is one-sided). Run before anything is written or Ray starts."""
+    where = Path(space.source).name if space.source else "search space"
+    if experiment.search.paired and sorted(map(str, space.choices("loss") or ())) != ["barlow", "hsic"]:
+        raise InputError(f"search.paired needs 'loss' in the search space as a choice of [barlow, hsic], "
+                         f"got {list(space.choices('loss') or [])}")
+    base = experiment.pretrain.to_dict()
+    types = {f.name: str(f.type) for f in dataclasses.fields(PretrainConfig)}
+    for p in space.parameters:
+        if p.distribution in ("uniform", "loguniform") and types[p.name].split(" |")[0] != "float":
+            raise InputError(f"{where}: {p.name} takes {types[p.name]} values, but {p.distribution} draws real numbers; "
+                             "use distribution int or choice")
+        if p.distribution == "int" and types[p.name].split(" |")[0] not in ("int", "float"):
+            raise InputError(f"{where}: {p.name} takes {types[p.name]} values, not integers; use distribution choice")
+        candidates = p.values if p.distribution == "choice" else (p.low, p.high)
+        for value in candidates:
+            value = int(value) if p.distribution == "int" else value
+            try:
+                build_section(PretrainConfig, {**base, p.name: value}, "pretrain").validate()
+            except InputError as error:
+                raise InputError(f"{where}: {p.name}={value!r} would fail every trial that draws it: "
+                                 f"{str(error).replace('pretrain.', '')}") from None
 
 
 def load_search_space(path: str | Path) -> SearchSpace:

@@ -13,15 +13,18 @@
   `checkpoints/last.pt`, `checkpoints/best.pt` (best `val_acc` after epoch 0) and, with the
   `all` policy, `checkpoints/epoch_<N>.pt`.
 
-Every write goes through an ordered outbox: a transient failure (server down, SQLite locked) is
-retried with backoff, then left queued for a later hook and flushed at the end of the sweep. It
-never stops the sweep. MLflow itself is the state: a resumed sweep finds its runs by tags and
-continues them, and metric steps already logged are skipped, so nothing is duplicated.
+Every record goes through a durable outbox in the sweep's folder (`Outbox`: append-only, fsynced,
+numbered): the hooks only append, and a background thread sends in order, retrying transient
+failures (server down, SQLite locked) with backoff and then every COOLDOWN_S, so training never
+waits on the tracking server. What is left at the end waits on disk: `resume` replays it, and
+`sync` (`sslsearch sync NAME`) replays it and then makes MLflow equal to Ray's per-trial results.
+Every writer is idempotent: runs are found by tags, metric steps already logged are skipped.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import importlib.metadata
 import json
@@ -32,11 +35,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
+import pyarrow.fs
 import ray
 import requests
 import torch
@@ -45,10 +50,11 @@ from mlflow.exceptions import MlflowException
 from ray import tune
 
 import sslsearch
-from sslsearch.config import Experiment
+from sslsearch.config import Experiment, experiment_from_dict
 from sslsearch.errors import InputError
-from sslsearch.search import result_outcome
-from sslsearch.space import SearchSpace
+from sslsearch.search import result_outcome, sweep_metadata, sweep_path
+from sslsearch.space import Parameter, SearchSpace
+from sslsearch.sweeplock import SweepLock
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +70,10 @@ PERMANENT_ERRORS = {"INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "RESOU
                     "PERMISSION_DENIED", "UNAUTHENTICATED", "BAD_REQUEST", "ENDPOINT_NOT_FOUND"}
 TRANSIENT = (MlflowException, requests.RequestException, OSError)
 COOLDOWN_S = 30.0  # after retries fail, queued records wait this long before the next try
+# How long the end of a sweep waits for the outbox to empty; what is left waits on disk for `sslsearch sync`.
+FLUSH_TIMEOUT_S = 60.0
+OUTBOX_FILE, SENT_FILE = "mlflow-outbox.jsonl", "mlflow-outbox.sent"
+RETRIES = "sslsearch.retries"
 
 
 def default_tracking_uri(storage: str) -> str:
@@ -187,6 +197,8 @@ class _Run:
     best_epoch: int | None = None
     pending_tags: dict = dataclasses.field(default_factory=dict)  # ride along with the next log_batch
     has_params: bool = True            # False until the params of a new run are logged
+    outcome: str = "running"
+    error: bool = False                # holds an sslsearch.error tag
 
     @classmethod
     def from_mlflow(cls, run) -> _Run:
@@ -194,14 +206,120 @@ class _Run:
         best = tags.get(BEST_VAL_ACC)
         return cls(run.info.run_id, run.info.status, int(metrics["epoch"]) if "epoch" in metrics else -1,
                    float(best) if best is not None else -math.inf,
-                   int(tags[BEST_EPOCH]) if BEST_EPOCH in tags else None, has_params=bool(run.data.params))
+                   int(tags[BEST_EPOCH]) if BEST_EPOCH in tags else None, has_params=bool(run.data.params),
+                   outcome=tags.get(OUTCOME, "running"), error=bool(tags.get(ERROR)))
+
+
+class Outbox:
+    """Records for MLflow, on disk before anything tries to send them: append-only, fsynced, in order.
+
+    `mlflow-outbox.jsonl` holds one numbered JSON record per line; `mlflow-outbox.sent` the numbers
+    MLflow has taken. A record is on disk before the hook that made it returns, so a driver that
+    dies loses nothing it was told; an acknowledgement is not fsynced (losing one only replays an
+    idempotent record). Once every record is sent, both files are removed.
+    """
+
+    def __init__(self, folder: Path | None):
+        self.folder = folder
+        self.pending: collections.deque = collections.deque()  # (number, record), not yet sent, oldest first
+        self.durable = folder is not None
+        self._next = 1
+        if folder is not None:
+            self._load()
+
+    @property
+    def path(self) -> Path:
+        return self.folder / OUTBOX_FILE
+
+    @property
+    def sent_path(self) -> Path:
+        return self.folder / SENT_FILE
+
+    def _load(self) -> None:
+        sent = 0
+        if self.sent_path.is_file():
+            # Numbers are sent in order, so the largest is the mark; a line cut short is a prefix, never larger.
+            sent = max((int(line) for line in self.sent_path.read_text().split() if line.isdigit()), default=0)
+        if not self.path.is_file():
+            return
+        data = self.path.read_bytes()
+        complete = data[:data.rfind(b"\n") + 1]
+        if len(complete) < len(data):
+            # A line cut short by a crash was never acknowledged to Ray: drop it, so appends start clean.
+            with open(self.path, "r+b") as f:
+                f.truncate(len(complete))
+        for line in complete.decode("utf-8", errors="replace").splitlines():
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            self._next = max(self._next, entry["seq"] + 1)
+            if entry["seq"] > sent:
+                self.pending.append((entry["seq"], entry["record"]))
+
+    def append(self, record: list) -> None:
+        line = json.dumps({"seq": self._next, "record": record}, default=str)
+        record = json.loads(line)["record"]  # what a replay will read: one code path for both
+        if self.durable:
+            try:
+                with open(self.path, "a") as f:
+                    f.write(line + "\n")
+                    f.flush()
+                    os.fsync(f.fileno())
+            except OSError as error:  # disk full, folder gone: keep sending from memory, say so once
+                self.durable = False
+                log.warning("cannot write the MLflow outbox %s (%s); records of this session are kept in memory only",
+                            self.path, error.strerror or error)
+        self.pending.append((self._next, record))
+        self._next += 1
+
+    def acknowledge(self, number: int) -> None:
+        if self.pending and self.pending[0][0] == number:
+            self.pending.popleft()
+        if self.durable:
+            try:
+                with open(self.sent_path, "a") as f:
+                    f.write(f"{number}\n")
+            except OSError:
+                pass  # the record is replayed once more later; its writer is idempotent
+        if not self.pending:
+            self.compact()
+
+    def compact(self) -> None:
+        """Everything was sent: remove the files (the marks first, so a crash in between only replays)."""
+        if self.folder is None or self.pending:
+            return
+        for path in (self.sent_path, self.path):
+            try:
+                path.unlink(missing_ok=True)
+            except OSError:
+                pass
+
+
+def outbox_folder(sweep_path: str | None) -> Path | None:
+    """Where a sweep's outbox lives: its own folder; for remote storage (s3://, gs://), a local cache."""
+    if sweep_path is None:
+        return None
+    if "://" in sweep_path:
+        return Path.home() / ".cache" / "sslsearch" / "outbox" / sweep_path.rstrip("/").rsplit("/", 1)[-1]
+    return Path(sweep_path)
+
+
+def unsent_records(sweep_path: str) -> int:
+    """How many records of the sweep at `sweep_path` wait in its outbox (0 when all were sent)."""
+    folder = outbox_folder(sweep_path)
+    return len(Outbox(folder).pending) if folder is not None and (folder / OUTBOX_FILE).is_file() else 0
 
 
 class MlflowTracking(tune.Callback):
-    """Ray Tune callback: records the sweep and its trials in MLflow, exactly once each."""
+    """Ray Tune callback: records the sweep and its trials in MLflow, exactly once each.
+
+    Hooks only append to the outbox; a background thread sends, so the driver (and every trial
+    waiting on it) never blocks on the tracking server."""
 
     def __init__(self, experiment: Experiment, space: SearchSpace, *, sweep: str, storage: str | None = None,
-                 tracking_uri: str | None = None, attempts: int = 4, backoff_s: float = 0.5):
+                 tracking_uri: str | None = None, attempts: int = 3, backoff_s: float = 0.5,
+                 flush_timeout_s: float = FLUSH_TIMEOUT_S):
         if "'" in sweep or "`" in sweep:
             raise InputError(f"sweep name may not hold quotes, got {sweep!r}")
         uri = tracking_uri or experiment.tracking.uri
@@ -211,7 +329,7 @@ class MlflowTracking(tune.Callback):
             uri = default_tracking_uri(storage)
         self.experiment, self.space, self.sweep, self.uri = experiment, space, sweep, uri
         self.sweep_path = f"{storage.rstrip('/')}/{sweep}" if storage else None
-        self.attempts, self.backoff_s = attempts, backoff_s
+        self.attempts, self.backoff_s, self.flush_timeout_s = attempts, backoff_s, flush_timeout_s
         self._reset()
 
     def _reset(self) -> None:
@@ -219,23 +337,35 @@ class MlflowTracking(tune.Callback):
         self._experiment_id: str | None = None
         self._parent: str | None = None
         self._runs: dict[str, _Run] = {}
-        self._outbox: collections.deque = collections.deque()
-        self._retry_at = 0.0
+        self._box: Outbox | None = None  # opened at the first record: the sweep folder may not exist before
         self._configs: dict[str, dict] = {}
         self._live: set[str] = set()    # trials that ran in this session
         self._ended: set[str] = set()   # trials Ray ended in this session (complete or error)
         self._started = time.monotonic()
+        self._wake = threading.Condition()
+        self._sender: threading.Thread | None = None
+        self._stop = self._retry_now = False
+        self.unsent = 0                 # records left in the outbox when the sweep ended
 
     # Ray pickles the callback into the sweep folder (tuner.pkl) and restores it on resume: carry the
-    # settings only. Runs, steps and the best val_acc are recovered from MLflow, the source of truth.
+    # settings only. Runs, steps and the best val_acc are recovered from MLflow, the source of truth,
+    # and records not yet sent from the outbox.
     def __getstate__(self) -> dict:
-        return {k: getattr(self, k) for k in ("experiment", "space", "sweep", "uri", "sweep_path", "attempts", "backoff_s")}
+        return {k: getattr(self, k) for k in ("experiment", "space", "sweep", "uri", "sweep_path", "attempts", "backoff_s",
+                                              "flush_timeout_s")}
 
     def __setstate__(self, state: dict) -> None:
+        state.setdefault("flush_timeout_s", FLUSH_TIMEOUT_S)
         self.__dict__.update(state)
         self._reset()
 
-    # -- Ray Tune hooks: each queues records, then flushes the outbox -------------------------------
+    @property
+    def outbox(self) -> Outbox:
+        if self._box is None:
+            self._box = Outbox(outbox_folder(self.sweep_path))
+        return self._box
+
+    # -- Ray Tune hooks: each appends records to the outbox and wakes the sender --------------------
 
     def setup(self, stop=None, num_samples=None, total_num_samples=None, **info):
         self._started = time.monotonic()
@@ -244,7 +374,7 @@ class MlflowTracking(tune.Callback):
     def on_trial_start(self, iteration, trials, trial, **info):
         self._live.add(trial.trial_id)
         self._configs[trial.trial_id] = trial.config
-        self._submit(("trial", trial.trial_id))
+        self._submit(("trial", trial.trial_id, trial.config))
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         self._live.add(trial.trial_id)
@@ -257,8 +387,12 @@ class MlflowTracking(tune.Callback):
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
         result = trial.last_result or {}  # the report this checkpoint came with
         val_acc = result.get("val_acc")
-        self._submit(("checkpoint", trial.trial_id, checkpoint, int(result.get("epoch", -1)),
+        self._submit(("checkpoint", trial.trial_id, _checkpoint_uri(checkpoint), int(result.get("epoch", -1)),
                       float(val_acc) if _numeric(val_acc) else None))
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        # The worker died (SIGKILL, OOM, node lost); Ray retries the trial from its last checkpoint.
+        self._submit(("retry", trial.trial_id, int(trial.num_failures), _last_line(_error_text(trial))[:1000]))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._ended.add(trial.trial_id)
@@ -289,10 +423,12 @@ class MlflowTracking(tune.Callback):
                 self._finish(trial, "errored" if errored else self._outcome(trial),
                              RunStatus.to_string(RunStatus.FAILED if errored else RunStatus.FINISHED),
                              error=_error_text(trial) if errored else None, only_if_open=True)
-        self._submit(("end", RunStatus.to_string(RunStatus.KILLED if interrupted else RunStatus.FINISHED)), force=True)
-        if self._outbox:
-            log.warning("MLflow at %s did not take %d record(s) of sweep %s; Ray's sweep folder %s still holds "
-                        "the metrics and checkpoints", self.uri, len(self._outbox), self.sweep, self.sweep_path or "")
+        self._submit(("end", RunStatus.to_string(RunStatus.KILLED if interrupted else RunStatus.FINISHED)))
+        self.unsent = self.close(self.flush_timeout_s)
+        if self.unsent:
+            where = self.outbox.path if self.outbox.durable else "memory (the outbox file could not be written)"
+            log.warning("MLflow at %s has not taken %d record(s) of sweep %s yet; they wait in %s. Once the server "
+                        "answers, run: sslsearch sync %s", self.uri, self.unsent, self.sweep, where, self.sweep)
 
     def _outcome(self, trial) -> str:
         return result_outcome(trial.last_result, self.experiment.pretrain.epochs)
@@ -306,23 +442,73 @@ class MlflowTracking(tune.Callback):
         last = None
         if "epoch" in result:
             last = (int(result["epoch"]), {k: float(result[k]) for k in METRICS if _numeric(result.get(k))})
-        self._submit(("finish", trial.trial_id, outcome, status, error, last, trial.checkpoint, _best_checkpoint(trial),
-                      only_if_open))
+        best = _best_checkpoint(trial)
+        self._submit(("finish", trial.trial_id, outcome, status, error, last, _checkpoint_uri(trial.checkpoint),
+                      best and (_checkpoint_uri(best[0]), best[1], best[2]), only_if_open, trial.config))
 
-    # -- the outbox --------------------------------------------------------------------------------
+    # -- the outbox and its sender -------------------------------------------------------------------
 
-    def _submit(self, record: tuple, force: bool = False) -> None:
-        self._outbox.append(record)
-        if not force and time.monotonic() < self._retry_at:
-            return  # still cooling down after a failure: keep the record for later
-        while self._outbox:
-            if not self._attempt(self._outbox[0]):
-                self._retry_at = time.monotonic() + COOLDOWN_S
-                return
-            self._outbox.popleft()
-        self._retry_at = 0.0
+    def _submit(self, record: tuple) -> None:
+        with self._wake:
+            self.outbox.append(list(record))
+            if self._sender is None or not self._sender.is_alive():
+                self._stop = False
+                self._sender = threading.Thread(target=self._send_loop, name=f"sslsearch-mlflow-{self.sweep}", daemon=True)
+                self._sender.start()
+            self._wake.notify_all()
 
-    def _attempt(self, record: tuple) -> bool:
+    def _send_loop(self) -> None:
+        """Send records in order; after a failure wait COOLDOWN_S (or until a flush asks) and try again."""
+        while True:
+            with self._wake:
+                while not self.outbox.pending and not self._stop:
+                    self._wake.wait(timeout=1.0)
+                if self._stop or not self.outbox.pending:
+                    return
+                number, record = self.outbox.pending[0]
+            sent = self._attempt(record)
+            with self._wake:
+                if sent:
+                    self.outbox.acknowledge(number)
+                    self._wake.notify_all()
+                    continue
+                self._retry_now = False
+                self._wake.wait_for(lambda: self._retry_now or self._stop, timeout=COOLDOWN_S)
+
+    def flush(self, timeout_s: float) -> int:
+        """Wait up to `timeout_s` for the sender to empty the outbox (retrying at once); the records left."""
+        deadline = time.monotonic() + timeout_s
+        with self._wake:
+            self._retry_now = True
+            self._wake.notify_all()
+            while self.outbox.pending and self._sender is not None and self._sender.is_alive():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._wake.wait(timeout=min(left, 0.5))
+            return len(self.outbox.pending)
+
+    def close(self, timeout_s: float) -> int:
+        """Flush, then stop the sender; the records left (they stay in the outbox file for a later replay)."""
+        left = self.flush(timeout_s)
+        with self._wake:
+            self._stop = True
+            self._wake.notify_all()
+        if self._sender is not None:
+            self._sender.join(timeout=5)
+        return len(self.outbox.pending) if left else 0
+
+    def drain(self) -> int:
+        """Send every queued record from this thread, in order, stopping at the first that will not go; the
+        records left. (For `sync`, where nothing else runs.)"""
+        while self.outbox.pending:
+            number, record = self.outbox.pending[0]
+            if not self._attempt(record):
+                break
+            self.outbox.acknowledge(number)
+        return len(self.outbox.pending)
+
+    def _attempt(self, record: list) -> bool:
         """Write one record, retrying transient errors; False if it must wait for a later try."""
         for attempt in range(self.attempts):
             try:
@@ -333,8 +519,9 @@ class MlflowTracking(tune.Callback):
                     log.warning("MLflow refused a %s record of sweep %s: %s", record[0], self.sweep, _one_line(error))
                     return True
                 if attempt + 1 == self.attempts:
-                    log.warning("MLflow at %s failed %d times (%s); %d record(s) of sweep %s queued, retrying in %.0f s",
-                                self.uri, self.attempts, _one_line(error), len(self._outbox), self.sweep, COOLDOWN_S)
+                    log.warning("MLflow at %s failed %d times (%s); %d record(s) of sweep %s wait in the outbox, "
+                                "next try in %.0f s", self.uri, self.attempts, _one_line(error),
+                                len(self.outbox.pending), self.sweep, COOLDOWN_S)
                     return False
                 if record[0] == "metrics":
                     self._refresh(record[1])  # the failed request may have landed: never log a step twice
@@ -360,7 +547,8 @@ class MlflowTracking(tune.Callback):
             self._client = mlflow.MlflowClient(self.uri)
         return self._client
 
-    def _write_sweep(self) -> None:
+    def _write_sweep(self, reopen: bool = True) -> None:
+        """Find (or create) the parent run and the trials' runs; `reopen`: a sweep (re)starting marks it RUNNING."""
         client = self.client
         if self._experiment_id is None:
             experiment = client.get_experiment_by_name(EXPERIMENT_NAME)
@@ -372,7 +560,7 @@ class MlflowTracking(tune.Callback):
                 log.warning("MLflow holds %d parent runs for sweep %s; continuing the oldest", len(found), self.sweep)
             if found:
                 parent = min(found, key=lambda r: r.info.start_time)
-                if parent.info.status != "RUNNING":
+                if reopen and parent.info.status != "RUNNING":
                     client.update_run(parent.info.run_id, status="RUNNING")
             else:
                 parent = self._create_parent()
@@ -428,13 +616,18 @@ class MlflowTracking(tune.Callback):
         for start in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
             self.client.log_batch(run_id, params=items[start:start + 100])
 
-    def _write_trial(self, trial_id: str) -> None:
+    def _write_trial(self, trial_id: str, config: dict) -> None:
+        self._configs.setdefault(trial_id, config)
         self._run(trial_id, reopen=True)
+
+    def _write_retry(self, trial_id: str, failures: int, error: str) -> None:
+        run = self._run(trial_id)
+        self.client.log_batch(run.run_id, tags=[RunTag(RETRIES, str(failures)), RunTag(f"{ERROR}.retried", error)])
 
     def _run(self, trial_id: str, reopen: bool = False) -> _Run:
         """The trial's run: found by tags or created; `reopen` marks a run continued by a resume RUNNING again."""
         if self._parent is None:
-            self._write_sweep()
+            self._write_sweep(reopen=False)
         run = self._runs.get(trial_id)
         if run is None:
             config = self._configs.get(trial_id, {})
@@ -474,9 +667,9 @@ class MlflowTracking(tune.Callback):
         run.last_step = step
         run.pending_tags = {}
 
-    def _write_checkpoint(self, trial_id: str, checkpoint, epoch: int, val_acc: float | None) -> None:
+    def _write_checkpoint(self, trial_id: str, checkpoint: str, epoch: int, val_acc: float | None) -> None:
         run = self._run(trial_id)
-        with checkpoint.as_directory() as folder:
+        with _checkpoint_from(checkpoint).as_directory() as folder:
             model = Path(folder) / "last.pt"
             if self.experiment.tracking.checkpoints == "all":
                 self._upload(run.run_id, model, f"epoch_{epoch}.pt")
@@ -509,22 +702,32 @@ class MlflowTracking(tune.Callback):
             shutil.rmtree(folder, ignore_errors=True)
         return True
 
-    def _write_finish(self, trial_id: str, outcome: str, status: str, error: str | None, last: tuple | None, latest,
-                      best, only_if_open: bool) -> None:
+    def _write_finish(self, trial_id: str, outcome: str, status: str, error: str | None, last: list | None,
+                      latest: str | None, best: list | None, only_if_open: bool, config: dict | None = None) -> None:
+        if config is not None:
+            self._configs.setdefault(trial_id, config)
         run = self._run(trial_id)
         if only_if_open and run.status in ("FINISHED", "FAILED"):
             return
-        if latest is not None:
-            with latest.as_directory() as folder:
+        if latest is not None and _checkpoint_exists(latest):
+            with _checkpoint_from(latest).as_directory() as folder:
                 self._upload(run.run_id, Path(folder) / "statistics.csv", "statistics.csv", None)
                 self._upload(run.run_id, Path(folder) / "last.pt", "last.pt")
-        if best is not None and best[1] > 0 and best[2] > run.best_val_acc:
+        if best is not None and best[1] > 0 and best[2] > run.best_val_acc and _checkpoint_exists(best[0]):
             # Ray kept the best checkpoint; it beats best.pt only if a crash cut an upload short.
-            with best[0].as_directory() as folder:
+            with _checkpoint_from(best[0]).as_directory() as folder:
                 if self._upload(run.run_id, Path(folder) / "last.pt", "best.pt"):
                     run.best_epoch, run.best_val_acc = best[1], best[2]
                     run.pending_tags.update({BEST_EPOCH: str(best[1]), BEST_VAL_ACC: repr(best[2])})
         tags = {**run.pending_tags, OUTCOME: outcome}
+        if error is None and run.error:
+            # The error of an earlier attempt, since retried or resumed to its end: it no longer describes the run.
+            try:
+                self.client.delete_tag(run.run_id, ERROR)
+            except MlflowException as gone:
+                if gone.error_code != "RESOURCE_DOES_NOT_EXIST":
+                    raise
+            run.error = False
         if error is not None:
             tags[ERROR] = _last_line(error)[:1000]
             with tempfile.TemporaryDirectory() as folder:
@@ -538,12 +741,148 @@ class MlflowTracking(tune.Callback):
         run.last_step = max(run.last_step, last[0]) if last is not None else run.last_step
         run.pending_tags = {}
         self.client.set_terminated(run.run_id, status)
-        run.status = status
+        run.status, run.outcome, run.error = status, outcome, error is not None or run.error
 
     def _write_end(self, status: str) -> None:
         if self._parent is None:
-            self._write_sweep()
+            self._write_sweep(reopen=False)
         self.client.set_terminated(self._parent, status)
+
+
+@dataclass
+class SyncReport:
+    sweep: str
+    replayed: int          # outbox records sent
+    unsent: int            # outbox records MLflow still would not take
+    trials: int            # trials in Ray's saved state
+    runs_created: int      # trials that had no run
+    points_added: int      # metric points (steps) that MLflow lacked
+    points: int            # steps in Ray's results, all trials
+    statuses_fixed: int    # runs whose status or outcome differed from Ray's
+    duplicates: int        # trials with more than one run (reported, never deleted)
+
+    def format(self) -> str:
+        lines = [f"sync {self.sweep}: replayed {self.replayed} queued record(s); {self.trials} trials: created "
+                 f"{self.runs_created} run(s), added {self.points_added} of {self.points} metric points, fixed "
+                 f"{self.statuses_fixed} status(es)"]
+        if self.duplicates:
+            lines.append(f"warning: {self.duplicates} trial(s) have more than one run in MLflow")
+        if self.unsent:
+            lines.append(f"{self.unsent} record(s) still unsent: MLflow did not take them; run sslsearch sync {self.sweep} again")
+        return "\n".join(lines)
+
+
+def sync(name: str, storage: str, tracking_uri: str | None = None) -> SyncReport:
+    """`sslsearch sync NAME`: replay the sweep's outbox and reconcile MLflow with Ray's results (holds the sweep's lock)."""
+    local = "://" not in storage
+    storage = str(Path(storage).resolve()) if local else storage
+    meta = sweep_metadata(name, storage)
+    experiment = experiment_from_dict(meta["experiment"], meta.get("experiment_source"))
+    space = SearchSpace(tuple(Parameter(**{**p, "values": tuple(p["values"]) if p.get("values") is not None else None})
+                              for p in meta["space"].values()), source=meta.get("space_source"))
+    uri = tracking_uri or experiment.tracking.uri or default_tracking_uri(storage)
+    check_tracking(uri)
+    path = sweep_path(storage, name)
+    lock = SweepLock(path, name, "sync") if local else contextlib.nullcontext()
+    with lock:
+        tracking = MlflowTracking(experiment, space, sweep=name, storage=storage, tracking_uri=uri)
+        return sync_sweep(tracking, tune.ExperimentAnalysis(path).trials)
+
+
+def ray_results(trial) -> dict[int, dict[str, float]]:
+    """Epoch → the metrics Ray recorded for it (the trial's result.json; a re-reported epoch keeps its first report)."""
+    fs, where = trial.storage.storage_filesystem, f"{trial.storage.trial_fs_path}/result.json"
+    try:
+        with fs.open_input_stream(where) as stream:
+            text = stream.readall().decode("utf-8", errors="replace")
+    except (FileNotFoundError, OSError):
+        return {}
+    steps: dict[int, dict[str, float]] = {}
+    for line in text.splitlines():
+        try:
+            result = json.loads(line)
+        except ValueError:
+            continue  # a line cut short by a crash
+        if _numeric(result.get("epoch")):
+            steps.setdefault(int(result["epoch"]), {k: float(result[k]) for k in METRICS if _numeric(result.get(k))})
+    return steps
+
+
+def sync_sweep(tracking: MlflowTracking, trials: list) -> SyncReport:
+    """Make MLflow equal to Ray's per-trial results: replay the outbox, then give every trial one run holding every
+    reported step exactly once, with Ray's status and outcome, and close the parent run as Ray left the sweep.
+    `trials`: the sweep's trials as Ray saved them (tune.ExperimentAnalysis(path).trials)."""
+    queued = len(tracking.outbox.pending)
+    unsent = tracking.drain()
+    if unsent:
+        return SyncReport(tracking.sweep, queued - unsent, unsent, len(trials), 0, 0, 0, 0, 0)
+    client = tracking.client
+    tracking._write_sweep(reopen=False)
+    duplicates = sum(len(runs) > 1 for runs in _runs_by_trial(tracking).values())
+    created = added = points = fixed = 0
+    ended = ("TERMINATED", "ERROR")
+    for trial in trials:
+        steps = ray_results(trial)
+        points += len(steps)
+        if not steps and trial.trial_id not in tracking._runs:
+            continue  # never reported: no run, as in a live sweep
+        tracking._configs[trial.trial_id] = trial.config
+        created += trial.trial_id not in tracking._runs
+        run = tracking._run(trial.trial_id)
+        logged = {m.step for m in client.get_metric_history(run.run_id, "epoch")}
+        now = int(time.time() * 1000)
+        missing = [Metric(k, v, now, step) for step, values in sorted(steps.items()) if step not in logged
+                   for k, v in values.items()]
+        for start in range(0, len(missing), 1000):  # MLflow takes at most 1000 metrics per batch
+            tracking.client.log_batch(run.run_id, metrics=missing[start:start + 1000])
+        added += len({m.step for m in missing})
+        run.last_step = max([run.last_step, *steps])
+        errored = trial.status == "ERROR"
+        if trial.status in ended:
+            outcome = "errored" if errored else tracking._outcome(trial)
+            status = RunStatus.to_string(RunStatus.FAILED if errored else RunStatus.FINISHED)
+        else:
+            outcome, status = "running", RunStatus.to_string(RunStatus.KILLED)
+        if (run.status, run.outcome) != (status, outcome) or (run.error and not errored):
+            fixed += 1
+            best = _best_checkpoint(trial)
+            tracking._write_finish(trial.trial_id, outcome, status, _error_text(trial) if errored else None, None,
+                                   _checkpoint_uri(trial.checkpoint), best and [_checkpoint_uri(best[0]), *best[1:]],
+                                   False, trial.config)
+    done = all(t.status in ended for t in trials)
+    parent = client.get_run(tracking._parent)
+    want = RunStatus.to_string(RunStatus.FINISHED if done else RunStatus.KILLED)
+    if parent.info.status != want:
+        client.set_terminated(tracking._parent, want)
+        fixed += 1
+    return SyncReport(tracking.sweep, queued, 0, len(trials), created, added, points, fixed, duplicates)
+
+
+def _runs_by_trial(tracking: MlflowTracking) -> dict[str, list]:
+    runs = collections.defaultdict(list)
+    for run in tracking._search(_sweep_filter(tracking.sweep, "trial")):
+        runs[run.data.tags[TRIAL_ID]].append(run)
+    return runs
+
+
+def _checkpoint_uri(checkpoint) -> str | None:
+    """A checkpoint as a string the outbox can hold: its local path, or scheme://path on remote storage."""
+    if checkpoint is None:
+        return None
+    if isinstance(checkpoint.filesystem, pyarrow.fs.LocalFileSystem):
+        return checkpoint.path
+    scheme = {"gcs": "gs"}.get(checkpoint.filesystem.type_name, checkpoint.filesystem.type_name)
+    return f"{scheme}://{checkpoint.path}"
+
+
+def _checkpoint_from(uri: str) -> tune.Checkpoint:
+    return tune.Checkpoint(uri)
+
+
+def _checkpoint_exists(uri: str) -> bool:
+    if "://" not in uri:
+        return Path(uri).is_dir()
+    return True  # remote: as_directory will tell
 
 
 def _best_checkpoint(trial) -> tuple | None:

@@ -96,7 +96,8 @@ class PretrainConfig:
             (all(h >= 1 for h in self.projector_hidden), f"projector_hidden widths must be ≥ 1, got {self.projector_hidden}"),
             (self.batch_size >= 2, f"batch_size must be ≥ 2 (the loss standardises along the batch), got {self.batch_size}"),
             (self.epochs >= 1, f"epochs must be ≥ 1, got {self.epochs}"),
-            (self.lr > 0 and math.isfinite(self.lr), f"lr must be > 0, got {self.lr}"),
+            # Above 10 every optimiser here (Adam, SGD, LARS's trust-scaled steps) diverges at once.
+            (0 < self.lr <= 10, f"lr must be in (0, 10], got {self.lr}"),
             (self.weight_decay >= 0, f"weight_decay must be ≥ 0, got {self.weight_decay}"),
             (0 <= self.warmup_epochs < self.epochs or self.warmup_epochs == 0,
              f"warmup_epochs must be in [0, epochs), got {self.warmup_epochs}"),

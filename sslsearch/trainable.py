@@ -9,6 +9,7 @@ with one last report, `diverged: True` at chance-level val_acc (no checkpoint).
 from __future__ import annotations
 
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -45,6 +46,34 @@ def chance_accuracy(labels: torch.Tensor) -> float:
     return 100.0 * torch.bincount(labels).max().item() / max(1, labels.numel())
 
 
+def _older_checkpoints(checkpoint: tune.Checkpoint) -> list[tune.Checkpoint]:
+    """The trial's other checkpoints Ray kept (sweeps keep two), newest first; local storage only."""
+    here = Path(checkpoint.path)
+    if "://" in str(checkpoint.path) or not here.parent.is_dir():
+        return []
+    older = sorted((p for p in here.parent.glob("checkpoint_*") if p.is_dir() and p.name < here.name), reverse=True)
+    return [tune.Checkpoint(str(p)) for p in older]
+
+
+def restore(checkpoint: tune.Checkpoint, scratch: Path) -> tuple[Path, float]:
+    """(last.pt, seconds trained so far) from the newest intact checkpoint, starting at `checkpoint`. A broken one
+    (cut short by a full disk or a crash) is named in one line and the previous one is used instead."""
+    broken = []
+    for candidate in [checkpoint, *_older_checkpoints(checkpoint)]:
+        folder = scratch / Path(candidate.path).name
+        try:
+            restored = Path(candidate.to_directory(str(folder)))
+            torch.load(restored / "last.pt", map_location="cpu", weights_only=True)  # readable to the end
+            return restored / "last.pt", float((restored / "trial_seconds.txt").read_text())
+        except Exception as error:  # noqa: BLE001 — any way a file can be broken
+            reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+            broken.append(f"{candidate.path}/last.pt")
+            print(f"sslsearch: checkpoint {candidate.path}/last.pt is unreadable ({type(error).__name__}: {reason}); "
+                  "trying the previous one", file=sys.stderr, flush=True)
+            shutil.rmtree(folder, ignore_errors=True)
+    raise RuntimeError(f"no intact checkpoint to resume from; broken: {', '.join(broken)}")
+
+
 def run_trial(config: dict) -> None:
     """Ray Tune function trainable."""
     pretrain_config = trial_config(config)
@@ -54,9 +83,7 @@ def run_trial(config: dict) -> None:
     resume, seconds_before = None, 0.0
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
-        restored = Path(checkpoint.to_directory(str(scratch / "restored")))
-        resume = restored / "last.pt"
-        seconds_before = float((restored / "trial_seconds.txt").read_text())
+        resume, seconds_before = restore(checkpoint, scratch / "restored")
     started = time.perf_counter()
 
     def report(row: dict, checkpoint_path: Path | None) -> None:

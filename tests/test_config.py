@@ -70,9 +70,9 @@ def _run(capsys, argv):
     ("pretrian: {}", [], "unknown key\\(s\\) in e.yaml: pretrian; valid: name, search"),
     ("search: {num_samples: 0}", [], "num_samples must be ≥ 1"),
     ("search: {paired: true, num_samples: 3}", [], "even num_samples"),
-    ("", ["pretrain.lmbda=-1"], "lmbda must be"),
-    ("", ["pretrain.epochs=abc"], "pretrain.epochs must be a number"),
-    ("", ["scheduler.type=hyperband"], "scheduler.type must be one of asha, fifo"),
+    ("pretrain: {epochs: 2}", ["pretrain.lmbda=-1"], "lmbda must be"),
+    ("pretrain: {epochs: 2}", ["pretrain.epochs=abc"], "pretrain.epochs must be a number"),
+    ("pretrain: {epochs: 2}", ["scheduler.type=hyperband"], "scheduler.type must be one of asha, fifo"),
 ])
 def test_sweep_cli_refuses_bad_experiments_before_any_trial(tmp_path, capsys, content, overrides, match):
     path = tmp_path / "e.yaml"

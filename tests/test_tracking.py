@@ -2,6 +2,7 @@
 a sweep interrupted and resumed, and the callback's hooks replayed as a killed driver would."""
 
 import collections
+import json
 import os
 import pickle
 import signal
@@ -271,6 +272,7 @@ class FakeTrial:
 def test_killed_then_interrupted_then_resumed_driver_keeps_one_run_per_trial(tmp_path):
     experiment = tiny()
     space = load_search_space(experiment.space_path())
+    (tmp_path / "replay").mkdir()  # run_sweep creates the sweep folder, where the outbox lives
     first = MlflowTracking(experiment, space, sweep="replay", storage=str(tmp_path), backoff_s=0)
     restored = lambda: pickle.loads(pickle.dumps(first))  # what Ray does on resume (tuner.pkl)
     a, b = FakeTrial("aaaa0001", tmp_path, "barlow"), FakeTrial("bbbb0002", tmp_path, "hsic")
@@ -281,6 +283,8 @@ def test_killed_then_interrupted_then_resumed_driver_keeps_one_run_per_trial(tmp
         first.on_trial_start(0, [], trial)
     a.report(first, 0, 50.0), a.report(first, 1, 80.0), b.report(first, 0, 50.0)
     pickle.dumps(first)  # Ray saves the callback with the experiment: no client, no lock in its state
+    first.close(timeout_s=0)  # the SIGKILL: its sender stops wherever it is; unsent records stay in the outbox file
+    first._sender.join()  # (a killed driver's thread is gone; this one finishes the record in hand first)
 
     # Session 2: re-reports an epoch already logged, then is interrupted (Ctrl-C).
     second = restored()
@@ -324,29 +328,42 @@ def test_killed_then_interrupted_then_resumed_driver_keeps_one_run_per_trial(tmp
     assert run_a.data.params["lmbda"] == "0.01" and run_a.data.params["base.epochs"] == "2"
 
 
-def test_outage_queues_records_and_writes_them_in_order_later(tmp_path, monkeypatch):
+def test_outage_queues_records_on_disk_without_blocking_and_sends_them_in_order_later(tmp_path, monkeypatch):
     experiment = tiny()
     space = load_search_space(experiment.space_path())
-    tracking = MlflowTracking(experiment, space, sweep="outage", storage=str(tmp_path), attempts=2, backoff_s=0)
+    (tmp_path / "outage").mkdir()
+    tracking = MlflowTracking(experiment, space, sweep="outage", storage=str(tmp_path), attempts=2, backoff_s=0.2)
     trial = FakeTrial("cccc0003", tmp_path, "barlow")
     tracking.setup()
     tracking.on_trial_start(0, [], trial)
+    assert tracking.flush(60) == 0
     original, calls, down = MlflowClient.log_batch, [], [True]
 
     def log_batch(self, *args, **kwargs):
         calls.append(down[0])
         if down[0]:
+            time.sleep(0.5)  # a server that takes its time to refuse
             raise requests.ConnectionError("connection refused")
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(MlflowClient, "log_batch", log_batch)
+    started = time.monotonic()
     trial.report(tracking, 0, 50.0)
-    trial.report(tracking, 1, 70.0)  # cooling down: queued without another try
-    assert calls == [True, True] and len(tracking._outbox) == 4
+    trial.report(tracking, 1, 70.0)
+    hooks_s = time.monotonic() - started
+    assert hooks_s < 0.5, hooks_s  # the hooks only append to the outbox: training never waits on the server
+    deadline = time.monotonic() + 10
+    while len(calls) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert calls == [True, True]  # two attempts, then the sender cools down (30 s) instead of hammering
+    outbox = tmp_path / "outage" / "mlflow-outbox.jsonl"
+    queued = [json.loads(line)["record"][0] for line in outbox.read_text().splitlines()]
+    assert queued[-4:] == ["metrics", "checkpoint", "metrics", "checkpoint"]  # on disk, in order
     down[0] = False
     trial.report(tracking, 2, 60.0)  # still cooling down
     tracking.on_trial_complete(0, [], trial)
-    tracking.on_experiment_end([trial])  # writes everything, in order
+    tracking.on_experiment_end([trial])  # the end asks for a try at once: everything goes, in order
+    assert tracking.unsent == 0 and not outbox.exists()  # all sent: the outbox is removed
     client = MlflowClient(default_tracking_uri(str(tmp_path)))
     _, children = sweep_runs(default_tracking_uri(str(tmp_path)), "outage")
     (run,) = children["cccc0003"]

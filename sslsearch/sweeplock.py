@@ -1,0 +1,132 @@
+"""One writer per sweep: a lock file in the sweep's folder, and the sweep folder created atomically.
+
+`sweep`, `resume` and `sync` each hold `<sweep>/sslsearch.lock` while they write. On one machine the
+lock is an OS lock (`flock`), which the kernel drops when its holder dies, however it dies; so a
+lock left by a killed process is never mistaken for a live one. The file also names the holder
+(pid, host, start time) and a heartbeat refreshed every HEARTBEAT_S, so a writer on another host
+of a shared file system is refused while its heartbeat is fresh and taken over once it is stale.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+
+from sslsearch.errors import InputError
+
+LOCK_FILE = "sslsearch.lock"
+HEARTBEAT_S = 10.0
+STALE_S = 6 * HEARTBEAT_S  # a holder on another host that has not beaten for this long is gone
+
+
+def create_sweep_folder(path: Path, name: str) -> None:
+    """Create the sweep's folder; InputError if it exists. The check and the creation are one mkdir."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir()
+    except FileExistsError:
+        raise InputError(f"a sweep named {name!r} already exists in {path.parent}; resume it with "
+                         f"`sslsearch resume {name}` or choose another --name") from None
+
+
+class SweepLock:
+    """`with SweepLock(folder, name):` — InputError (one line) if another process writes the sweep."""
+
+    def __init__(self, folder: str | Path, name: str, action: str = "write"):
+        self.path = Path(folder) / LOCK_FILE
+        self.name, self.action = name, action
+        self._fd: int | None = None
+        self._stop = threading.Event()
+        self._beat: threading.Thread | None = None
+
+    def __enter__(self) -> SweepLock:
+        if self._fd is None:
+            self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    def acquire(self) -> SweepLock:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read(fd)
+            os.close(fd)
+            raise InputError(self._refusal(holder)) from None
+        holder = _read(fd)
+        # flock does not reach across hosts on every shared file system: trust a fresh heartbeat from elsewhere.
+        if holder and holder.get("host") != socket.gethostname() and time.time() - holder.get("heartbeat", 0) < STALE_S:
+            os.close(fd)
+            raise InputError(self._refusal(holder))
+        self._fd = fd
+        self._write(started=time.time())
+        self._beat = threading.Thread(target=self._heartbeat, name=f"sslsearch-lock-{self.name}", daemon=True)
+        self._beat.start()
+        return self
+
+    def _refusal(self, holder: dict) -> str:
+        who = (f"pid {holder.get('pid')} on {holder.get('host')} (started "
+               f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(holder.get('started', 0)))}, last heartbeat "
+               f"{time.time() - holder.get('heartbeat', 0):.0f} s ago)") if holder else "another process"
+        return (f"sweep {self.name!r} is being written by {who}; cannot {self.action} it until that process ends "
+                f"(lock: {self.path})")
+
+    def _write(self, started: float | None = None) -> None:
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "started": started or self._started,
+                "heartbeat": time.time()}
+        self._started = info["started"]
+        data = json.dumps(info).encode()
+        os.lseek(self._fd, 0, os.SEEK_SET)
+        os.ftruncate(self._fd, 0)
+        os.write(self._fd, data)
+        os.fsync(self._fd)
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(HEARTBEAT_S):
+            try:
+                self._write()
+            except OSError:  # disk full or folder gone: the OS lock still holds on this host
+                pass
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        self._stop.set()
+        if self._beat is not None:
+            self._beat.join(timeout=5)
+        try:
+            os.ftruncate(self._fd, 0)  # empty: no holder (the file stays; removing it would race a newcomer)
+        except OSError:
+            pass
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        os.close(self._fd)
+        self._fd = None
+
+
+def check_owned(path: Path) -> None:
+    """InputError unless the sweep folder and Ray's pickled state in it belong to this user and not everyone can
+    write them: `resume` unpickles that state, and a crafted tuner.pkl runs code."""
+    uid = os.getuid()
+    for item in (path, *(path / name for name in ("tuner.pkl", "trainable.pkl") if (path / name).exists())):
+        info = item.lstat()
+        if info.st_uid != uid:
+            raise InputError(f"{item} belongs to uid {info.st_uid}, not you (uid {uid}); resume unpickles it, so it "
+                             "must be your own: copy the sweep folder yourself if you trust it")
+        if info.st_mode & 0o002:  # (group-writable is left alone: with per-user groups, as umask 002 gives, it is you)
+            raise InputError(f"{item} is writable by everyone (mode {info.st_mode & 0o777:o}); resume unpickles it, so "
+                             f"others must not write it: chmod o-w {item}")
+
+
+def _read(fd: int) -> dict:
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+        return json.loads(os.read(fd, 4096) or b"{}")
+    except (OSError, ValueError):
+        return {}

@@ -1,0 +1,279 @@
+"""Fault injection: real SIGKILLs of a trial's worker and of a real `mlflow server` on 127.0.0.1, a second writer,
+broken checkpoints. Each asserts with counts against Ray's own per-trial results."""
+
+import contextlib
+import io
+import os
+import signal
+import subprocess
+import sys
+import threading
+import types
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from mlflow import MlflowClient
+from ray import tune
+
+from mlflow_server import MlflowServer
+from sslsearch import cli
+from sslsearch.config import load_experiment
+from sslsearch.errors import InputError
+from sslsearch.search import STUDY_FILE, run_sweep
+from sslsearch.space import load_search_space
+from sslsearch.sweeplock import SweepLock, check_owned, create_sweep_folder
+from sslsearch.tracking import MlflowTracking, ray_results, sync, unsent_records
+
+ROOT = Path(__file__).resolve().parent.parent
+# One pair of trials, 2 epochs, a report every epoch; FIFO so both run their full budget whatever they score.
+TINY = ["pretrain.epochs=2", "pretrain.eval_every=1", "search.num_samples=2", "scheduler.type=fifo"]
+
+
+class Faults(tune.Callback):
+    """SIGKILLs the worker of the first trial to report epoch 1, and the tracking server at the first report of
+    epoch 2 (so it is down over the sweep's end). Marker files keep each from happening twice."""
+
+    def __init__(self, folder: Path, server_pgid: int):
+        self.folder, self.server_pgid = folder, server_pgid
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if result["epoch"] >= 1 and not (self.folder / "worker-killed").exists():
+            (self.folder / "worker-killed").write_text(trial.trial_id)
+            os.kill(result["pid"], signal.SIGKILL)
+        if result["epoch"] >= 2 and not (self.folder / "server-killed").exists():
+            (self.folder / "server-killed").touch()
+            os.killpg(self.server_pgid, signal.SIGKILL)
+
+
+def _sweep_runs(client, name):
+    experiment = client.get_experiment_by_name("sslsearch")
+    runs = client.search_runs([experiment.experiment_id], f"tags.`sslsearch.sweep` = '{name}'")
+    parents = [r for r in runs if r.data.tags["sslsearch.role"] == "sweep"]
+    children = {}
+    for r in runs:
+        if r.data.tags["sslsearch.role"] == "trial":
+            children.setdefault(r.data.tags["sslsearch.trial_id"], []).append(r)
+    return parents, children
+
+
+@pytest.fixture(scope="module")
+def faulty_sweep(ray_session, tmp_path_factory):
+    """A real sweep through a real mlflow server: one worker SIGKILLed mid-trial, the server SIGKILLed before the
+    end. Then the server comes back (same port, same store) and `sslsearch sync` runs."""
+    folder = tmp_path_factory.mktemp("faults")
+    server = MlflowServer(folder).start()
+    storage, name = str(folder / "runs"), "faulty"
+    experiment = load_experiment(None, TINY)
+    space = load_search_space(experiment.space_path())
+    uri = server.wait()
+    tracking = MlflowTracking(experiment, space, sweep=name, storage=storage, tracking_uri=uri, flush_timeout_s=3)
+    try:
+        summary = run_sweep(experiment, space, name=name, storage=storage, quiet=True,
+                            callbacks=[tracking, Faults(folder, server.process.pid)])
+        server.process.wait()
+        unsent = unsent_records(summary.path)
+        stderr = io.StringIO()
+        with contextlib.redirect_stderr(stderr):
+            code = cli.sweep_exit_code(summary)
+        server.start().wait()
+        first, second = sync(name, storage, uri), sync(name, storage, uri)
+        yield types.SimpleNamespace(summary=summary, unsent=unsent, code=code, stderr=stderr.getvalue(), uri=uri,
+                                    name=name, storage=storage, first=first, second=second, experiment=experiment,
+                                    killed=(folder / "worker-killed").read_text())
+    finally:
+        server.stop()
+
+
+@pytest.mark.slow
+def test_a_sweep_whose_server_died_says_sync_and_sync_loses_nothing(faulty_sweep):
+    s = faulty_sweep
+    assert s.unsent > 0 and s.code == 3  # finished, but records wait: not 0
+    assert f"run `sslsearch sync {s.name}`" in s.stderr
+    assert s.first.unsent == 0 and s.first.replayed == s.unsent
+    assert (s.second.points_added, s.second.statuses_fixed, s.second.runs_created) == (0, 0, 0)  # idempotent
+    assert unsent_records(s.summary.path) == 0 and not (Path(s.summary.path) / "mlflow-outbox.jsonl").exists()
+
+    client = MlflowClient(s.uri)
+    parents, children = _sweep_runs(client, s.name)
+    trials = tune.ExperimentAnalysis(s.summary.path).trials
+    assert len(trials) == s.experiment.search.num_samples == len(s.summary.trials)  # planned = finished
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert sorted(children) == sorted(t.trial_id for t in trials) and all(len(r) == 1 for r in children.values())
+    outcomes = {t.trial_id: t.outcome for t in s.summary.trials}
+    points = 0
+    for trial in trials:
+        (run,) = children[trial.trial_id]
+        reported = ray_results(trial)
+        ray_steps = sorted(reported)
+        for key in ("epoch", "val_acc", "knn_acc", "loss", "trial_seconds"):  # each point exactly once
+            assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [
+                step for step in ray_steps if key in reported[step]], key
+        points += len(ray_steps)
+        assert trial.status == "TERMINATED" and run.info.status == "FINISHED"
+        assert run.data.tags["sslsearch.outcome"] == outcomes[trial.trial_id] == "completed"
+        assert "sslsearch.error" not in run.data.tags
+    assert points == s.first.points == 2 * 3  # two trials, epochs 0..2
+
+
+@pytest.mark.slow
+def test_a_killed_worker_is_retried_and_every_record_agrees(faulty_sweep):
+    s = faulty_sweep
+    (killed,) = [t for t in tune.ExperimentAnalysis(s.summary.path).trials if t.trial_id == s.killed]
+    assert killed.num_failures == 1 and killed.status == "TERMINATED"
+    assert all(t.outcome == "completed" for t in s.summary.trials)
+    client = MlflowClient(s.uri)
+    _, children = _sweep_runs(client, s.name)
+    assert children[s.killed][0].data.tags["sslsearch.retries"] == "1"
+    study = optuna.load_study(study_name=s.name, storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(Path(s.summary.path) / STUDY_FILE))))
+    states = {t.user_attrs["ray_trial_id"]: t.state.name for t in study.trials}
+    assert states == {t.trial_id: "COMPLETE" for t in s.summary.trials}  # Ray, Optuna and MLflow agree
+
+
+@pytest.mark.slow
+def test_a_second_writer_is_refused_while_the_sweep_is_held(faulty_sweep, capsys):
+    path = faulty_sweep.summary.path
+    with SweepLock(path, faulty_sweep.name):
+        for argv in (["resume", faulty_sweep.name], ["sync", faulty_sweep.name, "--tracking-uri", faulty_sweep.uri]):
+            assert cli.main([*argv, "--storage", faulty_sweep.storage]) == 2
+            err = capsys.readouterr().err
+            assert len(err.splitlines()) == 1 and f"pid {os.getpid()}" in err and "being written by" in err, err
+
+
+def test_the_lock_of_a_killed_writer_is_taken_over(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from sslsearch.sweeplock import SweepLock; "
+                               f"SweepLock({str(tmp_path)!r}, 's').acquire(); print('held', flush=True); time.sleep(600)"],
+                              stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(InputError, match=f"being written by pid {holder.pid} on "):
+            SweepLock(tmp_path, "s").acquire()
+    finally:
+        holder.kill()  # SIGKILL: no clean-up ran, the lock file still names it
+        holder.wait()
+    assert f'"pid": {holder.pid}' in (tmp_path / "sslsearch.lock").read_text()
+    with SweepLock(tmp_path, "s"):
+        assert f'"pid": {os.getpid()}' in (tmp_path / "sslsearch.lock").read_text()
+    assert (tmp_path / "sslsearch.lock").read_text() == ""  # released
+
+
+def test_two_sweeps_of_one_name_started_together_give_one_folder(tmp_path):
+    outcomes, start = [], threading.Barrier(8)
+
+    def create():
+        start.wait()
+        try:
+            create_sweep_folder(tmp_path / "X", "X")
+            outcomes.append("created")
+        except InputError as error:
+            outcomes.append(str(error))
+
+    threads = [threading.Thread(target=create) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert outcomes.count("created") == 1
+    assert all("a sweep named 'X' already exists" in o for o in outcomes if o != "created")
+
+
+def _checkpoint(folder: Path, epoch: int) -> None:
+    folder.mkdir(parents=True)
+    torch.save({"epoch": epoch, "model": {"w": torch.zeros(1000)}}, folder / "last.pt")
+    (folder / "trial_seconds.txt").write_text(repr(float(epoch)))
+
+
+def test_a_truncated_checkpoint_falls_back_to_the_previous_one_and_is_named(tmp_path, capsys):
+    from sslsearch.trainable import restore
+
+    trial = tmp_path / "trial_x"
+    _checkpoint(trial / "checkpoint_000001", 1)
+    _checkpoint(trial / "checkpoint_000002", 2)
+    broken = trial / "checkpoint_000002" / "last.pt"
+    broken.write_bytes(broken.read_bytes()[:200])  # cut short, as by a full disk or a crash mid-write
+    last, seconds = restore(tune.Checkpoint(str(trial / "checkpoint_000002")), tmp_path / "scratch")
+    assert torch.load(last, weights_only=True)["epoch"] == 1 and seconds == 1.0
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and f"checkpoint {trial / 'checkpoint_000002'}/last.pt is unreadable" in err
+    (trial / "checkpoint_000001" / "last.pt").write_bytes(b"")
+    with pytest.raises(RuntimeError, match="no intact checkpoint to resume from; broken: .*000002/last.pt, .*000001/last.pt"):
+        restore(tune.Checkpoint(str(trial / "checkpoint_000002")), tmp_path / "scratch2")
+
+
+def test_resume_refuses_a_sweep_folder_others_can_write(tmp_path):
+    (tmp_path / "tuner.pkl").write_bytes(b"")
+    check_owned(tmp_path)
+    os.chmod(tmp_path / "tuner.pkl", 0o666)
+    with pytest.raises(InputError, match="tuner.pkl is writable by everyone .*chmod o-w"):
+        check_owned(tmp_path)
+
+
+def test_a_crafted_backbone_pickle_is_one_line_not_code(tmp_path):
+    import json
+    import pickle
+
+    from sslsearch.export import load_backbone, sha256_of
+
+    class Payload:  # what a crafted file would run on a plain torch.load
+        def __reduce__(self):
+            return (os.system, ("touch pwned",))
+
+    (tmp_path / "backbone.pt").write_bytes(pickle.dumps(Payload()))
+    card = {"weights": {"sha256": sha256_of(tmp_path / "backbone.pt")}, "backbone": "small_cnn", "image_size": 8}
+    (tmp_path / "model_card.json").write_text(json.dumps(card))
+    with pytest.raises(InputError, match="cannot load .*backbone.pt \\(UnpicklingError: .*weights_only refuses"):
+        load_backbone(tmp_path)
+    assert not (Path.cwd() / "pwned").exists()
+
+
+class FillDisk(tune.Callback):
+    """Fills the storage's file system at the first report of epoch 1 (once: a marker outside it remembers)."""
+
+    def __init__(self, disk: Path, marker: Path):
+        self.disk, self.marker = disk, marker
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if result["epoch"] >= 1 and not self.marker.exists():
+            self.marker.touch()
+            with open(self.disk / "filler", "wb") as f:
+                try:
+                    while True:
+                        f.write(b"\0" * (1 << 20))
+                        f.flush()
+                except OSError:
+                    pass
+
+
+@pytest.mark.slow
+def test_a_full_disk_stops_the_sweep_in_good_order_and_resume_finishes_it(ray_session, tmp_path, capsys):
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs as the sweep's storage needs root")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        from sslsearch.search import resume_sweep
+
+        storage, name = str(disk / "runs"), "full"
+        experiment = load_experiment(None, [*TINY, "resources.max_failures=1"])
+        space = load_search_space(experiment.space_path())
+        tracking = MlflowTracking(experiment, space, sweep=name, storage=storage, flush_timeout_s=3)
+        code = cli._report_sweep(lambda: run_sweep(experiment, space, name=name, storage=storage, quiet=True,
+                                                   callbacks=[tracking, FillDisk(disk, tmp_path / "filled")]))
+        out, err = capsys.readouterr()
+        assert (tmp_path / "filled").exists()
+        lines = [line for line in err.splitlines() if line.startswith("sslsearch: error:")]
+        if code == 4:  # an OS error escaped Ray: one line, the summary, the resume hint
+            assert len(lines) == 1 and f"sslsearch resume {name}" in lines[0] and "Traceback" not in err
+        else:  # Ray absorbed it: the trials that could not save errored, and the sweep says so
+            assert code == 1 and "errored" in out
+        assert not list(disk.rglob("*.tmp"))
+        (disk / "filler").unlink()  # space freed
+        summary = resume_sweep(name, storage)
+        assert [t.outcome for t in summary.trials] == ["completed", "completed"]
+        assert cli.sweep_exit_code(summary) == 0
+    finally:
+        subprocess.run(["umount", "-l", str(disk)])
