@@ -306,3 +306,72 @@ def test_gpu_check_runs_on_cpu_without_the_sweep_dependencies(tmp_path):
     # The blocker works: the same interpreter cannot import Ray.
     blocked = subprocess.run([sys.executable, "-c", "import ray"], env=env, capture_output=True, text=True)
     assert blocked.returncode != 0
+
+
+# -------------------------------------------------------------------------------------------
+# bench platform: a real sweep of trials that only sleep, the driver measured
+# -------------------------------------------------------------------------------------------
+
+def test_bench_platform_measures_a_real_sweep_end_to_end(ray_session, tmp_path):
+    import mlflow
+
+    from sslsearch.bench_platform import format_bench_platform, measure_sweep
+
+    result = measure_sweep(4, reports=1, concurrency=2, report_seconds=0.0, checkpoint_mb=0.01, storage=str(tmp_path))
+    # Every trial reports epoch 0 and epoch 10 (its last): ASHA's first rung is the end here.
+    assert result["reports"] == 8 and result["outcomes"] == {"completed": 4, "stopped early": 0, "errored": 0}
+    assert result["suggest_ms"]["calls"] == 4 and result["snapshot_ms"]["calls"] == 4
+    assert result["components"]["tracking.on_trial_result"]["calls"] == 8
+    assert result["ray_state_saves"]["count"] >= 1 and result["ray_state_saves"]["last_bytes"] > 0
+    assert 0 < result["timed_cpu_s"] < result["driver_cpu_s"]
+    assert result["memory_mb"]["peak"] >= result["memory_mb"]["after"] > 0
+    # The records are real: four trial runs in the SQLite store, each with both reports and its checkpoints.
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("sslsearch")
+    runs = client.search_runs([experiment.experiment_id], "tags.`sslsearch.role` = 'trial'")
+    assert len(runs) == 4 and all(r.data.tags["sslsearch.outcome"] == "completed" for r in runs)
+    assert all(len(client.get_metric_history(r.info.run_id, "val_acc")) == 2 for r in runs)
+    assert {a.path for a in client.list_artifacts(runs[0].info.run_id, "checkpoints")} == {"checkpoints/best.pt",
+                                                                                           "checkpoints/last.pt"}
+    text = format_bench_platform({**result, "reports": 1, "machine": {"cpus": 2, "date": "today"}, "runs": [result]})
+    assert "ms per report" in text and "suggest ms" in text
+
+
+def test_appended_study_snapshot_equals_the_rewritten_one(tmp_path):
+    # The fix proposed for SweepSearcher.persist: same journal content, written once per trial.
+    import optuna
+
+    from sslsearch.bench_platform import _APPEND_JOURNALS, _append_snapshot
+    from sslsearch.search import write_study_snapshot
+
+    study = optuna.create_study(direction="maximize", study_name="s")
+    distributions = {"lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)}
+    appended = str(tmp_path / "appended.journal")
+    for i in range(5):
+        study.add_trial(optuna.trial.create_trial(
+            params={"lr": 1e-3 * (i + 1)}, distributions=distributions, user_attrs={"pair": i},
+            state=optuna.trial.TrialState.PRUNED if i % 2 else optuna.trial.TrialState.COMPLETE,
+            value=None if i % 2 else 50.0 + i, intermediate_values={0: 10.0, 10: 40.0 + i}))
+        _append_snapshot(study, appended)
+    _APPEND_JOURNALS.clear()
+    write_study_snapshot(study, tmp_path / "rewritten.journal")
+
+    def trials(path):
+        storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+        return [(t.number, t.state, t.value, t.params, t.intermediate_values, t.user_attrs)
+                for t in optuna.load_study(study_name="s", storage=storage).trials]
+
+    assert trials(appended) == trials(tmp_path / "rewritten.journal") and len(trials(appended)) == 5
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--trials", "5"], "search.paired needs an even num_samples"),
+    (["--trials", ""], "--trials needs at least one sweep size"),
+    (["--trials", "4", "--checkpoint-mb", "-1"], "--checkpoint-mb must be in [0, 1024]"),
+])
+def test_bench_platform_refuses_bad_settings_in_one_line(argv, message, capsys):
+    from sslsearch.cli import main
+
+    assert main(["bench", "platform", *argv]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"sslsearch: error: {message}")
