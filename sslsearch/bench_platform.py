@@ -53,9 +53,10 @@ from sslsearch.tracking import MlflowTracking
 # The workhorse GPU sweep (ResNet-18 on CIFAR-10): its settings are what the driver records and
 # schedules; only the training is replaced.
 DEFAULT_EXPERIMENT = PROJECT_ROOT / "experiments" / "cifar10_resnet18.yaml"
-QUICK = {"trials": (8, 16), "reports": 2, "concurrency": 2, "report_seconds": 0.05, "checkpoint_mb": 0.01}
-# Components timed on the Tune loop's thread, none inside another: their sum is the driver CPU
-# that sslsearch and Ray's state saves add; the rest of the process's CPU is Ray's own loop and threads.
+QUICK = {"trials": (4, 8), "reports": 2, "concurrency": 2, "report_seconds": 0.0, "checkpoint_mb": 0.01}
+# Components timed on the Tune loop's thread, none inside another: with Ray's upload of its state
+# (its own thread) their sum is the driver CPU that sslsearch and Ray's state saves add; the rest of
+# the process's CPU is Ray's own loop and threads.
 TOP_LEVEL = ("searcher.suggest", "searcher.on_trial_result", "searcher.on_trial_complete", "tracking.setup",
              "tracking.on_trial_start", "tracking.on_trial_result", "tracking.on_checkpoint",
              "tracking.on_trial_complete", "tracking.on_trial_error", "tracking.on_experiment_end",
@@ -248,6 +249,7 @@ def _instrumented():
     MLflow client calls and HTTP requests."""
     import mlflow
     import requests
+    import ray.train._internal.storage as ray_storage
     from ray.tune.execution.tune_controller import TuneController
 
     save_to_dir = TuneController.save_to_dir
@@ -260,6 +262,9 @@ def _instrumented():
         PROFILE.saves.append((len(controller._trials), t["wall"], t["cpu"], size))
 
     patched = [(TuneController, "save_to_dir", save_to_dir, timed_save),
+               # After each save Ray copies the staging folder to the sweep's storage, in a thread of its own.
+               (ray_storage, "_upload_to_fs_path", ray_storage._upload_to_fs_path,
+                _timed_function(ray_storage._upload_to_fs_path, "ray.upload_experiment_state")),
                (requests.Session, "request", requests.Session.request,
                 _timed_function(requests.Session.request, "http.request"))]
     patched += [(mlflow.MlflowClient, name, getattr(mlflow.MlflowClient, name),
@@ -440,7 +445,7 @@ def _check_settings(trials, reports, concurrency, report_seconds, checkpoint_mb,
 
 def _figures(trials, reported, concurrency, wall, cpu, summary, server_cpu) -> dict:
     calls = {name: {"calls": c, "wall_s": w, "cpu_s": u} for name, (c, w, u) in sorted(PROFILE.calls.items())}
-    sslsearch_cpu = sum(calls[n]["cpu_s"] for n in TOP_LEVEL if n in calls)
+    sslsearch_cpu = sum(calls[n]["cpu_s"] for n in TOP_LEVEL + ("ray.upload_experiment_state",) if n in calls)
     setup = calls.get("tracking.setup", {}).get("cpu_s", 0.0)
     own = sum(t.trial_seconds for t in summary.trials) / concurrency
     mlflow_calls = {k: v for k, v in calls.items() if k.startswith("mlflow.")}
@@ -480,6 +485,58 @@ def _curve(points: list[tuple], trials: int) -> dict:
     return {"calls": len(points), "first_finished": first[-1][0], "last_finished": last[0][0],
             "first_ms": mean(first, 1), "last_ms": mean(last, 1), "first_cpu_ms": mean(first, 2),
             "last_cpu_ms": mean(last, 2), "total_cpu_s": sum(p[2] for p in points)}
+
+
+# ---------------------------------------------------------------------------------------------
+# The sampler alone: suggest latency against the finished trials it learns from
+# ---------------------------------------------------------------------------------------------
+
+SAMPLER_VARIANTS = {
+    # search.make_sampler's TPE: concurrent trials see each other as provisional results.
+    "tpe": lambda seed: optuna.samplers.TPESampler(seed=seed, constant_liar=True),
+    "tpe-multivariate": lambda seed: optuna.samplers.TPESampler(seed=seed, constant_liar=True, multivariate=True),
+    "tpe-no-liar": lambda seed: optuna.samplers.TPESampler(seed=seed),
+    "random": lambda seed: optuna.samplers.RandomSampler(seed=seed),
+    "gp": lambda seed: optuna.samplers.GPSampler(seed=seed),
+}
+
+
+def suggest_latency(finished: tuple[int, ...] = (50, 200, 1000), samplers: tuple[str, ...] = ("tpe", "random"),
+                    running: int = 8, calls: int = 16, seed: int = 0) -> dict:
+    """CPU ms per `suggest` of a paired SweepSearcher whose study already holds `finished` trials (a third
+    completed, the rest pruned, with intermediate values, as ASHA leaves them) while `running` trials are
+    in flight, for each sampler variant; no Ray. Returns {sampler: {finished: ms}}."""
+    unknown = [name for name in samplers if name not in SAMPLER_VARIANTS]
+    if unknown:
+        raise InputError(f"unknown sampler variant(s) {', '.join(unknown)}; expected {', '.join(SAMPLER_VARIANTS)}")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    space = load_search_space(_sweep_experiment(2, 10, running, "tpe", None).space_path())
+    rng = random.Random(seed)
+    out: dict[str, dict[str, float]] = {}
+    for name in samplers:
+        out[name] = {}
+        for n in finished:
+            searcher = SweepSearcher(space, max_epochs=100, sampler="random", seed=seed, paired=True, study_name="s",
+                                     study_path=None)
+            searcher._ot_study.sampler = SAMPLER_VARIANTS[name](seed)
+            distributions = space.to_optuna()
+            for i in range(n):
+                params = {k: d.to_external_repr(d._asdict()["choices"].index(rng.choice(d.choices)))
+                          if isinstance(d, optuna.distributions.CategoricalDistribution)
+                          else math.exp(rng.uniform(math.log(d.low), math.log(d.high))) for k, d in distributions.items()}
+                epochs = 10 if i % 3 else 100
+                curve = {e: synthetic_val_acc({**params, "base": {"epochs": 100}}, e, rng) for e in range(0, epochs + 1, 10)}
+                searcher._ot_study.add_trial(optuna.trial.create_trial(
+                    params=params, distributions=distributions, intermediate_values=curve,
+                    state=optuna.trial.TrialState.COMPLETE if epochs == 100 else optuna.trial.TrialState.PRUNED,
+                    value=curve[100] if epochs == 100 else None))
+            for i in range(running):
+                searcher.suggest(f"warm{i}")
+            started = time.thread_time()
+            for i in range(calls):
+                searcher.suggest(f"t{i}")
+            out[name][str(n)] = 1e3 * (time.thread_time() - started) / calls
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -553,7 +610,8 @@ def format_bench_platform(result: dict) -> str:
     row("  of which MLflow store set-up (once)", [f"{r['setup_cpu_s']:.1f}" for r in runs])
     row("  ms per report, set-up left out", [f"{r['driver_cpu_ms_per_report']:.1f}" for r in runs])
     row("  ms per trial, set-up left out", [f"{r['driver_cpu_ms_per_trial']:.0f}" for r in runs])
-    for name in TOP_LEVEL + ("searcher.persist", "searcher.save (in ray.save_experiment_state)"):
+    for name in TOP_LEVEL + ("ray.upload_experiment_state", "searcher.persist",
+                             "searcher.save (in ray.save_experiment_state)"):
         if any(name in r["components"] for r in runs):
             row(f"  CPU s in {name}", [f"{r['components'].get(name, {}).get('cpu_s', 0.0):.2f}" for r in runs])
     row("  CPU s elsewhere (Ray's loop and threads)", [f"{r['ray_rest_cpu_s']:.1f}" for r in runs])

@@ -222,7 +222,7 @@ def _add_bench_platform(bench) -> None:
                    help="Ray's CheckpointConfig num_to_keep (run_sweep's: 1; see docs/scale.md)")
     f.add_argument("--append-snapshot", action="store_true",
                    help="append the Optuna journal instead of rewriting it (the fix proposed in docs/scale.md)")
-    f.add_argument("--quick", action="store_true", help="a small run for CI: 8 and 16 trials, 2 reports, 2 at a time")
+    f.add_argument("--quick", action="store_true", help="a small run for CI: 4 and 8 trials, up to 3 reports, 2 at a time")
     f.add_argument("--json", action="store_true", help="print the figures as JSON")
     f.set_defaults(run=_run_bench_platform)
 

@@ -364,6 +364,29 @@ def test_appended_study_snapshot_equals_the_rewritten_one(tmp_path):
     assert trials(appended) == trials(tmp_path / "rewritten.journal") and len(trials(appended)) == 5
 
 
+def test_suggest_latency_is_measured_per_sampler_and_study_size():
+    from sslsearch.bench_platform import suggest_latency
+
+    result = suggest_latency((4, 12), ("tpe", "random"), running=2, calls=2)
+    assert set(result) == {"tpe", "random"} and all(set(v) == {"4", "12"} for v in result.values())
+    assert all(ms > 0 for v in result.values() for ms in v.values())
+    with pytest.raises(InputError, match="unknown sampler variant"):
+        suggest_latency((4,), ("annealing",))
+
+
+@pytest.mark.slow
+def test_bench_platform_quick_runs_each_size_in_its_own_process():
+    completed = subprocess.run([sys.executable, "-m", "sslsearch.cli", "bench", "platform", "--quick", "--json"], cwd=ROOT,
+                               capture_output=True, text=True, timeout=900)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    result = json.loads(completed.stdout)
+    assert [r["trials"] for r in result["runs"]] == [4, 8]
+    for run in result["runs"]:
+        assert run["outcomes"]["errored"] == 0 and run["trials"] * 2 <= run["reports"] <= run["trials"] * 3
+        assert run["driver_cpu_ms_per_report"] > 0 and run["mlflow"]["calls"] > run["reports"]
+        assert run["suggest_ms"]["calls"] == run["trials"] and run["memory_mb"]["peak"] > 0
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--trials", "5"], "search.paired needs an even num_samples"),
     (["--trials", ""], "--trials needs at least one sweep size"),
