@@ -504,8 +504,9 @@ SAMPLER_VARIANTS = {
 def suggest_latency(finished: tuple[int, ...] = (50, 200, 1000), samplers: tuple[str, ...] = ("tpe", "random"),
                     running: int = 8, calls: int = 16, seed: int = 0) -> dict:
     """CPU ms per `suggest` of a paired SweepSearcher whose study already holds `finished` trials (a third
-    completed, the rest pruned, with intermediate values, as ASHA leaves them) while `running` trials are
-    in flight, for each sampler variant; no Ray. Returns {sampler: {finished: ms}}."""
+    completed, the rest pruned, with intermediate values, as ASHA leaves them) while `running` to
+    `running + calls` trials are in flight (half of them paired twins, as a paired sweep asks), for each
+    sampler variant; no Ray. Returns {sampler: {finished: ms}}."""
     unknown = [name for name in samplers if name not in SAMPLER_VARIANTS]
     if unknown:
         raise InputError(f"unknown sampler variant(s) {', '.join(unknown)}; expected {', '.join(SAMPLER_VARIANTS)}")
@@ -521,8 +522,7 @@ def suggest_latency(finished: tuple[int, ...] = (50, 200, 1000), samplers: tuple
             searcher._ot_study.sampler = SAMPLER_VARIANTS[name](seed)
             distributions = space.to_optuna()
             for i in range(n):
-                params = {k: d.to_external_repr(d._asdict()["choices"].index(rng.choice(d.choices)))
-                          if isinstance(d, optuna.distributions.CategoricalDistribution)
+                params = {k: rng.choice(d.choices) if isinstance(d, optuna.distributions.CategoricalDistribution)
                           else math.exp(rng.uniform(math.log(d.low), math.log(d.high))) for k, d in distributions.items()}
                 epochs = 10 if i % 3 else 100
                 curve = {e: synthetic_val_acc({**params, "base": {"epochs": 100}}, e, rng) for e in range(0, epochs + 1, 10)}
