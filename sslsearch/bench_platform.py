@@ -45,8 +45,7 @@ from ray.tune.schedulers import ASHAScheduler
 
 from sslsearch.config import PROJECT_ROOT, load_experiment
 from sslsearch.errors import InputError
-from sslsearch.search import (METRIC, MODE, LiveView, SweepSearcher, connect_ray, summarize, sweep_path,
-                              write_study_snapshot)
+from sslsearch.search import METRIC, MODE, LiveView, SweepSearcher, connect_ray, summarize, sweep_path
 from sslsearch.space import load_search_space
 from sslsearch.tracking import MlflowTracking
 
@@ -436,7 +435,8 @@ def _check_settings(trials, reports, concurrency, report_seconds, checkpoint_mb,
     checks = [(trials >= 2, f"--trials must be ≥ 2, got {trials}"), (reports >= 1, f"--reports must be ≥ 1, got {reports}"),
               (concurrency >= 1, f"--concurrency must be ≥ 1, got {concurrency}"),
               (math.isfinite(report_seconds) and report_seconds >= 0, f"--report-seconds must be ≥ 0, got {report_seconds}"),
-              (math.isfinite(checkpoint_mb) and 0 <= checkpoint_mb <= 1024, f"--checkpoint-mb must be in [0, 1024], got {checkpoint_mb}"),
+              (math.isfinite(checkpoint_mb) and 0 <= checkpoint_mb <= 1024,
+               f"--checkpoint-mb must be in [0, 1024], got {checkpoint_mb}"),
               (tracking in ("sqlite", "server", "none"), f"--tracking must be sqlite, server or none, got {tracking!r}")]
     for ok, message in checks:
         if not ok:
