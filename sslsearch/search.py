@@ -215,8 +215,34 @@ class SweepSearcher(OptunaSearch):
         self.persist()
 
     def persist(self) -> None:
-        if self._study_path:
+        """Keep the journal next to the sweep equal to the study's finished trials, for optuna-dashboard.
+
+        Local storage: written whole once per process (atomically), then each newly finished trial is
+        appended, O(1) per trial (rewriting it at every finished trial costs O(N²) over a sweep:
+        docs/scale.md). Remote storage: rewritten and uploaded whole."""
+        if not self._study_path:
+            return
+        snapshot = getattr(self, "_snapshot", None)   # (the journal's study, numbers written); this process only
+        if "://" in self._study_path or snapshot is None:
             write_study_snapshot(self._ot_study, self._study_path)
+            if "://" not in self._study_path:
+                storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(self._study_path))
+                written = {t.number for t in self._ot_study.get_trials(deepcopy=False) if t.state.is_finished()}
+                self._snapshot = (optuna.load_study(study_name=self._ot_study.study_name, storage=storage), written)
+            return
+        journal, written = snapshot
+        new = [t for t in self._ot_study.get_trials(deepcopy=False) if t.state.is_finished() and t.number not in written]
+        journal.add_trials(new)
+        written.update(t.number for t in new)
+
+    def save(self, checkpoint_path: str):
+        # Ray pickles the searcher into its experiment state: the open journal stays out of it.
+        snapshot = self.__dict__.pop("_snapshot", None)
+        try:
+            super().save(checkpoint_path)
+        finally:
+            if snapshot is not None:
+                self._snapshot = snapshot
 
     @property
     def study(self) -> optuna.Study:

@@ -306,3 +306,98 @@ def test_gpu_check_runs_on_cpu_without_the_sweep_dependencies(tmp_path):
     # The blocker works: the same interpreter cannot import Ray.
     blocked = subprocess.run([sys.executable, "-c", "import ray"], env=env, capture_output=True, text=True)
     assert blocked.returncode != 0
+
+
+# -------------------------------------------------------------------------------------------
+# bench platform: a real sweep of trials that only sleep, the driver measured
+# -------------------------------------------------------------------------------------------
+
+def test_bench_platform_measures_a_real_sweep_end_to_end(ray_session, tmp_path):
+    import mlflow
+
+    from sslsearch.bench_platform import format_bench_platform, measure_sweep
+
+    result = measure_sweep(4, reports=1, concurrency=2, report_seconds=0.0, checkpoint_mb=0.01, storage=str(tmp_path))
+    # Every trial reports epoch 0 and epoch 10 (its last): ASHA's first rung is the end here.
+    assert result["reports"] == 8 and result["outcomes"] == {"completed": 4, "stopped early": 0, "errored": 0}
+    assert result["suggest_ms"]["calls"] == 4 and result["snapshot_ms"]["calls"] == 4
+    assert result["components"]["tracking.on_trial_result"]["calls"] == 8
+    assert result["ray_state_saves"]["count"] >= 1 and result["ray_state_saves"]["last_bytes"] > 0
+    assert 0 < result["timed_cpu_s"] < result["driver_cpu_s"]
+    assert result["memory_mb"]["peak"] >= result["memory_mb"]["after"] > 0
+    # The records are real: four trial runs in the SQLite store, each with both reports and its checkpoints.
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("sslsearch")
+    runs = client.search_runs([experiment.experiment_id], "tags.`sslsearch.role` = 'trial'")
+    assert len(runs) == 4 and all(r.data.tags["sslsearch.outcome"] == "completed" for r in runs)
+    assert all(len(client.get_metric_history(r.info.run_id, "val_acc")) == 2 for r in runs)
+    assert {a.path for a in client.list_artifacts(runs[0].info.run_id, "checkpoints")} == {"checkpoints/best.pt",
+                                                                                           "checkpoints/last.pt"}
+    text = format_bench_platform({**result, "reports": 1, "machine": {"cpus": 2, "date": "today"}, "runs": [result]})
+    assert "ms per report" in text and "suggest ms" in text
+
+
+def test_the_searchers_appended_study_snapshot_equals_a_rewritten_one(tmp_path):
+    # SweepSearcher.persist appends each newly finished trial (O(1) per trial); the journal must hold
+    # what a full rewrite would, and survive the searcher being pickled by Ray in between.
+    import pickle
+
+    import optuna
+
+    from sslsearch.search import SweepSearcher, write_study_snapshot
+    from sslsearch.space import load_search_space
+
+    space = load_search_space(ROOT / "search_spaces" / "barlow_hsic.yaml")
+    searcher = SweepSearcher(space, max_epochs=4, sampler="random", seed=0, paired=False, study_name="s",
+                             study_path=str(tmp_path / "appended.journal"))
+    for i in range(5):
+        searcher.suggest(f"t{i}")
+        searcher.on_trial_result(f"t{i}", {"epoch": 2, "val_acc": 40.0 + i})
+        searcher.on_trial_complete(f"t{i}", {"epoch": 4 if i % 2 else 2, "val_acc": 50.0 + i})
+        searcher.save(str(tmp_path / "searcher.pkl"))
+    assert "_snapshot" in searcher.__dict__ and "_snapshot" not in pickle.load(open(tmp_path / "searcher.pkl", "rb"))
+    write_study_snapshot(searcher.study, tmp_path / "rewritten.journal")
+
+    def trials(path):
+        storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+        return [(t.number, t.state, t.value, t.params, t.intermediate_values, t.user_attrs)
+                for t in optuna.load_study(study_name="s", storage=storage).trials]
+
+    assert trials(tmp_path / "appended.journal") == trials(tmp_path / "rewritten.journal")
+    assert len(trials(tmp_path / "appended.journal")) == 5
+
+
+def test_suggest_latency_is_measured_per_sampler_and_study_size():
+    from sslsearch.bench_platform import suggest_latency
+
+    result = suggest_latency((4, 12), ("tpe", "random"), running=2, calls=2)
+    assert set(result) == {"tpe", "random"} and all(set(v) == {"4", "12"} for v in result.values())
+    assert all(ms > 0 for v in result.values() for ms in v.values())
+    with pytest.raises(InputError, match="unknown sampler variant"):
+        suggest_latency((4,), ("annealing",))
+
+
+@pytest.mark.slow
+def test_bench_platform_quick_runs_each_size_in_its_own_process():
+    completed = subprocess.run([sys.executable, "-m", "sslsearch.cli", "bench", "platform", "--quick", "--json"], cwd=ROOT,
+                               capture_output=True, text=True, timeout=900)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    result = json.loads(completed.stdout)
+    assert [r["trials"] for r in result["runs"]] == [4, 8]
+    for run in result["runs"]:
+        assert run["outcomes"]["errored"] == 0 and run["trials"] * 2 <= run["reports"] <= run["trials"] * 3
+        assert run["driver_cpu_ms_per_report"] > 0 and run["mlflow"]["calls"] > run["reports"]
+        assert run["suggest_ms"]["calls"] == run["trials"] and run["memory_mb"]["peak"] > 0
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--trials", "5"], "search.paired needs an even num_samples"),
+    (["--trials", ""], "--trials needs at least one sweep size"),
+    (["--trials", "4", "--checkpoint-mb", "-1"], "--checkpoint-mb must be in [0, 1024]"),
+])
+def test_bench_platform_refuses_bad_settings_in_one_line(argv, message, capsys):
+    from sslsearch.cli import main
+
+    assert main(["bench", "platform", *argv]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"sslsearch: error: {message}")

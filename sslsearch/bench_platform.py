@@ -1,0 +1,634 @@
+"""The platform at scale: what the sweep's driver costs as trials and reports grow (`sslsearch bench platform`).
+
+A real sweep — the real Tuner, SweepSearcher (Optuna), ASHA, MlflowTracking to a real SQLite store
+or a real `mlflow server` on 127.0.0.1, the live view, Ray's experiment checkpoints — whose trainable
+trains nothing: `synthetic_trial` sleeps for each report interval, reports a synthetic learning
+curve and writes a checkpoint of a chosen size, so the only work left is the driver's. Each sweep
+size runs in a fresh process (clean memory figures, a Ray instance of its own) and returns:
+
+- the driver process's CPU seconds (all its threads; not wall time, because the cores are shared),
+  per report and per trial, and what each component took of it (CPU time of the calling thread);
+- wall time beyond the trials' own time (Σ trial seconds / concurrency);
+- searcher `suggest` latency against the number of trials already finished (TPE's cost grows with it);
+- the study snapshot that SweepSearcher writes at every finished trial;
+- MLflow client calls (and HTTP requests to a server) with their seconds, per report;
+- Ray's experiment-state saves: how many, their time, the size of what they write;
+- the driver's resident memory before and after the sweep, and its peak.
+
+Instrumentation is by subclassing (SweepSearcher, MlflowTracking, LiveView) and by wrapping, for the
+run only, TuneController.save_to_dir and MlflowClient's methods; nothing in search.py or tracking.py
+changes. This module imports Ray, Optuna and MLflow: unlike bench.py it does not run on a bare GPU machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import math
+import os
+import random
+import resource
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import optuna
+import ray
+from ray import tune
+
+from sslsearch.config import PROJECT_ROOT, load_experiment
+from sslsearch.errors import InputError
+from sslsearch.asha import PairedASHA, RungState
+from sslsearch.search import (METRIC, MODE, LiveView, SweepSearcher, connect_ray, make_scheduler, summarize,
+                              sweep_path, write_study_snapshot)
+from sslsearch.space import load_search_space
+from sslsearch.tracking import MlflowTracking
+
+# The workhorse GPU sweep (ResNet-18 on CIFAR-10): its settings are what the driver records and
+# schedules; only the training is replaced.
+DEFAULT_EXPERIMENT = PROJECT_ROOT / "experiments" / "cifar10_resnet18.yaml"
+QUICK = {"trials": (4, 8), "reports": 2, "concurrency": 2, "report_seconds": 0.0, "checkpoint_mb": 0.01}
+# Components timed on the Tune loop's thread, none inside another: with Ray's upload of its state
+# (its own thread) their sum is the driver CPU that sslsearch and Ray's state saves add; the rest of
+# the process's CPU is Ray's own loop and threads.
+TOP_LEVEL = ("searcher.suggest", "searcher.on_trial_result", "searcher.on_trial_complete", "tracking.setup",
+             "tracking.on_trial_start", "tracking.on_trial_result", "tracking.on_checkpoint",
+             "tracking.on_trial_complete", "tracking.on_trial_error", "tracking.on_experiment_end",
+             "liveview.on_trial_result", "liveview.on_trial_complete", "ray.save_experiment_state")
+MLFLOW_METHODS = ("create_experiment", "get_experiment_by_name", "search_runs", "create_run", "get_run", "update_run",
+                  "log_batch", "log_artifact", "log_artifacts", "set_terminated", "set_tag", "log_metric", "log_param")
+
+
+# ---------------------------------------------------------------------------------------------
+# The synthetic trial: reports and checkpoints like trainable.run_trial, trains nothing
+# ---------------------------------------------------------------------------------------------
+
+def synthetic_val_acc(config: dict, epoch: int, rng: random.Random) -> float:
+    """A learning curve whose ceiling depends smoothly on λ, lr and feature_dim (so TPE and ASHA
+    have a signal to follow); chance level (10 %) at epoch 0."""
+    lmbda, lr = config.get("lmbda", 0.005), config.get("lr", 1e-3)
+    quality = (1 - 0.08 * math.log10(lmbda / 5e-3) ** 2 - 0.12 * math.log10(lr / 1e-3) ** 2
+               + 0.01 * math.log2(config.get("feature_dim", 128) / 128) + 0.01 * (config.get("loss") == "hsic"))
+    ceiling = 10 + 80 * min(1.0, max(0.0, quality))
+    epochs = config["base"]["epochs"]
+    return 10 + (ceiling - 10) * (1 - math.exp(-3 * epoch / epochs)) + (rng.gauss(0, 0.5) if epoch else 0.0)
+
+
+@functools.lru_cache(maxsize=4)
+def _payload(size: int) -> bytes:
+    return random.Random(size).randbytes(size)  # incompressible, like trained weights
+
+
+def synthetic_trial(config: dict) -> None:
+    """Ray Tune function trainable: the report schedule of train.pretrain (epoch 0, then every
+    eval_every epochs and the last), a sleep of `report_seconds` per interval, a checkpoint folder
+    (last.pt of `checkpoint_bytes`, statistics.csv, trial_seconds.txt) with every report."""
+    base, bench = config["base"], config["bench"]
+    epochs, every = base["epochs"], base["eval_every"]
+    rng = random.Random(f"{config.get('seed')}-{config.get('loss')}-{config.get('lmbda')}-{config.get('lr')}")
+    started = time.perf_counter()
+    rows = []
+    for epoch in [e for e in range(epochs + 1) if e % every == 0 or e == epochs]:
+        if epoch:
+            time.sleep(bench["report_seconds"] * (epoch - rows[-1]["epoch"]) / every)
+        acc = synthetic_val_acc(config, epoch, rng)
+        metrics = {"epoch": epoch, "loss": 100.0 / (1 + epoch), "val_acc": acc, "knn_acc": acc - 2,
+                   "images_per_s": 0.0, "trial_seconds": time.perf_counter() - started,
+                   "node_id": ray.get_runtime_context().get_node_id()}
+        if epoch == epochs and config.get("final_test", True):
+            metrics["test_acc"] = acc - 1
+        rows.append(metrics)
+        with tempfile.TemporaryDirectory() as folder:
+            (Path(folder) / "last.pt").write_bytes(_payload(bench["checkpoint_bytes"]))
+            (Path(folder) / "statistics.csv").write_text(
+                "epoch,val_acc\n" + "".join(f"{r['epoch']},{r['val_acc']:.3f}\n" for r in rows))
+            (Path(folder) / "trial_seconds.txt").write_text(repr(metrics["trial_seconds"]))
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+
+
+# ---------------------------------------------------------------------------------------------
+# Instrumentation: one profile per process (the driver)
+# ---------------------------------------------------------------------------------------------
+
+class _Profile:
+    """Calls, wall seconds and CPU seconds (of the calling thread) per component; thread-safe."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.calls: dict[str, list] = {}      # name → [calls, wall s, cpu s]
+        self.suggests: list[tuple] = []       # (finished trials at the call, wall s, cpu s)
+        self.snapshots: list[tuple] = []      # (finished trials, wall s, cpu s)
+        self.saves: list[tuple] = []          # (trials known to Ray, wall s, cpu s, bytes written)
+
+    @contextlib.contextmanager
+    def timed(self, name: str):
+        timing = {}
+        wall, cpu = time.perf_counter(), time.thread_time()
+        try:
+            yield timing
+        finally:
+            timing["wall"], timing["cpu"] = time.perf_counter() - wall, time.thread_time() - cpu
+            with self.lock:
+                entry = self.calls.setdefault(name, [0, 0.0, 0.0])
+                entry[0] += 1
+                entry[1] += timing["wall"]
+                entry[2] += timing["cpu"]
+
+
+PROFILE = _Profile()
+
+
+class _TimedSearcher(SweepSearcher):
+    """SweepSearcher, timed. `append_snapshot` False: the study snapshot is rewritten whole at every
+    finished trial, as before the fix (docs/scale.md), to measure both side by side."""
+
+    append_snapshot = True
+
+    def suggest(self, trial_id: str):
+        finished = len(self._completed_trials)
+        with PROFILE.timed("searcher.suggest") as t:
+            config = super().suggest(trial_id)
+        if isinstance(config, dict):
+            PROFILE.suggests.append((finished, t["wall"], t["cpu"]))
+        return config
+
+    def on_trial_result(self, trial_id: str, result: dict):
+        with PROFILE.timed("searcher.on_trial_result"):
+            super().on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+        with PROFILE.timed("searcher.on_trial_complete"):
+            super().on_trial_complete(trial_id, result, error)
+
+    def persist(self) -> None:
+        with PROFILE.timed("searcher.persist") as t:
+            if self.append_snapshot or not self._study_path:
+                super().persist()   # what search.py ships: append each newly finished trial
+            else:
+                write_study_snapshot(self._ot_study, self._study_path)   # the pre-fix rewrite, for comparison
+        PROFILE.snapshots.append((len(self._completed_trials), t["wall"], t["cpu"]))
+
+    def save(self, checkpoint_path: str):
+        with PROFILE.timed("searcher.save (in ray.save_experiment_state)"):
+            super().save(checkpoint_path)
+
+
+class _TimedTracking(MlflowTracking):
+    """MlflowTracking, each Tune hook timed on the Tune loop's thread."""
+
+    def setup(self, *args, **kwargs):
+        with PROFILE.timed("tracking.setup"):
+            super().setup(*args, **kwargs)
+
+    def on_trial_start(self, *args, **kwargs):
+        with PROFILE.timed("tracking.on_trial_start"):
+            super().on_trial_start(*args, **kwargs)
+
+    def on_trial_result(self, *args, **kwargs):
+        with PROFILE.timed("tracking.on_trial_result"):
+            super().on_trial_result(*args, **kwargs)
+
+    def on_checkpoint(self, *args, **kwargs):
+        with PROFILE.timed("tracking.on_checkpoint"):
+            super().on_checkpoint(*args, **kwargs)
+
+    def on_trial_complete(self, *args, **kwargs):
+        with PROFILE.timed("tracking.on_trial_complete"):
+            super().on_trial_complete(*args, **kwargs)
+
+    def on_trial_error(self, *args, **kwargs):
+        with PROFILE.timed("tracking.on_trial_error"):
+            super().on_trial_error(*args, **kwargs)
+
+    def on_experiment_end(self, *args, **kwargs):
+        with PROFILE.timed("tracking.on_experiment_end"):
+            super().on_experiment_end(*args, **kwargs)
+
+
+class _TimedLiveView(LiveView):
+    def on_trial_result(self, *args, **kwargs):
+        with PROFILE.timed("liveview.on_trial_result"):
+            super().on_trial_result(*args, **kwargs)
+
+    def on_trial_complete(self, *args, **kwargs):
+        with PROFILE.timed("liveview.on_trial_complete"):
+            super().on_trial_complete(*args, **kwargs)
+
+
+def _timed_function(function, name: str):
+    @functools.wraps(function)
+    def timed(*args, **kwargs):
+        with PROFILE.timed(name):
+            return function(*args, **kwargs)
+    return timed
+
+
+@contextlib.contextmanager
+def _instrumented():
+    """For the sweep only: time Ray's experiment-state saves (and measure what they write), and count
+    MLflow client calls and HTTP requests."""
+    import mlflow
+    import requests
+    import ray.train._internal.storage as ray_storage
+    from ray.tune.execution.tune_controller import TuneController
+
+    save_to_dir = TuneController.save_to_dir
+
+    def timed_save(controller):
+        with PROFILE.timed("ray.save_experiment_state") as t:
+            save_to_dir(controller)
+        folder = Path(controller._storage.experiment_driver_staging_path)
+        size = sum(f.stat().st_size for f in folder.iterdir() if f.is_file() and not f.name.startswith("tmp"))
+        PROFILE.saves.append((len(controller._trials), t["wall"], t["cpu"], size))
+
+    patched = [(TuneController, "save_to_dir", save_to_dir, timed_save),
+               # After each save Ray copies the staging folder to the sweep's storage, in a thread of its own.
+               (ray_storage, "_upload_to_fs_path", ray_storage._upload_to_fs_path,
+                _timed_function(ray_storage._upload_to_fs_path, "ray.upload_experiment_state")),
+               (requests.Session, "request", requests.Session.request,
+                _timed_function(requests.Session.request, "http.request"))]
+    patched += [(mlflow.MlflowClient, name, getattr(mlflow.MlflowClient, name),
+                 _timed_function(getattr(mlflow.MlflowClient, name), f"mlflow.{name}"))
+                for name in MLFLOW_METHODS if hasattr(mlflow.MlflowClient, name)]
+    for owner, name, _, new in patched:
+        setattr(owner, name, new)
+    try:
+        yield
+    finally:
+        for owner, name, original, _ in patched:
+            setattr(owner, name, original)
+
+
+def _rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process and its descendants, from /proc (Linux)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    stats = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            stats[int(entry.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / ticks)
+    total, frontier = 0.0, [pid]
+    while frontier:
+        current = frontier.pop()
+        total += stats.get(current, (0, 0.0))[1]
+        frontier += [child for child, (parent, _) in stats.items() if parent == current]
+    return total
+
+
+@contextlib.contextmanager
+def _mlflow_server(folder: Path):
+    """A real `mlflow server` on 127.0.0.1 (SQLite backend, local artifacts); yields (uri, pid)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+               "--backend-store-uri", f"sqlite:///{folder / 'server.db'}",
+               "--artifacts-destination", (folder / "server-artifacts").as_uri()]
+    log = open(folder / "mlflow-server.log", "w")
+    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        import requests
+
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if requests.get(f"{uri}/health", timeout=2).ok:
+                    break
+            except requests.RequestException:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"mlflow server did not start; see {folder / 'mlflow-server.log'}")
+            time.sleep(0.5)
+        yield uri, server.pid
+    finally:
+        os.killpg(server.pid, 15)  # its own session: the server and its workers, nothing else
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, 9)
+        log.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# One sweep, measured (in this process)
+# ---------------------------------------------------------------------------------------------
+
+def measure_sweep(trials: int, reports: int = 10, concurrency: int = 8, report_seconds: float = 0.25,
+                  checkpoint_mb: float = 1.0, tracking: str = "sqlite", sampler: str = "tpe",
+                  storage: str | None = None, ray_num_to_keep: int | None = 2, append_snapshot: bool = True,
+                  experiment_path: str | Path | None = None) -> dict:
+    """Run one synthetic sweep of `trials` trials (`reports` report intervals at most each) and return
+    the driver's figures. Uses the Ray instance already running in this process, else starts one with
+    `concurrency` CPUs. `ray_num_to_keep` and `append_snapshot` are the fixes measured in docs/scale.md."""
+    _check_settings(trials, reports, concurrency, report_seconds, checkpoint_mb, tracking)
+    experiment = _sweep_experiment(trials, reports, concurrency, sampler, experiment_path)
+    space = load_search_space(experiment.space_path())
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    global PROFILE
+    PROFILE = _Profile()
+    folder = Path(storage or tempfile.mkdtemp(prefix="sslsearch-bench-platform-")).resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    name = f"platform-{trials}"
+    with contextlib.ExitStack() as stack:
+        server_pid = None
+        uri = f"sqlite:///{folder / 'mlflow.db'}"
+        if tracking == "server":
+            uri, server_pid = stack.enter_context(_mlflow_server(folder))
+        connect_ray(None, num_cpus=concurrency)
+        callbacks = [_TimedLiveView(quiet=False)]
+        if tracking != "none":
+            callbacks.append(_TimedTracking(experiment, space, sweep=name, storage=str(folder), tracking_uri=uri))
+        searcher = _TimedSearcher(space, max_epochs=experiment.pretrain.epochs, sampler=sampler,
+                                  seed=experiment.search.seed, paired=experiment.search.paired, study_name=name,
+                                  study_path=f"{sweep_path(str(folder), name)}/optuna-study.journal")
+        searcher.append_snapshot = append_snapshot
+        scheduler = make_scheduler(experiment)
+        if isinstance(scheduler, PairedASHA):
+            callbacks.insert(1, RungState(scheduler))
+        Path(sweep_path(str(folder), name)).mkdir(parents=True, exist_ok=True)
+        # As search.run_sweep builds its Tuner, with the synthetic trainable.
+        tuner = tune.Tuner(
+            tune.with_resources(synthetic_trial, {"cpu": 1}),
+            param_space={"base": experiment.pretrain.to_dict(), "final_test": True, "cpus": 1,
+                         "bench": {"report_seconds": report_seconds, "checkpoint_bytes": int(checkpoint_mb * 2 ** 20)}},
+            tune_config=tune.TuneConfig(
+                search_alg=searcher, num_samples=trials, max_concurrent_trials=concurrency, reuse_actors=True,
+                scheduler=scheduler,
+                trial_dirname_creator=_trial_dirname),
+            run_config=tune.RunConfig(
+                name=name, storage_path=str(folder), verbose=0, callbacks=callbacks,
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=ray_num_to_keep, checkpoint_score_attribute=METRIC,
+                                                        checkpoint_score_order=MODE),
+                failure_config=tune.FailureConfig(max_failures=0)))
+        rss_before = _rss_mb()
+        server_cpu_before = _tree_cpu_seconds(server_pid) if server_pid else None
+        with _instrumented():
+            cpu, wall = time.process_time(), time.perf_counter()
+            results = tuner.fit()
+            cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+        server_cpu = _tree_cpu_seconds(server_pid) - server_cpu_before if server_pid else None
+        rss_after = _rss_mb()
+    summary = summarize(results, name, sweep_path(str(folder), name), wall, concurrency, None)
+    reported = sum(int((r.metrics or {}).get("training_iteration", 0)) for r in results)
+    outcome = {o: sum(t.outcome == o for t in summary.trials) for o in ("completed", "stopped early", "errored")}
+    result = _figures(trials, reported, concurrency, wall, cpu, summary, server_cpu)
+    result.update({
+        "reports_max": reports + 1, "report_seconds": report_seconds, "checkpoint_mb": checkpoint_mb,
+        "tracking": tracking, "sampler": sampler, "ray_num_to_keep": ray_num_to_keep, "append_snapshot": append_snapshot,
+        "outcomes": outcome, "storage": str(folder),
+        "memory_mb": {"before": rss_before, "after": rss_after,
+                      "peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024},
+    })
+    if storage is None:
+        shutil.rmtree(folder, ignore_errors=True)
+        result["storage"] = None
+    return result
+
+
+def _sweep_experiment(trials: int, reports: int, concurrency: int, sampler: str, path: str | Path | None):
+    """The experiment file's settings (default: the ResNet-18 CIFAR-10 sweep: reports every 10 epochs,
+    ASHA grace 10, factor 3) at the bench's size; one trial slot per CPU, no GPU."""
+    experiment = load_experiment(path or DEFAULT_EXPERIMENT, [
+        f"pretrain.epochs={reports * 10}", "pretrain.eval_every=10", f"search.num_samples={trials}",
+        f"search.max_concurrent={concurrency}", f"search.sampler={sampler}", "resources.cpus_per_trial=1",
+        "resources.gpus_per_trial=0", "pretrain.device=cpu", "scheduler.grace_period=10"])
+    return experiment
+
+
+def _trial_dirname(trial) -> str:
+    return f"trial_{trial.trial_id}"
+
+
+def _check_settings(trials, reports, concurrency, report_seconds, checkpoint_mb, tracking) -> None:
+    checks = [(trials >= 2, f"--trials must be ≥ 2, got {trials}"), (reports >= 1, f"--reports must be ≥ 1, got {reports}"),
+              (concurrency >= 1, f"--concurrency must be ≥ 1, got {concurrency}"),
+              (math.isfinite(report_seconds) and report_seconds >= 0, f"--report-seconds must be ≥ 0, got {report_seconds}"),
+              (math.isfinite(checkpoint_mb) and 0 <= checkpoint_mb <= 1024,
+               f"--checkpoint-mb must be in [0, 1024], got {checkpoint_mb}"),
+              (tracking in ("sqlite", "server", "none"), f"--tracking must be sqlite, server or none, got {tracking!r}")]
+    for ok, message in checks:
+        if not ok:
+            raise InputError(message)
+
+
+def _figures(trials, reported, concurrency, wall, cpu, summary, server_cpu) -> dict:
+    calls = {name: {"calls": c, "wall_s": w, "cpu_s": u} for name, (c, w, u) in sorted(PROFILE.calls.items())}
+    sslsearch_cpu = sum(calls[n]["cpu_s"] for n in TOP_LEVEL + ("ray.upload_experiment_state",) if n in calls)
+    setup = calls.get("tracking.setup", {}).get("cpu_s", 0.0)
+    own = sum(t.trial_seconds for t in summary.trials) / concurrency
+    mlflow_calls = {k: v for k, v in calls.items() if k.startswith("mlflow.")}
+    http = calls.get("http.request", {"calls": 0, "wall_s": 0.0})
+    saves = PROFILE.saves
+    return {
+        "trials": trials, "reports": reported, "concurrency": concurrency,
+        "wall_s": wall, "trials_own_s_over_concurrency": own, "wall_beyond_trials_s": wall - own,
+        # Creating the MLflow store (migrations, the sweep's run) is once per sweep: left out of the rates.
+        "driver_cpu_s": cpu, "setup_cpu_s": setup,
+        "driver_cpu_ms_per_report": 1e3 * (cpu - setup) / max(1, reported),
+        "driver_cpu_ms_per_trial": 1e3 * (cpu - setup) / trials,
+        "timed_cpu_s": sslsearch_cpu, "ray_rest_cpu_s": cpu - sslsearch_cpu,
+        "components": calls,
+        "suggest_ms": _curve(PROFILE.suggests, trials),
+        "snapshot_ms": _curve(PROFILE.snapshots, trials),
+        "mlflow": {"calls": sum(v["calls"] for v in mlflow_calls.values()),
+                   "seconds": sum(v["wall_s"] for v in mlflow_calls.values()),
+                   "calls_per_report": sum(v["calls"] for v in mlflow_calls.values()) / max(1, reported),
+                   "ms_per_report": 1e3 * sum(v["wall_s"] for v in mlflow_calls.values()) / max(1, reported),
+                   "http_requests": http["calls"], "http_seconds": http["wall_s"], "server_cpu_s": server_cpu},
+        "ray_state_saves": {"count": len(saves), "cpu_s": sum(s[2] for s in saves), "wall_s": sum(s[1] for s in saves),
+                            "last_ms": 1e3 * saves[-1][1] if saves else None,
+                            "last_bytes": saves[-1][3] if saves else None,
+                            "per_report": len(saves) / max(1, reported)},
+    }
+
+
+def _curve(points: list[tuple], trials: int) -> dict:
+    """Mean wall and CPU ms of the calls made with few and with many finished trials (first and last tenth)."""
+    if not points:
+        return {}
+    tenth = max(1, len(points) // 10)
+    def mean(part, i):
+        return 1e3 * sum(p[i] for p in part) / len(part)
+    first, last = points[:tenth], points[-tenth:]
+    return {"calls": len(points), "first_finished": first[-1][0], "last_finished": last[0][0],
+            "first_ms": mean(first, 1), "last_ms": mean(last, 1), "first_cpu_ms": mean(first, 2),
+            "last_cpu_ms": mean(last, 2), "total_cpu_s": sum(p[2] for p in points)}
+
+
+# ---------------------------------------------------------------------------------------------
+# The sampler alone: suggest latency against the finished trials it learns from
+# ---------------------------------------------------------------------------------------------
+
+SAMPLER_VARIANTS = {
+    # search.make_sampler's TPE: concurrent trials see each other as provisional results.
+    "tpe": lambda seed: optuna.samplers.TPESampler(seed=seed, constant_liar=True),
+    "tpe-multivariate": lambda seed: optuna.samplers.TPESampler(seed=seed, constant_liar=True, multivariate=True),
+    "tpe-no-liar": lambda seed: optuna.samplers.TPESampler(seed=seed),
+    "random": lambda seed: optuna.samplers.RandomSampler(seed=seed),
+    "gp": lambda seed: optuna.samplers.GPSampler(seed=seed),
+}
+
+
+def suggest_latency(finished: tuple[int, ...] = (50, 200, 1000), samplers: tuple[str, ...] = ("tpe", "random"),
+                    running: int = 8, calls: int = 16, seed: int = 0) -> dict:
+    """CPU ms per `suggest` of a paired SweepSearcher whose study already holds `finished` trials (a third
+    completed, the rest pruned, with intermediate values, as ASHA leaves them) while `running` to
+    `running + calls` trials are in flight (half of them paired twins, as a paired sweep asks), for each
+    sampler variant; no Ray. Returns {sampler: {finished: ms}}."""
+    unknown = [name for name in samplers if name not in SAMPLER_VARIANTS]
+    if unknown:
+        raise InputError(f"unknown sampler variant(s) {', '.join(unknown)}; expected {', '.join(SAMPLER_VARIANTS)}")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    space = load_search_space(_sweep_experiment(2, 10, running, "tpe", None).space_path())
+    rng = random.Random(seed)
+    out: dict[str, dict[str, float]] = {}
+    for name in samplers:
+        out[name] = {}
+        for n in finished:
+            searcher = SweepSearcher(space, max_epochs=100, sampler="random", seed=seed, paired=True, study_name="s",
+                                     study_path=None)
+            searcher._ot_study.sampler = SAMPLER_VARIANTS[name](seed)
+            distributions = space.to_optuna()
+            for i in range(n):
+                params = {k: rng.choice(d.choices) if isinstance(d, optuna.distributions.CategoricalDistribution)
+                          else math.exp(rng.uniform(math.log(d.low), math.log(d.high))) for k, d in distributions.items()}
+                epochs = 10 if i % 3 else 100
+                curve = {e: synthetic_val_acc({**params, "base": {"epochs": 100}}, e, rng) for e in range(0, epochs + 1, 10)}
+                searcher._ot_study.add_trial(optuna.trial.create_trial(
+                    params=params, distributions=distributions, intermediate_values=curve,
+                    state=optuna.trial.TrialState.COMPLETE if epochs == 100 else optuna.trial.TrialState.PRUNED,
+                    value=curve[100] if epochs == 100 else None))
+            for i in range(running):
+                searcher.suggest(f"warm{i}")
+            started = time.thread_time()
+            for i in range(calls):
+                searcher.suggest(f"t{i}")
+            out[name][str(n)] = 1e3 * (time.thread_time() - started) / calls
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The benchmark: several sweep sizes, each in a fresh process
+# ---------------------------------------------------------------------------------------------
+
+def bench_platform(trials: tuple[int, ...] = (50, 200, 1000), reports: int = 10, concurrency: int = 8,
+                   report_seconds: float = 0.25, checkpoint_mb: float = 1.0, tracking: str = "sqlite",
+                   sampler: str = "tpe", ray_num_to_keep: int | None = 2, append_snapshot: bool = True,
+                   timeout_s: float = 3600) -> dict:
+    """`measure_sweep` for each sweep size, each in a fresh Python process: its own Ray instance and
+    clean memory figures. Returns the settings and one result per size."""
+    if not trials:
+        raise InputError("--trials needs at least one sweep size, e.g. 50,200,1000")
+    for n in trials:
+        _check_settings(n, reports, concurrency, report_seconds, checkpoint_mb, tracking)
+        _sweep_experiment(n, reports, concurrency, sampler, None)
+    settings = {"reports": reports, "concurrency": concurrency, "report_seconds": report_seconds,
+                "checkpoint_mb": checkpoint_mb, "tracking": tracking, "sampler": sampler,
+                "ray_num_to_keep": ray_num_to_keep, "append_snapshot": append_snapshot}
+    runs = []
+    for n in trials:
+        with tempfile.TemporaryDirectory(prefix="sslsearch-bench-platform-") as folder:
+            out = Path(folder) / "result.json"
+            log = Path(folder) / "driver.log"
+            env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))}
+            with open(log, "w") as stream:
+                completed = subprocess.run(
+                    [sys.executable, "-m", "sslsearch.bench_platform", json.dumps({**settings, "trials": n,
+                                                                                   "storage": str(Path(folder) / "sweep")}),
+                     str(out)], stdout=stream, stderr=subprocess.STDOUT, env=env, timeout=timeout_s)
+            if completed.returncode != 0 or not out.is_file():
+                tail = "\n".join(log.read_text(errors="replace").splitlines()[-20:])
+                raise RuntimeError(f"the {n}-trial sweep failed (exit {completed.returncode}):\n{tail}")
+            result = json.loads(out.read_text())
+            result["storage"] = None  # removed with the temporary folder
+            runs.append(result)
+            # A long run's finished sizes survive an interruption of the next one.
+            print(f"bench platform: {n} trials done in {result['wall_s']:.0f} s: {json.dumps(result)}",
+                  file=sys.stderr, flush=True)
+    return {**settings, "machine": _machine(), "runs": runs}
+
+
+def _machine() -> dict:
+    import platform
+
+    import mlflow
+
+    return {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+            "ray": ray.__version__, "optuna": optuna.__version__, "mlflow": mlflow.__version__,
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+
+
+def format_bench_platform(result: dict) -> str:
+    """The curves as a table: one column per sweep size."""
+    runs = result["runs"]
+    fix = "".join([f", Ray num_to_keep={result['ray_num_to_keep']}" if result["ray_num_to_keep"] != 1 else "",
+                   ", appended study snapshot" if result["append_snapshot"] else ""])
+    lines = [f"platform: synthetic trials ({result['report_seconds']} s per report interval, {result['checkpoint_mb']} MB "
+             f"checkpoints, up to {result['reports'] + 1} reports), {result['concurrency']} at a time, {result['sampler']} "
+             f"sampler, MLflow: {result['tracking']}{fix}; {result['machine']['cpus']} CPUs, {result['machine']['date']}"]
+
+    def row(label, values):
+        lines.append(f"  {label:<44}" + "".join(f"{v:>12}" for v in values))
+
+    row("trials", [f"{r['trials']:,}" for r in runs])
+    row("reports (all trials)", [f"{r['reports']:,}" for r in runs])
+    row("wall s", [f"{r['wall_s']:.1f}" for r in runs])
+    row("  beyond the trials' own time / concurrency", [f"{r['wall_beyond_trials_s']:.1f}" for r in runs])
+    row("driver CPU s (process, all threads)", [f"{r['driver_cpu_s']:.1f}" for r in runs])
+    row("  of which MLflow store set-up (once)", [f"{r['setup_cpu_s']:.1f}" for r in runs])
+    row("  ms per report, set-up left out", [f"{r['driver_cpu_ms_per_report']:.1f}" for r in runs])
+    row("  ms per trial, set-up left out", [f"{r['driver_cpu_ms_per_trial']:.0f}" for r in runs])
+    for name in TOP_LEVEL + ("ray.upload_experiment_state", "searcher.persist",
+                             "searcher.save (in ray.save_experiment_state)"):
+        if any(name in r["components"] for r in runs):
+            row(f"  CPU s in {name}", [f"{r['components'].get(name, {}).get('cpu_s', 0.0):.2f}" for r in runs])
+    row("  CPU s elsewhere (Ray's loop and threads)", [f"{r['ray_rest_cpu_s']:.1f}" for r in runs])
+    row("suggest ms, first tenth of calls", [f"{r['suggest_ms'].get('first_ms', math.nan):.1f}" for r in runs])
+    row("suggest ms, last tenth of calls", [f"{r['suggest_ms'].get('last_ms', math.nan):.1f}" for r in runs])
+    row("study snapshot ms, last tenth", [f"{r['snapshot_ms'].get('last_ms', math.nan):.1f}" for r in runs])
+    row("MLflow calls per report", [f"{r['mlflow']['calls_per_report']:.2f}" for r in runs])
+    row("MLflow ms per report", [f"{r['mlflow']['ms_per_report']:.1f}" for r in runs])
+    if any(r["mlflow"]["http_requests"] for r in runs):
+        row("HTTP requests", [f"{r['mlflow']['http_requests']:,}" for r in runs])
+    if any(r["mlflow"]["server_cpu_s"] for r in runs):
+        row("MLflow server CPU s", [f"{r['mlflow']['server_cpu_s']:.1f}" for r in runs])
+    row("Ray state saves per report", [f"{r['ray_state_saves']['per_report']:.2f}" for r in runs])
+    row("Ray state save ms (last)", [f"{r['ray_state_saves']['last_ms'] or 0:.1f}" for r in runs])
+    row("Ray state KB (last)", [f"{(r['ray_state_saves']['last_bytes'] or 0) / 1024:,.0f}" for r in runs])
+    row("driver RSS MB before / after", [f"{r['memory_mb']['before']:.0f}/{r['memory_mb']['after']:.0f}" for r in runs])
+    row("driver peak RSS MB", [f"{r['memory_mb']['peak']:.0f}" for r in runs])
+    return "\n".join(lines)
+
+
+def _child_main(argv: list[str]) -> int:
+    """`python -m sslsearch.bench_platform SETTINGS_JSON OUT_JSON`: one sweep, its figures written to OUT_JSON."""
+    settings = json.loads(argv[0])
+    result = measure_sweep(**settings)
+    Path(argv[1]).write_text(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    # Run as a module the classes above would live in __main__; import them from their module instead.
+    from sslsearch.bench_platform import _child_main as main
+
+    sys.exit(main(sys.argv[1:]))
