@@ -171,9 +171,11 @@ def run_confirm(name: str, storage: str, *, top: int, seeds: int, address: str |
         # The sampled keys are placeholders that each point fills in (BasicVariantGenerator refuses unknown keys).
         param_space={"base": experiment.pretrain.to_dict(), "final_test": True, "cpus": experiment.resources.cpus_per_trial,
                      **{k: None for k in sampled}, "seed": None, "pair": None},
-        tune_config=tune.TuneConfig(search_alg=BasicVariantGenerator(points_to_evaluate=points), scheduler=FIFOScheduler(),
-                                    num_samples=len(points), max_concurrent_trials=experiment.search.max_concurrent,
-                                    reuse_actors=True, trial_dirname_creator=_trial_dirname),
+        # (Tune ignores max_concurrent_trials for a SearchGenerator: the generator takes the limit itself.)
+        tune_config=tune.TuneConfig(search_alg=BasicVariantGenerator(points_to_evaluate=points,
+                                                                     max_concurrent=experiment.search.max_concurrent),
+                                    scheduler=FIFOScheduler(), num_samples=len(points), reuse_actors=True,
+                                    trial_dirname_creator=_trial_dirname),
         run_config=tune.RunConfig(
             name=CONFIRM_DIR, storage_path=sweep_path(storage, name), verbose=0, callbacks=list(callbacks or []),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1 if experiment.tracking.checkpoints != "all" else None,

@@ -689,7 +689,8 @@ def log_verdict(board: Leaderboard, tracking_uri: str) -> list[str]:
         metrics[f"confirmed.test_acc_mean.{loss}"] = best["test_acc_mean"]
     verdict = board.verdict
     if verdict is not None:
-        metrics.update({"verdict.pairs": verdict["pairs"], "verdict.mean_difference": verdict["mean_difference"],
+        called = verdict["enough_pairs"]  # below MIN_PAIRS even the mean is left out of the runs view
+        metrics.update({"verdict.pairs": verdict["pairs"], "verdict.mean_difference": verdict["mean_difference"] if called else None,
                         "verdict.ci_low": verdict["ci_low"], "verdict.ci_high": verdict["ci_high"],
                         "verdict.p_value": verdict["p_value"]})
     tags = {"sslsearch.verdict": _verdict_sentence(verdict), "sslsearch.verdict_stage": verdict["stage"] if verdict else "none"}
