@@ -60,7 +60,7 @@ def test_confirm_killed_and_continued_records_every_trial_once(ray_session, tmp_
     run_sweep(experiment, space, name="tiny", storage=str(storage), callbacks=[tracking], quiet=True)
 
     env, marker = _private_ray_env(tmp_path)
-    command = [*SSLSEARCH, "confirm", "tiny", "--storage", str(storage), "--top", "1", "--seeds", "2"]
+    command = [*SSLSEARCH, "confirm", "tiny", "--storage", str(storage), "--top", "1", "--seeds", "1"]
     driver = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                               start_new_session=True)
     stage = storage / "tiny" / "confirm"
@@ -71,7 +71,7 @@ def test_confirm_killed_and_continued_records_every_trial_once(ray_session, tmp_
             if driver.poll() is not None:
                 pytest.fail("confirm finished before it could be killed:\n" + driver.stdout.read())
             epochs = _trial_epochs(stage) if stage.exists() else {}
-            if any(max(e, default=0) >= 1 for e in epochs.values()) and sum(max(e, default=0) == 2 for e in epochs.values()) < 4:
+            if any(max(e, default=0) >= 1 for e in epochs.values()) and sum(max(e, default=0) == 2 for e in epochs.values()) < 2:
                 break
         else:
             pytest.fail("no confirm trial reported within 300 s")
@@ -85,11 +85,11 @@ def test_confirm_killed_and_continued_records_every_trial_once(ray_session, tmp_
     finally:
         _kill_processes_mentioning(marker)
     assert again.returncode == 0, again.stdout + again.stderr
-    assert "confirm tiny: 4 trials (4 completed)" in again.stdout, again.stdout
-    assert "confirmed pairs (hsic − barlow final val_acc): n = 2 pairs — not enough pairs" in again.stdout
+    assert "confirm tiny: 2 trials (2 completed)" in again.stdout, again.stdout
+    assert "confirmed pairs (hsic − barlow final val_acc): n = 1 pair — not enough pairs" in again.stdout
 
     epochs = _trial_epochs(stage)
-    assert len(epochs) == 4, epochs
+    assert len(epochs) == 2, epochs
     for trial, seq in epochs.items():
         assert seq[-1] == 2 and seq.count(0) <= 1, f"{trial} restarted from scratch: {seq} (killed at {killed_at})"
 
@@ -98,7 +98,7 @@ def test_confirm_killed_and_continued_records_every_trial_once(ray_session, tmp_
     runs = client.search_runs([experiment_id], "tags.`sslsearch.sweep` = 'tiny'")
     parents = [r for r in runs if r.data.tags["sslsearch.role"] == "sweep"]
     confirm = [r for r in runs if r.data.tags.get("sslsearch.stage") == "confirm"]
-    assert len(parents) == 1 and len(runs) == 1 + 2 + 4
+    assert len(parents) == 1 and len(runs) == 1 + 2 + 2
     assert sorted(r.data.tags["sslsearch.trial_id"] for r in confirm) == sorted(p.name[len("trial_"):] for p in stage.glob("trial_*"))
     plan = json.loads((stage / "confirm-plan.json").read_text())
     assert sorted((r.data.params["loss"], int(r.data.params["seed"])) for r in confirm) == sorted(
@@ -109,9 +109,9 @@ def test_confirm_killed_and_continued_records_every_trial_once(ray_session, tmp_
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")]
         assert sorted(steps) == sorted(set(steps)) == [0, 1, 2], steps  # no epoch logged twice
     verdict = client.get_run(parents[0].info.run_id).data
-    assert verdict.metrics["verdict.pairs"] == 2 and "not enough pairs" in verdict.tags["sslsearch.verdict"]
+    assert verdict.metrics["verdict.pairs"] == 1 and "not enough pairs" in verdict.tags["sslsearch.verdict"]
 
     refused = subprocess.run([*SSLSEARCH, "confirm", "tiny", "--storage", str(storage), "--top", "2"], cwd=tmp_path, env=env,
                              capture_output=True, text=True, timeout=120)
     assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
-    assert "was confirmed with --top 1 --seeds 2" in refused.stderr
+    assert "was confirmed with --top 1 --seeds 1" in refused.stderr
