@@ -14,6 +14,7 @@ import json
 import subprocess
 import sys
 import tempfile
+from pathlib import Path
 
 import numpy as np
 
@@ -40,8 +41,9 @@ def main() -> None:
     print("sweep  loss    search val_acc  confirmed mean ± 95% t (seeds)  gap")
     for i in range(args.sweeps):
         name = f"curse-{i}"
-        sslsearch("sweep", "--name", name, "--storage", storage, "--set", f"search.num_samples={args.samples}",
-                  "--set", f"pretrain.epochs={args.epochs}", "--set", f"search.seed={1000 * i}")
+        if not (Path(storage) / name / "sslsearch-sweep.json").is_file():  # run again, it continues where it stopped
+            sslsearch("sweep", "--name", name, "--storage", storage, "--set", f"search.num_samples={args.samples}",
+                      "--set", f"pretrain.epochs={args.epochs}", "--set", f"search.seed={1000 * i}")
         sslsearch("confirm", name, "--storage", storage, "--top", "1", "--seeds", str(args.seeds))
         board = json.loads(sslsearch("leaderboard", name, "--storage", storage, "--format", "json"))
         for row in board["confirmed"]:

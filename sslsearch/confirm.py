@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import math
 import time
-from pathlib import Path
 
 from ray import tune
 from ray.tune.schedulers import FIFOScheduler

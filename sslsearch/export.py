@@ -289,8 +289,8 @@ def export_best(tracking_uri: str, sweep: str | None, out_dir: str | os.PathLike
     client = mlflow_client(tracking_uri)
     picked = _pick_confirmed(trials, loss, client) if stage != "search" else None
     if picked is None and stage == "confirm":
-        raise InputError(f"sweep {', '.join(trials['sweep'].unique())} has no confirmed{' ' + loss if loss else ''} configuration; "
-                         "run `sslsearch confirm` first")
+        which = f"confirmed {loss}" if loss else "confirmed"
+        raise InputError(f"sweep {', '.join(trials['sweep'].unique())} has no {which} configuration; run `sslsearch confirm` first")
     trial, source, rank, candidates, skipped, confirmation = picked or (*_pick(trials, loss, client), None)
 
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -238,7 +238,7 @@ def _rankable(row) -> bool:
 # --------------------------------------------------------------------------------------------
 
 def rank_trials(trials: pd.DataFrame) -> pd.DataFrame:
-    """Finished search trials that reported after epoch 0, in ranking order (RANK_ORDER), with `rank` 1, 2, … within each loss."""
+    """Finished search trials that reported after epoch 0, in ranking order (RANK_ORDER), `rank` 1, 2, … per loss."""
     stage = trials["stage"] if "stage" in trials else pd.Series("search", index=trials.index)
     best = trials["best_val_acc"] if "best_val_acc" in trials else trials["val_acc"]
     epochs = pd.to_numeric(trials["epochs"], errors="coerce").fillna(0)
@@ -311,7 +311,7 @@ def paired_statistics(differences, level: float = LEVEL) -> dict:
 
 
 def paired_differences(trials: pd.DataFrame, stage: str = "search") -> tuple[pd.DataFrame, dict[str, int]]:
-    """hsic − barlow `val_acc` per comparable pair of `stage`, at the last epoch both evaluated; and the reasons pairs were left out."""
+    """hsic − barlow `val_acc` per comparable pair of `stage`, at the last epoch both evaluated; and why pairs were left out."""
     rows, excluded = [], {}
     counted = FINISHED if stage == "search" else CONFIRM_COUNTED
 
@@ -648,8 +648,8 @@ def format_leaderboard(board: Leaderboard, fmt: str = "table") -> str:
             "confirmed": [{k: json_value(v) for k, v in r.items()} for r in board.confirmed.to_dict("records")],
             "head_to_head": board.head_to_head,
             "pairs": [{k: json_value(v) for k, v in r.items()} for r in board.pairs.to_dict("records")],
-            "confirmed_pairs": [{k: json_value(v) for k, v in r.items()}
-                                for r in (board.confirmed_pairs if board.confirmed_pairs is not None else pd.DataFrame()).to_dict("records")],
+            "confirmed_pairs": [] if board.confirmed_pairs is None else
+            [{k: json_value(v) for k, v in r.items()} for r in board.confirmed_pairs.to_dict("records")],
         }
         return json.dumps(document, indent=2, allow_nan=False, default=json_value)
     markdown = fmt == "markdown"
@@ -690,7 +690,8 @@ def log_verdict(board: Leaderboard, tracking_uri: str) -> list[str]:
     verdict = board.verdict
     if verdict is not None:
         called = verdict["enough_pairs"]  # below MIN_PAIRS even the mean is left out of the runs view
-        metrics.update({"verdict.pairs": verdict["pairs"], "verdict.mean_difference": verdict["mean_difference"] if called else None,
+        metrics.update({"verdict.pairs": verdict["pairs"],
+                        "verdict.mean_difference": verdict["mean_difference"] if called else None,
                         "verdict.ci_low": verdict["ci_low"], "verdict.ci_high": verdict["ci_high"],
                         "verdict.p_value": verdict["p_value"]})
     tags = {"sslsearch.verdict": _verdict_sentence(verdict), "sslsearch.verdict_stage": verdict["stage"] if verdict else "none"}
@@ -785,7 +786,9 @@ def importance_groups(trials: list, names: list[str]) -> tuple[dict[str, tuple[l
     from scipy.stats import spearmanr
 
     completed = [t for t in trials if t.state.name == "COMPLETE" and t.value is not None]
-    paired = any("pair" in t.user_attrs for t in completed) and "loss" in names
+    # Paired: some pair number is shared by two trials (an unpaired sweep numbers every trial apart).
+    numbers = [t.user_attrs["pair"] for t in trials if "pair" in t.user_attrs]
+    paired = len(numbers) != len(set(numbers)) and "loss" in names
     if paired:
         groups = {}
         for loss in LOSSES:

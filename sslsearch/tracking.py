@@ -231,7 +231,8 @@ class MlflowTracking(tune.Callback):
     # Ray pickles the callback into the sweep folder (tuner.pkl) and restores it on resume: carry the
     # settings only. Runs, steps and the best val_acc are recovered from MLflow, the source of truth.
     def __getstate__(self) -> dict:
-        return {k: getattr(self, k) for k in ("experiment", "space", "sweep", "uri", "sweep_path", "attempts", "backoff_s", "stage")}
+        return {k: getattr(self, k)
+                for k in ("experiment", "space", "sweep", "uri", "sweep_path", "attempts", "backoff_s", "stage")}
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update({"stage": None, **state})  # a sweep pickled before stages existed

@@ -5,12 +5,12 @@ import os
 import signal
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
+from sslsearch.cli import main  # noqa: E402
 from sslsearch.confirm import plan_confirmation  # noqa: E402
 from sslsearch.errors import InputError  # noqa: E402
 from test_sweep import SSLSEARCH, _kill_processes_mentioning, _private_ray_env, _trial_epochs  # noqa: E402
@@ -42,7 +42,7 @@ def test_plan_takes_the_top_k_distinct_configurations_per_loss_with_fresh_seeds(
 
 
 @pytest.mark.slow
-def test_confirm_killed_and_continued_records_every_trial_once(ray_session, tmp_path):
+def test_confirm_killed_and_continued_records_every_trial_once(ray_session, tmp_path, capsys):
     """A real sweep, then `sslsearch confirm` SIGKILLed mid-stage (driver and its Ray processes) and run again:
     every planned confirm trial ends finished, in Ray and in MLflow, with one child run each."""
     from mlflow import MlflowClient
@@ -99,7 +99,8 @@ def test_confirm_killed_and_continued_records_every_trial_once(ray_session, tmp_
     parents = [r for r in runs if r.data.tags["sslsearch.role"] == "sweep"]
     confirm = [r for r in runs if r.data.tags.get("sslsearch.stage") == "confirm"]
     assert len(parents) == 1 and len(runs) == 1 + 2 + 2
-    assert sorted(r.data.tags["sslsearch.trial_id"] for r in confirm) == sorted(p.name[len("trial_"):] for p in stage.glob("trial_*"))
+    folders = sorted(p.name[len("trial_"):] for p in stage.glob("trial_*"))
+    assert sorted(r.data.tags["sslsearch.trial_id"] for r in confirm) == folders
     plan = json.loads((stage / "confirm-plan.json").read_text())
     assert sorted((r.data.params["loss"], int(r.data.params["seed"])) for r in confirm) == sorted(
         (loss, seed) for loss in ("barlow", "hsic") for seed in plan["seeds"])
@@ -111,7 +112,7 @@ def test_confirm_killed_and_continued_records_every_trial_once(ray_session, tmp_
     verdict = client.get_run(parents[0].info.run_id).data
     assert verdict.metrics["verdict.pairs"] == 1 and "not enough pairs" in verdict.tags["sslsearch.verdict"]
 
-    refused = subprocess.run([*SSLSEARCH, "confirm", "tiny", "--storage", str(storage), "--top", "2"], cwd=tmp_path, env=env,
-                             capture_output=True, text=True, timeout=120)
-    assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
-    assert "was confirmed with --top 1 --seeds 1" in refused.stderr
+    # Refused before Ray starts: in this process.
+    assert main(["confirm", "tiny", "--storage", str(storage), "--top", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "was confirmed with --top 1 --seeds 1; run `sslsearch confirm tiny --top 1" in err

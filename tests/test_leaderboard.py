@@ -400,9 +400,11 @@ def test_plots_are_written_and_logged_to_the_sweep_run(store, tmp_path):
 SEARCH = [
     trial("s0b", "barlow", 0, curve(70, 90), lmbda=0.01, lr=1e-3), trial("s0h", "hsic", 0, curve(71, 92), lmbda=0.01, lr=1e-3),
     trial("s1b", "barlow", 1, curve(60, 85), lmbda=0.1, lr=2e-3), trial("s1h", "hsic", 1, curve(60, 80), lmbda=0.1, lr=2e-3),
-    trial("s2b", "barlow", 2, curve(50), "stopped early", lmbda=0.5), trial("s2h", "hsic", 2, curve(55), "stopped early", lmbda=0.5),
+    trial("s2b", "barlow", 2, curve(50), "stopped early", lmbda=0.5),
+    trial("s2h", "hsic", 2, curve(55), "stopped early", lmbda=0.5),
     # Stopped (by the time budget) before any real report: its 99 is the untrained network's, never ranked.
-    trial("s3b", "barlow", 3, {0: 99.0}, "stopped early", lmbda=0.7), trial("s3h", "hsic", 3, {0: 98.0}, "stopped early", lmbda=0.7),
+    trial("s3b", "barlow", 3, {0: 99.0}, "stopped early", lmbda=0.7),
+    trial("s3h", "hsic", 3, {0: 98.0}, "stopped early", lmbda=0.7),
 ]
 CONFIRMED = {  # (loss, search trial): final val_acc per seed 10, 11, 12
     ("barlow", "s0b"): [86.0, 88.0, 87.0], ("barlow", "s1b"): [84.0, 85.0, 83.0],
