@@ -346,13 +346,13 @@ def _run_confirm(args) -> int:
 
 def _confirm(name: str, storage: str, top: int, seeds: int, address: str | None, tracking_uri: str | None) -> int:
     """Run or continue the confirmation stage, then print the leaderboard and log the verdict; the count of unfinished trials."""
-    from sslsearch.confirm import format_stage, run_confirm, sweep_experiment
+    from sslsearch.confirm import STAGE, format_stage, run_confirm, sweep_experiment
     from sslsearch.tracking import MlflowTracking, check_tracking, default_tracking_uri
 
     experiment, space = sweep_experiment(name, storage)
     uri = tracking_uri or experiment.tracking.uri or default_tracking_uri(storage)
     check_tracking(uri)
-    tracking = MlflowTracking(experiment, space, sweep=name, storage=storage, tracking_uri=uri, stage="confirm")
+    tracking = MlflowTracking(experiment, space, sweep=name, storage=storage, tracking_uri=uri, stage=STAGE)
     summary = run_confirm(name, storage, top=top, seeds=seeds, address=address, callbacks=[tracking])
     print(format_stage(summary))
     if not summary.unfinished:

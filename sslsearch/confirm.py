@@ -35,10 +35,9 @@ from sslsearch.search import (
 )
 from sslsearch.space import Parameter, SearchSpace
 
-STAGE = "confirm"
+STAGE = "confirm"                # the MLflow tag value of its child runs (tracking.STAGE)
 CONFIRM_DIR = "confirm"          # under the sweep's folder: Ray's records of the stage
 PLAN_FILE = "confirm-plan.json"  # what was asked (top, seeds) and the configurations chosen
-LOSSES = ("barlow", "hsic")
 # Config keys that are not the configuration itself (see trainable.trial_config).
 NOT_SAMPLED = ("base", "final_test", "cpus", "pair", "seed")
 
