@@ -313,7 +313,8 @@ def paired_statistics(differences, level: float = LEVEL) -> dict:
 def paired_differences(trials: pd.DataFrame, stage: str = "search") -> tuple[pd.DataFrame, dict[str, int]]:
     """hsic − barlow `val_acc` per comparable pair of `stage`, at the last epoch both evaluated; and why pairs were left out."""
     rows, excluded = [], {}
-    counted = FINISHED if stage == "search" else CONFIRM_COUNTED
+    # A diverged trial is a result about its configuration (at chance-level val_acc), so its pair counts.
+    counted = (*FINISHED, "diverged") if stage == "search" else CONFIRM_COUNTED
 
     def leave_out(reason: str) -> None:
         excluded[reason] = excluded.get(reason, 0) + 1
