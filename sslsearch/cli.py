@@ -346,10 +346,10 @@ def _run_confirm(args) -> int:
 
 def _confirm(name: str, storage: str, top: int, seeds: int, address: str | None, tracking_uri: str | None) -> int:
     """Run or continue the confirmation stage, then print the leaderboard and log the verdict; the count of unfinished trials."""
-    from sslsearch.confirm import STAGE, format_stage, run_confirm, sweep_experiment
+    from sslsearch.confirm import STAGE, confirm_experiment, format_stage, run_confirm
     from sslsearch.tracking import MlflowTracking, check_tracking, default_tracking_uri
 
-    experiment, space = sweep_experiment(name, storage)
+    experiment, space = confirm_experiment(name, storage)
     uri = tracking_uri or experiment.tracking.uri or default_tracking_uri(storage)
     check_tracking(uri)
     tracking = MlflowTracking(experiment, space, sweep=name, storage=storage, tracking_uri=uri, stage=STAGE)

@@ -19,6 +19,7 @@ sweep); MLflow keeps it in the sweep's parent run, child runs tagged `sslsearch.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -42,10 +43,13 @@ PLAN_FILE = "confirm-plan.json"  # what was asked (top, seeds) and the configura
 NOT_SAMPLED = ("base", "final_test", "cpus", "pair", "seed")
 
 
-def sweep_experiment(name: str, storage: str) -> tuple[Experiment, SearchSpace]:
-    """The experiment and search space a sweep ran with, from its folder."""
+def confirm_experiment(name: str, storage: str) -> tuple[Experiment, SearchSpace]:
+    """The experiment and search space a sweep ran with, from its folder, without the sweep's time
+    budget: confirmation runs every trial to its last epoch (and the tracking callback must not
+    take an interruption for the budget running out)."""
     meta = sweep_metadata(name, storage)
     experiment = experiment_from_dict(meta["experiment"], meta.get("experiment_source"))
+    experiment = dataclasses.replace(experiment, search=dataclasses.replace(experiment.search, time_budget_s=None))
     parameters = tuple(Parameter(**{**p, "values": tuple(p["values"]) if p.get("values") is not None else None})
                        for p in meta["space"].values())
     return experiment, SearchSpace(parameters, source=meta.get("space_source"))
@@ -141,7 +145,7 @@ def run_confirm(name: str, storage: str, *, top: int, seeds: int, address: str |
     """
     local = _local_path(storage)
     storage = str(local.resolve()) if local is not None else storage
-    experiment, _ = sweep_experiment(name, storage)
+    experiment, _ = confirm_experiment(name, storage)
     path = confirm_path(name, storage)
     plan = read_plan(name, storage)
     if plan is not None and (plan["top"], len(plan["seeds"])) != (top, seeds):
