@@ -425,7 +425,15 @@ def _run_resume(args) -> int:
     meta = sweep_metadata(args.name, storage)
     check_tracking(args.tracking_uri or (meta or {}).get("experiment", {}).get("tracking", {}).get("uri")
                    or default_tracking_uri(storage))
-    return _report_sweep(lambda: resume_sweep(args.name, storage, address=args.address))
+    code = _report_sweep(lambda: resume_sweep(args.name, storage, address=args.address))
+    if code not in (0, 1, 3):
+        return code   # bad input, interrupted, or stopped by an OS error: the confirmation stage waits
+    from sslsearch.confirm import read_plan
+
+    plan = read_plan(args.name, storage)  # a confirmation stage was started: continue it too
+    if plan is not None and _confirm(args.name, storage, plan["top"], len(plan["seeds"]), args.address, args.tracking_uri):
+        return 130
+    return code
 
 
 def _run_sync(args) -> int:
@@ -434,6 +442,46 @@ def _run_sync(args) -> int:
     report = sync(args.name, _storage(args.storage), args.tracking_uri)
     print(report.format())
     return 3 if report.unsent else 0
+
+
+def _add_confirm(sub) -> None:
+    p = sub.add_parser("confirm", help="re-run the top configurations of each loss with fresh seeds at the full budget")
+    p.add_argument("sweep", nargs="?", default=None, help="sweep name (default: the most recently started in --storage)")
+    p.add_argument("--top", type=_positive_int, default=2, help="configurations per loss, by the sweep's ranking (default: 2)")
+    p.add_argument("--seeds", type=_positive_int, default=3,
+                   help="fresh seeds per configuration (default: 3; top × seeds = pairs, 6 needed to call a difference)")
+    p.add_argument("--address", default=None, help="Ray cluster: auto, HOST:PORT or ray://HOST:PORT (default: start Ray here)")
+    p.add_argument("--storage", default="runs", help="the sweeps' storage folder (default: ./runs)")
+    p.add_argument("--tracking-uri", default=None, help="default: the sweep's own")
+    p.set_defaults(run=_run_confirm)
+
+
+def _run_confirm(args) -> int:
+    from sslsearch.confirm import latest_sweep
+
+    storage = _storage(args.storage)
+    return 130 if _confirm(args.sweep or latest_sweep(storage), storage, args.top, args.seeds, args.address,
+                           args.tracking_uri) else 0
+
+
+def _confirm(name: str, storage: str, top: int, seeds: int, address: str | None, tracking_uri: str | None) -> int:
+    """Run or continue the confirmation stage, then print the leaderboard and log the verdict; the count of unfinished trials."""
+    from sslsearch.confirm import STAGE, confirm_experiment, format_stage, run_confirm
+    from sslsearch.tracking import MlflowTracking, check_tracking, default_tracking_uri
+
+    experiment, space = confirm_experiment(name, storage)
+    uri = tracking_uri or experiment.tracking.uri or default_tracking_uri(storage)
+    check_tracking(uri)
+    tracking = MlflowTracking(experiment, space, sweep=name, storage=storage, tracking_uri=uri, stage=STAGE)
+    summary = run_confirm(name, storage, top=top, seeds=seeds, address=address, callbacks=[tracking])
+    print(format_stage(summary))
+    if not summary.unfinished:
+        from sslsearch.leaderboard import build_leaderboard, format_leaderboard, load_trials, log_verdict
+
+        board = build_leaderboard(load_trials(uri, [name]))
+        print(format_leaderboard(board))
+        log_verdict(board, uri)
+    return summary.unfinished
 
 
 def _run_ui(args) -> int:
@@ -486,6 +534,7 @@ def _run_leaderboard(args) -> int:
     uri = _records_uri(args)
     board = build_leaderboard(load_trials(uri, args.sweeps), top=args.top)
     print(format_leaderboard(board, args.format))
+    _log_verdict(board, uri)
     if args.plots:
         written = write_plots(board, args.plots, uri)
         for note in written["notes"]:
@@ -494,12 +543,27 @@ def _run_leaderboard(args) -> int:
     return 0
 
 
+def _log_verdict(board, uri: str) -> None:
+    """The verdict on the sweep's parent run (one sweep only); a store that refuses it costs a warning, not the leaderboard."""
+    from mlflow.exceptions import MlflowException
+
+    from sslsearch.leaderboard import log_verdict
+
+    try:
+        log_verdict(board, uri)
+    except (MlflowException, OSError) as error:
+        print(f"warning: could not log the verdict on the sweep's MLflow run: {str(error).splitlines()[0][:200]}",
+              file=sys.stderr)
+
+
 def _add_export(sub) -> None:
     p = sub.add_parser("export", help="write the best trial's backbone (by val_acc) with a model card")
     p.add_argument("sweep", nargs="?", default=None, help="sweep name (default: the most recently started)")
     p.add_argument("--loss", choices=("barlow", "hsic"), default=None, help="the best trial of this loss only")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for backbone.pt, model_card.json, model_card.md")
     p.add_argument("--force", action="store_true", help="replace a non-empty --out folder")
+    p.add_argument("--stage", choices=("auto", "confirm", "search"), default="auto",
+                   help="auto (default): the confirmed winner if the sweep was confirmed, else the best search trial")
     p.add_argument("--register", default=None, metavar="NAME",
                    help="also register the backbone in the MLflow Model Registry as NAME, alias champion")
     _add_records(p)
@@ -512,11 +576,20 @@ def _run_export(args) -> int:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # MLflow draws a bar per downloaded file
     from sslsearch.export import export_best
 
-    card = export_best(_records_uri(args), args.sweep, args.out, loss=args.loss, force=args.force, register=args.register)
+    card = export_best(_records_uri(args), args.sweep, args.out, loss=args.loss, force=args.force, register=args.register,
+                       stage=args.stage)
     m = card["metrics"]
     test = f", test_acc {m['test_acc']:.2f}" if m["test_acc"] is not None else ""
     print(f"exported the {card['backbone']} of trial {card['trial_id']} ({card['loss']}, sweep {card['sweep']}, "
           f"epoch {m['epoch']}): val_acc {m['val_acc']:.2f}{test}")
+    c = card["confirmation"]
+    if c is not None:
+        search = f"{c['search_val_acc']:.2f}" if c["search_val_acc"] is not None else "-"
+        print(f"  confirmed winner: mean val_acc {c['val_acc_mean']:.2f} over {c['seeds']} seeds (search-time {search}); "
+              "this seed's run is the one closest to the mean")
+    else:
+        print(f"  not confirmed: the best of one noisy run per configuration; `sslsearch confirm {card['sweep']}` "
+              "re-measures the top ones with fresh seeds")
     print(f"  {Path(args.out).resolve()}: backbone.pt (sha256 {card['weights']['sha256'][:16]}…), model_card.json, model_card.md")
     if "registered" in card:
         print(f"  registered as {card['registered']['uri']} (version {card['registered']['version']})")
@@ -530,6 +603,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_linear(sub)
     _add_bench(sub)
     _add_sweep(sub)
+    _add_confirm(sub)
     _add_leaderboard(sub)
     _add_export(sub)
     return parser

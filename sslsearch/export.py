@@ -1,7 +1,12 @@
 """The winning backbone in hand: export the best trial's weights with a model card, and load them back.
 
-`export_best` picks the best finished trial by `val_acc` (the leaderboard's ranking and
-tie-break, see sslsearch.leaderboard), downloads its checkpoint from MLflow and writes:
+Which trial, by default: the **confirmed winner** when the sweep was confirmed (`sslsearch
+confirm`): the confirmed configuration with the best mean `val_acc` over its seeds, and of its
+seeds the run whose `val_acc` is closest to that mean (ties: the lower seed). The typical run,
+not the luckiest: picking the best seed would select on noise again, the winner's curse that
+confirmation removes. Without confirmation (or with `stage="search"`), the best finished search
+trial by `val_acc` (the leaderboard's ranking and tie-break, see sslsearch.leaderboard).
+`export_best` downloads the chosen trial's checkpoint from MLflow and writes:
 - `backbone.pt`: a plain state_dict of the backbone only (the `backbone.` prefix stripped), so the
   ResNets keep torchvision's key names; `torch.load(..., weights_only=True)` reads it;
 - `model_card.json` and `model_card.md`: configuration, metrics, data set, seed, sweep, MLflow run
@@ -29,12 +34,12 @@ from torch import nn
 
 from sslsearch import __version__
 from sslsearch.errors import InputError
-from sslsearch.leaderboard import LOSSES, json_value, load_trials, mlflow_client, rank_trials
+from sslsearch.leaderboard import LOSSES, confirmed_configurations, json_value, load_trials, mlflow_client, rank_trials
 
 BACKBONE_FILE = "backbone.pt"
 CARD_JSON = "model_card.json"
 CARD_MD = "model_card.md"
-CARD_FORMAT = 1
+CARD_FORMAT = 2  # 2: `selection.stage` and `confirmation`
 CHECKPOINTS = ("checkpoints/last.pt", "checkpoints/best.pt")   # in order of preference; see the module docstring
 ALIAS = "champion"
 
@@ -95,12 +100,13 @@ def _model_card(checkpoint: dict, trial, rank_overall: int, candidates: int, ski
         # that epoch was the trial's final one (test data is evaluated once, at the end).
         "metrics": {"val_acc": row.get("val_acc"), "test_acc": row.get("test_acc"), "knn_acc": row.get("knn_acc"),
                     "epoch": int(checkpoint["epoch"])},
-        "selection": {"metric": "val_acc (final report)", "mode": "max",
+        "selection": {"stage": "search", "metric": "val_acc (final report)", "mode": "max",
                       "tie_break": "more epochs, then less wall time (trial_seconds), then trial id",
                       "ranked_outcomes": ["completed", "stopped early"], "rank": rank_overall, "candidates": candidates,
                       "skipped_without_checkpoint": skipped, "loss_filter": None,
                       "val_acc": json_value(trial["val_acc"]), "test_acc": json_value(trial["test_acc"]),
                       "epochs": int(trial["epochs"]), "outcome": trial["outcome"]},
+        "confirmation": None,
         "dataset": config.dataset,
         "classes": list(checkpoint.get("classes", [])),
         "seed": config.seed,
@@ -130,13 +136,20 @@ def _fmt(value, spec: str = ".2f") -> str:
 
 def card_markdown(card: dict) -> str:
     """The model card as Markdown (the JSON card is the complete one)."""
-    m, s, h = card["metrics"], card["selection"], card["hyperparameters"]
+    m, s, h, c = card["metrics"], card["selection"], card["hyperparameters"], card.get("confirmation")
+    if c:
+        chosen = (f"Confirmed winner of sweep `{card['sweep']}`: the configuration with the best mean `val_acc` over "
+                  f"{c['seeds']} fresh seeds (rank {s['rank']} of {s['candidates']} confirmed configurations"
+                  f"{', loss ' + s['loss_filter'] if s['loss_filter'] else ''}), its seed {h['seed']} run (the one closest "
+                  f"to the mean); trial `{card['trial_id']}`, ")
+    else:
+        chosen = (f"Best trial of sweep `{card['sweep']}` by `val_acc` (rank {s['rank']} of {s['candidates']} finished "
+                  f"trials{', loss ' + s['loss_filter'] if s['loss_filter'] else ''}; not confirmed with fresh seeds, so "
+                  f"its score is the best of many noisy runs); trial `{card['trial_id']}`, ")
     lines = [
         f"# {card['backbone']} pretrained with {card['loss']} on {card['dataset']}",
         "",
-        f"Best trial of sweep `{card['sweep']}` by `val_acc` (rank {s['rank']} of {s['candidates']} finished trials"
-        f"{', loss ' + s['loss_filter'] if s['loss_filter'] else ''}); trial `{card['trial_id']}`, "
-        f"MLflow run `{card['mlflow_run_id']}`, checkpoint `{card['checkpoint']['artifact']}` "
+        chosen + f"MLflow run `{card['mlflow_run_id']}`, checkpoint `{card['checkpoint']['artifact']}` "
         f"(epoch {card['checkpoint']['epoch']}).",
         "",
         "| metric | value |",
@@ -147,6 +160,14 @@ def card_markdown(card: dict) -> str:
         f"| {_fmt(m['knn_acc'])} |",
         f"| epochs | {m['epoch']} |",
         "",
+    ]
+    if c:
+        interval = (f" (95% t-interval [{c['val_acc_ci_low']:.2f}, {c['val_acc_ci_high']:.2f}])"
+                    if c["val_acc_ci_low"] is not None else "")
+        lines += [f"Confirmation over seeds {', '.join(str(k) for k in c['seed_val_acc'])}: val_acc mean "
+                  f"{c['val_acc_mean']:.2f}{interval}, test_acc mean {_fmt(c['test_acc_mean'])} ± {_fmt(c['test_acc_sd'])} sd; "
+                  f"search-time val_acc of this configuration {_fmt(c['search_val_acc'])} (trial `{c['search_trial']}`).", ""]
+    lines += [
         f"Hyperparameters: loss {h['loss']}, λ {h['lmbda']:.6g}, lr {h['lr']:.6g}, feature_dim {h['feature_dim']}, "
         f"seed {h['seed']}.",
         "",
@@ -166,24 +187,64 @@ def card_markdown(card: dict) -> str:
     return "\n".join(lines)
 
 
+def _with_checkpoint(client, run_id: str) -> str | None:
+    present = {f.path for f in client.list_artifacts(run_id, "checkpoints")}
+    return next((c for c in CHECKPOINTS if c in present), None)
+
+
+def _check_loss(loss: str | None) -> None:
+    if loss is not None and loss not in LOSSES:
+        raise InputError(f"unknown loss {loss!r}; expected one of {', '.join(LOSSES)}")
+
+
 def _pick(trials, loss: str | None, client) -> tuple[object, str, int, int, list[str]]:
-    """The best ranked trial that has a checkpoint: (row, artifact path, overall rank, candidates, skipped trial ids)."""
+    """The best ranked search trial that has a checkpoint: (row, artifact path, overall rank, candidates, skipped trial ids)."""
+    _check_loss(loss)
     ranked = rank_trials(trials)
     if loss is not None:
-        if loss not in LOSSES:
-            raise InputError(f"unknown loss {loss!r}; expected one of {', '.join(LOSSES)}")
         ranked = ranked[ranked["loss"] == loss]
         if ranked.empty:
             raise InputError(f"sweep {', '.join(trials['sweep'].unique())} has no finished {loss} trial")
     skipped = []
     for position, (_, row) in enumerate(ranked.iterrows(), start=1):
-        present = {f.path for f in client.list_artifacts(row["run_id"], "checkpoints")}
-        source = next((c for c in CHECKPOINTS if c in present), None)
+        source = _with_checkpoint(client, row["run_id"])
         if source is not None:
             return row, source, position, len(ranked), skipped
         skipped.append(row["trial_id"])
     raise InputError(f"no finished trial of sweep {', '.join(trials['sweep'].unique())} has a checkpoint in MLflow "
                      f"({' or '.join(CHECKPOINTS)})")
+
+
+def _pick_confirmed(trials, loss: str | None, client) -> tuple | None:
+    """The confirmed winner (see the module docstring): (row, artifact, rank, candidates, skipped, confirmation);
+    None when the sweep has no confirmed configuration (of `loss`)."""
+    _check_loss(loss)
+    confirmed = confirmed_configurations(trials, rank_trials(trials))
+    if loss is not None:
+        confirmed = confirmed[confirmed["loss"] == loss]
+    # confirmed_configurations orders all rows by mean val_acc (then seeds, then search rank).
+    skipped = []
+    by_id = trials.set_index("trial_id")
+    for position, (_, conf) in enumerate(confirmed.iterrows(), start=1):
+        runs = by_id.loc[conf["trials"]].reset_index()
+        runs["distance"] = (runs["val_acc"] - conf["val_acc_mean"]).abs()
+        for _, row in runs.sort_values(["distance", "seed"], kind="mergesort").iterrows():
+            source = _with_checkpoint(client, row["run_id"])
+            if source is None:
+                skipped.append(row["trial_id"])
+                continue
+            confirmation = {"seeds": int(conf["seeds"]), "seed_val_acc": {str(k): v for k, v in conf["seed_val_acc"].items()},
+                            "val_acc_mean": json_value(conf["val_acc_mean"]), "val_acc_sd": json_value(conf["val_acc_sd"]),
+                            "val_acc_ci_low": json_value(conf["ci_low"]), "val_acc_ci_high": json_value(conf["ci_high"]),
+                            "level": 0.95, "interval": "t over seeds",
+                            "test_acc_mean": json_value(conf["test_acc_mean"]), "test_acc_sd": json_value(conf["test_acc_sd"]),
+                            "search_trial": conf["search_trial"], "search_val_acc": json_value(conf["search_val_acc"]),
+                            "seed_choice": "the seed whose val_acc is closest to the configuration's mean (ties: lower seed)"}
+            return row, source, position, len(confirmed), skipped, confirmation
+    if len(confirmed):
+        raise InputError(f"no confirmed trial of sweep {', '.join(trials['sweep'].unique())} has a checkpoint in MLflow "
+                         f"({' or '.join(CHECKPOINTS)})")
+    return None
 
 
 def _refuse_existing(out: Path, force: bool) -> None:
@@ -209,8 +270,11 @@ def _swap_into_place(staged: Path, out: Path) -> None:
 
 
 def export_best(tracking_uri: str, sweep: str | None, out_dir: str | os.PathLike, *, loss: str | None = None,
-                force: bool = False, register: str | None = None) -> dict:
-    """Export the best trial's backbone (by val_acc) of `sweep` (None: the most recent) to `out_dir`.
+                force: bool = False, register: str | None = None, stage: str = "auto") -> dict:
+    """Export the winner's backbone of `sweep` (None: the most recent) to `out_dir`.
+
+    `stage`: "auto" (the confirmed winner if the sweep was confirmed, else the best search trial by
+    val_acc), "confirm" (refused without confirmation) or "search".
 
     Returns the model card; with `register`, the card returned (not the file) also holds the
     registered model's name, version and alias under "registered".
@@ -219,9 +283,15 @@ def export_best(tracking_uri: str, sweep: str | None, out_dir: str | os.PathLike
 
     out = Path(out_dir).resolve()
     _refuse_existing(out, force)
+    if stage not in ("auto", "confirm", "search"):
+        raise InputError(f"unknown stage {stage!r}; expected auto, confirm or search")
     trials = load_trials(tracking_uri, [sweep] if sweep else None)
     client = mlflow_client(tracking_uri)
-    trial, source, rank, candidates, skipped = _pick(trials, loss, client)
+    picked = _pick_confirmed(trials, loss, client) if stage != "search" else None
+    if picked is None and stage == "confirm":
+        which = f"confirmed {loss}" if loss else "confirmed"
+        raise InputError(f"sweep {', '.join(trials['sweep'].unique())} has no {which} configuration; run `sslsearch confirm` first")
+    trial, source, rank, candidates, skipped, confirmation = picked or (*_pick(trials, loss, client), None)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     # Next to `out`, so the final rename stays on one file system; os.mkdir (unlike mkdtemp, which
@@ -239,6 +309,11 @@ def export_best(tracking_uri: str, sweep: str | None, out_dir: str | os.PathLike
                            sha256_of(staged / BACKBONE_FILE), len(weights),
                            sum(p.numel() for p in model.backbone.parameters()))
         card["selection"]["loss_filter"] = loss
+        if confirmation is not None:
+            card["confirmation"] = confirmation
+            card["selection"].update({"stage": "confirm", "metric": "mean val_acc over seeds (confirmation)",
+                                      "tie_break": "more seeds, then the better search rank",
+                                      "ranked_outcomes": ["completed", "diverged"]})
         (staged / CARD_JSON).write_text(json.dumps(card, indent=2) + "\n")
         (staged / CARD_MD).write_text(card_markdown(card))
         registered = _register(client, register, staged, model.backbone, card) if register else None

@@ -64,6 +64,7 @@ METRICS = ("epoch", "loss", "val_acc", "knn_acc", "images_per_s", "test_acc", "t
 ROLE, SWEEP, TRIAL_ID, LOSS, PAIR, OUTCOME = ("sslsearch.role", "sslsearch.sweep", "sslsearch.trial_id",
                                               "sslsearch.loss", "sslsearch.pair", "sslsearch.outcome")
 BEST_EPOCH, BEST_VAL_ACC, ERROR = "sslsearch.best_epoch", "sslsearch.best_val_acc", "sslsearch.error"
+STAGE = "sslsearch.stage"  # on child runs of a stage after the search, e.g. "confirm" (sslsearch.confirm)
 PARENT_RUN_ID = "mlflow.parentRunId"
 # Error codes that no retry can fix: drop the record (with a warning) instead of blocking the outbox.
 PERMANENT_ERRORS = {"INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "RESOURCE_ALREADY_EXISTS", "INVALID_STATE",
@@ -319,7 +320,7 @@ class MlflowTracking(tune.Callback):
 
     def __init__(self, experiment: Experiment, space: SearchSpace, *, sweep: str, storage: str | None = None,
                  tracking_uri: str | None = None, attempts: int = 3, backoff_s: float = 0.5,
-                 flush_timeout_s: float = FLUSH_TIMEOUT_S):
+                 flush_timeout_s: float = FLUSH_TIMEOUT_S, stage: str | None = None):
         if "'" in sweep or "`" in sweep:
             raise InputError(f"sweep name may not hold quotes, got {sweep!r}")
         uri = tracking_uri or experiment.tracking.uri
@@ -330,6 +331,7 @@ class MlflowTracking(tune.Callback):
         self.experiment, self.space, self.sweep, self.uri = experiment, space, sweep, uri
         self.sweep_path = f"{storage.rstrip('/')}/{sweep}" if storage else None
         self.attempts, self.backoff_s, self.flush_timeout_s = attempts, backoff_s, flush_timeout_s
+        self.stage = stage  # None: the sweep's own trials; else tagged STAGE on every child run it creates
         self._reset()
 
     def _reset(self) -> None:
@@ -352,11 +354,11 @@ class MlflowTracking(tune.Callback):
     # and records not yet sent from the outbox.
     def __getstate__(self) -> dict:
         return {k: getattr(self, k) for k in ("experiment", "space", "sweep", "uri", "sweep_path", "attempts", "backoff_s",
-                                              "flush_timeout_s")}
+                                              "flush_timeout_s", "stage")}
 
     def __setstate__(self, state: dict) -> None:
         state.setdefault("flush_timeout_s", FLUSH_TIMEOUT_S)
-        self.__dict__.update(state)
+        self.__dict__.update({"stage": None, **state})  # a sweep pickled before stages existed
         self._reset()
 
     @property
@@ -636,6 +638,8 @@ class MlflowTracking(tune.Callback):
                     LOSS: str(config.get("loss", base.get("loss"))), OUTCOME: "running"}
             if self.experiment.search.paired and "pair" in config:
                 tags[PAIR] = str(config["pair"])
+            if self.stage:
+                tags[STAGE] = self.stage
             created = self.client.create_run(self._experiment_id, tags=tags, run_name=trial_id)
             run = self._runs[trial_id] = _Run(created.info.run_id, "RUNNING", has_params=False)
         if not run.has_params and trial_id in self._configs:

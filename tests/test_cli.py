@@ -101,7 +101,7 @@ def test_unknown_flags_are_one_line_from_their_command_with_a_hint(capsys):
 def test_help_of_every_command_prints(capsys):
     for argv in (["--help"], ["bench", "--help"], ["bench", "train", "--help"], ["bench", "probe", "--help"],
                  ["sweep", "--help"], ["leaderboard", "--help"], ["export", "--help"], ["linear", "--help"],
-                 ["pretrain", "--help"], ["resume", "--help"]):
+                 ["pretrain", "--help"], ["resume", "--help"], ["confirm", "--help"]):
         with pytest.raises(SystemExit) as done:
             main(argv)
         assert done.value.code == 0, argv
@@ -128,6 +128,17 @@ def test_records_commands_check_the_store_first(tmp_path, capsys):
     (tmp_path / "afile").write_text("mine")
     code, _, err = run(capsys, ["leaderboard", "--plots", tmp_path / "afile"])
     assert code == 2 and "is a file" in err and (tmp_path / "afile").read_text() == "mine"
+
+
+def test_confirm_bad_input_is_one_line_before_anything_starts(tmp_path, capsys):
+    code, _, err = run(capsys, ["confirm", "--storage", tmp_path / "empty"])
+    assert code == 2 and err == f"sslsearch: error: no sweeps in {tmp_path / 'empty'}; run `sslsearch sweep` first or name the sweep"
+    code, _, err = run(capsys, ["confirm", "nope", "--storage", tmp_path])
+    assert code == 2 and "no sweep named 'nope'" in err and "\n" not in err
+    with pytest.raises(SystemExit) as done:
+        main(["confirm", "x", "--seeds", "0"])
+    assert done.value.code == 2 and "expected an integer ≥ 1" in capsys.readouterr().err
+    assert not (tmp_path / "empty").exists()
 
 
 @pytest.mark.parametrize("argv,message", [

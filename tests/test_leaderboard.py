@@ -21,7 +21,8 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 from sslsearch.errors import InputError  # noqa: E402
 from sslsearch.leaderboard import (  # noqa: E402
-    EXPERIMENT, bootstrap_interval, build_leaderboard, format_leaderboard, load_trials, rank_trials, write_plots,
+    EXPERIMENT, MIN_PAIRS, build_leaderboard, format_leaderboard, importance_groups, load_trials, log_verdict,
+    paired_statistics, rank_trials, t_interval, wilcoxon_exact, write_plots,
 )
 
 BASE = {"dataset": "digits", "epochs": 4, "backbone": "small_cnn", "batch_size": 128, "eval_every": 1}
@@ -54,11 +55,15 @@ def write_sweep(client, experiment_id, name, trials, *, base=BASE, started=None)
     for i, t in enumerate(trials):
         tags = {"mlflow.parentRunId": parent.info.run_id, "sslsearch.role": "trial", "sslsearch.sweep": name,
                 "sslsearch.trial_id": t["trial_id"], "sslsearch.loss": t["loss"], "sslsearch.outcome": t["outcome"]}
-        if t.get("pair") is not None:
+        if t.get("stage"):
+            tags["sslsearch.stage"] = t["stage"]
+        elif t.get("pair") is not None:  # the callback tags pairs of paired sweeps; a confirm trial has its param
             tags["sslsearch.pair"] = str(t["pair"])
         run = client.create_run(experiment_id, start_time=started + 1 + i, run_name=t["trial_id"], tags=tags)
         params = {"lmbda": t["lmbda"], "lr": t["lr"], "feature_dim": t["feature_dim"], "loss": t["loss"],
                   "seed": t["seed"], **{f"base.{k}": v for k, v in base.items()}}
+        if t.get("pair") is not None:
+            params["pair"] = t["pair"]
         metrics, clock = [], started
         epochs = sorted(t["history"])
         for e in epochs:
@@ -192,7 +197,7 @@ def test_bad_sweeps_are_one_clear_line(store):
 
 
 def test_a_sweep_without_a_finished_trial_is_refused(store):
-    expected = r"sweep 'still-running' has no finished trial with a val_acc yet \(1 errored, 1 running\)"
+    expected = r"sweep 'still-running' has no finished trial with a val_acc after epoch 0 yet \(1 errored, 1 running\)"
     with pytest.raises(InputError, match=expected):
         load_trials(store["uri"], ["still-running"])
 
@@ -224,20 +229,121 @@ def test_head_to_head_matches_a_hand_computation(store):
     assert paired["pairs"] == 4 and paired["mean_difference"] == pytest.approx(np.mean(DIFFERENCES))
     assert paired["hsic_wins"] == 3.5 and paired["hsic_win_rate"] == pytest.approx(3.5 / 4)  # the tie counts half
     assert paired["excluded"] == {"with an errored or running trial": 1, "without its partner": 1}
-    assert paired["ci_low"] <= paired["mean_difference"] <= paired["ci_high"]
-    assert min(DIFFERENCES) <= paired["ci_low"] and paired["ci_high"] <= max(DIFFERENCES)
+    # 4 pairs: below MIN_PAIRS, so no interval and no test — the difference is not called.
+    assert not paired["enough_pairs"] and paired["ci_low"] is None and paired["p_value"] is None
+    assert h2h["confirmed"] is None
 
 
-def test_bootstrap_interval_is_seeded_and_sensible():
-    values = np.array([5.0, 2.0, 0.0, 41.0, 3.0, -1.0])
-    assert bootstrap_interval(values, seed=7) == bootstrap_interval(values, seed=7)
-    assert bootstrap_interval(values, seed=7) != bootstrap_interval(values, seed=8)
-    low, high = bootstrap_interval(values)
-    assert low < values.mean() < high
-    # More of the same data: a narrower interval. A constant: a point.
-    wide, narrow = bootstrap_interval(values), bootstrap_interval(np.tile(values, 20))
-    assert narrow[1] - narrow[0] < wide[1] - wide[0]
-    assert bootstrap_interval(np.full(5, 2.5)) == (2.5, 2.5)
+def test_small_n_is_refused_in_words():
+    board = build_leaderboard(_frame_of_pairs([0.35, 1.39]))
+    text = format_leaderboard(board, "table")
+    line = next(x for x in text.splitlines() if x.startswith("search pairs"))
+    assert "n = 2 pairs — not enough pairs to call a difference (need ≥ 6" in line
+    assert "interval" not in line and "p =" not in line
+    assert "sslsearch confirm s --top 2 --seeds 3" in text  # the hint: this sweep was never confirmed
+    enough = format_leaderboard(build_leaderboard(_frame_of_pairs([0.4, 1.2, -0.3, 0.8, 0.5, 1.0])), "table")
+    line = next(x for x in enough.splitlines() if x.startswith("search pairs"))
+    assert "n = 6 pairs" in line and "95% t-interval [" in line and "exact Wilcoxon signed-rank p = 0.0625" in line
+
+
+def _frame_of_pairs(differences):
+    """A finished, paired search stage in load_trials' layout, one pair per difference."""
+    rows = []
+    for i, d in enumerate(differences):
+        for loss, acc in (("barlow", 80.0), ("hsic", 80.0 + d)):
+            rows.append({"sweep": "s", "stage": "search", "trial_id": f"{loss}{i}", "run_id": f"r{loss}{i}", "loss": loss,
+                         "lmbda": 0.01 * (i + 1), "lr": 1e-3, "feature_dim": 64, "seed": i, "pair": i, "val_acc": acc,
+                         "best_val_acc": acc, "test_acc": acc, "knn_acc": None, "epochs": 4, "trial_seconds": 10.0,
+                         "outcome": "completed", "dataset": "digits", "max_epochs": 4, "parent_run_id": "p",
+                         "history": {0: 10.0, 4: acc}})
+    return pd.DataFrame(rows)
+
+
+def test_minimum_pairs_is_where_an_exact_test_can_first_reject():
+    # Every pair agreeing is the most extreme data there is: its exact two-sided p-value is 2 / 2^n.
+    below, at = wilcoxon_exact(np.arange(1.0, MIN_PAIRS))[1], wilcoxon_exact(np.arange(1.0, MIN_PAIRS + 1))[1]
+    assert below == pytest.approx(2 / 2 ** (MIN_PAIRS - 1)) and below > 0.05
+    assert at == pytest.approx(2 / 2 ** MIN_PAIRS) and at < 0.05
+
+
+def test_exact_wilcoxon_matches_scipy_and_handles_ties_and_zeros():
+    from scipy import stats
+
+    rng = np.random.default_rng(3)
+    for n in (6, 8, 11):
+        d = rng.normal(0.4, 1.0, n)
+        w, p, used = wilcoxon_exact(d)
+        expected = stats.wilcoxon(d, method="exact")
+        assert used == n and p == pytest.approx(expected.pvalue, rel=1e-12)
+        assert w == pytest.approx(np.sum(stats.rankdata(np.abs(d))[d > 0]))
+    # Ties and zeros, by hand: d = (0, 1, 1, -2): the zero is dropped, ranks 1.5, 1.5, 3; W+ = 3.
+    # The 8 sign patterns give W+ ∈ {0, 1.5, 1.5, 3, 3, 4.5, 4.5, 6}; |W+ − 3| ≥ 0 for all: p = 1.
+    assert wilcoxon_exact([0.0, 1.0, 1.0, -2.0]) == (3.0, 1.0, 3)
+    # d = (1, 1, 2): W+ = 6, only the all-positive and all-negative patterns are as extreme: p = 2/8.
+    assert wilcoxon_exact([1.0, 1.0, 2.0]) == (6.0, 0.25, 3)
+    assert wilcoxon_exact([0.0, 0.0]) == (0.0, 1.0, 0)
+
+
+def test_t_interval_covers_the_known_difference_at_n_8():
+    """1000 simulated experiments of 8 paired differences with a known mean: the 95 % t-interval must
+    cover it at least 93 % of the time. The percentile bootstrap it replaced, on the same data, does not."""
+    rng = np.random.default_rng(20261130)
+    true_mean, n, runs = 0.7, 8, 1000
+    t_cover = boot_cover = 0
+    for _ in range(runs):
+        d = true_mean + rng.normal(0.0, 1.5, n)
+        low, high = t_interval(d)
+        t_cover += low <= true_mean <= high
+        means = d[rng.integers(0, n, size=(2000, n))].mean(axis=1)
+        b_low, b_high = np.quantile(means, [0.025, 0.975])
+        boot_cover += b_low <= true_mean <= b_high
+    assert t_cover / runs >= 0.93, t_cover
+    assert boot_cover < t_cover and boot_cover / runs < 0.93, (boot_cover, t_cover)
+    assert all(math.isnan(x) for x in t_interval([1.0]))  # one value: no interval
+
+
+def test_paired_statistics_below_and_at_the_minimum():
+    few = paired_statistics([1.0, 2.0, 3.0])
+    assert few["pairs"] == 3 and not few["enough_pairs"] and few["p_value"] is None and few["mean_difference"] == 2.0
+    enough = paired_statistics([1.0, 2.0, 3.0, 4.0, 5.0, -1.0])
+    assert enough["enough_pairs"] and enough["ci_low"] < enough["mean_difference"] < enough["ci_high"]
+    assert enough["p_value"] == pytest.approx(wilcoxon_exact([1.0, 2.0, 3.0, 4.0, 5.0, -1.0])[1])
+
+
+def _optuna_trial(value, pair, **params):
+    import optuna
+
+    distributions = {"lmbda": optuna.distributions.FloatDistribution(1e-4, 1, log=True),
+                     "lr": optuna.distributions.FloatDistribution(1e-5, 1, log=True),
+                     "feature_dim": optuna.distributions.CategoricalDistribution([64, 128, 256]),
+                     "loss": optuna.distributions.CategoricalDistribution(["barlow", "hsic"])}
+    return optuna.trial.create_trial(params=params, distributions={k: distributions[k] for k in params}, value=value,
+                                     user_attrs={} if pair is None else {"pair": pair})
+
+
+def test_importances_refuse_collinear_and_too_few_trials_and_use_one_trial_per_pair():
+    names = ["feature_dim", "lmbda", "loss", "lr"]
+    # The issue's case: 2 pairs, 4 completed trials, twins share λ and lr.
+    twins = [_optuna_trial(90.0 + i + (loss == "hsic"), i, lmbda=0.01 * (i + 1), lr=1e-3 * (i + 1), feature_dim=64, loss=loss)
+             for i in range(2) for loss in ("barlow", "hsic")]
+    groups, notes = importance_groups(twins, names)
+    assert groups == {} and notes == ["2 completed barlow trial(s) for 3 parameters (need ≥ 6: two per parameter)",
+                                      "2 completed hsic trial(s) for 3 parameters (need ≥ 6: two per parameter)"]
+    # Enough trials, but λ rises with lr in every one of them (collinear): refused, with the names.
+    collinear = [_optuna_trial(90.0 + i, None, lmbda=0.001 * (i + 1), lr=1e-4 * (i + 1) ** 2, feature_dim=[64, 128, 256][i % 3],
+                               loss=["barlow", "hsic"][i % 2]) for i in range(8)]
+    groups, notes = importance_groups(collinear, names)
+    assert groups == {} and notes == ["lmbda and lr are collinear in the 8 completed trials: how importance splits "
+                                      "between them is meaningless"]
+    # Paired and independent: one group per loss, one trial per pair, loss itself not a parameter there.
+    rng = np.random.default_rng(0)
+    paired = [_optuna_trial(float(rng.normal(90, 2)), i, lmbda=float(rng.uniform(1e-3, 1e-1)), lr=float(rng.uniform(1e-4, 1e-2)),
+                            feature_dim=[64, 128, 256][int(rng.integers(3))], loss=loss)
+              for i in range(6) for loss in ("barlow", "hsic")]
+    groups, notes = importance_groups(paired, names)
+    assert notes == [] and set(groups) == {"barlow", "hsic"}
+    for loss, (trials, params) in groups.items():
+        assert len(trials) == 6 and {t.params["loss"] for t in trials} == {loss} and "loss" not in params
 
 
 def test_formats_parse(store):
@@ -252,7 +358,7 @@ def test_formats_parse(store):
         ("hsic", "1", "p2h"), ("hsic", "2", "p0h"), ("hsic", "3", "p5h")]
     assert float(rows[0]["val_acc"]) == 80 and float(rows[0]["test_acc"]) == 78
     table = format_leaderboard(board, "table")
-    assert "barlow (top 3 of 4 ranked)" in table and "hsic wins 3.5/4 (88%" in table
+    assert "barlow (top 3 of 4 ranked)" in table and "hsic wins 3.5/4 (ties count half)" in table
     assert "mean +12.00 points" in table
     markdown = format_leaderboard(board, "markdown")
     assert "## hsic (top 3 of 5 ranked)" in markdown and "| rank | trial | λ |" in markdown
@@ -287,3 +393,88 @@ def test_plots_are_written_and_logged_to_the_sweep_run(store, tmp_path):
     assert result["notes"] == [f"importances for old-sweep: skipped, no Optuna study file at {missing}"]
     logged = {os.path.basename(f.path) for f in store["client"].list_artifacts(store["parent"], "leaderboard")}
     assert logged == set(names)
+
+
+# A paired sweep, then `confirm --top 2 --seeds 3`: the k-th configuration of each loss with seeds 10, 11, 12
+# forms pairs k·3 + j. Search-time scores are inflated (the winner's curse); the confirmed ones are not.
+SEARCH = [
+    trial("s0b", "barlow", 0, curve(70, 90), lmbda=0.01, lr=1e-3), trial("s0h", "hsic", 0, curve(71, 92), lmbda=0.01, lr=1e-3),
+    trial("s1b", "barlow", 1, curve(60, 85), lmbda=0.1, lr=2e-3), trial("s1h", "hsic", 1, curve(60, 80), lmbda=0.1, lr=2e-3),
+    trial("s2b", "barlow", 2, curve(50), "stopped early", lmbda=0.5),
+    trial("s2h", "hsic", 2, curve(55), "stopped early", lmbda=0.5),
+    # Stopped (by the time budget) before any real report: its 99 is the untrained network's, never ranked.
+    trial("s3b", "barlow", 3, {0: 99.0}, "stopped early", lmbda=0.7),
+    trial("s3h", "hsic", 3, {0: 98.0}, "stopped early", lmbda=0.7),
+]
+CONFIRMED = {  # (loss, search trial): final val_acc per seed 10, 11, 12
+    ("barlow", "s0b"): [86.0, 88.0, 87.0], ("barlow", "s1b"): [84.0, 85.0, 83.0],
+    ("hsic", "s0h"): [88.0, 87.5, 89.0], ("hsic", "s1h"): [80.0, 82.0, 81.0],
+}
+
+
+def _confirm_trials():
+    by_id = {t["trial_id"]: t for t in SEARCH}
+    trials = []
+    for (loss, source), values in CONFIRMED.items():
+        k = 0 if source.startswith("s0") else 1
+        for j, value in enumerate(values):
+            s = by_id[source]
+            trials.append(trial(f"c{source}{j}", loss, 3 * k + j, curve(value - 10, value), test_acc=value - 1, lmbda=s["lmbda"],
+                                lr=s["lr"], feature_dim=s["feature_dim"], seed=10 + j, stage="confirm"))
+    return trials
+
+
+@pytest.fixture(scope="module")
+def confirmed_store(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("confirmed")
+    client, uri, experiment_id = open_store(folder)
+    parent, _ = write_sweep(client, experiment_id, "conf", SEARCH + _confirm_trials())
+    return {"client": client, "uri": uri, "parent": parent}
+
+
+def test_an_epoch_0_only_trial_is_never_ranked(confirmed_store):
+    board = build_leaderboard(load_trials(confirmed_store["uri"], ["conf"]))
+    assert list(board.ranked[board.ranked["loss"] == "barlow"]["trial_id"]) == ["s0b", "s1b", "s2b"]
+    assert "s3b" not in set(board.ranked["trial_id"]) and "s3h" not in set(board.ranked["trial_id"])
+    assert not set(board.ranked["trial_id"]) & {t["trial_id"] for t in _confirm_trials()}  # confirm runs: their own table
+
+
+def test_confirmed_configurations_rank_by_mean_over_seeds_with_a_t_interval(confirmed_store):
+    from scipy import stats
+
+    board = build_leaderboard(load_trials(confirmed_store["uri"], ["conf"]))
+    c = board.confirmed.set_index("search_trial")
+    assert list(board.confirmed[board.confirmed["loss"] == "barlow"]["search_trial"]) == ["s0b", "s1b"]
+    row = c.loc["s0b"]
+    assert (row["seeds"], row["val_acc_mean"], row["search_val_acc"]) == (3, 87.0, 90.0)
+    half = stats.t.ppf(0.975, 2) * 1.0 / math.sqrt(3)  # sd of (86, 88, 87) is 1
+    assert (row["ci_low"], row["ci_high"]) == (pytest.approx(87 - half), pytest.approx(87 + half))
+    assert row["test_acc_mean"] == 86.0 and row["test_acc_sd"] == pytest.approx(1.0)
+    assert row["seed_val_acc"] == {10: 86.0, 11: 88.0, 12: 87.0}
+    h2h = board.head_to_head["confirmed"]
+    assert h2h["best"]["hsic"]["val_acc_mean"] == pytest.approx(88.1666, abs=1e-3)
+    # Pairs (k, seed): hsic − barlow = (2, −0.5, 2) for k = 0 and (−4, −3, −2) for k = 1.
+    expected = [2.0, -0.5, 2.0, -4.0, -3.0, -2.0]
+    assert sorted(board.confirmed_pairs["difference"]) == sorted(expected)
+    p = h2h["paired"]
+    assert p["pairs"] == 6 and p["enough_pairs"] and p["mean_difference"] == pytest.approx(np.mean(expected))
+    assert p["p_value"] == pytest.approx(stats.wilcoxon(expected, method="exact").pvalue)
+    assert board.verdict is p
+    table = format_leaderboard(board, "table")
+    assert "barlow: confirmed configurations (ranked by mean val_acc over seeds)" in table
+    assert f"87.00 ± {half:.2f}" in table and "86.00 ± 1.00 sd" in table
+    assert "confirmed pairs (hsic − barlow final val_acc): n = 6 pairs" in table and "not confirmed" not in table
+    assert "confirmation: 12 trials (12 completed)" in table
+    assert json.loads(format_leaderboard(board, "json"))["head_to_head"]["confirmed"]["paired"]["pairs"] == 6
+
+
+def test_the_verdict_is_logged_on_the_parent_run(confirmed_store):
+    board = build_leaderboard(load_trials(confirmed_store["uri"], ["conf"]))
+    logged = log_verdict(board, confirmed_store["uri"])
+    run = confirmed_store["client"].get_run(confirmed_store["parent"])
+    assert "verdict.p_value" in logged and run.data.metrics["verdict.pairs"] == 6
+    assert run.data.metrics["confirmed.val_acc_mean.barlow"] == 87.0
+    assert run.data.metrics["verdict.ci_low"] < run.data.metrics["verdict.mean_difference"] < run.data.metrics["verdict.ci_high"]
+    assert run.data.tags["sslsearch.verdict_stage"] == "confirm" and "n=6 (confirmed runs)" in run.data.tags["sslsearch.verdict"]
+    files = {os.path.basename(f.path) for f in confirmed_store["client"].list_artifacts(confirmed_store["parent"], "leaderboard")}
+    assert {"leaderboard.md", "leaderboard.json"} <= files

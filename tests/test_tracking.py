@@ -328,6 +328,25 @@ def test_killed_then_interrupted_then_resumed_driver_keeps_one_run_per_trial(tmp
     assert run_a.data.params["lmbda"] == "0.01" and run_a.data.params["base.epochs"] == "2"
 
 
+def test_a_stage_callback_tags_its_runs_even_after_ray_restores_it(tmp_path):
+    """The confirm stage's callback (stage="confirm") survives the pickling of a resume; the sweep's own does not tag."""
+    experiment = tiny()
+    space = load_search_space(experiment.space_path())
+    sweep = MlflowTracking(experiment, space, sweep="staged", storage=str(tmp_path), backoff_s=0)
+    confirm = pickle.loads(pickle.dumps(MlflowTracking(experiment, space, sweep="staged", storage=str(tmp_path), backoff_s=0,
+                                                       stage="confirm")))
+    trials = (FakeTrial("s0000001", tmp_path, "barlow"), FakeTrial("c0000001", tmp_path, "hsic"))
+    for callback, trial in zip((sweep, confirm), trials):
+        callback.setup()
+        callback.on_trial_start(0, [], trial)
+        trial.report(callback, 0, 50.0)
+        assert callback.flush(60) == 0
+    parents, children = sweep_runs(default_tracking_uri(str(tmp_path)), "staged")
+    assert len(parents) == 1  # one parent run: the stage joins the sweep's
+    assert "sslsearch.stage" not in children["s0000001"][0].data.tags
+    assert children["c0000001"][0].data.tags["sslsearch.stage"] == "confirm"
+
+
 def test_outage_queues_records_on_disk_without_blocking_and_sends_them_in_order_later(tmp_path, monkeypatch):
     experiment = tiny()
     space = load_search_space(experiment.space_path())

@@ -1,0 +1,118 @@
+"""The confirmation stage: which configurations and seeds it plans, and a real one killed and continued."""
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+from sslsearch.cli import main  # noqa: E402
+from sslsearch.confirm import plan_confirmation  # noqa: E402
+from sslsearch.errors import InputError  # noqa: E402
+from test_sweep import SSLSEARCH, _kill_processes_mentioning, _private_ray_env, _trial_epochs  # noqa: E402
+
+
+def _row(trial_id, loss, val_acc, lmbda, seed):
+    return {"trial_id": trial_id, "loss": loss, "params": {"loss": loss, "lmbda": lmbda, "lr": 1e-3, "feature_dim": 64},
+            "seed": seed, "val_acc": val_acc, "epoch": 4, "trial_seconds": 1.0}
+
+
+def test_plan_takes_the_top_k_distinct_configurations_per_loss_with_fresh_seeds():
+    ranking = [_row("h0", "hsic", 95.0, 0.01, 0), _row("b0", "barlow", 94.0, 0.01, 0), _row("b1", "barlow", 93.0, 0.1, 1),
+               _row("h1", "hsic", 92.0, 0.1, 1), _row("b2", "barlow", 91.0, 0.3, 2)]
+    plan = plan_confirmation(ranking, {0, 1, 2, 7}, top=2, seeds=3)
+    assert plan["seeds"] == [8, 9, 10]  # above every seed the sweep used
+    assert [(c["loss"], c["rank"], c["search_trial"]) for c in plan["configurations"]] == [
+        ("barlow", 1, "b0"), ("barlow", 2, "b1"), ("hsic", 1, "h0"), ("hsic", 2, "h1")]
+    assert len(plan["points"]) == 12
+    # Pair k·N + j: the k-th configuration of each loss with seed j, so each pair is tuned against tuned, same seed.
+    by_pair = {}
+    for point in plan["points"]:
+        by_pair.setdefault(point["pair"], []).append(point)
+    assert sorted(by_pair) == list(range(6))
+    for pair, (barlow, hsic) in by_pair.items():
+        assert (barlow["loss"], hsic["loss"]) == ("barlow", "hsic") and barlow["seed"] == hsic["seed"] == 8 + pair % 3
+        assert barlow["lmbda"] == hsic["lmbda"] == (0.01 if pair < 3 else 0.1)
+    with pytest.raises(InputError, match="nothing to confirm"):
+        plan_confirmation([], {0}, top=2, seeds=3)
+
+
+@pytest.mark.slow
+def test_confirm_killed_and_continued_records_every_trial_once(ray_session, tmp_path, capsys):
+    """A real sweep, then `sslsearch confirm` SIGKILLed mid-stage (driver and its Ray processes) and run again:
+    every planned confirm trial ends finished, in Ray and in MLflow, with one child run each."""
+    from mlflow import MlflowClient
+
+    from sslsearch.config import load_experiment
+    from sslsearch.search import run_sweep
+    from sslsearch.space import load_search_space
+    from sslsearch.tracking import MlflowTracking
+
+    storage = tmp_path / "runs"
+    experiment = load_experiment(None, ["pretrain.epochs=2", "pretrain.eval_every=1", "search.num_samples=2",
+                                        "scheduler.type=fifo"])
+    space = load_search_space(experiment.space_path())
+    tracking = MlflowTracking(experiment, space, sweep="tiny", storage=str(storage))
+    run_sweep(experiment, space, name="tiny", storage=str(storage), callbacks=[tracking], quiet=True)
+
+    env, marker = _private_ray_env(tmp_path)
+    command = [*SSLSEARCH, "confirm", "tiny", "--storage", str(storage), "--top", "1", "--seeds", "1"]
+    driver = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              start_new_session=True)
+    stage = storage / "tiny" / "confirm"
+    deadline = time.monotonic() + 300
+    try:
+        while time.monotonic() < deadline:  # kill once a trial has trained (reported epoch 1) and not all are done
+            time.sleep(1)
+            if driver.poll() is not None:
+                pytest.fail("confirm finished before it could be killed:\n" + driver.stdout.read())
+            epochs = _trial_epochs(stage) if stage.exists() else {}
+            if any(max(e, default=0) >= 1 for e in epochs.values()) and sum(max(e, default=0) == 2 for e in epochs.values()) < 2:
+                break
+        else:
+            pytest.fail("no confirm trial reported within 300 s")
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+    finally:
+        _kill_processes_mentioning(marker)
+    killed_at = _trial_epochs(stage)
+    try:
+        again = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    finally:
+        _kill_processes_mentioning(marker)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "confirm tiny: 2 trials (2 completed)" in again.stdout, again.stdout
+    assert "confirmed pairs (hsic − barlow final val_acc): n = 1 pair — not enough pairs" in again.stdout
+
+    epochs = _trial_epochs(stage)
+    assert len(epochs) == 2, epochs
+    for trial, seq in epochs.items():
+        assert seq[-1] == 2 and seq.count(0) <= 1, f"{trial} restarted from scratch: {seq} (killed at {killed_at})"
+
+    client = MlflowClient(f"sqlite:///{storage / 'mlflow.db'}")
+    experiment_id = client.get_experiment_by_name("sslsearch").experiment_id
+    runs = client.search_runs([experiment_id], "tags.`sslsearch.sweep` = 'tiny'")
+    parents = [r for r in runs if r.data.tags["sslsearch.role"] == "sweep"]
+    confirm = [r for r in runs if r.data.tags.get("sslsearch.stage") == "confirm"]
+    assert len(parents) == 1 and len(runs) == 1 + 2 + 2
+    folders = sorted(p.name[len("trial_"):] for p in stage.glob("trial_*"))
+    assert sorted(r.data.tags["sslsearch.trial_id"] for r in confirm) == folders
+    plan = json.loads((stage / "confirm-plan.json").read_text())
+    assert sorted((r.data.params["loss"], int(r.data.params["seed"])) for r in confirm) == sorted(
+        (loss, seed) for loss in ("barlow", "hsic") for seed in plan["seeds"])
+    for run in confirm:
+        assert run.info.status == "FINISHED" and run.data.tags["sslsearch.outcome"] == "completed"
+        assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")]
+        assert sorted(steps) == sorted(set(steps)) == [0, 1, 2], steps  # no epoch logged twice
+    verdict = client.get_run(parents[0].info.run_id).data
+    assert verdict.metrics["verdict.pairs"] == 1 and "not enough pairs" in verdict.tags["sslsearch.verdict"]
+
+    # Refused before Ray starts: in this process.
+    assert main(["confirm", "tiny", "--storage", str(storage), "--top", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "was confirmed with --top 1 --seeds 1; run `sslsearch confirm tiny --top 1" in err
