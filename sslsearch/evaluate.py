@@ -25,8 +25,9 @@ from sslsearch.augment import PRESETS, augment_views, eval_views
 from sslsearch.data import ImageData
 
 
-def _autocast(device: torch.device):
-    # bf16 on CUDA (tensor cores); plain fp32 elsewhere, where bf16 is slower and less exact.
+def network_autocast(device: torch.device):
+    """bf16 autocast for the network's forward pass on CUDA (tensor cores); off elsewhere, where
+    bf16 is slower and less exact. Augmentation never runs inside it: views are float32."""
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
@@ -40,7 +41,7 @@ def extract_features(backbone: nn.Module, images: torch.Tensor, preset: str, bat
         for start in range(0, images.shape[0], batch_size):
             # channels_last, as the model is (train.py): cuDNN's fast kernels want NHWC input (the CPU does not care).
             x = eval_views(images[start:start + batch_size], PRESETS[preset]).contiguous(memory_format=torch.channels_last)
-            with _autocast(x.device):
+            with network_autocast(x.device):
                 chunks.append(backbone(x).float())
     finally:
         backbone.train(was_training)
@@ -170,8 +171,9 @@ def linear_evaluation(backbone: nn.Module, data: ImageData, *, epochs: int = 200
         correct = torch.zeros((), device=device)
         for start in range(0, images.shape[0], batch_size):
             index = order[start:start + batch_size]
-            with torch.no_grad(), _autocast(device):
-                features = backbone(augment_views(images[index], preset, generator)).float()
+            views = augment_views(images[index], preset, generator)  # float32, outside autocast
+            with torch.no_grad(), network_autocast(device):
+                features = backbone(views.contiguous(memory_format=torch.channels_last)).float()
             logits = head(features)
             loss = F.cross_entropy(logits, labels[index])
             optimizer.zero_grad(set_to_none=True)

@@ -35,7 +35,7 @@ from sslsearch import __version__
 from sslsearch.augment import PRESETS, AugmentPreset, augment_views
 from sslsearch.data import DATASETS, ImageData, load_dataset
 from sslsearch.errors import InputError
-from sslsearch.evaluate import probe_scores
+from sslsearch.evaluate import network_autocast, probe_scores
 from sslsearch.losses import LOSSES, NORMALIZATIONS, ssl_loss
 from sslsearch.models import SSLModel, build_backbone, build_projector, list_backbones
 from sslsearch.optim import OPTIMIZERS, SCHEDULES, build_optimizer, lr_factor
@@ -191,20 +191,26 @@ def make_train_step(config: PretrainConfig, model: SSLModel, optimizer: torch.op
     """
     device = next(model.parameters()).device
     step_model = torch.compile(model) if config.compile else model
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
     def view(images: torch.Tensor) -> torch.Tensor:
         x = augment_views(images, preset, generator)
         return x.contiguous(memory_format=torch.channels_last)
 
     def step(images: torch.Tensor) -> torch.Tensor:
-        with autocast:
+        # The views are built before autocast starts: under it the resampling matmuls and the
+        # colour bmm would run in bf16 and every later op with them (up to ~7 grey levels off).
+        # The float32 views are cast once, by the network's first layer.
+        if config.joint_views:
+            views = (torch.cat((view(images), view(images))),)
+        else:
+            views = (view(images), view(images))
+        with network_autocast(device):
             if config.joint_views:
-                _, z = step_model(torch.cat((view(images), view(images))))
+                _, z = step_model(views[0])
                 z1, z2 = z.chunk(2)
             else:
-                _, z1 = step_model(view(images))
-                _, z2 = step_model(view(images))
+                _, z1 = step_model(views[0])
+                _, z2 = step_model(views[1])
         loss = ssl_loss(config.loss, z1, z2, config.lmbda, config.normalization)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
