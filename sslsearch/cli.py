@@ -40,13 +40,24 @@ def _add_pretrain(sub) -> None:
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--feature-dim", type=int, default=d.feature_dim)
     p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--lr", type=float, default=d.lr, help=f"learning rate of the weights (default: {d.lr})")
+    p.add_argument("--lr-biases", type=float, default=None,
+                   help="learning rate of biases and BatchNorm parameters (default: --lr; official: 0.0048)")
+    p.add_argument("--lr-per-256", action="store_true", help="rates are per 256 images: ×batch-size/256 (official)")
     p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--weight-decay-filter", action="store_true", help="no weight decay on biases and BatchNorm parameters (official)")
+    p.add_argument("--lars-adaptation-filter", action="store_true", help="LARS leaves biases and BatchNorm parameters unadapted (official)")
+    p.add_argument("--momentum", type=float, default=d.momentum, help=f"SGD and LARS (default: {d.momentum})")
     p.add_argument("--optimizer", default=d.optimizer, help="adam (reference), sgd or lars")
-    p.add_argument("--schedule", default=d.schedule, help="constant (reference) or cosine")
-    p.add_argument("--warmup-epochs", type=int, default=d.warmup_epochs)
+    p.add_argument("--schedule", default=d.schedule, help="constant (reference) or cosine to 1/1000 of the rate (official)")
+    p.add_argument("--warmup-epochs", type=int, default=d.warmup_epochs, help="linear warm-up from 0 (official: 10)")
     p.add_argument("--normalization", default=d.normalization, help="reference (mean/std) or batchnorm (official Barlow Twins)")
     p.add_argument("--projector", default=None, help="hidden widths, e.g. 512 (reference) or 8192-8192 (official)")
+    p.add_argument("--projector-last-bias", action=argparse.BooleanOptionalAction, default=d.projector_last_bias,
+                   help="bias on the projector's last layer (reference: yes; official: --no-projector-last-bias)")
+    p.add_argument("--normalize-projection", action=argparse.BooleanOptionalAction, default=d.normalize_projection,
+                   help="L2-normalise z before the loss (reference: yes; official: --no-normalize-projection)")
+    p.add_argument("--zero-init-residual", action="store_true", help="ResNets: residual branches start at 0 (official)")
     p.add_argument("--backbone", default=None, help="resnet18, resnet34, resnet50, small_cnn (default: small_cnn on digits, else resnet50)")
     p.add_argument("--eval-every", type=int, default=d.eval_every, help="epochs between probes and checkpoints")
     p.add_argument("--device", default=d.device, help="auto, cpu or cuda[:N]")
@@ -62,8 +73,11 @@ def _run_pretrain(args) -> int:
     from sslsearch.train import PretrainConfig, pretrain
 
     values = {k: getattr(args, k) for k in ("dataset", "loss", "lmbda", "batch_size", "feature_dim", "epochs", "lr",
-                                            "weight_decay", "optimizer", "schedule", "warmup_epochs", "normalization",
-                                            "backbone", "eval_every", "device", "seed", "compile", "image_size")}
+                                            "lr_biases", "lr_per_256", "weight_decay", "weight_decay_filter",
+                                            "lars_adaptation_filter", "momentum", "optimizer", "schedule", "warmup_epochs",
+                                            "normalization", "projector_last_bias", "normalize_projection",
+                                            "zero_init_residual", "backbone", "eval_every", "device", "seed", "compile",
+                                            "image_size")}
     values["data_dir"] = str(Path(args.data_dir or "data").resolve())
     if args.projector is not None:
         try:
