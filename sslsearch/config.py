@@ -21,7 +21,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_EXPERIMENT = PROJECT_ROOT / "experiments" / "digits.yaml"
 SAMPLERS = ("tpe", "random", "gp")
 SCHEDULERS = ("asha", "fifo")
-CHECKPOINT_POLICIES = ("best_and_last", "all")
+CHECKPOINT_POLICIES = ("best_and_last", "best", "all", "none")  # what MLflow keeps of each trial (weights only)
 
 
 @dataclass(frozen=True)

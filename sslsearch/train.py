@@ -288,6 +288,22 @@ def check_extension(saved: PretrainConfig, config: PretrainConfig, epoch: int, p
                          f"or start a new run")
 
 
+# What resuming needs beyond the weights; a weights-only checkpoint leaves these out (a third of
+# the size of an Adam or LARS run's full state: the optimiser holds one or two tensors per weight).
+RESUME_ONLY = ("optimizer", "rng")
+
+
+def weights_only(checkpoint: dict) -> dict:
+    """The checkpoint without the state only resuming needs: backbone + projector weights, the
+    configuration and the history (what export, `linear` and analysis read)."""
+    return {**{k: v for k, v in checkpoint.items() if k not in RESUME_ONLY}, "weights_only": True}
+
+
+def save_weights_only(source: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Write the weights-only form of the checkpoint file `source` to `target` (atomically)."""
+    _atomic_save(weights_only(load_checkpoint(source)), Path(target))
+
+
 def _atomic_save(obj, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     torch.save(obj, tmp)
@@ -350,6 +366,9 @@ def pretrain(config: PretrainConfig, *, out_dir: str | os.PathLike | None = None
     """
     config.validate()
     checkpoint = load_checkpoint(resume) if resume is not None else None
+    if checkpoint is not None and checkpoint.get("weights_only"):
+        raise InputError(f"{resume} holds weights only (no optimiser or random state): it cannot be resumed; "
+                         f"resume from the run's last.pt")
     if checkpoint is not None:
         saved = PretrainConfig.from_dict(checkpoint["config"])
         ignore = {"epochs", "device", "compile", "data_dir"}
@@ -406,7 +425,7 @@ def pretrain(config: PretrainConfig, *, out_dir: str | os.PathLike | None = None
         }
         _atomic_save(state, out / "last.pt")
         if epoch > 0 and history[-1]["val_acc"] > best_val:
-            _atomic_save(state, out / "best.pt")
+            _atomic_save(weights_only(state), out / "best.pt")  # only last.pt resumes
         _write_statistics(history, out / "statistics.csv")
         return out / "last.pt"
 
