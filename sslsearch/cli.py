@@ -109,10 +109,12 @@ def _run_pretrain(args) -> int:
 def _add_linear(sub) -> None:
     p = sub.add_parser("linear", help="full linear evaluation of a checkpoint (the reference's linear.py)")
     p.add_argument("--checkpoint", required=True, help="a last.pt / best.pt, or a folder holding last.pt")
-    p.add_argument("--epochs", type=int, default=200, help="(default: 200, the reference's)")
-    p.add_argument("--batch-size", type=int, default=512, help="(default: 512, the reference's)")
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam's learning rate (default: 1e-3)")
-    p.add_argument("--weight-decay", type=float, default=1e-6, help="(default: 1e-6)")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="(default: per data set: 200, the reference's, for cifar10/cifar100/stl10/tiny_imagenet; 100 for digits)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="(default: 512, the reference's; 64 for digits; folder: halved until an epoch has 20 steps)")
+    p.add_argument("--lr", type=float, default=None, help="Adam's learning rate (default: 1e-3, the reference's; 3e-2 for digits)")
+    p.add_argument("--weight-decay", type=float, default=None, help="(default: 1e-6)")
     p.add_argument("--data-dir", default=None, help="override the data folder stored in the checkpoint")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default: auto)")
     p.add_argument("--out", default=None,
@@ -124,11 +126,11 @@ def _run_linear(args) -> int:
     import csv
     import torch
 
-    from sslsearch.evaluate import linear_evaluation
+    from sslsearch.evaluate import linear_defaults, linear_evaluation
     from sslsearch.train import PretrainConfig, load_checkpoint, model_from_checkpoint
 
     for name in ("epochs", "batch_size"):
-        if getattr(args, name) < 1:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             raise InputError(f"--{name.replace('_', '-')} must be ≥ 1, got {getattr(args, name)}")
     checkpoint_path = Path(args.checkpoint).resolve()
     if checkpoint_path.is_dir():  # a pretrain output folder or a sweep trial's checkpoint folder
@@ -145,6 +147,10 @@ def _run_linear(args) -> int:
     if args.data_dir:
         config = dataclasses.replace(config, data_dir=str(Path(args.data_dir).resolve()))
     data = config.load_data().to(device)
+    settings = linear_defaults(config.dataset, data.train_images.shape[0] + data.val_images.shape[0])
+    settings.update({k: getattr(args, k) for k in settings if getattr(args, k) is not None})
+    args.epochs = settings["epochs"]
+    print(f"linear evaluation on {config.dataset}: " + ", ".join(f"{k} {v:g}" for k, v in settings.items()), file=sys.stderr)
     backbone = model_from_checkpoint(checkpoint).backbone.to(device)
     rows = []
 
@@ -153,8 +159,7 @@ def _run_linear(args) -> int:
         print(f"epoch {row['epoch']}/{args.epochs} loss {row['train_loss']:.4f} train_acc {row['train_acc']:.2f} "
               f"test_acc {row['test_acc']:.2f}", file=sys.stderr, flush=True)
 
-    result = linear_evaluation(backbone, data, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                               weight_decay=args.weight_decay, seed=config.seed, on_epoch=on_epoch)
+    result = linear_evaluation(backbone, data, **settings, seed=config.seed, on_epoch=on_epoch)
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
