@@ -300,8 +300,11 @@ def weights_only(checkpoint: dict) -> dict:
 
 
 def save_weights_only(source: str | os.PathLike, target: str | os.PathLike) -> None:
-    """Write the weights-only form of the checkpoint file `source` to `target` (atomically)."""
-    _atomic_save(weights_only(load_checkpoint(source)), Path(target))
+    """Write the weights-only form of the checkpoint file `source` to `target` (atomically).
+
+    Any dict of tensors and plain values is accepted: the resume-only entries are dropped if present."""
+    checkpoint = torch.load(source, map_location="cpu", weights_only=True)
+    _atomic_save(weights_only(checkpoint) if isinstance(checkpoint, dict) else checkpoint, Path(target))
 
 
 def _atomic_save(obj, path: Path) -> None:
