@@ -500,9 +500,9 @@ class MlflowTracking(tune.Callback):
         if source.name == name and not checkpoint:
             self.client.log_artifact(run_id, str(source), artifact_path)
             return True
-        # MLflow names an artifact after its file: link the file under the new name next to the
-        # checkpoint (same file system, so a large checkpoint is not copied); copy where links fail.
-        # Checkpoints are written there weights only: MLflow never holds optimiser state.
+        # MLflow names an artifact after its file: checkpoints are written under the new name next
+        # to the source, weights only (MLflow never holds optimiser state); other files are linked
+        # there (same file system, no copy), or copied where links fail.
         try:
             folder = Path(tempfile.mkdtemp(prefix=".sslsearch-upload-", dir=source.parent.parent))
         except OSError:
