@@ -40,13 +40,24 @@ def _add_pretrain(sub) -> None:
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--feature-dim", type=int, default=d.feature_dim)
     p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--lr", type=float, default=d.lr, help=f"learning rate of the weights (default: {d.lr})")
+    p.add_argument("--lr-biases", type=float, default=None,
+                   help="learning rate of biases and BatchNorm parameters (default: --lr; official: 0.0048)")
+    p.add_argument("--lr-per-256", action="store_true", help="rates are per 256 images: ×batch-size/256 (official)")
     p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--weight-decay-filter", action="store_true", help="no weight decay on biases and BatchNorm parameters (official)")
+    p.add_argument("--lars-adaptation-filter", action="store_true", help="LARS leaves biases and BatchNorm parameters unadapted (official)")
+    p.add_argument("--momentum", type=float, default=d.momentum, help=f"SGD and LARS (default: {d.momentum})")
     p.add_argument("--optimizer", default=d.optimizer, help="adam (reference), sgd or lars")
-    p.add_argument("--schedule", default=d.schedule, help="constant (reference) or cosine")
-    p.add_argument("--warmup-epochs", type=int, default=d.warmup_epochs)
+    p.add_argument("--schedule", default=d.schedule, help="constant (reference) or cosine to 1/1000 of the rate (official)")
+    p.add_argument("--warmup-epochs", type=int, default=d.warmup_epochs, help="linear warm-up from 0 (official: 10)")
     p.add_argument("--normalization", default=d.normalization, help="reference (mean/std) or batchnorm (official Barlow Twins)")
     p.add_argument("--projector", default=None, help="hidden widths, e.g. 512 (reference) or 8192-8192 (official)")
+    p.add_argument("--projector-last-bias", action=argparse.BooleanOptionalAction, default=d.projector_last_bias,
+                   help="bias on the projector's last layer (reference: yes; official: --no-projector-last-bias)")
+    p.add_argument("--normalize-projection", action=argparse.BooleanOptionalAction, default=d.normalize_projection,
+                   help="L2-normalise z before the loss (reference: yes; official: --no-normalize-projection)")
+    p.add_argument("--zero-init-residual", action="store_true", help="ResNets: residual branches start at 0 (official)")
     p.add_argument("--backbone", default=None, help="resnet18, resnet34, resnet50, small_cnn (default: small_cnn on digits, else resnet50)")
     p.add_argument("--eval-every", type=int, default=d.eval_every, help="epochs between probes and checkpoints")
     p.add_argument("--device", default=d.device, help="auto, cpu or cuda[:N]")
@@ -62,8 +73,11 @@ def _run_pretrain(args) -> int:
     from sslsearch.train import PretrainConfig, pretrain
 
     values = {k: getattr(args, k) for k in ("dataset", "loss", "lmbda", "batch_size", "feature_dim", "epochs", "lr",
-                                            "weight_decay", "optimizer", "schedule", "warmup_epochs", "normalization",
-                                            "backbone", "eval_every", "device", "seed", "compile", "image_size")}
+                                            "lr_biases", "lr_per_256", "weight_decay", "weight_decay_filter",
+                                            "lars_adaptation_filter", "momentum", "optimizer", "schedule", "warmup_epochs",
+                                            "normalization", "projector_last_bias", "normalize_projection",
+                                            "zero_init_residual", "backbone", "eval_every", "device", "seed", "compile",
+                                            "image_size")}
     values["data_dir"] = str(Path(args.data_dir or "data").resolve())
     if args.projector is not None:
         try:
@@ -95,10 +109,12 @@ def _run_pretrain(args) -> int:
 def _add_linear(sub) -> None:
     p = sub.add_parser("linear", help="full linear evaluation of a checkpoint (the reference's linear.py)")
     p.add_argument("--checkpoint", required=True, help="a last.pt / best.pt, or a folder holding last.pt")
-    p.add_argument("--epochs", type=int, default=200, help="(default: 200, the reference's)")
-    p.add_argument("--batch-size", type=int, default=512, help="(default: 512, the reference's)")
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam's learning rate (default: 1e-3)")
-    p.add_argument("--weight-decay", type=float, default=1e-6, help="(default: 1e-6)")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="(default: per data set: 200, the reference's, for cifar10/cifar100/stl10/tiny_imagenet; 100 for digits)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="(default: 512, the reference's; 64 for digits; folder: halved until an epoch has 20 steps)")
+    p.add_argument("--lr", type=float, default=None, help="Adam's learning rate (default: 1e-3, the reference's; 3e-2 for digits)")
+    p.add_argument("--weight-decay", type=float, default=None, help="(default: 1e-6)")
     p.add_argument("--data-dir", default=None, help="override the data folder stored in the checkpoint")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default: auto)")
     p.add_argument("--out", default=None,
@@ -110,11 +126,11 @@ def _run_linear(args) -> int:
     import csv
     import torch
 
-    from sslsearch.evaluate import linear_evaluation
+    from sslsearch.evaluate import linear_defaults, linear_evaluation
     from sslsearch.train import PretrainConfig, load_checkpoint, model_from_checkpoint
 
     for name in ("epochs", "batch_size"):
-        if getattr(args, name) < 1:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             raise InputError(f"--{name.replace('_', '-')} must be ≥ 1, got {getattr(args, name)}")
     checkpoint_path = Path(args.checkpoint).resolve()
     if checkpoint_path.is_dir():  # a pretrain output folder or a sweep trial's checkpoint folder
@@ -131,6 +147,10 @@ def _run_linear(args) -> int:
     if args.data_dir:
         config = dataclasses.replace(config, data_dir=str(Path(args.data_dir).resolve()))
     data = config.load_data().to(device)
+    settings = linear_defaults(config.dataset, data.train_images.shape[0] + data.val_images.shape[0])
+    settings.update({k: getattr(args, k) for k in settings if getattr(args, k) is not None})
+    args.epochs = settings["epochs"]
+    print(f"linear evaluation on {config.dataset}: " + ", ".join(f"{k} {v:g}" for k, v in settings.items()), file=sys.stderr)
     backbone = model_from_checkpoint(checkpoint).backbone.to(device)
     rows = []
 
@@ -139,8 +159,7 @@ def _run_linear(args) -> int:
         print(f"epoch {row['epoch']}/{args.epochs} loss {row['train_loss']:.4f} train_acc {row['train_acc']:.2f} "
               f"test_acc {row['test_acc']:.2f}", file=sys.stderr, flush=True)
 
-    result = linear_evaluation(backbone, data, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                               weight_decay=args.weight_decay, seed=config.seed, on_epoch=on_epoch)
+    result = linear_evaluation(backbone, data, **settings, seed=config.seed, on_epoch=on_epoch)
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))

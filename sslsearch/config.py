@@ -22,7 +22,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_EXPERIMENT = PROJECT_ROOT / "experiments" / "digits.yaml"
 SAMPLERS = ("tpe", "random", "gp")
 SCHEDULERS = ("asha", "fifo")
-CHECKPOINT_POLICIES = ("best_and_last", "all")
+CHECKPOINT_POLICIES = ("best_and_last", "best", "all", "none")  # what MLflow keeps of each trial (weights only)
 MAX_FILE_BYTES = 1 << 20   # an experiment or a search space is a page of settings, not a megabyte
 MAX_ALIASES = 100
 

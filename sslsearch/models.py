@@ -59,6 +59,17 @@ def adapt_resnet(model: torchvision.models.ResNet, image_size: int) -> torchvisi
     return model
 
 
+def zero_init_residual(model: nn.Module) -> nn.Module:
+    """Start the last BatchNorm of every residual branch at γ = 0, so each block begins as the
+    identity (torchvision's `zero_init_residual=True`, which the official Barlow Twins code uses)."""
+    for module in model.modules():
+        if isinstance(module, torchvision.models.resnet.Bottleneck):
+            nn.init.zeros_(module.bn3.weight)
+        elif isinstance(module, torchvision.models.resnet.BasicBlock):
+            nn.init.zeros_(module.bn2.weight)
+    return model
+
+
 def _resnet(constructor):
     return lambda image_size: adapt_resnet(constructor(weights=None), image_size)
 

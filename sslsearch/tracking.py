@@ -11,7 +11,9 @@
   `sslsearch.pair` (paired sweeps), `sslsearch.outcome` ∈ sslsearch.search.OUTCOMES; params: the trial's config
   (`lmbda`, `lr`, ... and `base.*`); metrics at `step = epoch`; artifacts `statistics.csv`,
   `checkpoints/last.pt`, `checkpoints/best.pt` (best `val_acc` after epoch 0) and, with the
-  `all` policy, `checkpoints/epoch_<N>.pt`.
+  `all` policy, `checkpoints/epoch_<N>.pt`. Checkpoints in MLflow are weights only (backbone +
+  projector, configuration, history; no optimiser): the full state that resuming needs stays in
+  Ray's checkpoints. `tracking.checkpoints`: `best_and_last` (default), `best`, `all` or `none`.
 
 Every record goes through a durable outbox in the sweep's folder (`Outbox`: append-only, fsynced,
 numbered): the hooks only append, and a background thread sends in order, retrying transient
@@ -55,6 +57,7 @@ from sslsearch.errors import InputError
 from sslsearch.search import result_outcome, sweep_metadata, sweep_path
 from sslsearch.space import Parameter, SearchSpace
 from sslsearch.sweeplock import SweepLock
+from sslsearch.train import save_weights_only
 
 log = logging.getLogger(__name__)
 
@@ -673,9 +676,12 @@ class MlflowTracking(tune.Callback):
 
     def _write_checkpoint(self, trial_id: str, checkpoint: str, epoch: int, val_acc: float | None) -> None:
         run = self._run(trial_id)
+        policy = self.experiment.tracking.checkpoints
+        if policy == "none":
+            return
         with _checkpoint_from(checkpoint).as_directory() as folder:
             model = Path(folder) / "last.pt"
-            if self.experiment.tracking.checkpoints == "all":
+            if policy == "all":
                 self._upload(run.run_id, model, f"epoch_{epoch}.pt")
             # Epoch 0 is the random initialisation: never the "best" backbone.
             if epoch > 0 and val_acc is not None and val_acc > run.best_val_acc and self._upload(run.run_id, model, "best.pt"):
@@ -687,20 +693,25 @@ class MlflowTracking(tune.Callback):
             # A record written late, after Ray replaced this checkpoint by a newer one (with its own record).
             log.info("%s is gone; not uploaded as %s", source, name)
             return False
-        if source.name == name:
+        checkpoint = source.suffix == ".pt"
+        if source.name == name and not checkpoint:
             self.client.log_artifact(run_id, str(source), artifact_path)
             return True
-        # MLflow names an artifact after its file: link the file under the new name next to the
-        # checkpoint (same file system, so a large checkpoint is not copied); copy where links fail.
+        # MLflow names an artifact after its file: checkpoints are written under the new name next
+        # to the source, weights only (MLflow never holds optimiser state); other files are linked
+        # there (same file system, no copy), or copied where links fail.
         try:
             folder = Path(tempfile.mkdtemp(prefix=".sslsearch-upload-", dir=source.parent.parent))
         except OSError:
             folder = Path(tempfile.mkdtemp(prefix="sslsearch-upload-"))
         try:
-            try:
-                os.link(source, folder / name)
-            except OSError:
-                shutil.copyfile(source, folder / name)
+            if checkpoint:
+                save_weights_only(source, folder / name)
+            else:
+                try:
+                    os.link(source, folder / name)
+                except OSError:
+                    shutil.copyfile(source, folder / name)
             self.client.log_artifact(run_id, str(folder / name), artifact_path)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
@@ -713,11 +724,13 @@ class MlflowTracking(tune.Callback):
         run = self._run(trial_id)
         if only_if_open and run.status in ("FINISHED", "FAILED"):
             return
+        policy = self.experiment.tracking.checkpoints
         if latest is not None and _checkpoint_exists(latest):
             with _checkpoint_from(latest).as_directory() as folder:
                 self._upload(run.run_id, Path(folder) / "statistics.csv", "statistics.csv", None)
-                self._upload(run.run_id, Path(folder) / "last.pt", "last.pt")
-        if best is not None and best[1] > 0 and best[2] > run.best_val_acc and _checkpoint_exists(best[0]):
+                if policy in ("best_and_last", "all"):
+                    self._upload(run.run_id, Path(folder) / "last.pt", "last.pt")
+        if policy != "none" and best is not None and best[1] > 0 and best[2] > run.best_val_acc and _checkpoint_exists(best[0]):
             # Ray kept the best checkpoint; it beats best.pt only if a crash cut an upload short.
             with _checkpoint_from(best[0]).as_directory() as folder:
                 if self._upload(run.run_id, Path(folder) / "last.pt", "best.pt"):

@@ -9,12 +9,21 @@ first compiled step is timed on its own, reported as `compile_seconds` in that e
 left out of its `images_per_s`. `make_train_step` is this loop's step; `sslsearch bench train`
 times the same function (docs/benchmarks.md).
 
-BatchNorm semantics: as in the reference, the two views go through the network in separate
-forward passes (the default, `joint_views=False`), so BatchNorm normalises each view with its
-own batch statistics. `joint_views=True` concatenates both views into one forward pass of 2B
-images instead: BatchNorm then normalises over both views together (as the official Barlow
-Twins code does, per GPU) and a GPU runs fewer, larger kernels. It is a different method
-setting, so a checkpoint only resumes with the same value.
+BatchNorm semantics: as in the reference and in the official Barlow Twins code (whose
+SyncBatchNorm makes one GPU's batch the global batch), the two views go through the network in
+separate forward passes (the default, `joint_views=False`), so BatchNorm normalises each view
+with its own batch statistics. `joint_views=True` concatenates both views into one forward pass
+of 2B images instead: BatchNorm then normalises over both views together (neither code does
+this) and a GPU runs fewer, larger kernels. It is a different method setting, so a checkpoint
+only resumes with the same value.
+
+The official Barlow Twins recipe is a configuration (experiments/cifar10_official_barlow.yaml):
+`normalize_projection=False`, `projector_last_bias=False`, `normalization="batchnorm"`
+(BatchNorm1d without affine on z), `zero_init_residual=True`, LARS with `lr=0.2` for weights
+and `lr_biases=0.0048` for biases and BatchNorm parameters, both per 256 images
+(`lr_per_256=True`), those parameters excluded from weight decay and from LARS's adaptation
+(`weight_decay_filter`, `lars_adaptation_filter`), 10 warm-up epochs then cosine,
+`weight_decay=1.5e-6`, `lmbda=0.0051`.
 """
 
 from __future__ import annotations
@@ -35,10 +44,10 @@ from sslsearch import __version__
 from sslsearch.augment import PRESETS, AugmentPreset, augment_views
 from sslsearch.data import DATASETS, ImageData, load_dataset
 from sslsearch.errors import InputError
-from sslsearch.evaluate import probe_scores
+from sslsearch.evaluate import network_autocast, probe_scores
 from sslsearch.losses import LOSSES, NORMALIZATIONS, ssl_loss
-from sslsearch.models import SSLModel, build_backbone, build_projector, list_backbones
-from sslsearch.optim import OPTIMIZERS, SCHEDULES, build_optimizer, lr_factor
+from sslsearch.models import SSLModel, build_backbone, build_projector, list_backbones, zero_init_residual
+from sslsearch.optim import OPTIMIZERS, SCHEDULES, build_optimizer, lr_factor, parameter_groups
 
 CHECKPOINT_FORMAT = 1
 STATISTICS_COLUMNS = ("epoch", "train_loss", "val_acc", "knn_acc", "test_acc", "images_per_s", "lr", "seconds")
@@ -56,14 +65,19 @@ class PretrainConfig:
     backbone: str | None = None          # None: small_cnn for digits, resnet50 (the reference) otherwise
     feature_dim: int = 128               # reference README
     projector_hidden: tuple[int, ...] = (512,)
-    projector_last_bias: bool = True
+    projector_last_bias: bool = True     # the official recipe: False
     normalize_projection: bool = True    # the reference L2-normalises z; the official recipe does not
+    zero_init_residual: bool = False     # ResNets: last BN of each residual branch starts at 0 (the official recipe)
     loss: str = "barlow"                 # "barlow" (off-diagonal → 0) or "hsic" (off-diagonal → −1)
     lmbda: float = 0.0078125             # 1/128, the reference README's runs
     normalization: str = "reference"     # "batchnorm" for the official Barlow Twins recipe
     optimizer: str = "adam"
-    lr: float = 1e-3
+    lr: float = 1e-3                     # weights (tensors of ≥ 2 dimensions)
+    lr_biases: float | None = None       # biases and BatchNorm parameters; None: the same as lr
+    lr_per_256: bool = False             # lr and lr_biases are per 256 images: ×batch_size/256 (the official recipe)
     weight_decay: float = 1e-6
+    weight_decay_filter: bool = False    # True: no weight decay on biases and BatchNorm parameters (official)
+    lars_adaptation_filter: bool = False  # True: LARS does not adapt biases and BatchNorm parameters (official)
     momentum: float = 0.9                # SGD and LARS only
     schedule: str = "constant"           # the reference keeps Adam's lr constant
     warmup_epochs: int = 0
@@ -81,6 +95,11 @@ class PretrainConfig:
     def resolved_backbone(self) -> str:
         return self.backbone or ("small_cnn" if self.dataset == "digits" else "resnet50")
 
+    def learning_rates(self) -> tuple[float, float]:
+        """Base learning rates (weights, biases and BatchNorm parameters), batch scaling applied."""
+        scale = self.batch_size / 256 if self.lr_per_256 else 1.0
+        return self.lr * scale, (self.lr if self.lr_biases is None else self.lr_biases) * scale
+
     def validate(self) -> None:
         """Raise InputError (one line) for any value the run cannot use."""
         choices = {"dataset": DATASETS, "loss": LOSSES, "normalization": NORMALIZATIONS,
@@ -90,6 +109,10 @@ class PretrainConfig:
                 raise InputError(f"unknown {key} {getattr(self, key)!r}; expected one of {', '.join(allowed)}")
         if self.resolved_backbone() not in list_backbones():
             raise InputError(f"unknown backbone {self.backbone!r}; expected one of {', '.join(list_backbones())}")
+        if self.zero_init_residual and not self.resolved_backbone().startswith("resnet"):
+            raise InputError(f"zero_init_residual needs a ResNet backbone, got {self.resolved_backbone()}")
+        if self.lars_adaptation_filter and self.optimizer != "lars":
+            raise InputError(f"lars_adaptation_filter applies to the lars optimizer only, got optimizer {self.optimizer}")
         checks = [
             (self.lmbda >= 0 and math.isfinite(self.lmbda), f"lmbda must be a finite number ≥ 0, got {self.lmbda}"),
             (self.feature_dim >= 1, f"feature_dim must be ≥ 1, got {self.feature_dim}"),
@@ -98,9 +121,11 @@ class PretrainConfig:
             (self.epochs >= 1, f"epochs must be ≥ 1, got {self.epochs}"),
             # Above 10 every optimiser here (Adam, SGD, LARS's trust-scaled steps) diverges at once.
             (0 < self.lr <= 10, f"lr must be in (0, 10], got {self.lr}"),
+            (self.lr_biases is None or (self.lr_biases >= 0 and math.isfinite(self.lr_biases)),
+             f"lr_biases must be ≥ 0, got {self.lr_biases}"),
             (self.weight_decay >= 0, f"weight_decay must be ≥ 0, got {self.weight_decay}"),
-            (0 <= self.warmup_epochs < self.epochs or self.warmup_epochs == 0,
-             f"warmup_epochs must be in [0, epochs), got {self.warmup_epochs}"),
+            # A warm-up longer than the run is allowed: the run is then all warm-up (a short test of a recipe).
+            (self.warmup_epochs >= 0, f"warmup_epochs must be ≥ 0, got {self.warmup_epochs}"),
             (self.eval_every >= 1, f"eval_every must be ≥ 1, got {self.eval_every}"),
             (0 < self.val_fraction < 1, f"val_fraction must be in (0, 1), got {self.val_fraction}"),
             (self.knn_k >= 1 and self.knn_temperature > 0, "knn_k must be ≥ 1 and knn_temperature > 0"),
@@ -161,6 +186,8 @@ class PretrainResult:
 def build_model(config: PretrainConfig, image_size: int) -> SSLModel:
     """Backbone + projector as the config describes them (on the CPU, seeded by the caller)."""
     backbone = build_backbone(config.resolved_backbone(), image_size)
+    if config.zero_init_residual:
+        zero_init_residual(backbone)
     projector = build_projector(backbone.out_dim, config.feature_dim, config.projector_hidden, config.projector_last_bias)
     return SSLModel(backbone, projector, config.normalize_projection)
 
@@ -177,7 +204,10 @@ def prepare_training(config: PretrainConfig, image_size: int, device: torch.devi
         torch.backends.cudnn.benchmark = True
     # Fused Adam/SGD: the whole update in a few kernels. On the CPU too (torch >= 2.4), where it is
     # 3-4x faster than the default for ResNet-18's parameters. LARS ignores the flag.
-    params = list(model.parameters())
+    lr_weights, lr_biases = config.learning_rates()
+    params = parameter_groups(model, lr_weights, lr_biases, config.weight_decay,
+                              weight_decay_filter=config.weight_decay_filter,
+                              lars_adaptation_filter=config.lars_adaptation_filter)
     try:
         optimizer = build_optimizer(config.optimizer, params, config.lr, config.weight_decay, config.momentum, fused=True)
     except RuntimeError:  # a build or device without fused kernels
@@ -196,20 +226,26 @@ def make_train_step(config: PretrainConfig, model: SSLModel, optimizer: torch.op
     """
     device = next(model.parameters()).device
     step_model = torch.compile(model) if config.compile else model
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
     def view(images: torch.Tensor) -> torch.Tensor:
         x = augment_views(images, preset, generator)
         return x.contiguous(memory_format=torch.channels_last)
 
     def step(images: torch.Tensor) -> torch.Tensor:
-        with autocast:
+        # The views are built before autocast starts: under it the resampling matmuls and the
+        # colour bmm would run in bf16 and every later op with them (up to ~7 grey levels off).
+        # The float32 views are cast once, by the network's first layer.
+        if config.joint_views:
+            views = (torch.cat((view(images), view(images))),)
+        else:
+            views = (view(images), view(images))
+        with network_autocast(device):
             if config.joint_views:
-                _, z = step_model(torch.cat((view(images), view(images))))
+                _, z = step_model(views[0])
                 z1, z2 = z.chunk(2)
             else:
-                _, z1 = step_model(view(images))
-                _, z2 = step_model(view(images))
+                _, z1 = step_model(views[0])
+                _, z2 = step_model(views[1])
         loss = ssl_loss(config.loss, z1, z2, config.lmbda, config.normalization)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -237,6 +273,43 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT or "model" not in checkpoint:
         raise InputError(f"{path.resolve()} is not an sslsearch pretraining checkpoint (format {CHECKPOINT_FORMAT})")
     return checkpoint
+
+
+def check_extension(saved: PretrainConfig, config: PretrainConfig, epoch: int, path) -> None:
+    """The rule for resuming with another `epochs`: InputError (one line) where it is not allowed.
+
+    The learning rate at a step depends on `epochs` only through the cosine schedule's length
+    (the warm-up is counted in its own epochs). So a constant-schedule run may be extended (or
+    cut, down to the epoch it reached) and continues at the rate it had; a cosine run resumes
+    only with its own `epochs`: a longer schedule would send the learning rate back up.
+    """
+    if config.epochs == saved.epochs:
+        return
+    if config.epochs < epoch:
+        raise InputError(f"checkpoint {path} is at epoch {epoch}, past the requested epochs={config.epochs}")
+    if config.schedule == "cosine":
+        raise InputError(f"checkpoint {path} follows a cosine schedule over {saved.epochs} epochs; resume it with "
+                         f"epochs={saved.epochs} (changing it would change the learning rates already used), "
+                         f"or start a new run")
+
+
+# What resuming needs beyond the weights; a weights-only checkpoint leaves these out (a third of
+# the size of an Adam or LARS run's full state: the optimiser holds one or two tensors per weight).
+RESUME_ONLY = ("optimizer", "rng")
+
+
+def weights_only(checkpoint: dict) -> dict:
+    """The checkpoint without the state only resuming needs: backbone + projector weights, the
+    configuration and the history (what export, `linear` and analysis read)."""
+    return {**{k: v for k, v in checkpoint.items() if k not in RESUME_ONLY}, "weights_only": True}
+
+
+def save_weights_only(source: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Write the weights-only form of the checkpoint file `source` to `target` (atomically).
+
+    Any dict of tensors and plain values is accepted: the resume-only entries are dropped if present."""
+    checkpoint = torch.load(source, map_location="cpu", weights_only=True)
+    _atomic_save(weights_only(checkpoint) if isinstance(checkpoint, dict) else checkpoint, Path(target))
 
 
 def _atomic_save(obj, path: Path) -> None:
@@ -301,6 +374,9 @@ def pretrain(config: PretrainConfig, *, out_dir: str | os.PathLike | None = None
     """
     config.validate()
     checkpoint = load_checkpoint(resume) if resume is not None else None
+    if checkpoint is not None and checkpoint.get("weights_only"):
+        raise InputError(f"{resume} holds weights only (no optimiser or random state): it cannot be resumed; "
+                         f"resume from the run's last.pt")
     if checkpoint is not None:
         saved = PretrainConfig.from_dict(checkpoint["config"])
         ignore = {"epochs", "device", "compile", "data_dir"}
@@ -308,6 +384,7 @@ def pretrain(config: PretrainConfig, *, out_dir: str | os.PathLike | None = None
                      if f.name not in ignore and getattr(config, f.name) != getattr(saved, f.name)]
         if differing:
             raise InputError(f"checkpoint {resume} was trained with different settings: {', '.join(differing)}")
+        check_extension(saved, config, checkpoint["epoch"], resume)
     device = config.torch_device()
     if data is None:
         data = config.load_data()
@@ -356,7 +433,7 @@ def pretrain(config: PretrainConfig, *, out_dir: str | os.PathLike | None = None
         }
         _atomic_save(state, out / "last.pt")
         if epoch > 0 and history[-1]["val_acc"] > best_val:
-            _atomic_save(state, out / "best.pt")
+            _atomic_save(weights_only(state), out / "best.pt")  # only last.pt resumes
         _write_statistics(history, out / "statistics.csv")
         return out / "last.pt"
 
@@ -378,9 +455,10 @@ def pretrain(config: PretrainConfig, *, out_dir: str | os.PathLike | None = None
         loss_sum = torch.zeros((), device=device)
         compile_seconds = None
         for i in range(steps_per_epoch):
-            lr = config.lr * lr_factor(step, total_steps, warmup_steps, config.schedule)
+            factor = lr_factor(step, total_steps, warmup_steps, config.schedule)
             for group in optimizer.param_groups:
-                group["lr"] = lr  # a Python float: no tensor, no copy to the device
+                group["lr"] = group["base_lr"] * factor  # a Python float: no tensor, no copy to the device
+            lr = optimizer.param_groups[0]["lr"]  # the weights' rate, for statistics.csv
             images = data.pretrain_images[order[i * config.batch_size:(i + 1) * config.batch_size]]
             if compile_pending:
                 synchronize(device)

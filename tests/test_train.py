@@ -87,3 +87,28 @@ def test_batch_larger_than_the_data_set_is_refused(tmp_path, digits):
     with pytest.raises(InputError, match="exceeds the .* pretraining images"):
         pretrain(tiny(batch_size=5000), out_dir=tmp_path / "out", data=digits, progress=False)
     assert not (tmp_path / "out").exists()
+
+
+def test_resume_extends_a_constant_schedule_but_refuses_to_stretch_a_cosine(tmp_path, digits):
+    # Constant: the extension is exactly the longer run (the first test resumes 2 → 4 epochs too).
+    pretrain(tiny(epochs=1, eval_every=1), out_dir=tmp_path / "c", data=digits, progress=False)
+    extended = pretrain(tiny(epochs=2), out_dir=tmp_path / "c", data=digits, progress=False, resume=tmp_path / "c" / "last.pt")
+    assert [r["epoch"] for r in extended.history] == [0, 1, 2]
+    # Cosine: the learning rates already used depend on epochs; a longer schedule would raise them again.
+    cosine = dict(optimizer="sgd", lr=0.05, schedule="cosine")
+    pretrain(tiny(epochs=2, **cosine), out_dir=tmp_path / "k", data=digits, progress=False)
+    with pytest.raises(InputError, match="cosine schedule over 2 epochs; resume it with epochs=2"):
+        pretrain(tiny(epochs=4, **cosine), out_dir=tmp_path / "k", data=digits, progress=False, resume=tmp_path / "k" / "last.pt")
+    with pytest.raises(InputError, match="at epoch 2, past the requested epochs=1"):
+        pretrain(tiny(epochs=1, **cosine), out_dir=tmp_path / "k", data=digits, progress=False, resume=tmp_path / "k" / "last.pt")
+    # The same epochs resumes (nothing left to run: the history is the checkpoint's).
+    again = pretrain(tiny(epochs=2, **cosine), out_dir=tmp_path / "k", data=digits, progress=False, resume=tmp_path / "k" / "last.pt")
+    assert [r["epoch"] for r in again.history] == [0, 1, 2]
+
+
+def test_learning_rate_in_statistics_follows_warmup_and_cosine(tmp_path, digits):
+    result = pretrain(tiny(epochs=3, optimizer="sgd", lr=0.1, schedule="cosine", warmup_epochs=1), data=digits, progress=False)
+    steps = (digits.pretrain_images.shape[0]) // 128
+    from sslsearch.optim import lr_factor
+    expected = [0.1 * lr_factor(e * steps - 1, 3 * steps, steps, "cosine") for e in (1, 2, 3)]
+    assert [r["lr"] for r in result.history[1:]] == pytest.approx(expected)
