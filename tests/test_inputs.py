@@ -67,7 +67,7 @@ EXPERIMENTS = [
     ("pretrain: {epochs: 2}\nresources: {cpus_per_trial: 0}\n", None, [], "cpus_per_trial must be > 0"),
     ("pretrain: {epochs: 2}\nresources: {gpus_per_trial: .inf}\n", None, [], "gpus_per_trial must be a finite number"),
     ("pretrain: {epochs: 2}\ntracking: {uri: 'file:///tmp/mlruns'}\n", None, [], "tracking.uri must be"),
-    ("pretrain: {epochs: 2}\ntracking: {checkpoints: none}\n", None, [], "tracking.checkpoints must be one of"),
+    ("pretrain: {epochs: 2}\ntracking: {checkpoints: sometimes}\n", None, [], "tracking.checkpoints must be one of"),
 ]
 
 OVERRIDES = [
