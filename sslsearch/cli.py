@@ -252,6 +252,8 @@ def _add_bench_platform(bench) -> None:
     f.add_argument("--sampler", default="tpe", choices=("tpe", "random", "gp"))
     f.add_argument("--ray-num-to-keep", type=_positive_int, default=2,
                    help="Ray's CheckpointConfig num_to_keep (run_sweep's: 2; 1 was the pre-fix setting, see docs/scale.md)")
+    f.add_argument("--append-snapshot", action="store_true",
+                   help="append each finished trial to the Optuna journal (what run_sweep does; the default)")
     f.add_argument("--rewrite-snapshot", action="store_true",
                    help="rewrite the whole Optuna journal at every finished trial (the pre-fix behaviour, for comparison; "
                         "run_sweep appends)")
