@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from sslsearch.errors import InputError
-from sslsearch.train import PretrainConfig
+from sslsearch.pretrain_config import PretrainConfig
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_EXPERIMENT = PROJECT_ROOT / "experiments" / "digits.yaml"
@@ -80,6 +80,14 @@ _SECTIONS = {"search": SearchSettings, "scheduler": SchedulerSettings, "resource
              "tracking": TrackingSettings, "pretrain": PretrainConfig}
 
 
+def with_suggestions(unknown: list[str], known: list[str]) -> str:
+    """'epoch (did you mean epochs?), foo': each unknown name with its closest known one, if any is close."""
+    import difflib
+
+    return ", ".join(f"{u} (did you mean {close[0]}?)" if (close := difflib.get_close_matches(str(u), known, 1)) else str(u)
+                     for u in unknown)
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """'pretrain.lr=0.01' → (['pretrain', 'lr'], 0.01); the value is read as YAML."""
     key, sep, raw = text.partition("=")
@@ -109,7 +117,7 @@ def _build(cls, values: Any, where: str):
     known = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(values) - set(known))
     if unknown:
-        raise InputError(f"unknown key(s) in {where}: {', '.join(unknown)}; valid: {', '.join(known)}")
+        raise InputError(f"unknown key(s) in {where}: {with_suggestions(unknown, known)}; valid: {', '.join(known)}")
     types = {f.name: f.type for f in dataclasses.fields(cls)}
     converted = {}
     for key, value in values.items():
@@ -151,7 +159,8 @@ def experiment_from_dict(raw: dict, source: str | None) -> Experiment:
     origin = Path(source) if source else Path.cwd() / "experiment"
     unknown = sorted(set(raw) - {"name", *_SECTIONS})
     if unknown:
-        raise InputError(f"unknown key(s) in {origin.name}: {', '.join(unknown)}; valid: name, {', '.join(_SECTIONS)}")
+        raise InputError(f"unknown key(s) in {origin.name}: {with_suggestions(unknown, ['name', *_SECTIONS])}; "
+                         f"valid: name, {', '.join(_SECTIONS)}")
     sections = {key: _build(cls, raw.get(key), key) for key, cls in _SECTIONS.items()}
     pretrain = sections.pop("pretrain")
     if pretrain.data_dir is not None:

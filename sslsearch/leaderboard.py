@@ -61,13 +61,11 @@ def mlflow_client(tracking_uri: str):
 
     (Opening a missing SQLite file would silently create an empty store.)
     """
-    from mlflow import MlflowClient
+    from sslsearch.store import require_records
 
-    if tracking_uri.startswith("sqlite:///"):
-        path = Path(tracking_uri[len("sqlite:///"):])
-        if not path.is_file():
-            raise InputError(f"no MLflow records at {path} (tracking URI {tracking_uri}); run a sweep first "
-                             "or pass the tracking URI of the sweep's records")
+    require_records(tracking_uri)
+    from mlflow import MlflowClient  # after the check: importing MLflow takes seconds
+
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
 

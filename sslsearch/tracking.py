@@ -30,7 +30,6 @@ import math
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -49,6 +48,8 @@ from sslsearch.config import Experiment
 from sslsearch.errors import InputError
 from sslsearch.search import trial_outcome
 from sslsearch.space import SearchSpace
+# The light half of the store's handling (the CLI uses it before importing MLflow or Ray); re-exported here.
+from sslsearch.store import artifact_root as _artifact_root, check_store, default_tracking_uri  # noqa: F401
 
 log = logging.getLogger(__name__)
 
@@ -66,65 +67,17 @@ TRANSIENT = (MlflowException, requests.RequestException, OSError)
 COOLDOWN_S = 30.0  # after retries fail, queued records wait this long before the next try
 
 
-def default_tracking_uri(storage: str) -> str:
-    """SQLite at `<storage>/mlflow.db` (absolute); artifacts go next to it, in `<storage>/mlartifacts`."""
-    if "://" in storage:
-        raise InputError(f"storage {storage} is remote: SQLite needs a local folder; pass --tracking-uri http://host:port")
-    return f"sqlite:///{Path(storage).resolve() / 'mlflow.db'}"
-
-
-def _sqlite_path(uri: str) -> Path | None:
-    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
-
-
-def _artifact_root(uri: str) -> str | None:
-    """Where a SQLite store keeps artifacts; None for a server, which decides itself."""
-    path = _sqlite_path(uri)
-    return (path.parent / "mlartifacts").as_uri() if path is not None else None
-
-
 def check_tracking(uri: str, sweep: str | None = None, *, reading: bool = False) -> None:
-    """InputError (one line) if the tracking store cannot take records; `sweep`: also refuse a name already
-    recorded; `reading` (leaderboard, export): only check that the store can be reached, creating
-    nothing (leaderboard.mlflow_client refuses a SQLite store that does not exist)."""
-    if uri.startswith(("http://", "https://")):
-        try:
-            response = requests.get(f"{uri.rstrip('/')}/health", timeout=5)
-            response.raise_for_status()
-        except requests.RequestException as error:
-            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-            raise InputError(f"MLflow tracking server {uri} is unreachable ({reason[:200]}); start it or pass another "
-                             "--tracking-uri") from None
-    elif (path := _sqlite_path(uri)) is not None:
-        if not path.is_absolute():
-            raise InputError(f"tracking URI {uri} must name an absolute path (Ray moves trials' working directories)")
-        if reading:
-            return
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            raise InputError(f"cannot create the MLflow store folder {path.parent}: {error.strerror}") from None
-        if not os.access(path.parent, os.W_OK):
-            raise InputError(f"cannot write the MLflow store in {path.parent}")
-    elif uri.startswith("file:"):
-        raise InputError(f"MLflow 3 refuses the file store ({uri}); use sqlite:///ABSOLUTE/PATH/mlflow.db or http://host:port")
-    else:
-        raise InputError(f"tracking URI must be http(s)://host:port or sqlite:///absolute/path.db, got {uri!r}")
+    """InputError (one line) if the tracking store cannot take records (sslsearch.store.check_store);
+    `sweep`: also refuse a name already recorded; `reading` (leaderboard, export): only check that the
+    store can be reached, creating nothing (leaderboard.mlflow_client refuses a SQLite store that does not exist)."""
+    check_store(uri, reading=reading)
     if sweep is not None:
         _quiet_mlflow()
         client = mlflow.MlflowClient(uri)
         experiment = client.get_experiment_by_name(EXPERIMENT_NAME)
         if experiment is not None and client.search_runs([experiment.experiment_id], _sweep_filter(sweep), max_results=1):
             raise InputError(f"the MLflow store {uri} already holds a sweep named {sweep!r}; choose another --name")
-
-
-def ui_command(storage: str, host: str = "127.0.0.1", port: int = 5000) -> list[str]:
-    """The `mlflow ui` command for the SQLite store of `storage` (loopback by default)."""
-    uri = default_tracking_uri(storage)
-    if not _sqlite_path(uri).is_file():
-        raise InputError(f"no MLflow records in {Path(storage).resolve()}: run a sweep there first")
-    return [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--default-artifact-root", _artifact_root(uri),
-            "--host", host, "--port", str(port)]
 
 
 def _quiet_mlflow() -> None:

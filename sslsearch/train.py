@@ -33,109 +33,16 @@ import torch
 
 from sslsearch import __version__
 from sslsearch.augment import PRESETS, AugmentPreset, augment_views
-from sslsearch.data import DATASETS, ImageData, load_dataset
+from sslsearch.data import ImageData
 from sslsearch.errors import InputError
 from sslsearch.evaluate import probe_scores
-from sslsearch.losses import LOSSES, NORMALIZATIONS, ssl_loss
-from sslsearch.models import SSLModel, build_backbone, build_projector, list_backbones
-from sslsearch.optim import OPTIMIZERS, SCHEDULES, build_optimizer, lr_factor
+from sslsearch.losses import ssl_loss
+from sslsearch.models import SSLModel, build_backbone, build_projector
+from sslsearch.optim import build_optimizer, lr_factor
+from sslsearch.pretrain_config import PretrainConfig  # defined torch-free so the CLI validates before importing torch
 
 CHECKPOINT_FORMAT = 1
 STATISTICS_COLUMNS = ("epoch", "train_loss", "val_acc", "knn_acc", "test_acc", "images_per_s", "lr", "seconds")
-
-
-@dataclass(frozen=True)
-class PretrainConfig:
-    """Everything that determines a pretraining run. Defaults are the reference's unless noted."""
-
-    dataset: str = "digits"
-    data_dir: str | None = None          # absolute path; Ray runs trials in their own working directory
-    val_fraction: float = 0.1            # carved, stratified, from the labelled training set
-    split_seed: int = 0                  # fixed across a sweep so every trial sees the same val split
-    image_size: int | None = None        # "folder" data sets only
-    backbone: str | None = None          # None: small_cnn for digits, resnet50 (the reference) otherwise
-    feature_dim: int = 128               # reference README
-    projector_hidden: tuple[int, ...] = (512,)
-    projector_last_bias: bool = True
-    normalize_projection: bool = True    # the reference L2-normalises z; the official recipe does not
-    loss: str = "barlow"                 # "barlow" (off-diagonal → 0) or "hsic" (off-diagonal → −1)
-    lmbda: float = 0.0078125             # 1/128, the reference README's runs
-    normalization: str = "reference"     # "batchnorm" for the official Barlow Twins recipe
-    optimizer: str = "adam"
-    lr: float = 1e-3
-    weight_decay: float = 1e-6
-    momentum: float = 0.9                # SGD and LARS only
-    schedule: str = "constant"           # the reference keeps Adam's lr constant
-    warmup_epochs: int = 0
-    batch_size: int = 128                # reference README
-    epochs: int = 1000                   # the reference's default
-    eval_every: int = 5                  # the reference runs its kNN monitor every 5 epochs
-    knn_k: int = 200
-    knn_temperature: float = 0.5
-    probe_weight_decay: float = 1e-4
-    seed: int = 0
-    device: str = "auto"                 # "auto": CUDA when available, else CPU
-    compile: bool = False                # torch.compile the model (CUDA; compile time is paid once)
-    joint_views: bool = False            # True: both views in one forward pass, BN over both (not the reference)
-
-    def resolved_backbone(self) -> str:
-        return self.backbone or ("small_cnn" if self.dataset == "digits" else "resnet50")
-
-    def validate(self) -> None:
-        """Raise InputError (one line) for any value the run cannot use."""
-        choices = {"dataset": DATASETS, "loss": LOSSES, "normalization": NORMALIZATIONS,
-                   "optimizer": OPTIMIZERS, "schedule": SCHEDULES}
-        for key, allowed in choices.items():
-            if getattr(self, key) not in allowed:
-                raise InputError(f"unknown {key} {getattr(self, key)!r}; expected one of {', '.join(allowed)}")
-        if self.resolved_backbone() not in list_backbones():
-            raise InputError(f"unknown backbone {self.backbone!r}; expected one of {', '.join(list_backbones())}")
-        checks = [
-            (self.lmbda >= 0 and math.isfinite(self.lmbda), f"lmbda must be a finite number ≥ 0, got {self.lmbda}"),
-            (self.feature_dim >= 1, f"feature_dim must be ≥ 1, got {self.feature_dim}"),
-            (all(h >= 1 for h in self.projector_hidden), f"projector_hidden widths must be ≥ 1, got {self.projector_hidden}"),
-            (self.batch_size >= 2, f"batch_size must be ≥ 2 (the loss standardises along the batch), got {self.batch_size}"),
-            (self.epochs >= 1, f"epochs must be ≥ 1, got {self.epochs}"),
-            (self.lr > 0 and math.isfinite(self.lr), f"lr must be > 0, got {self.lr}"),
-            (self.weight_decay >= 0, f"weight_decay must be ≥ 0, got {self.weight_decay}"),
-            (0 <= self.warmup_epochs < self.epochs or self.warmup_epochs == 0,
-             f"warmup_epochs must be in [0, epochs), got {self.warmup_epochs}"),
-            (self.eval_every >= 1, f"eval_every must be ≥ 1, got {self.eval_every}"),
-            (0 < self.val_fraction < 1, f"val_fraction must be in (0, 1), got {self.val_fraction}"),
-            (self.knn_k >= 1 and self.knn_temperature > 0, "knn_k must be ≥ 1 and knn_temperature > 0"),
-            (self.device in ("auto", "cpu") or self.device.startswith("cuda"),
-             f"device must be auto, cpu or cuda[:N], got {self.device!r}"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise InputError(message)
-        if self.device.startswith("cuda") and not torch.cuda.is_available():
-            raise InputError(f"device {self.device!r} requested but CUDA is not available; use --device cpu")
-
-    def load_data(self) -> ImageData:
-        """The data set with this run's split settings (on the CPU)."""
-        return load_dataset(self.dataset, self.data_dir, val_fraction=self.val_fraction,
-                            split_seed=self.split_seed, image_size=self.image_size)
-
-    def torch_device(self) -> torch.device:
-        if self.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        return torch.device(self.device)
-
-    def to_dict(self) -> dict:
-        """Plain values only (lists for tuples), so checkpoints load with weights_only=True."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "PretrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise InputError(f"unknown pretraining setting(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
-        values = dict(values)
-        if "projector_hidden" in values:
-            values["projector_hidden"] = tuple(values["projector_hidden"])
-        return cls(**values)
 
 
 class TrainingDiverged(RuntimeError):
