@@ -3,9 +3,12 @@
 `MlflowTracking` is a Ray Tune callback; it runs on the driver, the only process that writes
 (SQLite allows one writer). The layout below is a contract that the leaderboard reads:
 
-- experiment `sslsearch`; parent run named after the sweep, tags `sslsearch.role=sweep`,
+- experiment `sslsearch`, tagged `mlflow.experimentKind=custom_model_development` (so MLflow 3's
+  UI opens it on runs, not GenAI traces); parent run named after the sweep, tags `sslsearch.role=sweep`,
   `sslsearch.sweep`; params: the experiment's flattened settings (`pretrain.epochs`, ...);
-  artifacts `experiment.yaml`, `search_space.yaml`, `sweep.json`.
+  metrics `best_val_acc_<loss>` (best final val_acc of the loss's finished trials, step = finished
+  trials); artifacts `experiment.yaml`, `search_space.yaml`, `sweep.json` (and `report.html` once
+  `sslsearch report` ran).
 - child run per trial named after the trial id, nested (`mlflow.parentRunId`), tags
   `sslsearch.role=trial`, `sslsearch.sweep`, `sslsearch.trial_id`, `sslsearch.loss`,
   `sslsearch.pair` (paired sweeps), `sslsearch.outcome` ∈ sslsearch.search.OUTCOMES; params: the trial's config
@@ -60,6 +63,11 @@ ROLE, SWEEP, TRIAL_ID, LOSS, PAIR, OUTCOME = ("sslsearch.role", "sslsearch.sweep
                                               "sslsearch.loss", "sslsearch.pair", "sslsearch.outcome")
 BEST_EPOCH, BEST_VAL_ACC, ERROR = "sslsearch.best_epoch", "sslsearch.best_val_acc", "sslsearch.error"
 PARENT_RUN_ID = "mlflow.parentRunId"
+# MLflow 3's UI opens an experiment on GenAI traces unless this tag says it is model training
+# (key and value as the UI's bundle reads them, mlflow/server/js in MLflow 3.17).
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+FINISHED = ("completed", "stopped early")  # the outcomes the leaderboard ranks
+SUMMARY_METRIC = "best_val_acc_{loss}"     # on the parent run: best final val_acc of the loss's finished trials
 # Error codes that no retry can fix: drop the record (with a warning) instead of blocking the outbox.
 PERMANENT_ERRORS = {"INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "RESOURCE_ALREADY_EXISTS", "INVALID_STATE",
                     "PERMISSION_DENIED", "UNAUTHENTICATED", "BAD_REQUEST", "ENDPOINT_NOT_FOUND"}
@@ -318,7 +326,10 @@ class MlflowTracking(tune.Callback):
         if self._experiment_id is None:
             experiment = client.get_experiment_by_name(EXPERIMENT_NAME)
             self._experiment_id = (experiment.experiment_id if experiment is not None else
-                                   client.create_experiment(EXPERIMENT_NAME, artifact_location=_artifact_root(self.uri)))
+                                   client.create_experiment(EXPERIMENT_NAME, artifact_location=_artifact_root(self.uri),
+                                                            tags=dict([EXPERIMENT_KIND])))
+            if experiment is not None and experiment.tags.get(EXPERIMENT_KIND[0]) != EXPERIMENT_KIND[1]:
+                client.set_experiment_tag(self._experiment_id, *EXPERIMENT_KIND)  # a store from before the tag
         if self._parent is None:
             found = self._search(_sweep_filter(self.sweep))
             if len(found) > 1:
@@ -492,10 +503,31 @@ class MlflowTracking(tune.Callback):
         run.pending_tags = {}
         self.client.set_terminated(run.run_id, status)
         run.status = status
+        if outcome in FINISHED:
+            self._write_summary()
+
+    def _write_summary(self) -> None:
+        """The answer on the parent run, for MLflow's runs table and charts: `best_val_acc_<loss>`, the best
+        final val_acc over the loss's finished trials (the leaderboard's ranking), at step = finished trials.
+        Read back from MLflow, so a resumed sweep or a retried record gives the same values."""
+        if self._parent is None:
+            self._write_sweep()
+        best: dict[str, float] = {}
+        finished = 0
+        for child in self._search(_sweep_filter(self.sweep, "trial")):
+            val_acc, loss = child.data.metrics.get("val_acc"), child.data.tags.get(LOSS)
+            if child.data.tags.get(OUTCOME) in FINISHED and val_acc is not None and math.isfinite(val_acc) and loss:
+                finished += 1
+                best[loss] = max(best.get(loss, -math.inf), val_acc)
+        now = int(time.time() * 1000)
+        metrics = [Metric(SUMMARY_METRIC.format(loss=loss), value, now, finished) for loss, value in sorted(best.items())]
+        if metrics:
+            self.client.log_batch(self._parent, metrics=metrics)
 
     def _write_end(self, status: str) -> None:
         if self._parent is None:
             self._write_sweep()
+        self._write_summary()
         self.client.set_terminated(self._parent, status)
 
 

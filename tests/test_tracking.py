@@ -173,6 +173,10 @@ def test_sweep_leaves_a_parent_run_and_one_child_per_trial(store, request, tmp_p
     assert {"sslsearch.version", "sslsearch.torch_version", "sslsearch.ray_version", "sslsearch.git_commit",
             "sslsearch.cluster_resources"} <= set(parent.data.tags)
     assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"experiment.yaml", "search_space.yaml", "sweep.json"}
+    assert client.get_experiment(parent.info.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
+    finished = [t for t in sweep.summary.trials if t.outcome in ("completed", "stopped early")]
+    for loss in {t.loss for t in finished}:
+        assert parent.data.metrics[f"best_val_acc_{loss}"] == max(t.val_acc for t in finished if t.loss == loss)
 
     trials = {t.trial_id: t for t in sweep.summary.trials}
     assert set(children) == set(trials) and all(len(runs) == 1 for runs in children.values())
@@ -367,6 +371,27 @@ def test_trials_cut_by_the_time_budget_are_stopped_early_not_interrupted(tmp_pat
     (run,) = children["dddd0004"]
     assert parents[0].info.status == "FINISHED"
     assert run.info.status == "FINISHED" and run.data.tags["sslsearch.outcome"] == "stopped early"
+
+
+def test_the_experiment_opens_as_model_training_and_the_parent_run_holds_the_answer(tmp_path):
+    experiment = tiny()
+    tracking = MlflowTracking(experiment, load_search_space(experiment.space_path()), sweep="answer", storage=str(tmp_path))
+    trials = [FakeTrial("aaaa0001", tmp_path, "barlow"), FakeTrial("bbbb0002", tmp_path, "hsic"),
+              FakeTrial("cccc0003", tmp_path, "barlow")]
+    tracking.setup()
+    for trial, finals in zip(trials, ((60.0, 70.0), (55.0, 65.0), (62.0, 90.0))):
+        tracking.on_trial_start(0, [], trial)
+        trial.report(tracking, 0, 10.0), trial.report(tracking, 1, finals[0]), trial.report(tracking, 2, finals[1])
+    tracking.on_trial_complete(0, [], trials[0])
+    tracking.on_trial_complete(0, [], trials[1])
+    # cccc0003 is still running when the sweep is interrupted: not part of the answer.
+    tracking.on_experiment_end(trials)
+    client = MlflowClient(default_tracking_uri(str(tmp_path)))
+    assert client.get_experiment_by_name("sslsearch").tags["mlflow.experimentKind"] == "custom_model_development"
+    (parent,), _ = sweep_runs(default_tracking_uri(str(tmp_path)), "answer")
+    assert parent.data.metrics == {"best_val_acc_barlow": 70.0, "best_val_acc_hsic": 65.0}
+    history = client.get_metric_history(parent.info.run_id, "best_val_acc_barlow")
+    assert [(m.step, m.value) for m in history][-1] == (2, 70.0)  # step: finished trials so far
 
 
 # -- where records go -----------------------------------------------------------------------------------
