@@ -21,7 +21,7 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 from sslsearch.errors import InputError  # noqa: E402
 from sslsearch.leaderboard import (  # noqa: E402
-    EXPERIMENT, bootstrap_interval, build_leaderboard, format_leaderboard, load_trials, rank_trials, write_plots,
+    EXPERIMENT, anytime_curve, bootstrap_interval, build_leaderboard, format_leaderboard, load_trials, rank_trials, write_plots,
 )
 
 BASE = {"dataset": "digits", "epochs": 4, "backbone": "small_cnn", "batch_size": 128, "eval_every": 1}
@@ -280,10 +280,29 @@ def test_plots_are_written_and_logged_to_the_sweep_run(store, tmp_path):
     board = build_leaderboard(load_trials(store["uri"], ["paired", "old-sweep"]))
     result = write_plots(board, tmp_path / "plots", store["uri"])
     names = sorted(os.path.basename(f) for f in result["files"])
-    assert names == ["importances-paired.png", "learning_curves.png", "val_acc_vs_lmbda.png"]
+    # Every file carries the sweep names: the next sweep's plots land beside these, not over them.
+    label = "+".join(board.sweeps)  # in the order the leaderboard holds them
+    assert names == sorted([f"anytime-{label}.png", "importances-paired.png", f"learning_curves-{label}.png",
+                            f"val_acc_vs_lmbda-{label}.png", f"val_acc_vs_lr-{label}.png"])
     for file in result["files"]:
         assert open(file, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     missing = store["folder"] / "old-sweep" / "optuna-study.journal"  # no tag: next to the SQLite store
     assert result["notes"] == [f"importances for old-sweep: skipped, no Optuna study file at {missing}"]
     logged = {os.path.basename(f.path) for f in store["client"].list_artifacts(store["parent"], "leaderboard")}
     assert logged == set(names)
+
+
+def test_anytime_curve_counts_the_epochs_of_every_trial_in_report_order(tmp_path):
+    client, uri, experiment_id = open_store(tmp_path)
+    write_sweep(client, experiment_id, "anytime", [
+        trial("a", "barlow", None, curve(50, 60)),            # reports epochs 0, 1, 2 at t+10, t+20, t+30
+        trial("b", "hsic", None, curve(70)),                  # epochs 0, 1 at t+10, t+20
+        trial("c", "barlow", None, curve(20), "errored"),     # costs an epoch, never best
+    ])
+    curve_ = anytime_curve(client, load_trials(uri, ["anytime"]))
+    barlow = curve_[curve_["loss"] == "barlow"]
+    hsic = curve_[curve_["loss"] == "hsic"]
+    assert curve_["epochs"].is_monotonic_increasing and curve_["epochs"].max() == 4  # 2 + 1 + 1 epochs trained
+    assert barlow["best_val_acc"].iloc[-1] == 60.0 and barlow["epochs"].iloc[-1] == 4
+    assert barlow["best_val_acc"].is_monotonic_increasing and set(barlow["best_val_acc"]) == {50.0, 60.0}
+    assert list(hsic["best_val_acc"]) == [70.0] and hsic["epochs"].iloc[0] <= 3
