@@ -327,12 +327,15 @@ def _run_sweep(args) -> int:
     storage = _storage(args.storage)
     uri = experiment.tracking.uri or default_tracking_uri(storage)
     check_store(uri)  # before Ray and MLflow load: a dead server or bad URI is refused at once
-    from sslsearch.search import run_sweep
-    from sslsearch.tracking import MlflowTracking, check_tracking
+    from sslsearch.processes import reaping
 
-    check_tracking(uri, sweep=name)  # a name already recorded (needs MLflow)
-    tracking = MlflowTracking(experiment, space, sweep=name, storage=storage)
-    summary = run_sweep(experiment, space, name=name, storage=storage, address=args.address, callbacks=[tracking])
+    with reaping():  # a sweep stopped at any moment, even during Ray's start, leaves no process behind
+        from sslsearch.search import run_sweep
+        from sslsearch.tracking import MlflowTracking, check_tracking
+
+        check_tracking(uri, sweep=name)  # a name already recorded (needs MLflow)
+        tracking = MlflowTracking(experiment, space, sweep=name, storage=storage)
+        summary = run_sweep(experiment, space, name=name, storage=storage, address=args.address, callbacks=[tracking])
     print(summary.format())
     return 130 if summary.unfinished else 0  # 130: interrupted, as a shell reports Ctrl-C
 
@@ -346,12 +349,15 @@ def _run_resume(args) -> int:
         raise InputError(f"no sweep named {args.name!r} in {storage}; known sweeps: {', '.join(known) or 'none'}")
     if args.tracking_uri:
         check_store(args.tracking_uri)
-    from sslsearch.search import resume_sweep, sweep_metadata
+    from sslsearch.processes import reaping
 
-    meta = sweep_metadata(args.name, storage)
-    if not args.tracking_uri:
-        check_store((meta or {}).get("experiment", {}).get("tracking", {}).get("uri") or default_tracking_uri(storage))
-    summary = resume_sweep(args.name, storage, address=args.address)
+    with reaping():
+        from sslsearch.search import resume_sweep, sweep_metadata
+
+        meta = sweep_metadata(args.name, storage)
+        if not args.tracking_uri:
+            check_store((meta or {}).get("experiment", {}).get("tracking", {}).get("uri") or default_tracking_uri(storage))
+        summary = resume_sweep(args.name, storage, address=args.address)
     print(summary.format())
     return 130 if summary.unfinished else 0
 
@@ -416,6 +422,35 @@ def _run_leaderboard(args) -> int:
     return 0
 
 
+def _add_report(sub) -> None:
+    p = sub.add_parser("report", help="one self-contained HTML page of a sweep: setup, verdict, tables, plots, provenance")
+    p.add_argument("sweeps", nargs="*", metavar="SWEEP", help="sweep name(s), pooled (default: the most recently started)")
+    p.add_argument("--out", default="report.html", metavar="FILE", help="the HTML file to write (default: report.html)")
+    p.add_argument("--card", default=None, metavar="DIR", help="also show the model card `sslsearch export --out DIR` wrote")
+    p.add_argument("--top", type=_positive_int, default=10, help="rows per loss in the tables (default: 10)")
+    p.add_argument("--no-log", action="store_true", help="do not log the report to the sweep's MLflow run")
+    _add_records(p)
+    p.set_defaults(run=_run_report)
+
+
+def _run_report(args) -> int:
+    out = Path(args.out)
+    if out.is_dir():
+        raise InputError(f"--out {out} is a folder; give the HTML file to write, e.g. {out / 'report.html'}")
+    if args.card is not None and not (Path(args.card) / "model_card.json").is_file() and not Path(args.card).is_file():
+        raise InputError(f"--card {args.card}: no model_card.json there; give the folder `sslsearch export --out` wrote")
+    uri = _records_uri(args)
+    from sslsearch.report import write_report
+
+    result = write_report(uri, args.sweeps, out, card=args.card,
+                          top=args.top, log=not args.no_log)
+    for note in result["notes"]:
+        print(note, file=sys.stderr)
+    logged = " (also logged to the sweep's MLflow run as report.html)" if result["logged"] else ""
+    print(f"report of {', '.join(result['sweeps'])}: {result['file']}{logged}")
+    return 0
+
+
 def _add_export(sub) -> None:
     p = sub.add_parser("export", help="write the best trial's backbone (by val_acc) with a model card")
     p.add_argument("sweep", nargs="?", default=None, help="sweep name (default: the most recently started)")
@@ -452,6 +487,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bench(sub)
     _add_sweep(sub)
     _add_leaderboard(sub)
+    _add_report(sub)
     _add_export(sub)
     return parser
 

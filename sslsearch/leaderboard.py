@@ -466,6 +466,7 @@ PLOTTED_PARAMETERS = {"lmbda": "λ (off-diagonal weight)", "lr": "learning rate"
 
 def _plot_val_acc_vs(board: Leaderboard, parameter: str, path: Path) -> None:
     from matplotlib.figure import Figure
+    from matplotlib.ticker import NullFormatter
 
     fig = Figure(figsize=(6.4, 4.2), layout="constrained")
     ax = fig.add_subplot()
@@ -477,6 +478,7 @@ def _plot_val_acc_vs(board: Leaderboard, parameter: str, path: Path) -> None:
                 ax.scatter(part[parameter], part["val_acc"], label=f"{loss} ({outcome})", color=COLOURS.get(loss),
                            facecolors=COLOURS.get(loss) if filled else "none", s=36)
     ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(NullFormatter())  # labelled minor ticks overlap on a range under a decade
     ax.set_xlabel(PLOTTED_PARAMETERS[parameter])
     ax.set_ylabel("val_acc (%) at the final report")
     name = "λ" if parameter == "lmbda" else parameter

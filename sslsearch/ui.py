@@ -13,22 +13,22 @@ from __future__ import annotations
 
 import errno
 import os
-import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Callable
 
 from sslsearch.errors import InputError
+from sslsearch.processes import reaping
 from sslsearch.store import artifact_root, default_tracking_uri, sqlite_path
 
 STUDY_FILE = "optuna-study.journal"  # sslsearch.search.STUDY_FILE (search imports Ray)
 READY_TIMEOUT_S = 180.0              # MLflow's server imports for ~25 s on a busy 2-core machine
-STOP_GRACE_S = 5.0                   # SIGTERM first, SIGKILL for whatever still runs after this
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,8 @@ class Server:
     port: int
     ready_path: str    # GET here answers 200 once the server serves
     open_path: str = "/"
+    # Asked once the server answers: the page to open, from what the server knows (e.g. an experiment's id).
+    locate: Callable[[Server], str] | None = None
 
     @property
     def url(self) -> str:
@@ -77,7 +79,27 @@ def mlflow_ui(storage: str, host: str = "127.0.0.1", port: int = 5000) -> Server
         raise InputError(f"no MLflow records in {Path(storage).resolve()}: run a sweep there first")
     command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
                "--default-artifact-root", artifact_root(uri), "--host", host, "--port", str(port)]
-    return Server("MLflow UI", command, host, port, ready_path="/health")
+    return Server("MLflow UI", command, host, port, ready_path="/health", locate=_sweeps_page)
+
+
+# MLflow 3.17's UI picks GenAI or model-training views from its own switch (the URL's `workflowType`,
+# else the browser's last choice, GenAI by default), not from the experiment's `mlflow.experimentKind`
+# tag: the printed URL asks for model training and opens the sweeps' experiment, on its runs.
+EXPERIMENT_PAGE = "/#/experiments/{id}/runs?workflowType=machine_learning"
+
+
+def _sweeps_page(server: Server) -> str:
+    """The runs page of the `sslsearch` experiment (MLflow's REST API gives its id); the experiments list if none."""
+    import json
+
+    base = server.probe_url().rsplit(server.ready_path, 1)[0]
+    try:
+        with urllib.request.urlopen(f"{base}/api/2.0/mlflow/experiments/get-by-name?experiment_name=sslsearch",
+                                    timeout=10) as response:
+            experiment_id = json.load(response)["experiment"]["experiment_id"]
+    except (urllib.error.URLError, OSError, KeyError, ValueError):
+        return "/#/experiments?workflowType=machine_learning"
+    return EXPERIMENT_PAGE.format(id=experiment_id)
 
 
 def sweep_study(storage: str, sweep: str | None) -> tuple[str, Path]:
@@ -117,34 +139,6 @@ def _answers(url: str) -> bool:
         return False
 
 
-def _stop_tree(process: subprocess.Popen) -> None:
-    """SIGTERM the server and every descendant (found before any dies, so orphans are not missed), then SIGKILL."""
-    import psutil
-
-    try:
-        root = psutil.Process(process.pid)
-        tree = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        tree = []
-    for proc in tree:
-        try:
-            proc.terminate()
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(tree, timeout=STOP_GRACE_S)
-    for proc in alive:
-        try:
-            proc.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(alive, timeout=STOP_GRACE_S)
-    process.wait()
-
-
-def _raise_interrupt(signum, frame):
-    raise KeyboardInterrupt
-
-
 def serve(server: Server, *, out=sys.stdout) -> int:
     """Start `server`, print its URL once it answers, and run until it exits, Ctrl-C or SIGTERM.
 
@@ -153,29 +147,26 @@ def serve(server: Server, *, out=sys.stdout) -> int:
     (Starlette's and others' are about the server's code, not the user's).
     """
     check_port(server.host, server.port)
-    env = {**os.environ, "PYTHONWARNINGS": "ignore::DeprecationWarning,ignore::FutureWarning"}
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
-    # Its own session: the terminal's Ctrl-C reaches only us, and we stop the whole tree in order.
-    process = subprocess.Popen(server.command, env=env, stdout=sys.stderr, start_new_session=True)
-    try:
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while not _answers(server.probe_url()):
-            if process.poll() is not None:
-                print(f"sslsearch: error: {server.what} exited with code {process.returncode} before it answered",
-                      file=sys.stderr)
-                return 1
-            if time.monotonic() > deadline:
-                print(f"sslsearch: error: {server.what} did not answer within {READY_TIMEOUT_S:.0f} s", file=sys.stderr)
-                return 1
-            time.sleep(0.25)
-        print(f"{server.what}: {server.url}  (Ctrl-C to stop)", file=out, flush=True)
-        return process.wait()
-    except KeyboardInterrupt:
-        return 0
-    finally:
-        # A second Ctrl-C or SIGTERM while stopping must not cut the stop short and leave children behind.
-        previous_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        _stop_tree(process)
-        signal.signal(signal.SIGINT, previous_int)
-        signal.signal(signal.SIGTERM, previous)
+    # Deprecation notices about the servers' own code (Starlette's is a UserWarning) are not the user's to act on.
+    env = {**os.environ, "PYTHONWARNINGS": "ignore::DeprecationWarning,ignore::FutureWarning,"
+                                           "ignore:starlette.middleware.wsgi is deprecated"}
+    with reaping():  # on the way out, SIGTERM/SIGKILL the server and everything it started
+        # Its own session: the terminal's Ctrl-C reaches only us, and we stop the whole tree in order.
+        process = subprocess.Popen(server.command, env=env, stdout=sys.stderr, start_new_session=True)
+        try:
+            deadline = time.monotonic() + READY_TIMEOUT_S
+            while not _answers(server.probe_url()):
+                if process.poll() is not None:
+                    print(f"sslsearch: error: {server.what} exited with code {process.returncode} before it answered",
+                          file=sys.stderr)
+                    return 1
+                if time.monotonic() > deadline:
+                    print(f"sslsearch: error: {server.what} did not answer within {READY_TIMEOUT_S:.0f} s", file=sys.stderr)
+                    return 1
+                time.sleep(0.25)
+            if server.locate is not None:
+                server = replace(server, open_path=server.locate(server))
+            print(f"{server.what}: {server.url}  (Ctrl-C to stop)", file=out, flush=True)
+            return process.wait()
+        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (reaping turns it into one)
+            return 0
