@@ -254,3 +254,25 @@ def test_bench_augment_prints_the_ratio(capsys):
     assert code == 0, err
     ratio = float(re.search(r"speed-up\s+([\d.]+)x", out).group(1))
     assert ratio > 0
+
+
+def test_only_our_resume_hint_is_printed():
+    """Ray logs its own "Resume experiment with: Tuner.restore(...)" when a sweep is interrupted (ray/tune/tune.py);
+    the summary already says `sslsearch resume NAME`."""
+    import logging
+
+    from sslsearch.search import _quiet
+
+    seen = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())
+    ray_log = logging.getLogger("ray.tune.tune")  # Ray's handlers do not propagate to the root logger
+    ray_log.addHandler(handler)
+    try:
+        _quiet()
+        ray_log.warning("Experiment has been interrupted, but the most recent state was saved.\n"
+                        "Resume experiment with: Tuner.restore(path='/x')")
+        ray_log.warning("Trials did not complete: [t1]")
+    finally:
+        ray_log.removeHandler(handler)
+    assert seen == ["Trials did not complete: [t1]"]
