@@ -306,3 +306,20 @@ def test_anytime_curve_counts_the_epochs_of_every_trial_in_report_order(tmp_path
     assert barlow["best_val_acc"].iloc[-1] == 60.0 and barlow["epochs"].iloc[-1] == 4
     assert barlow["best_val_acc"].is_monotonic_increasing and set(barlow["best_val_acc"]) == {50.0, 60.0}
     assert list(hsic["best_val_acc"]) == [70.0] and hsic["epochs"].iloc[0] <= 3
+
+
+def test_csv_piped_into_head_exits_quietly(store, tmp_path):
+    """`sslsearch leaderboard --format csv | head -3` once ended in a BrokenPipeError traceback."""
+    import shlex
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    command = (f"{shlex.quote(sys.executable)} -m sslsearch.cli leaderboard paired --format csv "
+               f"--tracking-uri {shlex.quote(store['uri'])} 2> {shlex.quote(str(tmp_path / 'err'))}")
+    # `head -c 0` leaves before the leaderboard writes: the write meets a closed pipe every time.
+    done = subprocess.run(["bash", "-c", f"{command} | head -c 0; echo ${{PIPESTATUS[0]}}"], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(root)}, timeout=300)
+    assert done.stdout.strip() == "141"  # 128 + SIGPIPE, as a shell reports any writer its reader left
+    assert (tmp_path / "err").read_text() == ""
