@@ -52,8 +52,8 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=5, help="runs of each case (default: 5)")
     parser.add_argument("--baseline", type=Path, default=None, help="another checkout to time side by side")
     args = parser.parse_args()
+    print(f"{'case':32} {'this (s)':>9} {'baseline (s)':>13} {'ratio':>7}  exit", flush=True)
     with tempfile.TemporaryDirectory() as scratch:
-        rows = []
         for name, argv in cases(Path(scratch)):
             times: dict[str, list[float]] = {"this": [], "baseline": []}
             codes = set()
@@ -62,14 +62,12 @@ def main() -> int:
                     if checkout is not None:
                         seconds, code = run_once(checkout, argv)
                         times[label].append(seconds)
-                        codes.add((label, code))
+                        if label == "this":
+                            codes.add(code)
             this = statistics.median(times["this"])
-            base = statistics.median(times["baseline"]) if times["baseline"] else None
-            rows.append((name, this, base, sorted(c for label, c in codes if label == "this")))
-    print(f"{'case':32} {'this (s)':>9} {'baseline (s)':>13} {'ratio':>7}  exit")
-    for name, this, base, codes in rows:
-        ratio = f"{base / this:6.1f}x" if base else "      -"
-        print(f"{name:32} {this:9.2f} {base if base is not None else float('nan'):13.2f} {ratio}  {codes}")
+            base = statistics.median(times["baseline"]) if times["baseline"] else float("nan")
+            ratio = f"{base / this:6.1f}x" if times["baseline"] else "      -"
+            print(f"{name:32} {this:9.2f} {base:13.2f} {ratio}  {sorted(codes)}", flush=True)
     print(f"median of {args.repeat} runs each, interleaved; {os.cpu_count()} CPUs; Python {sys.version.split()[0]}")
     return 0
 
