@@ -32,6 +32,7 @@ def free_port() -> int:
 def write_study(storage: Path, sweep: str) -> None:
     import optuna
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # its handler would outlive pytest's captured stderr
     (storage / sweep).mkdir(parents=True)
     journal = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(storage / sweep / "optuna-study.journal")))
     study = optuna.create_study(storage=journal, study_name=sweep, direction="maximize")
