@@ -184,7 +184,7 @@ def test_optuna_dashboard_serves_the_sweep_study_and_stops(tmp_path):
     done = serve_then_stop(["dashboard", "mine", "--storage", str(tmp_path), "--port", str(port)], signal.SIGINT,
                            "/api/studies")  # Ctrl-C
     assert done["url"] == f"http://127.0.0.1:{port}/dashboard/studies/0" and done["answered"] == 200
-    studies = json.loads(done["body"])["studies"]
+    studies = json.loads(done["body"])["study_summaries"]
     assert [(s["study_id"], s["study_name"]) for s in studies] == [(0, "mine")]  # the id the printed URL opens
     assert done["alive"] == [] and done["code"] == 0
     assert "Traceback" not in done["stderr"], done["stderr"][-3000:]
