@@ -218,14 +218,16 @@ def test_one_batched_request_per_report(server_sweep):
         improvements += sum(v > max(history[1:i], default=-float("inf")) for i, v in enumerate(history) if i > 0)
     kinds = collections.Counter("artifact upload" if "/mlflow-artifacts/" in path else f"{method} {path.split('/mlflow/')[-1]}"
                                 for method, path in server_sweep.sent)
-    assert kinds["POST runs/log-batch"] == 1 + reports + 2 * trials, kinds  # parent params; per trial: params, final tags
+    # Parent params; per trial: params, final tags; the parent's best_val_acc_<loss> once per finished trial and at the end.
+    summaries = trials + 1  # every trial of this sweep finishes
+    assert kinds["POST runs/log-batch"] == 1 + reports + 2 * trials + summaries, kinds
     assert kinds["artifact upload"] == 3 + improvements + 2 * trials, kinds  # parent: 3 files; per trial: last.pt, statistics.csv
-    per_sweep = {"GET experiments/get-by-name": 1, "POST experiments/create": 1, "POST runs/search": 2,
+    per_sweep = {"GET experiments/get-by-name": 1, "POST experiments/create": 1, "POST runs/search": 2 + summaries,
                  "POST runs/create": 1 + trials, "POST runs/update": 1 + trials,
                  "GET runs/get": 1 + trials}  # the run's artifact location, once per run
     assert {k: v for k, v in kinds.items() if k in per_sweep} == per_sweep, kinds
     assert sum(kinds.values()) == sum(per_sweep.values()) + kinds["POST runs/log-batch"] + kinds["artifact upload"], kinds
-    fixed = sum(per_sweep.values()) + 1 + 3 + 4 * trials
+    fixed = sum(per_sweep.values()) + 1 + 3 + 4 * trials + summaries
     print(f"\n{reports} reports of {trials} trials, {improvements} of them a new best: {sum(kinds.values())} requests = "
           f"{fixed} fixed + {reports} log-batch + {improvements} best.pt; {dict(kinds)}")
 
