@@ -1,10 +1,18 @@
-"""The `sslsearch` command: thin wrappers that parse, call one library function and print."""
+"""The `sslsearch` command: thin wrappers that parse, call one library function and print.
+
+Parsing and every check that needs no records come before any heavy import: building the parser
+and validating flags, experiment files and `--set` overrides import neither torch, Ray, Optuna's
+samplers nor MLflow (sslsearch.pretrain_config, sslsearch.config and sslsearch.store are light), so
+`--help` and bad input answer in well under a second (docs/benchmarks.md). Each `_run_*` checks
+first and imports the library it calls after.
+"""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -26,25 +34,34 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+class _DefaultsShown(argparse.HelpFormatter):
+    """Help that ends each option with its default, unless the default is None/False or already named."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if ("default" in text or action.default in (None, False, argparse.SUPPRESS) or not action.option_strings):
+            return text
+        return f"{text} (default: %(default)s)".lstrip()
+
+
 def _add_pretrain(sub) -> None:
-    from sslsearch.data import DATASETS
-    from sslsearch.train import PretrainConfig
+    from sslsearch.pretrain_config import DATASETS, PretrainConfig
 
     d = PretrainConfig()
-    p = sub.add_parser("pretrain", help="pretrain one backbone (the reference's main.py)")
-    p.add_argument("--dataset", default=d.dataset, help=f"one of {', '.join(DATASETS)} (default: {d.dataset})")
+    p = sub.add_parser("pretrain", help="pretrain one backbone (the reference's main.py)", formatter_class=_DefaultsShown)
+    p.add_argument("--dataset", default=d.dataset, help=f"one of {', '.join(DATASETS)}")
     p.add_argument("--data-dir", default=None, help="where data sets live or are downloaded to (default: ./data)")
     p.add_argument("--image-size", type=int, default=None, help="side of the images of a 'folder' data set")
     p.add_argument("--loss", default=d.loss, help="barlow (off-diagonal → 0) or hsic (off-diagonal → −1)")
     p.add_argument("--lmbda", type=float, default=d.lmbda, help=f"λ, weight of the off-diagonal term (default: {d.lmbda})")
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--feature-dim", type=int, default=d.feature_dim)
-    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"images per step, ≥ 2 (default: {d.batch_size})")
+    p.add_argument("--feature-dim", type=int, default=d.feature_dim, help=f"projector output width (default: {d.feature_dim})")
+    p.add_argument("--epochs", type=int, default=d.epochs, help=f"pretraining epochs (default: {d.epochs})")
     p.add_argument("--lr", type=float, default=d.lr, help=f"learning rate of the weights (default: {d.lr})")
     p.add_argument("--lr-biases", type=float, default=None,
                    help="learning rate of biases and BatchNorm parameters (default: --lr; official: 0.0048)")
     p.add_argument("--lr-per-256", action="store_true", help="rates are per 256 images: ×batch-size/256 (official)")
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay, help=f"weight decay (default: {d.weight_decay:g})")
     p.add_argument("--weight-decay-filter", action="store_true", help="no weight decay on biases and BatchNorm parameters (official)")
     p.add_argument("--lars-adaptation-filter", action="store_true", help="LARS leaves biases and BatchNorm parameters unadapted (official)")
     p.add_argument("--momentum", type=float, default=d.momentum, help=f"SGD and LARS (default: {d.momentum})")
@@ -61,7 +78,7 @@ def _add_pretrain(sub) -> None:
     p.add_argument("--backbone", default=None, help="resnet18, resnet34, resnet50, small_cnn (default: small_cnn on digits, else resnet50)")
     p.add_argument("--eval-every", type=int, default=d.eval_every, help="epochs between probes and checkpoints")
     p.add_argument("--device", default=d.device, help="auto, cpu or cuda[:N]")
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--seed", type=int, default=d.seed, help="seeds the weights, augmentations and batches")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--out", default=None, help="output folder (default: runs/pretrain-DATASET-LOSS-TIME)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
@@ -70,7 +87,7 @@ def _add_pretrain(sub) -> None:
 
 
 def _run_pretrain(args) -> int:
-    from sslsearch.train import PretrainConfig, pretrain
+    from sslsearch.pretrain_config import PretrainConfig
 
     values = {k: getattr(args, k) for k in ("dataset", "loss", "lmbda", "batch_size", "feature_dim", "epochs", "lr",
                                             "lr_biases", "lr_per_256", "weight_decay", "weight_decay_filter",
@@ -96,6 +113,8 @@ def _run_pretrain(args) -> int:
             raise InputError(f"--resume: no checkpoint at {resume}")
     elif out.exists() and any(out.iterdir()):
         raise InputError(f"output folder {out} exists and is not empty; pass --resume to continue it or choose another --out")
+    from sslsearch.train import pretrain
+
     result = pretrain(config, out_dir=out, resume=resume, progress=not args.quiet, final_test=True)
     baseline = result.history[0]
     final = result.last_evaluated()
@@ -123,12 +142,6 @@ def _add_linear(sub) -> None:
 
 
 def _run_linear(args) -> int:
-    import csv
-    import torch
-
-    from sslsearch.evaluate import linear_defaults, linear_evaluation
-    from sslsearch.train import PretrainConfig, load_checkpoint, model_from_checkpoint
-
     for name in ("epochs", "batch_size"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise InputError(f"--{name.replace('_', '-')} must be ≥ 1, got {getattr(args, name)}")
@@ -139,6 +152,17 @@ def _run_linear(args) -> int:
            else checkpoint_path.with_name(f"linear-{time.strftime('%Y%m%d-%H%M%S')}.csv"))
     if out.exists():
         raise InputError(f"--out {out} exists; choose another file (results are never overwritten)")
+    if not checkpoint_path.is_file():
+        raise InputError(f"checkpoint not found: {checkpoint_path}")
+    if args.device != "auto" and not (args.device == "cpu" or args.device.startswith("cuda")):
+        raise InputError(f"device must be auto, cpu or an available cuda[:N], got {args.device!r}")
+    import csv
+
+    import torch
+
+    from sslsearch.evaluate import linear_defaults, linear_evaluation
+    from sslsearch.train import PretrainConfig, load_checkpoint, model_from_checkpoint
+
     checkpoint = load_checkpoint(checkpoint_path)
     config = PretrainConfig.from_dict(checkpoint["config"])
     if args.device != "auto" and not (args.device == "cpu" or (args.device.startswith("cuda") and torch.cuda.is_available())):
@@ -174,8 +198,8 @@ def _add_bench(sub) -> None:
     bench = p.add_subparsers(dest="bench", required=True, parser_class=_Parser)
     a = bench.add_parser("augment", help="batched augmentation vs the reference's per-image PIL pipeline")
     a.add_argument("--preset", default="cifar", help="cifar, stl10, tiny_imagenet or digits")
-    a.add_argument("--images", type=_positive_int, default=2048)
-    a.add_argument("--batch-size", type=_positive_int, default=256)
+    a.add_argument("--images", type=_positive_int, default=2048, help="images augmented per pipeline (default: 2048)")
+    a.add_argument("--batch-size", type=_positive_int, default=256, help="images per batched call (default: 256)")
     a.add_argument("--threads", type=_positive_int, default=2, help="CPU threads for both pipelines")
     a.add_argument("--json", action="store_true", help="print the figures as JSON")
     a.set_defaults(run=_run_bench_augment)
@@ -186,7 +210,7 @@ def _add_bench_train(bench) -> None:
     t = bench.add_parser("train", help="pretraining steps, fast path vs a reference-style loop: img/s, s/epoch, %% of peak")
     t.add_argument("--backbone", default="resnet18", help="resnet18, resnet34, resnet50 or small_cnn")
     t.add_argument("--image-size", type=int, default=32, help="32 (CIFAR preset) or 64 (STL-10 preset, 96 px sources)")
-    t.add_argument("--batch-size", type=_positive_int, default=128)
+    t.add_argument("--batch-size", type=_positive_int, default=128, help="images per step (default: 128)")
     t.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     t.add_argument("--steps", type=_positive_int, default=None, help="timed steps (default: 100 on CUDA, 5 on the CPU)")
     t.add_argument("--warmup", type=int, default=None, help="untimed steps first (default: 10 on CUDA, 1 on the CPU)")
@@ -201,21 +225,21 @@ def _add_bench_train(bench) -> None:
     t.set_defaults(run=_run_bench_train)
     k = bench.add_parser("packing", help="aggregate img/s of N training processes sharing one device")
     k.add_argument("--trials", default="1,2,4", help="counts of concurrent trials, comma-separated (default: 1,2,4)")
-    k.add_argument("--backbone", default="resnet18")
-    k.add_argument("--image-size", type=int, default=32)
-    k.add_argument("--batch-size", type=_positive_int, default=128)
+    k.add_argument("--backbone", default="resnet18", help="resnet18, resnet34, resnet50 or small_cnn (default: resnet18)")
+    k.add_argument("--image-size", type=int, default=32, help="image side in pixels (default: 32)")
+    k.add_argument("--batch-size", type=_positive_int, default=128, help="images per step (default: 128)")
     k.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     k.add_argument("--steps", type=_positive_int, default=None, help="timed steps per trial (default: 100 on CUDA, 5 on the CPU)")
     k.add_argument("--threads", type=_positive_int, default=None, help="torch threads per trial")
     k.add_argument("--json", action="store_true", help="print the figures as JSON")
     k.set_defaults(run=_run_bench_packing)
     q = bench.add_parser("probe", help="the fast probe's seconds (features, L-BFGS, kNN) and its share of a trial")
-    q.add_argument("--backbone", default="resnet18")
-    q.add_argument("--image-size", type=int, default=32)
+    q.add_argument("--backbone", default="resnet18", help="resnet18, resnet34, resnet50 or small_cnn (default: resnet18)")
+    q.add_argument("--image-size", type=int, default=32, help="image side in pixels (default: 32)")
     q.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     q.add_argument("--train-images", type=_positive_int, default=45_000, help="train split (default: CIFAR-10's 45,000)")
     q.add_argument("--val-images", type=_positive_int, default=5_000, help="val split (default: CIFAR-10's 5,000)")
-    q.add_argument("--classes", type=_positive_int, default=10)
+    q.add_argument("--classes", type=_positive_int, default=10, help="label classes (default: 10)")
     q.add_argument("--batch-size", type=_positive_int, default=128, help="pretraining batch for the epoch time")
     q.add_argument("--epoch-seconds", type=float, default=None, help="an epoch's seconds (default: measured)")
     q.add_argument("--eval-every", default="5,10", help="report intervals in epochs, comma-separated (default: 5,10)")
@@ -359,21 +383,27 @@ def _add_sweep(sub) -> None:
                    help="MLflow tracking server http://HOST:PORT (default: SQLite in the storage folder)")
     p.set_defaults(run=_run_sweep)
     r = sub.add_parser("resume", help="continue an interrupted sweep (searcher, scheduler, trials, MLflow runs)")
-    r.add_argument("name")
-    r.add_argument("--address", default=None)
-    r.add_argument("--storage", default="runs")
-    r.add_argument("--tracking-uri", default=None, help="default: the sweep's own")
+    r.add_argument("name", metavar="SWEEP", help="the sweep's name (its folder under --storage)")
+    r.add_argument("--address", default=None, help="Ray cluster: auto, HOST:PORT or ray://HOST:PORT (default: start Ray here)")
+    r.add_argument("--storage", default="runs", help="folder or s3:// / gs:// URI holding the sweep (default: ./runs)")
+    r.add_argument("--tracking-uri", default=None, help="MLflow tracking server http://HOST:PORT (default: the sweep's own)")
     r.set_defaults(run=_run_resume)
     y = sub.add_parser("sync", help="send a sweep's queued MLflow records and make MLflow match Ray's results")
     y.add_argument("name")
     y.add_argument("--storage", default="runs")
     y.add_argument("--tracking-uri", default=None, help="default: the sweep's own")
     y.set_defaults(run=_run_sync)
-    u = sub.add_parser("ui", help="open the MLflow UI on the sweeps' tracking store")
-    u.add_argument("--storage", default="runs")
-    u.add_argument("--host", default="127.0.0.1", help="default: loopback only")
-    u.add_argument("--port", type=int, default=5000)
+    u = sub.add_parser("ui", help="serve the MLflow UI on the sweeps' tracking store")
+    u.add_argument("--storage", default="runs", help="the sweeps' storage folder, holding mlflow.db (default: ./runs)")
+    u.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, loopback only)")
+    u.add_argument("--port", type=int, default=5000, help="(default: 5000)")
     u.set_defaults(run=_run_ui)
+    d = sub.add_parser("dashboard", help="serve optuna-dashboard on a sweep's Optuna study (extra: pip install -e '.[dashboard]')")
+    d.add_argument("sweep", nargs="?", default=None, metavar="SWEEP", help="sweep name (default: the most recently written study)")
+    d.add_argument("--storage", default="runs", help="the sweeps' storage folder (default: ./runs)")
+    d.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, loopback only)")
+    d.add_argument("--port", type=int, default=8080, help="(default: 8080)")
+    d.set_defaults(run=_run_dashboard)
 
 
 def _storage(text: str) -> str:
@@ -383,6 +413,7 @@ def _storage(text: str) -> str:
 def _run_sweep(args) -> int:
     from sslsearch.config import load_experiment
     from sslsearch.space import load_search_space
+    from sslsearch.store import check_store, default_tracking_uri
 
     overrides = list(args.overrides) + ([f"tracking.uri={args.tracking_uri}"] if args.tracking_uri else [])
     experiment = load_experiment(args.experiment, overrides)
@@ -397,13 +428,18 @@ def _run_sweep(args) -> int:
     if "://" not in storage and (Path(storage) / name).exists():
         raise InputError(f"a sweep named {name!r} already exists in {storage}; resume it with `sslsearch resume {name}` "
                          "or choose another --name")
-    from sslsearch.search import run_sweep
-    from sslsearch.tracking import MlflowTracking, check_tracking, default_tracking_uri
+    uri = experiment.tracking.uri or default_tracking_uri(storage)
+    check_store(uri)  # before Ray and MLflow load: a dead server or bad URI is refused at once
+    from sslsearch.processes import reaping
 
-    check_tracking(experiment.tracking.uri or default_tracking_uri(storage), sweep=name)
-    tracking = MlflowTracking(experiment, space, sweep=name, storage=storage)
-    return _report_sweep(lambda: run_sweep(experiment, space, name=name, storage=storage, address=args.address,
-                                           callbacks=[tracking]))
+    with reaping():  # a sweep stopped at any moment, even during Ray's start, leaves no process behind
+        from sslsearch.search import run_sweep
+        from sslsearch.tracking import MlflowTracking, check_tracking
+
+        check_tracking(uri, sweep=name)  # a name already recorded (needs MLflow)
+        tracking = MlflowTracking(experiment, space, sweep=name, storage=storage)
+        return _report_sweep(lambda: run_sweep(experiment, space, name=name, storage=storage, address=args.address,
+                                               callbacks=[tracking]))
 
 
 def _report_sweep(run) -> int:
@@ -439,21 +475,31 @@ def sweep_exit_code(summary) -> int:
 
 
 def _run_resume(args) -> int:
-    from sslsearch.search import resume_sweep, sweep_metadata
-    from sslsearch.tracking import check_tracking, default_tracking_uri
+    from sslsearch.store import check_store, default_tracking_uri
 
     storage = _storage(args.storage)
-    meta = sweep_metadata(args.name, storage)
-    check_tracking(args.tracking_uri or (meta or {}).get("experiment", {}).get("tracking", {}).get("uri")
-                   or default_tracking_uri(storage))
-    code = _report_sweep(lambda: resume_sweep(args.name, storage, address=args.address))
-    if code not in (0, 1, 3):
-        return code   # bad input, interrupted, or stopped by an OS error: the confirmation stage waits
-    from sslsearch.confirm import read_plan
+    if "://" not in storage and not (Path(storage) / args.name).is_dir():  # (a remote storage is checked by Ray)
+        known = sorted(p.parent.name for p in Path(storage).glob("*/sslsearch-sweep.json")) if Path(storage).is_dir() else []
+        raise InputError(f"no sweep named {args.name!r} in {storage}; known sweeps: {', '.join(known) or 'none'}")
+    if args.tracking_uri:
+        check_store(args.tracking_uri)
+    from sslsearch.processes import reaping
 
-    plan = read_plan(args.name, storage)  # a confirmation stage was started: continue it too
-    if plan is not None and _confirm(args.name, storage, plan["top"], len(plan["seeds"]), args.address, args.tracking_uri):
-        return 130
+    with reaping():
+        from sslsearch.search import resume_sweep, sweep_metadata
+
+        meta = sweep_metadata(args.name, storage)
+        if not args.tracking_uri:
+            check_store((meta or {}).get("experiment", {}).get("tracking", {}).get("uri") or default_tracking_uri(storage))
+        code = _report_sweep(lambda: resume_sweep(args.name, storage, address=args.address))
+        if code not in (0, 1, 3):
+            return code   # bad input, interrupted, or stopped by an OS error: the confirmation stage waits
+        from sslsearch.confirm import read_plan
+
+        plan = read_plan(args.name, storage)  # a confirmation stage was started: continue it too
+        if plan is not None and _confirm(args.name, storage, plan["top"], len(plan["seeds"]), args.address,
+                                         args.tracking_uri):
+            return 130
     return code
 
 
@@ -479,10 +525,12 @@ def _add_confirm(sub) -> None:
 
 def _run_confirm(args) -> int:
     from sslsearch.confirm import latest_sweep
+    from sslsearch.processes import reaping
 
     storage = _storage(args.storage)
-    return 130 if _confirm(args.sweep or latest_sweep(storage), storage, args.top, args.seeds, args.address,
-                           args.tracking_uri) else 0
+    with reaping():
+        return 130 if _confirm(args.sweep or latest_sweep(storage), storage, args.top, args.seeds, args.address,
+                               args.tracking_uri) else 0
 
 
 def _confirm(name: str, storage: str, top: int, seeds: int, address: str | None, tracking_uri: str | None) -> int:
@@ -506,29 +554,31 @@ def _confirm(name: str, storage: str, top: int, seeds: int, address: str | None,
 
 
 def _run_ui(args) -> int:
-    import subprocess
+    from sslsearch.ui import mlflow_ui, serve
 
-    from sslsearch.tracking import ui_command
+    return serve(mlflow_ui(_storage(args.storage), args.host, args.port))
 
-    command = ui_command(_storage(args.storage), args.host, args.port)
-    print(f"MLflow UI: http://{args.host}:{args.port}  (Ctrl-C to stop)", flush=True)
-    return subprocess.call(command)
+
+def _run_dashboard(args) -> int:
+    from sslsearch.ui import optuna_dashboard, serve
+
+    return serve(optuna_dashboard(_storage(args.storage), args.sweep, args.host, args.port))
 
 
 def _tracking_uri(args) -> str:
     if args.tracking_uri:
         return args.tracking_uri
-    from sslsearch.tracking import default_tracking_uri
+    from sslsearch.store import default_tracking_uri
 
     return default_tracking_uri(args.storage)
 
 
 def _records_uri(args) -> str:
     """The tracking URI of existing records, checked: an unreachable server is one line, not minutes of retries."""
-    from sslsearch.tracking import check_tracking
+    from sslsearch.store import check_store
 
     uri = _tracking_uri(args)
-    check_tracking(uri, reading=True)
+    check_store(uri, reading=True)
     return uri
 
 
@@ -540,7 +590,7 @@ def _add_records(p) -> None:
 def _add_leaderboard(sub) -> None:
     p = sub.add_parser("leaderboard", help="rank a sweep's trials per loss and compare barlow with hsic (reads MLflow)")
     p.add_argument("sweeps", nargs="*", metavar="SWEEP", help="sweep name(s), pooled (default: the most recently started)")
-    p.add_argument("--format", default="table", choices=("table", "csv", "json", "markdown"))
+    p.add_argument("--format", default="table", choices=("table", "csv", "json", "markdown"), help="(default: table)")
     p.add_argument("--top", type=_positive_int, default=10, help="rows per loss (default: 10)")
     p.add_argument("--plots", default=None, metavar="DIR", help="also write PNG plots to DIR and log them to the sweep's run")
     _add_records(p)
@@ -548,11 +598,11 @@ def _add_leaderboard(sub) -> None:
 
 
 def _run_leaderboard(args) -> int:
-    from sslsearch.leaderboard import build_leaderboard, format_leaderboard, load_trials, write_plots
-
     if args.plots and Path(args.plots).exists() and not Path(args.plots).is_dir():
         raise InputError(f"--plots {args.plots} is a file; give a folder for the PNG plots")
     uri = _records_uri(args)
+    from sslsearch.leaderboard import build_leaderboard, format_leaderboard, load_trials, write_plots
+
     board = build_leaderboard(load_trials(uri, args.sweeps), top=args.top)
     print(format_leaderboard(board, args.format))
     _log_verdict(board, uri)
@@ -577,6 +627,35 @@ def _log_verdict(board, uri: str) -> None:
               file=sys.stderr)
 
 
+def _add_report(sub) -> None:
+    p = sub.add_parser("report", help="one self-contained HTML page of a sweep: setup, verdict, tables, plots, provenance")
+    p.add_argument("sweeps", nargs="*", metavar="SWEEP", help="sweep name(s), pooled (default: the most recently started)")
+    p.add_argument("--out", default="report.html", metavar="FILE", help="the HTML file to write (default: report.html)")
+    p.add_argument("--card", default=None, metavar="DIR", help="also show the model card `sslsearch export --out DIR` wrote")
+    p.add_argument("--top", type=_positive_int, default=10, help="rows per loss in the tables (default: 10)")
+    p.add_argument("--no-log", action="store_true", help="do not log the report to the sweep's MLflow run")
+    _add_records(p)
+    p.set_defaults(run=_run_report)
+
+
+def _run_report(args) -> int:
+    out = Path(args.out)
+    if out.is_dir():
+        raise InputError(f"--out {out} is a folder; give the HTML file to write, e.g. {out / 'report.html'}")
+    if args.card is not None and not (Path(args.card) / "model_card.json").is_file() and not Path(args.card).is_file():
+        raise InputError(f"--card {args.card}: no model_card.json there; give the folder `sslsearch export --out` wrote")
+    uri = _records_uri(args)
+    from sslsearch.report import write_report
+
+    result = write_report(uri, args.sweeps, out, card=args.card,
+                          top=args.top, log=not args.no_log)
+    for note in result["notes"]:
+        print(note, file=sys.stderr)
+    logged = " (also logged to the sweep's MLflow run as report.html)" if result["logged"] else ""
+    print(f"report of {', '.join(result['sweeps'])}: {result['file']}{logged}")
+    return 0
+
+
 def _add_export(sub) -> None:
     p = sub.add_parser("export", help="write the best trial's backbone (by val_acc) with a model card")
     p.add_argument("sweep", nargs="?", default=None, help="sweep name (default: the most recently started)")
@@ -592,12 +671,11 @@ def _add_export(sub) -> None:
 
 
 def _run_export(args) -> int:
-    import os
-
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # MLflow draws a bar per downloaded file
+    uri = _records_uri(args)
     from sslsearch.export import export_best
 
-    card = export_best(_records_uri(args), args.sweep, args.out, loss=args.loss, force=args.force, register=args.register,
+    card = export_best(uri, args.sweep, args.out, loss=args.loss, force=args.force, register=args.register,
                        stage=args.stage)
     m = card["metrics"]
     test = f", test_acc {m['test_acc']:.2f}" if m["test_acc"] is not None else ""
@@ -626,6 +704,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sweep(sub)
     _add_confirm(sub)
     _add_leaderboard(sub)
+    _add_report(sub)
     _add_export(sub)
     return parser
 
@@ -641,9 +720,20 @@ def _refuse_unknown(parser: argparse.ArgumentParser, args: argparse.Namespace, e
             break
         command = subparsers.choices[getattr(args, key)]
     flags = sorted(f for a in command._actions for f in a.option_strings if f.startswith("--") and f != "--help")
-    hints = [f"{x} (did you mean {close[0]}?)" if (close := difflib.get_close_matches(x.split("=")[0], flags, 1)) else x
-             for x in extra]
-    command.error(f"unrecognized arguments: {' '.join(hints)}; accepted: {', '.join(flags)}")
+    # `--sweep NAME` where the sweep is a positional argument: say so rather than suggest a look-alike flag.
+    positionals = {a.dest.rstrip("s"): a for a in command._actions if not a.option_strings and a.dest != "help"}
+
+    def hint(x: str) -> str:
+        word = x.split("=")[0]
+        if word.startswith("--") and (positional := positionals.get(word[2:].rstrip("s"))) is not None:
+            name = positional.metavar or positional.dest.upper()
+            return f"{x} ({name} is positional: {command.prog} {name}{' ...' if positional.nargs == '*' else ''})"
+        if word == "--sweep" and "--name" in flags:  # `sweep` names a new sweep with --name
+            return f"{x} (the new sweep's name is --name NAME)"
+        close = difflib.get_close_matches(word, flags, 1)
+        return f"{x} (did you mean {close[0]}?)" if close else x
+
+    command.error(f"unrecognized arguments: {' '.join(hint(x) for x in extra)}; accepted: {', '.join(flags)}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -654,6 +744,11 @@ def main(argv: list[str] | None = None) -> int:
         _refuse_unknown(parser, args, extra)
     try:
         return args.run(args)
+    except BrokenPipeError:
+        # `sslsearch leaderboard --format csv | head -3`: the reader has what it wanted. Point stdout at
+        # /dev/null so the interpreter's final flush does not fail again, and exit as `head`'s writers do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for a writer its reader left
     except InputError as error:
         print(f"sslsearch: error: {error}", file=sys.stderr)
         return 2

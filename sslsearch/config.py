@@ -15,8 +15,8 @@ from typing import Any
 import yaml
 
 from sslsearch.errors import InputError
+from sslsearch.pretrain_config import PretrainConfig
 from sslsearch.rungs import rung_epochs
-from sslsearch.train import PretrainConfig
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_EXPERIMENT = PROJECT_ROOT / "experiments" / "digits.yaml"
@@ -84,6 +84,14 @@ _SECTIONS = {"search": SearchSettings, "scheduler": SchedulerSettings, "resource
              "tracking": TrackingSettings, "pretrain": PretrainConfig}
 
 
+def with_suggestions(unknown: list[str], known: list[str]) -> str:
+    """'epoch (did you mean epochs?), foo': each unknown name with its closest known one, if any is close."""
+    import difflib
+
+    return ", ".join(f"{u} (did you mean {close[0]}?)" if (close := difflib.get_close_matches(str(u), known, 1)) else str(u)
+                     for u in unknown)
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """'pretrain.lr=0.01' → (['pretrain', 'lr'], 0.01); the value is read as YAML."""
     key, sep, raw = text.partition("=")
@@ -114,7 +122,7 @@ def build_section(cls, values: Any, where: str):
     known = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(map(str, set(values) - set(known)))
     if unknown:
-        raise InputError(f"unknown key(s) in {where}: {', '.join(unknown)}; valid: {', '.join(known)}")
+        raise InputError(f"unknown key(s) in {where}: {with_suggestions(unknown, known)}; valid: {', '.join(known)}")
     types = {f.name: f.type for f in dataclasses.fields(cls)}
     converted = {}
     for key, value in values.items():
@@ -201,7 +209,8 @@ def experiment_from_dict(raw: dict, source: str | None) -> Experiment:
     origin = Path(source) if source else Path.cwd() / "experiment"
     unknown = sorted(map(str, set(raw) - {"name", *_SECTIONS}))
     if unknown:
-        raise InputError(f"unknown key(s) in {origin.name}: {', '.join(unknown)}; valid: name, {', '.join(_SECTIONS)}")
+        raise InputError(f"unknown key(s) in {origin.name}: {with_suggestions(unknown, ['name', *_SECTIONS])}; "
+                         f"valid: name, {', '.join(_SECTIONS)}")
     sections = {key: build_section(cls, raw.get(key), key) for key, cls in _SECTIONS.items()}
     pretrain = sections.pop("pretrain")
     if pretrain.data_dir is not None:

@@ -31,8 +31,8 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 
 from sslsearch.errors import InputError
+from sslsearch.pretrain_config import DATASETS  # the names live with the config, which imports no torch
 
-DATASETS: tuple[str, ...] = ("digits", "cifar10", "cifar100", "stl10", "tiny_imagenet", "folder")
 IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 DEFAULT_DATA_DIR = "data"      # resolved against the current directory, then made absolute
 TEST_FRACTION = 0.2            # digits and test-less folders: a fixed held-out test split ...

@@ -77,13 +77,11 @@ def mlflow_client(tracking_uri: str):
 
     (Opening a missing SQLite file would silently create an empty store.)
     """
-    from mlflow import MlflowClient
+    from sslsearch.store import require_records
 
-    if tracking_uri.startswith("sqlite:///"):
-        path = Path(tracking_uri[len("sqlite:///"):])
-        if not path.is_file():
-            raise InputError(f"no MLflow records at {path} (tracking URI {tracking_uri}); run a sweep first "
-                             "or pass the tracking URI of the sweep's records")
+    require_records(tracking_uri)
+    from mlflow import MlflowClient  # after the check: importing MLflow takes seconds
+
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
 
@@ -733,22 +731,70 @@ def _study_path(client, sweep: str, parent_run_id: str, tracking_uri: str, stora
     return None
 
 
-def _plot_val_acc_vs_lmbda(board: Leaderboard, path: Path) -> None:
+PLOTTED_PARAMETERS = {"lmbda": "λ (off-diagonal weight)", "lr": "learning rate"}
+
+
+def _plot_val_acc_vs(board: Leaderboard, parameter: str, path: Path) -> None:
     from matplotlib.figure import Figure
+    from matplotlib.ticker import NullFormatter
 
     fig = Figure(figsize=(6.4, 4.2), layout="constrained")
     ax = fig.add_subplot()
     for loss, group in board.ranked.groupby("loss", sort=True):
-        group = group[group["lmbda"] > 0]  # a log axis has no place for λ = 0
+        group = group[group[parameter] > 0]  # a log axis has no place for 0
         for outcome, filled in (("completed", True), ("stopped early", False)):
             part = group[group["outcome"] == outcome]
             if len(part):
-                ax.scatter(part["lmbda"], part["val_acc"], label=f"{loss} ({outcome})", color=COLOURS.get(loss),
+                ax.scatter(part[parameter], part["val_acc"], label=f"{loss} ({outcome})", color=COLOURS.get(loss),
                            facecolors=COLOURS.get(loss) if filled else "none", s=36)
     ax.set_xscale("log")
-    ax.set_xlabel("λ (off-diagonal weight)")
+    ax.xaxis.set_minor_formatter(NullFormatter())  # labelled minor ticks overlap on a range under a decade
+    ax.set_xlabel(PLOTTED_PARAMETERS[parameter])
     ax.set_ylabel("val_acc (%) at the final report")
-    ax.set_title(f"val_acc against λ — {', '.join(board.sweeps)}")
+    name = "λ" if parameter == "lmbda" else parameter
+    ax.set_title(f"val_acc against {name} — {', '.join(board.sweeps)}", fontsize="medium")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.savefig(path, dpi=120)
+
+
+def anytime_curve(client, trials: pd.DataFrame) -> pd.DataFrame:
+    """The sweep's best val_acc so far against the epochs it had trained so far, per loss.
+
+    Every val_acc report of every trial (any outcome: all of them cost epochs), in the order MLflow
+    timestamped them; a trial's report at epoch e adds the epochs since its previous report. The best
+    is over reports after epoch 0 at any epoch (a trial's best report, not its final one, which is what
+    the ranking uses). Columns: loss, epochs (cumulative, whole sweep), best_val_acc.
+    """
+    reports = []
+    for _, trial in trials.iterrows():
+        for metric in client.get_metric_history(trial["run_id"], "val_acc"):
+            reports.append((metric.timestamp, trial["run_id"], trial["loss"], metric.step, metric.value))
+    reports.sort()
+    reached: dict[str, int] = {}
+    best: dict[str, float] = {}
+    epochs, rows = 0, []
+    for _, run_id, loss, step, value in reports:
+        epochs += max(0, step - reached.get(run_id, 0))  # a resumed trial re-reports an epoch at no new cost
+        reached[run_id] = max(reached.get(run_id, 0), step)
+        if step >= 1 and math.isfinite(value) and value > best.get(loss, -math.inf):
+            best[loss] = value
+        if loss in best:
+            rows.append({"loss": loss, "epochs": epochs, "best_val_acc": best[loss]})
+    return pd.DataFrame(rows, columns=["loss", "epochs", "best_val_acc"])
+
+
+def _plot_anytime(board: Leaderboard, client, path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    curve = anytime_curve(client, board.trials)
+    fig = Figure(figsize=(6.4, 4.2), layout="constrained")
+    ax = fig.add_subplot()
+    for loss, group in curve.groupby("loss", sort=True):
+        ax.step(group["epochs"], group["best_val_acc"], where="post", color=COLOURS.get(loss), label=loss)
+    ax.set_xlabel("epochs trained by the whole sweep so far")
+    ax.set_ylabel("best val_acc (%) reported so far, any epoch")
+    ax.set_title(f"anytime performance — {', '.join(board.sweeps)}", fontsize="medium")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize="small")
     fig.savefig(path, dpi=120)
@@ -769,7 +815,7 @@ def _plot_learning_curves(board: Leaderboard, path: Path, per_loss: int = 3) -> 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch (0 = random initialisation)")
     ax.set_ylabel("val_acc (%)")
-    ax.set_title(f"learning curves of the top {per_loss} trials per loss")
+    ax.set_title(f"learning curves of the top {per_loss} trials per loss — {', '.join(board.sweeps)}", fontsize="medium")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize="x-small")
     fig.savefig(path, dpi=120)
@@ -871,7 +917,9 @@ def _plot_importances(sweep: str, study_path: Path, path: Path) -> list[str]:
 
 def write_plots(board: Leaderboard, out_dir: str | os.PathLike, tracking_uri: str, *, storage: str | os.PathLike | None = None,
                 log: bool = True) -> dict:
-    """Write val_acc-vs-λ, learning curves and importances (PNG) to `out_dir`; log them to each sweep's parent run.
+    """Write val_acc against λ and lr, learning curves, the anytime curve and importances (PNG) to `out_dir`,
+    each file named after the sweep(s) so the next sweep's plots do not replace them; log them to each
+    sweep's parent run.
 
     `storage` is the sweep storage folder holding `<sweep>/optuna-study.journal` (default: the
     sweep folder recorded on the parent run, else the folder of a `sqlite:///<storage>/mlflow.db`
@@ -880,9 +928,13 @@ def write_plots(board: Leaderboard, out_dir: str | os.PathLike, tracking_uri: st
     client = mlflow_client(tracking_uri)
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    files, notes = [out / "val_acc_vs_lmbda.png", out / "learning_curves.png"], []
-    _plot_val_acc_vs_lmbda(board, files[0])
-    _plot_learning_curves(board, files[1])
+    label = "+".join(board.sweeps)
+    files, notes = [out / f"val_acc_vs_lmbda-{label}.png", out / f"val_acc_vs_lr-{label}.png",
+                    out / f"learning_curves-{label}.png", out / f"anytime-{label}.png"], []
+    _plot_val_acc_vs(board, "lmbda", files[0])
+    _plot_val_acc_vs(board, "lr", files[1])
+    _plot_learning_curves(board, files[2])
+    _plot_anytime(board, client, files[3])
     parents = dict(board.trials[["sweep", "parent_run_id"]].drop_duplicates().itertuples(index=False))
     for sweep in board.sweeps:
         study = _study_path(client, sweep, parents[sweep], tracking_uri, storage)

@@ -15,8 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-NORMALIZATIONS = ("reference", "batchnorm")
-LOSSES = ("barlow", "hsic")
+from sslsearch.pretrain_config import LOSSES, NORMALIZATIONS  # the names live with the config, which imports no torch
 
 
 def standardize(z: torch.Tensor, normalization: str = "reference") -> torch.Tensor:

@@ -18,8 +18,7 @@ import math
 import torch
 from torch import nn
 
-OPTIMIZERS = ("adam", "sgd", "lars")
-SCHEDULES = ("constant", "cosine")
+from sslsearch.pretrain_config import OPTIMIZERS, SCHEDULES  # the names live with the config, which imports no torch
 
 
 class LARS(torch.optim.Optimizer):

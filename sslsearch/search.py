@@ -275,10 +275,16 @@ class LiveView(tune.Callback):
         loss = trial.config.get("loss", trial.config["base"]["loss"])
         if result.get(METRIC) is not None:
             self.best[loss] = max(self.best.get(loss, -math.inf), result[METRIC])
+        for other in trials:  # after a resume, the reports of earlier sessions too (Ray restores each trial's max)
+            earlier = (getattr(other, "metric_analysis", None) or {}).get(METRIC, {}).get("max")
+            if earlier is not None and math.isfinite(earlier):
+                key = other.config.get("loss", other.config["base"]["loss"])
+                self.best[key] = max(self.best.get(key, -math.inf), earlier)
         best = "  ".join(f"{k} {v:.2f}" for k, v in sorted(self.best.items()))
         running = sum(t.status == "RUNNING" for t in trials)
         self._print(f"{self._describe(trial)} epoch {result['epoch']} val_acc {result[METRIC]:.2f} "
-                    f"| running {running}, finished {sum(t.is_finished() for t in trials)} | best report: {best}")
+                    f"| running {running}, finished {sum(t.is_finished() for t in trials)} "
+                    f"| best report, any epoch: {best}")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         result = trial.last_result or {}
@@ -319,6 +325,7 @@ class SweepSummary:
     concurrency: int
     study_path: str | None = None
     extra: dict = field(default_factory=dict)
+    resumed: bool = False  # wall_seconds then covers this session only, trial_seconds every session
 
     def best_per_loss(self) -> dict[str, TrialSummary]:
         best: dict[str, TrialSummary] = {}
@@ -342,14 +349,19 @@ class SweepSummary:
 
     def format(self) -> str:
         counts = {o: sum(t.outcome == o for t in self.trials) for o in OUTCOMES}
-        lines = [f"sweep {self.name}: {len(self.trials)} trials ({', '.join(f'{v} {k}' for k, v in counts.items() if v)})",
-                 f"wall {self.wall_seconds:.0f}s vs trials' own time / concurrency "
-                 f"{sum(t.trial_seconds for t in self.trials) / max(1, self.concurrency):.0f}s "
-                 f"(concurrency {self.concurrency}): overhead {100 * self.overhead:.0f}%"]
+        lines = [f"sweep {self.name}: {len(self.trials)} trials ({', '.join(f'{v} {k}' for k, v in counts.items() if v)})"]
+        if self.resumed:  # earlier sessions' wall time is unknown here: no overhead figure rather than a wrong one
+            lines.append(f"wall {self.wall_seconds:.0f}s in this session (resumed; trials' own time across sessions "
+                         f"{sum(t.trial_seconds for t in self.trials):.0f}s, so no overhead figure)")
+        else:
+            lines.append(f"wall {self.wall_seconds:.0f}s vs trials' own time / concurrency "
+                         f"{sum(t.trial_seconds for t in self.trials) / max(1, self.concurrency):.0f}s "
+                         f"(concurrency {self.concurrency}): overhead {100 * self.overhead:.0f}%")
         for loss, t in sorted(self.best_per_loss().items()):
             params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in t.params.items() if k != "loss")
             test = f", test_acc {t.test_acc:.2f}" if t.test_acc is not None else ""
-            lines.append(f"best {loss}: val_acc {t.val_acc:.2f}{test} (trial {t.trial_id}, {t.outcome} at epoch {t.epoch}; {params})")
+            lines.append(f"best {loss} by final report: val_acc {t.val_acc:.2f}{test} (trial {t.trial_id}, {t.outcome} "
+                         f"at epoch {t.epoch}; {params})")
             lines.append(f"  checkpoint: {t.checkpoint}")
         if self.study_path and "://" in self.study_path:
             lines.append(f"optuna study: {self.study_path} (copy it locally, then optuna-dashboard FILE)")
@@ -364,9 +376,15 @@ class SweepSummary:
 def _quiet() -> None:
     """The live view replaces Ray's and Optuna's console chatter."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # Our summary says `sslsearch resume NAME`; Ray's "Resume experiment with: Tuner.restore(...)" would be a second hint.
+    logging.getLogger("ray.tune.tune").addFilter(_no_ray_resume_hint)
     # Checkpointing every report interval is intended; Ray warns about it when trials are short.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+
+
+def _no_ray_resume_hint(record: logging.LogRecord) -> bool:
+    return "Resume experiment with" not in record.getMessage() and "Resume training with" not in record.getMessage()
 
 
 def _trial_dirname(trial) -> str:
@@ -613,7 +631,9 @@ def resume_sweep(name: str, storage: str, address: str | None = None, trainable=
     concurrency = _concurrency(experiment)
     with lock:
         results = _fit(tuner, name, path, started, concurrency, f"{path}/{STUDY_FILE}")
-    return summarize(results, name, path, time.monotonic() - started, concurrency, f"{path}/{STUDY_FILE}")
+    summary = summarize(results, name, path, time.monotonic() - started, concurrency, f"{path}/{STUDY_FILE}")
+    summary.resumed = True
+    return summary
 
 
 def saved_statuses(path: str) -> dict[str, str]:

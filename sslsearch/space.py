@@ -6,13 +6,14 @@ import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import optuna
+from typing import TYPE_CHECKING, Any
 
 from sslsearch.config import build_section, read_yaml_file
 from sslsearch.errors import InputError
-from sslsearch.train import PretrainConfig
+from sslsearch.pretrain_config import PretrainConfig
+
+if TYPE_CHECKING:
+    import optuna
 
 DISTRIBUTIONS = ("loguniform", "uniform", "int", "choice")
 # Settings that describe the data or the run rather than the method: not searchable.
@@ -30,6 +31,8 @@ class Parameter:
     values: tuple | None = None
 
     def to_optuna(self) -> optuna.distributions.BaseDistribution:
+        import optuna  # here, not at the top: the CLI reads and checks space files before heavy imports
+
         if self.distribution == "loguniform":
             return optuna.distributions.FloatDistribution(self.low, self.high, log=True)
         if self.distribution == "uniform":

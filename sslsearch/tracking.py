@@ -3,9 +3,12 @@
 `MlflowTracking` is a Ray Tune callback; it runs on the driver, the only process that writes
 (SQLite allows one writer). The layout below is a contract that the leaderboard reads:
 
-- experiment `sslsearch`; parent run named after the sweep, tags `sslsearch.role=sweep`,
+- experiment `sslsearch`, tagged `mlflow.experimentKind=custom_model_development` (so MLflow 3's
+  UI opens it on runs, not GenAI traces); parent run named after the sweep, tags `sslsearch.role=sweep`,
   `sslsearch.sweep`; params: the experiment's flattened settings (`pretrain.epochs`, ...);
-  artifacts `experiment.yaml`, `search_space.yaml`, `sweep.json`.
+  metrics `best_val_acc_<loss>` (best final val_acc of the loss's finished trials, step = finished
+  trials); artifacts `experiment.yaml`, `search_space.yaml`, `sweep.json` (and `report.html` once
+  `sslsearch report` ran).
 - child run per trial named after the trial id, nested (`mlflow.parentRunId`), tags
   `sslsearch.role=trial`, `sslsearch.sweep`, `sslsearch.trial_id`, `sslsearch.loss`,
   `sslsearch.pair` (paired sweeps), `sslsearch.outcome` ∈ sslsearch.search.OUTCOMES; params: the trial's config
@@ -35,7 +38,6 @@ import math
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -58,6 +60,8 @@ from sslsearch.search import result_outcome, sweep_metadata, sweep_path
 from sslsearch.space import Parameter, SearchSpace
 from sslsearch.sweeplock import SweepLock
 from sslsearch.train import save_weights_only
+# The light half of the store's handling (the CLI uses it before importing MLflow or Ray); re-exported here.
+from sslsearch.store import artifact_root as _artifact_root, check_store, default_tracking_uri  # noqa: F401
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +73,11 @@ ROLE, SWEEP, TRIAL_ID, LOSS, PAIR, OUTCOME = ("sslsearch.role", "sslsearch.sweep
 BEST_EPOCH, BEST_VAL_ACC, ERROR = "sslsearch.best_epoch", "sslsearch.best_val_acc", "sslsearch.error"
 STAGE = "sslsearch.stage"  # on child runs of a stage after the search, e.g. "confirm" (sslsearch.confirm)
 PARENT_RUN_ID = "mlflow.parentRunId"
+# MLflow 3's UI opens an experiment on GenAI traces unless this tag says it is model training
+# (key and value as the UI's bundle reads them, mlflow/server/js in MLflow 3.17).
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+FINISHED = ("completed", "stopped early")  # the outcomes the leaderboard ranks
+SUMMARY_METRIC = "best_val_acc_{loss}"     # on the parent run: best final val_acc of the loss's finished trials
 # Error codes that no retry can fix: drop the record (with a warning) instead of blocking the outbox.
 PERMANENT_ERRORS = {"INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "RESOURCE_ALREADY_EXISTS", "INVALID_STATE",
                     "PERMISSION_DENIED", "UNAUTHENTICATED", "BAD_REQUEST", "ENDPOINT_NOT_FOUND"}
@@ -80,65 +89,17 @@ OUTBOX_FILE, SENT_FILE = "mlflow-outbox.jsonl", "mlflow-outbox.sent"
 RETRIES = "sslsearch.retries"
 
 
-def default_tracking_uri(storage: str) -> str:
-    """SQLite at `<storage>/mlflow.db` (absolute); artifacts go next to it, in `<storage>/mlartifacts`."""
-    if "://" in storage:
-        raise InputError(f"storage {storage} is remote: SQLite needs a local folder; pass --tracking-uri http://host:port")
-    return f"sqlite:///{Path(storage).resolve() / 'mlflow.db'}"
-
-
-def _sqlite_path(uri: str) -> Path | None:
-    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
-
-
-def _artifact_root(uri: str) -> str | None:
-    """Where a SQLite store keeps artifacts; None for a server, which decides itself."""
-    path = _sqlite_path(uri)
-    return (path.parent / "mlartifacts").as_uri() if path is not None else None
-
-
 def check_tracking(uri: str, sweep: str | None = None, *, reading: bool = False) -> None:
-    """InputError (one line) if the tracking store cannot take records; `sweep`: also refuse a name already
-    recorded; `reading` (leaderboard, export): only check that the store can be reached, creating
-    nothing (leaderboard.mlflow_client refuses a SQLite store that does not exist)."""
-    if uri.startswith(("http://", "https://")):
-        try:
-            response = requests.get(f"{uri.rstrip('/')}/health", timeout=5)
-            response.raise_for_status()
-        except requests.RequestException as error:
-            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-            raise InputError(f"MLflow tracking server {uri} is unreachable ({reason[:200]}); start it or pass another "
-                             "--tracking-uri") from None
-    elif (path := _sqlite_path(uri)) is not None:
-        if not path.is_absolute():
-            raise InputError(f"tracking URI {uri} must name an absolute path (Ray moves trials' working directories)")
-        if reading:
-            return
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            raise InputError(f"cannot create the MLflow store folder {path.parent}: {error.strerror}") from None
-        if not os.access(path.parent, os.W_OK):
-            raise InputError(f"cannot write the MLflow store in {path.parent}")
-    elif uri.startswith("file:"):
-        raise InputError(f"MLflow 3 refuses the file store ({uri}); use sqlite:///ABSOLUTE/PATH/mlflow.db or http://host:port")
-    else:
-        raise InputError(f"tracking URI must be http(s)://host:port or sqlite:///absolute/path.db, got {uri!r}")
+    """InputError (one line) if the tracking store cannot take records (sslsearch.store.check_store);
+    `sweep`: also refuse a name already recorded; `reading` (leaderboard, export): only check that the
+    store can be reached, creating nothing (leaderboard.mlflow_client refuses a SQLite store that does not exist)."""
+    check_store(uri, reading=reading)
     if sweep is not None:
         _quiet_mlflow()
         client = mlflow.MlflowClient(uri)
         experiment = client.get_experiment_by_name(EXPERIMENT_NAME)
         if experiment is not None and client.search_runs([experiment.experiment_id], _sweep_filter(sweep), max_results=1):
             raise InputError(f"the MLflow store {uri} already holds a sweep named {sweep!r}; choose another --name")
-
-
-def ui_command(storage: str, host: str = "127.0.0.1", port: int = 5000) -> list[str]:
-    """The `mlflow ui` command for the SQLite store of `storage` (loopback by default)."""
-    uri = default_tracking_uri(storage)
-    if not _sqlite_path(uri).is_file():
-        raise InputError(f"no MLflow records in {Path(storage).resolve()}: run a sweep there first")
-    return [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--default-artifact-root", _artifact_root(uri),
-            "--host", host, "--port", str(port)]
 
 
 def _quiet_mlflow() -> None:
@@ -558,7 +519,10 @@ class MlflowTracking(tune.Callback):
         if self._experiment_id is None:
             experiment = client.get_experiment_by_name(EXPERIMENT_NAME)
             self._experiment_id = (experiment.experiment_id if experiment is not None else
-                                   client.create_experiment(EXPERIMENT_NAME, artifact_location=_artifact_root(self.uri)))
+                                   client.create_experiment(EXPERIMENT_NAME, artifact_location=_artifact_root(self.uri),
+                                                            tags=dict([EXPERIMENT_KIND])))
+            if experiment is not None and experiment.tags.get(EXPERIMENT_KIND[0]) != EXPERIMENT_KIND[1]:
+                client.set_experiment_tag(self._experiment_id, *EXPERIMENT_KIND)  # a store from before the tag
         if self._parent is None:
             found = self._search(_sweep_filter(self.sweep))
             if len(found) > 1:
@@ -759,10 +723,33 @@ class MlflowTracking(tune.Callback):
         run.pending_tags = {}
         self.client.set_terminated(run.run_id, status)
         run.status, run.outcome, run.error = status, outcome, error is not None or run.error
+        if outcome in FINISHED:
+            self._write_summary()
+
+    def _write_summary(self) -> None:
+        """The answer on the parent run, for MLflow's runs table and charts: `best_val_acc_<loss>`, the best
+        final val_acc over the loss's finished search trials (the leaderboard's ranking; a confirmation
+        stage's runs are not search results), at step = finished trials. Read back from MLflow, so a
+        resumed sweep or a retried record gives the same values."""
+        if self._parent is None:
+            self._write_sweep(reopen=False)
+        best: dict[str, float] = {}
+        finished = 0
+        for child in self._search(_sweep_filter(self.sweep, "trial")):
+            val_acc, loss = child.data.metrics.get("val_acc"), child.data.tags.get(LOSS)
+            if (child.data.tags.get(OUTCOME) in FINISHED and not child.data.tags.get(STAGE) and val_acc is not None
+                    and math.isfinite(val_acc) and loss):
+                finished += 1
+                best[loss] = max(best.get(loss, -math.inf), val_acc)
+        now = int(time.time() * 1000)
+        metrics = [Metric(SUMMARY_METRIC.format(loss=loss), value, now, finished) for loss, value in sorted(best.items())]
+        if metrics:
+            self.client.log_batch(self._parent, metrics=metrics)
 
     def _write_end(self, status: str) -> None:
         if self._parent is None:
             self._write_sweep(reopen=False)
+        self._write_summary()
         self.client.set_terminated(self._parent, status)
 
 

@@ -108,6 +108,68 @@ def test_help_of_every_command_prints(capsys):
         assert "usage:" in capsys.readouterr().out
 
 
+def test_every_option_has_help_and_pretrain_shows_its_defaults(capsys):
+    import argparse
+
+    from sslsearch.cli import build_parser
+
+    def commands(parser, prog):
+        yield prog, parser
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    yield from commands(sub, f"{prog} {name}")
+
+    undocumented = [f"{prog} {a.option_strings[-1]}" for prog, parser in commands(build_parser(), "sslsearch")
+                    for a in parser._actions if a.option_strings and a.help in (None, "")]
+    assert not undocumented
+    with pytest.raises(SystemExit):
+        main(["pretrain", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for shown in ("pretraining epochs (default: 1000)", "learning rate (default: 0.001)", "(default: 0.0078125)",
+                  "images per step (≥ 2) (default: 128)"):
+        assert shown in text
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--help"], None),
+    (["pretrain", "--epochs", "x"], "invalid int value"),
+    (["pretrain", "--loss", "simclr"], "unknown loss 'simclr'"),
+    (["pretrain", "--backbone", "vgg"], "unknown backbone 'vgg'"),
+    (["sweep", "--set", "pretrain.epoch=3"], "epoch (did you mean epochs?)"),
+    (["sweep", "--set", "pretrain.lmbda=-1"], "lmbda must be"),
+    (["sweep", "--space", "{tmp}/none.yaml"], "search space file not found"),
+    (["sweep", "--tracking-uri", "http://127.0.0.1:{port}"], "unreachable (Connection refused)"),
+    (["sweep", "--tracking-uri", "file:///tmp/mlruns"], "MLflow 3 has no file store"),
+    (["leaderboard", "--sweep", "a"], "(SWEEP is positional: sslsearch leaderboard SWEEP ...)"),
+    (["sweep", "--sweep", "a"], "(the new sweep's name is --name NAME)"),
+    (["leaderboard", "--storage", "{tmp}"], "no MLflow records"),
+    (["export", "x", "--out", "{tmp}/o", "--tracking-uri", "http://127.0.0.1:{port}"], "unreachable"),
+    (["resume", "nosuch", "--storage", "{tmp}"], "no sweep named 'nosuch'"),
+    (["linear", "--checkpoint", "{tmp}/none.pt"], "checkpoint not found"),
+    (["ui", "--storage", "{tmp}"], "no MLflow records"),
+])
+def test_help_and_bad_input_are_answered_before_any_heavy_import(tmp_path, argv, message):
+    """What makes the CLI answer in well under a second (docs/benchmarks.md measures it): torch, Ray,
+    MLflow and Optuna are not even imported before `--help` or a refusal."""
+    import socket
+    import subprocess
+
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    argv = [a.replace("{tmp}", str(tmp_path)).replace("{port}", str(port)) for a in argv]
+    code = ("import sys\nfrom sslsearch.cli import main\n"
+            "try:\n    rc = main(sys.argv[1:])\nexcept SystemExit as done:\n    rc = done.code\n"
+            "heavy = sorted(m for m in ('torch', 'ray', 'mlflow', 'optuna', 'pandas') if m in sys.modules)\n"
+            "print('HEAVY', ','.join(heavy), 'RC', rc, file=sys.stderr)\n")
+    result = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120)
+    *lines, last = result.stderr.strip().splitlines()
+    assert last == f"HEAVY  RC {0 if message is None else 2}", result.stderr
+    if message is not None:
+        assert len(lines) == 1 and message in lines[0], result.stderr
+
+
 def test_records_commands_check_the_store_first(tmp_path, capsys):
     import socket
     import time
@@ -203,3 +265,25 @@ def test_bench_augment_prints_the_ratio(capsys):
     assert code == 0, err
     ratio = float(re.search(r"speed-up\s+([\d.]+)x", out).group(1))
     assert ratio > 0
+
+
+def test_only_our_resume_hint_is_printed():
+    """Ray logs its own "Resume experiment with: Tuner.restore(...)" when a sweep is interrupted (ray/tune/tune.py);
+    the summary already says `sslsearch resume NAME`."""
+    import logging
+
+    from sslsearch.search import _quiet
+
+    seen = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())
+    ray_log = logging.getLogger("ray.tune.tune")  # Ray's handlers do not propagate to the root logger
+    ray_log.addHandler(handler)
+    try:
+        _quiet()
+        ray_log.warning("Experiment has been interrupted, but the most recent state was saved.\n"
+                        "Resume experiment with: Tuner.restore(path='/x')")
+        ray_log.warning("Trials did not complete: [t1]")
+    finally:
+        ray_log.removeHandler(handler)
+    assert seen == ["Trials did not complete: [t1]"]

@@ -66,8 +66,8 @@ def _run(capsys, argv):
 
 @pytest.mark.parametrize("content,overrides,match", [
     ("pretrain: [unclosed", [], "malformed YAML"),
-    ("pretrain: {epochz: 3}", [], "unknown key\\(s\\) in pretrain: epochz; valid: dataset"),
-    ("pretrian: {}", [], "unknown key\\(s\\) in e.yaml: pretrian; valid: name, search"),
+    ("pretrain: {epochz: 3}", [], "unknown key\\(s\\) in pretrain: epochz \\(did you mean epochs\\?\\); valid: dataset"),
+    ("pretrian: {}", [], "unknown key\\(s\\) in e.yaml: pretrian \\(did you mean pretrain\\?\\); valid: name, search"),
     ("search: {num_samples: 0}", [], "num_samples must be ≥ 1"),
     ("search: {paired: true, num_samples: 3}", [], "even num_samples"),
     ("pretrain: {epochs: 2}", ["pretrain.lmbda=-1"], "lmbda must be"),

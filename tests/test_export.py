@@ -4,6 +4,7 @@ load back → the same features; the card's test_acc reproduced by an independen
 import json
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -229,3 +230,24 @@ def test_export_ships_the_confirmed_winner_and_its_typical_seed(sweep, tmp_path)
     assert unconfirmed["trial_id"] == "sa" and unconfirmed["confirmation"] is None
     with pytest.raises(InputError, match="has no confirmed configuration; run `sslsearch confirm` first"):
         export_best(sweep["uri"], "export-sweep", tmp_path / "none", stage="confirm")
+
+
+def test_small_cnn_recipe_in_the_docs_loads_strictly(tmp_path, monkeypatch):
+    """docs/export.md's plain-PyTorch small_cnn, run as written, loads an exported state_dict and computes the same features."""
+    import re
+
+    from sslsearch.models import build_backbone
+
+    docs = (Path(__file__).resolve().parent.parent / "docs" / "export.md").read_text()
+    section = docs.split("### `small_cnn` in plain PyTorch", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    torch.manual_seed(0)
+    ours = build_backbone("small_cnn", 32).eval()
+    (tmp_path / "best").mkdir()
+    torch.save(ours.state_dict(), tmp_path / "best" / "backbone.pt")
+    monkeypatch.chdir(tmp_path)
+    namespace = {}
+    exec(compile(code, "docs/export.md", "exec"), namespace)
+    x = torch.rand(4, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(namespace["model"](x), ours(x))

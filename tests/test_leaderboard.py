@@ -21,8 +21,8 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 from sslsearch.errors import InputError  # noqa: E402
 from sslsearch.leaderboard import (  # noqa: E402
-    EXPERIMENT, MIN_PAIRS, build_leaderboard, format_leaderboard, importance_groups, load_trials, log_verdict,
-    paired_statistics, rank_trials, t_interval, wilcoxon_exact, write_plots,
+    EXPERIMENT, MIN_PAIRS, anytime_curve, build_leaderboard, format_leaderboard, importance_groups, load_trials,
+    log_verdict, paired_statistics, rank_trials, t_interval, wilcoxon_exact, write_plots,
 )
 
 BASE = {"dataset": "digits", "epochs": 4, "backbone": "small_cnn", "batch_size": 128, "eval_every": 1}
@@ -386,7 +386,10 @@ def test_plots_are_written_and_logged_to_the_sweep_run(store, tmp_path):
     board = build_leaderboard(load_trials(store["uri"], ["paired", "old-sweep"]))
     result = write_plots(board, tmp_path / "plots", store["uri"])
     names = sorted(os.path.basename(f) for f in result["files"])
-    assert names == ["importances-paired.png", "learning_curves.png", "val_acc_vs_lmbda.png"]
+    # Every file carries the sweep names: the next sweep's plots land beside these, not over them.
+    label = "+".join(board.sweeps)  # in the order the leaderboard holds them
+    assert names == sorted([f"anytime-{label}.png", "importances-paired.png", f"learning_curves-{label}.png",
+                            f"val_acc_vs_lmbda-{label}.png", f"val_acc_vs_lr-{label}.png"])
     for file in result["files"]:
         assert open(file, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     missing = store["folder"] / "old-sweep" / "optuna-study.journal"  # no tag: next to the SQLite store
@@ -478,3 +481,36 @@ def test_the_verdict_is_logged_on_the_parent_run(confirmed_store):
     assert run.data.tags["sslsearch.verdict_stage"] == "confirm" and "n=6 (confirmed runs)" in run.data.tags["sslsearch.verdict"]
     files = {os.path.basename(f.path) for f in confirmed_store["client"].list_artifacts(confirmed_store["parent"], "leaderboard")}
     assert {"leaderboard.md", "leaderboard.json"} <= files
+
+
+def test_anytime_curve_counts_the_epochs_of_every_trial_in_report_order(tmp_path):
+    client, uri, experiment_id = open_store(tmp_path)
+    write_sweep(client, experiment_id, "anytime", [
+        trial("a", "barlow", None, curve(50, 60)),            # reports epochs 0, 1, 2 at t+10, t+20, t+30
+        trial("b", "hsic", None, curve(70)),                  # epochs 0, 1 at t+10, t+20
+        trial("c", "barlow", None, curve(20), "errored"),     # costs an epoch, never best
+    ])
+    curve_ = anytime_curve(client, load_trials(uri, ["anytime"]))
+    barlow = curve_[curve_["loss"] == "barlow"]
+    hsic = curve_[curve_["loss"] == "hsic"]
+    assert curve_["epochs"].is_monotonic_increasing and curve_["epochs"].max() == 4  # 2 + 1 + 1 epochs trained
+    assert barlow["best_val_acc"].iloc[-1] == 60.0 and barlow["epochs"].iloc[-1] == 4
+    assert barlow["best_val_acc"].is_monotonic_increasing and set(barlow["best_val_acc"]) == {50.0, 60.0}
+    assert list(hsic["best_val_acc"]) == [70.0] and hsic["epochs"].iloc[0] <= 3
+
+
+def test_csv_piped_into_head_exits_quietly(store, tmp_path):
+    """`sslsearch leaderboard --format csv | head -3` once ended in a BrokenPipeError traceback."""
+    import shlex
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    command = (f"{shlex.quote(sys.executable)} -m sslsearch.cli leaderboard paired --format csv "
+               f"--tracking-uri {shlex.quote(store['uri'])} 2> {shlex.quote(str(tmp_path / 'err'))}")
+    # `head -c 0` leaves before the leaderboard writes: the write meets a closed pipe every time.
+    done = subprocess.run(["bash", "-c", f"{command} | head -c 0; echo ${{PIPESTATUS[0]}}"], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(root)}, timeout=300)
+    assert done.stdout.strip() == "141"  # 128 + SIGPIPE, as a shell reports any writer its reader left
+    assert (tmp_path / "err").read_text() == ""

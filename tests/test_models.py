@@ -1,5 +1,8 @@
 """Backbones: the reference's stem changes, torchvision key names, registry behaviour."""
 
+import subprocess
+import sys
+
 import pytest
 import torch
 import torchvision
@@ -15,6 +18,13 @@ def test_registry_lists_and_refuses_duplicates_and_unknown_names():
         register_backbone("resnet18")(lambda image_size: None)
     with pytest.raises(InputError, match="unknown backbone 'vgg'.*resnet18"):
         build_backbone("vgg", 32)
+
+
+def test_the_torch_free_config_names_exactly_the_registered_backbones():
+    # In a fresh interpreter: tests in this session may register more.
+    code = ("import sslsearch.pretrain_config as c, sslsearch.models as m; "
+            "assert sorted(c.BUILTIN_BACKBONES) == m.list_backbones(), (c.BUILTIN_BACKBONES, m.list_backbones())")
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 @pytest.mark.parametrize("name,dim", [("resnet18", 512), ("resnet34", 512), ("resnet50", 2048)])

@@ -14,7 +14,7 @@ import pytest
 
 from sslsearch.config import load_experiment
 from sslsearch.errors import InputError
-from sslsearch.search import STUDY_FILE, resume_sweep, run_sweep
+from sslsearch.search import resume_sweep, run_sweep
 from sslsearch.space import load_search_space
 from sslsearch.synthetic import CHANCE, synthetic_trial
 

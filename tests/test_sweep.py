@@ -93,7 +93,7 @@ def test_sweep_runs_pairs_on_ray_and_keeps_optuna_consistent(ray_session, tmp_pa
         expected = {"completed": "COMPLETE", "stopped early": "PRUNED"}[t.outcome]
         assert states[t.trial_id].name == expected, (t.trial_id, t.outcome)
     assert set(summary.best_per_loss()) == {"barlow", "hsic"}
-    assert "best barlow: val_acc" in summary.format() and "overhead" in summary.format()
+    assert "best barlow by final report: val_acc" in summary.format() and "overhead" in summary.format()
 
 
 def test_sweep_on_uri_storage_keeps_its_records_there_and_resumes(ray_session, tmp_path):
@@ -152,7 +152,8 @@ def test_default_sweep_killed_and_resumed_finishes_every_planned_trial_once(tmp_
     for trial, seq in epochs.items():
         assert seq.count(0) <= 1, f"{trial} started twice from scratch: {seq}"
         assert seq == sorted(seq) or seq.count(0) == 1, f"{trial} went backwards: {seq}"
-    assert "stopped early" in out and "best barlow: val_acc" in out and "best hsic: val_acc" in out
+    assert "stopped early" in out and "best barlow by final report: val_acc" in out and "best hsic by final report" in out
+    assert "in this session (resumed;" in out and "so no overhead figure)" in out and "overhead -" not in out
     study = optuna.load_study(study_name="acc", storage=optuna.storages.JournalStorage(
         optuna.storages.journal.JournalFileBackend(str(sweep_dir / STUDY_FILE))))
     assert len(study.trials) == planned

@@ -25,7 +25,7 @@ from sslsearch.config import load_experiment
 from sslsearch.errors import InputError
 from sslsearch.search import resume_sweep, run_sweep
 from sslsearch.space import load_search_space
-from sslsearch.tracking import MlflowTracking, check_tracking, default_tracking_uri, ui_command
+from sslsearch.tracking import MlflowTracking, check_tracking, default_tracking_uri
 
 TINY = ["pretrain.epochs=2", "pretrain.eval_every=1", "search.num_samples=2", "scheduler.grace_period=1"]
 
@@ -174,6 +174,10 @@ def test_sweep_leaves_a_parent_run_and_one_child_per_trial(store, request, tmp_p
     assert {"sslsearch.version", "sslsearch.torch_version", "sslsearch.ray_version", "sslsearch.git_commit",
             "sslsearch.cluster_resources"} <= set(parent.data.tags)
     assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"experiment.yaml", "search_space.yaml", "sweep.json"}
+    assert client.get_experiment(parent.info.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
+    finished = [t for t in sweep.summary.trials if t.outcome in ("completed", "stopped early")]
+    for loss in {t.loss for t in finished}:
+        assert parent.data.metrics[f"best_val_acc_{loss}"] == max(t.val_acc for t in finished if t.loss == loss)
 
     trials = {t.trial_id: t for t in sweep.summary.trials}
     assert set(children) == set(trials) and all(len(runs) == 1 for runs in children.values())
@@ -215,14 +219,16 @@ def test_one_batched_request_per_report(server_sweep):
         improvements += sum(v > max(history[1:i], default=-float("inf")) for i, v in enumerate(history) if i > 0)
     kinds = collections.Counter("artifact upload" if "/mlflow-artifacts/" in path else f"{method} {path.split('/mlflow/')[-1]}"
                                 for method, path in server_sweep.sent)
-    assert kinds["POST runs/log-batch"] == 1 + reports + 2 * trials, kinds  # parent params; per trial: params, final tags
+    # Parent params; per trial: params, final tags; the parent's best_val_acc_<loss> once per finished trial and at the end.
+    summaries = trials + 1  # every trial of this sweep finishes
+    assert kinds["POST runs/log-batch"] == 1 + reports + 2 * trials + summaries, kinds
     assert kinds["artifact upload"] == 3 + improvements + 2 * trials, kinds  # parent: 3 files; per trial: last.pt, statistics.csv
-    per_sweep = {"GET experiments/get-by-name": 1, "POST experiments/create": 1, "POST runs/search": 2,
+    per_sweep = {"GET experiments/get-by-name": 1, "POST experiments/create": 1, "POST runs/search": 2 + summaries,
                  "POST runs/create": 1 + trials, "POST runs/update": 1 + trials,
                  "GET runs/get": 1 + trials}  # the run's artifact location, once per run
     assert {k: v for k, v in kinds.items() if k in per_sweep} == per_sweep, kinds
     assert sum(kinds.values()) == sum(per_sweep.values()) + kinds["POST runs/log-batch"] + kinds["artifact upload"], kinds
-    fixed = sum(per_sweep.values()) + 1 + 3 + 4 * trials
+    fixed = sum(per_sweep.values()) + 1 + 3 + 4 * trials + summaries
     print(f"\n{reports} reports of {trials} trials, {improvements} of them a new best: {sum(kinds.values())} requests = "
           f"{fixed} fixed + {reports} log-batch + {improvements} best.pt; {dict(kinds)}")
 
@@ -405,12 +411,34 @@ def test_trials_cut_by_the_time_budget_are_stopped_early_not_interrupted(tmp_pat
     assert run.info.status == "FINISHED" and run.data.tags["sslsearch.outcome"] == "stopped early"
 
 
+def test_the_experiment_opens_as_model_training_and_the_parent_run_holds_the_answer(tmp_path):
+    experiment = tiny()
+    tracking = MlflowTracking(experiment, load_search_space(experiment.space_path()), sweep="answer", storage=str(tmp_path))
+    trials = [FakeTrial("aaaa0001", tmp_path, "barlow"), FakeTrial("bbbb0002", tmp_path, "hsic"),
+              FakeTrial("cccc0003", tmp_path, "barlow")]
+    tracking.setup()
+    for trial, finals in zip(trials, ((60.0, 70.0), (55.0, 65.0), (62.0, 90.0))):
+        tracking.on_trial_start(0, [], trial)
+        trial.report(tracking, 0, 10.0), trial.report(tracking, 1, finals[0]), trial.report(tracking, 2, finals[1])
+    tracking.on_trial_complete(0, [], trials[0])
+    tracking.on_trial_complete(0, [], trials[1])
+    # cccc0003 is still running when the sweep is interrupted: not part of the answer.
+    tracking.on_experiment_end(trials)
+    client = MlflowClient(default_tracking_uri(str(tmp_path)))
+    assert client.get_experiment_by_name("sslsearch").tags["mlflow.experimentKind"] == "custom_model_development"
+    (parent,), _ = sweep_runs(default_tracking_uri(str(tmp_path)), "answer")
+    assert parent.data.metrics == {"best_val_acc_barlow": 70.0, "best_val_acc_hsic": 65.0}
+    history = client.get_metric_history(parent.info.run_id, "best_val_acc_barlow")
+    assert [(m.step, m.value) for m in history][-1] == (2, 70.0)  # step: finished trials so far
+
+
 # -- where records go -----------------------------------------------------------------------------------
 
 def test_unreachable_server_is_a_one_line_input_error():
     with pytest.raises(InputError) as error:
         check_tracking(f"http://127.0.0.1:{free_port()}")
-    assert "unreachable" in str(error.value) and "\n" not in str(error.value)
+    # The root cause in a few words, not urllib3's repr cut mid-word.
+    assert "unreachable (Connection refused)" in str(error.value) and "\n" not in str(error.value)
 
 
 @pytest.mark.parametrize("uri", ["file:///tmp/mlruns", "sqlite:///relative.db", "postgres://x"])
@@ -431,14 +459,3 @@ def test_a_sweep_name_already_recorded_is_refused(sqlite_sweep):
     with pytest.raises(InputError, match="already holds a sweep named 'sq'"):
         check_tracking(sqlite_sweep.uri, sweep="sq")
     check_tracking(sqlite_sweep.uri, sweep="another")
-
-
-def test_ui_command_serves_the_sweep_store_on_loopback(tmp_path):
-    with pytest.raises(InputError, match="no MLflow records"):
-        ui_command(str(tmp_path))
-    (tmp_path / "mlflow.db").touch()
-    command = ui_command(str(tmp_path), port=5001)
-    assert command[1:4] == ["-m", "mlflow", "ui"]
-    assert command[command.index("--backend-store-uri") + 1] == f"sqlite:///{tmp_path / 'mlflow.db'}"
-    assert command[command.index("--default-artifact-root") + 1] == (tmp_path / "mlartifacts").as_uri()
-    assert command[-4:] == ["--host", "127.0.0.1", "--port", "5001"]

@@ -1,0 +1,105 @@
+"""Stopping everything a command started, so that no process outlives it.
+
+A local Ray instance runs a dozen processes under the driver (gcs_server, raylet, workers and the
+`ray::DashboardAgent` / `ray::RuntimeEnvAgent` agents, which ignore SIGTERM); a Ctrl-C in the first
+seconds of a sweep, before `ray.shutdown` can run, used to leave the agents behind. The MLflow UI runs
+uvicorn and a pool of huey workers. `reaping()` makes this process the Linux "child subreaper", so
+processes whose parent dies are re-parented to us rather than to init, and on the way out stops every
+descendant: SIGTERM, then SIGKILL for those that ignore it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import sys
+
+PR_SET_CHILD_SUBREAPER = 36  # linux/prctl.h
+STOP_GRACE_S = 5.0
+
+
+def become_subreaper() -> bool:
+    """Orphaned descendants become our children (Linux); False where the kernel has no such thing."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def descendants(root_pid: int | None = None) -> set[tuple[int, float]]:
+    """(pid, start time) of every descendant of `root_pid` (default: this process); the start time tells a
+    reused pid apart."""
+    import psutil
+
+    found = set()
+    for proc in psutil.Process(root_pid or os.getpid()).children(recursive=True):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            found.add((proc.pid, proc.create_time()))
+    return found
+
+
+def stop_descendants(root_pid: int | None = None, grace_s: float = STOP_GRACE_S, *,
+                     keep: set[tuple[int, float]] = frozenset()) -> int:
+    """SIGTERM every descendant of `root_pid` (default: this process) except those in `keep`, SIGKILL those
+    alive after `grace_s`; repeated while new orphans appear. Returns how many were stopped."""
+    import psutil
+
+    stopped = 0
+    root = psutil.Process(root_pid or os.getpid())
+    for _ in range(5):  # a parent stopped mid-spawn may leave a new orphan: look again
+        try:
+            tree = []
+            for proc in root.children(recursive=True):
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    if (proc.pid, proc.create_time()) not in keep:
+                        tree.append(proc)
+        except psutil.NoSuchProcess:
+            return stopped
+        if not tree:
+            break
+        for proc in tree:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.terminate()
+        _, alive = psutil.wait_procs(tree, timeout=grace_s)
+        for proc in alive:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.kill()
+        psutil.wait_procs(alive, timeout=grace_s)
+        stopped += len(tree)
+    return stopped
+
+
+def _sigterm_as_ctrl_c(signum, frame):
+    # SIGTERM takes the path of Ctrl-C: Ray Tune saves the sweep's state and the summary says how to resume.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    os.kill(os.getpid(), signal.SIGINT)
+
+
+@contextlib.contextmanager
+def reaping(*, sigterm_as_ctrl_c: bool = True):
+    """Run the body; then shut Ray down if the body started it, and stop every process it left under us.
+    (Processes and a Ray instance that were there before are left alone: the CLI is also called in-process.)"""
+    ray = sys.modules.get("ray")
+    ray_was_up = ray is not None and ray.is_initialized()
+    before = descendants()
+    become_subreaper()
+    previous = signal.signal(signal.SIGTERM, _sigterm_as_ctrl_c) if sigterm_as_ctrl_c else None
+    try:
+        yield
+    finally:
+        # A second Ctrl-C while cleaning up must not leave half the processes running.
+        previous_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        try:
+            ray = sys.modules.get("ray")
+            if ray is not None and ray.is_initialized() and not ray_was_up:
+                with contextlib.suppress(Exception):
+                    ray.shutdown()
+            stop_descendants(keep=before)
+        finally:
+            signal.signal(signal.SIGINT, previous_int)
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)

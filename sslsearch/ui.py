@@ -1,0 +1,172 @@
+"""The web UIs over a sweep's records: the MLflow UI (`sslsearch ui`) and optuna-dashboard (`sslsearch dashboard`).
+
+Both are served as a child process tree with the same life cycle:
+- a busy port is refused before anything starts (one line, exit 2), instead of the server
+  burying `[Errno 98]` in its log and exiting 0;
+- the URL is printed once the server answers, not while it is still importing (~25 s for MLflow);
+- Ctrl-C or SIGTERM stops the server and every process it started (MLflow runs uvicorn and a pool
+  of huey job workers), and nothing prints a traceback.
+Only the standard library and psutil at import time: `sslsearch ui --help` and its refusals stay fast.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+from sslsearch.errors import InputError
+from sslsearch.processes import reaping
+from sslsearch.store import artifact_root, default_tracking_uri, sqlite_path
+
+STUDY_FILE = "optuna-study.journal"  # sslsearch.search.STUDY_FILE (search imports Ray)
+READY_TIMEOUT_S = 180.0              # MLflow's server imports for ~25 s on a busy 2-core machine
+
+
+@dataclass(frozen=True)
+class Server:
+    """A web server to start: its command, what to call it, and where it answers once ready."""
+
+    what: str
+    command: list[str]
+    host: str
+    port: int
+    ready_path: str    # GET here answers 200 once the server serves
+    open_path: str = "/"
+    # Asked once the server answers: the page to open, from what the server knows (e.g. an experiment's id).
+    locate: Callable[[Server], str] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}{self.open_path}"
+
+    def probe_url(self) -> str:
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else ("[::1]" if self.host == "::" else self.host)
+        return f"http://{host}:{self.port}{self.ready_path}"
+
+
+def check_port(host: str, port: int) -> None:
+    """InputError (one line) if `port` is outside 1–65535 or something already listens on host:port."""
+    if not 1 <= port <= 65535:
+        raise InputError(f"--port must be in 1–65535, got {port}")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        # SO_REUSEADDR: a port left in TIME_WAIT by a server that just stopped is free to use; only a
+        # listening socket makes the bind fail.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            if error.errno == errno.EADDRINUSE:
+                raise InputError(f"port {port} on {host} is in use; stop what listens there or pass another --port") from None
+            if error.errno == errno.EADDRNOTAVAIL or isinstance(error, socket.gaierror):
+                raise InputError(f"--host {host} is not an address of this machine; use 127.0.0.1 (default) or 0.0.0.0") from None
+            raise InputError(f"cannot listen on {host}:{port}: {error.strerror}") from None
+
+
+def mlflow_ui(storage: str, host: str = "127.0.0.1", port: int = 5000) -> Server:
+    """The MLflow UI over the SQLite store of `storage` (loopback by default)."""
+    uri = default_tracking_uri(storage)
+    if not sqlite_path(uri).is_file():
+        raise InputError(f"no MLflow records in {Path(storage).resolve()}: run a sweep there first")
+    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
+               "--default-artifact-root", artifact_root(uri), "--host", host, "--port", str(port)]
+    return Server("MLflow UI", command, host, port, ready_path="/health", locate=_sweeps_page)
+
+
+# MLflow 3.17's UI picks GenAI or model-training views from its own switch (the URL's `workflowType`,
+# else the browser's last choice, GenAI by default), not from the experiment's `mlflow.experimentKind`
+# tag: the printed URL asks for model training and opens the sweeps' experiment, on its runs.
+EXPERIMENT_PAGE = "/#/experiments/{id}/runs?workflowType=machine_learning"
+
+
+def _sweeps_page(server: Server) -> str:
+    """The runs page of the `sslsearch` experiment (MLflow's REST API gives its id); the experiments list if none."""
+    import json
+
+    base = server.probe_url().rsplit(server.ready_path, 1)[0]
+    try:
+        with urllib.request.urlopen(f"{base}/api/2.0/mlflow/experiments/get-by-name?experiment_name=sslsearch",
+                                    timeout=10) as response:
+            experiment_id = json.load(response)["experiment"]["experiment_id"]
+    except (urllib.error.URLError, OSError, KeyError, ValueError):
+        return "/#/experiments?workflowType=machine_learning"
+    return EXPERIMENT_PAGE.format(id=experiment_id)
+
+
+def sweep_study(storage: str, sweep: str | None) -> tuple[str, Path]:
+    """The sweep's name and its Optuna journal (None: the most recently written one in `storage`)."""
+    folder = Path(storage).resolve()
+    journals = sorted(folder.glob(f"*/{STUDY_FILE}"), key=lambda p: p.stat().st_mtime, reverse=True)
+    if sweep is None:
+        if not journals:
+            raise InputError(f"no sweep with an Optuna study in {folder}: run a sweep there first")
+        return journals[0].parent.name, journals[0]
+    path = folder / sweep / STUDY_FILE
+    if not path.is_file():
+        known = ", ".join(p.parent.name for p in journals) or "none"
+        raise InputError(f"no Optuna study for sweep {sweep!r} in {folder}; sweeps with one: {known}")
+    return sweep, path
+
+
+def optuna_dashboard(storage: str, sweep: str | None, host: str = "127.0.0.1", port: int = 8080) -> Server:
+    """optuna-dashboard over one sweep's study (the `dashboard` extra)."""
+    import importlib.util
+
+    if importlib.util.find_spec("optuna_dashboard") is None:
+        raise InputError("optuna-dashboard is not installed; install the extra: pip install -e '.[dashboard]'")
+    name, journal = sweep_study(storage, sweep)
+    command = [sys.executable, "-m", "optuna_dashboard._cli", str(journal), "--storage-class", "JournalFileStorage",
+               "--host", host, "--port", str(port), "--quiet"]
+    # One study per journal, so it is study 0; the dashboard's own study URLs are by id.
+    return Server(f"optuna-dashboard (sweep {name})", command, host, port, ready_path="/api/meta",
+                  open_path="/dashboard/studies/0")
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def serve(server: Server, *, out=sys.stdout) -> int:
+    """Start `server`, print its URL once it answers, and run until it exits, Ctrl-C or SIGTERM.
+
+    Returns the exit code for the command line: 0 after Ctrl-C / SIGTERM, the server's own code if it
+    stops by itself. The server's log goes to stderr; Python deprecation warnings are silenced there
+    (Starlette's and others' are about the server's code, not the user's).
+    """
+    check_port(server.host, server.port)
+    # Deprecation notices about the servers' own code (Starlette's is a UserWarning) are not the user's to act on.
+    env = {**os.environ, "PYTHONWARNINGS": "ignore::DeprecationWarning,ignore::FutureWarning,"
+                                           "ignore:starlette.middleware.wsgi is deprecated"}
+    with reaping():  # on the way out, SIGTERM/SIGKILL the server and everything it started
+        # Its own session: the terminal's Ctrl-C reaches only us, and we stop the whole tree in order.
+        process = subprocess.Popen(server.command, env=env, stdout=sys.stderr, start_new_session=True)
+        try:
+            deadline = time.monotonic() + READY_TIMEOUT_S
+            while not _answers(server.probe_url()):
+                if process.poll() is not None:
+                    print(f"sslsearch: error: {server.what} exited with code {process.returncode} before it answered",
+                          file=sys.stderr)
+                    return 1
+                if time.monotonic() > deadline:
+                    print(f"sslsearch: error: {server.what} did not answer within {READY_TIMEOUT_S:.0f} s", file=sys.stderr)
+                    return 1
+                time.sleep(0.25)
+            if server.locate is not None:
+                server = replace(server, open_path=server.locate(server))
+            print(f"{server.what}: {server.url}  (Ctrl-C to stop)", file=out, flush=True)
+            return process.wait()
+        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (reaping turns it into one)
+            return 0

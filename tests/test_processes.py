@@ -1,0 +1,82 @@
+"""A stopped command leaves no process behind: orphans that ignore SIGTERM, and a real sweep stopped as Ray starts."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from sslsearch.processes import reaping
+
+# A child that starts a grandchild ignoring SIGTERM (as ray::DashboardAgent does), then exits: the
+# grandchild is orphaned before anyone can ask its parent about it.
+ORPHAN_MAKER = """
+import subprocess, sys
+grandchild = subprocess.Popen([sys.executable, "-c",
+    "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); time.sleep(600)"],
+    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+grandchild.stdout.readline()
+print(grandchild.pid, flush=True)
+"""
+
+
+def test_orphans_that_ignore_sigterm_are_stopped_and_older_processes_kept(tmp_path):
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])  # there before: not ours to stop
+    try:
+        with reaping():
+            maker = subprocess.run([sys.executable, "-c", ORPHAN_MAKER], capture_output=True, text=True, timeout=60)
+            orphan = psutil.Process(int(maker.stdout.split()[-1]))
+            assert orphan.is_running() and orphan.ppid() == os.getpid()  # re-parented to us, the subreaper
+        assert not orphan.is_running() or orphan.status() == psutil.STATUS_ZOMBIE
+        assert bystander.poll() is None
+    finally:
+        bystander.kill()
+        bystander.wait()
+
+
+def _mentioning(marker: str) -> list[str]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            environ = (proc / "environ").read_bytes().decode(errors="replace")
+            state = (proc / "stat").read_text().split(")")[-1].split()[0]
+        except OSError:
+            continue
+        if (marker in cmdline or marker in environ) and state != "Z":
+            found.append(f"{proc.name}: {cmdline[:120]}")
+    return found
+
+
+@pytest.mark.slow
+def test_a_sweep_stopped_while_ray_starts_leaves_no_process(tmp_path):
+    # A private Ray temp root marks this sweep's processes (see test_sweep._private_ray_env).
+    root = Path("/tmp") / f"rq{os.getpid()}"
+    root.mkdir(exist_ok=True)
+    env = {**os.environ, "RAY_TMPDIR": str(root), "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled",
+           "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    driver = subprocess.Popen([sys.executable, "-m", "sslsearch.cli", "sweep", "--name", "early", "--storage", str(tmp_path)],
+                              cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 180
+        # Stop it as soon as Ray has started some of its processes, before the agents are up.
+        while not any("raylet" in p or "gcs_server" in p for p in _mentioning(str(root))):
+            assert driver.poll() is None and time.monotonic() < deadline, driver.stdout.read()
+            time.sleep(0.2)
+        driver.send_signal(signal.SIGINT)
+        output = driver.communicate(timeout=120)[0]
+        assert driver.returncode == 130, output
+        assert "Traceback" not in output, output
+        time.sleep(1)
+        assert _mentioning(str(root)) == []
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+        for line in _mentioning(str(root)):  # never leave them to the next test, even when failing
+            os.kill(int(line.split(":")[0]), signal.SIGKILL)
