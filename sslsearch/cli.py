@@ -273,7 +273,7 @@ def _add_bench_platform(bench) -> None:
     f.add_argument("--checkpoint-mb", type=float, default=1.0, help="size of each report's last.pt (default: 1)")
     f.add_argument("--tracking", default="sqlite", choices=("sqlite", "server", "none"),
                    help="MLflow to SQLite, to a real `mlflow server` on 127.0.0.1, or none (default: sqlite)")
-    f.add_argument("--sampler", default="tpe", choices=("tpe", "random", "gp"))
+    f.add_argument("--sampler", default="tpe", choices=("tpe", "random", "gp"), help="Optuna sampler (default: tpe)")
     f.add_argument("--ray-num-to-keep", type=_positive_int, default=2,
                    help="Ray's CheckpointConfig num_to_keep (run_sweep's: 2; 1 was the pre-fix setting, see docs/scale.md)")
     f.add_argument("--append-snapshot", action="store_true",
@@ -389,8 +389,8 @@ def _add_sweep(sub) -> None:
     r.add_argument("--tracking-uri", default=None, help="MLflow tracking server http://HOST:PORT (default: the sweep's own)")
     r.set_defaults(run=_run_resume)
     y = sub.add_parser("sync", help="send a sweep's queued MLflow records and make MLflow match Ray's results")
-    y.add_argument("name")
-    y.add_argument("--storage", default="runs")
+    y.add_argument("name", metavar="SWEEP", help="the sweep's name")
+    y.add_argument("--storage", default="runs", help="the sweeps' storage folder (default: ./runs)")
     y.add_argument("--tracking-uri", default=None, help="default: the sweep's own")
     y.set_defaults(run=_run_sync)
     u = sub.add_parser("ui", help="serve the MLflow UI on the sweeps' tracking store")

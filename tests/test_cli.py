@@ -126,8 +126,8 @@ def test_every_option_has_help_and_pretrain_shows_its_defaults(capsys):
     with pytest.raises(SystemExit):
         main(["pretrain", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    for shown in ("pretraining epochs (default: 1000)", "learning rate (default: 0.001)", "(default: 0.0078125)",
-                  "images per step (≥ 2) (default: 128)"):
+    for shown in ("pretraining epochs (default: 1000)", "learning rate of the weights (default: 0.001)",
+                  "(default: 0.0078125)", "images per step, ≥ 2 (default: 128)"):
         assert shown in text
 
 
