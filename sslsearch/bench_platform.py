@@ -82,7 +82,16 @@ def synthetic_val_acc(config: dict, epoch: int, rng: random.Random) -> float:
 
 @functools.lru_cache(maxsize=4)
 def _payload(size: int) -> bytes:
-    return random.Random(size).randbytes(size)  # incompressible, like trained weights
+    """A checkpoint file of about `size` bytes: a torch state of incompressible bytes, like trained weights
+    (a real checkpoint format, so MLflow's weights-only upload reads it as it reads a trial's)."""
+    import io
+
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save({"model": {"weights": torch.frombuffer(bytearray(random.Random(size).randbytes(size)), dtype=torch.uint8)}},
+               buffer)
+    return buffer.getvalue()
 
 
 def synthetic_trial(config: dict) -> None:

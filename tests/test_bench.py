@@ -324,7 +324,8 @@ def test_bench_platform_measures_a_real_sweep_end_to_end(ray_session, tmp_path):
     assert result["components"]["tracking.on_trial_result"]["calls"] == 8
     assert result["ray_state_saves"]["count"] >= 1 and result["ray_state_saves"]["last_bytes"] > 0
     assert 0 < result["timed_cpu_s"] < result["driver_cpu_s"]
-    assert result["memory_mb"]["peak"] >= result["memory_mb"]["after"] > 0
+    # (peak from getrusage, after from /proc: two counters that round differently)
+    assert result["memory_mb"]["peak"] >= 0.99 * result["memory_mb"]["after"] > 0
     # The records are real: four trial runs in the SQLite store, each with both reports and its checkpoints.
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("sslsearch")
