@@ -769,15 +769,17 @@ def anytime_curve(client, trials: pd.DataFrame) -> pd.DataFrame:
     reports = []
     for _, trial in trials.iterrows():
         for metric in client.get_metric_history(trial["run_id"], "val_acc"):
-            reports.append((metric.timestamp, trial["run_id"], trial["loss"], metric.step, metric.value))
+            reports.append((metric.timestamp, trial["run_id"], trial["loss"], metric.step, metric.value,
+                            trial["outcome"] in FINISHED))
     reports.sort()
     reached: dict[str, int] = {}
     best: dict[str, float] = {}
     epochs, rows = 0, []
-    for _, run_id, loss, step, value in reports:
+    for _, run_id, loss, step, value, counts in reports:
         epochs += max(0, step - reached.get(run_id, 0))  # a resumed trial re-reports an epoch at no new cost
         reached[run_id] = max(reached.get(run_id, 0), step)
-        if step >= 1 and math.isfinite(value) and value > best.get(loss, -math.inf):
+        # (an errored or diverged trial costs its epochs but is never the best)
+        if counts and step >= 1 and math.isfinite(value) and value > best.get(loss, -math.inf):
             best[loss] = value
         if loss in best:
             rows.append({"loss": loss, "epochs": epochs, "best_val_acc": best[loss]})
