@@ -267,12 +267,17 @@ class LiveView(tune.Callback):
 
     @staticmethod
     def _describe(trial) -> str:
-        c = trial.config
-        return (f"{trial.trial_id} {c.get('loss', c['base']['loss'])} λ={c.get('lmbda', c['base']['lmbda']):.3g} "
-                f"lr={c.get('lr', c['base']['lr']):.3g} d={c.get('feature_dim', c['base']['feature_dim'])}")
+        c = trial.config or {}
+        base = c.get("base", {})   # (empty for a trial that failed before Ray resolved its config)
+
+        def value(key: str, spec: str = "") -> str:
+            v = c.get(key, base.get(key))
+            return "?" if v is None else format(v, spec)
+
+        return f"{trial.trial_id} {value('loss')} λ={value('lmbda', '.3g')} lr={value('lr', '.3g')} d={value('feature_dim')}"
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        loss = trial.config.get("loss", trial.config["base"]["loss"])
+        loss = trial.config.get("loss", trial.config.get("base", {}).get("loss", "?"))
         if result.get(METRIC) is not None:
             self.best[loss] = max(self.best.get(loss, -math.inf), result[METRIC])
         for other in trials:  # after a resume, the reports of earlier sessions too (Ray restores each trial's max)
@@ -378,9 +383,22 @@ def _quiet() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # Our summary says `sslsearch resume NAME`; Ray's "Resume experiment with: Tuner.restore(...)" would be a second hint.
     logging.getLogger("ray.tune.tune").addFilter(_no_ray_resume_hint)
+    # A failed trial or upload is one line of ours (the live view names the trial and its error file;
+    # a stopped sweep says why and how to resume), not Ray's traceback per attempt.
+    logging.getLogger("ray.tune.execution.tune_controller").addFilter(_no_traceback)
+    logging.getLogger("ray.train._internal.syncer").addFilter(_no_traceback)
     # Checkpointing every report interval is intended; Ray warns about it when trials are short.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+
+
+def _no_traceback(record: logging.LogRecord) -> bool:
+    """Keep Ray's message, drop the traceback it carries (the error file holds it)."""
+    record.exc_info, record.exc_text = None, None
+    message = record.getMessage()
+    if "Traceback (most recent call last)" in message:
+        record.msg, record.args = message.split("\n", 1)[0].rstrip(":") + " (details in the trial's error file)", ()
+    return True
 
 
 def _no_ray_resume_hint(record: logging.LogRecord) -> bool:

@@ -106,6 +106,9 @@ def _quiet_mlflow() -> None:
     # Creating a SQLite store runs its migrations, which log a page at INFO.
     for name in ("alembic", "mlflow.store.db.utils", "mlflow.store.sqlalchemy_store"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # A failed write (disk full, locked database) also logs its SQLAlchemy traceback there; the outbox
+    # retries it and reports it in one line of ours, so the page of traceback is noise.
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 
 
 def _sweep_filter(sweep: str, role: str = "sweep") -> str:

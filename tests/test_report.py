@@ -71,8 +71,8 @@ def test_report_is_one_self_contained_file_logged_to_the_sweep_run(records, tmp_
     assert "<script" not in page
     # Whatever the leaderboard computes is there: its Markdown, rendered.
     board = build_leaderboard(load_trials(records["uri"], ["paired"]))
-    assert "paired (hsic − barlow val_acc at the last epoch both evaluated): 4 pairs" in format_leaderboard(board, "markdown")
-    assert "paired (hsic − barlow val_acc at the last epoch both evaluated): 4 pairs" in page
+    assert "search pairs (hsic − barlow val_acc at the last epoch both evaluated): n = 4 pairs" in format_leaderboard(board, "markdown")
+    assert "search pairs (hsic − barlow val_acc at the last epoch both evaluated): n = 4 pairs" in page
     logged = [a.path for a in records["client"].list_artifacts(records["parent"])]
     assert "report.html" in logged
 
