@@ -494,6 +494,8 @@ def _run_resume(args) -> int:
         code = _report_sweep(lambda: resume_sweep(args.name, storage, address=args.address))
         if code not in (0, 1, 3):
             return code   # bad input, interrupted, or stopped by an OS error: the confirmation stage waits
+        if code != 3:   # (3: the server does not take records now; the outbox keeps them for `sync`)
+            _reconcile(args.name, storage, args.tracking_uri)
         from sslsearch.confirm import read_plan
 
         plan = read_plan(args.name, storage)  # a confirmation stage was started: continue it too
@@ -501,6 +503,21 @@ def _run_resume(args) -> int:
                                          args.tracking_uri):
             return 130
     return code
+
+
+def _reconcile(name: str, storage: str, tracking_uri: str | None) -> None:
+    """After a resume, make MLflow equal to Ray's results: records an earlier session could neither send nor
+    keep (its outbox could not be written, e.g. on a full disk) exist only in Ray's per-trial results."""
+    from sslsearch.tracking import sync
+
+    try:
+        report = sync(name, storage, tracking_uri)
+    except InputError as error:  # the tracking store is gone again: the sweep itself finished
+        print(f"warning: MLflow not reconciled with the sweep's results ({error}); run: sslsearch sync {name}",
+              file=sys.stderr)
+        return
+    if report.runs_created or report.points_added or report.statuses_fixed or report.unsent or report.duplicates:
+        print(report.format())
 
 
 def _run_sync(args) -> int:

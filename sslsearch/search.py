@@ -39,6 +39,7 @@ from sslsearch.rungs import rung_epochs
 from sslsearch.config import Experiment, experiment_from_dict
 from sslsearch.data import prepare_dataset
 from sslsearch.errors import InputError
+from sslsearch.saved_state import IntactStateCopy, recover_saved_state
 from sslsearch.space import SearchSpace, check_space
 from sslsearch.sweeplock import SweepLock, check_owned, create_sweep_folder
 from sslsearch.trainable import run_trial
@@ -518,6 +519,8 @@ def run_sweep(experiment: Experiment, space: SearchSpace, *, name: str, storage:
                              study_path=study_path)
     scheduler = make_scheduler(experiment)
     state = [RungState(scheduler)] if isinstance(scheduler, PairedASHA) else []
+    if local is not None:  # a full disk can cut Ray's saved state short: resume then uses the intact copy
+        state.append(IntactStateCopy(path))
     concurrency = _concurrency(experiment)
     tuner = tune.Tuner(
         _trainable(experiment, trainable),
@@ -641,6 +644,11 @@ def resume_sweep(name: str, storage: str, address: str | None = None, trainable=
     if local is not None:  # Ray unpickles tuner.pkl from this folder: it must be the user's own
         check_owned(Path(path))
         lock = SweepLock(path, name, "resume").acquire()
+        try:
+            recover_saved_state(Path(path), name)
+        except BaseException:
+            lock.release()
+            raise
     connect_ray(address)
     check_resources(experiment, address)
     tuner = tune.Tuner.restore(path, trainable=_trainable(experiment, trainable),

@@ -1,0 +1,167 @@
+"""The sweep's saved state survives a full disk: an intact copy of Ray's experiment state, used by `resume`.
+
+Ray saves the sweep's state (trials, searcher, callbacks such as the ASHA rungs) in a staging folder,
+then copies it into the sweep's storage folder over the previous copy, in place. When the disk fills
+during that copy, the storage keeps a truncated `experiment_state-*.json`, and `Tuner.restore`, unable
+to read it, logs "Failed to restore the run state" and silently starts the experiment again with no
+trials — a resumed sweep that has forgotten its trials (found by tests/test_faults.py's full-disk test).
+
+`IntactStateCopy` (a Tune callback) keeps, in `<sweep>/intact-state/`, the newest copy of those files
+that was complete when read: files are copied one by one (temporary file, fsync, rename), so a disk
+that fills during the copy leaves the previous intact file in place. `recover_saved_state`, called by
+`resume` before Ray reads anything, checks the newest saved state; if it is damaged, it moves the
+damaged files aside (`damaged-state-<session>/`, nothing is deleted) and puts the intact copy in their
+place, or refuses with one line when there is none.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import ray.cloudpickle as cloudpickle
+from ray import tune
+
+from sslsearch.errors import InputError
+
+INTACT_FOLDER = "intact-state"
+# The files of one save of Ray's state (Ray 2.x names: TuneController, SearchGenerator, Searcher,
+# CallbackList). Ray restores each from the newest file of its pattern.
+JSON_STATE = "experiment_state-*.json"
+PICKLED_STATES = ("search_gen_state-*.json", "searcher-state-*.pkl", "callback-states-*.pkl")
+STATE_PATTERNS = (JSON_STATE, *PICKLED_STATES)
+
+
+def newest_state_files(folder: Path) -> dict[str, Path]:
+    """Pattern → the newest file of it in `folder` (as Ray picks it: the greatest name)."""
+    names = os.listdir(folder) if folder.is_dir() else []
+    newest = {}
+    for pattern in STATE_PATTERNS:
+        matching = fnmatch.filter(names, pattern)
+        if matching:
+            newest[pattern] = folder / max(matching)
+    return newest
+
+
+def _complete(pattern: str, data: bytes) -> bool:
+    """Cheap check, run while the sweep goes: the JSON parses; a pickle ends with its STOP opcode."""
+    if pattern == JSON_STATE:
+        try:
+            json.loads(data)
+        except ValueError:
+            return False
+        return True
+    return data.endswith(b".")
+
+
+def _readable(pattern: str, path: Path) -> bool:
+    """Full check, run once by `resume`: the file loads as Ray will load it."""
+    try:
+        data = path.read_bytes()
+        if pattern == JSON_STATE:
+            json.loads(data)
+        else:
+            cloudpickle.loads(data)
+    except Exception:  # noqa: BLE001 — any failure to load means Ray could not load it either
+        return False
+    return True
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+class IntactStateCopy(tune.Callback):
+    """Copies Ray's newest saved state into `<sweep>/intact-state/` whenever it has changed and is complete.
+
+    Checked at most every `every_s` seconds from the Tune loop's hooks; each check is a directory
+    listing and a stat, and a copy (the size of Ray's state) only when Ray has saved anew.
+    """
+
+    def __init__(self, sweep_folder: str, every_s: float = 5.0):
+        self.folder = sweep_folder
+        self.every_s = every_s
+        self._checked = -float("inf")
+        self._copied: dict[str, tuple[int, int]] = {}   # name → (size, mtime_ns) of the copy's source
+
+    def _copy(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._checked < self.every_s:
+            return
+        self._checked = now
+        folder = Path(self.folder)
+        intact = folder / INTACT_FOLDER
+        try:
+            for pattern, source in newest_state_files(folder).items():
+                stat = source.stat()
+                key = (stat.st_size, stat.st_mtime_ns)
+                if self._copied.get(source.name) == key:
+                    continue
+                data = source.read_bytes()
+                if len(data) != stat.st_size or not _complete(pattern, data):
+                    continue   # Ray is writing it now, or the disk cut it short: keep the previous copy
+                intact.mkdir(exist_ok=True)
+                _write_atomically(intact / source.name, data)
+                for old in fnmatch.filter(os.listdir(intact), pattern):
+                    if old != source.name:
+                        (intact / old).unlink(missing_ok=True)
+                self._copied[source.name] = key
+        except OSError:
+            pass   # a full disk: the previous intact copy stays; the sweep itself reports the error
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self._copy()
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._copy()
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._copy()
+
+    def on_experiment_end(self, trials, **info):
+        self._copy(force=True)
+
+    def __getstate__(self):
+        # Ray pickles callbacks into tuner.pkl: a restored copy starts its own bookkeeping.
+        return {"folder": self.folder, "every_s": self.every_s}
+
+    def __setstate__(self, state):
+        self.__init__(state["folder"], state["every_s"])
+
+
+def recover_saved_state(folder: Path, name: str) -> None:
+    """Before `resume`: if Ray's newest saved state is damaged, put the intact copy in its place (the
+    damaged files moved to `damaged-state-<session>/`); InputError when no intact copy exists."""
+    newest = newest_state_files(folder)
+    damaged = [path for pattern, path in newest.items() if not _readable(pattern, path)]
+    if JSON_STATE not in newest or not damaged:
+        return
+    intact = folder / INTACT_FOLDER
+    copies = newest_state_files(intact)
+    if JSON_STATE not in copies or not all(_readable(pattern, path) for pattern, path in copies.items()):
+        raise InputError(f"sweep {name} cannot be resumed: Ray's saved state {damaged[0].name} in {folder} is damaged "
+                         "(cut short, e.g. by a full disk) and no intact copy of it exists; start a new sweep")
+    session = newest[JSON_STATE].name[len("experiment_state-"):-len(".json")]
+    aside = folder / f"damaged-state-{session}"
+    aside.mkdir(exist_ok=True)
+    for path in newest.values():
+        if path.name.endswith(f"-{session}{path.suffix}"):
+            os.replace(path, aside / path.name)
+    for path in copies.values():
+        shutil.copy2(path, folder / path.name)
+    saved = time.strftime("%H:%M:%S", time.localtime(copies[JSON_STATE].stat().st_mtime))
+    print(f"warning: sweep {name}'s saved state {damaged[0].name} was cut short (a full disk?); resuming from its "
+          f"last intact copy, saved at {saved} (damaged files kept in {aside})", file=sys.stderr, flush=True)
