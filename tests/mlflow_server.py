@@ -3,7 +3,6 @@ and store (it takes ~20 s to start on a busy 2-core machine)."""
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -11,11 +10,7 @@ from pathlib import Path
 
 import requests
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from local_processes import free_port
 
 
 class MlflowServer:

@@ -10,6 +10,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from local_processes import kill_processes_mentioning, processes_mentioning
 from sslsearch.processes import reaping
 
 # A child that starts a grandchild ignoring SIGTERM (as ray::DashboardAgent does), then exits: the
@@ -38,22 +39,6 @@ def test_orphans_that_ignore_sigterm_are_stopped_and_older_processes_kept(tmp_pa
         bystander.wait()
 
 
-def _mentioning(marker: str) -> list[str]:
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit() or int(proc.name) == os.getpid():
-            continue
-        try:
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            environ = (proc / "environ").read_bytes().decode(errors="replace")
-            state = (proc / "stat").read_text().split(")")[-1].split()[0]
-        except OSError:
-            continue
-        if (marker in cmdline or marker in environ) and state != "Z":
-            found.append(f"{proc.name}: {cmdline[:120]}")
-    return found
-
-
 @pytest.mark.slow
 def test_a_sweep_stopped_while_ray_starts_leaves_no_process(tmp_path):
     # A private Ray temp root marks this sweep's processes (see test_sweep._private_ray_env).
@@ -66,7 +51,7 @@ def test_a_sweep_stopped_while_ray_starts_leaves_no_process(tmp_path):
     try:
         deadline = time.monotonic() + 180
         # Stop it as soon as Ray has started some of its processes, before the agents are up.
-        while not any("raylet" in p or "gcs_server" in p for p in _mentioning(str(root))):
+        while not any("raylet" in p or "gcs_server" in p for p in processes_mentioning(str(root))):
             assert driver.poll() is None and time.monotonic() < deadline, driver.stdout.read()
             time.sleep(0.2)
         driver.send_signal(signal.SIGINT)
@@ -74,9 +59,8 @@ def test_a_sweep_stopped_while_ray_starts_leaves_no_process(tmp_path):
         assert driver.returncode == 130, output
         assert "Traceback" not in output, output
         time.sleep(1)
-        assert _mentioning(str(root)) == []
+        assert processes_mentioning(str(root)) == []
     finally:
         if driver.poll() is None:
             driver.kill()
-        for line in _mentioning(str(root)):  # never leave them to the next test, even when failing
-            os.kill(int(line.split(":")[0]), signal.SIGKILL)
+        kill_processes_mentioning(str(root))  # never leave them to the next test, even when failing

@@ -4,7 +4,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,6 +12,7 @@ from pathlib import Path
 import optuna
 import pytest
 
+from local_processes import free_port, kill_processes_mentioning
 from sslsearch.config import load_experiment
 from sslsearch.errors import InputError
 from sslsearch.search import STUDY_FILE, SweepSearcher, check_resources, run_sweep, summarize
@@ -136,13 +136,13 @@ def test_default_sweep_killed_and_resumed_finishes_every_planned_trial_once(tmp_
             break
     os.killpg(driver.pid, signal.SIGKILL)  # the driver dies without any cleanup: a crash
     driver.wait()
-    _kill_processes_mentioning(marker)    # and with it the Ray processes it had started
+    kill_processes_mentioning(marker)    # and with it the Ray processes it had started
     started = time.monotonic()
     try:
         resumed = subprocess.run([*SSLSEARCH, "resume", "acc", "--storage", str(tmp_path)], cwd=tmp_path, env=env,
                                  capture_output=True, text=True, timeout=600)
     finally:
-        _kill_processes_mentioning(marker)
+        kill_processes_mentioning(marker)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     planned = load_experiment(None).search.num_samples
     out = resumed.stdout
@@ -161,23 +161,6 @@ def test_default_sweep_killed_and_resumed_finishes_every_planned_trial_once(tmp_
     print(f"resume took {time.monotonic() - started:.0f}s")
 
 
-def _kill_processes_mentioning(text: str) -> None:
-    """Kill the Ray processes of one test's cluster only (never `ray stop`: it stops every Ray here)."""
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit() or int(proc.name) == os.getpid():
-            continue
-        try:
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            environ = (proc / "environ").read_bytes().decode(errors="replace")
-        except OSError:
-            continue
-        if text in cmdline or text in environ:
-            try:
-                os.kill(int(proc.name), signal.SIGKILL)
-            except OSError:
-                pass
-
-
 def _private_ray_env(tmp_path: Path) -> tuple[dict, str]:
     # A short private temp root (Ray's socket paths must stay under 107 characters) that also marks
     # this test's Ray processes, so they can be killed without touching any other Ray on the machine.
@@ -188,16 +171,10 @@ def _private_ray_env(tmp_path: Path) -> tuple[dict, str]:
     return env, str(root)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_two_node_cluster_places_trials_on_both_nodes(tmp_path):
     ray_bin = str(Path(sys.executable).parent / "ray")
-    port = _free_port()
+    port = free_port()
     env, marker = _private_ray_env(tmp_path)
     try:
         subprocess.run([ray_bin, "start", "--head", f"--port={port}", "--num-cpus=1", "--include-dashboard=false",
@@ -214,4 +191,4 @@ def test_two_node_cluster_places_trials_on_both_nodes(tmp_path):
             nodes |= {json.loads(line)["node_id"] for line in path.read_text().splitlines() if line.strip()}
         assert len(nodes) == 2, nodes
     finally:
-        _kill_processes_mentioning(marker)
+        kill_processes_mentioning(marker)

@@ -6,9 +6,6 @@ import json
 import os
 import pickle
 import signal
-import socket
-import subprocess
-import sys
 import time
 import types
 from pathlib import Path
@@ -21,6 +18,8 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from ray import tune
 
+from local_processes import free_port
+from mlflow_server import MlflowServer
 from sslsearch.config import load_experiment
 from sslsearch.errors import InputError
 from sslsearch.search import resume_sweep, run_sweep
@@ -32,12 +31,6 @@ TINY = ["pretrain.epochs=2", "pretrain.eval_every=1", "search.num_samples=2", "s
 
 def tiny(*overrides):
     return load_experiment(None, [*TINY, *overrides])
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def sweep_runs(uri: str, name: str):
@@ -78,38 +71,18 @@ class Interrupt(tune.Callback):
 @pytest.fixture(scope="module")
 def server_process(tmp_path_factory):
     """Starts `mlflow server` on 127.0.0.1 (it takes ~20 s on a busy 2-core machine: start it early)."""
-    folder = tmp_path_factory.mktemp("server")
-    port = free_port()
-    log = open(folder / "server.log", "w")
-    # No job runner: it would add seven worker processes that these tests do not need.
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    process = subprocess.Popen(
-        [str(Path(sys.executable).with_name("mlflow")), "server", "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
-         "--artifacts-destination", str(folder / "artifacts"), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
-    yield types.SimpleNamespace(process=process, uri=f"http://127.0.0.1:{port}", log=folder / "server.log")
-    os.killpg(process.pid, signal.SIGTERM)  # its own process group: the server and its workers
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-    log.close()
+    server = MlflowServer(tmp_path_factory.mktemp("server")).start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="module")
 def mlflow_server(server_process):
     """The server's URI, once `/health` answers."""
-    deadline = time.monotonic() + 180
-    while True:
-        try:
-            if requests.get(f"{server_process.uri}/health", timeout=1).ok:
-                return server_process.uri
-        except requests.RequestException:
-            pass
-        if server_process.process.poll() is not None or time.monotonic() > deadline:
-            pytest.fail(f"mlflow server did not start: {server_process.log.read_text()[-2000:]}")
-        time.sleep(0.5)
+    try:
+        return server_process.wait()
+    except RuntimeError as error:
+        pytest.fail(str(error))
 
 
 @pytest.fixture(scope="module")
