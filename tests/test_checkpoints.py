@@ -1,6 +1,8 @@
 """Checkpoints that fit a disk (issue 13, point 4): the full training state only where resuming
 needs it, weights only everywhere else (best.pt, MLflow, a finished trial's last Ray checkpoint)."""
 
+import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -61,3 +63,96 @@ def test_sweep_keeps_weights_only_in_mlflow_and_in_finished_trials(ray_session, 
     for trial in summary.trials:
         final = torch.load(Path(trial.checkpoint) / "last.pt", weights_only=True)
         assert final["epoch"] == 2 and final["weights_only"] and (Path(trial.checkpoint) / "complete").exists()
+
+
+# -- what a sweep keeps, per tracking.checkpoints: a real Tuner, synthetic trials, real MLflow (SQLite) ---------------
+
+RETENTION = ["pretrain.epochs=3", "pretrain.eval_every=1", "search.num_samples=4", "search.paired=false",
+             "scheduler.grace_period=1", "search.sampler=random"]
+MLFLOW_KEEPS = {"best_and_last": {"best.pt", "last.pt"}, "best": {"best.pt"}, "top_k:1": {"best.pt", "last.pt"},
+                "all": {"best.pt", "last.pt"}, "none": set()}
+
+
+def _state(path: Path) -> str:
+    """'full' (optimiser state: resumable), 'weights' (weights only) or 'gone' for a checkpoint folder's last.pt."""
+    if not (path / "last.pt").exists():
+        return "gone"
+    checkpoint = torch.load(path / "last.pt", weights_only=True)
+    return "full" if "optimizer" in checkpoint else "weights"
+
+
+def _files(folder: Path, pattern: str = "*") -> int:
+    """Bytes of the regular files under `folder` matching -path `pattern`, summed by find(1) (du's apparent size)."""
+    sizes = subprocess.run(["find", str(folder), "-type", "f", "-path", pattern, "-printf", "%s\\n"], check=True,
+                           capture_output=True, text=True).stdout.split()
+    return sum(map(int, sizes))
+
+
+@pytest.fixture(scope="module")
+def retention_sweeps(ray_session, tmp_path_factory):
+    """One synthetic sweep per policy, each recorded in its own SQLite store."""
+    from sslsearch.search import run_sweep
+    from sslsearch.space import load_search_space
+    from sslsearch.synthetic import synthetic_trial
+    from sslsearch.tracking import MlflowTracking
+
+    sweeps = {}
+    for policy in MLFLOW_KEEPS:
+        storage = tmp_path_factory.mktemp(policy.replace(":", "-"))
+        experiment = load_experiment(None, [*RETENTION, f"tracking.checkpoints={policy}"])
+        space = load_search_space(experiment.space_path())
+        tracking = MlflowTracking(experiment, space, sweep="keep", storage=str(storage))
+        sweeps[policy] = (storage, run_sweep(experiment, space, name="keep", storage=str(storage), quiet=True,
+                                             trainable=synthetic_trial, synthetic={"epoch_seconds": 0.0},
+                                             callbacks=[tracking]))
+    return sweeps
+
+
+@pytest.mark.parametrize("policy", list(MLFLOW_KEEPS))
+def test_each_policy_keeps_full_state_only_for_top_k_and_weights_as_it_says(retention_sweeps, policy, tmp_path):
+    from sslsearch.tracking import default_tracking_uri
+
+    storage, summary = retention_sweeps[policy]
+    assert {t.outcome for t in summary.trials} <= {"completed", "stopped early"} and len(summary.trials) == 4
+    ranked = sorted((t for t in summary.trials if t.rankable), key=lambda t: (-t.val_acc, -t.epoch))
+    top = {ranked[0].trial_id} if policy == "top_k:1" else set()
+    client = MlflowClient(default_tracking_uri(str(storage)))
+    runs = {r.data.tags["sslsearch.trial_id"]: r for r in client.search_runs(
+        [client.get_experiment_by_name("sslsearch").experiment_id], "tags.`sslsearch.role` = 'trial'")}
+    for trial in summary.trials:
+        folder = Path(summary.path) / f"trial_{trial.trial_id}"
+        reported = {r["epoch"]: r["val_acc"] for r in map(json.loads, (folder / "result.json").read_text().splitlines())}
+        kept = sorted(folder.glob("checkpoint_*"))  # checkpoint_00000k holds the report of epoch k (eval_every 1)
+        assert all((k / "statistics.csv").is_file() for k in kept)
+        if policy == "all":
+            assert len(kept) == trial.epoch + 1   # Ray keeps every report's checkpoint
+        latest = kept[-1]
+        best = max(kept, key=lambda k: (reported[int(k.name[-6:])], k.name))
+        expected = {"best_and_last": {latest: "weights", best: "weights"}, "best": {best: "weights"},
+                    "top_k:1": {best: "weights", latest: "full" if trial.trial_id in top else "weights"},
+                    "all": {k: "weights" for k in kept}, "none": {}}[policy]
+        assert {k.name: _state(k) for k in kept} == {k.name: expected.get(k, "gone") for k in kept}, trial.trial_id
+        # MLflow: weights only, what the policy names.
+        artifacts = {Path(a.path).name for a in client.list_artifacts(runs[trial.trial_id].info.run_id, "checkpoints")}
+        if policy == "all":
+            assert {f"epoch_{e}.pt" for e in range(trial.epoch + 1)} <= artifacts
+            artifacts -= {f"epoch_{e}.pt" for e in range(trial.epoch + 1)}
+        assert artifacts == MLFLOW_KEEPS[policy]
+        for name in artifacts:
+            local = client.download_artifacts(runs[trial.trial_id].info.run_id, f"checkpoints/{name}", str(tmp_path))
+            assert torch.load(local, weights_only=True)["weights_only"]
+
+
+def test_the_summary_names_the_disk_the_sweep_uses(retention_sweeps):
+    from sslsearch.retention import size_text
+    from sslsearch.tracking import artifact_bytes, default_tracking_uri
+
+    storage, summary = retention_sweeps["best_and_last"]
+    assert summary.disk.total == _files(Path(summary.path)) > 0
+    assert summary.disk.checkpoints == _files(Path(summary.path), "*/trial_*/checkpoint_*/*") > 0
+    mlflow = artifact_bytes(default_tracking_uri(str(storage)), "keep")
+    assert mlflow == _files(storage / "mlartifacts") > 0   # the store holds this one sweep
+    summary.mlflow_artifact_bytes = mlflow
+    assert (f"disk: {size_text(summary.disk.total)} in {summary.path} (checkpoints {size_text(summary.disk.checkpoints)}), "
+            f"MLflow artifacts {size_text(mlflow)}") in summary.format().splitlines()
+    assert [size_text(n) for n in (999, 12_345, 12_345_678, 2_500_000_000)] == ["999 B", "12.3 kB", "12.3 MB", "2.5 GB"]
