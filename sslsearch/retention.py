@@ -8,7 +8,7 @@ in Ray's storage. Per policy, for each ended trial:
 
 | policy          | Ray's storage keeps `last.pt` of (weights only)          | MLflow keeps (weights only)
 |-----------------|----------------------------------------------------------|--------------------------------
-| `best_and_last` | its latest and its best (by val_acc) checkpoint          | `checkpoints/last.pt`, `best.pt`
+| `best_and_last` | its latest and its best checkpoint (val_acc after epoch 0) | `checkpoints/last.pt`, `best.pt`
 | `best`          | its best checkpoint                                      | `checkpoints/best.pt`
 | `top_k:N`       | as `best_and_last`; the N best ended trials (final       | as `best_and_last`
 |                 | val_acc) keep their latest as full state, to continue    |
@@ -60,6 +60,19 @@ def _number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _best_trained(trial) -> str | None:
+    """Path of the kept checkpoint with the best val_acc after epoch 0 (a tie: the earlier epoch), as MLflow's
+    best.pt is chosen; Ray's own best when its list cannot be read."""
+    try:
+        results = trial.run_metadata.checkpoint_manager._checkpoint_results
+    except AttributeError:  # Ray's internals moved
+        best = best_checkpoint(trial)
+        return best[0].path if best is not None else None
+    scored = [(float(r.metrics["val_acc"]), -int(r.metrics["epoch"]), r.checkpoint.path) for r in results
+              if _number(r.metrics.get("val_acc")) and _number(r.metrics.get("epoch")) and r.metrics["epoch"] > 0]
+    return max(scored)[2] if scored else None
+
+
 def saved_as_ended(fs: pyarrow.fs.FileSystem, sweep_fs_path: str) -> set[str]:
     """Ids of the trials that Ray's newest saved sweep state in storage records as TERMINATED (read as plain JSON,
     nothing unpickled); empty if there is none yet or it is being rewritten."""
@@ -108,8 +121,7 @@ def settle_trial(trial, policy: str, keep_full: bool) -> None:
     folders = sorted(i.path for i in fs.get_file_info(pyarrow.fs.FileSelector(trial_path, allow_not_found=True))
                      if i.type == pyarrow.fs.FileType.Directory and i.base_name.startswith("checkpoint_"))
     latest = trial.checkpoint.path if trial.checkpoint is not None else None
-    best = best_checkpoint(trial)
-    best_path = best[0].path if best is not None else None
+    best_path = _best_trained(trial)
     if policy == "all":
         weights = set(folders)
     elif policy == "none":

@@ -122,7 +122,8 @@ def assert_retained(summary, policy: str, client: MlflowClient, tmp_path: Path) 
         kept = sorted(folder.glob("checkpoint_*"))  # checkpoint_00000k holds the trial's k-th report
         assert all((k / "statistics.csv").is_file() for k in kept)
         latest = kept[-1]
-        best = max(kept, key=lambda k: (reported[int(k.name[-6:])]["val_acc"], k.name))  # Ray: ties go to the later
+        trained = [k for k in kept if reported[int(k.name[-6:])]["epoch"] > 0]  # as MLflow's best.pt: after epoch 0,
+        best = max(trained, key=lambda k: (reported[int(k.name[-6:])]["val_acc"], -int(k.name[-6:])))  # earlier on a tie
         expected = {"best_and_last": {latest: "weights", best: "weights"}, "best": {best: "weights"},
                     "top_k": {best: "weights", latest: "full" if trial.trial_id in top else "weights"},
                     "all": {k: "weights" for k in kept}, "none": {}}[policy.split(":")[0]]
