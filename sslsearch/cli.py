@@ -439,20 +439,24 @@ def _run_sweep(args) -> int:
         check_tracking(uri, sweep=name)  # a name already recorded (needs MLflow)
         tracking = MlflowTracking(experiment, space, sweep=name, storage=storage)
         return _report_sweep(lambda: run_sweep(experiment, space, name=name, storage=storage, address=args.address,
-                                               callbacks=[tracking]))
+                                               callbacks=[tracking]), uri)
 
 
-def _report_sweep(run) -> int:
-    """Run a sweep (or its resume), print its summary; exit code per `sweep_exit_code`, 4 if an OS error stopped it."""
+def _report_sweep(run, uri: str | None = None) -> int:
+    """Run a sweep (or its resume), print its summary (with the disk its records use; `uri`: where MLflow keeps
+    them); exit code per `sweep_exit_code`, 4 if an OS error stopped it."""
     from sslsearch.search import SweepStopped
+    from sslsearch.tracking import artifact_bytes
 
     try:
         summary = run()
     except SweepStopped as stopped:
         if stopped.summary is not None:
+            stopped.summary.mlflow_artifact_bytes = artifact_bytes(uri, stopped.summary.name) if uri else None
             print(stopped.summary.format())
         print(f"sslsearch: error: {stopped}", file=sys.stderr)
         return 4
+    summary.mlflow_artifact_bytes = artifact_bytes(uri, summary.name) if uri else None
     print(summary.format())
     return sweep_exit_code(summary)
 
@@ -489,9 +493,11 @@ def _run_resume(args) -> int:
         from sslsearch.search import resume_sweep, sweep_metadata
 
         meta = sweep_metadata(args.name, storage)
+        uri = ((meta or {}).get("experiment", {}).get("tracking", {}).get("uri") or args.tracking_uri
+               or default_tracking_uri(storage))
         if not args.tracking_uri:
-            check_store((meta or {}).get("experiment", {}).get("tracking", {}).get("uri") or default_tracking_uri(storage))
-        code = _report_sweep(lambda: resume_sweep(args.name, storage, address=args.address))
+            check_store(uri)
+        code = _report_sweep(lambda: resume_sweep(args.name, storage, address=args.address), uri)
         if code not in (0, 1, 3):
             return code   # bad input, interrupted, or stopped by an OS error: the confirmation stage waits
         if code != 3:   # (3: the server does not take records now; the outbox keeps them for `sync`)

@@ -22,7 +22,9 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_EXPERIMENT = PROJECT_ROOT / "experiments" / "digits.yaml"
 SAMPLERS = ("tpe", "random", "gp")
 SCHEDULERS = ("asha", "fifo")
-CHECKPOINT_POLICIES = ("best_and_last", "best", "all", "none")  # what MLflow keeps of each trial (weights only)
+# What a sweep keeps of each trial's checkpoints (docs/tracking.md, sslsearch.retention): weights only, except the
+# latest checkpoint of unfinished trials and, with top_k:N, of the N best finished trials (full training state).
+CHECKPOINT_POLICIES = ("best_and_last", "best", "top_k:N", "all", "none")
 MAX_FILE_BYTES = 1 << 20   # an experiment or a search space is a page of settings, not a megabyte
 MAX_ALIASES = 100
 
@@ -55,7 +57,7 @@ class ResourceSettings:
 @dataclass(frozen=True)
 class TrackingSettings:
     uri: str | None = None       # None: SQLite next to the sweep; or http://host:port of an MLflow server
-    checkpoints: str = "best_and_last"
+    checkpoints: str = "best_and_last"  # one of CHECKPOINT_POLICIES (top_k:3, ...)
 
 
 @dataclass(frozen=True)
@@ -247,6 +249,24 @@ def load_experiment(path: str | Path | None = None, overrides: list[str] = (), n
     return experiment
 
 
+def _valid_policy(policy: str) -> bool:
+    name, _, count = policy.partition(":")
+    if name == "top_k":
+        return count.isascii() and count.isdigit() and int(count) >= 1
+    return policy in CHECKPOINT_POLICIES
+
+
+def top_k(policy: str) -> int:
+    """N of a `top_k:N` checkpoint policy: how many finished trials keep their full training state; 0 for the others."""
+    name, _, count = policy.partition(":")
+    return int(count) if name == "top_k" else 0
+
+
+def keeps_last(policy: str) -> bool:
+    """Whether the policy keeps a trial's last weights (MLflow's checkpoints/last.pt) besides its best."""
+    return policy in ("best_and_last", "all") or top_k(policy) > 0
+
+
 def validate_experiment(experiment: Experiment) -> None:
     """One-line InputError for any setting a sweep cannot use."""
     experiment.pretrain.validate()
@@ -265,7 +285,8 @@ def validate_experiment(experiment: Experiment) -> None:
         (sch.reduction_factor > 1, f"scheduler.reduction_factor must be > 1, got {sch.reduction_factor}"),
         (r.cpus_per_trial > 0 and math.isfinite(r.cpus_per_trial), f"resources.cpus_per_trial must be > 0, got {r.cpus_per_trial}"),
         (r.gpus_per_trial >= 0, f"resources.gpus_per_trial must be ≥ 0, got {r.gpus_per_trial}"),
-        (t.checkpoints in CHECKPOINT_POLICIES, f"tracking.checkpoints must be one of {', '.join(CHECKPOINT_POLICIES)}"),
+        (_valid_policy(t.checkpoints), f"tracking.checkpoints must be one of {', '.join(CHECKPOINT_POLICIES)} "
+                                       f"(N a whole number ≥ 1), got {t.checkpoints!r}"),
         (t.uri is None or t.uri.startswith(("http://", "https://")) or (t.uri.startswith("sqlite:////")),
          f"tracking.uri must be http(s)://host:port or sqlite:////absolute/path (MLflow 3 has no file store), got {t.uri!r}"),
     ]

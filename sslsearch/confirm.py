@@ -32,6 +32,7 @@ from ray.tune.search import BasicVariantGenerator
 
 from sslsearch.config import Experiment, experiment_from_dict
 from sslsearch.errors import InputError
+from sslsearch.retention import CheckpointRetention
 from sslsearch.search import (
     METRIC, OUTCOMES, SWEEP_FILE, SweepSummary, _concurrency, _local_path, _quiet, _read_text, _trainable, _trial_dirname,
     _write_text, check_resources, connect_ray, summarize, sweep_metadata, sweep_path,
@@ -182,7 +183,8 @@ def run_confirm(name: str, storage: str, *, top: int, seeds: int, address: str |
                                     scheduler=FIFOScheduler(), num_samples=len(points), reuse_actors=True,
                                     trial_dirname_creator=_trial_dirname),
         run_config=tune.RunConfig(
-            name=CONFIRM_DIR, storage_path=sweep_path(storage, name), verbose=0, callbacks=list(callbacks or []),
+            name=CONFIRM_DIR, storage_path=sweep_path(storage, name), verbose=0,
+            callbacks=[CheckpointRetention(experiment.tracking.checkpoints), *(callbacks or [])],
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2 if experiment.tracking.checkpoints != "all" else None,
                                                     checkpoint_score_attribute=METRIC, checkpoint_score_order="max"),
             # As run_sweep: a dead worker is retried from the trial's last checkpoint.

@@ -87,8 +87,8 @@ def _write_atomically(path: Path, data: bytes) -> None:
 class IntactStateCopy(tune.Callback):
     """Copies Ray's newest saved state into `<sweep>/intact-state/` whenever it has changed and is complete.
 
-    Checked at most every `every_s` seconds from the Tune loop's hooks; each check is a directory
-    listing and a stat, and a copy (the size of Ray's state) only when Ray has saved anew.
+    Checked at each of Ray's saves and at most every `every_s` seconds from the Tune loop's hooks; each check
+    is a directory listing and a stat, and a copy (the size of Ray's state) only when Ray has saved anew.
     """
 
     def __init__(self, sweep_folder: str, every_s: float = 5.0):
@@ -121,6 +121,13 @@ class IntactStateCopy(tune.Callback):
                 self._copied[source.name] = key
         except OSError:
             pass   # a full disk: the previous intact copy stays; the sweep itself reports the error
+
+    def get_state(self) -> None:
+        # Called as Ray saves its state anew (into its staging folder): the storage still holds the previous save,
+        # which `CheckpointRetention` (after this callback in the list) is about to act on, so the copy is at
+        # least as new as what a resume from it expects of the trials' checkpoints. Nothing to save of our own.
+        self._copy(force=True)
+        return None
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         self._copy()

@@ -39,6 +39,7 @@ from sslsearch.rungs import rung_epochs
 from sslsearch.config import Experiment, experiment_from_dict
 from sslsearch.data import prepare_dataset
 from sslsearch.errors import InputError
+from sslsearch.retention import CheckpointRetention, DiskUse, disk_use, size_text
 from sslsearch.saved_state import IntactStateCopy, recover_saved_state
 from sslsearch.space import SearchSpace, check_space
 from sslsearch.sweeplock import SweepLock, check_owned, create_sweep_folder
@@ -332,6 +333,8 @@ class SweepSummary:
     study_path: str | None = None
     extra: dict = field(default_factory=dict)
     resumed: bool = False  # wall_seconds then covers this session only, trial_seconds every session
+    disk: DiskUse | None = None                 # the sweep's folder in Ray's storage (None: remote storage)
+    mlflow_artifact_bytes: int | None = None    # its MLflow artifacts, when they are local files (set by the caller)
 
     def best_per_loss(self) -> dict[str, TrialSummary]:
         best: dict[str, TrialSummary] = {}
@@ -373,6 +376,10 @@ class SweepSummary:
             lines.append(f"optuna study: {self.study_path} (copy it locally, then optuna-dashboard FILE)")
         elif self.study_path:
             lines.append(f"optuna study: optuna-dashboard {self.study_path}")
+        if self.disk is not None:
+            mlflow = "" if self.mlflow_artifact_bytes is None else f", MLflow artifacts {size_text(self.mlflow_artifact_bytes)}"
+            lines.append(f"disk: {size_text(self.disk.total)} in {self.path} (checkpoints "
+                         f"{size_text(self.disk.checkpoints)}){mlflow}")
         if self.unfinished:
             lines.append(f"interrupted with {self.unfinished} trial{'s' * (self.unfinished > 1)} unfinished; "
                          f"continue with: sslsearch resume {self.name}")
@@ -532,7 +539,8 @@ def run_sweep(experiment: Experiment, space: SearchSpace, *, name: str, storage:
                                     trial_dirname_creator=_trial_dirname),
         run_config=tune.RunConfig(
             name=name, storage_path=storage, verbose=0,
-            callbacks=[LiveView(quiet), *state, *(callbacks or [])],
+            # Full training state only where a resume needs it (tracking.checkpoints; sslsearch.retention).
+            callbacks=[LiveView(quiet), *state, CheckpointRetention(experiment.tracking.checkpoints), *(callbacks or [])],
             # Two, not one: Ray's saved experiment state can name the checkpoint before the newest, and
             # a resumed trial restores from the one it names (Ray syncs that state every num_to_keep checkpoints).
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2 if experiment.tracking.checkpoints != "all" else None,
@@ -695,4 +703,4 @@ def summarize(results, name: str, path: str, wall: float, concurrency: int, stud
             pair=config.get("pair")))
     if study_path and "://" not in study_path and not Path(study_path).exists():
         study_path = None
-    return SweepSummary(name, path, trials, wall, concurrency, study_path)
+    return SweepSummary(name, path, trials, wall, concurrency, study_path, disk=disk_use(path))

@@ -1,9 +1,11 @@
 """A trial that trains nothing: a deterministic learning curve of the sampled configuration.
 
 It reports and checkpoints exactly as `trainable.run_trial` does (`epoch`, `val_acc`, ... every
-`eval_every` epochs, a checkpoint per report, resume from `tune.get_checkpoint()`, a diverged
-trial's last report at chance level), so the real Tuner, searcher, scheduler and MLflow callback
-can be exercised in seconds: tests of the search's bookkeeping, and `sslsearch bench platform`.
+`eval_every` epochs; a checkpoint per report whose `last.pt` is a small full training state:
+`model`, `optimizer`, `rng`; resume from `tune.get_checkpoint()`, refused from a weights-only
+checkpoint as `train.pretrain` refuses it; a diverged trial's last report at chance level), so the
+real Tuner, searcher, scheduler, checkpoint retention and MLflow callback can be exercised in
+seconds: tests of the search's bookkeeping, and `sslsearch bench platform`.
 
 The curve has a known optimum (lr near 1e-3, λ near 1/128, larger feature_dim slightly better,
 hsic a little above barlow), rises with the epochs, and carries seeded noise, so a searcher that
@@ -14,16 +16,17 @@ learns finds it faster than chance. Settings travel in the trial config under "s
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import tempfile
 import time
 from pathlib import Path
 
+import torch
 from ray import tune
 
 CHANCE = 10.0  # val_acc (%) of a diverged trial: ten balanced classes
+WEIGHTS = 256  # values in the checkpoint's "model" (the optimiser state holds two per weight, as Adam's does)
 
 
 def synthetic_val_acc(config: dict, epoch: int) -> float:
@@ -52,7 +55,9 @@ def synthetic_trial(config: dict) -> None:
     seconds_before = 0.0
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
-            state = json.loads((Path(folder) / "state.json").read_text())
+            state = torch.load(Path(folder) / "last.pt", weights_only=True)
+        if "optimizer" not in state:
+            raise RuntimeError(f"{checkpoint.path}/last.pt holds weights only: it cannot be resumed")
         epoch, seconds_before = state["epoch"], state["trial_seconds"]
 
     def report(metrics: dict, with_checkpoint: bool = True) -> None:
@@ -61,8 +66,11 @@ def synthetic_trial(config: dict) -> None:
             tune.report(metrics)
             return
         with tempfile.TemporaryDirectory() as folder:
-            (Path(folder) / "state.json").write_text(json.dumps({"epoch": metrics["epoch"],
-                                                                 "trial_seconds": metrics["trial_seconds"]}))
+            weights = torch.full((WEIGHTS,), float(metrics["epoch"]))
+            torch.save({"model": {"weights": weights}, "optimizer": {"moments": torch.stack([weights, weights])},
+                        "rng": torch.zeros(4), "epoch": metrics["epoch"], "trial_seconds": metrics["trial_seconds"],
+                        "history": [{"epoch": metrics["epoch"], "val_acc": metrics["val_acc"]}]}, Path(folder) / "last.pt")
+            (Path(folder) / "statistics.csv").write_text(f"epoch,val_acc\n{metrics['epoch']},{metrics['val_acc']}\n")
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
 
     if checkpoint is None:

@@ -16,7 +16,8 @@
   `checkpoints/last.pt`, `checkpoints/best.pt` (best `val_acc` after epoch 0) and, with the
   `all` policy, `checkpoints/epoch_<N>.pt`. Checkpoints in MLflow are weights only (backbone +
   projector, configuration, history; no optimiser): the full state that resuming needs stays in
-  Ray's checkpoints. `tracking.checkpoints`: `best_and_last` (default), `best`, `all` or `none`.
+  Ray's checkpoints. `tracking.checkpoints`: `best_and_last` (default) and `top_k:N` keep both,
+  `best` only best.pt, `all` every report's too, `none` none (sslsearch.retention: what Ray's storage keeps).
 
 Every record goes through a durable outbox in the sweep's folder (`Outbox`: append-only, fsynced,
 numbered): the hooks only append, and a background thread sends in order, retrying transient
@@ -41,6 +42,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,8 +56,9 @@ from mlflow.exceptions import MlflowException
 from ray import tune
 
 import sslsearch
-from sslsearch.config import Experiment, experiment_from_dict
+from sslsearch.config import Experiment, experiment_from_dict, keeps_last
 from sslsearch.errors import InputError
+from sslsearch.retention import best_checkpoint
 from sslsearch.search import result_outcome, sweep_metadata, sweep_path
 from sslsearch.space import Parameter, SearchSpace
 from sslsearch.sweeplock import SweepLock
@@ -279,6 +282,34 @@ def unsent_records(sweep_path: str) -> int:
     return len(Outbox(folder).pending) if folder is not None and (folder / OUTBOX_FILE).is_file() else 0
 
 
+def artifact_bytes(uri: str, sweep: str) -> int | None:
+    """Bytes of the MLflow artifacts of sweep `sweep` (its parent and child runs, a confirmation stage's included) when
+    they are local files, as with the default SQLite store; None when a server keeps them, or MLflow cannot be read."""
+    try:
+        _quiet_mlflow()
+        client = mlflow.MlflowClient(uri)
+        experiment = client.get_experiment_by_name(EXPERIMENT_NAME)
+        if experiment is None:
+            return 0
+        runs, token = [], None
+        while True:
+            page = client.search_runs([experiment.experiment_id], f"tags.`{SWEEP}` = '{sweep}'", max_results=1000,
+                                      page_token=token)
+            runs.extend(page)
+            token = page.token
+            if not token:
+                break
+    except TRANSIENT:
+        return None
+    total = 0
+    for run in runs:
+        if not run.info.artifact_uri.startswith("file:"):
+            return None
+        for folder, _, files in os.walk(urllib.parse.unquote(urllib.parse.urlparse(run.info.artifact_uri).path)):
+            total += sum(os.lstat(os.path.join(folder, name)).st_size for name in files)
+    return total
+
+
 class MlflowTracking(tune.Callback):
     """Ray Tune callback: records the sweep and its trials in MLflow, exactly once each.
 
@@ -411,7 +442,7 @@ class MlflowTracking(tune.Callback):
         last = None
         if "epoch" in result:
             last = (int(result["epoch"]), {k: float(result[k]) for k in METRICS if _numeric(result.get(k))})
-        best = _best_checkpoint(trial)
+        best = best_checkpoint(trial)
         self._submit(("finish", trial.trial_id, outcome, status, error, last, _checkpoint_uri(trial.checkpoint),
                       best and (_checkpoint_uri(best[0]), best[1], best[2]), only_if_open, trial.config))
 
@@ -695,7 +726,7 @@ class MlflowTracking(tune.Callback):
         if latest is not None and _checkpoint_exists(latest):
             with _checkpoint_from(latest).as_directory() as folder:
                 self._upload(run.run_id, Path(folder) / "statistics.csv", "statistics.csv", None)
-                if policy in ("best_and_last", "all"):
+                if keeps_last(policy):
                     self._upload(run.run_id, Path(folder) / "last.pt", "last.pt")
         if policy != "none" and best is not None and best[1] > 0 and best[2] > run.best_val_acc and _checkpoint_exists(best[0]):
             # Ray kept the best checkpoint; it beats best.pt only if a crash cut an upload short.
@@ -852,7 +883,7 @@ def sync_sweep(tracking: MlflowTracking, trials: list) -> SyncReport:
             outcome, status = "running", RunStatus.to_string(RunStatus.KILLED)
         if (run.status, run.outcome) != (status, outcome) or (run.error and not errored):
             fixed += 1
-            best = _best_checkpoint(trial)
+            best = best_checkpoint(trial)
             tracking._write_finish(trial.trial_id, outcome, status, _error_text(trial) if errored else None, None,
                                    _checkpoint_uri(trial.checkpoint), best and [_checkpoint_uri(best[0]), *best[1:]],
                                    False, trial.config)
@@ -890,17 +921,6 @@ def _checkpoint_exists(uri: str) -> bool:
     if "://" not in uri:
         return Path(uri).is_dir()
     return True  # remote: as_directory will tell
-
-
-def _best_checkpoint(trial) -> tuple | None:
-    """(checkpoint, epoch, val_acc) of the best checkpoint Ray kept for the trial, if it says."""
-    try:
-        best = trial.run_metadata.checkpoint_manager.best_checkpoint_result
-    except AttributeError:  # Ray's internals moved: best.pt then comes only from the reports
-        return None
-    if best is None or not _numeric(best.metrics.get("val_acc")) or not _numeric(best.metrics.get("epoch")):
-        return None
-    return best.checkpoint, int(best.metrics["epoch"]), float(best.metrics["val_acc"])
 
 
 def _describe(parameter) -> str:

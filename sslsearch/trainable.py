@@ -19,9 +19,9 @@ import ray
 from ray import tune
 
 from sslsearch.data import ImageData
-from sslsearch.train import PretrainConfig, TrainingDiverged, pretrain, save_weights_only
+from sslsearch.train import PretrainConfig, TrainingDiverged, pretrain
 
-COMPLETE = "complete"  # marks the checkpoint of a trial's final report (weights only)
+COMPLETE = "complete"  # marks the checkpoint of a trial's final report: a retry has nothing left to run
 REPORTED = ("epoch", "loss", "val_acc", "knn_acc", "images_per_s", "test_acc")
 
 # Loaded data sets, kept for the next trial that runs in this worker process (Tune reuses actors).
@@ -99,13 +99,11 @@ def run_trial(config: dict) -> None:
         if row.get("test_acc") is not None:
             metrics["test_acc"] = row["test_acc"]
         with tempfile.TemporaryDirectory(dir=scratch) as folder:
+            # Full training state, even at the final report (a top_k trial can be continued from it): once Ray's
+            # saved state records the trial as ended, the driver keeps what tracking.checkpoints says (retention.py).
+            shutil.copy2(checkpoint_path, Path(folder) / "last.pt")
             if row["epoch"] >= pretrain_config.epochs:
-                # The final report: the trial never resumes from it, so weights only (a third of
-                # the full state of an Adam or LARS run).
-                save_weights_only(checkpoint_path, Path(folder) / "last.pt")
                 (Path(folder) / COMPLETE).write_text("")
-            else:
-                shutil.copy2(checkpoint_path, Path(folder) / "last.pt")  # full state: resume needs it
             shutil.copy2(checkpoint_path.with_name("statistics.csv"), Path(folder) / "statistics.csv")
             (Path(folder) / "trial_seconds.txt").write_text(repr(metrics["trial_seconds"]))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))

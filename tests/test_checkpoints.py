@@ -1,13 +1,16 @@
 """Checkpoints that fit a disk (issue 13, point 4): the full training state only where resuming
 needs it, weights only everywhere else (best.pt, MLflow, a finished trial's last Ray checkpoint)."""
 
+import dataclasses
+import json
+import subprocess
 from pathlib import Path
 
 import pytest
 import torch
 from mlflow import MlflowClient
 
-from sslsearch.config import load_experiment
+from sslsearch.config import load_experiment, top_k
 from sslsearch.data import load_dataset
 from sslsearch.errors import InputError
 from sslsearch.train import PretrainConfig, load_checkpoint, model_from_checkpoint, pretrain
@@ -34,8 +37,11 @@ def test_best_pt_is_weights_only_and_refuses_to_resume(tmp_path):
 
 
 @pytest.mark.slow
-def test_sweep_keeps_weights_only_in_mlflow_and_in_finished_trials(ray_session, tmp_path):
-    policy, expected = "best", {"checkpoints/best.pt"}  # ("none" was checked to keep nothing; one sweep keeps CI short)
+@pytest.mark.parametrize("policy", ["best", "top_k:1"])
+def test_a_real_sweep_keeps_what_its_policy_says_and_its_winner_exports(ray_session, tmp_path, policy):
+    """Real trials: Ray's storage and MLflow keep what the policy says, and export finds the winner's weights
+    (checkpoints/last.pt, or best.pt where only that is kept). The top-1 trial's full state resumes."""
+    from sslsearch.export import export_best
     from sslsearch.search import run_sweep
     from sslsearch.space import load_search_space
     from sslsearch.tracking import MlflowTracking, default_tracking_uri
@@ -46,18 +52,117 @@ def test_sweep_keeps_weights_only_in_mlflow_and_in_finished_trials(ray_session, 
     tracking = MlflowTracking(experiment, space, sweep="ck", storage=storage)
     summary = run_sweep(experiment, space, name="ck", storage=storage, callbacks=[tracking])
     assert [t.outcome for t in summary.trials] == ["completed", "completed"]
-    client = MlflowClient(default_tracking_uri(storage))
-    runs = client.search_runs([client.get_experiment_by_name("sslsearch").experiment_id],
-                              "tags.`sslsearch.role` = 'trial'")
-    assert len(runs) == 2
-    for run in runs:
-        kept = {a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")}
-        assert kept == expected
-        for path in kept:
-            checkpoint = torch.load(client.download_artifacts(run.info.run_id, path, str(tmp_path / run.info.run_id)),
-                                    weights_only=True)
-            assert checkpoint["weights_only"] and "optimizer" not in checkpoint
-    # Ray's checkpoint of a completed trial's final report is weights only too: it never resumes.
+    uri = default_tracking_uri(storage)
+    assert_retained(summary, policy, MlflowClient(uri), tmp_path / "artifacts")
+    card = export_best(uri, "ck", tmp_path / "export")
+    assert card["checkpoint"]["artifact"] == ("checkpoints/best.pt" if policy == "best" else "checkpoints/last.pt")
+    winner = max(summary.trials, key=lambda t: t.val_acc)
+    assert card["trial_id"] == winner.trial_id and (tmp_path / "export" / "backbone.pt").is_file()
+    if policy == "top_k:1":  # its full state continues training: one more epoch from where it ended
+        continued = pretrain(dataclasses.replace(PretrainConfig.from_dict(torch.load(
+            Path(winner.checkpoint) / "last.pt", weights_only=True)["config"]), epochs=3),
+            out_dir=tmp_path / "continued", resume=Path(winner.checkpoint) / "last.pt", progress=False)
+        assert [row["epoch"] for row in continued.history][-1] == 3
+
+
+# -- what a sweep keeps, per tracking.checkpoints: a real Tuner, synthetic trials, real MLflow (SQLite) ---------------
+
+RETENTION = ["pretrain.epochs=3", "pretrain.eval_every=1", "search.num_samples=4", "search.paired=false",
+             "scheduler.grace_period=1", "search.sampler=random"]
+# (`all` is tested with test_tracking's sweep, which keeps every checkpoint: one sweep less here.)
+MLFLOW_KEEPS = {"best_and_last": {"best.pt", "last.pt"}, "best": {"best.pt"}, "top_k:1": {"best.pt", "last.pt"},
+                "none": set()}
+
+
+def _state(path: Path) -> str:
+    """'full' (optimiser state: resumable), 'weights' (weights only) or 'gone' for a checkpoint folder's last.pt."""
+    if not (path / "last.pt").exists():
+        return "gone"
+    checkpoint = torch.load(path / "last.pt", weights_only=True)
+    return "full" if "optimizer" in checkpoint else "weights"
+
+
+def _files(folder: Path, pattern: str = "*") -> int:
+    """Bytes of the regular files under `folder` matching -path `pattern`, summed by find(1) (du's apparent size)."""
+    sizes = subprocess.run(["find", str(folder), "-type", "f", "-path", pattern, "-printf", "%s\\n"], check=True,
+                           capture_output=True, text=True).stdout.split()
+    return sum(map(int, sizes))
+
+
+@pytest.fixture(scope="module")
+def retention_sweeps(ray_session, tmp_path_factory):
+    """One synthetic sweep per policy, each recorded in its own SQLite store."""
+    from sslsearch.search import run_sweep
+    from sslsearch.space import load_search_space
+    from sslsearch.synthetic import synthetic_trial
+    from sslsearch.tracking import MlflowTracking
+
+    sweeps = {}
+    for policy in MLFLOW_KEEPS:
+        storage = tmp_path_factory.mktemp(policy.replace(":", "-"))
+        experiment = load_experiment(None, [*RETENTION, f"tracking.checkpoints={policy}"])
+        space = load_search_space(experiment.space_path())
+        tracking = MlflowTracking(experiment, space, sweep="keep", storage=str(storage))
+        sweeps[policy] = (storage, run_sweep(experiment, space, name="keep", storage=str(storage), quiet=True,
+                                             trainable=synthetic_trial, synthetic={"epoch_seconds": 0.0},
+                                             callbacks=[tracking]))
+    return sweeps
+
+
+def assert_retained(summary, policy: str, client: MlflowClient, tmp_path: Path) -> None:
+    """Every trial of the ended sweep keeps, in Ray's storage and in MLflow, what `policy` says (retention.py)."""
+    ranked = sorted((t for t in summary.trials if t.rankable), key=lambda t: (-t.val_acc, -t.epoch))
+    top = {t.trial_id for t in ranked[:top_k(policy)]}
+    runs = {r.data.tags["sslsearch.trial_id"]: r for r in client.search_runs(
+        [client.get_experiment_by_name("sslsearch").experiment_id],
+        f"tags.`sslsearch.role` = 'trial' AND tags.`sslsearch.sweep` = '{summary.name}'")}
     for trial in summary.trials:
-        final = torch.load(Path(trial.checkpoint) / "last.pt", weights_only=True)
-        assert final["epoch"] == 2 and final["weights_only"] and (Path(trial.checkpoint) / "complete").exists()
+        folder = Path(summary.path) / f"trial_{trial.trial_id}"
+        reported = [json.loads(line) for line in (folder / "result.json").read_text().splitlines()]
+        kept = sorted(folder.glob("checkpoint_*"))  # checkpoint_00000k holds the trial's k-th report
+        assert all((k / "statistics.csv").is_file() for k in kept)
+        latest = kept[-1]
+        trained = [k for k in kept if reported[int(k.name[-6:])]["epoch"] > 0]  # as MLflow's best.pt: after epoch 0,
+        best = max(trained, key=lambda k: (reported[int(k.name[-6:])]["val_acc"], -int(k.name[-6:])))  # earlier on a tie
+        expected = {"best_and_last": {latest: "weights", best: "weights"}, "best": {best: "weights"},
+                    "top_k": {best: "weights", latest: "full" if trial.trial_id in top else "weights"},
+                    "all": {k: "weights" for k in kept}, "none": {}}[policy.split(":")[0]]
+        assert {k.name: _state(k) for k in kept} == {k.name: expected.get(k, "gone") for k in kept}, trial.trial_id
+        # MLflow: weights only, what the policy names.
+        artifacts = {Path(a.path).name for a in client.list_artifacts(runs[trial.trial_id].info.run_id, "checkpoints")}
+        if policy == "all":  # every report's weights too
+            assert {f"epoch_{r['epoch']}.pt" for r in reported} <= artifacts
+            artifacts -= {f"epoch_{r['epoch']}.pt" for r in reported}
+        assert artifacts == MLFLOW_KEEPS.get(policy, {"best.pt", "last.pt"})
+        for name in artifacts:
+            local = client.download_artifacts(runs[trial.trial_id].info.run_id, f"checkpoints/{name}", str(tmp_path))
+            assert torch.load(local, weights_only=True)["weights_only"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("policy", list(MLFLOW_KEEPS))
+def test_each_policy_keeps_full_state_only_for_top_k_and_weights_as_it_says(retention_sweeps, policy, tmp_path):
+    from sslsearch.tracking import default_tracking_uri
+
+    storage, summary = retention_sweeps[policy]
+    assert {t.outcome for t in summary.trials} <= {"completed", "stopped early"} and len(summary.trials) == 4
+    assert_retained(summary, policy, MlflowClient(default_tracking_uri(str(storage))), tmp_path)
+    states = [_state(k) for k in Path(summary.path).glob("trial_*/checkpoint_*")]
+    # Not vacuous: some folder lost its weights (Ray's runner-up) except where every one is kept.
+    assert states.count("full") == (1 if policy == "top_k:1" else 0) and ("gone" in states) == (policy != "all")
+
+
+@pytest.mark.slow
+def test_the_summary_names_the_disk_the_sweep_uses(retention_sweeps):
+    from sslsearch.retention import size_text
+    from sslsearch.tracking import artifact_bytes, default_tracking_uri
+
+    storage, summary = retention_sweeps["best_and_last"]
+    assert summary.disk.total == _files(Path(summary.path)) > 0
+    assert summary.disk.checkpoints == _files(Path(summary.path), "*/trial_*/checkpoint_*/*") > 0
+    mlflow = artifact_bytes(default_tracking_uri(str(storage)), "keep")
+    assert mlflow == _files(storage / "mlartifacts") > 0   # the store holds this one sweep
+    summary.mlflow_artifact_bytes = mlflow
+    assert (f"disk: {size_text(summary.disk.total)} in {summary.path} (checkpoints {size_text(summary.disk.checkpoints)}), "
+            f"MLflow artifacts {size_text(mlflow)}") in summary.format().splitlines()
+    assert [size_text(n) for n in (999, 12_345, 12_345_678, 2_500_000_000)] == ["999 B", "12.3 kB", "12.3 MB", "2.5 GB"]

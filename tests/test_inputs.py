@@ -68,6 +68,13 @@ EXPERIMENTS = [
     ("pretrain: {epochs: 2}\nresources: {gpus_per_trial: .inf}\n", None, [], "gpus_per_trial must be a finite number"),
     ("pretrain: {epochs: 2}\ntracking: {uri: 'file:///tmp/mlruns'}\n", None, [], "tracking.uri must be"),
     ("pretrain: {epochs: 2}\ntracking: {checkpoints: sometimes}\n", None, [], "tracking.checkpoints must be one of"),
+    ("pretrain: {epochs: 2}\ntracking: {checkpoints: 'top_k:0'}\n", None, [],
+     "tracking.checkpoints must be one of best_and_last, best, top_k:N, all, none \\(N a whole number ≥ 1\\), got 'top_k:0'"),
+    ("pretrain: {epochs: 2}\ntracking: {checkpoints: 'top_k:N'}\n", None, [], "tracking.checkpoints must be one of .* got 'top_k:N'"),
+    ("pretrain: {epochs: 2}\ntracking: {checkpoints: 'top_k:-1'}\n", None, [], "tracking.checkpoints must be one of"),
+    ("pretrain: {epochs: 2}\ntracking: {checkpoints: 'top_k:2.5'}\n", None, [], "tracking.checkpoints must be one of"),
+    ("pretrain: {epochs: 2}\ntracking: {checkpoints: 'top_k'}\n", None, [], "tracking.checkpoints must be one of"),
+    ("pretrain: {epochs: 2}\ntracking: {checkpoints: {top_k: 3}}\n", None, [], "tracking.checkpoints must be text"),
 ]
 
 OVERRIDES = [
@@ -84,6 +91,8 @@ OVERRIDES = [
     (None, None, ["--set", "pretrain.epochs.x=1"], "epochs is not a section"),
     (None, None, ["--set", "search.num_samples=0"], "num_samples must be ≥ 1"),
     (None, None, ["--set", "resources.max_failures=-2"], "max_failures must be ≥ 0"),
+    (None, None, ["--set", "tracking.checkpoints=top_k:x"], "tracking.checkpoints must be one of .* got 'top_k:x'"),
+    (None, None, ["--set", "tracking.checkpoints=best_and_lasts"], "tracking.checkpoints must be one of"),
     (None, None, ["--name", "a b"], "--name may hold letters"),
     (None, None, ["--name", "../up"], "--name may hold letters"),
 ]

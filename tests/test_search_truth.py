@@ -11,10 +11,11 @@ from pathlib import Path
 
 import optuna
 import pytest
+import torch
 
 from sslsearch.config import load_experiment
 from sslsearch.errors import InputError
-from sslsearch.search import resume_sweep, run_sweep
+from sslsearch.search import resume_sweep, run_sweep, saved_statuses
 from sslsearch.space import load_search_space
 from sslsearch.synthetic import CHANCE, synthetic_trial
 
@@ -180,8 +181,15 @@ def test_a_killed_and_resumed_sweep_stops_the_same_trials_at_the_same_epochs(ray
         driver.wait()
     finally:
         _kill_processes_mentioning(marker)
+    # Checkpoint retention: every trial that Ray's saved state does not record as ended still holds its full training
+    # state (the synthetic trial, like pretrain, refuses to resume from weights only); after the resume, none does.
+    unfinished = [sorted((sweep_dir / folder).glob("checkpoint_*/last.pt"))
+                  for folder, status in saved_statuses(str(sweep_dir)).items() if status != "TERMINATED"]
+    assert any(unfinished)
+    assert all("optimizer" in torch.load(kept[-1], weights_only=True) for kept in unfinished if kept)
     resumed = resume_sweep("s", str(tmp_path / "b"), trainable=synthetic_trial)
     assert _stops(resumed) == reference
+    assert not any("optimizer" in torch.load(path, weights_only=True) for path in sweep_dir.glob("trial_*/checkpoint_*/last.pt"))
     outcomes = {(t.pair, t.loss): t.outcome for t in uninterrupted.trials}
     assert {(t.pair, t.loss): t.outcome for t in resumed.trials} == outcomes
 

@@ -180,6 +180,14 @@ def test_sweep_leaves_a_parent_run_and_one_child_per_trial(store, request, tmp_p
 
 
 @pytest.mark.slow
+def test_an_interrupted_and_resumed_sweep_keeps_every_checkpoint_weights_only_with_policy_all(sqlite_sweep, tmp_path):
+    from test_checkpoints import assert_retained
+
+    assert sqlite_sweep.experiment.tracking.checkpoints == "all"
+    assert_retained(sqlite_sweep.summary, "all", MlflowClient(sqlite_sweep.uri), tmp_path)
+
+
+@pytest.mark.slow
 def test_one_batched_request_per_report(server_sweep):
     """Counts every HTTP request of the driver: each report costs one log-batch, plus one upload of best.pt
     when val_acc improves; the rest is a fixed cost per sweep and per trial."""
