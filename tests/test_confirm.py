@@ -13,7 +13,8 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 from sslsearch.cli import main  # noqa: E402
 from sslsearch.confirm import plan_confirmation  # noqa: E402
 from sslsearch.errors import InputError  # noqa: E402
-from test_sweep import SSLSEARCH, _kill_processes_mentioning, _private_ray_env, _trial_epochs  # noqa: E402
+from local_processes import kill_processes_mentioning  # noqa: E402
+from test_sweep import SSLSEARCH, _private_ray_env, _trial_epochs  # noqa: E402
 
 
 def _row(trial_id, loss, val_acc, lmbda, seed):
@@ -79,12 +80,12 @@ def test_confirm_killed_and_continued_records_every_trial_once(ray_session, tmp_
         os.killpg(driver.pid, signal.SIGKILL)
         driver.wait()
     finally:
-        _kill_processes_mentioning(marker)
+        kill_processes_mentioning(marker)
     killed_at = _trial_epochs(stage)
     try:
         again = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     finally:
-        _kill_processes_mentioning(marker)
+        kill_processes_mentioning(marker)
     assert again.returncode == 0, again.stdout + again.stderr
     assert "confirm tiny: 2 trials (2 completed)" in again.stdout, again.stdout
     assert "confirmed pairs (hsic − barlow final val_acc): n = 1 pair — not enough pairs" in again.stdout

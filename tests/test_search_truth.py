@@ -153,7 +153,8 @@ def _stops(summary) -> dict[tuple, int]:
 def test_a_killed_and_resumed_sweep_stops_the_same_trials_at_the_same_epochs(ray_session, tmp_path):
     """ASHA's rungs are part of the sweep's saved state: the driver is SIGKILLed mid-sweep, and the
     resumed sweep decides exactly as an uninterrupted one with the same seed."""
-    from test_sweep import _kill_processes_mentioning, _private_ray_env
+    from local_processes import kill_processes_mentioning
+    from test_sweep import _private_ray_env
 
     overrides = ["search.sampler=random", "search.num_samples=10", "pretrain.epochs=8"]
     synthetic = {"epoch_seconds": 0.15}
@@ -180,7 +181,7 @@ def test_a_killed_and_resumed_sweep_stops_the_same_trials_at_the_same_epochs(ray
         os.killpg(driver.pid, signal.SIGKILL)
         driver.wait()
     finally:
-        _kill_processes_mentioning(marker)
+        kill_processes_mentioning(marker)
     # Checkpoint retention: every trial that Ray's saved state does not record as ended still holds its full training
     # state (the synthetic trial, like pretrain, refuses to resume from weights only); after the resume, none does.
     unfinished = [sorted((sweep_dir / folder).glob("checkpoint_*/last.pt"))
