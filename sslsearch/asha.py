@@ -42,6 +42,7 @@ class PairedASHA(FIFOScheduler):
         self._metric, self._mode = metric, "max"
         self.max_epochs, self.reduction_factor, self.paired = max_epochs, reduction_factor, paired
         self.rungs = rung_epochs(max_epochs, eval_every, grace_period, reduction_factor)
+        self._pairs: dict = {}   # pair → its trials, as Ray adds them (the twin in O(1), not a scan of every trial)
         self._reset()
 
     def _reset(self) -> None:
@@ -77,12 +78,16 @@ class PairedASHA(FIFOScheduler):
     def _unit(self, trial: Trial) -> str:
         return f"pair {trial.config.get('pair')}" if self.paired else trial.trial_id
 
+    def on_trial_add(self, tune_controller, trial: Trial) -> None:
+        # (setdefault: a scheduler unpickled from a sweep saved before this index existed)
+        self.__dict__.setdefault("_pairs", {}).setdefault(trial.config.get("pair"), []).append(trial)
+
     def _twin(self, tune_controller, trial: Trial) -> Trial | None:
         pair = trial.config.get("pair")
-        for other in tune_controller.get_trials():
-            if other is not trial and other.config.get("pair") == pair:
-                return other
-        return None
+        known = self.__dict__.get("_pairs", {}).get(pair, ())
+        if trial not in known:  # added without on_trial_add: look through every trial
+            known = tune_controller.get_trials()
+        return next((other for other in known if other is not trial and other.config.get("pair") == pair), None)
 
     def _judge(self, rung: int, unit: str, value: float) -> str:
         """ASHA's rule: stop below the rung's (1 − 1/factor) quantile of the units recorded before."""
