@@ -221,6 +221,17 @@ def _timed_function(function, name: str):
     return timed
 
 
+def _counted_reuse(function):
+    @functools.wraps(function)
+    def counted(*args, **kwargs):
+        reused = function(*args, **kwargs)
+        if reused:
+            with PROFILE.lock:
+                PROFILE.calls.setdefault("ray.actor_reuses", [0, 0.0, 0.0])[0] += 1
+        return reused
+    return counted
+
+
 @contextlib.contextmanager
 def _instrumented():
     """For the sweep only: time Ray's experiment-state saves (and measure what they write), and count
@@ -229,6 +240,7 @@ def _instrumented():
     import requests
     import ray.train._internal.storage as ray_storage
     from ray.tune.execution.tune_controller import TuneController
+    from ray.air.execution._internal.actor_manager import RayActorManager
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback, TBXLoggerCallback
 
     save_to_dir = TuneController.save_to_dir
@@ -246,6 +258,11 @@ def _instrumented():
                 _timed_function(ray_storage._upload_to_fs_path, "ray.upload_experiment_state")),
                (requests.Session, "request", requests.Session.request,
                 _timed_function(requests.Session.request, "http.request"))]
+    # Trial actors Ray asks for (a new process each), and those it reuses from its cache.
+    patched += [(RayActorManager, "add_actor", RayActorManager.add_actor,
+                 _timed_function(RayActorManager.add_actor, "ray.actor_requests")),
+                (TuneController, "_maybe_reuse_cached_actor", TuneController._maybe_reuse_cached_actor,
+                 _counted_reuse(TuneController._maybe_reuse_cached_actor))]
     patched += [(PairedASHA, name, getattr(PairedASHA, name), _timed_function(getattr(PairedASHA, name), f"scheduler.{name}"))
                 for name in ("on_trial_result", "choose_trial_to_run")]
     patched += [(owner, name, owner.__dict__[name], _timed_function(owner.__dict__[name], f"ray.logger.{label}"))
@@ -270,8 +287,9 @@ def _rss_mb() -> float:
     return float("nan")
 
 
-def _tree_cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process and its descendants, from /proc (Linux)."""
+def _tree_cpu_seconds(pid: int, reaped: bool = False) -> float:
+    """User + system CPU seconds of a process and its descendants, from /proc (Linux); `reaped`: with
+    the descendants that ended and were waited for (Ray's trial actors, counted by the raylet)."""
     ticks = os.sysconf("SC_CLK_TCK")
     stats = {}
     for entry in Path("/proc").iterdir():
@@ -280,7 +298,8 @@ def _tree_cpu_seconds(pid: int) -> float:
                 fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
             except OSError:
                 continue
-            stats[int(entry.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / ticks)
+            spent = int(fields[11]) + int(fields[12]) + (int(fields[13]) + int(fields[14]) if reaped else 0)
+            stats[int(entry.name)] = (int(fields[1]), spent / ticks)
     total, frontier = 0.0, [pid]
     while frontier:
         current = frontier.pop()
@@ -385,11 +404,14 @@ def measure_sweep(trials: int, reports: int = 10, concurrency: int = 8, report_s
                 failure_config=tune.FailureConfig(max_failures=0)))
         rss_before = _rss_mb()
         server_cpu_before = _tree_cpu_seconds(server_pid) if server_pid else None
+        tree_cpu_before = _tree_cpu_seconds(os.getpid(), reaped=True)
         with _instrumented():
             cpu, wall = time.process_time(), time.perf_counter()
             results = tuner.fit()
             cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
         server_cpu = _tree_cpu_seconds(server_pid) - server_cpu_before if server_pid else None
+        # Everything the sweep cost the machine: the driver, Ray's raylet and GCS, every trial actor.
+        tree_cpu = _tree_cpu_seconds(os.getpid(), reaped=True) - tree_cpu_before
         rss_after = _rss_mb()
     summary = summarize(results, name, sweep_path(str(folder), name), wall, concurrency, None)
     reported = sum(int((r.metrics or {}).get("training_iteration", 0)) for r in results)
@@ -399,7 +421,8 @@ def measure_sweep(trials: int, reports: int = 10, concurrency: int = 8, report_s
         "reports_max": reports + 1, "report_seconds": report_seconds, "checkpoint_mb": checkpoint_mb,
         "tracking": tracking, "sampler": sampler, "ray_num_to_keep": ray_num_to_keep, "append_snapshot": append_snapshot,
         "ray_loggers": ray_loggers,
-        "outcomes": outcome, "storage": str(folder),
+        "outcomes": outcome, "storage": str(folder), "all_processes_cpu_s": tree_cpu,
+        "all_processes_cpu_ms_per_trial": 1e3 * tree_cpu / trials,
         "memory_mb": {"before": rss_before, "after": rss_after,
                       "peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024},
     })
@@ -461,6 +484,8 @@ def _figures(trials, reported, concurrency, wall, cpu, summary, server_cpu) -> d
                    "http_requests": http["calls"], "http_seconds": http["wall_s"], "server_cpu_s": server_cpu},
         # With reuse_actors, Ray starts a trial actor only when no idle one is cached; each start imports the trainable.
         "actor_processes": len(PROFILE.actors),
+        "actor_requests": calls.get("ray.actor_requests", {}).get("calls", 0),
+        "actor_reuses": calls.get("ray.actor_reuses", {}).get("calls", 0),
         "ray_state_saves": {"count": len(saves), "cpu_s": sum(s[2] for s in saves), "wall_s": sum(s[1] for s in saves),
                             "last_ms": 1e3 * saves[-1][1] if saves else None,
                             "last_bytes": saves[-1][3] if saves else None,
@@ -609,6 +634,10 @@ def format_bench_platform(result: dict) -> str:
         if any(name in r["components"] for r in runs):
             row(f"  CPU s in {name}", [f"{r['components'].get(name, {}).get('cpu_s', 0.0):.2f}" for r in runs])
     row("  CPU s elsewhere (Ray's loop and threads)", [f"{r['ray_rest_cpu_s']:.1f}" for r in runs])
+    row("CPU s, all processes (driver, Ray, actors)", [f"{r.get('all_processes_cpu_s', math.nan):.1f}" for r in runs])
+    row("  ms per trial", [f"{r.get('all_processes_cpu_ms_per_trial', math.nan):.0f}" for r in runs])
+    row("trial actors: requested / reused / reported", [f"{r.get('actor_requests', 0)}/{r.get('actor_reuses', 0)}/"
+                                                         f"{r.get('actor_processes', 0)}" for r in runs])
     row("suggest ms, first tenth of calls", [f"{r['suggest_ms'].get('first_ms', math.nan):.1f}" for r in runs])
     row("suggest ms, last tenth of calls", [f"{r['suggest_ms'].get('last_ms', math.nan):.1f}" for r in runs])
     row("study snapshot ms, last tenth", [f"{r['snapshot_ms'].get('last_ms', math.nan):.1f}" for r in runs])
