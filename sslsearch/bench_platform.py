@@ -565,7 +565,7 @@ def suggest_latency(finished: tuple[int, ...] = (50, 200, 1000), samplers: tuple
 def bench_platform(trials: tuple[int, ...] = (50, 200, 1000), reports: int = 10, concurrency: int = 8,
                    report_seconds: float = 0.25, checkpoint_mb: float = 1.0, tracking: str = "sqlite",
                    sampler: str = "tpe", ray_num_to_keep: int | None = 2, append_snapshot: bool = True,
-                   timeout_s: float = 3600) -> dict:
+                   ray_loggers: str = "all", timeout_s: float = 3600) -> dict:
     """`measure_sweep` for each sweep size, each in a fresh Python process: its own Ray instance and
     clean memory figures. Returns the settings and one result per size."""
     if not trials:
@@ -575,7 +575,7 @@ def bench_platform(trials: tuple[int, ...] = (50, 200, 1000), reports: int = 10,
         _sweep_experiment(n, reports, concurrency, sampler, None)
     settings = {"reports": reports, "concurrency": concurrency, "report_seconds": report_seconds,
                 "checkpoint_mb": checkpoint_mb, "tracking": tracking, "sampler": sampler,
-                "ray_num_to_keep": ray_num_to_keep, "append_snapshot": append_snapshot}
+                "ray_num_to_keep": ray_num_to_keep, "append_snapshot": append_snapshot, "ray_loggers": ray_loggers}
     runs = []
     for n in trials:
         with tempfile.TemporaryDirectory(prefix="sslsearch-bench-platform-") as folder:
@@ -613,7 +613,8 @@ def format_bench_platform(result: dict) -> str:
     """The curves as a table: one column per sweep size."""
     runs = result["runs"]
     fix = "".join([f", Ray num_to_keep={result['ray_num_to_keep']}" if result["ray_num_to_keep"] != 1 else "",
-                   ", appended study snapshot" if result["append_snapshot"] else ""])
+                   ", appended study snapshot" if result["append_snapshot"] else "",
+                   ", Ray's result.json only" if result.get("ray_loggers") == "json" else ""])
     lines = [f"platform: synthetic trials ({result['report_seconds']} s per report interval, {result['checkpoint_mb']} MB "
              f"checkpoints, up to {result['reports'] + 1} reports), {result['concurrency']} at a time, {result['sampler']} "
              f"sampler, MLflow: {result['tracking']}{fix}; {result['machine']['cpus']} CPUs, {result['machine']['date']}"]
