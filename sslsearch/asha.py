@@ -77,12 +77,36 @@ class PairedASHA(FIFOScheduler):
     def _unit(self, trial: Trial) -> str:
         return f"pair {trial.config.get('pair')}" if self.paired else trial.trial_id
 
+    # -- the trials as Ray adds them: a twin, and the trials still to run, without a scan of every trial -------
+    # (Per decision and per step of Ray's loop, a scan is O(trials), so O(trials²) over a sweep: docs/scale.md.)
+
+    def _index(self) -> tuple[dict, dict]:
+        """pair → its trials; trial id → trial for the trials not yet seen ended. (setdefault: a scheduler
+        unpickled from a sweep saved before the index existed starts it empty.)"""
+        return self.__dict__.setdefault("_pairs", {}), self.__dict__.setdefault("_open", {})
+
+    def on_trial_add(self, tune_controller, trial: Trial) -> None:
+        pairs, open_trials = self._index()
+        pairs.setdefault(trial.config.get("pair"), []).append(trial)
+        open_trials[trial.trial_id] = trial
+        self.__dict__["_added"] = self.__dict__.get("_added", 0) + 1
+
+    def _candidates(self, tune_controller) -> list:
+        """The trials that may be paused or pending, in the order Ray added them."""
+        trials = tune_controller.get_trials()
+        if len(trials) != self.__dict__.get("_added", 0):   # trials added without on_trial_add: all of them
+            return trials
+        open_trials = self._index()[1]
+        for trial in [t for t in open_trials.values() if t.status in (Trial.TERMINATED, Trial.ERROR)]:
+            del open_trials[trial.trial_id]   # (one that reports again is back through on_trial_result)
+        return list(open_trials.values())
+
     def _twin(self, tune_controller, trial: Trial) -> Trial | None:
         pair = trial.config.get("pair")
-        for other in tune_controller.get_trials():
-            if other is not trial and other.config.get("pair") == pair:
-                return other
-        return None
+        known = self._index()[0].get(pair, ())
+        if trial not in known:  # added without on_trial_add: look through every trial
+            known = tune_controller.get_trials()
+        return next((other for other in known if other is not trial and other.config.get("pair") == pair), None)
 
     def _judge(self, rung: int, unit: str, value: float) -> str:
         """ASHA's rule: stop below the rung's (1 − 1/factor) quantile of the units recorded before."""
@@ -94,6 +118,7 @@ class PairedASHA(FIFOScheduler):
         return TrialScheduler.CONTINUE
 
     def on_trial_result(self, tune_controller, trial: Trial, result: dict) -> str:
+        self._index()[1].setdefault(trial.trial_id, trial)   # (only a trial that reports can be paused)
         if "epoch" not in result or self._metric not in result:
             return TrialScheduler.CONTINUE
         epoch, value = int(result["epoch"]), float(result[self._metric])
@@ -162,11 +187,16 @@ class PairedASHA(FIFOScheduler):
         self._partner_ended(tune_controller, trial)
 
     def choose_trial_to_run(self, tune_controller) -> Trial | None:
-        for trial in tune_controller.get_trials():
+        candidates = self._candidates(tune_controller)
+        for trial in candidates:
             if trial.trial_id in self.doomed and trial.status in (Trial.PAUSED, Trial.PENDING):
                 self._stop(tune_controller, trial)
-        for status in (Trial.PENDING, Trial.PAUSED):
-            for trial in tune_controller.get_trials():
+        # Paused first, as ASHA promotes before it starts new configurations: a twin released at its rung resumes
+        # at once. (Pending first, as Ray's FIFO order has it, a released twin waits until no new trial waits for
+        # an actor, while it holds its place under max_concurrent: measured in docs/scale.md. Ray starts pending
+        # trials on its own, in its step, whatever this returns.)
+        for status in (Trial.PAUSED, Trial.PENDING):
+            for trial in candidates:
                 if trial.status == status and trial.trial_id not in self.waiting and trial.trial_id not in self.doomed:
                     return trial
         return None

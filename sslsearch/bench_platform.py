@@ -45,6 +45,7 @@ from ray import tune
 from sslsearch.config import PROJECT_ROOT, load_experiment
 from sslsearch.errors import InputError
 from sslsearch.asha import PairedASHA, RungState
+from sslsearch.platform_trial import synthetic_trial, synthetic_val_acc
 from sslsearch.search import (METRIC, MODE, LiveView, SweepSearcher, connect_ray, make_scheduler, summarize,
                               sweep_path, write_study_snapshot)
 from sslsearch.space import load_search_space
@@ -60,25 +61,19 @@ QUICK = {"trials": (4, 8), "reports": 2, "concurrency": 2, "report_seconds": 0.0
 TOP_LEVEL = ("searcher.suggest", "searcher.on_trial_result", "searcher.on_trial_complete", "tracking.setup",
              "tracking.on_trial_start", "tracking.on_trial_result", "tracking.on_checkpoint",
              "tracking.on_trial_complete", "tracking.on_trial_error", "tracking.on_experiment_end",
-             "liveview.on_trial_result", "liveview.on_trial_complete", "ray.save_experiment_state")
+             "liveview.on_trial_result", "liveview.on_trial_complete", "scheduler.on_trial_result",
+             "scheduler.choose_trial_to_run", "ray.logger.json", "ray.logger.csv", "ray.logger.tbx",
+             "ray.save_experiment_state")
+# Components timed on threads of their own: MLflow's sender (the records the hooks queue) and Ray's upload
+# of its experiment state.
+OWN_THREADS = ("tracking.send", "tracking.send.sweep", "ray.upload_experiment_state")
 MLFLOW_METHODS = ("create_experiment", "get_experiment_by_name", "search_runs", "create_run", "get_run", "update_run",
                   "log_batch", "log_artifact", "log_artifacts", "set_terminated", "set_tag", "log_metric", "log_param")
 
 
 # ---------------------------------------------------------------------------------------------
-# The synthetic trial: reports and checkpoints like trainable.run_trial, trains nothing
+# The synthetic trial (sslsearch.platform_trial): its checkpoint file
 # ---------------------------------------------------------------------------------------------
-
-def synthetic_val_acc(config: dict, epoch: int, rng: random.Random) -> float:
-    """A learning curve whose ceiling depends smoothly on λ, lr and feature_dim (so TPE and ASHA
-    have a signal to follow); chance level (10 %) at epoch 0."""
-    lmbda, lr = config.get("lmbda", 0.005), config.get("lr", 1e-3)
-    quality = (1 - 0.08 * math.log10(lmbda / 5e-3) ** 2 - 0.12 * math.log10(lr / 1e-3) ** 2
-               + 0.01 * math.log2(config.get("feature_dim", 128) / 128) + 0.01 * (config.get("loss") == "hsic"))
-    ceiling = 10 + 80 * min(1.0, max(0.0, quality))
-    epochs = config["base"]["epochs"]
-    return 10 + (ceiling - 10) * (1 - math.exp(-3 * epoch / epochs)) + (rng.gauss(0, 0.5) if epoch else 0.0)
-
 
 @functools.lru_cache(maxsize=4)
 def _payload(size: int) -> bytes:
@@ -94,31 +89,11 @@ def _payload(size: int) -> bytes:
     return buffer.getvalue()
 
 
-def synthetic_trial(config: dict) -> None:
-    """Ray Tune function trainable: the report schedule of train.pretrain (epoch 0, then every
-    eval_every epochs and the last), a sleep of `report_seconds` per interval, a checkpoint folder
-    (last.pt of `checkpoint_bytes`, statistics.csv, trial_seconds.txt) with every report."""
-    base, bench = config["base"], config["bench"]
-    epochs, every = base["epochs"], base["eval_every"]
-    rng = random.Random(f"{config.get('seed')}-{config.get('loss')}-{config.get('lmbda')}-{config.get('lr')}")
-    started = time.perf_counter()
-    rows = []
-    for epoch in [e for e in range(epochs + 1) if e % every == 0 or e == epochs]:
-        if epoch:
-            time.sleep(bench["report_seconds"] * (epoch - rows[-1]["epoch"]) / every)
-        acc = synthetic_val_acc(config, epoch, rng)
-        metrics = {"epoch": epoch, "loss": 100.0 / (1 + epoch), "val_acc": acc, "knn_acc": acc - 2,
-                   "images_per_s": 0.0, "trial_seconds": time.perf_counter() - started,
-                   "node_id": ray.get_runtime_context().get_node_id()}
-        if epoch == epochs and config.get("final_test", True):
-            metrics["test_acc"] = acc - 1
-        rows.append(metrics)
-        with tempfile.TemporaryDirectory() as folder:
-            (Path(folder) / "last.pt").write_bytes(_payload(bench["checkpoint_bytes"]))
-            (Path(folder) / "statistics.csv").write_text(
-                "epoch,val_acc\n" + "".join(f"{r['epoch']},{r['val_acc']:.3f}\n" for r in rows))
-            (Path(folder) / "trial_seconds.txt").write_text(repr(metrics["trial_seconds"]))
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+def payload_file(folder: Path, size: int) -> Path:
+    """The checkpoint file every synthetic report copies as its last.pt, written once per sweep."""
+    path = folder / "payload.pt"
+    path.write_bytes(_payload(size))
+    return path
 
 
 # ---------------------------------------------------------------------------------------------
@@ -134,6 +109,7 @@ class _Profile:
         self.suggests: list[tuple] = []       # (finished trials at the call, wall s, cpu s)
         self.snapshots: list[tuple] = []      # (finished trials, wall s, cpu s)
         self.saves: list[tuple] = []          # (trials known to Ray, wall s, cpu s, bytes written)
+        self.actors: set = set()              # process ids of the trial actors that reported
 
     @contextlib.contextmanager
     def timed(self, name: str):
@@ -219,11 +195,18 @@ class _TimedTracking(MlflowTracking):
         with PROFILE.timed("tracking.on_experiment_end"):
             super().on_experiment_end(*args, **kwargs)
 
+    def _attempt(self, record: list) -> bool:
+        # The sender thread's work (at the end of the sweep, on_experiment_end waits for it: both count).
+        # The first record creates (or opens) the MLflow store and the sweep's run: once per sweep, timed apart.
+        with PROFILE.timed("tracking.send.sweep" if record[0] == "sweep" else "tracking.send"):
+            return super()._attempt(record)
+
 
 class _TimedLiveView(LiveView):
-    def on_trial_result(self, *args, **kwargs):
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        PROFILE.actors.add(result.get("pid"))
         with PROFILE.timed("liveview.on_trial_result"):
-            super().on_trial_result(*args, **kwargs)
+            super().on_trial_result(iteration, trials, trial, result, **info)
 
     def on_trial_complete(self, *args, **kwargs):
         with PROFILE.timed("liveview.on_trial_complete"):
@@ -238,6 +221,17 @@ def _timed_function(function, name: str):
     return timed
 
 
+def _counted_reuse(function):
+    @functools.wraps(function)
+    def counted(*args, **kwargs):
+        reused = function(*args, **kwargs)
+        if reused:
+            with PROFILE.lock:
+                PROFILE.calls.setdefault("ray.actor_reuses", [0, 0.0, 0.0])[0] += 1
+        return reused
+    return counted
+
+
 @contextlib.contextmanager
 def _instrumented():
     """For the sweep only: time Ray's experiment-state saves (and measure what they write), and count
@@ -246,6 +240,8 @@ def _instrumented():
     import requests
     import ray.train._internal.storage as ray_storage
     from ray.tune.execution.tune_controller import TuneController
+    from ray.air.execution._internal.actor_manager import RayActorManager
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback, TBXLoggerCallback
 
     save_to_dir = TuneController.save_to_dir
 
@@ -262,6 +258,16 @@ def _instrumented():
                 _timed_function(ray_storage._upload_to_fs_path, "ray.upload_experiment_state")),
                (requests.Session, "request", requests.Session.request,
                 _timed_function(requests.Session.request, "http.request"))]
+    # Trial actors Ray asks for (a new process each), and those it reuses from its cache.
+    patched += [(RayActorManager, "add_actor", RayActorManager.add_actor,
+                 _timed_function(RayActorManager.add_actor, "ray.actor_requests")),
+                (TuneController, "_maybe_reuse_cached_actor", TuneController._maybe_reuse_cached_actor,
+                 _counted_reuse(TuneController._maybe_reuse_cached_actor))]
+    patched += [(PairedASHA, name, getattr(PairedASHA, name), _timed_function(getattr(PairedASHA, name), f"scheduler.{name}"))
+                for name in ("on_trial_result", "choose_trial_to_run")]
+    patched += [(owner, name, owner.__dict__[name], _timed_function(owner.__dict__[name], f"ray.logger.{label}"))
+                for owner, label in ((JsonLoggerCallback, "json"), (CSVLoggerCallback, "csv"), (TBXLoggerCallback, "tbx"))
+                for name in ("log_trial_start", "log_trial_result", "log_trial_end") if name in owner.__dict__]
     patched += [(mlflow.MlflowClient, name, getattr(mlflow.MlflowClient, name),
                  _timed_function(getattr(mlflow.MlflowClient, name), f"mlflow.{name}"))
                 for name in MLFLOW_METHODS if hasattr(mlflow.MlflowClient, name)]
@@ -281,8 +287,9 @@ def _rss_mb() -> float:
     return float("nan")
 
 
-def _tree_cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process and its descendants, from /proc (Linux)."""
+def _tree_cpu_seconds(pid: int, reaped: bool = False) -> float:
+    """User + system CPU seconds of a process and its descendants, from /proc (Linux); `reaped`: with
+    the descendants that ended and were waited for (Ray's trial actors, counted by the raylet)."""
     ticks = os.sysconf("SC_CLK_TCK")
     stats = {}
     for entry in Path("/proc").iterdir():
@@ -291,7 +298,8 @@ def _tree_cpu_seconds(pid: int) -> float:
                 fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
             except OSError:
                 continue
-            stats[int(entry.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / ticks)
+            spent = int(fields[11]) + int(fields[12]) + (int(fields[13]) + int(fields[14]) if reaped else 0)
+            stats[int(entry.name)] = (int(fields[1]), spent / ticks)
     total, frontier = 0.0, [pid]
     while frontier:
         current = frontier.pop()
@@ -342,7 +350,7 @@ def _mlflow_server(folder: Path):
 def measure_sweep(trials: int, reports: int = 10, concurrency: int = 8, report_seconds: float = 0.25,
                   checkpoint_mb: float = 1.0, tracking: str = "sqlite", sampler: str = "tpe",
                   storage: str | None = None, ray_num_to_keep: int | None = 2, append_snapshot: bool = True,
-                  experiment_path: str | Path | None = None) -> dict:
+                  ray_loggers: str = "all", experiment_path: str | Path | None = None) -> dict:
     """Run one synthetic sweep of `trials` trials (`reports` report intervals at most each) and return
     the driver's figures. Uses the Ray instance already running in this process, else starts one with
     `concurrency` CPUs. `ray_num_to_keep` and `append_snapshot` are the fixes measured in docs/scale.md."""
@@ -364,6 +372,11 @@ def measure_sweep(trials: int, reports: int = 10, concurrency: int = 8, report_s
             uri, server_pid = stack.enter_context(_mlflow_server(folder))
         connect_ray(None, num_cpus=concurrency)
         callbacks = [_TimedLiveView(quiet=False)]
+        if ray_loggers == "json":  # Ray's result.json only, not its progress.csv and TensorBoard files
+            from ray.tune.logger import JsonLoggerCallback
+
+            os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
+            callbacks.append(JsonLoggerCallback())
         if tracking != "none":
             callbacks.append(_TimedTracking(experiment, space, sweep=name, storage=str(folder), tracking_uri=uri))
         searcher = _TimedSearcher(space, max_epochs=experiment.pretrain.epochs, sampler=sampler,
@@ -378,7 +391,8 @@ def measure_sweep(trials: int, reports: int = 10, concurrency: int = 8, report_s
         tuner = tune.Tuner(
             tune.with_resources(synthetic_trial, {"cpu": 1}),
             param_space={"base": experiment.pretrain.to_dict(), "final_test": True, "cpus": 1,
-                         "bench": {"report_seconds": report_seconds, "checkpoint_bytes": int(checkpoint_mb * 2 ** 20)}},
+                         "bench": {"report_seconds": report_seconds,
+                                   "payload": str(payload_file(folder, int(checkpoint_mb * 2 ** 20)))}},
             tune_config=tune.TuneConfig(
                 search_alg=searcher, num_samples=trials, max_concurrent_trials=concurrency, reuse_actors=True,
                 scheduler=scheduler,
@@ -390,11 +404,14 @@ def measure_sweep(trials: int, reports: int = 10, concurrency: int = 8, report_s
                 failure_config=tune.FailureConfig(max_failures=0)))
         rss_before = _rss_mb()
         server_cpu_before = _tree_cpu_seconds(server_pid) if server_pid else None
+        tree_cpu_before = _tree_cpu_seconds(os.getpid(), reaped=True)
         with _instrumented():
             cpu, wall = time.process_time(), time.perf_counter()
             results = tuner.fit()
             cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
         server_cpu = _tree_cpu_seconds(server_pid) - server_cpu_before if server_pid else None
+        # Everything the sweep cost the machine: the driver, Ray's raylet and GCS, every trial actor.
+        tree_cpu = _tree_cpu_seconds(os.getpid(), reaped=True) - tree_cpu_before
         rss_after = _rss_mb()
     summary = summarize(results, name, sweep_path(str(folder), name), wall, concurrency, None)
     reported = sum(int((r.metrics or {}).get("training_iteration", 0)) for r in results)
@@ -403,7 +420,9 @@ def measure_sweep(trials: int, reports: int = 10, concurrency: int = 8, report_s
     result.update({
         "reports_max": reports + 1, "report_seconds": report_seconds, "checkpoint_mb": checkpoint_mb,
         "tracking": tracking, "sampler": sampler, "ray_num_to_keep": ray_num_to_keep, "append_snapshot": append_snapshot,
-        "outcomes": outcome, "storage": str(folder),
+        "ray_loggers": ray_loggers,
+        "outcomes": outcome, "storage": str(folder), "all_processes_cpu_s": tree_cpu,
+        "all_processes_cpu_ms_per_trial": 1e3 * tree_cpu / trials,
         "memory_mb": {"before": rss_before, "after": rss_after,
                       "peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024},
     })
@@ -441,8 +460,8 @@ def _check_settings(trials, reports, concurrency, report_seconds, checkpoint_mb,
 
 def _figures(trials, reported, concurrency, wall, cpu, summary, server_cpu) -> dict:
     calls = {name: {"calls": c, "wall_s": w, "cpu_s": u} for name, (c, w, u) in sorted(PROFILE.calls.items())}
-    sslsearch_cpu = sum(calls[n]["cpu_s"] for n in TOP_LEVEL + ("ray.upload_experiment_state",) if n in calls)
-    setup = calls.get("tracking.setup", {}).get("cpu_s", 0.0)
+    sslsearch_cpu = sum(calls[n]["cpu_s"] for n in TOP_LEVEL + OWN_THREADS if n in calls)
+    setup = sum(calls.get(name, {}).get("cpu_s", 0.0) for name in ("tracking.setup", "tracking.send.sweep"))
     own = sum(t.trial_seconds for t in summary.trials) / concurrency
     mlflow_calls = {k: v for k, v in calls.items() if k.startswith("mlflow.")}
     http = calls.get("http.request", {"calls": 0, "wall_s": 0.0})
@@ -463,6 +482,10 @@ def _figures(trials, reported, concurrency, wall, cpu, summary, server_cpu) -> d
                    "calls_per_report": sum(v["calls"] for v in mlflow_calls.values()) / max(1, reported),
                    "ms_per_report": 1e3 * sum(v["wall_s"] for v in mlflow_calls.values()) / max(1, reported),
                    "http_requests": http["calls"], "http_seconds": http["wall_s"], "server_cpu_s": server_cpu},
+        # With reuse_actors, Ray starts a trial actor only when no idle one is cached; each start imports the trainable.
+        "actor_processes": len(PROFILE.actors),
+        "actor_requests": calls.get("ray.actor_requests", {}).get("calls", 0),
+        "actor_reuses": calls.get("ray.actor_reuses", {}).get("calls", 0),
         "ray_state_saves": {"count": len(saves), "cpu_s": sum(s[2] for s in saves), "wall_s": sum(s[1] for s in saves),
                             "last_ms": 1e3 * saves[-1][1] if saves else None,
                             "last_bytes": saves[-1][3] if saves else None,
@@ -542,7 +565,7 @@ def suggest_latency(finished: tuple[int, ...] = (50, 200, 1000), samplers: tuple
 def bench_platform(trials: tuple[int, ...] = (50, 200, 1000), reports: int = 10, concurrency: int = 8,
                    report_seconds: float = 0.25, checkpoint_mb: float = 1.0, tracking: str = "sqlite",
                    sampler: str = "tpe", ray_num_to_keep: int | None = 2, append_snapshot: bool = True,
-                   timeout_s: float = 3600) -> dict:
+                   ray_loggers: str = "all", timeout_s: float = 3600) -> dict:
     """`measure_sweep` for each sweep size, each in a fresh Python process: its own Ray instance and
     clean memory figures. Returns the settings and one result per size."""
     if not trials:
@@ -552,7 +575,7 @@ def bench_platform(trials: tuple[int, ...] = (50, 200, 1000), reports: int = 10,
         _sweep_experiment(n, reports, concurrency, sampler, None)
     settings = {"reports": reports, "concurrency": concurrency, "report_seconds": report_seconds,
                 "checkpoint_mb": checkpoint_mb, "tracking": tracking, "sampler": sampler,
-                "ray_num_to_keep": ray_num_to_keep, "append_snapshot": append_snapshot}
+                "ray_num_to_keep": ray_num_to_keep, "append_snapshot": append_snapshot, "ray_loggers": ray_loggers}
     runs = []
     for n in trials:
         with tempfile.TemporaryDirectory(prefix="sslsearch-bench-platform-") as folder:
@@ -590,7 +613,8 @@ def format_bench_platform(result: dict) -> str:
     """The curves as a table: one column per sweep size."""
     runs = result["runs"]
     fix = "".join([f", Ray num_to_keep={result['ray_num_to_keep']}" if result["ray_num_to_keep"] != 1 else "",
-                   ", appended study snapshot" if result["append_snapshot"] else ""])
+                   ", appended study snapshot" if result["append_snapshot"] else "",
+                   ", Ray's result.json only" if result.get("ray_loggers") == "json" else ""])
     lines = [f"platform: synthetic trials ({result['report_seconds']} s per report interval, {result['checkpoint_mb']} MB "
              f"checkpoints, up to {result['reports'] + 1} reports), {result['concurrency']} at a time, {result['sampler']} "
              f"sampler, MLflow: {result['tracking']}{fix}; {result['machine']['cpus']} CPUs, {result['machine']['date']}"]
@@ -606,11 +630,15 @@ def format_bench_platform(result: dict) -> str:
     row("  of which MLflow store set-up (once)", [f"{r['setup_cpu_s']:.1f}" for r in runs])
     row("  ms per report, set-up left out", [f"{r['driver_cpu_ms_per_report']:.1f}" for r in runs])
     row("  ms per trial, set-up left out", [f"{r['driver_cpu_ms_per_trial']:.0f}" for r in runs])
-    for name in TOP_LEVEL + ("ray.upload_experiment_state", "searcher.persist",
+    for name in TOP_LEVEL + OWN_THREADS + ("searcher.persist",
                              "searcher.save (in ray.save_experiment_state)"):
         if any(name in r["components"] for r in runs):
             row(f"  CPU s in {name}", [f"{r['components'].get(name, {}).get('cpu_s', 0.0):.2f}" for r in runs])
     row("  CPU s elsewhere (Ray's loop and threads)", [f"{r['ray_rest_cpu_s']:.1f}" for r in runs])
+    row("CPU s, all processes (driver, Ray, actors)", [f"{r.get('all_processes_cpu_s', math.nan):.1f}" for r in runs])
+    row("  ms per trial", [f"{r.get('all_processes_cpu_ms_per_trial', math.nan):.0f}" for r in runs])
+    row("trial actors: requested / reused / reported", [f"{r.get('actor_requests', 0)}/{r.get('actor_reuses', 0)}/"
+                                                         f"{r.get('actor_processes', 0)}" for r in runs])
     row("suggest ms, first tenth of calls", [f"{r['suggest_ms'].get('first_ms', math.nan):.1f}" for r in runs])
     row("suggest ms, last tenth of calls", [f"{r['suggest_ms'].get('last_ms', math.nan):.1f}" for r in runs])
     row("study snapshot ms, last tenth", [f"{r['snapshot_ms'].get('last_ms', math.nan):.1f}" for r in runs])

@@ -281,6 +281,9 @@ def _add_bench_platform(bench) -> None:
     f.add_argument("--rewrite-snapshot", action="store_true",
                    help="rewrite the whole Optuna journal at every finished trial (the pre-fix behaviour, for comparison; "
                         "run_sweep appends)")
+    f.add_argument("--ray-loggers", default="all", choices=("all", "json"),
+                   help="Ray's per-trial loggers: all three, as run_sweep has them (result.json, progress.csv, TensorBoard), "
+                        "or result.json only (default: all)")
     f.add_argument("--quick", action="store_true", help="a small run for CI: 4 and 8 trials, up to 3 reports, 2 at a time")
     f.add_argument("--json", action="store_true", help="print the figures as JSON")
     f.set_defaults(run=_run_bench_platform)
@@ -354,7 +357,8 @@ def _run_bench_platform(args) -> int:
     if args.quick:
         settings = dict(QUICK)
     result = bench_platform(**settings, tracking=args.tracking, sampler=args.sampler,
-                            ray_num_to_keep=args.ray_num_to_keep, append_snapshot=not args.rewrite_snapshot)
+                            ray_num_to_keep=args.ray_num_to_keep, append_snapshot=not args.rewrite_snapshot,
+                            ray_loggers=args.ray_loggers)
     print(json.dumps(result, indent=2) if args.json else format_bench_platform(result))
     return 0
 

@@ -260,6 +260,21 @@ class LiveView(tune.Callback):
         self.quiet = quiet
         self.best: dict[str, float] = {}
         self.start = time.monotonic()
+        self.setup()
+
+    def setup(self, **info):
+        # Per session, O(1) per report (a count over all trials at every report is O(trials²) over a sweep):
+        # the trials started and not ended, and the ended ones, known from the session's first report on.
+        self._live: dict[str, object] = {}
+        self._ended: set[str] | None = None
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._live[trial.trial_id] = trial
+
+    def _end(self, trial) -> None:
+        self._live.pop(trial.trial_id, None)
+        if self._ended is not None:
+            self._ended.add(trial.trial_id)
 
     def _print(self, text: str) -> None:
         if self.quiet:
@@ -282,22 +297,27 @@ class LiveView(tune.Callback):
         loss = trial.config.get("loss", trial.config.get("base", {}).get("loss", "?"))
         if result.get(METRIC) is not None:
             self.best[loss] = max(self.best.get(loss, -math.inf), result[METRIC])
-        for other in trials:  # after a resume, the reports of earlier sessions too (Ray restores each trial's max)
-            earlier = (getattr(other, "metric_analysis", None) or {}).get(METRIC, {}).get("max")
-            if earlier is not None and math.isfinite(earlier):
-                key = other.config.get("loss", other.config["base"]["loss"])
-                self.best[key] = max(self.best.get(key, -math.inf), earlier)
+        if self._ended is None:  # the session's first report: what earlier sessions left (after a resume)
+            self._ended = {t.trial_id for t in trials if t.is_finished()}
+            for other in trials:  # their reports too (Ray restores each trial's max)
+                earlier = (getattr(other, "metric_analysis", None) or {}).get(METRIC, {}).get("max")
+                if earlier is not None and math.isfinite(earlier):
+                    key = other.config.get("loss", other.config["base"]["loss"])
+                    self.best[key] = max(self.best.get(key, -math.inf), earlier)
+        self._live[trial.trial_id] = trial
         best = "  ".join(f"{k} {v:.2f}" for k, v in sorted(self.best.items()))
-        running = sum(t.status == "RUNNING" for t in trials)
+        running = sum(t.status == "RUNNING" for t in self._live.values())
         self._print(f"{self._describe(trial)} epoch {result['epoch']} val_acc {result[METRIC]:.2f} "
-                    f"| running {running}, finished {sum(t.is_finished() for t in trials)} "
+                    f"| running {running}, finished {len(self._ended)} "
                     f"| best report, any epoch: {best}")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
+        self._end(trial)
         result = trial.last_result or {}
         self._print(f"{self._describe(trial)} finished at epoch {result.get('epoch', '?')}")
 
     def on_trial_error(self, iteration, trials, trial, **info):
+        self._end(trial)
         self._print(f"{self._describe(trial)} ERRORED: {trial.error_file or ''}")
 
 

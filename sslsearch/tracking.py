@@ -170,6 +170,11 @@ class _Run:
     has_params: bool = True            # False until the params of a new run are logged
     outcome: str = "running"
     error: bool = False                # holds an sslsearch.error tag
+    # What the parent run's summary reads, as MLflow holds it: the latest val_acc (at last_step), the loss tag
+    # and the stage tag.
+    val_acc: float | None = None
+    loss: str | None = None
+    stage: str | None = None
 
     @classmethod
     def from_mlflow(cls, run) -> _Run:
@@ -178,7 +183,8 @@ class _Run:
         return cls(run.info.run_id, run.info.status, int(metrics["epoch"]) if "epoch" in metrics else -1,
                    float(best) if best is not None else -math.inf,
                    int(tags[BEST_EPOCH]) if BEST_EPOCH in tags else None, has_params=bool(run.data.params),
-                   outcome=tags.get(OUTCOME, "running"), error=bool(tags.get(ERROR)))
+                   outcome=tags.get(OUTCOME, "running"), error=bool(tags.get(ERROR)), val_acc=metrics.get("val_acc"),
+                   loss=tags.get(LOSS), stage=tags.get(STAGE))
 
 
 class Outbox:
@@ -642,14 +648,15 @@ class MlflowTracking(tune.Callback):
             if self.stage:
                 tags[STAGE] = self.stage
             created = self.client.create_run(self._experiment_id, tags=tags, run_name=trial_id)
-            run = self._runs[trial_id] = _Run(created.info.run_id, "RUNNING", has_params=False)
+            run = self._runs[trial_id] = _Run(created.info.run_id, "RUNNING", has_params=False, loss=tags[LOSS],
+                                              stage=self.stage)
         if not run.has_params and trial_id in self._configs:
             self._log_params(run.run_id, _flatten(self._configs[trial_id]))
             run.has_params = True
         if reopen and run.status != "RUNNING":
             self.client.log_batch(run.run_id, tags=[RunTag(OUTCOME, "running")])
             self.client.update_run(run.run_id, status="RUNNING")
-            run.status = "RUNNING"
+            run.status, run.outcome = "RUNNING", "running"
         return run
 
     def _refresh(self, trial_id: str) -> None:
@@ -670,6 +677,7 @@ class MlflowTracking(tune.Callback):
         self.client.log_batch(run.run_id, metrics=[Metric(k, v, now, step) for k, v in values.items()],
                               tags=[RunTag(k, v) for k, v in all_tags.items()])
         run.last_step = step
+        run.val_acc = values.get("val_acc", run.val_acc)
         run.pending_tags = {}
 
     def _write_checkpoint(self, trial_id: str, checkpoint: str, epoch: int, val_acc: float | None) -> None:
@@ -753,6 +761,8 @@ class MlflowTracking(tune.Callback):
             now = int(time.time() * 1000)
             metrics = [Metric(k, v, now, last[0]) for k, v in last[1].items()]
         self.client.log_batch(run.run_id, metrics=metrics, tags=[RunTag(k, v) for k, v in tags.items()])
+        if metrics:
+            run.val_acc = last[1].get("val_acc", run.val_acc)
         run.last_step = max(run.last_step, last[0]) if last is not None else run.last_step
         run.pending_tags = {}
         self.client.set_terminated(run.run_id, status)
@@ -760,19 +770,22 @@ class MlflowTracking(tune.Callback):
         if outcome in FINISHED:
             self._write_summary()
 
-    def _write_summary(self) -> None:
+    def _write_summary(self, read_back: bool = False) -> None:
         """The answer on the parent run, for MLflow's runs table and charts: `best_val_acc_<loss>`, the best
         final val_acc over the loss's finished search trials (the leaderboard's ranking; a confirmation
-        stage's runs are not search results), at step = finished trials. Read back from MLflow, so a
-        resumed sweep or a retried record gives the same values."""
+        stage's runs are not search results), at step = finished trials. From the child runs as this
+        process knows them (read from MLflow when the sweep (re)starts, then kept as written: a resumed
+        sweep or a retried record gives the same values); `read_back` reads them all from MLflow again,
+        which costs O(trials) per call: once, at the end, never per finished trial (docs/scale.md)."""
         if self._parent is None:
             self._write_sweep(reopen=False)
+        children = ([_Run.from_mlflow(r) for r in self._search(_sweep_filter(self.sweep, "trial"))] if read_back
+                    else self._runs.values())
         best: dict[str, float] = {}
         finished = 0
-        for child in self._search(_sweep_filter(self.sweep, "trial")):
-            val_acc, loss = child.data.metrics.get("val_acc"), child.data.tags.get(LOSS)
-            if (child.data.tags.get(OUTCOME) in FINISHED and not child.data.tags.get(STAGE) and val_acc is not None
-                    and math.isfinite(val_acc) and loss):
+        for child in children:
+            val_acc, loss = child.val_acc, child.loss
+            if child.outcome in FINISHED and not child.stage and val_acc is not None and math.isfinite(val_acc) and loss:
                 finished += 1
                 best[loss] = max(best.get(loss, -math.inf), val_acc)
         now = int(time.time() * 1000)
@@ -783,7 +796,7 @@ class MlflowTracking(tune.Callback):
     def _write_end(self, status: str) -> None:
         if self._parent is None:
             self._write_sweep(reopen=False)
-        self._write_summary()
+        self._write_summary(read_back=True)
         self.client.set_terminated(self._parent, status)
 
 
@@ -874,6 +887,9 @@ def sync_sweep(tracking: MlflowTracking, trials: list) -> SyncReport:
         for start in range(0, len(missing), 1000):  # MLflow takes at most 1000 metrics per batch
             tracking.client.log_batch(run.run_id, metrics=missing[start:start + 1000])
         added += len({m.step for m in missing})
+        top = max(steps, default=None)
+        if top is not None and top > max(logged, default=-1) and "val_acc" in steps[top]:
+            run.val_acc = steps[top]["val_acc"]   # MLflow's latest val_acc now: the summary reads it
         run.last_step = max([run.last_step, *steps])
         errored = trial.status == "ERROR"
         if trial.status in ended:

@@ -322,6 +322,11 @@ def test_bench_platform_measures_a_real_sweep_end_to_end(ray_session, tmp_path):
     assert result["reports"] == 8 and result["outcomes"] == {"completed": 4, "stopped early": 0, "errored": 0}
     assert result["suggest_ms"]["calls"] == 4 and result["snapshot_ms"]["calls"] == 4
     assert result["components"]["tracking.on_trial_result"]["calls"] == 8
+    # MLflow is searched when the sweep starts (parent, children) and once at its end, never per finished trial
+    # (the parent's summary read back at every finished trial made the driver O(trials²): docs/scale.md).
+    assert result["components"]["mlflow.search_runs"]["calls"] == 3
+    assert result["components"]["tracking.send"]["calls"] > result["reports"]   # the sender thread, timed
+    assert 1 <= result["actor_processes"] <= result["actor_requests"]
     assert result["ray_state_saves"]["count"] >= 1 and result["ray_state_saves"]["last_bytes"] > 0
     assert 0 < result["timed_cpu_s"] < result["driver_cpu_s"]
     # (peak from getrusage, after from /proc: two counters that round differently)
