@@ -87,9 +87,11 @@ class PairedASHA(FIFOScheduler):
 
     def on_trial_add(self, tune_controller, trial: Trial) -> None:
         pairs, open_trials = self._index()
-        pairs.setdefault(trial.config.get("pair"), []).append(trial)
+        twins = pairs.setdefault(trial.config.get("pair"), [])
+        if not any(t is trial for t in twins):   # (Ray adds a retried trial again: tune_controller._requeue_trial)
+            twins.append(trial)
+            self.__dict__["_added"] = self.__dict__.get("_added", 0) + 1
         open_trials[trial.trial_id] = trial
-        self.__dict__["_added"] = self.__dict__.get("_added", 0) + 1
 
     def _candidates(self, tune_controller) -> list:
         """The trials that may be paused or pending, in the order Ray added them."""
@@ -181,6 +183,12 @@ class PairedASHA(FIFOScheduler):
         self._partner_ended(tune_controller, trial)
 
     def on_trial_error(self, tune_controller, trial: Trial) -> None:
+        # Ray calls this also when it retries a failed trial (FailureConfig.max_failures): it has then already
+        # set the trial ERROR, and requeues it PENDING right after (tune_controller._try_recover/_requeue_trial);
+        # a final error comes while the trial is still RUNNING or PENDING. A retried trial resumes from its
+        # checkpoint and reaches the rung again, so its twin keeps waiting for it rather than being judged alone.
+        if trial.status == Trial.ERROR:
+            return
         self._partner_ended(tune_controller, trial)
 
     def on_trial_remove(self, tune_controller, trial: Trial) -> None:

@@ -95,6 +95,32 @@ def test_a_twin_whose_partner_ended_before_the_rung_is_judged_alone():
     assert asha.choose_trial_to_run(controller) is a
 
 
+def test_a_twin_waits_for_a_partner_that_ray_retries_and_not_for_one_that_errored():
+    """Ray's order on a failure (ray/tune/execution/tune_controller.py, _process_trial_failure): a retry sets the
+    trial ERROR, calls on_trial_error, then requeues it PENDING and calls on_trial_add; a final error calls
+    on_trial_error while the trial is still RUNNING."""
+    asha = PairedASHA(metric="val_acc", max_epochs=8, eval_every=1, grace_period=1, reduction_factor=2, paired=True)
+    a, b = _Trial("a", 0), _Trial("b", 0)
+    controller = _Controller([a, b])
+    for trial in (a, b):
+        asha.on_trial_add(controller, trial)
+    assert asha.on_trial_result(controller, a, {"epoch": 1, "val_acc": 50.0}) == TrialScheduler.PAUSE
+    a.status = Trial.PAUSED
+    b.status = Trial.ERROR              # retried: its worker died
+    asha.on_trial_error(controller, b)
+    b.status = Trial.PENDING
+    asha.on_trial_add(controller, b)
+    assert asha.waiting == {"a": 1} and asha.choose_trial_to_run(controller) is b
+    b.status = Trial.RUNNING
+    assert asha.on_trial_result(controller, b, {"epoch": 1, "val_acc": 70.0}) == TrialScheduler.CONTINUE
+    assert asha.recorded[1] == {"pair 0": 70.0} and asha.waiting == {}   # judged as a pair, on the better value
+    # a final error: the twin no longer waits
+    assert asha.on_trial_result(controller, a, {"epoch": 2, "val_acc": 60.0}) == TrialScheduler.PAUSE
+    a.status = Trial.PAUSED
+    asha.on_trial_error(controller, b)  # b still RUNNING: no retry left
+    assert asha.waiting == {} and asha.recorded[2] == {"pair 0": 60.0}
+
+
 def test_a_twin_still_saving_its_pause_is_stopped_once_paused():
     asha = PairedASHA(metric="val_acc", max_epochs=8, eval_every=1, grace_period=1, reduction_factor=2, paired=True)
     trials = [_Trial(n, p) for n, p in (("a0", 0), ("b0", 0), ("a1", 1), ("b1", 1))]

@@ -1,7 +1,6 @@
 """The pretraining loop end to end on the CPU: learning, resuming, checkpoints, divergence."""
 
 import csv
-from pathlib import Path
 
 import pytest
 import torch
