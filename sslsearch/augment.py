@@ -24,9 +24,10 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
+import torch.nn.functional as F
 
 # Colour-jitter ops, numbered as torchvision's ColorJitter numbers them in its random order.
 BRIGHTNESS, CONTRAST, SATURATION, HUE = 0, 1, 2, 3
@@ -180,6 +181,8 @@ def resized_crop(images: torch.Tensor, boxes: torch.Tensor, size: int, interpola
     mirrors the chosen outputs at no cost. uint8 images come out as float in [0, 1].
     """
     _, _, height, width = images.shape
+    if interpolation == "bilinear" and max(height, width) <= size:
+        return _upsample_bilinear(images, boxes, size, flip)
     rows = _resample_weights(boxes[:, 0], boxes[:, 2], height, size, interpolation)
     cols = _resample_weights(boxes[:, 1], boxes[:, 3], width, size, interpolation, flip)
     return _resample(images, rows, cols)
@@ -240,27 +243,9 @@ def color_jitter(images: torch.Tensor, factors: torch.Tensor, order: torch.Tenso
     Ops not `active` are skipped, as ColorJitter skips an op of strength 0. Factors of
     (1, 1, 1, 0) leave an image unchanged.
     """
-    ops = [op for op in (BRIGHTNESS, CONTRAST, SATURATION, HUE) if active[op]]
-    if not ops:
+    if not any(active):
         return images.clone()
-    # Each image's place for each active op among its active ops (N×A), from its order of all four.
-    position = order.argsort(dim=1)
-    position = torch.stack([position[:, op] for op in ops], dim=1)
-    rank = (position.unsqueeze(1) < position.unsqueeze(2)).sum(dim=2)
-    blend_ops = [op for op in ops if op != HUE]
-    if not blend_ops:
-        return adjust_hue(images, factors[:, HUE])
-    blend_rank = torch.stack([rank[:, ops.index(op)] for op in blend_ops], dim=1)  # N×K
-    if HUE not in ops:
-        return _blend_steps(images, factors, blend_ops, blend_rank, range(len(ops)), blend_rank >= 0)
-
-    # Brightness, contrast and saturation are one kind of op (a blend, whichever target each image
-    # needs), so each step applies one of them per image. Hue is computed once, not at each step:
-    # first the blends an image ranks before its hue shift, then the hue, then those after it.
-    hue_rank = rank[:, ops.index(HUE)].unsqueeze(1)
-    x = _blend_steps(images, factors, blend_ops, blend_rank, range(len(ops) - 1), blend_rank < hue_rank)
-    x = adjust_hue(x, factors[:, HUE])
-    return _blend_steps(x, factors, blend_ops, blend_rank, range(1, len(ops)), blend_rank > hue_rank)
+    return _apply_jitter(images, _jitter_steps(_jitter_table(factors, order, active)))
 
 
 def normalize(images: torch.Tensor, mean: tuple[float, float, float], std: tuple[float, float, float]) -> torch.Tensor:
@@ -289,32 +274,7 @@ def augment_views(images: torch.Tensor, preset: AugmentPreset, generator: torch.
 
 def apply_view(images: torch.Tensor, params: ViewParams, preset: AugmentPreset) -> torch.Tensor:
     """The training view of each image (uint8 N×3×H×W) with the given parameters, normalised."""
-    _check_images(images)
-    active = tuple(strength > 0 for strength in preset.jitter)
-    identity = _device_constant((1.0, 1.0, 1.0, 0.0), images.device)
-    factors = torch.where(params.jitter.unsqueeze(1), params.jitter_factors, identity)
-    jitter = any(active) and preset.jitter_p > 0
-
-    def crop(x: torch.Tensor) -> torch.Tensor:
-        x = resized_crop(x, params.boxes, preset.size, preset.interpolation, flip=params.flip)
-        return x.clamp_(0, 1) if preset.interpolation == "bicubic" else x  # PIL clamps bicubic overshoot
-
-    if preset.color_before_crop:
-        x = images.float().div_(255)
-        if jitter:
-            x = color_jitter(x, factors, params.jitter_order, active)
-        if preset.grayscale_p > 0:
-            x = to_grayscale(x, params.grayscale)
-        return normalize(crop(x), preset.mean, preset.std)
-
-    x = crop(images)
-    if jitter:
-        x = color_jitter(x, factors, params.jitter_order, active)
-    # Grayscale and normalisation are both per-image colour maps, applied here as one.
-    scale = 1 / _device_constant(tuple(preset.std), images.device)
-    shift = -_device_constant(tuple(preset.mean), images.device) * scale
-    matrix = scale.view(1, 3, 1) * _grayscale_matrices(params.grayscale)
-    return _color_map(x, matrix, shift.expand(len(x), 3))
+    return _apply_view(images, params, preset, grouped=images.device.type == "cpu")
 
 
 def eval_views(images: torch.Tensor, preset: AugmentPreset) -> torch.Tensor:
@@ -395,6 +355,34 @@ def _keys_cubic(x: torch.Tensor, a: float = -0.5) -> torch.Tensor:
     return a * (t2 - 1) * (t2 - 2).square() + (t1 - 1).square() * (2 * t1 + 4 * a + 1)
 
 
+def _upsample_bilinear(images: torch.Tensor, boxes: torch.Tensor, size: int, flip: torch.Tensor | None) -> torch.Tensor:
+    """resized_crop, bilinear, where no box is larger than the output (as a 32 px source cropped to 32 px).
+
+    Upsampling, the antialiased kernel of _resample_weights has two taps, clipped at the crop's
+    edges: bilinear interpolation at each output pixel's centre, its coordinate clamped to the
+    crop's first and last pixel centres. grid_sample does that in one pass instead of two dense
+    matmuls whose weights are mostly zeros.
+    """
+    n = len(images)
+    x = images.float().div_(255) if images.dtype == torch.uint8 else images
+    ys = _sample_positions(boxes[:, 0], boxes[:, 2], size, images.shape[2])
+    xs = _sample_positions(boxes[:, 1], boxes[:, 3], size, images.shape[3], flip)
+    grid = torch.stack((xs.view(n, 1, size).expand(n, size, size), ys.view(n, size, 1).expand(n, size, size)), dim=3)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def _sample_positions(start: torch.Tensor, length: torch.Tensor, size: int, in_size: int,
+                      flip: torch.Tensor | None = None) -> torch.Tensor:
+    # N×size source positions of the output pixels' centres, clamped to the crop's first and last
+    # pixel centres, as grid_sample reads them (align_corners=False: -1 and 1 are the image's edges).
+    position = torch.arange(size, device=start.device, dtype=torch.float32).view(1, -1)
+    if flip is not None:
+        position = position + flip.to(torch.float32).view(-1, 1) * (size - 1 - 2 * position)
+    length = length.to(torch.float32).view(-1, 1)
+    inside = ((position + 0.5) * (length / size) - 0.5).clamp_(min=0).minimum(length - 1)  # in the crop
+    return (inside + start.to(torch.float32).view(-1, 1) + 0.5) * (2 / in_size) - 1
+
+
 def _resample(images: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
     """rows @ image @ colsᵀ per image and channel (weights N×out×in, or 1×out×in for all images)."""
     n, channels, height, width = images.shape
@@ -405,21 +393,178 @@ def _resample(images: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> t
     return torch.matmul(rows.unsqueeze(1), x.view(n, channels, height, cols.shape[1]))
 
 
-def _blend_steps(x: torch.Tensor, factors: torch.Tensor, blend_ops: list[int], blend_rank: torch.Tensor,
-                 steps: range, eligible: torch.Tensor) -> torch.Tensor:
-    """One blend per step and image: at step s, the blend op an image ranks s-th, if eligible (N×K)."""
-    # All steps' per-image coefficients at once (N×S, cheap): chosen[n, s, k] says image n applies
-    # blend_ops[k] at step s. Unchosen images get factor exactly 1 and no target: unchanged.
-    slots = torch.arange(steps.start, steps.stop, device=x.device).view(1, -1, 1)
-    chosen = ((blend_rank.unsqueeze(1) == slots) & eligible.unsqueeze(1)).to(x.dtype)
-    op_factors = torch.stack([factors[:, op] for op in blend_ops], dim=1).unsqueeze(1)   # N×1×K
-    factor = (chosen * op_factors).sum(dim=2) + (1 - chosen.sum(dim=2))
-    # The target's share, (1 - factor), goes to the luminance (saturation) or its mean (contrast).
-    to_luminance = (1 - factor) * chosen[:, :, blend_ops.index(SATURATION)] if SATURATION in blend_ops else None
-    to_mean = (1 - factor) * chosen[:, :, blend_ops.index(CONTRAST)] if CONTRAST in blend_ops else None
-    for s in range(len(steps)):
-        x = _blend(x, factor[:, s], None if to_luminance is None else to_luminance[:, s],
-                   None if to_mean is None else to_mean[:, s])
+def _apply_view(images: torch.Tensor, params: ViewParams, preset: AugmentPreset, grouped: bool) -> torch.Tensor:
+    """apply_view, in one pass over the batch or by groups of images that share their jitter steps.
+
+    Colour jitter takes up to 6 blend steps around one hue step (_jitter_steps), of which each
+    image applies 3; the others are identities for it. The single pass (on accelerators: no host
+    sync, a few large kernels) runs all of them on every image. Grouped (on the CPU, where
+    reading the group sizes is free and every pass over the batch costs), images are sorted by
+    the rank of their hue shift among their jitter ops, with a last group for those without
+    jitter, and each group runs only the steps its images apply. Both give the same views.
+    """
+    _check_images(images)
+    n, _, height, width = images.shape
+    device = images.device
+    active = tuple(strength > 0 for strength in preset.jitter)
+    jitter = any(active) and preset.jitter_p > 0
+    if grouped:
+        group = _jitter_group(params, active) if jitter else torch.zeros(n, dtype=torch.long, device=device)
+        order = group.argsort(stable=True)
+        sizes = torch.bincount(group, minlength=_NO_JITTER_GROUP + 1).tolist()
+        groups = [(rank, size) for rank, size in enumerate(sizes) if size]
+        params, images = _select(params, order), images.index_select(0, order)
+    else:
+        groups = [(None, n)]
+    table = None
+    if jitter:
+        identity = _device_constant((1.0, 1.0, 1.0, 0.0), device)
+        factors = torch.where(params.jitter.unsqueeze(1), params.jitter_factors, identity)
+        table = _jitter_table(factors, params.jitter_order, active)
+    if preset.color_before_crop:
+        x = images.float().div_(255)
+        color, shift = (_grayscale_matrices(params.grayscale) if preset.grayscale_p > 0 else None), None
+    else:
+        x = _crop(images, params, preset)
+        # Grayscale and normalisation are both per-image colour maps, applied as one.
+        scale = 1 / _device_constant(tuple(preset.std), device)
+        shift = (-_device_constant(tuple(preset.mean), device) * scale).expand(n, 3)
+        color = scale.view(1, 3, 1) * _grayscale_matrices(params.grayscale)
+
+    out = torch.empty(n, 3, preset.size, preset.size, device=device)
+    start = 0
+    for rank, size in groups:
+        stop = start + size
+        part = slice(start, stop)
+        view = x[part]
+        if table is not None and rank != _NO_JITTER_GROUP:
+            view = _apply_jitter(view, _jitter_steps(table, rank, start, stop))
+        if not preset.color_before_crop:
+            _color_map(view, color[part], shift[part], out=out[part])
+        else:
+            if color is not None:
+                view = _color_map(view, color[part])
+            out[part] = normalize(_crop(view, params, preset, part), preset.mean, preset.std)
+        start = stop
+    return torch.empty_like(out).index_copy_(0, order, out) if grouped else out
+
+
+_NO_JITTER_GROUP = 4  # apply_view's group of images without colour jitter (groups 0..3: the hue's rank)
+
+
+def _jitter_group(params: ViewParams, active: tuple[bool, bool, bool, bool]) -> torch.Tensor:
+    # Each image's group for the grouped apply_view: the rank of its hue shift among its active
+    # jitter ops (0 without a hue op), or _NO_JITTER_GROUP.
+    ops, rank = _jitter_ranks(params.jitter_order, active)
+    hue_rank = rank[:, ops.index(HUE)] if HUE in ops else torch.zeros_like(rank[:, 0])
+    return torch.where(params.jitter, hue_rank, _NO_JITTER_GROUP)
+
+
+def _crop(images: torch.Tensor, params: ViewParams, preset: AugmentPreset, part: slice = slice(None)) -> torch.Tensor:
+    # The crop of images `part` of the batch.
+    x = resized_crop(images, params.boxes[part], preset.size, preset.interpolation, params.flip[part])
+    return x.clamp_(0, 1) if preset.interpolation == "bicubic" else x  # PIL clamps bicubic overshoot
+
+
+def _select(params: ViewParams, index: torch.Tensor) -> ViewParams:
+    return ViewParams(*(getattr(params, field.name).index_select(0, index) for field in fields(ViewParams)))
+
+
+def _jitter_ranks(order: torch.Tensor, active: tuple[bool, bool, bool, bool]) -> tuple[list[int], torch.Tensor]:
+    # The active ops, and each image's rank of each among its active ops (N×A), from its order of all four.
+    ops = [op for op in (BRIGHTNESS, CONTRAST, SATURATION, HUE) if active[op]]
+    position = order.argsort(dim=1)
+    position = torch.stack([position[:, op] for op in ops], dim=1)
+    return ops, (position.unsqueeze(1) < position.unsqueeze(2)).sum(dim=2)
+
+
+@dataclass(frozen=True)
+class _JitterTable:
+    """Each image's jitter ops by rank: the blend at rank r of image n is the colour matrix
+    `matrices[r, n]` plus `to_mean[r, n]` times the image's mean luminance, then the clamp to
+    [0, 1]. At the hue's rank the blend is the identity (factor 1, no target)."""
+
+    matrices: torch.Tensor               # A×N×3×3, A active ops
+    to_mean: torch.Tensor | None         # A×N; None without contrast
+    hue: torch.Tensor | None             # N hue shifts; None without hue
+    hue_rank: torch.Tensor | None        # N
+
+
+def _jitter_table(factors: torch.Tensor, order: torch.Tensor, active: tuple[bool, bool, bool, bool]) -> _JitterTable:
+    """The per-image coefficients of color_jitter (small tensors: computed once per batch)."""
+    device = factors.device
+    ops, rank = _jitter_ranks(order, active)
+    op_at_rank = torch.tensor(ops, device=device)[rank.argsort(dim=1)]              # N×A
+    # The hue's share of the table is factor 1 and no target: an identity blend.
+    factor = torch.where(op_at_rank == HUE, 1.0, factors.gather(1, op_at_rank)).T   # A×N
+    share = 1 - factor  # of the target: the luminance (saturation) or its mean (contrast)
+    matrices = factor.view(*factor.shape, 1, 1) * torch.eye(3, device=device)
+    if SATURATION in ops:
+        to_luminance = share * (op_at_rank.T == SATURATION)
+        matrices = matrices + to_luminance.view(*factor.shape, 1, 1) * _device_constant(_LUMA, device)
+    to_mean = share * (op_at_rank.T == CONTRAST) if CONTRAST in ops else None
+    if HUE not in ops:
+        return _JitterTable(matrices, to_mean, None, None)
+    return _JitterTable(matrices, to_mean, factors[:, HUE], rank[:, ops.index(HUE)])
+
+
+@dataclass(frozen=True)
+class _JitterPlan:
+    """Colour jitter as steps: blend steps (as _JitterTable's), then the hue shift, then blend steps."""
+
+    before: torch.Tensor                  # S×N×3×3
+    before_mean: torch.Tensor | None      # S×N
+    hue: torch.Tensor | None              # N
+    after: torch.Tensor                   # S'×N×3×3
+    after_mean: torch.Tensor | None       # S'×N
+
+
+def _jitter_steps(table: _JitterTable, hue_rank: int | None = None, start: int = 0,
+                  stop: int | None = None) -> _JitterPlan:
+    """The steps of images start..stop: all of whose hue shift has rank `hue_rank`, or (None) any rank.
+
+    Blends ranked before the hue come before it. With one rank for all, that is the table's
+    first `hue_rank` ranks. With any rank, slot s before the hue holds rank s where the image's
+    hue comes later, else the identity; slot s after it holds rank s + 1 where the hue came earlier.
+    """
+    matrices, to_mean = table.matrices[:, start:stop], _narrow(table.to_mean, start, stop)
+    if table.hue is None:
+        return _JitterPlan(matrices, to_mean, None, matrices[:0], None)
+    hue = table.hue[start:stop]
+    if hue_rank is not None:
+        return _JitterPlan(matrices[:hue_rank], _ranks(to_mean, slice(None, hue_rank)), hue,
+                           matrices[hue_rank + 1:], _ranks(to_mean, slice(hue_rank + 1, None)))
+    ranks = len(matrices)
+    slots = torch.arange(ranks - 1, device=hue.device).view(-1, 1)
+    hue_ranks = table.hue_rank[start:stop]
+    before, after = slots < hue_ranks, slots + 1 > hue_ranks                   # (A-1)×N
+    identity = torch.eye(3, device=hue.device)
+    return _JitterPlan(
+        torch.where(before.view(*before.shape, 1, 1), matrices[:-1], identity),
+        None if to_mean is None else to_mean[:-1] * before, hue,
+        torch.where(after.view(*after.shape, 1, 1), matrices[1:], identity),
+        None if to_mean is None else to_mean[1:] * after)
+
+
+def _narrow(t: torch.Tensor | None, start: int, stop: int | None) -> torch.Tensor | None:
+    return None if t is None else t[:, start:stop]
+
+
+def _ranks(t: torch.Tensor | None, keep: slice) -> torch.Tensor | None:
+    return None if t is None else t[keep]
+
+
+def _apply_jitter(images: torch.Tensor, plan: _JitterPlan) -> torch.Tensor:
+    x = _apply_blends(images, plan.before, plan.before_mean)
+    if plan.hue is not None:
+        x = adjust_hue(x, plan.hue)
+    x = _apply_blends(x, plan.after, plan.after_mean)
+    return images.clone() if x is images else x
+
+
+def _apply_blends(x: torch.Tensor, matrices: torch.Tensor, to_mean: torch.Tensor | None) -> torch.Tensor:
+    for s in range(len(matrices)):
+        x = _blend_map(x, matrices[s], None if to_mean is None else to_mean[s])
     return x
 
 
@@ -432,23 +577,30 @@ def _blend(images: torch.Tensor, factors: torch.Tensor, to_luminance: torch.Tens
     3×3 colour matrix plus an offset per image, one batched matmul; exact at factor 1 and zero weights.
     """
     n = images.shape[0]
-    luma = _device_constant(_LUMA, images.device)
     matrix = factors.view(n, 1, 1) * torch.eye(3, device=images.device)
     if to_luminance is not None:
-        matrix = matrix + to_luminance.view(n, 1, 1) * luma              # share·luma added to every row
+        matrix = matrix + to_luminance.view(n, 1, 1) * _device_constant(_LUMA, images.device)  # share·luma on every row
+    return _blend_map(images, matrix, to_mean)
+
+
+def _blend_map(images: torch.Tensor, matrix: torch.Tensor, to_mean: torch.Tensor | None) -> torch.Tensor:
+    # A blend from its colour matrices (N×3×3) and mean-luminance weights (N or None).
     offset = None
     if to_mean is not None:
-        offset = (to_mean * (images.mean(dim=(2, 3)) @ luma)).view(n, 1)  # share·mean luminance
+        luma = _device_constant(_LUMA, images.device)
+        offset = (to_mean * (images.mean(dim=(2, 3)) @ luma)).view(-1, 1)  # share·mean luminance
     return _color_map(images, matrix, offset).clamp_(0, 1)
 
 
-def _color_map(images: torch.Tensor, matrix: torch.Tensor, offset: torch.Tensor | None = None) -> torch.Tensor:
+def _color_map(images: torch.Tensor, matrix: torch.Tensor, offset: torch.Tensor | None = None,
+               out: torch.Tensor | None = None) -> torch.Tensor:
     """matrix @ rgb + offset at every pixel: N×3×3 matrices, offsets N×3 or N×1 (or None)."""
     n, _, height, width = images.shape
-    out = torch.bmm(matrix, images.reshape(n, 3, height * width))
+    flat = None if out is None else out.view(n, 3, height * width)
+    result = torch.bmm(matrix, images.reshape(n, 3, height * width), out=flat)
     if offset is not None:
-        out = out.add_(offset.unsqueeze(2))
-    return out.view(n, 3, height, width)
+        result = result.add_(offset.unsqueeze(2))
+    return result.view(n, 3, height, width)
 
 
 def _grayscale_matrices(mask: torch.Tensor) -> torch.Tensor:
