@@ -69,6 +69,21 @@ def test_resized_crop_matches_torchvision(interpolation, size):
     assert (out - expected).abs().max() < TOL
 
 
+@pytest.mark.parametrize("source", [32, 20])
+def test_bilinear_upsampling_crop_matches_the_resampling_matrices(source):
+    # Crops no larger than the output go through grid_sample; the general path is the two
+    # matmuls with _resample_weights' antialiased kernel. Boxes: whole image, 1 px, edges, thin.
+    images = natural(7, source, seed=5)
+    boxes = torch.tensor([[0, 0, source, source], [3, 4, 1, 1], [0, source - 5, 9, 5], [source - 6, 0, 6, 11],
+                          [2, 1, source - 3, 7], [5, 5, 10, 10], [1, 0, 13, source]])
+    flip = torch.tensor([False, True, False, True, True, False, True])
+    rows = A._resample_weights(boxes[:, 0], boxes[:, 2], source, 32, "bilinear")
+    cols = A._resample_weights(boxes[:, 1], boxes[:, 3], source, 32, "bilinear", flip)
+    out = A.resized_crop(images, boxes, 32, "bilinear", flip=flip)
+    assert (out - A._resample(images, rows, cols)).abs().max() < TOL
+    assert (A.resized_crop(uint8(images), boxes, 32, flip=flip) - A._resample(uint8(images), rows, cols)).abs().max() < TOL
+
+
 def test_resized_crop_reads_uint8_as_to_tensor():
     images = uint8(natural(4, 32))
     boxes = torch.tensor([[0, 0, 32, 32], [4, 4, 10, 20], [0, 3, 29, 17], [8, 0, 24, 32]])
@@ -251,6 +266,21 @@ def test_views_match_torchvision_pipeline(preset_name, source):
     expected = torch.stack([reference_view(images[i].float() / 255, params, i, preset) for i in range(16)])
     assert out.shape == (16, 3, preset.size, preset.size) and out.dtype == torch.float32
     assert (out - expected).abs().max() < TOL / min(preset.std)  # normalisation scales errors by 1/std
+
+
+@pytest.mark.parametrize("preset_name, source", [("cifar", 32), ("stl10", 40), ("digits", 32)])
+def test_grouped_views_equal_the_single_pass(preset_name, source):
+    # On the CPU, apply_view sorts images by the rank of their hue shift and runs each group's own
+    # jitter steps; the single pass (accelerators) runs every step, identities included, on all.
+    preset = A.PRESETS[preset_name]
+    images = uint8(natural(64, source, seed=6))
+    params = A.sample_view_params(64, source, source, preset, torch.Generator().manual_seed(2))
+    groups = A._jitter_group(params, tuple(s > 0 for s in preset.jitter))
+    assert len(groups.unique()) == (5 if preset.jitter[A.HUE] > 0 else 2)  # every group is exercised
+    grouped = A._apply_view(images, params, preset, grouped=True)
+    assert torch.equal(grouped, A.apply_view(images, params, preset))
+    single = A._apply_view(images, params, preset, grouped=False)
+    assert (grouped - single).abs().max() < TOL / min(preset.std)
 
 
 def test_views_are_drawn_per_image():
