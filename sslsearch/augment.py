@@ -208,8 +208,11 @@ def adjust_saturation(images: torch.Tensor, factors: torch.Tensor) -> torch.Tens
     return _blend(images, factors, to_luminance=1 - factors)
 
 
-def adjust_hue(images: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
-    """Rotate each image's hue by its shift (N, in turns, within [-0.5, 0.5]), as torchvision's HSV round trip."""
+def adjust_hue(images: torch.Tensor, shifts: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Rotate each image's hue by its shift (N, in turns, within [-0.5, 0.5]), as torchvision's HSV round trip.
+
+    `out` may be `images` itself: it is written last, when nothing more is read from `images`.
+    """
     # torchvision goes RGB -> HSV -> RGB with a six-way selection per pixel. Selections
     # (torch.where, bool masks) run 10-20x slower than arithmetic on CPU, so this computes the
     # same function with min/max/abs/clamp only. In sixths of a turn:
@@ -233,7 +236,7 @@ def adjust_hue(images: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
     start = _device_constant((1.0, -2.0, -2.0), device).view(1, 3, 1, 1)  # d's 1, plus c, minus 5
     x = (distance + start).addcmul_(sign, turn)               # T's argument minus 5, N×3×H×W
     x = x.abs_().sub_(3).abs_().sub_(2).clamp_(-1, 0)         # -T
-    return torch.addcmul(max_c, chroma, x, out=x)
+    return torch.addcmul(max_c, chroma, x, out=x if out is None else out)
 
 
 def color_jitter(images: torch.Tensor, factors: torch.Tensor, order: torch.Tensor,
@@ -394,59 +397,73 @@ def _resample(images: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> t
 
 
 def _apply_view(images: torch.Tensor, params: ViewParams, preset: AugmentPreset, grouped: bool) -> torch.Tensor:
-    """apply_view, in one pass over the batch or by groups of images that share their jitter steps.
+    """apply_view, with colour jitter in one pass over the batch or on images sorted by hue rank.
 
     Colour jitter takes up to 6 blend steps around one hue step (_jitter_steps), of which each
     image applies 3; the others are identities for it. The single pass (on accelerators: no host
-    sync, a few large kernels) runs all of them on every image. Grouped (on the CPU, where
-    reading the group sizes is free and every pass over the batch costs), images are sorted by
-    the rank of their hue shift among their jitter ops, with a last group for those without
-    jitter, and each group runs only the steps its images apply. Both give the same views.
+    sync, a few large kernels) runs all of them on every image. Sorted (on the CPU, where reading
+    the group sizes is free and every pass over the batch costs; _jitter_sorted_), each step runs
+    only on the images that apply it. Both give the same views.
     """
     _check_images(images)
     n, _, height, width = images.shape
     device = images.device
     active = tuple(strength > 0 for strength in preset.jitter)
     jitter = any(active) and preset.jitter_p > 0
-    if grouped:
-        group = _jitter_group(params, active) if jitter else torch.zeros(n, dtype=torch.long, device=device)
+    order = None
+    if grouped and jitter:
+        group = _jitter_group(params, active)
         order = group.argsort(stable=True)
-        sizes = torch.bincount(group, minlength=_NO_JITTER_GROUP + 1).tolist()
-        groups = [(rank, size) for rank, size in enumerate(sizes) if size]
+        ends = torch.bincount(group, minlength=_NO_JITTER_GROUP + 1).cumsum(0).tolist()
         params, images = _select(params, order), images.index_select(0, order)
-    else:
-        groups = [(None, n)]
     table = None
     if jitter:
         identity = _device_constant((1.0, 1.0, 1.0, 0.0), device)
         factors = torch.where(params.jitter.unsqueeze(1), params.jitter_factors, identity)
         table = _jitter_table(factors, params.jitter_order, active)
+    x = images.float().div_(255) if preset.color_before_crop else _crop(images, params, preset)
+    if table is not None:
+        x = _apply_jitter(x, _jitter_steps(table)) if order is None else _jitter_sorted_(x, table, ends)
     if preset.color_before_crop:
-        x = images.float().div_(255)
-        color, shift = (_grayscale_matrices(params.grayscale) if preset.grayscale_p > 0 else None), None
+        if preset.grayscale_p > 0:
+            x = _color_map(x, _grayscale_matrices(params.grayscale))
+        out = normalize(_crop(x, params, preset), preset.mean, preset.std)
     else:
-        x = _crop(images, params, preset)
         # Grayscale and normalisation are both per-image colour maps, applied as one.
         scale = 1 / _device_constant(tuple(preset.std), device)
-        shift = (-_device_constant(tuple(preset.mean), device) * scale).expand(n, 3)
-        color = scale.view(1, 3, 1) * _grayscale_matrices(params.grayscale)
+        shift = -_device_constant(tuple(preset.mean), device) * scale
+        out = _color_map(x, scale.view(1, 3, 1) * _grayscale_matrices(params.grayscale), shift.expand(n, 3))
+    return out if order is None else torch.empty_like(out).index_copy_(0, order, out)
 
-    out = torch.empty(n, 3, preset.size, preset.size, device=device)
-    start = 0
-    for rank, size in groups:
-        stop = start + size
-        part = slice(start, stop)
-        view = x[part]
-        if table is not None and rank != _NO_JITTER_GROUP:
-            view = _apply_jitter(view, _jitter_steps(table, rank, start, stop))
-        if not preset.color_before_crop:
-            _color_map(view, color[part], shift[part], out=out[part])
-        else:
-            if color is not None:
-                view = _color_map(view, color[part])
-            out[part] = normalize(_crop(view, params, preset, part), preset.mean, preset.std)
-        start = stop
-    return torch.empty_like(out).index_copy_(0, order, out) if grouped else out
+
+def _jitter_sorted_(x: torch.Tensor, table: _JitterTable, ends: list[int]) -> torch.Tensor:
+    """Colour jitter in place on images sorted by _jitter_group; group g ends at image ends[g].
+
+    With a hue op, blend slot s before the hue holds rank s and runs on the groups whose hue comes
+    later (s < g: a suffix of the jittered images); then the hue runs on all of them; slot s after
+    it holds rank s + 1 and runs on the groups whose hue came earlier (g <= s: a prefix). Each image
+    gets its blends in its own order, and no identity step runs.
+    """
+    ranks = len(table.matrices)
+    if table.hue is None:
+        for rank in range(ranks):
+            _blend_(x, table, rank, 0, ends[0])
+        return x
+    jittered = ends[ranks - 1]
+    for slot in range(ranks - 1):
+        _blend_(x, table, slot, ends[slot], jittered)
+    adjust_hue(x[:jittered], table.hue[:jittered], out=x[:jittered])
+    for slot in range(ranks - 1):
+        _blend_(x, table, slot + 1, 0, ends[slot])
+    return x
+
+
+def _blend_(x: torch.Tensor, table: _JitterTable, rank: int, start: int, stop: int) -> None:
+    # The rank-th blend of images start..stop, in place.
+    if stop > start:
+        part = x[start:stop]
+        to_mean = None if table.to_mean is None else table.to_mean[rank, start:stop]
+        torch.clamp(_blend_map(part, table.matrices[rank, start:stop], to_mean, clamp=False), 0, 1, out=part)
 
 
 _NO_JITTER_GROUP = 4  # apply_view's group of images without colour jitter (groups 0..3: the hue's rank)
@@ -460,9 +477,8 @@ def _jitter_group(params: ViewParams, active: tuple[bool, bool, bool, bool]) -> 
     return torch.where(params.jitter, hue_rank, _NO_JITTER_GROUP)
 
 
-def _crop(images: torch.Tensor, params: ViewParams, preset: AugmentPreset, part: slice = slice(None)) -> torch.Tensor:
-    # The crop of images `part` of the batch.
-    x = resized_crop(images, params.boxes[part], preset.size, preset.interpolation, params.flip[part])
+def _crop(images: torch.Tensor, params: ViewParams, preset: AugmentPreset) -> torch.Tensor:
+    x = resized_crop(images, params.boxes, preset.size, preset.interpolation, params.flip)
     return x.clamp_(0, 1) if preset.interpolation == "bicubic" else x  # PIL clamps bicubic overshoot
 
 
@@ -519,39 +535,23 @@ class _JitterPlan:
     after_mean: torch.Tensor | None       # S'×N
 
 
-def _jitter_steps(table: _JitterTable, hue_rank: int | None = None, start: int = 0,
-                  stop: int | None = None) -> _JitterPlan:
-    """The steps of images start..stop: all of whose hue shift has rank `hue_rank`, or (None) any rank.
+def _jitter_steps(table: _JitterTable) -> _JitterPlan:
+    """The steps that apply each image's jitter in one pass over all images, whatever its hue's rank.
 
-    Blends ranked before the hue come before it. With one rank for all, that is the table's
-    first `hue_rank` ranks. With any rank, slot s before the hue holds rank s where the image's
-    hue comes later, else the identity; slot s after it holds rank s + 1 where the hue came earlier.
+    Slot s before the hue holds rank s where the image's hue comes later, else the identity;
+    slot s after it holds rank s + 1 where the hue came earlier.
     """
-    matrices, to_mean = table.matrices[:, start:stop], _narrow(table.to_mean, start, stop)
+    matrices, to_mean = table.matrices, table.to_mean
     if table.hue is None:
         return _JitterPlan(matrices, to_mean, None, matrices[:0], None)
-    hue = table.hue[start:stop]
-    if hue_rank is not None:
-        return _JitterPlan(matrices[:hue_rank], _ranks(to_mean, slice(None, hue_rank)), hue,
-                           matrices[hue_rank + 1:], _ranks(to_mean, slice(hue_rank + 1, None)))
-    ranks = len(matrices)
-    slots = torch.arange(ranks - 1, device=hue.device).view(-1, 1)
-    hue_ranks = table.hue_rank[start:stop]
-    before, after = slots < hue_ranks, slots + 1 > hue_ranks                   # (A-1)×N
-    identity = torch.eye(3, device=hue.device)
+    slots = torch.arange(len(matrices) - 1, device=matrices.device).view(-1, 1)
+    before, after = slots < table.hue_rank, slots + 1 > table.hue_rank         # (A-1)×N
+    identity = torch.eye(3, device=matrices.device)
     return _JitterPlan(
         torch.where(before.view(*before.shape, 1, 1), matrices[:-1], identity),
-        None if to_mean is None else to_mean[:-1] * before, hue,
+        None if to_mean is None else to_mean[:-1] * before, table.hue,
         torch.where(after.view(*after.shape, 1, 1), matrices[1:], identity),
         None if to_mean is None else to_mean[1:] * after)
-
-
-def _narrow(t: torch.Tensor | None, start: int, stop: int | None) -> torch.Tensor | None:
-    return None if t is None else t[:, start:stop]
-
-
-def _ranks(t: torch.Tensor | None, keep: slice) -> torch.Tensor | None:
-    return None if t is None else t[keep]
 
 
 def _apply_jitter(images: torch.Tensor, plan: _JitterPlan) -> torch.Tensor:
@@ -583,13 +583,15 @@ def _blend(images: torch.Tensor, factors: torch.Tensor, to_luminance: torch.Tens
     return _blend_map(images, matrix, to_mean)
 
 
-def _blend_map(images: torch.Tensor, matrix: torch.Tensor, to_mean: torch.Tensor | None) -> torch.Tensor:
+def _blend_map(images: torch.Tensor, matrix: torch.Tensor, to_mean: torch.Tensor | None,
+               clamp: bool = True) -> torch.Tensor:
     # A blend from its colour matrices (N×3×3) and mean-luminance weights (N or None).
     offset = None
     if to_mean is not None:
         luma = _device_constant(_LUMA, images.device)
         offset = (to_mean * (images.mean(dim=(2, 3)) @ luma)).view(-1, 1)  # share·mean luminance
-    return _color_map(images, matrix, offset).clamp_(0, 1)
+    x = _color_map(images, matrix, offset)
+    return x.clamp_(0, 1) if clamp else x
 
 
 def _color_map(images: torch.Tensor, matrix: torch.Tensor, offset: torch.Tensor | None = None,
