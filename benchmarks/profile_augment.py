@@ -34,7 +34,7 @@ STAGES = (
     ("whole view (augment_views)", ("augment_views",)),
     ("random parameters (sample_view_params)", ("sample_view_params",)),
     ("crop + resize (resized_crop)", ("resized_crop",)),
-    ("colour jitter (all of it)", ("color_jitter", "_jitter_table+_jitter_steps+_jitter_group+_apply_jitter")),
+    ("colour jitter (all of it)", ("color_jitter", "_jitter_table+_jitter_group+_jitter_sorted_")),
     ("  blend steps (brightness, contrast, saturation)", ("_blend", "_blend_map")),
     ("  hue", ("adjust_hue",)),
     ("3x3 colour maps, all (blends' and grayscale+normalise)", ("_color_map",)),

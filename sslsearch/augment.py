@@ -510,7 +510,8 @@ def _jitter_table(factors: torch.Tensor, order: torch.Tensor, active: tuple[bool
     """The per-image coefficients of color_jitter (small tensors: computed once per batch)."""
     device = factors.device
     ops, rank = _jitter_ranks(order, active)
-    op_at_rank = torch.tensor(ops, device=device)[rank.argsort(dim=1)]              # N×A
+    # N×A op numbers (a cached constant: a fresh list copied to CUDA would synchronise).
+    op_at_rank = _device_constant(tuple(map(float, ops)), device)[rank.argsort(dim=1)].long()
     # The hue's share of the table is factor 1 and no target: an identity blend.
     factor = torch.where(op_at_rank == HUE, 1.0, factors.gather(1, op_at_rank)).T   # A×N
     share = 1 - factor  # of the target: the luminance (saturation) or its mean (contrast)
