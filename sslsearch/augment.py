@@ -458,7 +458,8 @@ def _jitter_sorted_(x: torch.Tensor, table: _JitterTable, ends: list[int]) -> to
     jittered = ends[ranks - 1]
     for slot in range(ranks - 1):
         _blend_(x, table, slot, ends[slot], jittered)
-    adjust_hue(x[:jittered], table.hue[:jittered], out=x[:jittered])
+    if jittered:
+        adjust_hue(x[:jittered], table.hue[:jittered], out=x[:jittered])
     for slot in range(ranks - 1):
         _blend_(x, table, slot + 1, 0, ends[slot])
     return x

@@ -268,15 +268,21 @@ def test_views_match_torchvision_pipeline(preset_name, source):
     assert (out - expected).abs().max() < TOL / min(preset.std)  # normalisation scales errors by 1/std
 
 
-@pytest.mark.parametrize("preset_name, source", [("cifar", 32), ("stl10", 40), ("digits", 32)])
+@pytest.mark.parametrize("preset_name, source", [("cifar", 32), ("stl10", 40), ("digits", 32), ("no brightness", 32),
+                                                  ("hue only", 32), ("few", 32)])
 def test_grouped_views_equal_the_single_pass(preset_name, source):
-    # On the CPU, apply_view sorts images by the rank of their hue shift and runs each group's own
-    # jitter steps; the single pass (accelerators) runs every step, identities included, on all.
-    preset = A.PRESETS[preset_name]
-    images = uint8(natural(64, source, seed=6))
-    params = A.sample_view_params(64, source, source, preset, torch.Generator().manual_seed(2))
-    groups = A._jitter_group(params, tuple(s > 0 for s in preset.jitter))
-    assert len(groups.unique()) == (5 if preset.jitter[A.HUE] > 0 else 2)  # every group is exercised
+    # On the CPU, apply_view sorts images by the rank of their hue shift and runs each step on the
+    # images that apply it; the single pass (accelerators) runs every step, identities included, on all.
+    cifar = A.PRESETS["cifar"]
+    preset = {"no brightness": dataclasses.replace(cifar, jitter=(0.0, 0.4, 0.4, 0.1)),
+              "hue only": dataclasses.replace(cifar, jitter=(0.0, 0.0, 0.0, 0.1)),
+              "few": cifar}.get(preset_name) or A.PRESETS[preset_name]
+    n = 2 if preset_name == "few" else 64
+    images = uint8(natural(n, source, seed=6))
+    params = A.sample_view_params(n, source, source, preset, torch.Generator().manual_seed(2))
+    active = tuple(s > 0 for s in preset.jitter)
+    if n > 2:  # every group is exercised: each rank of the hue among the active ops, and no jitter
+        assert len(A._jitter_group(params, active).unique()) == (sum(active) + 1 if active[A.HUE] else 2)
     grouped = A._apply_view(images, params, preset, grouped=True)
     assert torch.equal(grouped, A.apply_view(images, params, preset))
     single = A._apply_view(images, params, preset, grouped=False)
