@@ -18,15 +18,22 @@ PIL pipeline, all small:
   weights and its uint8 rounding between the horizontal and vertical passes (which also clips
   bicubic overshoot: up to ~3 grey levels at saturated edges, ~0.3 on average).
 Measured in tests/test_augment.py.
+
+Two exact shortcuts, each tested against the general form: a bilinear crop that only upsamples
+(CIFAR: 32 px crops of 32 px images) is grid_sample at clamped coordinates, not two matmuls;
+and on the CPU, apply_view sorts the images by the rank of their hue shift among their jitter
+ops, so each blend step runs only on the images that apply it (on accelerators, one pass over
+all images, identity steps included, with no host sync).
 """
 
 from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
+import torch.nn.functional as F
 
 # Colour-jitter ops, numbered as torchvision's ColorJitter numbers them in its random order.
 BRIGHTNESS, CONTRAST, SATURATION, HUE = 0, 1, 2, 3
@@ -180,6 +187,8 @@ def resized_crop(images: torch.Tensor, boxes: torch.Tensor, size: int, interpola
     mirrors the chosen outputs at no cost. uint8 images come out as float in [0, 1].
     """
     _, _, height, width = images.shape
+    if interpolation == "bilinear" and max(height, width) <= size:
+        return _upsample_bilinear(images, boxes, size, flip)
     rows = _resample_weights(boxes[:, 0], boxes[:, 2], height, size, interpolation)
     cols = _resample_weights(boxes[:, 1], boxes[:, 3], width, size, interpolation, flip)
     return _resample(images, rows, cols)
@@ -205,8 +214,11 @@ def adjust_saturation(images: torch.Tensor, factors: torch.Tensor) -> torch.Tens
     return _blend(images, factors, to_luminance=1 - factors)
 
 
-def adjust_hue(images: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
-    """Rotate each image's hue by its shift (N, in turns, within [-0.5, 0.5]), as torchvision's HSV round trip."""
+def adjust_hue(images: torch.Tensor, shifts: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Rotate each image's hue by its shift (N, in turns, within [-0.5, 0.5]), as torchvision's HSV round trip.
+
+    `out` may be `images` itself: it is written last, when nothing more is read from `images`.
+    """
     # torchvision goes RGB -> HSV -> RGB with a six-way selection per pixel. Selections
     # (torch.where, bool masks) run 10-20x slower than arithmetic on CPU, so this computes the
     # same function with min/max/abs/clamp only. In sixths of a turn:
@@ -230,7 +242,7 @@ def adjust_hue(images: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
     start = _device_constant((1.0, -2.0, -2.0), device).view(1, 3, 1, 1)  # d's 1, plus c, minus 5
     x = (distance + start).addcmul_(sign, turn)               # T's argument minus 5, N×3×H×W
     x = x.abs_().sub_(3).abs_().sub_(2).clamp_(-1, 0)         # -T
-    return torch.addcmul(max_c, chroma, x, out=x)
+    return torch.addcmul(max_c, chroma, x, out=x if out is None else out)
 
 
 def color_jitter(images: torch.Tensor, factors: torch.Tensor, order: torch.Tensor,
@@ -240,27 +252,9 @@ def color_jitter(images: torch.Tensor, factors: torch.Tensor, order: torch.Tenso
     Ops not `active` are skipped, as ColorJitter skips an op of strength 0. Factors of
     (1, 1, 1, 0) leave an image unchanged.
     """
-    ops = [op for op in (BRIGHTNESS, CONTRAST, SATURATION, HUE) if active[op]]
-    if not ops:
+    if not any(active):
         return images.clone()
-    # Each image's place for each active op among its active ops (N×A), from its order of all four.
-    position = order.argsort(dim=1)
-    position = torch.stack([position[:, op] for op in ops], dim=1)
-    rank = (position.unsqueeze(1) < position.unsqueeze(2)).sum(dim=2)
-    blend_ops = [op for op in ops if op != HUE]
-    if not blend_ops:
-        return adjust_hue(images, factors[:, HUE])
-    blend_rank = torch.stack([rank[:, ops.index(op)] for op in blend_ops], dim=1)  # N×K
-    if HUE not in ops:
-        return _blend_steps(images, factors, blend_ops, blend_rank, range(len(ops)), blend_rank >= 0)
-
-    # Brightness, contrast and saturation are one kind of op (a blend, whichever target each image
-    # needs), so each step applies one of them per image. Hue is computed once, not at each step:
-    # first the blends an image ranks before its hue shift, then the hue, then those after it.
-    hue_rank = rank[:, ops.index(HUE)].unsqueeze(1)
-    x = _blend_steps(images, factors, blend_ops, blend_rank, range(len(ops) - 1), blend_rank < hue_rank)
-    x = adjust_hue(x, factors[:, HUE])
-    return _blend_steps(x, factors, blend_ops, blend_rank, range(1, len(ops)), blend_rank > hue_rank)
+    return _apply_jitter(images, _jitter_steps(_jitter_table(factors, order, active)))
 
 
 def normalize(images: torch.Tensor, mean: tuple[float, float, float], std: tuple[float, float, float]) -> torch.Tensor:
@@ -289,32 +283,7 @@ def augment_views(images: torch.Tensor, preset: AugmentPreset, generator: torch.
 
 def apply_view(images: torch.Tensor, params: ViewParams, preset: AugmentPreset) -> torch.Tensor:
     """The training view of each image (uint8 N×3×H×W) with the given parameters, normalised."""
-    _check_images(images)
-    active = tuple(strength > 0 for strength in preset.jitter)
-    identity = _device_constant((1.0, 1.0, 1.0, 0.0), images.device)
-    factors = torch.where(params.jitter.unsqueeze(1), params.jitter_factors, identity)
-    jitter = any(active) and preset.jitter_p > 0
-
-    def crop(x: torch.Tensor) -> torch.Tensor:
-        x = resized_crop(x, params.boxes, preset.size, preset.interpolation, flip=params.flip)
-        return x.clamp_(0, 1) if preset.interpolation == "bicubic" else x  # PIL clamps bicubic overshoot
-
-    if preset.color_before_crop:
-        x = images.float().div_(255)
-        if jitter:
-            x = color_jitter(x, factors, params.jitter_order, active)
-        if preset.grayscale_p > 0:
-            x = to_grayscale(x, params.grayscale)
-        return normalize(crop(x), preset.mean, preset.std)
-
-    x = crop(images)
-    if jitter:
-        x = color_jitter(x, factors, params.jitter_order, active)
-    # Grayscale and normalisation are both per-image colour maps, applied here as one.
-    scale = 1 / _device_constant(tuple(preset.std), images.device)
-    shift = -_device_constant(tuple(preset.mean), images.device) * scale
-    matrix = scale.view(1, 3, 1) * _grayscale_matrices(params.grayscale)
-    return _color_map(x, matrix, shift.expand(len(x), 3))
+    return _apply_view(images, params, preset, grouped=images.device.type == "cpu")
 
 
 def eval_views(images: torch.Tensor, preset: AugmentPreset) -> torch.Tensor:
@@ -395,6 +364,34 @@ def _keys_cubic(x: torch.Tensor, a: float = -0.5) -> torch.Tensor:
     return a * (t2 - 1) * (t2 - 2).square() + (t1 - 1).square() * (2 * t1 + 4 * a + 1)
 
 
+def _upsample_bilinear(images: torch.Tensor, boxes: torch.Tensor, size: int, flip: torch.Tensor | None) -> torch.Tensor:
+    """resized_crop, bilinear, where no box is larger than the output (as a 32 px source cropped to 32 px).
+
+    Upsampling, the antialiased kernel of _resample_weights has two taps, clipped at the crop's
+    edges: bilinear interpolation at each output pixel's centre, its coordinate clamped to the
+    crop's first and last pixel centres. grid_sample does that in one pass instead of two dense
+    matmuls whose weights are mostly zeros.
+    """
+    n = len(images)
+    x = images.float().div_(255) if images.dtype == torch.uint8 else images
+    ys = _sample_positions(boxes[:, 0], boxes[:, 2], size, images.shape[2])
+    xs = _sample_positions(boxes[:, 1], boxes[:, 3], size, images.shape[3], flip)
+    grid = torch.stack((xs.view(n, 1, size).expand(n, size, size), ys.view(n, size, 1).expand(n, size, size)), dim=3)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def _sample_positions(start: torch.Tensor, length: torch.Tensor, size: int, in_size: int,
+                      flip: torch.Tensor | None = None) -> torch.Tensor:
+    # N×size source positions of the output pixels' centres, clamped to the crop's first and last
+    # pixel centres, as grid_sample reads them (align_corners=False: -1 and 1 are the image's edges).
+    position = torch.arange(size, device=start.device, dtype=torch.float32).view(1, -1)
+    if flip is not None:
+        position = position + flip.to(torch.float32).view(-1, 1) * (size - 1 - 2 * position)
+    length = length.to(torch.float32).view(-1, 1)
+    inside = ((position + 0.5) * (length / size) - 0.5).clamp_(min=0).minimum(length - 1)  # in the crop
+    return (inside + start.to(torch.float32).view(-1, 1) + 0.5) * (2 / in_size) - 1
+
+
 def _resample(images: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
     """rows @ image @ colsᵀ per image and channel (weights N×out×in, or 1×out×in for all images)."""
     n, channels, height, width = images.shape
@@ -405,21 +402,177 @@ def _resample(images: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> t
     return torch.matmul(rows.unsqueeze(1), x.view(n, channels, height, cols.shape[1]))
 
 
-def _blend_steps(x: torch.Tensor, factors: torch.Tensor, blend_ops: list[int], blend_rank: torch.Tensor,
-                 steps: range, eligible: torch.Tensor) -> torch.Tensor:
-    """One blend per step and image: at step s, the blend op an image ranks s-th, if eligible (N×K)."""
-    # All steps' per-image coefficients at once (N×S, cheap): chosen[n, s, k] says image n applies
-    # blend_ops[k] at step s. Unchosen images get factor exactly 1 and no target: unchanged.
-    slots = torch.arange(steps.start, steps.stop, device=x.device).view(1, -1, 1)
-    chosen = ((blend_rank.unsqueeze(1) == slots) & eligible.unsqueeze(1)).to(x.dtype)
-    op_factors = torch.stack([factors[:, op] for op in blend_ops], dim=1).unsqueeze(1)   # N×1×K
-    factor = (chosen * op_factors).sum(dim=2) + (1 - chosen.sum(dim=2))
-    # The target's share, (1 - factor), goes to the luminance (saturation) or its mean (contrast).
-    to_luminance = (1 - factor) * chosen[:, :, blend_ops.index(SATURATION)] if SATURATION in blend_ops else None
-    to_mean = (1 - factor) * chosen[:, :, blend_ops.index(CONTRAST)] if CONTRAST in blend_ops else None
-    for s in range(len(steps)):
-        x = _blend(x, factor[:, s], None if to_luminance is None else to_luminance[:, s],
-                   None if to_mean is None else to_mean[:, s])
+def _apply_view(images: torch.Tensor, params: ViewParams, preset: AugmentPreset, grouped: bool) -> torch.Tensor:
+    """apply_view, with colour jitter in one pass over the batch or on images sorted by hue rank.
+
+    Colour jitter takes up to 6 blend steps around one hue step (_jitter_steps), of which each
+    image applies 3; the others are identities for it. The single pass (on accelerators: no host
+    sync, a few large kernels) runs all of them on every image. Sorted (on the CPU, where reading
+    the group sizes is free and every pass over the batch costs; _jitter_sorted_), each step runs
+    only on the images that apply it. Both give the same views.
+    """
+    _check_images(images)
+    n, _, height, width = images.shape
+    device = images.device
+    active = tuple(strength > 0 for strength in preset.jitter)
+    jitter = any(active) and preset.jitter_p > 0
+    order = None
+    if grouped and jitter:
+        group = _jitter_group(params, active)
+        order = group.argsort(stable=True)
+        ends = torch.bincount(group, minlength=_NO_JITTER_GROUP + 1).cumsum(0).tolist()
+        params, images = _select(params, order), images.index_select(0, order)
+    table = None
+    if jitter:
+        identity = _device_constant((1.0, 1.0, 1.0, 0.0), device)
+        factors = torch.where(params.jitter.unsqueeze(1), params.jitter_factors, identity)
+        table = _jitter_table(factors, params.jitter_order, active)
+    x = images.float().div_(255) if preset.color_before_crop else _crop(images, params, preset)
+    if table is not None:
+        x = _apply_jitter(x, _jitter_steps(table)) if order is None else _jitter_sorted_(x, table, ends)
+    if preset.color_before_crop:
+        if preset.grayscale_p > 0:
+            x = _color_map(x, _grayscale_matrices(params.grayscale))
+        out = normalize(_crop(x, params, preset), preset.mean, preset.std)
+    else:
+        # Grayscale and normalisation are both per-image colour maps, applied as one.
+        scale = 1 / _device_constant(tuple(preset.std), device)
+        shift = -_device_constant(tuple(preset.mean), device) * scale
+        out = _color_map(x, scale.view(1, 3, 1) * _grayscale_matrices(params.grayscale), shift.expand(n, 3))
+    return out if order is None else torch.empty_like(out).index_copy_(0, order, out)
+
+
+def _jitter_sorted_(x: torch.Tensor, table: _JitterTable, ends: list[int]) -> torch.Tensor:
+    """Colour jitter in place on images sorted by _jitter_group; group g ends at image ends[g].
+
+    With a hue op, blend slot s before the hue holds rank s and runs on the groups whose hue comes
+    later (s < g: a suffix of the jittered images); then the hue runs on all of them; slot s after
+    it holds rank s + 1 and runs on the groups whose hue came earlier (g <= s: a prefix). Each image
+    gets its blends in its own order, and no identity step runs.
+    """
+    ranks = len(table.matrices)
+    if table.hue is None:
+        for rank in range(ranks):
+            _blend_(x, table, rank, 0, ends[0])
+        return x
+    jittered = ends[ranks - 1]
+    for slot in range(ranks - 1):
+        _blend_(x, table, slot, ends[slot], jittered)
+    if jittered:
+        adjust_hue(x[:jittered], table.hue[:jittered], out=x[:jittered])
+    for slot in range(ranks - 1):
+        _blend_(x, table, slot + 1, 0, ends[slot])
+    return x
+
+
+def _blend_(x: torch.Tensor, table: _JitterTable, rank: int, start: int, stop: int) -> None:
+    # The rank-th blend of images start..stop, in place.
+    if stop > start:
+        part = x[start:stop]
+        to_mean = None if table.to_mean is None else table.to_mean[rank, start:stop]
+        torch.clamp(_blend_map(part, table.matrices[rank, start:stop], to_mean, clamp=False), 0, 1, out=part)
+
+
+_NO_JITTER_GROUP = 4  # apply_view's group of images without colour jitter (groups 0..3: the hue's rank)
+
+
+def _jitter_group(params: ViewParams, active: tuple[bool, bool, bool, bool]) -> torch.Tensor:
+    # Each image's group for the grouped apply_view: the rank of its hue shift among its active
+    # jitter ops (0 without a hue op), or _NO_JITTER_GROUP.
+    ops, rank = _jitter_ranks(params.jitter_order, active)
+    hue_rank = rank[:, ops.index(HUE)] if HUE in ops else torch.zeros_like(rank[:, 0])
+    return torch.where(params.jitter, hue_rank, _NO_JITTER_GROUP)
+
+
+def _crop(images: torch.Tensor, params: ViewParams, preset: AugmentPreset) -> torch.Tensor:
+    x = resized_crop(images, params.boxes, preset.size, preset.interpolation, params.flip)
+    return x.clamp_(0, 1) if preset.interpolation == "bicubic" else x  # PIL clamps bicubic overshoot
+
+
+def _select(params: ViewParams, index: torch.Tensor) -> ViewParams:
+    return ViewParams(*(getattr(params, field.name).index_select(0, index) for field in fields(ViewParams)))
+
+
+def _jitter_ranks(order: torch.Tensor, active: tuple[bool, bool, bool, bool]) -> tuple[list[int], torch.Tensor]:
+    # The active ops, and each image's rank of each among its active ops (N×A), from its order of all four.
+    ops = [op for op in (BRIGHTNESS, CONTRAST, SATURATION, HUE) if active[op]]
+    position = order.argsort(dim=1)
+    position = torch.stack([position[:, op] for op in ops], dim=1)
+    return ops, (position.unsqueeze(1) < position.unsqueeze(2)).sum(dim=2)
+
+
+@dataclass(frozen=True)
+class _JitterTable:
+    """Each image's jitter ops by rank: the blend at rank r of image n is the colour matrix
+    `matrices[r, n]` plus `to_mean[r, n]` times the image's mean luminance, then the clamp to
+    [0, 1]. At the hue's rank the blend is the identity (factor 1, no target)."""
+
+    matrices: torch.Tensor               # A×N×3×3, A active ops
+    to_mean: torch.Tensor | None         # A×N; None without contrast
+    hue: torch.Tensor | None             # N hue shifts; None without hue
+    hue_rank: torch.Tensor | None        # N
+
+
+def _jitter_table(factors: torch.Tensor, order: torch.Tensor, active: tuple[bool, bool, bool, bool]) -> _JitterTable:
+    """The per-image coefficients of color_jitter (small tensors: computed once per batch)."""
+    device = factors.device
+    ops, rank = _jitter_ranks(order, active)
+    # N×A op numbers (a cached constant: a fresh list copied to CUDA would synchronise).
+    op_at_rank = _device_constant(tuple(map(float, ops)), device)[rank.argsort(dim=1)].long()
+    # The hue's share of the table is factor 1 and no target: an identity blend.
+    factor = torch.where(op_at_rank == HUE, 1.0, factors.gather(1, op_at_rank)).T   # A×N
+    share = 1 - factor  # of the target: the luminance (saturation) or its mean (contrast)
+    matrices = factor.view(*factor.shape, 1, 1) * torch.eye(3, device=device)
+    if SATURATION in ops:
+        to_luminance = share * (op_at_rank.T == SATURATION)
+        matrices = matrices + to_luminance.view(*factor.shape, 1, 1) * _device_constant(_LUMA, device)
+    to_mean = share * (op_at_rank.T == CONTRAST) if CONTRAST in ops else None
+    if HUE not in ops:
+        return _JitterTable(matrices, to_mean, None, None)
+    return _JitterTable(matrices, to_mean, factors[:, HUE], rank[:, ops.index(HUE)])
+
+
+@dataclass(frozen=True)
+class _JitterPlan:
+    """Colour jitter as steps: blend steps (as _JitterTable's), then the hue shift, then blend steps."""
+
+    before: torch.Tensor                  # S×N×3×3
+    before_mean: torch.Tensor | None      # S×N
+    hue: torch.Tensor | None              # N
+    after: torch.Tensor                   # S'×N×3×3
+    after_mean: torch.Tensor | None       # S'×N
+
+
+def _jitter_steps(table: _JitterTable) -> _JitterPlan:
+    """The steps that apply each image's jitter in one pass over all images, whatever its hue's rank.
+
+    Slot s before the hue holds rank s where the image's hue comes later, else the identity;
+    slot s after it holds rank s + 1 where the hue came earlier.
+    """
+    matrices, to_mean = table.matrices, table.to_mean
+    if table.hue is None:
+        return _JitterPlan(matrices, to_mean, None, matrices[:0], None)
+    slots = torch.arange(len(matrices) - 1, device=matrices.device).view(-1, 1)
+    before, after = slots < table.hue_rank, slots + 1 > table.hue_rank         # (A-1)×N
+    identity = torch.eye(3, device=matrices.device)
+    return _JitterPlan(
+        torch.where(before.view(*before.shape, 1, 1), matrices[:-1], identity),
+        None if to_mean is None else to_mean[:-1] * before, table.hue,
+        torch.where(after.view(*after.shape, 1, 1), matrices[1:], identity),
+        None if to_mean is None else to_mean[1:] * after)
+
+
+def _apply_jitter(images: torch.Tensor, plan: _JitterPlan) -> torch.Tensor:
+    x = _apply_blends(images, plan.before, plan.before_mean)
+    if plan.hue is not None:
+        x = adjust_hue(x, plan.hue)
+    x = _apply_blends(x, plan.after, plan.after_mean)
+    return images.clone() if x is images else x
+
+
+def _apply_blends(x: torch.Tensor, matrices: torch.Tensor, to_mean: torch.Tensor | None) -> torch.Tensor:
+    for s in range(len(matrices)):
+        x = _blend_map(x, matrices[s], None if to_mean is None else to_mean[s])
     return x
 
 
@@ -432,14 +585,21 @@ def _blend(images: torch.Tensor, factors: torch.Tensor, to_luminance: torch.Tens
     3×3 colour matrix plus an offset per image, one batched matmul; exact at factor 1 and zero weights.
     """
     n = images.shape[0]
-    luma = _device_constant(_LUMA, images.device)
     matrix = factors.view(n, 1, 1) * torch.eye(3, device=images.device)
     if to_luminance is not None:
-        matrix = matrix + to_luminance.view(n, 1, 1) * luma              # share·luma added to every row
+        matrix = matrix + to_luminance.view(n, 1, 1) * _device_constant(_LUMA, images.device)  # share·luma on every row
+    return _blend_map(images, matrix, to_mean)
+
+
+def _blend_map(images: torch.Tensor, matrix: torch.Tensor, to_mean: torch.Tensor | None,
+               clamp: bool = True) -> torch.Tensor:
+    # A blend from its colour matrices (N×3×3) and mean-luminance weights (N or None).
     offset = None
     if to_mean is not None:
-        offset = (to_mean * (images.mean(dim=(2, 3)) @ luma)).view(n, 1)  # share·mean luminance
-    return _color_map(images, matrix, offset).clamp_(0, 1)
+        luma = _device_constant(_LUMA, images.device)
+        offset = (to_mean * (images.mean(dim=(2, 3)) @ luma)).view(-1, 1)  # share·mean luminance
+    x = _color_map(images, matrix, offset)
+    return x.clamp_(0, 1) if clamp else x
 
 
 def _color_map(images: torch.Tensor, matrix: torch.Tensor, offset: torch.Tensor | None = None) -> torch.Tensor:

@@ -69,6 +69,21 @@ def test_resized_crop_matches_torchvision(interpolation, size):
     assert (out - expected).abs().max() < TOL
 
 
+@pytest.mark.parametrize("source", [32, 20])
+def test_bilinear_upsampling_crop_matches_the_resampling_matrices(source):
+    # Crops no larger than the output go through grid_sample; the general path is the two
+    # matmuls with _resample_weights' antialiased kernel. Boxes: whole image, 1 px, edges, thin.
+    images = natural(7, source, seed=5)
+    boxes = torch.tensor([[0, 0, source, source], [3, 4, 1, 1], [0, source - 5, 9, 5], [source - 6, 0, 6, 11],
+                          [2, 1, source - 3, 7], [5, 5, 10, 10], [1, 0, 13, source]])
+    flip = torch.tensor([False, True, False, True, True, False, True])
+    rows = A._resample_weights(boxes[:, 0], boxes[:, 2], source, 32, "bilinear")
+    cols = A._resample_weights(boxes[:, 1], boxes[:, 3], source, 32, "bilinear", flip)
+    out = A.resized_crop(images, boxes, 32, "bilinear", flip=flip)
+    assert (out - A._resample(images, rows, cols)).abs().max() < TOL
+    assert (A.resized_crop(uint8(images), boxes, 32, flip=flip) - A._resample(uint8(images), rows, cols)).abs().max() < TOL
+
+
 def test_resized_crop_reads_uint8_as_to_tensor():
     images = uint8(natural(4, 32))
     boxes = torch.tensor([[0, 0, 32, 32], [4, 4, 10, 20], [0, 3, 29, 17], [8, 0, 24, 32]])
@@ -253,6 +268,27 @@ def test_views_match_torchvision_pipeline(preset_name, source):
     assert (out - expected).abs().max() < TOL / min(preset.std)  # normalisation scales errors by 1/std
 
 
+@pytest.mark.parametrize("preset_name, source", [("cifar", 32), ("stl10", 40), ("digits", 32), ("no brightness", 32),
+                                                  ("hue only", 32), ("few", 32)])
+def test_grouped_views_equal_the_single_pass(preset_name, source):
+    # On the CPU, apply_view sorts images by the rank of their hue shift and runs each step on the
+    # images that apply it; the single pass (accelerators) runs every step, identities included, on all.
+    cifar = A.PRESETS["cifar"]
+    preset = {"no brightness": dataclasses.replace(cifar, jitter=(0.0, 0.4, 0.4, 0.1)),
+              "hue only": dataclasses.replace(cifar, jitter=(0.0, 0.0, 0.0, 0.1)),
+              "few": cifar}.get(preset_name) or A.PRESETS[preset_name]
+    n = 2 if preset_name == "few" else 64
+    images = uint8(natural(n, source, seed=6))
+    params = A.sample_view_params(n, source, source, preset, torch.Generator().manual_seed(2))
+    active = tuple(s > 0 for s in preset.jitter)
+    if n > 2:  # every group is exercised: each rank of the hue among the active ops, and no jitter
+        assert len(A._jitter_group(params, active).unique()) == (sum(active) + 1 if active[A.HUE] else 2)
+    grouped = A._apply_view(images, params, preset, grouped=True)
+    assert torch.equal(grouped, A.apply_view(images, params, preset))
+    single = A._apply_view(images, params, preset, grouped=False)
+    assert (grouped - single).abs().max() < TOL / min(preset.std)
+
+
 def test_views_are_drawn_per_image():
     images = uint8(natural(1, 32)).expand(64, -1, -1, -1)  # 64 copies of one image
     views = A.augment_views(images, A.PRESETS["cifar"], torch.Generator().manual_seed(0))
@@ -290,10 +326,12 @@ def test_augment_views_keeps_device_and_rejects_bad_input():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_views_match_cpu_and_do_not_synchronise():
-    preset = A.PRESETS["stl10"]
-    images = uint8(natural(32, 96))
-    params = A.sample_view_params(32, 96, 96, preset, torch.Generator().manual_seed(0))
+@pytest.mark.parametrize("preset_name, source", [("stl10", 96), ("cifar", 32)])
+def test_cuda_views_match_cpu_and_do_not_synchronise(preset_name, source):
+    # The CPU sorts images by jitter group and crops cifar by grid_sample; CUDA runs the single pass.
+    preset = A.PRESETS[preset_name]
+    images = uint8(natural(32, source))
+    params = A.sample_view_params(32, source, source, preset, torch.Generator().manual_seed(0))
     on_cuda = A.ViewParams(**{f.name: getattr(params, f.name).cuda() for f in dataclasses.fields(params)})
     out = A.apply_view(images.cuda(), on_cuda, preset)
     assert (out.cpu() - A.apply_view(images, params, preset)).abs().max() < 1e-4
