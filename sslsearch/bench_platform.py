@@ -45,6 +45,8 @@ from ray import tune
 from sslsearch.config import PROJECT_ROOT, load_experiment
 from sslsearch.errors import InputError
 from sslsearch.asha import PairedASHA, RungState
+from sslsearch.retention import CheckpointRetention
+from sslsearch.saved_state import IntactStateCopy
 from sslsearch.platform_trial import synthetic_trial, synthetic_val_acc
 from sslsearch.search import (METRIC, MODE, LiveView, SweepSearcher, connect_ray, make_scheduler, summarize,
                               sweep_path, write_study_snapshot)
@@ -63,7 +65,10 @@ TOP_LEVEL = ("searcher.suggest", "searcher.on_trial_result", "searcher.on_trial_
              "tracking.on_trial_complete", "tracking.on_trial_error", "tracking.on_experiment_end",
              "liveview.on_trial_result", "liveview.on_trial_complete", "scheduler.on_trial_result",
              "scheduler.choose_trial_to_run", "ray.logger.json", "ray.logger.csv", "ray.logger.tbx",
-             "ray.save_experiment_state")
+             "ray.save_experiment_state", "intact_state.hooks", "retention.on_experiment_end")
+# Components timed inside Ray's state save (its callbacks' get_state, the searcher's save): part of ray.save_experiment_state.
+IN_STATE_SAVE = ("searcher.save (in ray.save_experiment_state)", "intact_state (in ray.save_experiment_state)",
+                 "retention (in ray.save_experiment_state)")
 # Components timed on threads of their own: MLflow's sender (the records the hooks queue) and Ray's upload
 # of its experiment state.
 OWN_THREADS = ("tracking.send", "tracking.send.sweep", "ray.upload_experiment_state")
@@ -200,6 +205,28 @@ class _TimedTracking(MlflowTracking):
         # The first record creates (or opens) the MLflow store and the sweep's run: once per sweep, timed apart.
         with PROFILE.timed("tracking.send.sweep" if record[0] == "sweep" else "tracking.send"):
             return super()._attempt(record)
+
+
+class _TimedIntactStateCopy(IntactStateCopy):
+    def get_state(self):
+        with PROFILE.timed("intact_state (in ray.save_experiment_state)"):
+            return super().get_state()
+
+    def _copy(self, force: bool = False) -> None:
+        if force:   # (from get_state, timed there)
+            return super()._copy(force)
+        with PROFILE.timed("intact_state.hooks"):
+            return super()._copy(force)
+
+
+class _TimedRetention(CheckpointRetention):
+    def get_state(self):
+        with PROFILE.timed("retention (in ray.save_experiment_state)"):
+            return super().get_state()
+
+    def on_experiment_end(self, trials, **info):
+        with PROFILE.timed("retention.on_experiment_end"):
+            super().on_experiment_end(trials, **info)
 
 
 class _TimedLiveView(LiveView):
@@ -384,8 +411,10 @@ def measure_sweep(trials: int, reports: int = 10, concurrency: int = 8, report_s
                                   study_path=f"{sweep_path(str(folder), name)}/optuna-study.journal")
         searcher.append_snapshot = append_snapshot
         scheduler = make_scheduler(experiment)
-        if isinstance(scheduler, PairedASHA):
-            callbacks.insert(1, RungState(scheduler))
+        # As run_sweep: [live view, rungs, intact state copy, retention, …] (the copy before retention in each save).
+        callbacks[1:1] = [*([RungState(scheduler)] if isinstance(scheduler, PairedASHA) else []),
+                          _TimedIntactStateCopy(sweep_path(str(folder), name)),
+                          _TimedRetention(experiment.tracking.checkpoints)]
         Path(sweep_path(str(folder), name)).mkdir(parents=True, exist_ok=True)
         # As search.run_sweep builds its Tuner, with the synthetic trainable.
         tuner = tune.Tuner(
@@ -630,8 +659,7 @@ def format_bench_platform(result: dict) -> str:
     row("  of which MLflow store set-up (once)", [f"{r['setup_cpu_s']:.1f}" for r in runs])
     row("  ms per report, set-up left out", [f"{r['driver_cpu_ms_per_report']:.1f}" for r in runs])
     row("  ms per trial, set-up left out", [f"{r['driver_cpu_ms_per_trial']:.0f}" for r in runs])
-    for name in TOP_LEVEL + OWN_THREADS + ("searcher.persist",
-                             "searcher.save (in ray.save_experiment_state)"):
+    for name in TOP_LEVEL + OWN_THREADS + ("searcher.persist", *IN_STATE_SAVE):
         if any(name in r["components"] for r in runs):
             row(f"  CPU s in {name}", [f"{r['components'].get(name, {}).get('cpu_s', 0.0):.2f}" for r in runs])
     row("  CPU s elsewhere (Ray's loop and threads)", [f"{r['ray_rest_cpu_s']:.1f}" for r in runs])
