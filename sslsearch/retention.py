@@ -29,6 +29,7 @@ import json
 import logging
 import math
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -144,8 +145,13 @@ class CheckpointRetention(tune.Callback):
     It works at each save of the sweep's state (`get_state`) and at the sweep's end, on the driver; a
     failure is logged in one line and never stops the sweep (the checkpoints then simply stay as they were)."""
 
+    # Each pass reads Ray's saved state whole (27 MB at 1,000 trials): at most one pass per EVERY_S seconds, else it
+    # costs as much CPU as Ray's own saves (docs/scale.md). Ended trials keep their checkpoints that much longer.
+    EVERY_S = 30.0
+
     def __init__(self, policy: str):
         self.policy = policy
+        self._last_pass = -math.inf
         self.settled: dict[str, bool] = {}  # trial id → settled with its latest checkpoint kept full (top_k)
         self._trials: list = []             # Ray's list of the sweep's trials, from the last hook that passed it
         self._waiting = False               # a trial ended that is not settled yet
@@ -159,7 +165,8 @@ class CheckpointRetention(tune.Callback):
 
     def get_state(self) -> dict:
         # Called as Ray saves the sweep's state: what an earlier save recorded as ended is settled now.
-        self._settle()
+        if time.monotonic() - self._last_pass >= self.EVERY_S:
+            self._settle()
         return {"settled": dict(self.settled)}
 
     def set_state(self, state: dict) -> None:
@@ -176,6 +183,7 @@ class CheckpointRetention(tune.Callback):
     def _settle(self) -> None:
         if not self._waiting or not self._trials:
             return
+        self._last_pass = time.monotonic()
         try:
             storage = self._trials[0].storage
             ended_ids = saved_as_ended(storage.storage_filesystem, storage.experiment_fs_path)
