@@ -169,36 +169,21 @@ class _TimedSearcher(SweepSearcher):
             super().save(checkpoint_path)
 
 
+def _timed_function(function, name: str):
+    @functools.wraps(function)
+    def timed(*args, **kwargs):
+        with PROFILE.timed(name):
+            return function(*args, **kwargs)
+    return timed
+
+
 class _TimedTracking(MlflowTracking):
     """MlflowTracking, each Tune hook timed on the Tune loop's thread."""
 
-    def setup(self, *args, **kwargs):
-        with PROFILE.timed("tracking.setup"):
-            super().setup(*args, **kwargs)
-
-    def on_trial_start(self, *args, **kwargs):
-        with PROFILE.timed("tracking.on_trial_start"):
-            super().on_trial_start(*args, **kwargs)
-
-    def on_trial_result(self, *args, **kwargs):
-        with PROFILE.timed("tracking.on_trial_result"):
-            super().on_trial_result(*args, **kwargs)
-
-    def on_checkpoint(self, *args, **kwargs):
-        with PROFILE.timed("tracking.on_checkpoint"):
-            super().on_checkpoint(*args, **kwargs)
-
-    def on_trial_complete(self, *args, **kwargs):
-        with PROFILE.timed("tracking.on_trial_complete"):
-            super().on_trial_complete(*args, **kwargs)
-
-    def on_trial_error(self, *args, **kwargs):
-        with PROFILE.timed("tracking.on_trial_error"):
-            super().on_trial_error(*args, **kwargs)
-
-    def on_experiment_end(self, *args, **kwargs):
-        with PROFILE.timed("tracking.on_experiment_end"):
-            super().on_experiment_end(*args, **kwargs)
+    for _hook in ("setup", "on_trial_start", "on_trial_result", "on_checkpoint", "on_trial_complete",
+                  "on_trial_error", "on_experiment_end"):
+        locals()[_hook] = _timed_function(getattr(MlflowTracking, _hook), f"tracking.{_hook}")
+    del _hook
 
     def _attempt(self, record: list) -> bool:
         # The sender thread's work (at the end of the sweep, on_experiment_end waits for it: both count).
@@ -238,14 +223,6 @@ class _TimedLiveView(LiveView):
     def on_trial_complete(self, *args, **kwargs):
         with PROFILE.timed("liveview.on_trial_complete"):
             super().on_trial_complete(*args, **kwargs)
-
-
-def _timed_function(function, name: str):
-    @functools.wraps(function)
-    def timed(*args, **kwargs):
-        with PROFILE.timed(name):
-            return function(*args, **kwargs)
-    return timed
 
 
 def _counted_reuse(function):

@@ -38,12 +38,12 @@ import torch
 from ray import tune
 
 from sslsearch.config import keeps_last, top_k
+from sslsearch.saved_state import JSON_STATE   # Ray's saved sweep state; the newest name is the newest
 from sslsearch.train import RESUME_ONLY, weights_only
 
 log = logging.getLogger(__name__)
 
 LAST = "last.pt"                                  # the trial's checkpoint file in each of Ray's checkpoint folders
-STATE_FILES = "experiment_state-*.json"           # Ray's saved sweep state (trial statuses), newest name = newest
 
 
 def best_checkpoint(trial) -> tuple | None:
@@ -79,7 +79,7 @@ def saved_as_ended(fs: pyarrow.fs.FileSystem, sweep_fs_path: str) -> set[str]:
     nothing unpickled); empty if there is none yet or it is being rewritten."""
     try:
         infos = fs.get_file_info(pyarrow.fs.FileSelector(sweep_fs_path, allow_not_found=True))
-        names = [i.base_name for i in infos if i.type == pyarrow.fs.FileType.File and fnmatch.fnmatch(i.base_name, STATE_FILES)]
+        names = [i.base_name for i in infos if i.type == pyarrow.fs.FileType.File and fnmatch.fnmatch(i.base_name, JSON_STATE)]
         if not names:
             return set()
         with fs.open_input_stream(f"{sweep_fs_path}/{max(names)}") as stream:
