@@ -21,6 +21,9 @@ CONTROLLER_MEMBERS = (
     ("ray.tune.execution.tune_controller.TuneController", "_mark_trial_to_checkpoint",
      "PairedASHA: checkpoint a twin it pauses at a rung"),
 )
+TUNER_MEMBERS = (
+    ("ray.tune.Tuner", "_local_tuner", "the run config a restored Tuner unpickled: its SlotUse callback's figure"),
+)
 
 
 def missing_members() -> list[str]:
@@ -36,6 +39,10 @@ def missing_members() -> list[str]:
     for where, member, _ in CONTROLLER_MEMBERS:
         if not hasattr(TuneController, member):
             missing.append(f"{where}.{member}")
+    from ray import tune
+
+    if "_local_tuner" not in getattr(tune.Tuner, "__annotations__", {}):   # an instance attribute, declared on the class
+        missing.append("ray.tune.Tuner._local_tuner")
     return missing
 
 
