@@ -44,6 +44,7 @@ from sslsearch.search.retention import CheckpointRetention, DiskUse, disk_use, s
 from sslsearch.search.rungs import rung_epochs
 from sslsearch.search.saved_state import IntactStateCopy, recover_saved_state
 from sslsearch.search.slots import SlotUse
+from sslsearch.search.trial_logs import trial_loggers
 from sslsearch.search.space import SearchSpace, check_space
 from sslsearch.search.sweeplock import SweepLock, check_owned, create_sweep_folder
 from sslsearch.search.trainable import run_trial
@@ -565,8 +566,8 @@ def run_sweep(experiment: Experiment, space: SearchSpace, *, name: str, storage:
         run_config=tune.RunConfig(
             name=name, storage_path=storage, verbose=0,
             # Full training state only where a resume needs it (tracking.checkpoints; sslsearch.search.retention).
-            callbacks=[LiveView(quiet), SlotUse(), *state, CheckpointRetention(experiment.tracking.checkpoints),
-                       *(callbacks or [])],
+            callbacks=[LiveView(quiet), SlotUse(), *trial_loggers(), *state,
+                       CheckpointRetention(experiment.tracking.checkpoints), *(callbacks or [])],
             # Two, not one: Ray's saved experiment state can name the checkpoint before the newest, and
             # a resumed trial restores from the one it names (Ray syncs that state every num_to_keep checkpoints).
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2 if experiment.tracking.checkpoints != "all" else None,
