@@ -91,10 +91,11 @@ def write_study_snapshot(study: optuna.Study, path: Path | str) -> None:
 class SweepSearcher(OptunaSearch):
     """OptunaSearch that reports ASHA-stopped trials as PRUNED and can pair the loss variants."""
 
-    def __init__(self, space: SearchSpace, *, max_epochs: int, sampler: str, seed: int, paired: bool,
-                 study_name: str, study_path: str | None, scheduler: PairedASHA | None = None):
-        super().__init__(space=space.to_optuna(), metric=METRIC, mode=MODE, sampler=make_sampler(sampler, seed),
-                         study_name=study_name)
+    def __init__(self, space: SearchSpace, *, max_epochs: int, sampler: str | optuna.samplers.BaseSampler, seed: int,
+                 paired: bool, study_name: str, study_path: str | None, scheduler: PairedASHA | None = None):
+        # `sampler`: make_sampler's name, or an Optuna sampler (the replay benchmark compares sampler settings).
+        super().__init__(space=space.to_optuna(), metric=METRIC, mode=MODE, study_name=study_name,
+                         sampler=sampler if isinstance(sampler, optuna.samplers.BaseSampler) else make_sampler(sampler, seed))
         self._max_epochs = max_epochs
         self._paired = paired
         self._seed = seed
