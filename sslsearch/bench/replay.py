@@ -60,12 +60,25 @@ class Method:
         return self.sampler
 
 
+def hyperopt_gamma(n: int) -> int:
+    """Hyperopt's split: the good set is the top ⌈0.25·√n⌉ (Optuna's default: min(⌈0.1·n⌉, 25))."""
+    return min(math.ceil(0.25 * math.sqrt(n)), 25)
+
+
 METHODS = {m.name: m for m in (
     Method("random+fifo", "random", "fifo"),
     Method("random+asha", "random", "asha"),
     Method("tpe+fifo", "tpe", "fifo"),
     Method("tpe+asha", "tpe", "asha"),
+    # TPE settings compared on the replay (docs/sweeps.md); the sweep's own TPE is make_sampler's.
+    Method("tpe+asha startup=4", "tpe", "asha", (("constant_liar", True), ("n_startup_trials", 4))),
+    Method("tpe+asha startup=4 multivariate", "tpe", "asha",
+           (("constant_liar", True), ("n_startup_trials", 4), ("multivariate", True))),
+    Method("tpe+asha startup=4 no liar", "tpe", "asha", (("constant_liar", False), ("n_startup_trials", 4))),
+    Method("tpe+asha startup=4 hyperopt gamma", "tpe", "asha",
+           (("constant_liar", True), ("n_startup_trials", 4), ("gamma", hyperopt_gamma))),
 )}
+DEFAULT_METHODS = ("random+fifo", "random+asha", "tpe+fifo", "tpe+asha", "tpe+asha startup=4")
 
 
 class Table:
@@ -160,6 +173,8 @@ class ReplayRun:
     curve: list[tuple[int, float]] = field(default_factory=list)   # (epochs spent, regret of the pick) at each change
     epochs: int = 0
     configurations: list[tuple[int, str]] = field(default_factory=list)   # (design point, loss) per trial, in order
+    params: list[dict] = field(default_factory=list)       # each trial's sampled values, in order
+    last_epochs: list[int] = field(default_factory=list)   # the epoch each trial ended at, in order
     decisions: list[tuple[str, int, str]] = field(default_factory=list)
 
     def regret_at(self, epochs: int) -> float:
@@ -227,6 +242,7 @@ def replay_sweep(table: Table, experiment: Experiment, space: SearchSpace, metho
             order[trial_id] = len(controller.trials)
             controller.trials.append(trial)
             run.configurations.append((table.lookup(config), config["loss"]))
+            run.params.append({k: config[k] for k in ("lmbda", "lr", "feature_dim", "loss", "seed")})
             scheduler.on_trial_add(controller, trial)
         running = sum(t.status == Trial.RUNNING for t in controller.trials)
         while running < slots:   # then the scheduler's choice, then pending trials in order
@@ -261,6 +277,7 @@ def replay_sweep(table: Table, experiment: Experiment, space: SearchSpace, metho
         else:
             start(trial)
     run.epochs = sum(trained.values())
+    run.last_epochs = [trained[t.trial_id] for t in controller.trials]
     return run
 
 
@@ -352,3 +369,31 @@ def format_replay(result: dict) -> str:
                      + ("" if name == REFERENCE else f", {100 * ratio:.0f}% of {REFERENCE}'s epochs (median ratio)"))
     lines.append(f"({result['seconds']:.0f} s)")
     return "\n".join(lines)
+
+
+def plot_replay(result: dict, path: str | Path) -> Path:
+    """Mean regret against epochs spent per method, with its 95 % band over seeds, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    grid = result["grid"]
+    for name, m in result["methods"].items():
+        mean = [r[0] for r in m["regret"]]
+        low = [r[1] for r in m["regret"]]
+        high = [r[2] for r in m["regret"]]
+        line, = ax.step(grid, mean, where="post", lw=1.6, label=name)
+        ax.fill_between(grid, low, high, step="post", alpha=0.15, color=line.get_color())
+    ax.axhline(TOLERANCE, color="grey", lw=0.8, ls="--")
+    ax.set_xlabel("epochs spent by all trials so far")
+    ax.set_ylabel("regret of the sweep's pick (val_acc points)")
+    ax.set_title(f"replay: {result['seeds']} seeds per method, {result['configurations']} configurations")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
