@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 
 from sslsearch.errors import InputError
-from sslsearch.search.outcomes import FINISHED, OUTCOMES
+from sslsearch.search.outcomes import FINISHED, OUTCOMES, STUDY_FILE
 
 EXPERIMENT = "sslsearch"
 LOSSES = ("barlow", "hsic")
@@ -51,8 +51,6 @@ CONFIRM_COUNTED = ("completed", "diverged")
 # 0.031 at n = 6). Below this, an interval would only dress up noise.
 MIN_PAIRS = 6
 LEVEL = 0.95
-# sslsearch.search.sweep.STUDY_FILE; not imported from there because search imports Ray.
-STUDY_FILE = "optuna-study.journal"
 FORMATS = ("table", "csv", "json", "markdown")
 # Ranking: (column, ascending). The first key is the objective; the rest only break ties.
 RANK_ORDER = (("val_acc", False), ("epochs", False), ("trial_seconds", True), ("trial_id", True), ("sweep", True))

@@ -47,12 +47,11 @@ from sslsearch.errors import InputError
 from sslsearch.records.tracking import MlflowTracking
 from sslsearch.search.asha import PairedASHA, RungState
 from sslsearch.search.experiment import PROJECT_ROOT, load_experiment
+from sslsearch.search.outcomes import METRIC, MODE, STUDY_FILE
 from sslsearch.search.retention import CheckpointRetention
 from sslsearch.search.saved_state import IntactStateCopy
 from sslsearch.search.space import load_search_space
 from sslsearch.search.sweep import (
-    METRIC,
-    MODE,
     LiveView,
     SweepSearcher,
     connect_ray,
@@ -394,7 +393,7 @@ def measure_sweep(trials: int, reports: int = 10, concurrency: int = 8, report_s
             callbacks.append(_TimedTracking(experiment, space, sweep=name, storage=str(folder), tracking_uri=uri))
         searcher = _TimedSearcher(space, max_epochs=experiment.pretrain.epochs, sampler=sampler,
                                   seed=experiment.search.seed, paired=experiment.search.paired, study_name=name,
-                                  study_path=f"{sweep_path(str(folder), name)}/optuna-study.journal")
+                                  study_path=f"{sweep_path(str(folder), name)}/{STUDY_FILE}")
         searcher.append_snapshot = append_snapshot
         scheduler = make_scheduler(experiment)
         # As run_sweep: [live view, rungs, intact state copy, retention, …] (the copy before retention in each save).

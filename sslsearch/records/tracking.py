@@ -11,7 +11,7 @@
   `sslsearch report` ran).
 - child run per trial named after the trial id, nested (`mlflow.parentRunId`), tags
   `sslsearch.role=trial`, `sslsearch.sweep`, `sslsearch.trial_id`, `sslsearch.loss`,
-  `sslsearch.pair` (paired sweeps), `sslsearch.outcome` ∈ sslsearch.search.sweep.OUTCOMES; params: the trial's config
+  `sslsearch.pair` (paired sweeps), `sslsearch.outcome` ∈ sslsearch.search.outcomes.OUTCOMES; params: the trial's config
   (`lmbda`, `lr`, ... and `base.*`); metrics at `step = epoch`; artifacts `statistics.csv`,
   `checkpoints/last.pt`, `checkpoints/best.pt` (best `val_acc` after epoch 0) and, with the
   `all` policy, `checkpoints/epoch_<N>.pt`. Checkpoints in MLflow are weights only (backbone +
@@ -63,9 +63,10 @@ from sslsearch.method.train import save_weights_only
 from sslsearch.records.store import artifact_root as _artifact_root  # noqa: F401
 from sslsearch.records.store import check_store, default_tracking_uri
 from sslsearch.search.experiment import Experiment, experiment_from_dict, keeps_last
+from sslsearch.search.outcomes import FINISHED, result_outcome
 from sslsearch.search.retention import best_checkpoint
 from sslsearch.search.space import Parameter, SearchSpace
-from sslsearch.search.sweep import result_outcome, sweep_metadata, sweep_path
+from sslsearch.search.sweep import sweep_metadata, sweep_path
 from sslsearch.search.sweeplock import SweepLock
 
 log = logging.getLogger(__name__)
@@ -81,7 +82,6 @@ PARENT_RUN_ID = "mlflow.parentRunId"
 # MLflow 3's UI opens an experiment on GenAI traces unless this tag says it is model training
 # (key and value as the UI's bundle reads them, mlflow/server/js in MLflow 3.17).
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
-FINISHED = ("completed", "stopped early")  # the outcomes the leaderboard ranks
 SUMMARY_METRIC = "best_val_acc_{loss}"     # on the parent run: best final val_acc of the loss's finished trials
 # Error codes that no retry can fix: drop the record (with a warning) instead of blocking the outbox.
 PERMANENT_ERRORS = {"INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "RESOURCE_ALREADY_EXISTS", "INVALID_STATE",

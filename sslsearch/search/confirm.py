@@ -32,12 +32,10 @@ from ray.tune.search import BasicVariantGenerator
 
 from sslsearch.errors import InputError
 from sslsearch.search.experiment import Experiment, experiment_from_dict
+from sslsearch.search.outcomes import METRIC, MODE, OUTCOMES, SWEEP_FILE
 from sslsearch.search.retention import CheckpointRetention
 from sslsearch.search.space import Parameter, SearchSpace
 from sslsearch.search.sweep import (
-    METRIC,
-    OUTCOMES,
-    SWEEP_FILE,
     SweepSummary,
     _concurrency,
     _local_path,
@@ -200,7 +198,7 @@ def run_confirm(name: str, storage: str, *, top: int, seeds: int, address: str |
             name=CONFIRM_DIR, storage_path=sweep_path(storage, name), verbose=0,
             callbacks=[CheckpointRetention(experiment.tracking.checkpoints), *(callbacks or [])],
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2 if experiment.tracking.checkpoints != "all" else None,
-                                                    checkpoint_score_attribute=METRIC, checkpoint_score_order="max"),
+                                                    checkpoint_score_attribute=METRIC, checkpoint_score_order=MODE),
             # As run_sweep: a dead worker is retried from the trial's last checkpoint.
             failure_config=tune.FailureConfig(max_failures=experiment.resources.max_failures)),
     )

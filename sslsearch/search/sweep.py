@@ -38,16 +38,13 @@ from sslsearch.errors import InputError
 from sslsearch.method.data import prepare_dataset
 from sslsearch.search.asha import PairedASHA, RungState
 from sslsearch.search.experiment import Experiment, experiment_from_dict
-from sslsearch.search.outcomes import METRIC, MODE, OUTCOMES, result_outcome, trial_outcome  # noqa: F401
+from sslsearch.search.outcomes import METRIC, MODE, OUTCOMES, STUDY_FILE, SWEEP_FILE, result_outcome, trial_outcome  # noqa: F401
 from sslsearch.search.retention import CheckpointRetention, DiskUse, disk_use, size_text
 from sslsearch.search.rungs import rung_epochs
 from sslsearch.search.saved_state import IntactStateCopy, recover_saved_state
 from sslsearch.search.space import SearchSpace, check_space
 from sslsearch.search.sweeplock import SweepLock, check_owned, create_sweep_folder
 from sslsearch.search.trainable import run_trial
-
-SWEEP_FILE = "sslsearch-sweep.json"
-STUDY_FILE = "optuna-study.journal"
 
 
 def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
