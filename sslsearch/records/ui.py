@@ -25,6 +25,7 @@ from typing import Callable
 
 from sslsearch.errors import InputError
 from sslsearch.processes import reaping
+from sslsearch.records.schema import EXPERIMENT_NAME
 from sslsearch.records.store import artifact_root, default_tracking_uri, sqlite_path
 from sslsearch.search.outcomes import STUDY_FILE
 
@@ -94,7 +95,7 @@ def _sweeps_page(server: Server) -> str:
 
     base = server.probe_url().rsplit(server.ready_path, 1)[0]
     try:
-        with urllib.request.urlopen(f"{base}/api/2.0/mlflow/experiments/get-by-name?experiment_name=sslsearch",
+        with urllib.request.urlopen(f"{base}/api/2.0/mlflow/experiments/get-by-name?experiment_name={EXPERIMENT_NAME}",
                                     timeout=10) as response:
             experiment_id = json.load(response)["experiment"]["experiment_id"]
     except (urllib.error.URLError, OSError, KeyError, ValueError):
