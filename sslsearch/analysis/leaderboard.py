@@ -56,6 +56,8 @@ from sslsearch.records.schema import (
     runs_filter,
 )
 from sslsearch.search.outcomes import FINISHED, OUTCOMES, STUDY_FILE
+from sslsearch.search.trial_config import BASE, logged_value
+from sslsearch.search.trial_config import PAIR as PAIR_KEY
 
 LOSSES = ("barlow", "hsic")
 STAGES = ("search", "confirm")
@@ -155,17 +157,17 @@ def _trial_row(client, run, parent_run_id: str) -> dict:
     stage = tags.get(STAGE) or "search"
     pair = tags.get(PAIR)
     if pair is None and stage == "confirm":
-        pair = params.get("pair")  # a confirm trial always has its pair number (its config's `pair`)
+        pair = params.get(PAIR_KEY)  # a confirm trial always has its pair number (its config's `pair`)
     return {
         "sweep": tags.get(SWEEP),
         "stage": stage,
         "trial_id": tags.get(TRIAL_ID) or run.info.run_name,
         "run_id": run.info.run_id,
-        "loss": tags.get(LOSS) or params.get("loss") or params.get("base.loss"),
-        "lmbda": _number(params.get("lmbda", params.get("base.lmbda"))),
-        "lr": _number(params.get("lr", params.get("base.lr"))),
-        "feature_dim": _number(params.get("feature_dim", params.get("base.feature_dim")), int),
-        "seed": _number(params.get("seed", params.get("base.seed")), int),
+        "loss": tags.get(LOSS) or logged_value(params, "loss"),
+        "lmbda": _number(logged_value(params, "lmbda")),
+        "lr": _number(logged_value(params, "lr")),
+        "feature_dim": _number(logged_value(params, "feature_dim"), int),
+        "seed": _number(logged_value(params, "seed"), int),
         "pair": _number(pair, int),
         "val_acc": val_acc if val_acc is not None and math.isfinite(val_acc) else None,
         "best_val_acc": max(pretrained) if pretrained else None,
@@ -175,8 +177,8 @@ def _trial_row(client, run, parent_run_id: str) -> dict:
         "trial_seconds": metrics.get("trial_seconds"),
         # A trial without an outcome tag has not been closed by the tracking callback yet.
         "outcome": tags.get(OUTCOME) or "running",
-        "dataset": params.get("base.dataset"),
-        "max_epochs": _number(params.get("base.epochs"), int),
+        "dataset": params.get(f"{BASE}.dataset"),
+        "max_epochs": _number(params.get(f"{BASE}.epochs"), int),
         "parent_run_id": parent_run_id,
         "history": history,
     }

@@ -60,6 +60,7 @@ from sslsearch.search.sweep import (
     sweep_path,
     write_study_snapshot,
 )
+from sslsearch.search.trial_config import make_trial_config
 
 # The workhorse GPU sweep (ResNet-18 on CIFAR-10): its settings are what the driver records and
 # schedules; only the training is replaced.
@@ -404,9 +405,9 @@ def measure_sweep(trials: int, reports: int = 10, concurrency: int = 8, report_s
         # As search.run_sweep builds its Tuner, with the synthetic trainable.
         tuner = tune.Tuner(
             tune.with_resources(synthetic_trial, {"cpu": 1}),
-            param_space={"base": experiment.pretrain.to_dict(), "final_test": True, "cpus": 1,
-                         "bench": {"report_seconds": report_seconds,
-                                   "payload": str(payload_file(folder, int(checkpoint_mb * 2 ** 20)))}},
+            param_space=make_trial_config(experiment.pretrain.to_dict(), cpus=1,
+                                          bench={"report_seconds": report_seconds,
+                                                 "payload": str(payload_file(folder, int(checkpoint_mb * 2 ** 20)))}),
             tune_config=tune.TuneConfig(
                 search_alg=searcher, num_samples=trials, max_concurrent_trials=concurrency, reuse_actors=True,
                 scheduler=scheduler,

@@ -104,6 +104,8 @@ from sslsearch.search.retention import best_checkpoint
 from sslsearch.search.space import Parameter, SearchSpace
 from sslsearch.search.sweep import sweep_metadata, sweep_path
 from sslsearch.search.sweeplock import SweepLock
+from sslsearch.search.trial_config import PAIR as PAIR_KEY
+from sslsearch.search.trial_config import trial_value
 
 log = logging.getLogger(__name__)
 
@@ -658,11 +660,10 @@ class MlflowTracking(tune.Callback):
         run = self._runs.get(trial_id)
         if run is None:
             config = self._configs.get(trial_id, {})
-            base = config.get("base", {})
             tags = {ROLE: TRIAL_ROLE, SWEEP: self.sweep, TRIAL_ID: trial_id, PARENT_RUN_ID: self._parent,
-                    LOSS: str(config.get("loss", base.get("loss"))), OUTCOME: "running"}
-            if self.experiment.search.paired and "pair" in config:
-                tags[PAIR] = str(config["pair"])
+                    LOSS: str(trial_value(config, "loss")), OUTCOME: "running"}
+            if self.experiment.search.paired and PAIR_KEY in config:
+                tags[PAIR] = str(config[PAIR_KEY])
             if self.stage:
                 tags[STAGE] = self.stage
             created = self.client.create_run(self._experiment_id, tags=tags, run_name=trial_id)

@@ -45,6 +45,7 @@ from sslsearch.search.saved_state import IntactStateCopy, recover_saved_state
 from sslsearch.search.space import SearchSpace, check_space
 from sslsearch.search.sweeplock import SweepLock, check_owned, create_sweep_folder
 from sslsearch.search.trainable import run_trial
+from sslsearch.search.trial_config import PAIR, SEED, make_trial_config, sampled_params, trial_value
 
 
 def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
@@ -129,7 +130,7 @@ class SweepSearcher(OptunaSearch):
             ot_trial.set_user_attr("pair", pair)
             ot_trial.set_user_attr("seed", self._seed + pair)
         # Paired trials share a seed, so the two losses start from the same initialisation and data order.
-        return {**config, "seed": ot_trial.user_attrs["seed"], "pair": ot_trial.user_attrs["pair"]}
+        return {**config, SEED: ot_trial.user_attrs["seed"], PAIR: ot_trial.user_attrs["pair"]}
 
     def on_trial_result(self, trial_id: str, result: dict):
         if trial_id in self._completed_trials and self.outcomes.get(trial_id) == "errored":
@@ -262,17 +263,16 @@ class LiveView(tune.Callback):
 
     @staticmethod
     def _describe(trial) -> str:
-        c = trial.config or {}
-        base = c.get("base", {})   # (empty for a trial that failed before Ray resolved its config)
+        c = trial.config or {}   # (empty for a trial that failed before Ray resolved its config)
 
         def value(key: str, spec: str = "") -> str:
-            v = c.get(key, base.get(key))
+            v = trial_value(c, key)
             return "?" if v is None else format(v, spec)
 
         return f"{trial.trial_id} {value('loss')} λ={value('lmbda', '.3g')} lr={value('lr', '.3g')} d={value('feature_dim')}"
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        loss = trial.config.get("loss", trial.config.get("base", {}).get("loss", "?"))
+        loss = trial_value(trial.config, "loss", "?")
         if result.get(METRIC) is not None:
             self.best[loss] = max(self.best.get(loss, -math.inf), result[METRIC])
         if self._ended is None:  # the session's first report: what earlier sessions left (after a resume)
@@ -280,7 +280,7 @@ class LiveView(tune.Callback):
             for other in trials:  # their reports too (Ray restores each trial's max)
                 earlier = (getattr(other, "metric_analysis", None) or {}).get(METRIC, {}).get("max")
                 if earlier is not None and math.isfinite(earlier):
-                    key = other.config.get("loss", other.config["base"]["loss"])
+                    key = trial_value(other.config, "loss")
                     self.best[key] = max(self.best.get(key, -math.inf), earlier)
         self._live[trial.trial_id] = trial
         best = "  ".join(f"{k} {v:.2f}" for k, v in sorted(self.best.items()))
@@ -529,8 +529,8 @@ def run_sweep(experiment: Experiment, space: SearchSpace, *, name: str, storage:
     concurrency = _concurrency(experiment)
     tuner = tune.Tuner(
         _trainable(experiment, trainable),
-        param_space={"base": experiment.pretrain.to_dict(), "final_test": True,
-                     "cpus": experiment.resources.cpus_per_trial, **({"synthetic": synthetic} if synthetic else {})},
+        param_space=make_trial_config(experiment.pretrain.to_dict(), cpus=experiment.resources.cpus_per_trial,
+                                      **({"synthetic": synthetic} if synthetic else {})),
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=experiment.search.num_samples,
                                     max_concurrent_trials=experiment.search.max_concurrent,
                                     time_budget_s=experiment.search.time_budget_s, reuse_actors=True,
@@ -686,19 +686,17 @@ def summarize(results, name: str, path: str, wall: float, concurrency: int, stud
     for result in results:
         metrics = result.metrics or {}
         config = result.config or {}
-        base = config.get("base", {})
         epoch = int(metrics.get("epoch", 0) or 0)
-        outcome = result_outcome(metrics, base.get("epochs"), errored=result.error is not None)
+        outcome = result_outcome(metrics, trial_value(config, "epochs"), errored=result.error is not None)
         if result.error is None and status.get(Path(result.path).name, "TERMINATED") not in ("TERMINATED", "ERROR"):
             outcome = "running"   # (an errored trial is errored, whatever Ray saved before it failed)
-        params = {k: v for k, v in config.items() if k not in ("base", "final_test", "cpus", "pair", "seed", "synthetic")}
-        params["seed"] = config.get("seed", base.get("seed"))
+        params = {**sampled_params(config), SEED: trial_value(config, SEED)}
         trials.append(TrialSummary(
-            trial_id=metrics.get("trial_id") or Path(result.path).name, loss=params.get("loss", base.get("loss")),
+            trial_id=metrics.get("trial_id") or Path(result.path).name, loss=trial_value(config, "loss"),
             params=params, epoch=epoch, val_acc=metrics.get(METRIC), test_acc=metrics.get("test_acc"), outcome=outcome,
             trial_seconds=float(metrics.get("trial_seconds", 0.0) or 0.0),
             checkpoint=result.checkpoint.path if result.checkpoint else None, node_id=metrics.get("node_id"),
-            pair=config.get("pair")))
+            pair=config.get(PAIR)))
     if study_path and "://" not in study_path and not Path(study_path).exists():
         study_path = None
     return SweepSummary(name, path, trials, wall, concurrency, study_path, disk=disk_use(path))
