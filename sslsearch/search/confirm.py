@@ -32,7 +32,7 @@ from ray.tune.search import BasicVariantGenerator
 
 from sslsearch.errors import InputError
 from sslsearch.search.experiment import Experiment, experiment_from_dict
-from sslsearch.search.outcomes import METRIC, MODE, OUTCOMES, SWEEP_FILE
+from sslsearch.search.outcomes import METRIC, OUTCOMES, SWEEP_FILE
 from sslsearch.search.retention import CheckpointRetention
 from sslsearch.search.space import Parameter, SearchSpace
 from sslsearch.search.sweep import (
@@ -42,10 +42,10 @@ from sslsearch.search.sweep import (
     _quiet,
     _read_text,
     _trainable,
-    _trial_dirname,
     _write_text,
     check_resources,
     connect_ray,
+    make_tuner,
     summarize,
     sweep_metadata,
     sweep_path,
@@ -182,24 +182,13 @@ def run_confirm(name: str, storage: str, *, top: int, seeds: int, address: str |
         print(f"confirm {name}: {len(plan['configurations'])} configurations × {len(plan['seeds'])} seeds "
               f"{plan['seeds']} = {len(points)} trials of {experiment.pretrain.epochs} epochs; records in {path}", flush=True)
     sampled = sorted({k for p in points for k in sampled_params(p)})
-    tuner = tune.Tuner(
-        _trainable(experiment),
+    tuner = make_tuner(
+        experiment, name=CONFIRM_DIR, storage=sweep_path(storage, name), scheduler=FIFOScheduler(), num_samples=len(points),
+        search_alg=BasicVariantGenerator(points_to_evaluate=points, max_concurrent=experiment.search.max_concurrent),
         # The sampled keys are placeholders that each point fills in (BasicVariantGenerator refuses unknown keys).
         param_space=make_trial_config(experiment.pretrain.to_dict(), cpus=experiment.resources.cpus_per_trial,
                                       **{k: None for k in (*sampled, SEED, PAIR)}),
-        # (Tune ignores max_concurrent_trials for a SearchGenerator: the generator takes the limit itself.)
-        tune_config=tune.TuneConfig(search_alg=BasicVariantGenerator(points_to_evaluate=points,
-                                                                     max_concurrent=experiment.search.max_concurrent),
-                                    scheduler=FIFOScheduler(), num_samples=len(points), reuse_actors=True,
-                                    trial_dirname_creator=_trial_dirname),
-        run_config=tune.RunConfig(
-            name=CONFIRM_DIR, storage_path=sweep_path(storage, name), verbose=0,
-            callbacks=[CheckpointRetention(experiment.tracking.checkpoints), *(callbacks or [])],
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2 if experiment.tracking.checkpoints != "all" else None,
-                                                    checkpoint_score_attribute=METRIC, checkpoint_score_order=MODE),
-            # As run_sweep: a dead worker is retried from the trial's last checkpoint.
-            failure_config=tune.FailureConfig(max_failures=experiment.resources.max_failures)),
-    )
+        callbacks=[CheckpointRetention(experiment.tracking.checkpoints), *(callbacks or [])])
     return _fit(tuner, name, path, experiment)
 
 

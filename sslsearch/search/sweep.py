@@ -32,12 +32,13 @@ import ray
 from ray import tune
 from ray.tune.error import TuneError
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+from ray.tune.search import BasicVariantGenerator
 from ray.tune.search.optuna import OptunaSearch
 
 from sslsearch.errors import InputError
 from sslsearch.method.data import prepare_dataset
-from sslsearch.search.asha import PairedASHA, RungState
 from sslsearch.search import framework
+from sslsearch.search.asha import PairedASHA, RungState
 from sslsearch.search.experiment import Experiment, experiment_from_dict
 from sslsearch.search.outcomes import METRIC, MODE, OUTCOMES, STUDY_FILE, SWEEP_FILE, result_outcome, trial_outcome  # noqa: F401
 from sslsearch.search.retention import CheckpointRetention, DiskUse, disk_use, size_text
@@ -529,29 +530,47 @@ def run_sweep(experiment: Experiment, space: SearchSpace, *, name: str, storage:
     if local is not None:  # a full disk can cut Ray's saved state short: resume then uses the intact copy
         state.append(IntactStateCopy(path))
     concurrency = _concurrency(experiment)
-    tuner = tune.Tuner(
-        _trainable(experiment, trainable),
+    tuner = make_tuner(
+        experiment, name=name, storage=storage, search_alg=searcher, scheduler=scheduler,
         param_space=make_trial_config(experiment.pretrain.to_dict(), cpus=experiment.resources.cpus_per_trial,
                                       **({"synthetic": synthetic} if synthetic else {})),
-        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=experiment.search.num_samples,
-                                    max_concurrent_trials=experiment.search.max_concurrent,
-                                    time_budget_s=experiment.search.time_budget_s, reuse_actors=True,
-                                    trial_dirname_creator=_trial_dirname),
-        run_config=tune.RunConfig(
-            name=name, storage_path=storage, verbose=0,
-            # Full training state only where a resume needs it (tracking.checkpoints; sslsearch.search.retention).
-            callbacks=[LiveView(quiet), *state, CheckpointRetention(experiment.tracking.checkpoints), *(callbacks or [])],
-            # Two, not one: Ray's saved experiment state can name the checkpoint before the newest, and
-            # a resumed trial restores from the one it names (Ray syncs that state every num_to_keep checkpoints).
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2 if experiment.tracking.checkpoints != "all" else None,
-                                                    checkpoint_score_attribute=METRIC, checkpoint_score_order=MODE),
-            # A dead worker (SIGKILL, OOM, node lost) is retried from the trial's last checkpoint.
-            failure_config=tune.FailureConfig(max_failures=experiment.resources.max_failures)),
-    )
+        num_samples=experiment.search.num_samples, trainable=trainable,
+        # Full training state only where a resume needs it (tracking.checkpoints; sslsearch.search.retention).
+        callbacks=[LiveView(quiet), *state, CheckpointRetention(experiment.tracking.checkpoints), *(callbacks or [])])
     started = time.monotonic()
     with lock:
         results = _fit(tuner, name, path, started, concurrency, study_path)
     return summarize(results, name, path, time.monotonic() - started, concurrency, study_path)
+
+
+def checkpoints_kept(experiment: Experiment) -> int | None:
+    """How many checkpoints per trial Ray keeps (None: all, for tracking.checkpoints=all). Two, not one: Ray's
+    saved experiment state can name the checkpoint before the newest, and a resumed trial restores from the
+    one it names (Ray syncs that state every num_to_keep checkpoints)."""
+    return 2 if experiment.tracking.checkpoints != "all" else None
+
+
+def make_tuner(experiment: Experiment, *, name: str, storage: str, search_alg, scheduler: TrialScheduler,
+               param_space: dict, num_samples: int, callbacks: list, trainable=None,
+               num_to_keep: int | None | str = "by policy") -> tune.Tuner:
+    """The Tuner of a sweep, a confirmation stage and the platform benchmark: `trainable` (default: the real
+    trial) with the experiment's resources, one folder `trial_<id>` per trial, actors reused, the experiment's
+    concurrency, time budget and retries; Ray keeps `num_to_keep` checkpoints per trial (default:
+    `checkpoints_kept`), ranked by METRIC."""
+    return tune.Tuner(
+        _trainable(experiment, trainable), param_space=param_space,
+        tune_config=tune.TuneConfig(
+            search_alg=search_alg, scheduler=scheduler, num_samples=num_samples,
+            # A generator of fixed points (confirm) takes the limit itself; Tune would ignore this one, with a warning.
+            max_concurrent_trials=None if isinstance(search_alg, BasicVariantGenerator) else experiment.search.max_concurrent,
+            time_budget_s=experiment.search.time_budget_s, reuse_actors=True, trial_dirname_creator=_trial_dirname),
+        run_config=tune.RunConfig(
+            name=name, storage_path=storage, verbose=0, callbacks=callbacks,
+            checkpoint_config=tune.CheckpointConfig(
+                num_to_keep=checkpoints_kept(experiment) if num_to_keep == "by policy" else num_to_keep,
+                checkpoint_score_attribute=METRIC, checkpoint_score_order=MODE),
+            # A dead worker (SIGKILL, OOM, node lost) is retried from the trial's last checkpoint.
+            failure_config=tune.FailureConfig(max_failures=experiment.resources.max_failures)))
 
 
 def make_scheduler(experiment: Experiment) -> TrialScheduler:
@@ -675,7 +694,7 @@ def saved_statuses(path: str) -> dict[str, str]:
     trials are saved PENDING or PAUSED (to be resumed), while the ResultGrid that fit() returns calls
     every trial TERMINATED, having stopped them; {} when the state cannot be read."""
     try:
-        return {f"trial_{t.trial_id}": t.status for t in tune.ExperimentAnalysis(path).trials}
+        return {_trial_dirname(t): t.status for t in tune.ExperimentAnalysis(path).trials}
     except Exception:  # noqa: BLE001 — a summary without the interruption count is still a summary
         return {}
 
