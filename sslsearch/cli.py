@@ -488,7 +488,9 @@ def _run_resume(args) -> int:
 
     storage = _storage(args.storage)
     if "://" not in storage and not (Path(storage) / args.name).is_dir():  # (a remote storage is checked by Ray)
-        known = sorted(p.parent.name for p in Path(storage).glob("*/sslsearch-sweep.json")) if Path(storage).is_dir() else []
+        from sslsearch.search.outcomes import SWEEP_FILE
+
+        known = sorted(p.parent.name for p in Path(storage).glob(f"*/{SWEEP_FILE}")) if Path(storage).is_dir() else []
         raise InputError(f"no sweep named {args.name!r} in {storage}; known sweeps: {', '.join(known) or 'none'}")
     if args.tracking_uri:
         check_store(args.tracking_uri)

@@ -25,9 +25,10 @@ from typing import Callable
 
 from sslsearch.errors import InputError
 from sslsearch.processes import reaping
+from sslsearch.records.schema import EXPERIMENT_NAME
 from sslsearch.records.store import artifact_root, default_tracking_uri, sqlite_path
+from sslsearch.search.outcomes import STUDY_FILE
 
-STUDY_FILE = "optuna-study.journal"  # sslsearch.search.sweep.STUDY_FILE (search imports Ray)
 READY_TIMEOUT_S = 180.0              # MLflow's server imports for ~25 s on a busy 2-core machine
 
 
@@ -94,7 +95,7 @@ def _sweeps_page(server: Server) -> str:
 
     base = server.probe_url().rsplit(server.ready_path, 1)[0]
     try:
-        with urllib.request.urlopen(f"{base}/api/2.0/mlflow/experiments/get-by-name?experiment_name=sslsearch",
+        with urllib.request.urlopen(f"{base}/api/2.0/mlflow/experiments/get-by-name?experiment_name={EXPERIMENT_NAME}",
                                     timeout=10) as response:
             experiment_id = json.load(response)["experiment"]["experiment_id"]
     except (urllib.error.URLError, OSError, KeyError, ValueError):

@@ -32,23 +32,22 @@ import ray
 from ray import tune
 from ray.tune.error import TuneError
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+from ray.tune.search import BasicVariantGenerator
 from ray.tune.search.optuna import OptunaSearch
 
 from sslsearch.errors import InputError
 from sslsearch.method.data import prepare_dataset
-from sslsearch.search.asha import PairedASHA, RungState
 from sslsearch.search import framework
+from sslsearch.search.asha import PairedASHA, RungState
 from sslsearch.search.experiment import Experiment, experiment_from_dict
-from sslsearch.search.outcomes import METRIC, MODE, OUTCOMES, result_outcome, trial_outcome  # noqa: F401
+from sslsearch.search.outcomes import METRIC, MODE, OUTCOMES, STUDY_FILE, SWEEP_FILE, result_outcome, trial_outcome  # noqa: F401
 from sslsearch.search.retention import CheckpointRetention, DiskUse, disk_use, size_text
 from sslsearch.search.rungs import rung_epochs
 from sslsearch.search.saved_state import IntactStateCopy, recover_saved_state
 from sslsearch.search.space import SearchSpace, check_space
 from sslsearch.search.sweeplock import SweepLock, check_owned, create_sweep_folder
 from sslsearch.search.trainable import run_trial
-
-SWEEP_FILE = "sslsearch-sweep.json"
-STUDY_FILE = "optuna-study.journal"
+from sslsearch.search.trial_config import PAIR, SEED, make_trial_config, sampled_params, trial_value
 
 
 def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
@@ -133,7 +132,7 @@ class SweepSearcher(OptunaSearch):
             ot_trial.set_user_attr("pair", pair)
             ot_trial.set_user_attr("seed", self._seed + pair)
         # Paired trials share a seed, so the two losses start from the same initialisation and data order.
-        return {**config, "seed": ot_trial.user_attrs["seed"], "pair": ot_trial.user_attrs["pair"]}
+        return {**config, SEED: ot_trial.user_attrs["seed"], PAIR: ot_trial.user_attrs["pair"]}
 
     def on_trial_result(self, trial_id: str, result: dict):
         if trial_id in self._completed_trials and self.outcomes.get(trial_id) == "errored":
@@ -266,17 +265,16 @@ class LiveView(tune.Callback):
 
     @staticmethod
     def _describe(trial) -> str:
-        c = trial.config or {}
-        base = c.get("base", {})   # (empty for a trial that failed before Ray resolved its config)
+        c = trial.config or {}   # (empty for a trial that failed before Ray resolved its config)
 
         def value(key: str, spec: str = "") -> str:
-            v = c.get(key, base.get(key))
+            v = trial_value(c, key)
             return "?" if v is None else format(v, spec)
 
         return f"{trial.trial_id} {value('loss')} λ={value('lmbda', '.3g')} lr={value('lr', '.3g')} d={value('feature_dim')}"
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        loss = trial.config.get("loss", trial.config.get("base", {}).get("loss", "?"))
+        loss = trial_value(trial.config, "loss", "?")
         if result.get(METRIC) is not None:
             self.best[loss] = max(self.best.get(loss, -math.inf), result[METRIC])
         if self._ended is None:  # the session's first report: what earlier sessions left (after a resume)
@@ -284,7 +282,7 @@ class LiveView(tune.Callback):
             for other in trials:  # their reports too (Ray restores each trial's max)
                 earlier = (getattr(other, "metric_analysis", None) or {}).get(METRIC, {}).get("max")
                 if earlier is not None and math.isfinite(earlier):
-                    key = other.config.get("loss", other.config["base"]["loss"])
+                    key = trial_value(other.config, "loss")
                     self.best[key] = max(self.best.get(key, -math.inf), earlier)
         self._live[trial.trial_id] = trial
         best = "  ".join(f"{k} {v:.2f}" for k, v in sorted(self.best.items()))
@@ -532,29 +530,47 @@ def run_sweep(experiment: Experiment, space: SearchSpace, *, name: str, storage:
     if local is not None:  # a full disk can cut Ray's saved state short: resume then uses the intact copy
         state.append(IntactStateCopy(path))
     concurrency = _concurrency(experiment)
-    tuner = tune.Tuner(
-        _trainable(experiment, trainable),
-        param_space={"base": experiment.pretrain.to_dict(), "final_test": True,
-                     "cpus": experiment.resources.cpus_per_trial, **({"synthetic": synthetic} if synthetic else {})},
-        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=experiment.search.num_samples,
-                                    max_concurrent_trials=experiment.search.max_concurrent,
-                                    time_budget_s=experiment.search.time_budget_s, reuse_actors=True,
-                                    trial_dirname_creator=_trial_dirname),
-        run_config=tune.RunConfig(
-            name=name, storage_path=storage, verbose=0,
-            # Full training state only where a resume needs it (tracking.checkpoints; sslsearch.search.retention).
-            callbacks=[LiveView(quiet), *state, CheckpointRetention(experiment.tracking.checkpoints), *(callbacks or [])],
-            # Two, not one: Ray's saved experiment state can name the checkpoint before the newest, and
-            # a resumed trial restores from the one it names (Ray syncs that state every num_to_keep checkpoints).
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2 if experiment.tracking.checkpoints != "all" else None,
-                                                    checkpoint_score_attribute=METRIC, checkpoint_score_order=MODE),
-            # A dead worker (SIGKILL, OOM, node lost) is retried from the trial's last checkpoint.
-            failure_config=tune.FailureConfig(max_failures=experiment.resources.max_failures)),
-    )
+    tuner = make_tuner(
+        experiment, name=name, storage=storage, search_alg=searcher, scheduler=scheduler,
+        param_space=make_trial_config(experiment.pretrain.to_dict(), cpus=experiment.resources.cpus_per_trial,
+                                      **({"synthetic": synthetic} if synthetic else {})),
+        num_samples=experiment.search.num_samples, trainable=trainable,
+        # Full training state only where a resume needs it (tracking.checkpoints; sslsearch.search.retention).
+        callbacks=[LiveView(quiet), *state, CheckpointRetention(experiment.tracking.checkpoints), *(callbacks or [])])
     started = time.monotonic()
     with lock:
         results = _fit(tuner, name, path, started, concurrency, study_path)
     return summarize(results, name, path, time.monotonic() - started, concurrency, study_path)
+
+
+def checkpoints_kept(experiment: Experiment) -> int | None:
+    """How many checkpoints per trial Ray keeps (None: all, for tracking.checkpoints=all). Two, not one: Ray's
+    saved experiment state can name the checkpoint before the newest, and a resumed trial restores from the
+    one it names (Ray syncs that state every num_to_keep checkpoints)."""
+    return 2 if experiment.tracking.checkpoints != "all" else None
+
+
+def make_tuner(experiment: Experiment, *, name: str, storage: str, search_alg, scheduler: TrialScheduler,
+               param_space: dict, num_samples: int, callbacks: list, trainable=None,
+               num_to_keep: int | None | str = "by policy") -> tune.Tuner:
+    """The Tuner of a sweep, a confirmation stage and the platform benchmark: `trainable` (default: the real
+    trial) with the experiment's resources, one folder `trial_<id>` per trial, actors reused, the experiment's
+    concurrency, time budget and retries; Ray keeps `num_to_keep` checkpoints per trial (default:
+    `checkpoints_kept`), ranked by METRIC."""
+    return tune.Tuner(
+        _trainable(experiment, trainable), param_space=param_space,
+        tune_config=tune.TuneConfig(
+            search_alg=search_alg, scheduler=scheduler, num_samples=num_samples,
+            # A generator of fixed points (confirm) takes the limit itself; Tune would ignore this one, with a warning.
+            max_concurrent_trials=None if isinstance(search_alg, BasicVariantGenerator) else experiment.search.max_concurrent,
+            time_budget_s=experiment.search.time_budget_s, reuse_actors=True, trial_dirname_creator=_trial_dirname),
+        run_config=tune.RunConfig(
+            name=name, storage_path=storage, verbose=0, callbacks=callbacks,
+            checkpoint_config=tune.CheckpointConfig(
+                num_to_keep=checkpoints_kept(experiment) if num_to_keep == "by policy" else num_to_keep,
+                checkpoint_score_attribute=METRIC, checkpoint_score_order=MODE),
+            # A dead worker (SIGKILL, OOM, node lost) is retried from the trial's last checkpoint.
+            failure_config=tune.FailureConfig(max_failures=experiment.resources.max_failures)))
 
 
 def make_scheduler(experiment: Experiment) -> TrialScheduler:
@@ -678,7 +694,7 @@ def saved_statuses(path: str) -> dict[str, str]:
     trials are saved PENDING or PAUSED (to be resumed), while the ResultGrid that fit() returns calls
     every trial TERMINATED, having stopped them; {} when the state cannot be read."""
     try:
-        return {f"trial_{t.trial_id}": t.status for t in tune.ExperimentAnalysis(path).trials}
+        return {_trial_dirname(t): t.status for t in tune.ExperimentAnalysis(path).trials}
     except Exception:  # noqa: BLE001 — a summary without the interruption count is still a summary
         return {}
 
@@ -691,19 +707,17 @@ def summarize(results, name: str, path: str, wall: float, concurrency: int, stud
     for result in results:
         metrics = result.metrics or {}
         config = result.config or {}
-        base = config.get("base", {})
         epoch = int(metrics.get("epoch", 0) or 0)
-        outcome = result_outcome(metrics, base.get("epochs"), errored=result.error is not None)
+        outcome = result_outcome(metrics, trial_value(config, "epochs"), errored=result.error is not None)
         if result.error is None and status.get(Path(result.path).name, "TERMINATED") not in ("TERMINATED", "ERROR"):
             outcome = "running"   # (an errored trial is errored, whatever Ray saved before it failed)
-        params = {k: v for k, v in config.items() if k not in ("base", "final_test", "cpus", "pair", "seed", "synthetic")}
-        params["seed"] = config.get("seed", base.get("seed"))
+        params = {**sampled_params(config), SEED: trial_value(config, SEED)}
         trials.append(TrialSummary(
-            trial_id=metrics.get("trial_id") or Path(result.path).name, loss=params.get("loss", base.get("loss")),
+            trial_id=metrics.get("trial_id") or Path(result.path).name, loss=trial_value(config, "loss"),
             params=params, epoch=epoch, val_acc=metrics.get(METRIC), test_acc=metrics.get("test_acc"), outcome=outcome,
             trial_seconds=float(metrics.get("trial_seconds", 0.0) or 0.0),
             checkpoint=result.checkpoint.path if result.checkpoint else None, node_id=metrics.get("node_id"),
-            pair=config.get("pair")))
+            pair=config.get(PAIR)))
     if study_path and "://" not in study_path and not Path(study_path).exists():
         study_path = None
     return SweepSummary(name, path, trials, wall, concurrency, study_path, disk=disk_use(path))
