@@ -5,7 +5,7 @@
 Needs only torch and torchvision (the bottom layer of sslsearch imports nothing else), installs
 nothing and uses no network. With CUDA it checks, on small batches, that augmentation, the loss
 and one training step's gradients (fp32) agree with the CPU and that training steps never wait
-for the device; then it times pretraining steps (`sslsearch.bench.bench_train`) for ResNet-18
+for the device; then it times pretraining steps (`sslsearch.bench.kernels.bench_train`) for ResNet-18
 and ResNet-50 at 32 px and ResNet-50 at 64 px against the reference-style loop, larger batches,
 joint views, the fast probe's share of a trial (`bench_probe`), packed trials and torch.compile, skipping the optional runs that would push it
 past its time budget (default 240 s; about 3 minutes on an H200 is expected). Without CUDA, or
@@ -31,11 +31,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the working tree
 import torch  # noqa: E402
 import torchvision  # noqa: E402
 
-from sslsearch import augment as A  # noqa: E402
-from sslsearch.bench import (SOURCE_SIZES, _natural_images, bench_packing, bench_probe, bench_train,  # noqa: E402
-                             format_bench_packing, format_bench_probe, format_bench_train)
-from sslsearch.losses import ssl_loss  # noqa: E402
-from sslsearch.train import PretrainConfig, build_model, make_train_step, prepare_training  # noqa: E402
+from sslsearch.bench.kernels import (  # noqa: E402
+    SOURCE_SIZES,
+    _natural_images,
+    bench_packing,
+    bench_probe,
+    bench_train,
+    format_bench_packing,
+    format_bench_probe,
+    format_bench_train,
+)
+from sslsearch.method import augment as A  # noqa: E402
+from sslsearch.method.losses import ssl_loss  # noqa: E402
+from sslsearch.method.train import PretrainConfig, build_model, make_train_step, prepare_training  # noqa: E402
 
 CIFAR10_IMAGES = 50_000      # a CIFAR-10 epoch
 STL10_IMAGES = 105_000       # STL-10 train + unlabeled, the reference's 64 px pretraining set

@@ -25,8 +25,9 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from sslsearch import augment  # noqa: E402
-from sslsearch.bench import SOURCE_SIZES, _natural_images  # noqa: E402
+from sslsearch.bench.kernels.kernels import SOURCE_SIZES, _natural_images  # noqa: E402
+
+from sslsearch.method import augment  # noqa: E402
 
 # (label, alternative groups of functions whose times add up to it): each version counts the
 # group it spends the most in (the others exist but the pipeline does not call them).

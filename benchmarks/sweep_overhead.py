@@ -10,9 +10,9 @@ one core), then prints the figures the sweep summary prints. Goal: ≤ 10 % for 
 import argparse
 import tempfile
 
-from sslsearch.config import load_experiment
-from sslsearch.search import run_sweep
-from sslsearch.space import load_search_space
+from sslsearch.search.experiment import load_experiment
+from sslsearch.search.space import load_search_space
+from sslsearch.search.sweep import run_sweep
 
 
 def main() -> None:

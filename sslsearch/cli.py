@@ -2,7 +2,7 @@
 
 Parsing and every check that needs no records come before any heavy import: building the parser
 and validating flags, experiment files and `--set` overrides import neither torch, Ray, Optuna's
-samplers nor MLflow (sslsearch.pretrain_config, sslsearch.config and sslsearch.store are light), so
+samplers nor MLflow (sslsearch.method.config, sslsearch.search.experiment and sslsearch.records.store are light), so
 `--help` and bad input answer in well under a second (docs/benchmarks.md). Each `_run_*` checks
 first and imports the library it calls after.
 """
@@ -45,7 +45,7 @@ class _DefaultsShown(argparse.HelpFormatter):
 
 
 def _add_pretrain(sub) -> None:
-    from sslsearch.pretrain_config import DATASETS, PretrainConfig
+    from sslsearch.method.config import DATASETS, PretrainConfig
 
     d = PretrainConfig()
     p = sub.add_parser("pretrain", help="pretrain one backbone (the reference's main.py)", formatter_class=_DefaultsShown)
@@ -87,7 +87,7 @@ def _add_pretrain(sub) -> None:
 
 
 def _run_pretrain(args) -> int:
-    from sslsearch.pretrain_config import PretrainConfig
+    from sslsearch.method.config import PretrainConfig
 
     values = {k: getattr(args, k) for k in ("dataset", "loss", "lmbda", "batch_size", "feature_dim", "epochs", "lr",
                                             "lr_biases", "lr_per_256", "weight_decay", "weight_decay_filter",
@@ -113,7 +113,7 @@ def _run_pretrain(args) -> int:
             raise InputError(f"--resume: no checkpoint at {resume}")
     elif out.exists() and any(out.iterdir()):
         raise InputError(f"output folder {out} exists and is not empty; pass --resume to continue it or choose another --out")
-    from sslsearch.train import pretrain
+    from sslsearch.method.train import pretrain
 
     result = pretrain(config, out_dir=out, resume=resume, progress=not args.quiet, final_test=True)
     baseline = result.history[0]
@@ -160,8 +160,9 @@ def _run_linear(args) -> int:
 
     import torch
 
-    from sslsearch.evaluate import linear_defaults, linear_evaluation
-    from sslsearch.train import PretrainConfig, load_checkpoint, model_from_checkpoint
+    from sslsearch.method.data import load_run_data
+    from sslsearch.method.evaluate import linear_defaults, linear_evaluation
+    from sslsearch.method.train import PretrainConfig, load_checkpoint, model_from_checkpoint
 
     checkpoint = load_checkpoint(checkpoint_path)
     config = PretrainConfig.from_dict(checkpoint["config"])
@@ -170,7 +171,7 @@ def _run_linear(args) -> int:
     device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
     if args.data_dir:
         config = dataclasses.replace(config, data_dir=str(Path(args.data_dir).resolve()))
-    data = config.load_data().to(device)
+    data = load_run_data(config).to(device)
     settings = linear_defaults(config.dataset, data.train_images.shape[0] + data.val_images.shape[0])
     settings.update({k: getattr(args, k) for k in settings if getattr(args, k) is not None})
     args.epochs = settings["epochs"]
@@ -297,7 +298,7 @@ def _int_list(text: str, option: str, what: str, example: str) -> tuple[int, ...
 
 
 def _run_bench_train(args) -> int:
-    from sslsearch.bench import bench_train, format_bench_train
+    from sslsearch.bench.kernels import bench_train, format_bench_train
 
     result = bench_train(args.backbone, args.image_size, args.batch_size, args.device, steps=args.steps, warmup=args.warmup,
                          dataset_size=args.dataset_size, peak_tflops=args.peak_tflops, threads=args.threads,
@@ -308,7 +309,7 @@ def _run_bench_train(args) -> int:
 
 
 def _run_bench_packing(args) -> int:
-    from sslsearch.bench import bench_packing, format_bench_packing
+    from sslsearch.bench.kernels import bench_packing, format_bench_packing
 
     trials = _int_list(args.trials, "--trials", "counts", "1,2,4")
     result = bench_packing(trials, args.backbone, args.image_size, args.batch_size, args.device, steps=args.steps,
@@ -318,7 +319,7 @@ def _run_bench_packing(args) -> int:
 
 
 def _run_bench_probe(args) -> int:
-    from sslsearch.bench import bench_probe, format_bench_probe
+    from sslsearch.bench.kernels import bench_probe, format_bench_probe
 
     intervals = _int_list(args.eval_every, "--eval-every", "epochs", "5,10")
     result = bench_probe(args.backbone, args.image_size, args.device, args.train_images, args.val_images, args.classes,
@@ -328,8 +329,8 @@ def _run_bench_probe(args) -> int:
 
 
 def _run_bench_search(args) -> int:
-    from sslsearch.config import load_experiment
-    from sslsearch.space import load_search_space
+    from sslsearch.search.experiment import load_experiment
+    from sslsearch.search.space import load_search_space
 
     seeds = (0,) if args.quick else _int_list(args.seeds, "--seeds", "seeds", "0,1,2")
     quick = ["pretrain.epochs=2", "pretrain.eval_every=1", "scheduler.grace_period=1", "search.num_samples=2"]
@@ -337,7 +338,7 @@ def _run_bench_search(args) -> int:
     space = load_search_space(experiment.space_path())
     if args.plot and Path(args.plot).is_dir():
         raise InputError(f"--plot must name a PNG file, got the folder {args.plot}")
-    from sslsearch.bench_search import bench_search, format_bench_search, plot_anytime
+    from sslsearch.bench.search import bench_search, format_bench_search, plot_anytime
 
     methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
     result = bench_search(experiment, space, methods=methods, seeds=seeds, storage=args.storage,
@@ -349,7 +350,7 @@ def _run_bench_search(args) -> int:
 
 
 def _run_bench_platform(args) -> int:
-    from sslsearch.bench_platform import QUICK, bench_platform, format_bench_platform
+    from sslsearch.bench.platform import QUICK, bench_platform, format_bench_platform
 
     settings = {"trials": _int_list(args.trials, "--trials", "sweep sizes", "50,200,1000"), "reports": args.reports,
                 "concurrency": args.concurrency, "report_seconds": args.report_seconds,
@@ -364,8 +365,8 @@ def _run_bench_platform(args) -> int:
 
 
 def _run_bench_augment(args) -> int:
-    from sslsearch.augment import PRESETS
-    from sslsearch.bench import bench_augment, format_bench_augment
+    from sslsearch.bench.kernels import bench_augment, format_bench_augment
+    from sslsearch.method.augment import PRESETS
 
     if args.preset not in PRESETS:
         raise InputError(f"unknown preset {args.preset!r}; expected one of {', '.join(PRESETS)}")
@@ -415,9 +416,9 @@ def _storage(text: str) -> str:
 
 
 def _run_sweep(args) -> int:
-    from sslsearch.config import load_experiment
-    from sslsearch.space import load_search_space
-    from sslsearch.store import check_store, default_tracking_uri
+    from sslsearch.records.store import check_store, default_tracking_uri
+    from sslsearch.search.experiment import load_experiment
+    from sslsearch.search.space import load_search_space
 
     overrides = list(args.overrides) + ([f"tracking.uri={args.tracking_uri}"] if args.tracking_uri else [])
     experiment = load_experiment(args.experiment, overrides)
@@ -425,7 +426,7 @@ def _run_sweep(args) -> int:
     name = args.name or f"{experiment.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     if not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
         raise InputError(f"--name may hold letters, digits, '-', '_' and '.', got {name!r}")
-    from sslsearch.space import check_space
+    from sslsearch.search.space import check_space
 
     check_space(space, experiment)  # before anything is written: the tracking check below creates the store
     storage = _storage(args.storage)
@@ -437,8 +438,8 @@ def _run_sweep(args) -> int:
     from sslsearch.processes import reaping
 
     with reaping():  # a sweep stopped at any moment, even during Ray's start, leaves no process behind
-        from sslsearch.search import run_sweep
-        from sslsearch.tracking import MlflowTracking, check_tracking
+        from sslsearch.records.tracking import MlflowTracking, check_tracking
+        from sslsearch.search.sweep import run_sweep
 
         check_tracking(uri, sweep=name)  # a name already recorded (needs MLflow)
         tracking = MlflowTracking(experiment, space, sweep=name, storage=storage)
@@ -449,8 +450,8 @@ def _run_sweep(args) -> int:
 def _report_sweep(run, uri: str | None = None) -> int:
     """Run a sweep (or its resume), print its summary (with the disk its records use; `uri`: where MLflow keeps
     them); exit code per `sweep_exit_code`, 4 if an OS error stopped it."""
-    from sslsearch.search import SweepStopped
-    from sslsearch.tracking import artifact_bytes
+    from sslsearch.records.tracking import artifact_bytes
+    from sslsearch.search.sweep import SweepStopped
 
     try:
         summary = run()
@@ -469,7 +470,7 @@ def sweep_exit_code(summary) -> int:
     """0 every trial finished and every record reached MLflow; 1 some trials errored; 3 records wait in the
     outbox (sslsearch sync NAME); 130 interrupted (as a shell reports Ctrl-C). Bad input is 2 (main); an OS
     error that stopped the sweep (disk full) is 4 (_report_sweep)."""
-    from sslsearch.tracking import unsent_records
+    from sslsearch.records.tracking import unsent_records
 
     unsent = unsent_records(summary.path)
     if unsent:
@@ -483,7 +484,7 @@ def sweep_exit_code(summary) -> int:
 
 
 def _run_resume(args) -> int:
-    from sslsearch.store import check_store, default_tracking_uri
+    from sslsearch.records.store import check_store, default_tracking_uri
 
     storage = _storage(args.storage)
     if "://" not in storage and not (Path(storage) / args.name).is_dir():  # (a remote storage is checked by Ray)
@@ -494,7 +495,7 @@ def _run_resume(args) -> int:
     from sslsearch.processes import reaping
 
     with reaping():
-        from sslsearch.search import resume_sweep, sweep_metadata
+        from sslsearch.search.sweep import resume_sweep, sweep_metadata
 
         meta = sweep_metadata(args.name, storage)
         uri = ((meta or {}).get("experiment", {}).get("tracking", {}).get("uri") or args.tracking_uri
@@ -506,7 +507,7 @@ def _run_resume(args) -> int:
             return code   # bad input, interrupted, or stopped by an OS error: the confirmation stage waits
         if code != 3:   # (3: the server does not take records now; the outbox keeps them for `sync`)
             _reconcile(args.name, storage, args.tracking_uri)
-        from sslsearch.confirm import read_plan
+        from sslsearch.search.confirm import read_plan
 
         plan = read_plan(args.name, storage)  # a confirmation stage was started: continue it too
         if plan is not None and _confirm(args.name, storage, plan["top"], len(plan["seeds"]), args.address,
@@ -518,7 +519,7 @@ def _run_resume(args) -> int:
 def _reconcile(name: str, storage: str, tracking_uri: str | None) -> None:
     """After a resume, make MLflow equal to Ray's results: records an earlier session could neither send nor
     keep (its outbox could not be written, e.g. on a full disk) exist only in Ray's per-trial results."""
-    from sslsearch.tracking import sync
+    from sslsearch.records.tracking import sync
 
     try:
         report = sync(name, storage, tracking_uri)
@@ -531,7 +532,7 @@ def _reconcile(name: str, storage: str, tracking_uri: str | None) -> None:
 
 
 def _run_sync(args) -> int:
-    from sslsearch.tracking import sync
+    from sslsearch.records.tracking import sync
 
     report = sync(args.name, _storage(args.storage), args.tracking_uri)
     print(report.format())
@@ -551,8 +552,8 @@ def _add_confirm(sub) -> None:
 
 
 def _run_confirm(args) -> int:
-    from sslsearch.confirm import latest_sweep
     from sslsearch.processes import reaping
+    from sslsearch.search.confirm import latest_sweep
 
     storage = _storage(args.storage)
     with reaping():
@@ -562,8 +563,8 @@ def _run_confirm(args) -> int:
 
 def _confirm(name: str, storage: str, top: int, seeds: int, address: str | None, tracking_uri: str | None) -> int:
     """Run or continue the confirmation stage, then print the leaderboard and log the verdict; the count of unfinished trials."""
-    from sslsearch.confirm import STAGE, confirm_experiment, format_stage, run_confirm
-    from sslsearch.tracking import MlflowTracking, check_tracking, default_tracking_uri
+    from sslsearch.records.tracking import MlflowTracking, check_tracking, default_tracking_uri
+    from sslsearch.search.confirm import STAGE, confirm_experiment, format_stage, run_confirm
 
     experiment, space = confirm_experiment(name, storage)
     uri = tracking_uri or experiment.tracking.uri or default_tracking_uri(storage)
@@ -572,7 +573,7 @@ def _confirm(name: str, storage: str, top: int, seeds: int, address: str | None,
     summary = run_confirm(name, storage, top=top, seeds=seeds, address=address, callbacks=[tracking])
     print(format_stage(summary))
     if not summary.unfinished:
-        from sslsearch.leaderboard import build_leaderboard, format_leaderboard, load_trials, log_verdict
+        from sslsearch.analysis.leaderboard import build_leaderboard, format_leaderboard, load_trials, log_verdict
 
         board = build_leaderboard(load_trials(uri, [name]))
         print(format_leaderboard(board))
@@ -581,13 +582,13 @@ def _confirm(name: str, storage: str, top: int, seeds: int, address: str | None,
 
 
 def _run_ui(args) -> int:
-    from sslsearch.ui import mlflow_ui, serve
+    from sslsearch.records.ui import mlflow_ui, serve
 
     return serve(mlflow_ui(_storage(args.storage), args.host, args.port))
 
 
 def _run_dashboard(args) -> int:
-    from sslsearch.ui import optuna_dashboard, serve
+    from sslsearch.records.ui import optuna_dashboard, serve
 
     return serve(optuna_dashboard(_storage(args.storage), args.sweep, args.host, args.port))
 
@@ -595,14 +596,14 @@ def _run_dashboard(args) -> int:
 def _tracking_uri(args) -> str:
     if args.tracking_uri:
         return args.tracking_uri
-    from sslsearch.store import default_tracking_uri
+    from sslsearch.records.store import default_tracking_uri
 
     return default_tracking_uri(args.storage)
 
 
 def _records_uri(args) -> str:
     """The tracking URI of existing records, checked: an unreachable server is one line, not minutes of retries."""
-    from sslsearch.store import check_store
+    from sslsearch.records.store import check_store
 
     uri = _tracking_uri(args)
     check_store(uri, reading=True)
@@ -628,7 +629,7 @@ def _run_leaderboard(args) -> int:
     if args.plots and Path(args.plots).exists() and not Path(args.plots).is_dir():
         raise InputError(f"--plots {args.plots} is a file; give a folder for the PNG plots")
     uri = _records_uri(args)
-    from sslsearch.leaderboard import build_leaderboard, format_leaderboard, load_trials, write_plots
+    from sslsearch.analysis.leaderboard import build_leaderboard, format_leaderboard, load_trials, write_plots
 
     board = build_leaderboard(load_trials(uri, args.sweeps), top=args.top)
     print(format_leaderboard(board, args.format))
@@ -645,7 +646,7 @@ def _log_verdict(board, uri: str) -> None:
     """The verdict on the sweep's parent run (one sweep only); a store that refuses it costs a warning, not the leaderboard."""
     from mlflow.exceptions import MlflowException
 
-    from sslsearch.leaderboard import log_verdict
+    from sslsearch.analysis.leaderboard import log_verdict
 
     try:
         log_verdict(board, uri)
@@ -672,7 +673,7 @@ def _run_report(args) -> int:
     if args.card is not None and not (Path(args.card) / "model_card.json").is_file() and not Path(args.card).is_file():
         raise InputError(f"--card {args.card}: no model_card.json there; give the folder `sslsearch export --out` wrote")
     uri = _records_uri(args)
-    from sslsearch.report import write_report
+    from sslsearch.analysis.report import write_report
 
     result = write_report(uri, args.sweeps, out, card=args.card,
                           top=args.top, log=not args.no_log)
@@ -700,7 +701,7 @@ def _add_export(sub) -> None:
 def _run_export(args) -> int:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # MLflow draws a bar per downloaded file
     uri = _records_uri(args)
-    from sslsearch.export import export_best
+    from sslsearch.analysis.export import export_best
 
     card = export_best(uri, args.sweep, args.out, loss=args.loss, force=args.force, register=args.register,
                        stage=args.stage)
@@ -783,7 +784,7 @@ def main(argv: list[str] | None = None) -> int:
         print("sslsearch: interrupted", file=sys.stderr)
         return 130
     except Exception as error:
-        from sslsearch.train import TrainingDiverged
+        from sslsearch.method.train import TrainingDiverged
 
         if isinstance(error, TrainingDiverged):
             print(f"sslsearch: training diverged: {error}", file=sys.stderr)

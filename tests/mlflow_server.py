@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import requests
-
 from local_processes import free_port
 
 

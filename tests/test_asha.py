@@ -6,9 +6,9 @@ import pytest
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
-from sslsearch.asha import PairedASHA
 from sslsearch.errors import InputError
-from sslsearch.rungs import rung_epochs
+from sslsearch.search.asha import PairedASHA
+from sslsearch.search.rungs import rung_epochs
 
 
 class _Trial:

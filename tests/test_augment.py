@@ -1,4 +1,4 @@
-"""sslsearch.augment against torchvision, op by op and end to end, plus its per-image randomness.
+"""sslsearch.method.augment against torchvision, op by op and end to end, plus its per-image randomness.
 
 The references are torchvision's tensor ops (`torchvision.transforms.functional` on float
 images), applied one image at a time with the same parameters. Our ops compute the same
@@ -17,8 +17,8 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 from torchvision.transforms import InterpolationMode, RandomResizedCrop
 
-from sslsearch import augment as A
-from sslsearch.bench import bench_augment, format_bench_augment, reference_transform
+from sslsearch.bench.kernels import bench_augment, format_bench_augment, reference_transform
+from sslsearch.method import augment as A
 
 TOL = 1e-5  # max abs difference on [0, 1] images; observed differences are 1e-7 .. 2e-6
 

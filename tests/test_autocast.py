@@ -11,11 +11,11 @@ import inspect
 import pytest
 import torch
 
-import sslsearch.augment as A
-import sslsearch.evaluate as evaluate_module
-import sslsearch.train as train_module
-from sslsearch.data import load_dataset
-from sslsearch.train import PretrainConfig, make_train_step, prepare_training
+import sslsearch.method.augment as A
+import sslsearch.method.evaluate as evaluate_module
+import sslsearch.method.train as train_module
+from sslsearch.method.data import load_dataset
+from sslsearch.method.train import PretrainConfig, make_train_step, prepare_training
 
 
 def cpu_bf16(device):
@@ -24,7 +24,7 @@ def cpu_bf16(device):
 
 @pytest.fixture
 def watched(monkeypatch):
-    """Every function of sslsearch.augment records whether autocast was on when it ran."""
+    """Every function of sslsearch.method.augment records whether autocast was on when it ran."""
     calls = []
     for name, function in inspect.getmembers(A, inspect.isfunction):
         if function.__module__ != A.__name__ or name == "_device_constant":

@@ -16,13 +16,21 @@ import pytest
 import torch
 from torch import nn
 
-from sslsearch.augment import PRESETS, augment_views
-from sslsearch.bench import (bench_packing, bench_probe, bench_train, flops_per_image, format_bench_packing,
-                             format_bench_probe, format_bench_train, known_peak_tflops)
-from sslsearch.data import load_dataset
+from sslsearch.bench.kernels import (
+    bench_packing,
+    bench_probe,
+    bench_train,
+    flops_per_image,
+    format_bench_packing,
+    format_bench_probe,
+    format_bench_train,
+    known_peak_tflops,
+)
 from sslsearch.errors import InputError
-from sslsearch.losses import ssl_loss
-from sslsearch.train import PretrainConfig, build_model, make_train_step, prepare_training, pretrain
+from sslsearch.method.augment import PRESETS, augment_views
+from sslsearch.method.data import load_dataset
+from sslsearch.method.losses import ssl_loss
+from sslsearch.method.train import PretrainConfig, build_model, make_train_step, prepare_training, pretrain
 
 ROOT = Path(__file__).resolve().parents[1]
 # What the bare GPU machine lacks: the benchmark code must import without any of them.
@@ -315,7 +323,7 @@ def test_gpu_check_runs_on_cpu_without_the_sweep_dependencies(tmp_path):
 def test_bench_platform_measures_a_real_sweep_end_to_end(ray_session, tmp_path):
     import mlflow
 
-    from sslsearch.bench_platform import format_bench_platform, measure_sweep
+    from sslsearch.bench.platform import format_bench_platform, measure_sweep
 
     result = measure_sweep(4, reports=1, concurrency=2, report_seconds=0.0, checkpoint_mb=0.01, storage=str(tmp_path))
     # Every trial reports epoch 0 and epoch 10 (its last): ASHA's first rung is the end here.
@@ -350,8 +358,8 @@ def test_the_searchers_appended_study_snapshot_equals_a_rewritten_one(tmp_path):
 
     import optuna
 
-    from sslsearch.search import SweepSearcher, write_study_snapshot
-    from sslsearch.space import load_search_space
+    from sslsearch.search.space import load_search_space
+    from sslsearch.search.sweep import SweepSearcher, write_study_snapshot
 
     space = load_search_space(ROOT / "search_spaces" / "barlow_hsic.yaml")
     searcher = SweepSearcher(space, max_epochs=4, sampler="random", seed=0, paired=False, study_name="s",
@@ -374,7 +382,7 @@ def test_the_searchers_appended_study_snapshot_equals_a_rewritten_one(tmp_path):
 
 
 def test_suggest_latency_is_measured_per_sampler_and_study_size():
-    from sslsearch.bench_platform import suggest_latency
+    from sslsearch.bench.platform import suggest_latency
 
     result = suggest_latency((4, 12), ("tpe", "random"), running=2, calls=2)
     assert set(result) == {"tpe", "random"} and all(set(v) == {"4", "12"} for v in result.values())

@@ -4,11 +4,11 @@ import json
 
 import pytest
 
-from sslsearch.bench_search import AnytimeRecorder, bench_search, epochs_to_reach, plot_anytime, summarize_methods
+from sslsearch.bench.search import AnytimeRecorder, bench_search, epochs_to_reach, plot_anytime, summarize_methods
 from sslsearch.cli import main
-from sslsearch.config import load_experiment
-from sslsearch.space import load_search_space
-from sslsearch.synthetic import synthetic_trial
+from sslsearch.search.experiment import load_experiment
+from sslsearch.search.space import load_search_space
+from sslsearch.search.synthetic import synthetic_trial
 
 
 class _T:

@@ -10,10 +10,10 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from sslsearch.config import load_experiment, top_k
-from sslsearch.data import load_dataset
 from sslsearch.errors import InputError
-from sslsearch.train import PretrainConfig, load_checkpoint, model_from_checkpoint, pretrain
+from sslsearch.method.data import load_dataset
+from sslsearch.method.train import PretrainConfig, load_checkpoint, model_from_checkpoint, pretrain
+from sslsearch.search.experiment import load_experiment, top_k
 
 TINY = ["pretrain.epochs=2", "pretrain.eval_every=1", "search.num_samples=2", "scheduler.grace_period=1",
         "search.paired=false", "scheduler.type=fifo"]
@@ -41,10 +41,10 @@ def test_best_pt_is_weights_only_and_refuses_to_resume(tmp_path):
 def test_a_real_sweep_keeps_what_its_policy_says_and_its_winner_exports(ray_session, tmp_path, policy):
     """Real trials: Ray's storage and MLflow keep what the policy says, and export finds the winner's weights
     (checkpoints/last.pt, or best.pt where only that is kept). The top-1 trial's full state resumes."""
-    from sslsearch.export import export_best
-    from sslsearch.search import run_sweep
-    from sslsearch.space import load_search_space
-    from sslsearch.tracking import MlflowTracking, default_tracking_uri
+    from sslsearch.analysis.export import export_best
+    from sslsearch.records.tracking import MlflowTracking, default_tracking_uri
+    from sslsearch.search.space import load_search_space
+    from sslsearch.search.sweep import run_sweep
 
     experiment = load_experiment(None, [*TINY, f"tracking.checkpoints={policy}"])
     space = load_search_space(experiment.space_path())
@@ -92,10 +92,10 @@ def _files(folder: Path, pattern: str = "*") -> int:
 @pytest.fixture(scope="module")
 def retention_sweeps(ray_session, tmp_path_factory):
     """One synthetic sweep per policy, each recorded in its own SQLite store."""
-    from sslsearch.search import run_sweep
-    from sslsearch.space import load_search_space
-    from sslsearch.synthetic import synthetic_trial
-    from sslsearch.tracking import MlflowTracking
+    from sslsearch.records.tracking import MlflowTracking
+    from sslsearch.search.space import load_search_space
+    from sslsearch.search.sweep import run_sweep
+    from sslsearch.search.synthetic import synthetic_trial
 
     sweeps = {}
     for policy in MLFLOW_KEEPS:
@@ -142,7 +142,7 @@ def assert_retained(summary, policy: str, client: MlflowClient, tmp_path: Path) 
 @pytest.mark.slow
 @pytest.mark.parametrize("policy", list(MLFLOW_KEEPS))
 def test_each_policy_keeps_full_state_only_for_top_k_and_weights_as_it_says(retention_sweeps, policy, tmp_path):
-    from sslsearch.tracking import default_tracking_uri
+    from sslsearch.records.tracking import default_tracking_uri
 
     storage, summary = retention_sweeps[policy]
     assert {t.outcome for t in summary.trials} <= {"completed", "stopped early"} and len(summary.trials) == 4
@@ -154,8 +154,8 @@ def test_each_policy_keeps_full_state_only_for_top_k_and_weights_as_it_says(rete
 
 @pytest.mark.slow
 def test_the_summary_names_the_disk_the_sweep_uses(retention_sweeps):
-    from sslsearch.retention import size_text
-    from sslsearch.tracking import artifact_bytes, default_tracking_uri
+    from sslsearch.records.tracking import artifact_bytes, default_tracking_uri
+    from sslsearch.search.retention import size_text
 
     storage, summary = retention_sweeps["best_and_last"]
     assert summary.disk.total == _files(Path(summary.path)) > 0

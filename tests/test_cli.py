@@ -49,7 +49,7 @@ def test_one_epoch_from_each_real_on_disk_format_offline(tmp_path, capsys, write
 
 
 def test_reference_readme_line_is_expressible(monkeypatch, tmp_path):
-    import sslsearch.train as train
+    import sslsearch.method.train as train
 
     seen = {}
 
@@ -272,7 +272,7 @@ def test_only_our_resume_hint_is_printed():
     the summary already says `sslsearch resume NAME`."""
     import logging
 
-    from sslsearch.search import _quiet
+    from sslsearch.search.sweep import _quiet
 
     seen = []
     handler = logging.Handler()

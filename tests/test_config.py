@@ -7,9 +7,9 @@ import pytest
 import yaml
 
 from sslsearch.cli import main
-from sslsearch.config import DEFAULT_EXPERIMENT, load_experiment
 from sslsearch.errors import InputError
-from sslsearch.space import load_search_space, parse_search_space
+from sslsearch.search.experiment import DEFAULT_EXPERIMENT, load_experiment
+from sslsearch.search.space import load_search_space, parse_search_space
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -99,7 +99,7 @@ def test_a_data_folder_is_always_absolute_for_the_trials(tmp_path, monkeypatch):
 
 
 def test_sweep_cli_refuses_missing_data_before_any_trial(tmp_path, capsys, monkeypatch):
-    from sslsearch import data
+    from sslsearch.method import data
 
     def offline(root, archive):
         raise OSError("network unreachable")

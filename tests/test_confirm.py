@@ -10,11 +10,12 @@ import pytest
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
-from sslsearch.cli import main  # noqa: E402
-from sslsearch.confirm import plan_confirmation  # noqa: E402
-from sslsearch.errors import InputError  # noqa: E402
 from local_processes import kill_processes_mentioning  # noqa: E402
 from test_sweep import SSLSEARCH, _private_ray_env, _trial_epochs  # noqa: E402
+
+from sslsearch.cli import main  # noqa: E402
+from sslsearch.errors import InputError  # noqa: E402
+from sslsearch.search.confirm import plan_confirmation  # noqa: E402
 
 
 def _row(trial_id, loss, val_acc, lmbda, seed):
@@ -48,10 +49,10 @@ def test_confirm_killed_and_continued_records_every_trial_once(ray_session, tmp_
     every planned confirm trial ends finished, in Ray and in MLflow, with one child run each."""
     from mlflow import MlflowClient
 
-    from sslsearch.config import load_experiment
-    from sslsearch.search import run_sweep
-    from sslsearch.space import load_search_space
-    from sslsearch.tracking import MlflowTracking
+    from sslsearch.records.tracking import MlflowTracking
+    from sslsearch.search.experiment import load_experiment
+    from sslsearch.search.space import load_search_space
+    from sslsearch.search.sweep import run_sweep
 
     storage = tmp_path / "runs"
     # 4 epochs: on a quiet machine a 2-epoch confirmation could finish between two polls.

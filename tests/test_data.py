@@ -13,12 +13,21 @@ import numpy as np
 import pytest
 import torch
 import torchvision.datasets.utils
+from fake_datasets import (
+    CIFAR10_CLASSES,
+    STL10_CLASSES,
+    asymmetric_image,
+    stl10_unlabeled,
+    write_cifar10,
+    write_cifar100,
+    write_image_folder,
+    write_stl10,
+    write_tiny_imagenet,
+)
 
-from sslsearch import data
-from sslsearch.data import DATASETS, ImageData, load_dataset, prepare_dataset, stratified_split
 from sslsearch.errors import InputError
-from fake_datasets import (CIFAR10_CLASSES, STL10_CLASSES, asymmetric_image, stl10_unlabeled, write_cifar10,
-                           write_cifar100, write_image_folder, write_stl10, write_tiny_imagenet)
+from sslsearch.method import data
+from sslsearch.method.data import DATASETS, ImageData, load_dataset, prepare_dataset, stratified_split
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sslsearch.data import ImageData
-from sslsearch.evaluate import extract_features, fit_linear_probe, knn_accuracy, probe_scores
-from sslsearch.models import build_backbone
+from sslsearch.method.data import ImageData
+from sslsearch.method.evaluate import extract_features, fit_linear_probe, knn_accuracy, probe_scores
+from sslsearch.method.models import build_backbone
 
 
 def blobs(n=240, dim=6, classes=3, spread=1.5, seed=0):
@@ -127,7 +127,7 @@ def test_features_use_running_statistics_and_restore_the_mode():
 
 
 def test_probe_scores_on_digits_report_val_knn_and_test_only_on_request():
-    from sslsearch.data import load_dataset
+    from sslsearch.method.data import load_dataset
 
     data: ImageData = load_dataset("digits", val_fraction=0.2)
     torch.manual_seed(0)

@@ -16,11 +16,11 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 from test_leaderboard import open_store, trial, write_sweep  # noqa: E402
 
-from sslsearch.data import load_dataset  # noqa: E402
+from sslsearch.analysis.export import backbone_state_dict, export_best, load_backbone, sha256_of, torchvision_recipe  # noqa: E402
 from sslsearch.errors import InputError  # noqa: E402
-from sslsearch.export import backbone_state_dict, export_best, load_backbone, sha256_of, torchvision_recipe  # noqa: E402
-from sslsearch.models import SSLModel, build_backbone, build_projector  # noqa: E402
-from sslsearch.train import PretrainConfig, load_checkpoint, model_from_checkpoint, pretrain  # noqa: E402
+from sslsearch.method.data import load_dataset  # noqa: E402
+from sslsearch.method.models import SSLModel, build_backbone, build_projector  # noqa: E402
+from sslsearch.method.train import PretrainConfig, load_checkpoint, model_from_checkpoint, pretrain  # noqa: E402
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -162,7 +162,7 @@ def test_independent_logistic_regression_reproduces_the_cards_test_acc(exported,
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
-    from sslsearch.evaluate import extract_features
+    from sslsearch.method.evaluate import extract_features
 
     out, card = exported
     backbone = load_backbone(out)
@@ -236,7 +236,7 @@ def test_small_cnn_recipe_in_the_docs_loads_strictly(tmp_path, monkeypatch):
     """docs/export.md's plain-PyTorch small_cnn, run as written, loads an exported state_dict and computes the same features."""
     import re
 
-    from sslsearch.models import build_backbone
+    from sslsearch.method.models import build_backbone
 
     docs = (Path(__file__).resolve().parent.parent / "docs" / "export.md").read_text()
     section = docs.split("### `small_cnn` in plain PyTorch", 1)[1]

@@ -15,17 +15,17 @@ import optuna
 import pytest
 import torch
 from mlflow import MlflowClient
+from mlflow_server import MlflowServer
 from ray import tune
 
-from mlflow_server import MlflowServer
 from sslsearch import cli
-from sslsearch.config import load_experiment
 from sslsearch.errors import InputError
-from sslsearch.search import STUDY_FILE, run_sweep
-from sslsearch.space import load_search_space
-from sslsearch.store import default_tracking_uri
-from sslsearch.sweeplock import SweepLock, check_owned, create_sweep_folder
-from sslsearch.tracking import MlflowTracking, ray_results, sync, unsent_records
+from sslsearch.records.store import default_tracking_uri
+from sslsearch.records.tracking import MlflowTracking, ray_results, sync, unsent_records
+from sslsearch.search.experiment import load_experiment
+from sslsearch.search.space import load_search_space
+from sslsearch.search.sweep import STUDY_FILE, run_sweep
+from sslsearch.search.sweeplock import SweepLock, check_owned, create_sweep_folder
 
 ROOT = Path(__file__).resolve().parent.parent
 # One pair of trials, 2 epochs, a report every epoch; FIFO so both run their full budget whatever they score.
@@ -163,7 +163,7 @@ def test_resume_ends_by_giving_mlflow_what_ray_recorded(faulty_sweep, capsys):
 
 
 def test_the_lock_of_a_killed_writer_is_taken_over(tmp_path):
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from sslsearch.sweeplock import SweepLock; "
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from sslsearch.search.sweeplock import SweepLock; "
                                f"SweepLock({str(tmp_path)!r}, 's').acquire(); print('held', flush=True); time.sleep(600)"],
                               stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     try:
@@ -206,7 +206,7 @@ def _checkpoint(folder: Path, epoch: int) -> None:
 
 
 def test_a_truncated_checkpoint_falls_back_to_the_previous_one_and_is_named(tmp_path, capsys):
-    from sslsearch.trainable import restore
+    from sslsearch.search.trainable import restore
 
     trial = tmp_path / "trial_x"
     _checkpoint(trial / "checkpoint_000001", 1)
@@ -234,7 +234,7 @@ def test_a_crafted_backbone_pickle_is_one_line_not_code(tmp_path):
     import json
     import pickle
 
-    from sslsearch.export import load_backbone, sha256_of
+    from sslsearch.analysis.export import load_backbone, sha256_of
 
     class Payload:  # what a crafted file would run on a plain torch.load
         def __reduce__(self):
@@ -291,7 +291,7 @@ def test_a_full_disk_stops_the_sweep_in_good_order_and_resume_finishes_it(ray_se
         assert not list(disk.rglob("*.tmp"))
         (disk / "filler").unlink()  # space freed
         # Ray copies its saved state over the previous one in place, so the full disk may have cut it short:
-        # resume then starts from the intact copy (sslsearch.saved_state) instead of forgetting the trials,
+        # resume then starts from the intact copy (sslsearch.search.saved_state) instead of forgetting the trials,
         # and ends by reconciling MLflow with Ray's results (records the full disk kept from the outbox).
         assert cli.main(["resume", name, "--storage", storage]) == 0
         out = capsys.readouterr().out

@@ -133,7 +133,7 @@ CASES = EXPERIMENTS + OVERRIDES + SPACES
 @pytest.fixture
 def nothing_starts(monkeypatch):
     """Fails a case that gets as far as preparing data or starting Ray."""
-    import sslsearch.search as search
+    import sslsearch.search.sweep as search
 
     started = []
     monkeypatch.setattr(search, "connect_ray", lambda *a, **k: started.append("ray") or pytest.fail("Ray started"))

@@ -19,11 +19,22 @@ import pytest
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
-from sslsearch.errors import InputError  # noqa: E402
-from sslsearch.leaderboard import (  # noqa: E402
-    EXPERIMENT, MIN_PAIRS, anytime_curve, build_leaderboard, format_leaderboard, importance_groups, load_trials,
-    log_verdict, paired_statistics, rank_trials, t_interval, wilcoxon_exact, write_plots,
+from sslsearch.analysis.leaderboard import (  # noqa: E402
+    EXPERIMENT,
+    MIN_PAIRS,
+    anytime_curve,
+    build_leaderboard,
+    format_leaderboard,
+    importance_groups,
+    load_trials,
+    log_verdict,
+    paired_statistics,
+    rank_trials,
+    t_interval,
+    wilcoxon_exact,
+    write_plots,
 )
+from sslsearch.errors import InputError  # noqa: E402
 
 BASE = {"dataset": "digits", "epochs": 4, "backbone": "small_cnn", "batch_size": 128, "eval_every": 1}
 

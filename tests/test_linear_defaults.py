@@ -2,9 +2,9 @@
 
 import pytest
 
-import sslsearch.evaluate as evaluate_module
+import sslsearch.method.evaluate as evaluate_module
 from sslsearch.cli import main
-from sslsearch.evaluate import REFERENCE_LINEAR, linear_defaults
+from sslsearch.method.evaluate import REFERENCE_LINEAR, linear_defaults
 
 
 @pytest.mark.parametrize("dataset", ["cifar10", "cifar100", "stl10", "tiny_imagenet"])

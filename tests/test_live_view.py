@@ -2,7 +2,7 @@
 
 from ray.tune.experiment import Trial
 
-from sslsearch.search import LiveView
+from sslsearch.search.sweep import LiveView
 
 
 def trial(loss: str, status: str, reports: tuple = ()) -> Trial:

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from sslsearch.losses import barlow_twins_loss, cross_correlation, hsic_loss, ssl_loss
+from sslsearch.method.losses import barlow_twins_loss, cross_correlation, hsic_loss, ssl_loss
 
 
 def reference_loss(z1, z2, lmbda, corr_neg_one, bessel=True):

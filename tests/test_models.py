@@ -9,7 +9,7 @@ import torchvision
 from torch import nn
 
 from sslsearch.errors import InputError
-from sslsearch.models import SSLModel, build_backbone, build_projector, list_backbones, register_backbone
+from sslsearch.method.models import SSLModel, build_backbone, build_projector, list_backbones, register_backbone
 
 
 def test_registry_lists_and_refuses_duplicates_and_unknown_names():
@@ -22,7 +22,7 @@ def test_registry_lists_and_refuses_duplicates_and_unknown_names():
 
 def test_the_torch_free_config_names_exactly_the_registered_backbones():
     # In a fresh interpreter: tests in this session may register more.
-    code = ("import sslsearch.pretrain_config as c, sslsearch.models as m; "
+    code = ("import sslsearch.method.config as c, sslsearch.method.models as m; "
             "assert sorted(c.BUILTIN_BACKBONES) == m.list_backbones(), (c.BUILTIN_BACKBONES, m.list_backbones())")
     subprocess.run([sys.executable, "-c", code], check=True)
 

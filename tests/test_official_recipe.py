@@ -12,10 +12,10 @@ import torch
 from torch import nn
 
 from sslsearch.cli import main
-from sslsearch.config import load_experiment
-from sslsearch.losses import barlow_twins_loss
-from sslsearch.optim import lr_factor
-from sslsearch.train import PretrainConfig, build_model, prepare_training, pretrain
+from sslsearch.method.losses import barlow_twins_loss
+from sslsearch.method.optim import lr_factor
+from sslsearch.method.train import PretrainConfig, build_model, prepare_training, pretrain
+from sslsearch.search.experiment import load_experiment
 
 sys.path.insert(0, str(Path(__file__).parent))
 from fake_datasets import write_cifar10  # noqa: E402
@@ -149,7 +149,7 @@ def test_model_and_loss_equal_the_official_forward():
 
 
 def test_the_readme_command_line_is_the_experiment_file(monkeypatch, tmp_path):
-    import sslsearch.train as train
+    import sslsearch.method.train as train
 
     seen = {}
     monkeypatch.setattr(train, "pretrain", lambda config, **kw: (seen.setdefault("config", config), sys.exit(0)))

@@ -1,4 +1,4 @@
-"""The intact copy of Ray's saved state (sslsearch.saved_state): what the copy takes and skips, and how
+"""The intact copy of Ray's saved state (sslsearch.search.saved_state): what the copy takes and skips, and how
 `resume` recovers from a truncated state file. The full-disk sweep itself is tests/test_faults.py's."""
 
 import json
@@ -9,7 +9,7 @@ import pytest
 import ray.cloudpickle as cloudpickle
 
 from sslsearch.errors import InputError
-from sslsearch.saved_state import INTACT_FOLDER, IntactStateCopy, recover_saved_state
+from sslsearch.search.saved_state import INTACT_FOLDER, IntactStateCopy, recover_saved_state
 
 SESSION = "2026-11-30_10-00-00"
 

@@ -13,11 +13,11 @@ import optuna
 import pytest
 import torch
 
-from sslsearch.config import load_experiment
 from sslsearch.errors import InputError
-from sslsearch.search import resume_sweep, run_sweep, saved_statuses
-from sslsearch.space import load_search_space
-from sslsearch.synthetic import CHANCE, synthetic_trial
+from sslsearch.search.experiment import load_experiment
+from sslsearch.search.space import load_search_space
+from sslsearch.search.sweep import resume_sweep, run_sweep, saved_statuses
+from sslsearch.search.synthetic import CHANCE, synthetic_trial
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -163,8 +163,8 @@ def test_a_killed_and_resumed_sweep_stops_the_same_trials_at_the_same_epochs(ray
     assert len(set(reference.values())) > 1, "every trial ended at the same epoch: nothing to compare"
 
     env, marker = _private_ray_env(tmp_path)
-    script = ("import sys; from sslsearch.config import load_experiment; from sslsearch.space import load_search_space; "
-              "from sslsearch.search import run_sweep; from sslsearch.synthetic import synthetic_trial; "
+    script = ("import sys; from sslsearch.search.experiment import load_experiment; from sslsearch.search.space import load_search_space; "
+              "from sslsearch.search.sweep import run_sweep; from sslsearch.search.synthetic import synthetic_trial; "
               f"e = load_experiment(None, {_overrides(overrides)!r}); "
               f"run_sweep(e, load_search_space(e.space_path()), name='s', storage={str(tmp_path / 'b')!r}, quiet=True, "
               f"trainable=synthetic_trial, synthetic={synthetic!r})")

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import optuna
 import pytest
-
 from local_processes import free_port, kill_processes_mentioning
-from sslsearch.config import load_experiment
+
 from sslsearch.errors import InputError
-from sslsearch.search import STUDY_FILE, SweepSearcher, check_resources, run_sweep, summarize
-from sslsearch.space import load_search_space
+from sslsearch.search.experiment import load_experiment
+from sslsearch.search.space import load_search_space
+from sslsearch.search.sweep import STUDY_FILE, SweepSearcher, check_resources, run_sweep, summarize
 
 ROOT = Path(__file__).resolve().parent.parent
 SSLSEARCH = [sys.executable, "-m", "sslsearch.cli"]
@@ -47,7 +47,7 @@ class _Result:
 
 
 def test_an_interrupted_sweep_says_so_and_how_to_resume(monkeypatch):
-    import sslsearch.search as search
+    import sslsearch.search.sweep as search
 
     results = [_Result("a", 4), _Result("b", 2), _Result("c", 1)]
     # what Tune saved after Ctrl-C (the ResultGrid itself calls all three TERMINATED)
@@ -98,7 +98,7 @@ def test_sweep_runs_pairs_on_ray_and_keeps_optuna_consistent(ray_session, tmp_pa
 
 def test_sweep_on_uri_storage_keeps_its_records_there_and_resumes(ray_session, tmp_path):
     """s3:// and gs:// go through the same pyarrow file-system code as this file:// URI."""
-    from sslsearch.search import resume_sweep
+    from sslsearch.search.sweep import resume_sweep
 
     experiment = load_experiment(None, ["pretrain.epochs=2", "search.num_samples=2", "scheduler.type=fifo"])
     space = load_search_space(experiment.space_path())

@@ -14,17 +14,17 @@ from urllib.parse import urlparse
 import pytest
 import requests
 import torch
+from local_processes import free_port
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
+from mlflow_server import MlflowServer
 from ray import tune
 
-from local_processes import free_port
-from mlflow_server import MlflowServer
-from sslsearch.config import load_experiment
 from sslsearch.errors import InputError
-from sslsearch.search import resume_sweep, run_sweep
-from sslsearch.space import load_search_space
-from sslsearch.tracking import MlflowTracking, check_tracking, default_tracking_uri
+from sslsearch.records.tracking import MlflowTracking, check_tracking, default_tracking_uri
+from sslsearch.search.experiment import load_experiment
+from sslsearch.search.space import load_search_space
+from sslsearch.search.sweep import resume_sweep, run_sweep
 
 TINY = ["pretrain.epochs=2", "pretrain.eval_every=1", "search.num_samples=2", "scheduler.grace_period=1"]
 

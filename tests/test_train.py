@@ -5,10 +5,10 @@ import csv
 import pytest
 import torch
 
-import sslsearch.train as train_module
-from sslsearch.data import load_dataset
+import sslsearch.method.train as train_module
 from sslsearch.errors import InputError
-from sslsearch.train import PretrainConfig, TrainingDiverged, load_checkpoint, model_from_checkpoint, pretrain
+from sslsearch.method.data import load_dataset
+from sslsearch.method.train import PretrainConfig, TrainingDiverged, load_checkpoint, model_from_checkpoint, pretrain
 
 
 @pytest.fixture(scope="module")
@@ -108,6 +108,6 @@ def test_resume_extends_a_constant_schedule_but_refuses_to_stretch_a_cosine(tmp_
 def test_learning_rate_in_statistics_follows_warmup_and_cosine(tmp_path, digits):
     result = pretrain(tiny(epochs=3, optimizer="sgd", lr=0.1, schedule="cosine", warmup_epochs=1), data=digits, progress=False)
     steps = (digits.pretrain_images.shape[0]) // 128
-    from sslsearch.optim import lr_factor
+    from sslsearch.method.optim import lr_factor
     expected = [0.1 * lr_factor(e * steps - 1, 3 * steps, steps, "cosine") for e in (1, 2, 3)]
     assert [r["lr"] for r in result.history[1:]] == pytest.approx(expected)

@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from sslsearch.cli import main
 from sslsearch.errors import InputError
-from sslsearch.ui import check_port, mlflow_ui, optuna_dashboard
+from sslsearch.records.ui import check_port, mlflow_ui, optuna_dashboard
 
 SSLSEARCH = [sys.executable, "-m", "sslsearch.cli"]
 ENV = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent), "PYTHONUNBUFFERED": "1",
@@ -113,8 +113,8 @@ def sweep_store(tmp_path_factory):
     """A store written by the tracking callback itself (hooks replayed with fake trials, as in test_tracking)."""
     from test_tracking import FakeTrial, tiny
 
-    from sslsearch.space import load_search_space
-    from sslsearch.tracking import MlflowTracking
+    from sslsearch.records.tracking import MlflowTracking
+    from sslsearch.search.space import load_search_space
 
     folder = tmp_path_factory.mktemp("ui-store")
     experiment = tiny()
@@ -138,10 +138,9 @@ def screenshots_dir(tmp_path_factory) -> Path:
 
 @pytest.mark.slow
 def test_mlflow_ui_opens_on_the_runs_with_metrics_and_stops_with_every_child(sweep_store, tmp_path_factory):
-    stop = signal.SIGTERM  # (Ctrl-C: the dashboard test; both servers share one life cycle, sslsearch.ui.serve)
-    from mlflow import MlflowClient
-
+    stop = signal.SIGTERM  # (Ctrl-C: the dashboard test; both servers share one life cycle, sslsearch.records.ui.serve)
     from browser import find_browser, open_page
+    from mlflow import MlflowClient
 
     experiment_id = MlflowClient(f"sqlite:///{sweep_store / 'mlflow.db'}").get_experiment_by_name("sslsearch").experiment_id
     port = free_port()

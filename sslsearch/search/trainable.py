@@ -14,12 +14,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
 import ray
+import torch
 from ray import tune
 
-from sslsearch.data import ImageData
-from sslsearch.train import PretrainConfig, TrainingDiverged, pretrain
+from sslsearch.method.data import ImageData, load_run_data
+from sslsearch.method.train import PretrainConfig, TrainingDiverged, pretrain
 
 COMPLETE = "complete"  # marks the checkpoint of a trial's final report: a retry has nothing left to run
 REPORTED = ("epoch", "loss", "val_acc", "knn_acc", "images_per_s", "test_acc")
@@ -38,7 +38,7 @@ def _data_for(config: PretrainConfig) -> ImageData:
     key = (config.dataset, config.data_dir, config.val_fraction, config.split_seed, config.image_size)
     if key not in _DATA:
         _DATA.clear()  # one data set at a time: they can be gigabytes
-        _DATA[key] = config.load_data()
+        _DATA[key] = load_run_data(config)
     return _DATA[key]
 
 

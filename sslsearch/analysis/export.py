@@ -5,7 +5,7 @@ confirm`): the confirmed configuration with the best mean `val_acc` over its see
 seeds the run whose `val_acc` is closest to that mean (ties: the lower seed). The typical run,
 not the luckiest: picking the best seed would select on noise again, the winner's curse that
 confirmation removes. Without confirmation (or with `stage="search"`), the best finished search
-trial by `val_acc` (the leaderboard's ranking and tie-break, see sslsearch.leaderboard).
+trial by `val_acc` (the leaderboard's ranking and tie-break, see sslsearch.analysis.leaderboard).
 `export_best` downloads the chosen trial's checkpoint from MLflow and writes:
 - `backbone.pt`: a plain state_dict of the backbone only (the `backbone.` prefix stripped), so the
   ResNets keep torchvision's key names; `torch.load(..., weights_only=True)` reads it;
@@ -33,8 +33,8 @@ import torch
 from torch import nn
 
 from sslsearch import __version__
+from sslsearch.analysis.leaderboard import LOSSES, confirmed_configurations, json_value, load_trials, mlflow_client, rank_trials
 from sslsearch.errors import InputError
-from sslsearch.leaderboard import LOSSES, confirmed_configurations, json_value, load_trials, mlflow_client, rank_trials
 
 BACKBONE_FILE = "backbone.pt"
 CARD_JSON = "model_card.json"
@@ -79,8 +79,8 @@ def _model_card(checkpoint: dict, trial, rank_overall: int, candidates: int, ski
                 tracking_uri: str, weights_sha256: str, n_tensors: int, n_parameters: int) -> dict:
     import torchvision
 
-    from sslsearch.augment import PRESETS
-    from sslsearch.train import PretrainConfig
+    from sslsearch.method.augment import PRESETS
+    from sslsearch.method.train import PretrainConfig
 
     config = PretrainConfig.from_dict(checkpoint["config"])
     row = _history_row(checkpoint)
@@ -279,7 +279,7 @@ def export_best(tracking_uri: str, sweep: str | None, out_dir: str | os.PathLike
     Returns the model card; with `register`, the card returned (not the file) also holds the
     registered model's name, version and alias under "registered".
     """
-    from sslsearch.train import load_checkpoint, model_from_checkpoint
+    from sslsearch.method.train import load_checkpoint, model_from_checkpoint
 
     out = Path(out_dir).resolve()
     _refuse_existing(out, force)
@@ -381,7 +381,7 @@ def load_backbone(path: str | os.PathLike) -> nn.Module:
 
     The sha256 of the weights is checked against the model card next to them first.
     """
-    from sslsearch.models import build_backbone
+    from sslsearch.method.models import build_backbone
 
     weights_path, card_path = _locate(Path(path).resolve())
     for needed in (weights_path, card_path):

@@ -1,4 +1,4 @@
-"""Sweeps: a Ray Tune Tuner with Optuna sampling and ASHA early stopping (sslsearch.asha).
+"""Sweeps: a Ray Tune Tuner with Optuna sampling and ASHA early stopping (sslsearch.search.asha).
 
 `SweepSearcher` keeps Optuna's study equal to what the trials reported (DESIGN.md, "One truth per trial"):
 - every reported val_acc at step = epoch, including the report that got a trial stopped: Ray passes
@@ -34,39 +34,20 @@ from ray.tune.error import TuneError
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from sslsearch.asha import PairedASHA, RungState
-from sslsearch.rungs import rung_epochs
-from sslsearch.config import Experiment, experiment_from_dict
-from sslsearch.data import prepare_dataset
 from sslsearch.errors import InputError
-from sslsearch.retention import CheckpointRetention, DiskUse, disk_use, size_text
-from sslsearch.saved_state import IntactStateCopy, recover_saved_state
-from sslsearch.space import SearchSpace, check_space
-from sslsearch.sweeplock import SweepLock, check_owned, create_sweep_folder
-from sslsearch.trainable import run_trial
+from sslsearch.method.data import prepare_dataset
+from sslsearch.search.asha import PairedASHA, RungState
+from sslsearch.search.experiment import Experiment, experiment_from_dict
+from sslsearch.search.outcomes import METRIC, MODE, OUTCOMES, result_outcome, trial_outcome  # noqa: F401
+from sslsearch.search.retention import CheckpointRetention, DiskUse, disk_use, size_text
+from sslsearch.search.rungs import rung_epochs
+from sslsearch.search.saved_state import IntactStateCopy, recover_saved_state
+from sslsearch.search.space import SearchSpace, check_space
+from sslsearch.search.sweeplock import SweepLock, check_owned, create_sweep_folder
+from sslsearch.search.trainable import run_trial
 
-# The objective, named once: ASHA, Optuna and the summaries all read it from here.
-METRIC, MODE = "val_acc", "max"
 SWEEP_FILE = "sslsearch-sweep.json"
 STUDY_FILE = "optuna-study.journal"
-OUTCOMES = ("completed", "stopped early", "diverged", "errored", "running")
-
-
-def trial_outcome(last_epoch: int, max_epochs: int | None, errored: bool = False, diverged: bool = False) -> str:
-    """A finished trial's outcome: errored (infrastructure or bug), diverged (NaN/inf loss: a result
-    about the configuration), completed (reached its last epoch), or stopped early by ASHA or the
-    time budget. The searcher, the sweep summary and the MLflow records all use this."""
-    if errored:
-        return "errored"
-    if diverged:
-        return "diverged"
-    return "completed" if max_epochs is not None and last_epoch >= max_epochs else "stopped early"
-
-
-def result_outcome(result: dict | None, max_epochs: int | None, errored: bool = False) -> str:
-    """`trial_outcome` of a trial whose last Ray result is `result`."""
-    result = result or {}
-    return trial_outcome(int(result.get("epoch", 0) or 0), max_epochs, errored=errored, diverged=bool(result.get("diverged")))
 
 
 def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
@@ -559,7 +540,7 @@ def run_sweep(experiment: Experiment, space: SearchSpace, *, name: str, storage:
                                     trial_dirname_creator=_trial_dirname),
         run_config=tune.RunConfig(
             name=name, storage_path=storage, verbose=0,
-            # Full training state only where a resume needs it (tracking.checkpoints; sslsearch.retention).
+            # Full training state only where a resume needs it (tracking.checkpoints; sslsearch.search.retention).
             callbacks=[LiveView(quiet), *state, CheckpointRetention(experiment.tracking.checkpoints), *(callbacks or [])],
             # Two, not one: Ray's saved experiment state can name the checkpoint before the newest, and
             # a resumed trial restores from the one it names (Ray syncs that state every num_to_keep checkpoints).

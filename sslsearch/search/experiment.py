@@ -15,14 +15,14 @@ from typing import Any
 import yaml
 
 from sslsearch.errors import InputError
-from sslsearch.pretrain_config import PretrainConfig
-from sslsearch.rungs import rung_epochs
+from sslsearch.method.config import PretrainConfig
+from sslsearch.search.rungs import rung_epochs
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_EXPERIMENT = PROJECT_ROOT / "experiments" / "digits.yaml"
 SAMPLERS = ("tpe", "random", "gp")
 SCHEDULERS = ("asha", "fifo")
-# What a sweep keeps of each trial's checkpoints (docs/tracking.md, sslsearch.retention): weights only, except the
+# What a sweep keeps of each trial's checkpoints (docs/tracking.md, sslsearch.search.retention): weights only, except the
 # latest checkpoint of unfinished trials and, with top_k:N, of the N best finished trials (full training state).
 CHECKPOINT_POLICIES = ("best_and_last", "best", "top_k:N", "all", "none")
 MAX_FILE_BYTES = 1 << 20   # an experiment or a search space is a page of settings, not a megabyte

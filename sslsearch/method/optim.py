@@ -18,7 +18,7 @@ import math
 import torch
 from torch import nn
 
-from sslsearch.pretrain_config import OPTIMIZERS, SCHEDULES  # the names live with the config, which imports no torch
+from sslsearch.method.config import OPTIMIZERS, SCHEDULES  # the names live with the config, which imports no torch
 
 
 class LARS(torch.optim.Optimizer):

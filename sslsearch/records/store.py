@@ -2,7 +2,7 @@
 
 No MLflow, Ray or torch here (only `requests`, for a server's /health): the command line checks
 the store before it pays for those imports, so a dead server or an unusable URI is refused in a
-fraction of a second. `sslsearch.tracking.check_tracking` adds the checks that need MLflow.
+fraction of a second. `sslsearch.records.tracking.check_tracking` adds the checks that need MLflow.
 """
 
 from __future__ import annotations

@@ -37,9 +37,9 @@ import pyarrow.fs
 import torch
 from ray import tune
 
-from sslsearch.config import keeps_last, top_k
-from sslsearch.saved_state import JSON_STATE   # Ray's saved sweep state; the newest name is the newest
-from sslsearch.train import RESUME_ONLY, weights_only
+from sslsearch.method.train import RESUME_ONLY, weights_only
+from sslsearch.search.experiment import keeps_last, top_k
+from sslsearch.search.saved_state import JSON_STATE  # Ray's saved sweep state; the newest name is the newest
 
 log = logging.getLogger(__name__)
 

@@ -25,9 +25,9 @@ from typing import Callable
 
 from sslsearch.errors import InputError
 from sslsearch.processes import reaping
-from sslsearch.store import artifact_root, default_tracking_uri, sqlite_path
+from sslsearch.records.store import artifact_root, default_tracking_uri, sqlite_path
 
-STUDY_FILE = "optuna-study.journal"  # sslsearch.search.STUDY_FILE (search imports Ray)
+STUDY_FILE = "optuna-study.journal"  # sslsearch.search.sweep.STUDY_FILE (search imports Ray)
 READY_TIMEOUT_S = 180.0              # MLflow's server imports for ~25 s on a busy 2-core machine
 
 

@@ -91,7 +91,7 @@ PRESETS: dict[str, AugmentPreset] = {
         # Ours: scikit-learn's 8x8 digits upscaled to 32 px RGB. No flip (digits are not mirror
         # symmetric); grayscale images, so saturation and hue are meaningless and grayscale is a
         # no-op. Milder crops: a digit cut to 8% of its area is unreadable. Mean/std measured
-        # on all 1797 digits as sslsearch.data loads them (0..16 scaled to 0..255, bilinear to
+        # on all 1797 digits as sslsearch.method.data loads them (0..16 scaled to 0..255, bilinear to
         # 32 px, rounded to uint8): 0.305 / 0.324.
         AugmentPreset("digits", size=32, crop_scale=(0.25, 1.0), flip_p=0.0, jitter=(0.4, 0.4, 0.0, 0.0),
                       grayscale_p=0.0, mean=(0.305, 0.305, 0.305), std=(0.324, 0.324, 0.324)),

@@ -22,11 +22,18 @@ import tempfile
 from pathlib import Path
 
 from sslsearch import __version__
+from sslsearch.analysis.leaderboard import (
+    Leaderboard,
+    build_leaderboard,
+    format_leaderboard,
+    load_trials,
+    mlflow_client,
+    write_plots,
+)
 from sslsearch.errors import InputError
-from sslsearch.leaderboard import Leaderboard, build_leaderboard, format_leaderboard, load_trials, mlflow_client, write_plots
 
 REPORT_FILE = "report.html"
-CARD_FILES = ("model_card.json", "model_card.md")  # sslsearch.export.CARD_JSON / CARD_MD (export imports torch)
+CARD_FILES = ("model_card.json", "model_card.md")  # sslsearch.analysis.export.CARD_JSON / CARD_MD (export imports torch)
 # The sweep's setup as the parent run records it (flattened experiment settings): (label, params).
 SETUP = (
     ("data set", ("pretrain.dataset",)),

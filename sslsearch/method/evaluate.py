@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sslsearch.augment import PRESETS, augment_views, eval_views
-from sslsearch.data import ImageData
+from sslsearch.method.augment import PRESETS, augment_views, eval_views
+from sslsearch.method.data import ImageData
 
 
 def network_autocast(device: torch.device):

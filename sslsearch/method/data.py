@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 
 from sslsearch.errors import InputError
-from sslsearch.pretrain_config import DATASETS  # the names live with the config, which imports no torch
+from sslsearch.method.config import DATASETS, PretrainConfig  # the names live with the config, which imports no torch
 
 IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 DEFAULT_DATA_DIR = "data"      # resolved against the current directory, then made absolute
@@ -53,7 +53,7 @@ class ImageData:
     """A data set's four splits as uint8 N×3×H×W image tensors and int64 labels, on one device."""
 
     name: str
-    preset: str                      # key of sslsearch.augment.PRESETS
+    preset: str                      # key of sslsearch.method.augment.PRESETS
     classes: tuple[str, ...]
     pretrain_images: torch.Tensor    # labelled train minus val (+ stl10's unlabeled); never val or test
     # train_images is the first len(train) rows of pretrain_images (a view, not a copy: saves up to
@@ -91,6 +91,12 @@ class ImageData:
         return (f"ImageData({self.name!r}, preset={self.preset!r}, classes={self.num_classes}, image_size={self.image_size}, "
                 f"pretrain={len(self.pretrain_images)}, train={len(self.train_images)}, val={len(self.val_images)}, "
                 f"test={len(self.test_images)}, device={self.pretrain_images.device})")
+
+
+def load_run_data(config: PretrainConfig) -> ImageData:
+    """The data set with a pretraining run's split settings (on the CPU)."""
+    return load_dataset(config.dataset, config.data_dir, val_fraction=config.val_fraction,
+                        split_seed=config.split_seed, image_size=config.image_size)
 
 
 def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *, val_fraction: float = 0.1,
@@ -289,7 +295,7 @@ def _download(root: Path, archive: _Archive) -> None:
     # and only then move the tree into place, so no half-extracted tree ever looks complete. A failed
     # download removes the staging folder it created; one left by an interrupted run (whose md5-checked
     # archive the next run reuses) keeps its archive and loses only the extraction, or goes if empty.
-    from torchvision.datasets.utils import download_and_extract_archive   # lazy: importing torchvision takes ~1.4 s
+    from torchvision.datasets.utils import download_and_extract_archive  # lazy: importing torchvision takes ~1.4 s
 
     staging = root / f".sslsearch-download-{archive.folder}"
     extracted = staging / "extracted"
@@ -344,7 +350,7 @@ def _move_tree(src: Path, dst: Path) -> None:
 # --- digits ---------------------------------------------------------------------------------------
 
 def _load_digits(root: Path, download: bool, image_size: int | None) -> _Source:
-    from sklearn.datasets import load_digits   # lazy: scikit-learn is needed only for this bundled set
+    from sklearn.datasets import load_digits  # lazy: scikit-learn is needed only for this bundled set
 
     bunch = load_digits()
     size = image_size or DIGITS_IMAGE_SIZE

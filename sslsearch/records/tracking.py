@@ -11,13 +11,13 @@
   `sslsearch report` ran).
 - child run per trial named after the trial id, nested (`mlflow.parentRunId`), tags
   `sslsearch.role=trial`, `sslsearch.sweep`, `sslsearch.trial_id`, `sslsearch.loss`,
-  `sslsearch.pair` (paired sweeps), `sslsearch.outcome` ∈ sslsearch.search.OUTCOMES; params: the trial's config
+  `sslsearch.pair` (paired sweeps), `sslsearch.outcome` ∈ sslsearch.search.sweep.OUTCOMES; params: the trial's config
   (`lmbda`, `lr`, ... and `base.*`); metrics at `step = epoch`; artifacts `statistics.csv`,
   `checkpoints/last.pt`, `checkpoints/best.pt` (best `val_acc` after epoch 0) and, with the
   `all` policy, `checkpoints/epoch_<N>.pt`. Checkpoints in MLflow are weights only (backbone +
   projector, configuration, history; no optimiser): the full state that resuming needs stays in
   Ray's checkpoints. `tracking.checkpoints`: `best_and_last` (default) and `top_k:N` keep both,
-  `best` only best.pt, `all` every report's too, `none` none (sslsearch.retention: what Ray's storage keeps).
+  `best` only best.pt, `all` every report's too, `none` none (sslsearch.search.retention: what Ray's storage keeps).
 
 Every record goes through a durable outbox in the sweep's folder (`Outbox`: append-only, fsynced,
 numbered): the hooks only append, and a background thread sends in order, retrying transient
@@ -56,15 +56,17 @@ from mlflow.exceptions import MlflowException
 from ray import tune
 
 import sslsearch
-from sslsearch.config import Experiment, experiment_from_dict, keeps_last
 from sslsearch.errors import InputError
-from sslsearch.retention import best_checkpoint
-from sslsearch.search import result_outcome, sweep_metadata, sweep_path
-from sslsearch.space import Parameter, SearchSpace
-from sslsearch.sweeplock import SweepLock
-from sslsearch.train import save_weights_only
+from sslsearch.method.train import save_weights_only
+
 # The light half of the store's handling (the CLI uses it before importing MLflow or Ray); re-exported here.
-from sslsearch.store import artifact_root as _artifact_root, check_store, default_tracking_uri  # noqa: F401
+from sslsearch.records.store import artifact_root as _artifact_root  # noqa: F401
+from sslsearch.records.store import check_store, default_tracking_uri
+from sslsearch.search.experiment import Experiment, experiment_from_dict, keeps_last
+from sslsearch.search.retention import best_checkpoint
+from sslsearch.search.space import Parameter, SearchSpace
+from sslsearch.search.sweep import result_outcome, sweep_metadata, sweep_path
+from sslsearch.search.sweeplock import SweepLock
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +76,7 @@ METRICS = ("epoch", "loss", "val_acc", "knn_acc", "images_per_s", "test_acc", "t
 ROLE, SWEEP, TRIAL_ID, LOSS, PAIR, OUTCOME = ("sslsearch.role", "sslsearch.sweep", "sslsearch.trial_id",
                                               "sslsearch.loss", "sslsearch.pair", "sslsearch.outcome")
 BEST_EPOCH, BEST_VAL_ACC, ERROR = "sslsearch.best_epoch", "sslsearch.best_val_acc", "sslsearch.error"
-STAGE = "sslsearch.stage"  # on child runs of a stage after the search, e.g. "confirm" (sslsearch.confirm)
+STAGE = "sslsearch.stage"  # on child runs of a stage after the search, e.g. "confirm" (sslsearch.search.confirm)
 PARENT_RUN_ID = "mlflow.parentRunId"
 # MLflow 3's UI opens an experiment on GenAI traces unless this tag says it is model training
 # (key and value as the UI's bundle reads them, mlflow/server/js in MLflow 3.17).
@@ -93,7 +95,7 @@ RETRIES = "sslsearch.retries"
 
 
 def check_tracking(uri: str, sweep: str | None = None, *, reading: bool = False) -> None:
-    """InputError (one line) if the tracking store cannot take records (sslsearch.store.check_store);
+    """InputError (one line) if the tracking store cannot take records (sslsearch.records.store.check_store);
     `sweep`: also refuse a name already recorded; `reading` (leaderboard, export): only check that the
     store can be reached, creating nothing (leaderboard.mlflow_client refuses a SQLite store that does not exist)."""
     check_store(uri, reading=reading)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from sslsearch.pretrain_config import LOSSES, NORMALIZATIONS  # the names live with the config, which imports no torch
+from sslsearch.method.config import LOSSES, NORMALIZATIONS  # the names live with the config, which imports no torch
 
 
 def standardize(z: torch.Tensor, normalization: str = "reference") -> torch.Tensor:

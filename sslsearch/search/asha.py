@@ -27,7 +27,7 @@ from ray import tune
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
-from sslsearch.rungs import rung_epochs
+from sslsearch.search.rungs import rung_epochs
 
 
 class PairedASHA(FIFOScheduler):

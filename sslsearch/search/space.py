@@ -8,9 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sslsearch.config import build_section, read_yaml_file
 from sslsearch.errors import InputError
-from sslsearch.pretrain_config import PretrainConfig
+from sslsearch.method.config import PretrainConfig
+from sslsearch.search.experiment import build_section, read_yaml_file
 
 if TYPE_CHECKING:
     import optuna

@@ -30,12 +30,12 @@ import torchvision.transforms as T
 from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
-from sslsearch.augment import PRESETS, AugmentPreset, augment_views
-from sslsearch.data import ImageData
 from sslsearch.errors import InputError
-from sslsearch.evaluate import extract_features, fit_linear_probe, knn_accuracy, probe_scores
-from sslsearch.losses import ssl_loss
-from sslsearch.train import PretrainConfig, build_model, make_train_step, prepare_training, synchronize
+from sslsearch.method.augment import PRESETS, AugmentPreset, augment_views
+from sslsearch.method.data import ImageData
+from sslsearch.method.evaluate import extract_features, fit_linear_probe, knn_accuracy, probe_scores
+from sslsearch.method.losses import ssl_loss
+from sslsearch.method.train import PretrainConfig, build_model, make_train_step, prepare_training, synchronize
 
 # Side of the source images each preset is used with (STL-10 is cropped from 96 to 64 px).
 SOURCE_SIZES = {"cifar": 32, "stl10": 96, "tiny_imagenet": 64, "digits": 32}
@@ -525,7 +525,7 @@ def bench_probe(backbone: str = "resnet18", image_size: int = 32, device: str = 
                 val_images: int = 5_000, num_classes: int = 10, batch_size: int = 128,
                 seconds_per_epoch: float | None = None, eval_every: tuple[int, ...] = (5, 10), rounds: int = 2,
                 steps: int | None = None, warmup: int | None = None, threads: int | None = None, seed: int = 0) -> dict:
-    """Seconds of one probe (`sslsearch.evaluate.probe_scores`) and its share of a trial.
+    """Seconds of one probe (`sslsearch.method.evaluate.probe_scores`) and its share of a trial.
 
     The probe runs as in a trial: features of the train and val splits (`train_images` +
     `val_images`, CIFAR-10's 45,000 + 5,000 with val_fraction 0.1 by default), the L-BFGS fit,

@@ -5,7 +5,7 @@ Everything here reads the MLflow records that the tracking callback writes (expe
 after those are deleted and across several sweeps.
 
 Rules, decided once:
-- Two stages. The sweep's own trials (`search`) explore; the `confirm` stage (sslsearch.confirm,
+- Two stages. The sweep's own trials (`search`) explore; the `confirm` stage (sslsearch.search.confirm,
   child runs tagged `sslsearch.stage=confirm`) re-runs the top configurations with fresh seeds.
 - Only finished search trials are ranked: `completed` and `stopped early` (by ASHA or the time
   budget, at their last reported epoch) that reported after epoch 0 (epoch 0 is the random
@@ -39,11 +39,10 @@ import numpy as np
 import pandas as pd
 
 from sslsearch.errors import InputError
+from sslsearch.search.outcomes import FINISHED, OUTCOMES
 
 EXPERIMENT = "sslsearch"
 LOSSES = ("barlow", "hsic")
-FINISHED = ("completed", "stopped early")
-OUTCOMES = ("completed", "stopped early", "diverged", "errored", "running")
 STAGES = ("search", "confirm")
 # A confirmation seed that diverged is a result about the configuration: it counts, at its (chance) val_acc.
 CONFIRM_COUNTED = ("completed", "diverged")
@@ -52,7 +51,7 @@ CONFIRM_COUNTED = ("completed", "diverged")
 # 0.031 at n = 6). Below this, an interval would only dress up noise.
 MIN_PAIRS = 6
 LEVEL = 0.95
-# sslsearch.search.STUDY_FILE; not imported from there because search imports Ray.
+# sslsearch.search.sweep.STUDY_FILE; not imported from there because search imports Ray.
 STUDY_FILE = "optuna-study.journal"
 FORMATS = ("table", "csv", "json", "markdown")
 # Ranking: (column, ascending). The first key is the objective; the rest only break ties.
@@ -77,7 +76,7 @@ def mlflow_client(tracking_uri: str):
 
     (Opening a missing SQLite file would silently create an empty store.)
     """
-    from sslsearch.store import require_records
+    from sslsearch.records.store import require_records
 
     require_records(tracking_uri)
     from mlflow import MlflowClient  # after the check: importing MLflow takes seconds

@@ -19,21 +19,19 @@ from sslsearch.errors import InputError
 if TYPE_CHECKING:
     import torch
 
-    from sslsearch.data import ImageData
-
 DATASETS: tuple[str, ...] = ("digits", "cifar10", "cifar100", "stl10", "tiny_imagenet", "folder")
 LOSSES: tuple[str, ...] = ("barlow", "hsic")
 NORMALIZATIONS: tuple[str, ...] = ("reference", "batchnorm")
 OPTIMIZERS: tuple[str, ...] = ("adam", "sgd", "lars")
 SCHEDULES: tuple[str, ...] = ("constant", "cosine")
-# The backbones sslsearch.models registers on import (tests/test_models.py checks they agree).
+# The backbones sslsearch.method.models registers on import (tests/test_models.py checks they agree).
 BUILTIN_BACKBONES: tuple[str, ...] = ("resnet18", "resnet34", "resnet50", "small_cnn")
 
 
 def _registered_backbones() -> list[str]:
-    # A custom backbone can only be registered through sslsearch.models, so while that module is
+    # A custom backbone can only be registered through sslsearch.method.models, so while that module is
     # not imported the registry holds exactly the built-in ones and torch need not be loaded.
-    models = sys.modules.get("sslsearch.models")
+    models = sys.modules.get("sslsearch.method.models")
     return models.list_backbones() if models is not None else sorted(BUILTIN_BACKBONES)
 
 
@@ -128,13 +126,6 @@ class PretrainConfig:
                 raise InputError(message)
         if self.device.startswith("cuda") and not _cuda_available():
             raise InputError(f"device {self.device!r} requested but CUDA is not available; use --device cpu")
-
-    def load_data(self) -> ImageData:
-        """The data set with this run's split settings (on the CPU)."""
-        from sslsearch.data import load_dataset
-
-        return load_dataset(self.dataset, self.data_dir, val_fraction=self.val_fraction,
-                            split_seed=self.split_seed, image_size=self.image_size)
 
     def torch_device(self) -> torch.device:
         import torch

@@ -20,10 +20,10 @@ from pathlib import Path
 
 from ray import tune
 
-from sslsearch.config import Experiment
 from sslsearch.errors import InputError
-from sslsearch.search import METRIC, run_sweep
-from sslsearch.space import SearchSpace
+from sslsearch.search.experiment import Experiment
+from sslsearch.search.space import SearchSpace
+from sslsearch.search.sweep import METRIC, run_sweep
 
 METHODS = {"tpe+asha": ("tpe", "asha"), "random+asha": ("random", "asha"),
            "random+fifo": ("random", "fifo"), "tpe+fifo": ("tpe", "fifo")}

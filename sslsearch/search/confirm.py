@@ -5,7 +5,7 @@ Its winner is the best of many noisy measurements, so its score is biased upward
 curse). `run_confirm` takes the top-K configurations of each loss by the sweep's own ranking and
 runs each with N seeds that no sweep trial used, FIFO, every trial to the last epoch. The
 leaderboard then ranks configurations by their mean over seeds and compares the losses on these
-runs (sslsearch.leaderboard).
+runs (sslsearch.analysis.leaderboard).
 
 Pairing: the k-th ranked barlow configuration and the k-th ranked hsic configuration run with the
 same seed and form pair `k * N + j` (seed j): each loss with its own tuned settings, the same
@@ -30,15 +30,29 @@ from ray import tune
 from ray.tune.schedulers import FIFOScheduler
 from ray.tune.search import BasicVariantGenerator
 
-from sslsearch.config import Experiment, experiment_from_dict
 from sslsearch.errors import InputError
-from sslsearch.retention import CheckpointRetention
-from sslsearch.search import (
-    METRIC, OUTCOMES, SWEEP_FILE, SweepSummary, _concurrency, _local_path, _quiet, _read_text, _trainable, _trial_dirname,
-    _write_text, check_resources, connect_ray, summarize, sweep_metadata, sweep_path,
+from sslsearch.search.experiment import Experiment, experiment_from_dict
+from sslsearch.search.retention import CheckpointRetention
+from sslsearch.search.space import Parameter, SearchSpace
+from sslsearch.search.sweep import (
+    METRIC,
+    OUTCOMES,
+    SWEEP_FILE,
+    SweepSummary,
+    _concurrency,
+    _local_path,
+    _quiet,
+    _read_text,
+    _trainable,
+    _trial_dirname,
+    _write_text,
+    check_resources,
+    connect_ray,
+    summarize,
+    sweep_metadata,
+    sweep_path,
 )
-from sslsearch.space import Parameter, SearchSpace
-from sslsearch.sweeplock import SweepLock
+from sslsearch.search.sweeplock import SweepLock
 
 STAGE = "confirm"                # the MLflow tag value of its child runs (tracking.STAGE)
 CONFIRM_DIR = "confirm"          # under the sweep's folder: Ray's records of the stage

@@ -41,14 +41,14 @@ from typing import Callable
 import torch
 
 from sslsearch import __version__
-from sslsearch.augment import PRESETS, AugmentPreset, augment_views
-from sslsearch.data import ImageData
 from sslsearch.errors import InputError
-from sslsearch.evaluate import network_autocast, probe_scores
-from sslsearch.losses import ssl_loss
-from sslsearch.models import SSLModel, build_backbone, build_projector, zero_init_residual
-from sslsearch.optim import build_optimizer, lr_factor, parameter_groups
-from sslsearch.pretrain_config import PretrainConfig  # defined torch-free so the CLI validates before importing torch
+from sslsearch.method.augment import PRESETS, AugmentPreset, augment_views
+from sslsearch.method.config import PretrainConfig  # defined torch-free so the CLI validates before importing torch
+from sslsearch.method.data import ImageData, load_run_data
+from sslsearch.method.evaluate import network_autocast, probe_scores
+from sslsearch.method.losses import ssl_loss
+from sslsearch.method.models import SSLModel, build_backbone, build_projector, zero_init_residual
+from sslsearch.method.optim import build_optimizer, lr_factor, parameter_groups
 
 CHECKPOINT_FORMAT = 1
 STATISTICS_COLUMNS = ("epoch", "train_loss", "val_acc", "knn_acc", "test_acc", "images_per_s", "lr", "seconds")
@@ -277,7 +277,7 @@ def pretrain(config: PretrainConfig, *, out_dir: str | os.PathLike | None = None
         check_extension(saved, config, checkpoint["epoch"], resume)
     device = config.torch_device()
     if data is None:
-        data = config.load_data()
+        data = load_run_data(config)
     n_images = data.pretrain_images.shape[0]
     if config.batch_size > n_images:
         raise InputError(f"batch_size {config.batch_size} exceeds the {n_images} pretraining images of {config.dataset}")

@@ -42,16 +42,25 @@ import optuna
 import ray
 from ray import tune
 
-from sslsearch.config import PROJECT_ROOT, load_experiment
+from sslsearch.bench.platform_trial import synthetic_trial, synthetic_val_acc
 from sslsearch.errors import InputError
-from sslsearch.asha import PairedASHA, RungState
-from sslsearch.retention import CheckpointRetention
-from sslsearch.saved_state import IntactStateCopy
-from sslsearch.platform_trial import synthetic_trial, synthetic_val_acc
-from sslsearch.search import (METRIC, MODE, LiveView, SweepSearcher, connect_ray, make_scheduler, summarize,
-                              sweep_path, write_study_snapshot)
-from sslsearch.space import load_search_space
-from sslsearch.tracking import MlflowTracking
+from sslsearch.records.tracking import MlflowTracking
+from sslsearch.search.asha import PairedASHA, RungState
+from sslsearch.search.experiment import PROJECT_ROOT, load_experiment
+from sslsearch.search.retention import CheckpointRetention
+from sslsearch.search.saved_state import IntactStateCopy
+from sslsearch.search.space import load_search_space
+from sslsearch.search.sweep import (
+    METRIC,
+    MODE,
+    LiveView,
+    SweepSearcher,
+    connect_ray,
+    make_scheduler,
+    summarize,
+    sweep_path,
+    write_study_snapshot,
+)
 
 # The workhorse GPU sweep (ResNet-18 on CIFAR-10): its settings are what the driver records and
 # schedules; only the training is replaced.
@@ -77,7 +86,7 @@ MLFLOW_METHODS = ("create_experiment", "get_experiment_by_name", "search_runs", 
 
 
 # ---------------------------------------------------------------------------------------------
-# The synthetic trial (sslsearch.platform_trial): its checkpoint file
+# The synthetic trial (sslsearch.bench.platform_trial): its checkpoint file
 # ---------------------------------------------------------------------------------------------
 
 @functools.lru_cache(maxsize=4)
@@ -241,10 +250,10 @@ def _instrumented():
     """For the sweep only: time Ray's experiment-state saves (and measure what they write), and count
     MLflow client calls and HTTP requests."""
     import mlflow
-    import requests
     import ray.train._internal.storage as ray_storage
-    from ray.tune.execution.tune_controller import TuneController
+    import requests
     from ray.air.execution._internal.actor_manager import RayActorManager
+    from ray.tune.execution.tune_controller import TuneController
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback, TBXLoggerCallback
 
     save_to_dir = TuneController.save_to_dir
@@ -590,7 +599,7 @@ def bench_platform(trials: tuple[int, ...] = (50, 200, 1000), reports: int = 10,
             env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))}
             with open(log, "w") as stream:
                 completed = subprocess.run(
-                    [sys.executable, "-m", "sslsearch.bench_platform", json.dumps({**settings, "trials": n,
+                    [sys.executable, "-m", "sslsearch.bench.platform", json.dumps({**settings, "trials": n,
                                                                                    "storage": str(Path(folder) / "sweep")}),
                      str(out)], stdout=stream, stderr=subprocess.STDOUT, env=env, timeout=timeout_s)
             if completed.returncode != 0 or not out.is_file():
@@ -662,7 +671,7 @@ def format_bench_platform(result: dict) -> str:
 
 
 def _child_main(argv: list[str]) -> int:
-    """`python -m sslsearch.bench_platform SETTINGS_JSON OUT_JSON`: one sweep, its figures written to OUT_JSON."""
+    """`python -m sslsearch.bench.platform SETTINGS_JSON OUT_JSON`: one sweep, its figures written to OUT_JSON."""
     settings = json.loads(argv[0])
     result = measure_sweep(**settings)
     Path(argv[1]).write_text(json.dumps(result, indent=1))
@@ -671,6 +680,6 @@ def _child_main(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     # Run as a module the classes above would live in __main__; import them from their module instead.
-    from sslsearch.bench_platform import _child_main as main
+    from sslsearch.bench.platform import _child_main as main
 
     sys.exit(main(sys.argv[1:]))
