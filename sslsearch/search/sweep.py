@@ -37,7 +37,7 @@ from ray.tune.search.optuna import OptunaSearch
 from sslsearch.errors import InputError
 from sslsearch.method.data import prepare_dataset
 from sslsearch.search.asha import PairedASHA, RungState
-from sslsearch.search.experiment import Experiment, experiment_from_dict
+from sslsearch.search.experiment import Experiment, experiment_from_dict, ray_address
 from sslsearch.search.outcomes import METRIC, MODE, OUTCOMES, result_outcome, trial_outcome  # noqa: F401
 from sslsearch.search.retention import CheckpointRetention, DiskUse, disk_use, size_text
 from sslsearch.search.rungs import rung_epochs
@@ -437,12 +437,9 @@ def connect_ray(address: str | None, num_cpus: int | None = None) -> None:
 
 def _check_reachable(address: str) -> None:
     """Ray retries an unreachable address for minutes; a plain TCP connect answers in seconds."""
-    hostport = address.split("://", 1)[-1].rstrip("/")
-    host, _, port = hostport.rpartition(":")
-    if not host or not port.isdigit():
-        raise InputError(f"--address must be auto, HOST:PORT or ray://HOST:PORT, got {address!r}")
+    host, port = ray_address(address)
     try:
-        socket.create_connection((host, int(port)), timeout=5).close()
+        socket.create_connection((host, port), timeout=5).close()
     except OSError as error:
         raise InputError(f"cannot reach the Ray cluster at {address}: {error.strerror or error}") from None
 
