@@ -384,6 +384,7 @@ def test_trials_cut_by_the_time_budget_are_stopped_early_not_interrupted(tmp_pat
     tracking = MlflowTracking(experiment, load_search_space(experiment.space_path()), sweep="budget", storage=str(tmp_path))
     trial = FakeTrial("dddd0004", tmp_path, "hsic")
     tracking.setup()
+    tracking._started -= 60   # the sweep began a budget ago (the shortest budget the validator takes is a minute)
     tracking.on_trial_start(0, [], trial)
     trial.report(tracking, 0, 50.0), trial.report(tracking, 1, 60.0)
     trial.status = "TERMINATED"  # what Ray's time budget leaves, without calling on_trial_complete
