@@ -67,7 +67,7 @@ from sslsearch.search.experiment import Experiment, experiment_from_dict, keeps_
 from sslsearch.search.retention import best_checkpoint
 from sslsearch.search.space import Parameter, SearchSpace
 from sslsearch.search.sweep import result_outcome, sweep_metadata, sweep_path
-from sslsearch.search.sweeplock import SweepLock
+from sslsearch.search.sweeplock import SweepLock, check_owned
 
 log = logging.getLogger(__name__)
 
@@ -911,12 +911,14 @@ def sync(name: str, storage: str, tracking_uri: str | None = None) -> SyncReport
     local = "://" not in storage
     storage = str(Path(storage).resolve()) if local else storage
     meta = sweep_metadata(name, storage)
+    path = sweep_path(storage, name)
+    if local:   # sync reads Ray's saved state (pickles inside) and replays the outbox: both must be the user's own
+        check_owned(Path(path), "sync")
     experiment = experiment_from_dict(meta["experiment"], meta.get("experiment_source"))
     space = SearchSpace(tuple(Parameter(**{**p, "values": tuple(p["values"]) if p.get("values") is not None else None})
                               for p in meta["space"].values()), source=meta.get("space_source"))
     uri = tracking_uri or experiment.tracking.uri or default_tracking_uri(storage)
     check_tracking(uri)
-    path = sweep_path(storage, name)
     lock = SweepLock(path, name, "sync") if local else contextlib.nullcontext()
     with lock:
         tracking = MlflowTracking(experiment, space, sweep=name, storage=storage, tracking_uri=uri)
