@@ -100,9 +100,11 @@ def _run_pretrain(args) -> int:
         try:
             values["projector_hidden"] = tuple(int(w) for w in args.projector.split("-") if w)
         except ValueError:
-            raise InputError(f"--projector expects widths joined by '-', e.g. 512 or 8192-8192, got {args.projector!r}") from None
+            raise InputError("--projector expects widths joined by '-', e.g. 512 or 8192-8192, got "
+                             f"{args.projector[:80]!r}") from None
     config = PretrainConfig(**values)
     config.validate()
+    config.check_data()
     out = Path(args.out or f"runs/pretrain-{config.dataset}-{config.loss}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} is a file; give a folder (new, empty, or a run to --resume)")
@@ -411,25 +413,38 @@ def _add_sweep(sub) -> None:
     d.set_defaults(run=_run_dashboard)
 
 
+MAX_NAME = 128   # a sweep's name is a folder name, and part of its trials' folder paths
+
+
 def _storage(text: str) -> str:
-    return text if "://" in text else str(Path(text).resolve())
+    if "://" in text:
+        return text
+    from sslsearch.search.experiment import resolved
+
+    return str(resolved(text, "--storage"))
 
 
 def _run_sweep(args) -> int:
     from sslsearch.records.store import check_store, default_tracking_uri
-    from sslsearch.search.experiment import load_experiment
+    from sslsearch.errors import shown, shown_path
+    from sslsearch.search.experiment import check_machine, load_experiment, ray_address
     from sslsearch.search.space import load_search_space
 
+    if args.address:
+        ray_address(args.address)
     overrides = list(args.overrides) + ([f"tracking.uri={args.tracking_uri}"] if args.tracking_uri else [])
     experiment = load_experiment(args.experiment, overrides)
-    space = load_search_space(Path(args.space).resolve() if args.space else experiment.space_path())
+    space = load_search_space(args.space if args.space else experiment.space_path())
     name = args.name or f"{experiment.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
-        raise InputError(f"--name may hold letters, digits, '-', '_' and '.', got {name!r}")
+    if not (name.replace("-", "").replace("_", "").replace(".", "").isalnum() and len(name) <= MAX_NAME):
+        raise InputError(f"--name may hold up to {MAX_NAME} letters, digits, '-', '_' and '.', got {shown(name, 80)}")
     from sslsearch.search.space import check_space
 
+    check_machine(experiment, args.address)  # the data and this machine: before Ray starts, not after
     check_space(space, experiment)  # before anything is written: the tracking check below creates the store
     storage = _storage(args.storage)
+    if "://" not in storage and Path(storage).exists() and not Path(storage).is_dir():
+        raise InputError(f"--storage {shown_path(storage)} is a file; give the folder that holds (or will hold) the sweeps")
     if "://" not in storage and (Path(storage) / name).exists():
         raise InputError(f"a sweep named {name!r} already exists in {storage}; resume it with `sslsearch resume {name}` "
                          "or choose another --name")
@@ -780,7 +795,9 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141  # 128 + SIGPIPE, what a shell reports for a writer its reader left
     except InputError as error:
-        print(f"sslsearch: error: {error}", file=sys.stderr)
+        # One line, whatever a message quotes (each value is shortened where it is quoted; this is the backstop).
+        line = " ".join(str(error).split())
+        print(f"sslsearch: error: {line if len(line) <= 1000 else line[:999] + '…'}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("sslsearch: interrupted", file=sys.stderr)

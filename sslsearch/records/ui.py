@@ -12,6 +12,7 @@ Only the standard library and psutil at import time: `sslsearch ui --help` and i
 from __future__ import annotations
 
 import errno
+import ipaddress
 import os
 import socket
 import subprocess
@@ -52,6 +53,15 @@ class Server:
     def probe_url(self) -> str:
         host = "127.0.0.1" if self.host in ("0.0.0.0", "") else ("[::1]" if self.host == "::" else self.host)
         return f"http://{host}:{self.port}{self.ready_path}"
+
+
+def is_loopback(host: str) -> bool:
+    """Whether every address `host` names is a loopback address (127.0.0.0/8, ::1): reachable from this machine only."""
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
+    except (socket.gaierror, UnicodeError):
+        return False
+    return bool(addresses) and all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addresses)
 
 
 def check_port(host: str, port: int) -> None:
@@ -148,6 +158,10 @@ def serve(server: Server, *, out=sys.stdout) -> int:
     (Starlette's and others' are about the server's code, not the user's).
     """
     check_port(server.host, server.port)
+    if not is_loopback(server.host):
+        print(f"warning: {server.what} listens on {server.host}, beyond this machine, and has no login: whoever reaches "
+              f"port {server.port} can read and change the sweeps' records; use --host 127.0.0.1 and an SSH tunnel "
+              "unless every machine on that network is trusted", file=sys.stderr, flush=True)
     # Deprecation notices about the servers' own code (Starlette's is a UserWarning) are not the user's to act on.
     env = {**os.environ, "PYTHONWARNINGS": "ignore::DeprecationWarning,ignore::FutureWarning,"
                                            "ignore:starlette.middleware.wsgi is deprecated"}

@@ -50,7 +50,7 @@ from sslsearch.search.sweep import (
     sweep_metadata,
     sweep_path,
 )
-from sslsearch.search.sweeplock import SweepLock
+from sslsearch.search.sweeplock import SweepLock, check_owned
 from sslsearch.search.trial_config import PAIR, SEED, make_trial_config, sampled_params, trial_value
 
 STAGE = "confirm"                # the MLflow tag value of its child runs (tracking.STAGE)
@@ -63,6 +63,9 @@ def confirm_experiment(name: str, storage: str) -> tuple[Experiment, SearchSpace
     budget: confirmation runs every trial to its last epoch (and the tracking callback must not
     take an interruption for the budget running out)."""
     meta = sweep_metadata(name, storage)
+    local = _local_path(storage)
+    if local is not None:   # confirm unpickles the sweep's saved state and its confirm/ stage's: the user's own only
+        check_owned(Path(sweep_path(str(local.resolve()), name)), "confirm")
     experiment = experiment_from_dict(meta["experiment"], meta.get("experiment_source"))
     experiment = dataclasses.replace(experiment, search=dataclasses.replace(experiment.search, time_budget_s=None))
     parameters = tuple(Parameter(**{**p, "values": tuple(p["values"]) if p.get("values") is not None else None})

@@ -39,7 +39,7 @@ from sslsearch.errors import InputError
 from sslsearch.method.data import prepare_dataset
 from sslsearch.search import framework
 from sslsearch.search.asha import PairedASHA, RungState
-from sslsearch.search.experiment import Experiment, experiment_from_dict
+from sslsearch.search.experiment import Experiment, experiment_from_dict, ray_address
 from sslsearch.search.outcomes import METRIC, MODE, OUTCOMES, STUDY_FILE, SWEEP_FILE, result_outcome, trial_outcome  # noqa: F401
 from sslsearch.search.retention import CheckpointRetention, DiskUse, disk_use, size_text
 from sslsearch.search.rungs import rung_epochs
@@ -428,21 +428,36 @@ def connect_ray(address: str | None, num_cpus: int | None = None) -> None:
         if address:
             ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
         else:
-            # address="local": a private instance, never whatever Ray cluster happens to run on this machine.
-            ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False,
-                     logging_level=logging.WARNING)
+            # address="local": a private instance, never whatever Ray cluster happens to run on this machine;
+            # on loopback only: a local sweep needs no port that another machine can reach.
+            with _loopback_node():
+                ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
+                         log_to_driver=False, logging_level=logging.WARNING)
     except (ConnectionError, RuntimeError, ValueError, TimeoutError) as error:
         raise InputError(f"cannot reach the Ray cluster at {address!r}: {str(error).splitlines()[0]}") from None
 
 
+@contextlib.contextmanager
+def _loopback_node():
+    """Start Ray's processes on 127.0.0.1. Its GCS, raylet, driver and workers listen on every interface unless the
+    node's address is 127.0.0.1, and ray.init turns an explicit `_node_ip_address="127.0.0.1"` back into the LAN
+    address unless ENABLE_RAY_CLUSTER is off (ray/_private/services.py: resolve_ip_for_localhost,
+    get_node_ip_address). A cluster is joined with --address instead, and binds as its `ray start` says."""
+    from ray._private import ray_constants
+
+    enabled = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = enabled
+
+
 def _check_reachable(address: str) -> None:
     """Ray retries an unreachable address for minutes; a plain TCP connect answers in seconds."""
-    hostport = address.split("://", 1)[-1].rstrip("/")
-    host, _, port = hostport.rpartition(":")
-    if not host or not port.isdigit():
-        raise InputError(f"--address must be auto, HOST:PORT or ray://HOST:PORT, got {address!r}")
+    host, port = ray_address(address)
     try:
-        socket.create_connection((host, int(port)), timeout=5).close()
+        socket.create_connection((host, port), timeout=5).close()
     except OSError as error:
         raise InputError(f"cannot reach the Ray cluster at {address}: {error.strerror or error}") from None
 
@@ -669,7 +684,7 @@ def resume_sweep(name: str, storage: str, address: str | None = None, trainable=
     experiment = experiment_from_dict(meta["experiment"], meta.get("experiment_source"))
     lock = contextlib.nullcontext()
     if local is not None:  # Ray unpickles tuner.pkl from this folder: it must be the user's own
-        check_owned(Path(path))
+        check_owned(Path(path), "resume")
         lock = SweepLock(path, name, "resume").acquire()
         try:
             recover_saved_state(Path(path), name)
