@@ -36,6 +36,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from sslsearch.errors import InputError
 from sslsearch.method.data import prepare_dataset
+from sslsearch.processes import keep_sigterm, sigint_restored
 from sslsearch.search.asha import PairedASHA, RungState
 from sslsearch.search.experiment import Experiment, experiment_from_dict
 from sslsearch.search.outcomes import METRIC, MODE, OUTCOMES, result_outcome, trial_outcome  # noqa: F401
@@ -433,6 +434,7 @@ def connect_ray(address: str | None, num_cpus: int | None = None) -> None:
                      logging_level=logging.WARNING)
     except (ConnectionError, RuntimeError, ValueError, TimeoutError) as error:
         raise InputError(f"cannot reach the Ray cluster at {address!r}: {str(error).splitlines()[0]}") from None
+    keep_sigterm()  # Ray's failure-signal handler took SIGTERM: a scheduler's stop must end in good order
 
 
 def _check_reachable(address: str) -> None:
@@ -588,7 +590,8 @@ class SweepStopped(RuntimeError):
 def _fit(tuner, name: str, path: str, started: float, concurrency: int, study_path: str):
     """tuner.fit(); an OS error stops the sweep in good order: one line, the summary, the resume hint."""
     try:
-        return tuner.fit()
+        with sigint_restored():
+            return tuner.fit()
     except (OSError, TuneError) as raised:
         error = _os_error(raised)
         if error is None:
