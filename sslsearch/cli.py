@@ -116,8 +116,17 @@ def _run_pretrain(args) -> int:
     elif out.exists() and any(out.iterdir()):
         raise InputError(f"output folder {out} exists and is not empty; pass --resume to continue it or choose another --out")
     from sslsearch.method.train import pretrain
+    from sslsearch.processes import INTERRUPTED, reaping
 
-    result = pretrain(config, out_dir=out, resume=resume, progress=not args.quiet, final_test=True)
+    try:
+        with reaping():  # SIGTERM as Ctrl-C: a scheduler's stop ends with the resume hint too
+            result = pretrain(config, out_dir=out, resume=resume, progress=not args.quiet, final_test=True)
+    except KeyboardInterrupt:
+        last = out / "last.pt"
+        hint = (f"its last checkpoint is {last}; continue with the same options and --out {out} --resume"
+                if last.is_file() else "before its first checkpoint: nothing to resume")
+        print(f"\nsslsearch: pretraining interrupted, {hint}", file=sys.stderr)
+        return INTERRUPTED
     baseline = result.history[0]
     final = result.last_evaluated()
     print(f"random init: val_acc {baseline['val_acc']:.2f}  knn_acc {baseline['knn_acc']:.2f}")

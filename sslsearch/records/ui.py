@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Callable
 
 from sslsearch.errors import InputError
-from sslsearch.processes import reaping
+from sslsearch.processes import INTERRUPTED, reaping
 from sslsearch.records.schema import EXPERIMENT_NAME
 from sslsearch.records.store import artifact_root, default_tracking_uri, sqlite_path
 from sslsearch.search.outcomes import STUDY_FILE
@@ -153,8 +153,8 @@ def _answers(url: str) -> bool:
 def serve(server: Server, *, out=sys.stdout) -> int:
     """Start `server`, print its URL once it answers, and run until it exits, Ctrl-C or SIGTERM.
 
-    Returns the exit code for the command line: 0 after Ctrl-C / SIGTERM, the server's own code if it
-    stops by itself. The server's log goes to stderr; Python deprecation warnings are silenced there
+    Returns the exit code for the command line: 130 after Ctrl-C or SIGTERM (as every command), the server's
+    own code if it stops by itself. The server's log goes to stderr; Python deprecation warnings are silenced there
     (Starlette's and others' are about the server's code, not the user's).
     """
     check_port(server.host, server.port)
@@ -184,4 +184,4 @@ def serve(server: Server, *, out=sys.stdout) -> int:
             print(f"{server.what}: {server.url}  (Ctrl-C to stop)", file=out, flush=True)
             return process.wait()
         except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (reaping turns it into one)
-            return 0
+            return INTERRUPTED

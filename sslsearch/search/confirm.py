@@ -31,6 +31,7 @@ from ray.tune.schedulers import FIFOScheduler
 from ray.tune.search import BasicVariantGenerator
 
 from sslsearch.errors import InputError
+from sslsearch.processes import sigint_restored
 from sslsearch.search.experiment import Experiment, experiment_from_dict
 from sslsearch.search.outcomes import METRIC, OUTCOMES, SWEEP_FILE
 from sslsearch.search.retention import CheckpointRetention
@@ -198,7 +199,7 @@ def run_confirm(name: str, storage: str, *, top: int, seeds: int, address: str |
 def _fit(tuner, name: str, path: str, experiment: Experiment) -> SweepSummary:
     started = time.monotonic()
     lock = SweepLock(str(Path(path).parent), name, "confirm") if "://" not in path else None
-    with lock.acquire() if lock is not None else contextlib.nullcontext():   # one writer per sweep
+    with lock.acquire() if lock is not None else contextlib.nullcontext(), sigint_restored():   # one writer per sweep
         results = tuner.fit()
     return summarize(results, name, path, time.monotonic() - started, _concurrency(experiment), None)
 

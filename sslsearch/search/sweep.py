@@ -37,6 +37,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from sslsearch.errors import InputError
 from sslsearch.method.data import prepare_dataset
+from sslsearch.processes import keep_sigterm, sigint_restored
 from sslsearch.search import framework
 from sslsearch.search.asha import PairedASHA, RungState
 from sslsearch.search.experiment import Experiment, experiment_from_dict, ray_address
@@ -435,6 +436,7 @@ def connect_ray(address: str | None, num_cpus: int | None = None) -> None:
                          log_to_driver=False, logging_level=logging.WARNING)
     except (ConnectionError, RuntimeError, ValueError, TimeoutError) as error:
         raise InputError(f"cannot reach the Ray cluster at {address!r}: {str(error).splitlines()[0]}") from None
+    keep_sigterm()  # Ray's failure-signal handler took SIGTERM: a scheduler's stop must end in good order
 
 
 @contextlib.contextmanager
@@ -621,7 +623,8 @@ class SweepStopped(RuntimeError):
 def _fit(tuner, name: str, path: str, started: float, concurrency: int, study_path: str):
     """tuner.fit(); an OS error stops the sweep in good order: one line, the summary, the resume hint."""
     try:
-        return tuner.fit()
+        with sigint_restored():
+            return tuner.fit()
     except (OSError, TuneError) as raised:
         error = _os_error(raised)
         if error is None:
