@@ -63,6 +63,7 @@ from sslsearch.method.train import save_weights_only
 from sslsearch.records.store import artifact_root as _artifact_root  # noqa: F401
 from sslsearch.records.store import check_store, default_tracking_uri
 from sslsearch.search.experiment import Experiment, experiment_from_dict, keeps_last
+from sslsearch.search.folder import OUTBOX_FILE
 from sslsearch.search.retention import best_checkpoint
 from sslsearch.search.space import Parameter, SearchSpace
 from sslsearch.search.sweep import result_outcome, sweep_metadata, sweep_path
@@ -90,7 +91,7 @@ TRANSIENT = (MlflowException, requests.RequestException, OSError)
 COOLDOWN_S = 30.0  # after retries fail, queued records wait this long before the next try
 # How long the end of a sweep waits for the outbox to empty; what is left waits on disk for `sslsearch sync`.
 FLUSH_TIMEOUT_S = 60.0
-OUTBOX_FILE, SENT_FILE = "mlflow-outbox.jsonl", "mlflow-outbox.sent"
+SENT_FILE = "mlflow-outbox.sent"
 RETRIES = "sslsearch.retries"
 
 

@@ -32,6 +32,7 @@ from ray.tune.search import BasicVariantGenerator
 
 from sslsearch.errors import InputError
 from sslsearch.search.experiment import Experiment, experiment_from_dict
+from sslsearch.search.folder import CONFIRM_DIR, PLAN_FILE
 from sslsearch.search.retention import CheckpointRetention
 from sslsearch.search.space import Parameter, SearchSpace
 from sslsearch.search.sweep import (
@@ -55,8 +56,6 @@ from sslsearch.search.sweep import (
 from sslsearch.search.sweeplock import SweepLock
 
 STAGE = "confirm"                # the MLflow tag value of its child runs (tracking.STAGE)
-CONFIRM_DIR = "confirm"          # under the sweep's folder: Ray's records of the stage
-PLAN_FILE = "confirm-plan.json"  # what was asked (top, seeds) and the configurations chosen
 # Config keys that are not the configuration itself (see trainable.trial_config).
 NOT_SAMPLED = ("base", "final_test", "cpus", "pair", "seed")
 
