@@ -427,6 +427,7 @@ def connect_ray(address: str | None, num_cpus: int | None = None) -> None:
         return
     if address and address != "auto":
         _check_reachable(address)
+    logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(_no_token_notice)
     try:
         if address:
             ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
@@ -436,6 +437,12 @@ def connect_ray(address: str | None, num_cpus: int | None = None) -> None:
                      logging_level=logging.WARNING)
     except (ConnectionError, RuntimeError, ValueError, TimeoutError) as error:
         raise InputError(f"cannot reach the Ray cluster at {address!r}: {str(error).splitlines()[0]}") from None
+
+
+def _no_token_notice(record: logging.LogRecord) -> bool:
+    """Ray 2.60 says at every start that token authentication is on by default ("Set RAY_AUTH_MODE=disabled to
+    opt out"): nothing to act on, so that line is dropped; its warning that authentication is off still shows."""
+    return "Token authentication is enabled" not in record.getMessage()
 
 
 def _check_reachable(address: str) -> None:
