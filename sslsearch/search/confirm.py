@@ -38,7 +38,6 @@ from sslsearch.search.space import Parameter, SearchSpace
 from sslsearch.search.sweep import (
     METRIC,
     OUTCOMES,
-    SWEEP_FILE,
     SweepSummary,
     _concurrency,
     _local_path,
@@ -70,15 +69,6 @@ def confirm_experiment(name: str, storage: str) -> tuple[Experiment, SearchSpace
     parameters = tuple(Parameter(**{**p, "values": tuple(p["values"]) if p.get("values") is not None else None})
                        for p in meta["space"].values())
     return experiment, SearchSpace(parameters, source=meta.get("space_source"))
-
-
-def latest_sweep(storage: str) -> str:
-    """The most recently started sweep in a local storage folder (by its sweep file)."""
-    local = _local_path(storage)
-    found = sorted(local.glob(f"*/{SWEEP_FILE}"), key=lambda p: p.stat().st_mtime) if local and local.is_dir() else []
-    if not found:
-        raise InputError(f"no sweeps in {storage}; run `sslsearch sweep` first or name the sweep")
-    return found[-1].parent.name
 
 
 def _finite(value) -> bool:
