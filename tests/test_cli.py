@@ -196,7 +196,7 @@ def test_records_commands_check_the_store_first(tmp_path, capsys):
 
 def test_confirm_bad_input_is_one_line_before_anything_starts(tmp_path, capsys):
     code, _, err = run(capsys, ["confirm", "--storage", tmp_path / "empty"])
-    assert code == 2 and err == f"sslsearch: error: no sweeps in {tmp_path / 'empty'}; run `sslsearch sweep` first or name the sweep"
+    assert code == 2 and err == f"sslsearch: error: no sweeps in {tmp_path / 'empty'}; run `sslsearch sweep` first"
     code, _, err = run(capsys, ["confirm", "nope", "--storage", tmp_path])
     assert code == 2 and "no sweep named 'nope'" in err and "\n" not in err
     with pytest.raises(SystemExit) as done:
@@ -235,7 +235,7 @@ def test_unreadable_checkpoint_and_existing_output_are_refused(tmp_path, capsys)
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
     code, _, err = run(capsys, ["linear", "--checkpoint", bad])
-    assert code == 2 and "cannot read checkpoint" in err and len(err.splitlines()) == 1
+    assert code == 2 and "is not an sslsearch pretraining checkpoint" in err and len(err.splitlines()) == 1
     code, _, err = run(capsys, ["linear", "--checkpoint", tmp_path / "missing.pt"])
     assert code == 2 and "checkpoint not found" in err
     (tmp_path / "out").mkdir()

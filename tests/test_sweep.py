@@ -15,7 +15,7 @@ from local_processes import free_port, kill_processes_mentioning
 
 from sslsearch.errors import InputError
 from sslsearch.search.experiment import load_experiment
-from sslsearch.search.outcomes import STUDY_FILE, SWEEP_FILE
+from sslsearch.search.folder import STUDY_FILE, SWEEP_FILE
 from sslsearch.search.space import load_search_space
 from sslsearch.search.sweep import SweepSearcher, check_resources, run_sweep, summarize
 

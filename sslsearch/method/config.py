@@ -13,14 +13,14 @@ import math
 import os
 import re
 import sys
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sslsearch.errors import InputError, shown, shown_path
 
 if TYPE_CHECKING:
-    import torch
+    pass
 
 DATASETS: tuple[str, ...] = ("digits", "cifar10", "cifar100", "stl10", "tiny_imagenet", "folder")
 LOSSES: tuple[str, ...] = ("barlow", "hsic")

@@ -100,6 +100,7 @@ from sslsearch.records.schema import (
 from sslsearch.records.store import artifact_root as _artifact_root  # noqa: F401
 from sslsearch.records.store import check_store, default_tracking_uri
 from sslsearch.search.experiment import Experiment, experiment_from_dict, keeps_last
+from sslsearch.search.folder import OUTBOX_FILE
 from sslsearch.search.outcomes import FINISHED, result_outcome
 from sslsearch.search.retention import best_checkpoint
 from sslsearch.search.space import Parameter, SearchSpace
@@ -117,7 +118,7 @@ TRANSIENT = (MlflowException, requests.RequestException, OSError)
 COOLDOWN_S = 30.0  # after retries fail, queued records wait this long before the next try
 # How long the end of a sweep waits for the outbox to empty; what is left waits on disk for `sslsearch sync`.
 FLUSH_TIMEOUT_S = 60.0
-OUTBOX_FILE, SENT_FILE = "mlflow-outbox.jsonl", "mlflow-outbox.sent"
+SENT_FILE = "mlflow-outbox.sent"
 # Outbox lines that cannot be replayed (not JSON, no `seq`, wrong types, an unknown record): moved here with the reason,
 # so one bad line (a crash mid-write, a hand edit) never blocks the records after it.
 QUARANTINE_FILE = "mlflow-outbox.quarantine.jsonl"

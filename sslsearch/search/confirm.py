@@ -33,7 +33,8 @@ from ray.tune.search import BasicVariantGenerator
 from sslsearch.errors import InputError
 from sslsearch.processes import sigint_restored
 from sslsearch.search.experiment import Experiment, experiment_from_dict
-from sslsearch.search.outcomes import METRIC, OUTCOMES, SWEEP_FILE
+from sslsearch.search.folder import CONFIRM_DIR, PLAN_FILE
+from sslsearch.search.outcomes import METRIC, OUTCOMES
 from sslsearch.search.retention import CheckpointRetention
 from sslsearch.search.space import Parameter, SearchSpace
 from sslsearch.search.sweep import (
@@ -55,8 +56,6 @@ from sslsearch.search.sweeplock import SweepLock, check_owned
 from sslsearch.search.trial_config import PAIR, SEED, make_trial_config, sampled_params, trial_value
 
 STAGE = "confirm"                # the MLflow tag value of its child runs (tracking.STAGE)
-CONFIRM_DIR = "confirm"          # under the sweep's folder: Ray's records of the stage
-PLAN_FILE = "confirm-plan.json"  # what was asked (top, seeds) and the configurations chosen
 
 
 def confirm_experiment(name: str, storage: str) -> tuple[Experiment, SearchSpace]:
@@ -72,15 +71,6 @@ def confirm_experiment(name: str, storage: str) -> tuple[Experiment, SearchSpace
     parameters = tuple(Parameter(**{**p, "values": tuple(p["values"]) if p.get("values") is not None else None})
                        for p in meta["space"].values())
     return experiment, SearchSpace(parameters, source=meta.get("space_source"))
-
-
-def latest_sweep(storage: str) -> str:
-    """The most recently started sweep in a local storage folder (by its sweep file)."""
-    local = _local_path(storage)
-    found = sorted(local.glob(f"*/{SWEEP_FILE}"), key=lambda p: p.stat().st_mtime) if local and local.is_dir() else []
-    if not found:
-        raise InputError(f"no sweeps in {storage}; run `sslsearch sweep` first or name the sweep")
-    return found[-1].parent.name
 
 
 def _finite(value) -> bool:

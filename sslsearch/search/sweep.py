@@ -41,12 +41,13 @@ from sslsearch.processes import keep_sigterm, sigint_restored
 from sslsearch.search import framework
 from sslsearch.search.asha import PairedASHA, RungState
 from sslsearch.search.experiment import Experiment, experiment_from_dict, ray_address
-from sslsearch.search.outcomes import METRIC, MODE, OUTCOMES, STUDY_FILE, SWEEP_FILE, result_outcome, trial_outcome  # noqa: F401
+from sslsearch.search.folder import STUDY_FILE, SWEEP_FILE
+from sslsearch.search.outcomes import METRIC, MODE, OUTCOMES, result_outcome, trial_outcome  # noqa: F401
 from sslsearch.search.retention import CheckpointRetention, DiskUse, disk_use, size_text
 from sslsearch.search.rungs import rung_epochs
 from sslsearch.search.saved_state import IntactStateCopy, recover_saved_state
 from sslsearch.search.space import SearchSpace, check_space
-from sslsearch.search.sweeplock import SweepLock, check_owned, create_sweep_folder
+from sslsearch.search.sweeplock import SweepLock, check_owned, claim_sweep_folder
 from sslsearch.search.trainable import run_trial
 from sslsearch.search.trial_config import PAIR, SEED, make_trial_config, sampled_params, trial_value
 
@@ -235,7 +236,8 @@ class SweepSearcher(OptunaSearch):
 
 class LiveView(tune.Callback):
     """Prints a line per report and per finished trial, with the best val_acc reported so far per loss (at
-    any epoch; the summary and the leaderboard rank trials by their final report)."""
+    any epoch; the summary and the leaderboard rank trials by their final report), and how many trials are
+    left of the sweep's or stage's total (Ray passes it to `setup`)."""
 
     def __init__(self, quiet: bool = False):
         # No file object kept here: Ray pickles callbacks into the sweep's state for resuming.
@@ -244,7 +246,8 @@ class LiveView(tune.Callback):
         self.start = time.monotonic()
         self.setup()
 
-    def setup(self, **info):
+    def setup(self, total_num_samples: int | None = None, **info):
+        self.total = total_num_samples
         # Per session, O(1) per report (a count over all trials at every report is O(trials²) over a sweep):
         # the trials started and not ended, and the ended ones, known from the session's first report on.
         self._live: dict[str, object] = {}
@@ -288,8 +291,9 @@ class LiveView(tune.Callback):
         self._live[trial.trial_id] = trial
         best = "  ".join(f"{k} {v:.2f}" for k, v in sorted(self.best.items()))
         running = sum(t.status == "RUNNING" for t in self._live.values())
+        left = f", left {self.total - len(self._ended)}" if self.total is not None else ""
         self._print(f"{self._describe(trial)} epoch {result['epoch']} val_acc {result[METRIC]:.2f} "
-                    f"| running {running}, finished {len(self._ended)} "
+                    f"| running {running}, finished {len(self._ended)}{left} "
                     f"| best report, any epoch: {best}")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
@@ -425,6 +429,7 @@ def connect_ray(address: str | None, num_cpus: int | None = None) -> None:
         return
     if address and address != "auto":
         _check_reachable(address)
+    logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(_no_token_notice)
     try:
         if address:
             ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
@@ -453,6 +458,12 @@ def _loopback_node():
         yield
     finally:
         ray_constants.ENABLE_RAY_CLUSTER = enabled
+
+
+def _no_token_notice(record: logging.LogRecord) -> bool:
+    """Ray 2.60 says at every start that token authentication is on by default ("Set RAY_AUTH_MODE=disabled to
+    opt out"): nothing to act on, so that line is dropped; its warning that authentication is off still shows."""
+    return "Token authentication is enabled" not in record.getMessage()
 
 
 def _check_reachable(address: str) -> None:
@@ -504,17 +515,19 @@ def sweep_path(storage: str, name: str) -> str:
 
 
 def run_sweep(experiment: Experiment, space: SearchSpace, *, name: str, storage: str, address: str | None = None,
-              callbacks: list | None = None, quiet: bool = False, trainable=None, synthetic: dict | None = None
-              ) -> SweepSummary:
+              callbacks: list | None = None, quiet: bool = False, trainable=None, synthetic: dict | None = None,
+              claim: SweepLock | None = None) -> SweepSummary:
     """Run a new sweep; its records live in `storage`/`name`.
 
     `trainable` replaces `trainable.run_trial` (with `synthetic`: `synthetic.synthetic_trial` and its
-    settings), for tests and platform benchmarks that exercise the search without training.
+    settings), for tests and platform benchmarks that exercise the search without training. `claim`:
+    the sweep's folder, already made and locked by `sweeplock.claim_sweep_folder` (the command line
+    claims the name before it imports Ray); released when the sweep ends.
     """
     local = _local_path(storage)
     if local is not None:
         storage = str(local.resolve())
-        if (local / name).exists():
+        if claim is None and (local / name).exists():
             raise InputError(f"a sweep named {name!r} already exists in {storage}; resume it with `sslsearch resume {name}` "
                              "or choose another --name")
     check_space(space, experiment)
@@ -531,9 +544,10 @@ def run_sweep(experiment: Experiment, space: SearchSpace, *, name: str, storage:
           f"{experiment.pretrain.dataset}; {scheduler_line}; records in {path}", file=open(os.devnull, "w") if quiet else sys.stdout, flush=True)
     study_path = f"{path}/{STUDY_FILE}"
     lock = contextlib.nullcontext()
-    if local is not None:  # one mkdir is the name check, so two sweeps of one name cannot both start
-        create_sweep_folder(Path(path), name)
-        lock = SweepLock(path, name, "start").acquire()
+    if claim is not None:
+        lock = claim
+    elif local is not None:  # one rename is the name check, so two sweeps of one name cannot both start
+        lock = claim_sweep_folder(Path(path), name)
     # Written through pyarrow so that a sweep on s3:// or gs:// storage can be resumed from anywhere.
     _write_text(f"{path}/{SWEEP_FILE}", json.dumps(
         {"experiment": experiment.to_dict(), "experiment_source": experiment.source,
