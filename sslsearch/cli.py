@@ -313,6 +313,9 @@ def _add_bench_platform(bench) -> None:
     f.add_argument("--ray-loggers", default="all", choices=("all", "json"),
                    help="Ray's per-trial loggers: all three, as run_sweep has them (result.json, progress.csv, TensorBoard), "
                         "or result.json only (default: all)")
+    f.add_argument("--paused-twins-hold-slots", action="store_true",
+                   help="count a twin paused at a rung against max_concurrent (the accounting before issue 19, for "
+                        "comparison; run_sweep lets a new trial take its slot)")
     f.add_argument("--quick", action="store_true", help="a small run for CI: 4 and 8 trials, up to 3 reports, 2 at a time")
     f.add_argument("--json", action="store_true", help="print the figures as JSON")
     f.set_defaults(run=_run_bench_platform)
@@ -387,7 +390,7 @@ def _run_bench_platform(args) -> int:
         settings = dict(QUICK)
     result = bench_platform(**settings, tracking=args.tracking, sampler=args.sampler,
                             ray_num_to_keep=args.ray_num_to_keep, append_snapshot=not args.rewrite_snapshot,
-                            ray_loggers=args.ray_loggers)
+                            ray_loggers=args.ray_loggers, paused_twins_hold_slots=args.paused_twins_hold_slots)
     print(json.dumps(result, indent=2) if args.json else format_bench_platform(result))
     return 0
 

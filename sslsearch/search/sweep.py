@@ -46,6 +46,7 @@ from sslsearch.search.outcomes import METRIC, MODE, OUTCOMES, result_outcome, tr
 from sslsearch.search.retention import CheckpointRetention, DiskUse, disk_use, size_text
 from sslsearch.search.rungs import rung_epochs
 from sslsearch.search.saved_state import IntactStateCopy, recover_saved_state
+from sslsearch.search.slots import SlotUse
 from sslsearch.search.space import SearchSpace, check_space
 from sslsearch.search.sweeplock import SweepLock, check_owned, claim_sweep_folder
 from sslsearch.search.trainable import run_trial
@@ -91,7 +92,7 @@ class SweepSearcher(OptunaSearch):
     """OptunaSearch that reports ASHA-stopped trials as PRUNED and can pair the loss variants."""
 
     def __init__(self, space: SearchSpace, *, max_epochs: int, sampler: str, seed: int, paired: bool,
-                 study_name: str, study_path: str | None):
+                 study_name: str, study_path: str | None, scheduler: PairedASHA | None = None):
         super().__init__(space=space.to_optuna(), metric=METRIC, mode=MODE, sampler=make_sampler(sampler, seed),
                          study_name=study_name)
         self._max_epochs = max_epochs
@@ -102,6 +103,9 @@ class SweepSearcher(OptunaSearch):
         self._suggested = 0
         self._steps: dict[str, dict[int, float]] = {}   # trial id → the val_acc told to Optuna per epoch
         self.outcomes: dict[str, str] = {}
+        # The sweep's PairedASHA, for its twins waiting at a rung (they hold no slot). Ray pickles searcher and
+        # scheduler together in tuner.pkl, so the link survives Tuner.restore; `save` leaves it out.
+        self._scheduler = scheduler
 
     def set_max_concurrency(self, max_concurrent: int) -> bool:
         # The searcher limits concurrency itself: Ray's ConcurrencyLimiter drops on_trial_complete for
@@ -109,9 +113,20 @@ class SweepSearcher(OptunaSearch):
         self._max_concurrent = max_concurrent
         return True
 
-    def suggest(self, trial_id: str):
+    def slots_taken(self) -> int:
+        """Trials that hold a slot or wait for one: started or pending, not ended, not a twin paused at a rung.
+
+        A twin waiting at a rung holds no actor, so it must not keep a new trial from starting (on a GPU
+        cluster, an idle slot is an idle GPU). Paused twins stay bounded: each waits for a partner that holds
+        or wants a slot, so at most `max_concurrent` wait, and TPE's constant-liar set stays below 2×."""
         live = len(self._ot_trials) - len(self._completed_trials)
-        if trial_id not in self._ot_trials and live >= getattr(self, "_max_concurrent", math.inf):
+        waiting = getattr(self, "_scheduler", None)
+        if waiting is None:
+            return live
+        return live - sum(t in self._ot_trials and t not in self._completed_trials for t in waiting.waiting)
+
+    def suggest(self, trial_id: str):
+        if trial_id not in self._ot_trials and self.slots_taken() >= getattr(self, "_max_concurrent", math.inf):
             return None
         if trial_id not in self._ot_trials and self._paired and self._partner is not None:
             # The next ask() returns exactly these params: the same configuration with the other loss.
@@ -221,13 +236,13 @@ class SweepSearcher(OptunaSearch):
         written.update(t.number for t in new)
 
     def save(self, checkpoint_path: str):
-        # Ray pickles the searcher into its experiment state: the open journal stays out of it.
-        snapshot = self.__dict__.pop("_snapshot", None)
+        # Ray pickles the searcher into its experiment state: the open journal stays out of it, and so does the
+        # scheduler (its state is RungState's; on restore the searcher keeps the link tuner.pkl gave it).
+        kept = {key: self.__dict__.pop(key) for key in ("_snapshot", "_scheduler") if key in self.__dict__}
         try:
             super().save(checkpoint_path)
         finally:
-            if snapshot is not None:
-                self._snapshot = snapshot
+            self.__dict__.update(kept)
 
     @property
     def study(self) -> optuna.Study:
@@ -291,9 +306,12 @@ class LiveView(tune.Callback):
         self._live[trial.trial_id] = trial
         best = "  ".join(f"{k} {v:.2f}" for k, v in sorted(self.best.items()))
         running = sum(t.status == "RUNNING" for t in self._live.values())
+        paused = sum(t.status == "PAUSED" for t in self._live.values())
+        # Never started (not in _live), or started and queued again for a slot.
+        pending = len(trials) - len(self._live) - len(self._ended) + sum(t.status == "PENDING" for t in self._live.values())
         left = f", left {self.total - len(self._ended)}" if self.total is not None else ""
         self._print(f"{self._describe(trial)} epoch {result['epoch']} val_acc {result[METRIC]:.2f} "
-                    f"| running {running}, finished {len(self._ended)}{left} "
+                    f"| running {running}, paused {paused}, pending {pending}, finished {len(self._ended)}{left} "
                     f"| best report, any epoch: {best}")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
@@ -340,6 +358,7 @@ class SweepSummary:
     resumed: bool = False  # wall_seconds then covers this session only, trial_seconds every session
     disk: DiskUse | None = None                 # the sweep's folder in Ray's storage (None: remote storage)
     mlflow_artifact_bytes: int | None = None    # its MLflow artifacts, when they are local files (set by the caller)
+    slot_utilization: float | None = None       # busy slot-seconds / (slots × wall), this session (sslsearch.search.slots)
 
     def best_per_loss(self) -> dict[str, TrialSummary]:
         best: dict[str, TrialSummary] = {}
@@ -371,6 +390,9 @@ class SweepSummary:
             lines.append(f"wall {self.wall_seconds:.0f}s vs trials' own time / concurrency "
                          f"{sum(t.trial_seconds for t in self.trials) / max(1, self.concurrency):.0f}s "
                          f"(concurrency {self.concurrency}): overhead {100 * self.overhead:.0f}%")
+        if self.slot_utilization is not None:
+            lines.append(f"slot utilisation {100 * self.slot_utilization:.1f}% (training slot-seconds / "
+                         f"({self.concurrency} slots × wall{' of this session' if self.resumed else ''}))")
         for loss, t in sorted(self.best_per_loss().items()):
             params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in t.params.items() if k != "loss")
             test = f", test_acc {t.test_acc:.2f}" if t.test_acc is not None else ""
@@ -553,10 +575,10 @@ def run_sweep(experiment: Experiment, space: SearchSpace, *, name: str, storage:
         {"experiment": experiment.to_dict(), "experiment_source": experiment.source,
          "space": {p.name: dataclasses.asdict(p) for p in space.parameters}, "space_source": space.source,
          "storage": storage, "name": name}, indent=2))
+    scheduler = make_scheduler(experiment)
     searcher = SweepSearcher(space, max_epochs=experiment.pretrain.epochs, sampler=experiment.search.sampler,
                              seed=experiment.search.seed, paired=experiment.search.paired, study_name=name,
-                             study_path=study_path)
-    scheduler = make_scheduler(experiment)
+                             study_path=study_path, scheduler=scheduler if isinstance(scheduler, PairedASHA) else None)
     state = [RungState(scheduler)] if isinstance(scheduler, PairedASHA) else []
     if local is not None:  # a full disk can cut Ray's saved state short: resume then uses the intact copy
         state.append(IntactStateCopy(path))
@@ -567,11 +589,20 @@ def run_sweep(experiment: Experiment, space: SearchSpace, *, name: str, storage:
                                       **({"synthetic": synthetic} if synthetic else {})),
         num_samples=experiment.search.num_samples, trainable=trainable,
         # Full training state only where a resume needs it (tracking.checkpoints; sslsearch.search.retention).
-        callbacks=[LiveView(quiet), *state, CheckpointRetention(experiment.tracking.checkpoints), *(callbacks or [])])
+        callbacks=[LiveView(quiet), SlotUse(), *state, CheckpointRetention(experiment.tracking.checkpoints), *(callbacks or [])])
     started = time.monotonic()
     with lock:
         results = _fit(tuner, name, path, started, concurrency, study_path)
-    return summarize(results, name, path, time.monotonic() - started, concurrency, study_path)
+    summary = summarize(results, name, path, time.monotonic() - started, concurrency, study_path)
+    summary.slot_utilization = slot_utilization(tuner, concurrency)
+    return summary
+
+
+def slot_utilization(tuner: tune.Tuner, slots: int) -> float | None:
+    """The sweep session's busy slot-seconds / (slots × wall), from its SlotUse callback (sslsearch.search.slots)."""
+    callbacks = tuner._local_tuner.get_run_config().callbacks or []
+    use = next((c for c in callbacks if isinstance(c, SlotUse)), None)
+    return use.utilization(slots) if use is not None else None
 
 
 def checkpoints_kept(experiment: Experiment) -> int | None:
@@ -717,6 +748,7 @@ def resume_sweep(name: str, storage: str, address: str | None = None, trainable=
     with lock:
         results = _fit(tuner, name, path, started, concurrency, f"{path}/{STUDY_FILE}")
     summary = summarize(results, name, path, time.monotonic() - started, concurrency, f"{path}/{STUDY_FILE}")
+    summary.slot_utilization = slot_utilization(tuner, concurrency)
     summary.resumed = True
     return summary
 
