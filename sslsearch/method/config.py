@@ -188,6 +188,13 @@ class PretrainConfig:
         if self.device.startswith("cuda") and not _cuda_available():
             raise InputError(f"device {self.device!r} requested but CUDA is not available; use --device cpu")
 
+    def torch_device(self) -> torch.device:
+        import torch
+
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.device)
+
     def pretraining_images(self) -> int | None:
         """Images one epoch pretrains on (labelled training images less the validation split, plus unlabeled ones);
         None for a `folder` data set, whose size is known once it is read."""
