@@ -40,28 +40,29 @@ from pathlib import Path
 
 import optuna
 import ray
-from ray import tune
 
 from sslsearch.bench.platform_trial import synthetic_trial, synthetic_val_acc
 from sslsearch.errors import InputError
 from sslsearch.records.tracking import MlflowTracking
 from sslsearch.search.asha import PairedASHA, RungState
 from sslsearch.search.experiment import PROJECT_ROOT, load_experiment
+from sslsearch.search.folder import STUDY_FILE
 from sslsearch.search.retention import CheckpointRetention
 from sslsearch.search.saved_state import IntactStateCopy
 from sslsearch.search.slots import SlotUse
+from sslsearch.search.trial_logs import ResultJsonLog, trial_loggers
 from sslsearch.search.space import load_search_space
 from sslsearch.search.sweep import (
-    METRIC,
-    MODE,
     LiveView,
     SweepSearcher,
     connect_ray,
     make_scheduler,
+    make_tuner,
     summarize,
     sweep_path,
     write_study_snapshot,
 )
+from sslsearch.search.trial_config import make_trial_config
 
 # The workhorse GPU sweep (ResNet-18 on CIFAR-10): its settings are what the driver records and
 # schedules; only the training is replaced.
@@ -390,16 +391,16 @@ def measure_sweep(trials: int, reports: int = 10, concurrency: int = 8, report_s
         connect_ray(None, num_cpus=concurrency)
         callbacks = [_TimedLiveView(quiet=False)]
         if ray_loggers == "json":  # Ray's result.json only, not its progress.csv and TensorBoard files
-            from ray.tune.logger import JsonLoggerCallback
-
             os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
-            callbacks.append(JsonLoggerCallback())
+            callbacks.append(ResultJsonLog())
+        else:  # as run_sweep: result.json and progress.csv kept whole across a twin's pause (TensorBoard: Ray's)
+            callbacks.extend(trial_loggers())
         if tracking != "none":
             callbacks.append(_TimedTracking(experiment, space, sweep=name, storage=str(folder), tracking_uri=uri))
         scheduler = make_scheduler(experiment)
         searcher = _TimedSearcher(space, max_epochs=experiment.pretrain.epochs, sampler=sampler,
                                   seed=experiment.search.seed, paired=experiment.search.paired, study_name=name,
-                                  study_path=f"{sweep_path(str(folder), name)}/optuna-study.journal",
+                                  study_path=f"{sweep_path(str(folder), name)}/{STUDY_FILE}",
                                   scheduler=scheduler if isinstance(scheduler, PairedASHA) and not paused_twins_hold_slots
                                   else None)
         searcher.append_snapshot = append_snapshot
@@ -410,21 +411,13 @@ def measure_sweep(trials: int, reports: int = 10, concurrency: int = 8, report_s
                           _TimedIntactStateCopy(sweep_path(str(folder), name)),
                           _TimedRetention(experiment.tracking.checkpoints)]
         Path(sweep_path(str(folder), name)).mkdir(parents=True, exist_ok=True)
-        # As search.run_sweep builds its Tuner, with the synthetic trainable.
-        tuner = tune.Tuner(
-            tune.with_resources(synthetic_trial, {"cpu": 1}),
-            param_space={"base": experiment.pretrain.to_dict(), "final_test": True, "cpus": 1,
-                         "bench": {"report_seconds": report_seconds,
-                                   "payload": str(payload_file(folder, int(checkpoint_mb * 2 ** 20)))}},
-            tune_config=tune.TuneConfig(
-                search_alg=searcher, num_samples=trials, max_concurrent_trials=concurrency, reuse_actors=True,
-                scheduler=scheduler,
-                trial_dirname_creator=_trial_dirname),
-            run_config=tune.RunConfig(
-                name=name, storage_path=str(folder), verbose=0, callbacks=callbacks,
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=ray_num_to_keep, checkpoint_score_attribute=METRIC,
-                                                        checkpoint_score_order=MODE),
-                failure_config=tune.FailureConfig(max_failures=0)))
+        # run_sweep's Tuner, with the synthetic trainable.
+        tuner = make_tuner(
+            experiment, name=name, storage=str(folder), search_alg=searcher, scheduler=scheduler, num_samples=trials,
+            param_space=make_trial_config(experiment.pretrain.to_dict(), cpus=1,
+                                          bench={"report_seconds": report_seconds,
+                                                 "payload": str(payload_file(folder, int(checkpoint_mb * 2 ** 20)))}),
+            trainable=synthetic_trial, callbacks=callbacks, num_to_keep=ray_num_to_keep)
         rss_before = _rss_mb()
         server_cpu_before = _tree_cpu_seconds(server_pid) if server_pid else None
         tree_cpu_before = _tree_cpu_seconds(os.getpid(), reaped=True)
@@ -459,16 +452,12 @@ def measure_sweep(trials: int, reports: int = 10, concurrency: int = 8, report_s
 
 def _sweep_experiment(trials: int, reports: int, concurrency: int, sampler: str, path: str | Path | None):
     """The experiment file's settings (default: the ResNet-18 CIFAR-10 sweep: reports every 10 epochs,
-    ASHA grace 10, factor 3) at the bench's size; one trial slot per CPU, no GPU."""
+    ASHA grace 10, factor 3) at the bench's size; one trial slot per CPU, no GPU, no retries."""
     experiment = load_experiment(path or DEFAULT_EXPERIMENT, [
         f"pretrain.epochs={reports * 10}", "pretrain.eval_every=10", f"search.num_samples={trials}",
         f"search.max_concurrent={concurrency}", f"search.sampler={sampler}", "resources.cpus_per_trial=1",
-        "resources.gpus_per_trial=0", "pretrain.device=cpu", "scheduler.grace_period=10"])
+        "resources.gpus_per_trial=0", "resources.max_failures=0", "pretrain.device=cpu", "scheduler.grace_period=10"])
     return experiment
-
-
-def _trial_dirname(trial) -> str:
-    return f"trial_{trial.trial_id}"
 
 
 def _check_settings(trials, reports, concurrency, report_seconds, checkpoint_mb, tracking) -> None:

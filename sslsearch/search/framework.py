@@ -10,6 +10,8 @@ when an upgrade removes one.
 
 from __future__ import annotations
 
+import importlib
+
 # (where, member, what sslsearch uses it for)
 OPTUNA_SEARCH_MEMBERS = (
     ("ray.tune.search.optuna.OptunaSearch", "_ot_study", "the Optuna study: enqueue, ask, tell, snapshot"),
@@ -25,6 +27,10 @@ TUNER_MEMBERS = (
     ("ray.tune.Tuner", "_local_tuner", "the run config a restored Tuner unpickled: its SlotUse callback's figure"),
 )
 
+MODULE_MEMBERS = (
+    ("ray._private.ray_constants", "ENABLE_RAY_CLUSTER", "connect_ray: a local sweep's Ray listens on 127.0.0.1 only"),
+)
+
 
 def missing_members() -> list[str]:
     """The members above that the installed Ray lacks, as `Class.member` strings."""
@@ -38,6 +44,9 @@ def missing_members() -> list[str]:
             missing.append(f"{where}.{member}")
     for where, member, _ in CONTROLLER_MEMBERS:
         if not hasattr(TuneController, member):
+            missing.append(f"{where}.{member}")
+    for where, member, _ in MODULE_MEMBERS:
+        if not hasattr(importlib.import_module(where), member):
             missing.append(f"{where}.{member}")
     from ray import tune
 
