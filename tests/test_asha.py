@@ -163,6 +163,7 @@ def test_a_twin_whose_partner_is_not_created_yet_waits_for_it():
     asha.on_trial_result(controller, a0, {"epoch": 1, "val_acc": 90.0})
     a0.status = Trial.PAUSED
     asha.on_trial_result(controller, b0, {"epoch": 1, "val_acc": 80.0})
+    a0.status = Trial.RUNNING   # released, and running again
     assert asha.on_trial_result(controller, a1, {"epoch": 1, "val_acc": 10.0}) == TrialScheduler.PAUSE
     a1.status = Trial.PAUSED
     assert asha.recorded[1] == {"pair 0": 90.0} and asha.waiting == {"a1": 1}
