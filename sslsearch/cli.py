@@ -369,17 +369,22 @@ def _run_bench_replay(args) -> int:
     from sslsearch.search.experiment import load_experiment
     from sslsearch.search.space import load_search_space
 
-    experiment = load_experiment(args.experiment, args.overrides)
+    from sslsearch.bench.replay import DEFAULT_METHODS, DEFAULT_TABLE, METHODS, Table, bench_replay, format_replay, plot_replay
+
+    table = args.table or DEFAULT_TABLE
+    if not Path(table).is_file():
+        raise InputError(f"replay table not found: {table}; build one with python -m sslsearch.bench.replay_table")
+    # The experiment's search settings at the table's recorded pretraining settings (val split, epochs, reports).
+    experiment = load_experiment(args.experiment, [*Table(table).overrides(), *args.overrides])
     space = load_search_space(experiment.space_path())
     if args.plot and Path(args.plot).is_dir():
         raise InputError(f"--plot must name a PNG file, got the folder {args.plot}")
-    from sslsearch.bench.replay import DEFAULT_METHODS, DEFAULT_TABLE, METHODS, bench_replay, format_replay, plot_replay
 
     names = [m.strip() for m in (args.methods or ",".join(DEFAULT_METHODS)).split(",") if m.strip()]
     unknown = [n for n in names if n not in METHODS]
     if unknown:
         raise InputError(f"unknown replay method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
-    result = bench_replay(experiment, space, table=args.table or DEFAULT_TABLE, methods=tuple(METHODS[n] for n in names),
+    result = bench_replay(experiment, space, table=table, methods=tuple(METHODS[n] for n in names),
                           seeds=args.replay_seeds, progress=None if args.json else print)
     print(json.dumps(result, indent=2) if args.json else format_replay(result))
     if args.plot:

@@ -17,9 +17,7 @@ TABLE = Table(DEFAULT_TABLE)
 
 def _experiment(*overrides):
     """experiments/digits.yaml with the table's settings."""
-    base = TABLE.meta["base"]
-    return load_experiment(None, [f"pretrain.val_fraction={base['val_fraction']}", f"pretrain.epochs={base['epochs']}",
-                                  f"pretrain.eval_every={base['eval_every']}", *overrides])
+    return load_experiment(None, [*TABLE.overrides(), *overrides])
 
 
 def _space(experiment):

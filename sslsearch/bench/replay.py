@@ -130,6 +130,11 @@ class Table:
             out.append({"epoch": epoch, METRIC: float(value)})
         return out
 
+    def overrides(self) -> list[str]:
+        """`--set` overrides that give an experiment the table's recorded pretraining settings."""
+        base = self.meta["base"]
+        return [f"pretrain.{key}={base[key]}" for key in ("val_fraction", "epochs", "eval_every")]
+
     def check(self, experiment: Experiment) -> None:
         """Refuse (one line) an experiment the table cannot replay."""
         base = self.meta["base"]
