@@ -63,3 +63,13 @@ def test_live_view_goes_through_all_trials_once_per_session_not_at_every_report(
         report(view, unscannable, trials[1], epoch, 50.0 + epoch)
     view.on_trial_complete(0, unscannable, trials[1])
     assert "| running 1, finished 1 | best report, any epoch: barlow 70.00  hsic 80.00" in capsys.readouterr().out
+
+
+def test_live_view_says_how_many_trials_are_left_of_the_total_ray_passes(capsys):
+    trials = [trial("barlow", Trial.TERMINATED, ((10, 70.0),))] + [trial("hsic", Trial.PENDING) for _ in range(3)]
+    view = LiveView()
+    view.setup(total_num_samples=4)   # what Ray's controller passes every callback: the search's total
+    view.on_trial_start(0, trials, trials[1])
+    trials[1].set_status(Trial.RUNNING)
+    report(view, trials, trials[1], 0, 10.0)
+    assert "| running 1, finished 1, left 3 | best report" in capsys.readouterr().out

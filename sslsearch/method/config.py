@@ -13,14 +13,14 @@ import math
 import os
 import re
 import sys
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sslsearch.errors import InputError, shown, shown_path
 
 if TYPE_CHECKING:
-    import torch
+    pass
 
 DATASETS: tuple[str, ...] = ("digits", "cifar10", "cifar100", "stl10", "tiny_imagenet", "folder")
 LOSSES: tuple[str, ...] = ("barlow", "hsic")
@@ -187,6 +187,13 @@ class PretrainConfig:
                 raise InputError(message)
         if self.device.startswith("cuda") and not _cuda_available():
             raise InputError(f"device {self.device!r} requested but CUDA is not available; use --device cpu")
+
+    def torch_device(self) -> torch.device:
+        import torch
+
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.device)
 
     def pretraining_images(self) -> int | None:
         """Images one epoch pretrains on (labelled training images less the validation split, plus unlabeled ones);

@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import os
 import pickle
 import shutil
@@ -31,7 +30,11 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 
 from sslsearch.errors import InputError
-from sslsearch.method.config import DATASETS, PretrainConfig, held_out_count  # the names live with the config, which imports no torch
+from sslsearch.method.config import (  # the names live with the config, which imports no torch
+    DATASETS,
+    PretrainConfig,
+    held_out_count,
+)
 
 IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 DEFAULT_DATA_DIR = "data"      # resolved against the current directory, then made absolute

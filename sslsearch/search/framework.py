@@ -23,6 +23,9 @@ CONTROLLER_MEMBERS = (
     ("ray.tune.execution.tune_controller.TuneController", "_mark_trial_to_checkpoint",
      "PairedASHA: checkpoint a twin it pauses at a rung"),
 )
+TUNER_MEMBERS = (
+    ("ray.tune.Tuner", "_local_tuner", "the run config a restored Tuner unpickled: its SlotUse callback's figure"),
+)
 
 MODULE_MEMBERS = (
     ("ray._private.ray_constants", "ENABLE_RAY_CLUSTER", "connect_ray: a local sweep's Ray listens on 127.0.0.1 only"),
@@ -45,6 +48,10 @@ def missing_members() -> list[str]:
     for where, member, _ in MODULE_MEMBERS:
         if not hasattr(importlib.import_module(where), member):
             missing.append(f"{where}.{member}")
+    from ray import tune
+
+    if "_local_tuner" not in getattr(tune.Tuner, "__annotations__", {}):   # an instance attribute, declared on the class
+        missing.append("ray.tune.Tuner._local_tuner")
     return missing
 
 

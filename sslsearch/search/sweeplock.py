@@ -1,4 +1,4 @@
-"""One writer per sweep: a lock file in the sweep's folder, and the sweep folder created atomically.
+"""One writer per sweep: a lock file in the sweep's folder, and the sweep folder created atomically, locked.
 
 `sweep`, `resume` and `sync` each hold `<sweep>/sslsearch.lock` while they write. On one machine the
 lock is an OS lock (`flock`), which the kernel drops when its holder dies, however it dies; so a
@@ -9,10 +9,12 @@ of a shared file system is refused while its heartbeat is fresh and taken over o
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import fnmatch
 import json
 import os
+import shutil
 import socket
 import stat
 import threading
@@ -20,20 +22,94 @@ import time
 from pathlib import Path
 
 from sslsearch.errors import InputError, shown_path
+from sslsearch.search.folder import LOCK_FILE, SWEEP_FILE
 
-LOCK_FILE = "sslsearch.lock"
 HEARTBEAT_S = 10.0
 STALE_S = 6 * HEARTBEAT_S  # a holder on another host that has not beaten for this long is gone
 
 
-def create_sweep_folder(path: Path, name: str) -> None:
-    """Create the sweep's folder; InputError if it exists. The check and the creation are one mkdir."""
+def claim_sweep_folder(path: Path, name: str) -> SweepLock:
+    """Create the sweep's folder with its lock held (the caller releases it); InputError if the name is taken.
+
+    The folder is made under a temporary name, locked, then renamed into place: the name check and the
+    creation are one rename, and no other process ever sees the new folder unlocked, so a second
+    `sweep --name X` started at the same moment is told that X runs, not that it can be resumed.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.parent / f".{name}.claim-{os.getpid()}-{threading.get_ident()}"
+    staging.mkdir()
+    lock = SweepLock(staging, name, "start")
     try:
-        path.mkdir()
-    except FileExistsError:
-        raise InputError(f"a sweep named {name!r} already exists in {path.parent}; resume it with "
-                         f"`sslsearch resume {name}` or choose another --name") from None
+        lock.acquire()
+        os.rename(staging, path)  # (onto an empty folder it succeeds: an empty folder holds no sweep)
+    except BaseException as error:
+        lock.release()
+        shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(error, OSError) and error.errno in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR):
+            raise InputError(name_taken(path, name)) from None
+        raise
+    lock.path = path / LOCK_FILE  # the open file, and so the lock, moved with the folder
+    return lock
+
+
+def abandon_claim(lock: SweepLock) -> None:
+    """Release a claimed sweep folder, and remove it if no sweep was written into it (refused or stopped
+    before it started), so that the name is free again and nothing half-made is left."""
+    folder = lock.path.parent
+    started = (folder / SWEEP_FILE).exists()
+    if not started:
+        lock.path.unlink(missing_ok=True)
+    lock.release()
+    if not started:
+        try:
+            folder.rmdir()
+        except OSError:  # something else was written there: leave it
+            pass
+
+
+def writer(folder: Path) -> dict | None:
+    """The process that writes the sweep in `folder` now (its lock file's pid, host, started, heartbeat), or None.
+
+    Read, never locked (taking the lock even for a moment could make a real `sweep` or `resume` fail). A
+    holder on this host counts while its pid lives, one elsewhere while its heartbeat is fresh; `release`
+    empties the file, a killed holder leaves its pid behind.
+    """
+    try:
+        holder = json.loads((folder / LOCK_FILE).read_bytes() or b"{}")
+    except (OSError, ValueError):
+        return None
+    if not isinstance(holder, dict) or "pid" not in holder:
+        return None
+    if holder.get("host") != socket.gethostname():
+        return holder if time.time() - float(holder.get("heartbeat", 0)) < STALE_S else None
+    try:
+        os.kill(int(holder["pid"]), 0)
+    except ProcessLookupError:
+        return None
+    except (PermissionError, ValueError, TypeError, OverflowError):  # alive (another user's), or unreadable
+        pass
+    return holder
+
+
+def describe_writer(holder: dict | None) -> str:
+    """"pid 123 on host (started 2026-12-04 16:20:01, last heartbeat 3 s ago)", for refusals."""
+    if not holder:
+        return "another process"
+    return (f"pid {holder.get('pid')} on {holder.get('host')} (started "
+            f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(holder.get('started', 0)))}, last heartbeat "
+            f"{time.time() - holder.get('heartbeat', 0):.0f} s ago)")
+
+
+def name_taken(path: Path, name: str) -> str:
+    """Why a new sweep cannot be named `name`, whose folder `path` exists: it runs, it can be resumed, or the
+    folder holds no sweep."""
+    holder = writer(path)
+    if holder is not None:
+        return f"sweep {name!r} is running now ({describe_writer(holder)}); wait for it to end or choose another --name"
+    if (path / SWEEP_FILE).exists():
+        return (f"a sweep named {name!r} already exists in {path.parent}; resume it with `sslsearch resume {name}` "
+                "or choose another --name")
+    return f"{path} exists and holds no sweep; remove it or choose another --name"
 
 
 class SweepLock:
@@ -74,9 +150,7 @@ class SweepLock:
         return self
 
     def _refusal(self, holder: dict) -> str:
-        who = (f"pid {holder.get('pid')} on {holder.get('host')} (started "
-               f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(holder.get('started', 0)))}, last heartbeat "
-               f"{time.time() - holder.get('heartbeat', 0):.0f} s ago)") if holder else "another process"
+        who = describe_writer(holder)
         return (f"sweep {self.name!r} is being written by {who}; cannot {self.action} it until that process ends "
                 f"(lock: {self.path})")
 
