@@ -211,7 +211,7 @@ def test_confirm_bad_input_is_one_line_before_anything_starts(tmp_path, capsys):
     (["--batch-size", "1"], "batch_size must be ≥ 2"),
     (["--batch-size", "100000"], "exceeds the"),
     (["--lmbda", "-0.1"], "lmbda must be"),
-    (["--feature-dim", "0"], "feature_dim must be in \\[1, 65,536\\]"),
+    (["--feature-dim", "0"], "feature_dim must be in [1, 65,536]"),
     (["--loss", "simclr"], "unknown loss 'simclr'"),
     (["--dataset", "cifar10", "--data-dir", "{tmp}/nothing-here"], "cifar10 not found"),
     (["--projector", "512-x"], "--projector expects widths"),
