@@ -106,8 +106,7 @@ def _run_pretrain(args) -> int:
     config.validate()
     config.check_data()
     out = Path(args.out or f"runs/pretrain-{config.dataset}-{config.loss}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out} is a file; give a folder (new, empty, or a run to --resume)")
+    _check_folder(out, "--out", "a folder (new, empty, or a run to --resume)")
     resume = None
     if args.resume:
         resume = out / "last.pt"
@@ -445,6 +444,16 @@ def _add_sweep(sub) -> None:
 MAX_NAME = 128   # a sweep's name is a folder name, and part of its trials' folder paths
 
 
+def _check_folder(path: Path, flag: str, wanted: str) -> None:
+    """InputError unless `path` is a folder or can become one (no file in its place or above it)."""
+    from sslsearch.errors import shown_path
+
+    existing = next(p for p in (path, *path.parents) if p.exists())   # (the root exists)
+    if not existing.is_dir():
+        where = "" if existing == path else f": {shown_path(existing, 80)}"
+        raise InputError(f"{flag} {shown_path(path)}{where} is a file; give {wanted}")
+
+
 def _storage(text: str) -> str:
     if "://" in text:
         return text
@@ -472,8 +481,8 @@ def _run_sweep(args) -> int:
     check_machine(experiment, args.address)  # the data and this machine: before Ray starts, not after
     check_space(space, experiment)  # before anything is written: the tracking check below creates the store
     storage = _storage(args.storage)
-    if "://" not in storage and Path(storage).exists() and not Path(storage).is_dir():
-        raise InputError(f"--storage {shown_path(storage)} is a file; give the folder that holds (or will hold) the sweeps")
+    if "://" not in storage:
+        _check_folder(Path(storage), "--storage", "the folder that holds (or will hold) the sweeps")
     uri = experiment.tracking.uri or default_tracking_uri(storage)
     claim = None
     if "://" not in storage:

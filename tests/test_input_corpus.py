@@ -156,6 +156,17 @@ CASES = [
     ("data_dir_is_file", {"f": "text\n"}, ["--set", "pretrain.dataset=cifar10", "--set", "pretrain.data_dir={in}/f"],
      r"data_dir"),
     ("address_malformed", {}, ["--address", "not an address"], r"--address"),
+    ("storage_under_a_file", {"f": "text\n"}, ["--storage", "{in}/f/runs"], r"--storage"),
+    ("space_path_too_long", {}, ["--set", "search.paired=false", "--space", "/tmp/" + "p" * 5000 + ".yaml"],
+     r"search space file .*(too long|not found)"),
+    ("experiment_python_tag", {"e.yaml": "pretrain: !!python/object/apply:os.system ['touch pwned']\n"}, ["{in}/e.yaml"],
+     r"malformed YAML|constructor"),
+    ("experiment_nul_byte", {"e.yaml": b"pretrain: {epochs: 2}\nname: a\x00b\n"}, ["{in}/e.yaml"], r"malformed YAML|special"),
+    ("merge_key_bomb", {"e.yaml": "".join(f"m{i}: &m{i} {{" + ", ".join(f"k{j}: *m{i - 1}" for j in range(10)) + "}\n"
+                                          if i else "m0: &m0 {a: lol, b: lol}\n" for i in range(9))
+                        + "pretrain: {epochs: 2}\n"}, ["{in}/e.yaml"], r"expands"),
+    ("cpus_64", {}, ["--set", "resources.cpus_per_trial=64"], r"cpus_per_trial") if CPUS < 64 else
+    ("cpus_100000", {}, ["--set", "resources.cpus_per_trial=100000"], r"cpus_per_trial"),
     # --- pretrain, the same rules ---
     ("pretrain_batch_above_set", {}, ["pretrain", "--batch-size", "100000"], r"batch_size|batch-size"),
     ("pretrain_epochs_huge", {}, ["pretrain", "--epochs", "100000000000000000000"], r"epochs"),
@@ -163,6 +174,9 @@ CASES = [
     ("pretrain_feature_dim_huge", {}, ["pretrain", "--feature-dim", "100000000"], r"feature_dim|feature-dim"),
     ("pretrain_long_dataset", {}, ["pretrain", "--dataset", LONG], r"dataset"),
     ("pretrain_projector_huge", {}, ["pretrain", "--projector", "100000000"], r"projector"),
+    ("pretrain_out_is_file", {"f": "text\n"}, ["pretrain", "--out", "{in}/f"], r"--out .* is a file"),
+    ("pretrain_out_under_file", {"f": "text\n"}, ["pretrain", "--out", "{in}/f/run"], r"--out .* is a file"),
+    ("pretrain_projector_digits", {}, ["pretrain", "--projector", "9" * 5000], r"projector"),
 ]
 
 
