@@ -24,7 +24,8 @@ REPO = Path(__file__).resolve().parent.parent
 MAX_LINE = 600          # "one line of at most a few hundred characters"
 MEMORY_CAP = 1 << 30    # address space of the refused process: a bomb expanded in memory would need gigabytes
 CPUS = os.cpu_count() or 1
-TIMEOUT_S = float(os.environ.get("SSLSEARCH_CORPUS_TIMEOUT_S", 120))   # a hang guard, not a figure
+MEMORY = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+TIMEOUT_S = 120   # a hang guard, not a figure: every case is refused in well under a second of CPU
 
 
 def _has_gpu() -> bool:
@@ -74,6 +75,8 @@ CASES = [
     ("projector_too_deep", {}, ["--set", "pretrain.projector_hidden=[" + ", ".join(["8"] * 5000) + "]"],
      r"projector_hidden"),
     ("image_size_huge", {}, ["--set", "pretrain.image_size=100000"], r"image_size"),
+    *([("image_size_beyond_memory", {}, ["--set", "pretrain.dataset=tiny_imagenet", "--set", "pretrain.image_size=1024"],
+        r"image_size 1024 makes the .* GiB")] if MEMORY < 200 * 2**30 else []),   # 80,000 images at 1024 px: 234 GiB
     # --- sane bounds ---
     ("epochs_1e20", {"e.yaml": "pretrain: {epochs: 100000000000000000000}\n"}, ["{in}/e.yaml"], r"epochs"),
     ("epochs_1e20_float", {}, ["--set", "pretrain.epochs=1.0e+20"], r"pretrain.epochs|epochs must"),

@@ -64,6 +64,13 @@ TRAIN_CLASS_COUNTS: dict[str, tuple[tuple[int, ...], int]] = {
 }
 
 
+def _physical_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):   # not every system names them
+        return None
+
+
 def visible_gpus() -> int | None:
     """GPUs this machine shows without loading a driver library: NVIDIA device files (as CUDA_VISIBLE_DEVICES
     narrows them); None when another kind of accelerator may be present (AMD's /dev/kfd), so only Ray can count."""
@@ -210,6 +217,13 @@ class PretrainConfig:
             raise InputError(f"pretrain.data_dir {shown_path(self.data_dir)} is a file; give the folder that holds "
                              "(or will hold) the data sets")
         images = self.pretraining_images()
+        if images is not None and self.image_size is not None:
+            # The data set lives in memory as uint8 at image_size² (the pretraining images alone, a lower bound).
+            need, have = images * 3 * self.image_size ** 2, _physical_memory()
+            if have and need > have:
+                raise InputError(f"image_size {self.image_size} makes the {images:,} pretraining images of {self.dataset} "
+                                 f"{need / 2**30:,.1f} GiB as uint8, more than this machine's {have / 2**30:,.1f} GiB; "
+                                 "lower image_size")
         if images is not None and self.batch_size > images:
             raise InputError(f"batch_size {self.batch_size:g} exceeds the {images:,} pretraining images of {self.dataset} "
                              f"(its training images less the val_fraction={self.val_fraction:g} validation split); "
