@@ -159,6 +159,8 @@ CASES = [
     ("data_dir_is_file", {"f": "text\n"}, ["--set", "pretrain.dataset=cifar10", "--set", "pretrain.data_dir={in}/f"],
      r"data_dir"),
     ("address_malformed", {}, ["--address", "not an address"], r"--address"),
+    ("folder_data_set_missing", {}, ["--set", "pretrain.dataset=folder", "--set", "pretrain.data_dir={in}/nothing"],
+     r"folder data set not found"),
     ("storage_under_a_file", {"f": "text\n"}, ["--storage", "{in}/f/runs"], r"--storage"),
     ("space_path_too_long", {}, ["--set", "search.paired=false", "--space", "/tmp/" + "p" * 5000 + ".yaml"],
      r"search space file .*(too long|not found)"),

@@ -216,6 +216,11 @@ class PretrainConfig:
         if self.data_dir is not None and os.path.exists(self.data_dir) and not os.path.isdir(self.data_dir):
             raise InputError(f"pretrain.data_dir {shown_path(self.data_dir)} is a file; give the folder that holds "
                              "(or will hold) the data sets")
+        if self.dataset == "folder":   # nothing to download: its class folders must be there now
+            train = Path(self.data_dir or "data") / "train"
+            if not (train.is_dir() and any(p.is_dir() and not p.name.startswith(".") for p in train.iterdir())):
+                raise InputError(f"folder data set not found: expected {shown_path(train, 120)}/<class>/<images> "
+                                 "(and optionally test/<class>/<images> beside train/)")
         images = self.pretraining_images()
         if images is not None and self.image_size is not None:
             # The data set lives in memory as uint8 at image_size² (the pretraining images alone, a lower bound).
