@@ -164,8 +164,8 @@ def test_the_machine_is_checked_before_ray_starts(monkeypatch):
     check_machine(experiment, "10.0.0.1:6379")   # a cluster's own resources are Ray's to count, once joined
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")   # no GPU visible, whatever the machine has
     experiment = load_experiment(None, ["resources.gpus_per_trial=0.5"])
-    if os.path.exists("/dev/kfd"):
-        pytest.skip("an AMD GPU may be present: only Ray can count it")
+    if os.path.exists("/dev/kfd") or os.path.exists("/dev/dxg"):
+        pytest.skip("a GPU without an NVIDIA device file may be present: only Ray can count it")
     with pytest.raises(InputError, match="gpus_per_trial is 0.5, but this machine has 0 GPUs"):
         check_machine(experiment, None)
 

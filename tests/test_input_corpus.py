@@ -29,7 +29,7 @@ TIMEOUT_S = 120   # a hang guard, not a figure: every case is refused in well un
 
 
 def _has_gpu() -> bool:
-    return any(Path("/dev").glob("nvidia[0-9]*")) or Path("/dev/kfd").exists()
+    return any(Path("/dev").glob("nvidia[0-9]*")) or Path("/dev/kfd").exists() or Path("/dev/dxg").exists()
 
 
 def _bomb(levels: int, width: int = 10, under: str = "name") -> str:

@@ -73,8 +73,9 @@ def _physical_memory() -> int | None:
 
 def visible_gpus() -> int | None:
     """GPUs this machine shows without loading a driver library: NVIDIA device files (as CUDA_VISIBLE_DEVICES
-    narrows them); None when another kind of accelerator may be present (AMD's /dev/kfd), so only Ray can count."""
-    if Path("/dev/kfd").exists():
+    narrows them); None when GPUs may be present that have no such file (AMD's /dev/kfd, WSL2's /dev/dxg), so only
+    Ray or torch can count them."""
+    if Path("/dev/kfd").exists() or Path("/dev/dxg").exists():
         return None
     count = sum(1 for name in os.listdir("/dev") if re.fullmatch(r"nvidia\d+", name)) if os.path.isdir("/dev") else 0
     listed = os.environ.get("CUDA_VISIBLE_DEVICES")
