@@ -105,6 +105,7 @@ def _run_pretrain(args) -> int:
     config = PretrainConfig(**values)
     config.validate()
     config.check_data()
+    config.check_local_data()
     out = Path(args.out or f"runs/pretrain-{config.dataset}-{config.loss}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     _check_folder(out, "--out", "a folder (new, empty, or a run to --resume)")
     resume = None

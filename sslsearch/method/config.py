@@ -217,11 +217,6 @@ class PretrainConfig:
         if self.data_dir is not None and os.path.exists(self.data_dir) and not os.path.isdir(self.data_dir):
             raise InputError(f"pretrain.data_dir {shown_path(self.data_dir)} is a file; give the folder that holds "
                              "(or will hold) the data sets")
-        if self.dataset == "folder":   # nothing to download: its class folders must be there now
-            train = Path(self.data_dir or "data") / "train"
-            if not (train.is_dir() and any(p.is_dir() and not p.name.startswith(".") for p in train.iterdir())):
-                raise InputError(f"folder data set not found: expected {shown_path(train, 120)}/<class>/<images> "
-                                 "(and optionally test/<class>/<images> beside train/)")
         images = self.pretraining_images()
         if images is not None and self.image_size is not None:
             # The data set lives in memory as uint8 at image_size² (the pretraining images alone, a lower bound).
@@ -234,6 +229,15 @@ class PretrainConfig:
             raise InputError(f"batch_size {self.batch_size:g} exceeds the {images:,} pretraining images of {self.dataset} "
                              f"(its training images less the val_fraction={self.val_fraction:g} validation split); "
                              f"lower batch_size or val_fraction")
+
+    def check_local_data(self) -> None:
+        """InputError (one line) if a `folder` data set, which has nothing to download, is not on this machine. (On a
+        cluster the data may be on the workers only: not called there.)"""
+        if self.dataset == "folder":
+            train = Path(self.data_dir or "data") / "train"
+            if not (train.is_dir() and any(p.is_dir() and not p.name.startswith(".") for p in train.iterdir())):
+                raise InputError(f"folder data set not found: expected {shown_path(train, 120)}/<class>/<images> "
+                                 "(and optionally test/<class>/<images> beside train/)")
 
     def to_dict(self) -> dict:
         """Plain values only (lists for tuples), so checkpoints load with weights_only=True."""
