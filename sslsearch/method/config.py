@@ -218,6 +218,16 @@ class PretrainConfig:
             raise InputError(f"pretrain.data_dir {shown_path(self.data_dir)} is a file; give the folder that holds "
                              "(or will hold) the data sets")
         images = self.pretraining_images()
+        if images is not None and self.batch_size > images:
+            raise InputError(f"batch_size {self.batch_size:g} exceeds the {images:,} pretraining images of {self.dataset} "
+                             f"(its training images less the val_fraction={self.val_fraction:g} validation split); "
+                             f"lower batch_size or val_fraction")
+
+    def check_local_data(self) -> None:
+        """InputError (one line) if the data cannot be used on this machine: a `folder` data set, which has nothing to
+        download, is not here; the data set at image_size does not fit its memory. (Not called for a cluster, whose
+        workers may hold the data and more memory.)"""
+        images = self.pretraining_images()
         if images is not None and self.image_size is not None:
             # The data set lives in memory as uint8 at image_size² (the pretraining images alone, a lower bound).
             need, have = images * 3 * self.image_size ** 2, _physical_memory()
@@ -225,14 +235,6 @@ class PretrainConfig:
                 raise InputError(f"image_size {self.image_size} makes the {images:,} pretraining images of {self.dataset} "
                                  f"{need / 2**30:,.1f} GiB as uint8, more than this machine's {have / 2**30:,.1f} GiB; "
                                  "lower image_size")
-        if images is not None and self.batch_size > images:
-            raise InputError(f"batch_size {self.batch_size:g} exceeds the {images:,} pretraining images of {self.dataset} "
-                             f"(its training images less the val_fraction={self.val_fraction:g} validation split); "
-                             f"lower batch_size or val_fraction")
-
-    def check_local_data(self) -> None:
-        """InputError (one line) if a `folder` data set, which has nothing to download, is not on this machine. (On a
-        cluster the data may be on the workers only: not called there.)"""
         if self.dataset == "folder":
             train = Path(self.data_dir or "data") / "train"
             if not (train.is_dir() and any(p.is_dir() and not p.name.startswith(".") for p in train.iterdir())):
