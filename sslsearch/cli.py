@@ -163,6 +163,8 @@ def _run_linear(args) -> int:
            else checkpoint_path.with_name(f"linear-{time.strftime('%Y%m%d-%H%M%S')}.csv"))
     if out.exists():
         raise InputError(f"--out {out} exists; choose another file (results are never overwritten)")
+    if checkpoint_path.exists() and not checkpoint_path.is_file():
+        raise InputError(f"checkpoint {checkpoint_path} is not a regular file (a device or a pipe?); give a last.pt / best.pt")
     if not checkpoint_path.is_file():
         raise InputError(f"checkpoint not found: {checkpoint_path}")
     _check_checkpoint_file(checkpoint_path)

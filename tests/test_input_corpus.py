@@ -181,6 +181,10 @@ CASES = [
     ("pretrain_projector_huge", {}, ["pretrain", "--projector", "100000000"], r"projector"),
     ("pretrain_out_is_file", {"f": "text\n"}, ["pretrain", "--out", "{in}/f"], r"--out .* is a file"),
     ("pretrain_out_under_file", {"f": "text\n"}, ["pretrain", "--out", "{in}/f/run"], r"--out .* is a file"),
+    ("linear_checkpoint_dev_zero", {}, ["linear", "--checkpoint", "/dev/zero", "--out", "{in}/x.csv"],
+     r"not a regular file"),
+    ("linear_checkpoint_fifo", {"p": "<fifo>"}, ["linear", "--checkpoint", "{in}/p", "--out", "{in}/x.csv"],
+     r"not a regular file"),
     ("pretrain_projector_digits", {}, ["pretrain", "--projector", "9" * 5000], r"projector"),
 ]
 
@@ -217,7 +221,7 @@ def test_bad_input_is_refused_before_anything_starts(case, files, args, pattern,
     for folder in (inputs, work, tmp, home):
         folder.mkdir()
     _make(inputs, files)
-    command = args if args and args[0] in ("pretrain", b"pretrain") else ["sweep", *args]
+    command = args if args and args[0] in ("pretrain", "linear") else ["sweep", *args]
     argv = [a.replace("{in}", str(inputs)) if isinstance(a, str) else a for a in command]
     if argv[0] == "sweep" and "--storage" not in argv:
         argv += ["--storage", str(work / "runs")]
