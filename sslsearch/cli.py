@@ -540,11 +540,15 @@ def _run_sync(args) -> int:
 
 
 def _add_confirm(sub) -> None:
-    p = sub.add_parser("confirm", help="re-run the top configurations of each loss with fresh seeds at the full budget")
+    p = sub.add_parser("confirm", help="re-run the sweep's best settings with both losses and fresh seeds, then the verdict")
     p.add_argument("sweep", nargs="?", default=None, help="sweep name (default: the most recently started in --storage)")
-    p.add_argument("--top", type=_positive_int, default=2, help="configurations per loss, by the sweep's ranking (default: 2)")
-    p.add_argument("--seeds", type=_positive_int, default=3,
-                   help="fresh seeds per configuration (default: 3; top × seeds = pairs, 6 needed to call a difference)")
+    p.add_argument("--top", type=_positive_int, default=1,
+                   help="settings to confirm (default: 1, the best; with more, a seed block's difference is their mean)")
+    p.add_argument("--seeds", type=_positive_int, default=8,
+                   help="fresh seeds = independent blocks = n of the verdict (default: 8; a difference needs ≥ 6 non-zero)")
+    p.add_argument("--design", choices=("shared", "per-loss"), default=None,
+                   help="shared (default): the best settings, each run with both losses; per-loss: each loss's own best "
+                        "configuration (tuned against tuned; calls more false differences, docs/sweeps.md)")
     p.add_argument("--address", default=None, help="Ray cluster: auto, HOST:PORT or ray://HOST:PORT (default: start Ray here)")
     p.add_argument("--storage", default="runs", help="the sweeps' storage folder (default: ./runs)")
     p.add_argument("--tracking-uri", default=None, help="default: the sweep's own")
@@ -558,26 +562,32 @@ def _run_confirm(args) -> int:
     storage = _storage(args.storage)
     with reaping():
         return 130 if _confirm(args.sweep or latest_sweep(storage), storage, args.top, args.seeds, args.address,
-                               args.tracking_uri) else 0
+                               args.tracking_uri, args.design) else 0
 
 
-def _confirm(name: str, storage: str, top: int, seeds: int, address: str | None, tracking_uri: str | None) -> int:
-    """Run or continue the confirmation stage, then print the leaderboard and log the verdict; the count of unfinished trials."""
+def _confirm(name: str, storage: str, top: int, seeds: int, address: str | None, tracking_uri: str | None,
+             design: str | None = None) -> int:
+    """Run or continue the confirmation stage, then print the leaderboard ending with the verdict and log the verdict
+    on the sweep's parent run; the count of unfinished trials."""
+    from sslsearch.analysis.stats import MIN_NONZERO
     from sslsearch.records.tracking import MlflowTracking, check_tracking, default_tracking_uri
     from sslsearch.search.confirm import STAGE, confirm_experiment, format_stage, run_confirm
 
     experiment, space = confirm_experiment(name, storage)
     uri = tracking_uri or experiment.tracking.uri or default_tracking_uri(storage)
     check_tracking(uri)
+    if seeds < MIN_NONZERO:
+        print(f"warning: with {seeds} seeds the verdict cannot call a difference (the exact test needs ≥ {MIN_NONZERO} "
+              "non-zero differences to reach p < 0.05)", file=sys.stderr)
     tracking = MlflowTracking(experiment, space, sweep=name, storage=storage, tracking_uri=uri, stage=STAGE)
-    summary = run_confirm(name, storage, top=top, seeds=seeds, address=address, callbacks=[tracking])
+    summary = run_confirm(name, storage, top=top, seeds=seeds, design=design, address=address, callbacks=[tracking])
     print(format_stage(summary))
     if not summary.unfinished:
-        from sslsearch.analysis.leaderboard import build_leaderboard, format_leaderboard, load_trials, log_verdict
+        from sslsearch.analysis.leaderboard import build_leaderboard, format_leaderboard, load_trials
 
         board = build_leaderboard(load_trials(uri, [name]))
-        print(format_leaderboard(board))
-        log_verdict(board, uri)
+        print(format_leaderboard(board))   # ends with the verdict
+        _log_verdict(board, uri)
     return summary.unfinished
 
 
@@ -681,6 +691,7 @@ def _run_report(args) -> int:
         print(note, file=sys.stderr)
     logged = " (also logged to the sweep's MLflow run as report.html)" if result["logged"] else ""
     print(f"report of {', '.join(result['sweeps'])}: {result['file']}{logged}")
+    print(f"verdict: {result['verdict']}")
     return 0
 
 
@@ -711,12 +722,14 @@ def _run_export(args) -> int:
           f"epoch {m['epoch']}): val_acc {m['val_acc']:.2f}{test}")
     c = card["confirmation"]
     if c is not None:
-        search = f"{c['search_val_acc']:.2f}" if c["search_val_acc"] is not None else "-"
-        print(f"  confirmed winner: mean val_acc {c['val_acc_mean']:.2f} over {c['seeds']} seeds (search-time {search}); "
-              "this seed's run is the one closest to the mean")
+        test_mean = f", test_acc {c['test_acc_mean']:.2f}" if c["test_acc_mean"] is not None else ""
+        print(f"  confirmed rank-1 of {card['loss']}: mean val_acc {c['val_acc_mean']:.2f}{test_mean} over {c['seeds']} "
+              "seeds; this seed's run is the one closest to the mean val_acc")
     else:
         print(f"  not confirmed: the best of one noisy run per configuration; `sslsearch confirm {card['sweep']}` "
-              "re-measures the top ones with fresh seeds")
+              "re-measures the best settings with fresh seeds")
+    print(f"  why {card['loss']}: {card['selection']['loss_choice']}")
+    print(f"  verdict ({card['verdict']['stage']} stage): {card['verdict']['sentence']}")
     print(f"  {Path(args.out).resolve()}: backbone.pt (sha256 {card['weights']['sha256'][:16]}…), model_card.json, model_card.md")
     if "registered" in card:
         print(f"  registered as {card['registered']['uri']} (version {card['registered']['version']})")
