@@ -164,6 +164,7 @@ def sentence(stats: dict, *, stage: str, unit: str, metric: str, sweep: str, epo
     elif not n:
         return "No complete seed block to compare yet (confirm stage)."
     interval = f" [{_points(stats['ci_low'])}, {_points(stats['ci_high'])}]" if stats.get("ci_low") is not None else ""
+    unit = unit if n != 1 else unit.replace("seeds", "seed").replace("pairs", "pair")
     budget = f" at {epochs} epochs" if stage == "search" and epochs else ""
     figure = f"HSIC − Barlow = {_points(stats['mean_difference'])} points{interval} {metric}{budget}, n = {n} {unit}"
     p = stats.get("p_value")
