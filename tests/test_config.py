@@ -98,6 +98,7 @@ def test_a_data_folder_is_always_absolute_for_the_trials(tmp_path, monkeypatch):
     assert load_experiment().pretrain.data_dir is None  # digits is bundled
 
 
+@pytest.mark.slow
 def test_sweep_cli_refuses_missing_data_before_any_trial(tmp_path, capsys, monkeypatch):
     from sslsearch.method import data
 

@@ -59,6 +59,7 @@ def test_markdown_tables_headings_and_code_become_html():
     assert "<script" not in markdown_html("<script>alert(1)</script> `<b>`")  # escaped, never markup
 
 
+@pytest.mark.slow
 def test_report_is_one_self_contained_file_logged_to_the_sweep_run(records, tmp_path, capsys, tmp_path_factory):
     card = tmp_path / "exported"
     card.mkdir()
@@ -121,6 +122,7 @@ def test_after_a_confirm_the_headline_is_the_confirmed_result(records, tmp_path)
     assert "8 search trials (4 completed, 4 stopped early) + 12 confirmation runs (12 completed)" in found["text"]
 
 
+@pytest.mark.slow
 def test_bad_report_requests_are_one_line(records, tmp_path, capsys):
     for argv, message in ((["--out", str(tmp_path)], "is a folder; give the HTML file"),
                           (["--card", str(tmp_path)], "no model_card.json there"),

@@ -37,6 +37,7 @@ from ray.tune.search.optuna import OptunaSearch
 from sslsearch.errors import InputError
 from sslsearch.method.data import prepare_dataset
 from sslsearch.search.asha import PairedASHA, RungState
+from sslsearch.search import framework
 from sslsearch.search.experiment import Experiment, experiment_from_dict
 from sslsearch.search.outcomes import METRIC, MODE, OUTCOMES, result_outcome, trial_outcome  # noqa: F401
 from sslsearch.search.retention import CheckpointRetention, DiskUse, disk_use, size_text
@@ -420,6 +421,7 @@ def _trial_dirname(trial) -> str:
 
 def connect_ray(address: str | None, num_cpus: int | None = None) -> None:
     """Start a local Ray instance with explicit CPUs, or join a cluster; InputError if unreachable."""
+    framework.check()
     if ray.is_initialized():
         return
     if address and address != "auto":
