@@ -463,7 +463,26 @@ def _report_sweep(run, uri: str | None = None) -> int:
         return 4
     summary.mlflow_artifact_bytes = artifact_bytes(uri, summary.name) if uri else None
     print(summary.format())
+    if uri and not summary.unfinished:
+        _print_verdict(uri, summary.name)
     return sweep_exit_code(summary)
+
+
+def _print_verdict(uri: str, name: str) -> None:
+    """The verdict as the leaderboard ends with it (search stage only after a sweep), also logged on the sweep's
+    parent run; records that cannot answer (a server gone, records still in the outbox) cost a warning."""
+    from mlflow.exceptions import MlflowException
+
+    from sslsearch.analysis.leaderboard import build_leaderboard, load_trials
+
+    try:
+        board = build_leaderboard(load_trials(uri, [name]))
+    except (InputError, MlflowException, OSError) as error:
+        print(f"warning: no verdict yet ({str(error).splitlines()[0][:200]}); run `sslsearch leaderboard {name}` later",
+              file=sys.stderr)
+        return
+    print("\n".join(board.verdict.lines()))
+    _log_verdict(board, uri)
 
 
 def sweep_exit_code(summary) -> int:

@@ -245,6 +245,7 @@ def test_export_ships_the_confirmed_winner_and_its_typical_seed(sweep, tmp_path)
         export_best(sweep["uri"], "export-sweep", tmp_path / "none", stage="confirm")
 
 
+@pytest.mark.slow
 def test_export_ships_the_rank_1_of_the_loss_the_verdict_found_ahead(sweep, tmp_path):
     """The verdict (test_acc over 6 seed blocks) says barlow is ahead although hsic's mean val_acc is higher: the
     exported winner is barlow's confirmed rank-1, and the card quotes the verdict."""

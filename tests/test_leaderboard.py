@@ -456,6 +456,7 @@ def test_confirmed_configurations_rank_by_mean_over_seeds_with_a_t_interval(conf
     assert "8 search trials (4 completed, 4 stopped early) + 12 confirmation runs (12 completed)" in table
 
 
+@pytest.mark.slow
 def test_n_is_the_number_of_seed_blocks_whatever_top_is(confirmed_store):
     """--top 2 --seeds 3 is 3 independent blocks, not 6 pairs: a block's difference is the mean of its hsic runs
     minus the mean of its barlow runs, on test_acc (= val_acc − 1 here)."""

@@ -106,6 +106,7 @@ def test_report_is_one_self_contained_file_logged_to_the_sweep_run(records, tmp_
     assert "importances for paired: skipped" in found["text"]  # no study file here: said, not hidden
 
 
+@pytest.mark.slow
 def test_after_a_confirm_the_headline_is_the_confirmed_result(records, tmp_path):
     out = tmp_path / "confirmed.html"
     assert main(["report", "conf", "--tracking-uri", records["uri"], "--out", str(out), "--no-log"]) == 0

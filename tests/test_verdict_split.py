@@ -20,6 +20,7 @@ from sslsearch.search.confirm import plan_confirmation, rank_search_rows
 from sslsearch.search.outcomes import METRIC
 
 
+@pytest.mark.slow
 def test_what_training_reports_before_its_last_epoch_does_not_depend_on_the_test_split():
     """The same trial with the test labels scrambled: every val_acc (all that ASHA, the searcher and the ranking
     read) is identical; test_acc exists only in the last report, and it moves."""
