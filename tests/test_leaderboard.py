@@ -474,6 +474,11 @@ def test_n_is_the_number_of_seed_blocks_whatever_top_is(confirmed_store):
     assert verdict.sentence.startswith("Too few non-zero differences to tell HSIC and Barlow apart: HSIC − Barlow = -0.92")
     assert "n = 3 seeds (each: the mean of the top 2 per loss)" in verdict.sentence
     assert "confirmed on the test split, which no selection step saw" in verdict.sentence
+    # Each setting on its own, on the same 3 blocks (never pooled into 6).
+    assert {k: r["pairs"] for k, r in verdict.per_rank.items()} == {1: 3, 2: 3}
+    assert verdict.per_rank[1]["mean_difference"] == pytest.approx(np.mean([2.0, -0.5, 2.0]))
+    assert verdict.per_rank[2]["mean_difference"] == pytest.approx(-3.0)
+    assert "  setting 2 alone, same blocks: HSIC − Barlow = -3.00 points, n = 3" in "\n".join(verdict.lines())
     # The same runs with one setting per loss (top 1): still one difference per seed, n = 3.
     trials = load_trials(confirmed_store["uri"], ["conf"])
     top1 = trials[~((trials["stage"] == "confirm") & (trials["lmbda"] == 0.1))]

@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from sslsearch.analysis.stats import ALPHA, MIN_NONZERO, paired_statistics
 
 LOSSES = ("barlow", "hsic")
-NAMES = {"barlow": "Barlow", "hsic": "HSIC"}
 # A confirmation run that diverged is a result about its configuration: it counts, at the chance-level
 # score its last report carries (diverged runs report no test_acc, so their val_acc stands in).
 CONFIRM_COUNTED = ("completed", "diverged")
@@ -66,7 +65,7 @@ def block_differences(runs, score: str = "test_acc") -> tuple[list[dict], dict[s
 
 @dataclass(frozen=True)
 class Verdict:
-    """The answer to "which loss", with its evidence. `stage`: confirm, search or none."""
+    """The answer to "which loss", with its evidence. `stage`: confirm or search."""
 
     sweep: str
     stage: str
@@ -81,6 +80,7 @@ class Verdict:
     best: dict = field(default_factory=dict)      # per loss: what the headline shows
     counts: dict = field(default_factory=dict)    # per stage: trials and outcomes
     next_step: str | None = None
+    per_rank: dict = field(default_factory=dict)  # with --top K > 1: rank k → its statistics on the same blocks
 
     @property
     def blocks(self) -> int:
@@ -99,7 +99,7 @@ class Verdict:
         return {"sweep": self.sweep, "stage": self.stage, "sentence": self.sentence, "split": self.split,
                 "metric": self.metric, "unit": self.unit, "epochs": self.epochs, "top": self.top,
                 "statistics": dict(self.statistics), "excluded": dict(self.excluded), "best": self.best,
-                "counts": self.counts, "next_step": self.next_step}
+                "counts": self.counts, "next_step": self.next_step, "per_rank": {str(k): v for k, v in self.per_rank.items()}}
 
     def lines(self) -> list[str]:
         """The terminal form: the sentence first, then what it rests on, then what to run next."""
@@ -107,13 +107,17 @@ class Verdict:
         s = self.statistics
         if s.get("pairs"):
             zeros = f", {s['zero_pairs']} of them zero" if s["zero_pairs"] else ""
-            lines.append(f"  n = {s['pairs']} {self.unit}{zeros}; {s['nonzero_pairs']} non-zero differences, so the "
+            lines.append(f"  n = {s['pairs']} {self.unit}{zeros}; {s['nonzero_pairs']} non-zero "
+                         f"difference{'s' * (s['nonzero_pairs'] != 1)}, so the "
                          f"smallest p the exact test can reach is {_p(s['smallest_p'])}"
                          + ("" if s["enough_pairs"] else f" (a difference is called only from {MIN_NONZERO} non-zero on)"))
             if s.get("ci_low") is not None:
                 lines.append(f"  interval: {100 * s['level']:.0f}% paired t on the mean difference, intersected with "
                              "[−100, 100] (the true difference lies there, so the coverage is unchanged); "
                              f"test: exact two-sided Wilcoxon signed-rank, zeros dropped, α = {s['alpha']:g}")
+        for k, r in self.per_rank.items():
+            lines.append(f"  setting {k} alone, same blocks: HSIC − Barlow = {_points(r['mean_difference'])} points, "
+                         f"n = {r['pairs']}" + (f", exact Wilcoxon p = {_p(r['p_value'])}" if r["p_value"] is not None else ""))
         if self.excluded:
             lines.append("  left out: " + ", ".join(f"{n} {k}" for k, n in self.excluded.items()))
         for loss, b in self.best.items():
@@ -143,7 +147,7 @@ class Verdict:
 
 
 def _stage_words(stage: str) -> str:
-    return {"confirm": "confirm stage", "search": "search stage only", "none": "no comparison"}[stage]
+    return {"confirm": "confirm stage", "search": "search stage only"}[stage]
 
 
 def _p(p: float) -> str:
@@ -186,10 +190,12 @@ def confirm_verdict(sweep: str, runs, *, top: int | None, epochs: int | None, be
     """The verdict of a confirmation stage from its runs (see `block_differences`)."""
     blocks, excluded = block_differences(runs)
     stats = paired_statistics([b["difference"] for b in blocks], alpha=alpha)
+    ranks = sorted({k for b in blocks for k in b["per_rank"]})
+    per_rank = {k: paired_statistics([b["per_rank"][k] for b in blocks], alpha=alpha) for k in ranks} if len(ranks) > 1 else {}
     unit = "seeds" if (top or 1) == 1 else f"seeds (each: the mean of the top {top} per loss)"
     return Verdict(sweep=sweep, stage="confirm", split="test", metric="test_acc", unit=unit, epochs=epochs, top=top,
                    statistics=stats, excluded=excluded, best=best or {}, counts=counts or {},
-                   sentence=sentence(stats, stage="confirm", unit=unit, metric="test_acc", sweep=sweep),
+                   sentence=sentence(stats, stage="confirm", unit=unit, metric="test_acc", sweep=sweep), per_rank=per_rank,
                    next_step=f"sslsearch export {sweep} --out DIR" if sweep else None)
 
 
