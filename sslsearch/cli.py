@@ -596,7 +596,7 @@ def _confirm(name: str, storage: str, top: int, seeds: int, address: str | None,
     uri = tracking_uri or experiment.tracking.uri or default_tracking_uri(storage)
     check_tracking(uri)
     if seeds < MIN_NONZERO:
-        print(f"warning: with {seeds} seeds the verdict cannot call a difference (the exact test needs ≥ {MIN_NONZERO} "
+        print(f"warning: with {seeds} seed{'s' * (seeds != 1)} the verdict cannot call a difference (the exact test needs ≥ {MIN_NONZERO} "
               "non-zero differences to reach p < 0.05)", file=sys.stderr)
     tracking = MlflowTracking(experiment, space, sweep=name, storage=storage, tracking_uri=uri, stage=STAGE)
     summary = run_confirm(name, storage, top=top, seeds=seeds, design=design, address=address, callbacks=[tracking])

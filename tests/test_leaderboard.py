@@ -285,6 +285,15 @@ def test_small_n_is_refused_in_words():
     assert "n = 6, mean +0.60 points, 95% t [" in line and "exact Wilcoxon p = 0.0625 (6 non-zero: p ≥ 0.0312)" in line
 
 
+def test_one_confirmed_seed_gives_a_verdict_without_an_interval():
+    frame = _frame_of_pairs([0.35, 1.39])
+    confirm = frame[frame["pair"] == 0].assign(stage="confirm", seed=9, pair=0, trial_id=lambda f: "c" + f["trial_id"])
+    board = build_leaderboard(pd.concat([frame, confirm], ignore_index=True))
+    assert board.verdict.stage == "confirm" and board.verdict.statistics["pairs"] == 1
+    assert "n = 1 seed," in board.verdict.sentence and "test_acc 80.00 (1 seed, no interval)" in board.verdict.best["barlow"]["text"]
+    assert format_leaderboard(board, "table").splitlines()[-1].startswith("  next: sslsearch export s")
+
+
 def _frame_of_pairs(differences):
     """A finished, paired search stage in load_trials' layout, one pair per difference."""
     rows = []

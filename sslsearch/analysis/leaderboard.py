@@ -582,6 +582,7 @@ def _head_to_head_lines(board: Leaderboard, markdown: bool) -> list[str]:
 
 
 def _mean_interval(mean, low, high, n) -> str:
+    n = int(n)
     if mean is None:
         return "-"
     if low is None:
