@@ -408,7 +408,8 @@ def _best(ranked: pd.DataFrame, confirmed: pd.DataFrame, stage: str) -> dict:
 def board_verdict(trials: pd.DataFrame, ranked: pd.DataFrame, confirmed: pd.DataFrame, pairs: pd.DataFrame,
                   excluded: dict[str, int]) -> Verdict:
     """The verdict of a (single or pooled) board: from the confirm stage if there is one, else the search stage."""
-    sweep = "+".join(dict.fromkeys(trials["sweep"]))
+    names = list(dict.fromkeys(trials["sweep"]))
+    sweep = names[0] if len(names) == 1 else "SWEEP"   # pooled sweeps: the commands it suggests name no one sweep
     counts = _counts(trials)
     epochs = json_value(trials["max_epochs"].max()) if "max_epochs" in trials and trials["max_epochs"].notna().any() else None
     if len(confirmed):
