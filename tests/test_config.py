@@ -68,7 +68,7 @@ def _run(capsys, argv):
     ("pretrain: [unclosed", [], "malformed YAML"),
     ("pretrain: {epochz: 3}", [], "unknown key\\(s\\) in pretrain: epochz \\(did you mean epochs\\?\\); valid: dataset"),
     ("pretrian: {}", [], "unknown key\\(s\\) in e.yaml: pretrian \\(did you mean pretrain\\?\\); valid: name, search"),
-    ("search: {num_samples: 0}", [], "num_samples must be ≥ 1"),
+    ("search: {num_samples: 0}", [], "num_samples must be in \\[1, 100,000\\]"),
     ("search: {paired: true, num_samples: 3}", [], "even num_samples"),
     ("pretrain: {epochs: 2}", ["pretrain.lmbda=-1"], "lmbda must be"),
     ("pretrain: {epochs: 2}", ["pretrain.epochs=abc"], "pretrain.epochs must be a number"),

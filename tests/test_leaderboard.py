@@ -20,7 +20,6 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 from sslsearch.analysis.leaderboard import (  # noqa: E402
-    EXPERIMENT,
     anytime_curve,
     build_leaderboard,
     format_leaderboard,
@@ -31,6 +30,7 @@ from sslsearch.analysis.leaderboard import (  # noqa: E402
     write_plots,
 )
 from sslsearch.errors import InputError  # noqa: E402
+from sslsearch.records.schema import EXPERIMENT_NAME  # noqa: E402
 
 BASE = {"dataset": "digits", "epochs": 4, "backbone": "small_cnn", "batch_size": 128, "eval_every": 1}
 
@@ -41,7 +41,7 @@ def open_store(folder):
 
     uri = f"sqlite:///{folder / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    experiment_id = client.create_experiment(EXPERIMENT, artifact_location=(folder / "mlartifacts").as_uri())
+    experiment_id = client.create_experiment(EXPERIMENT_NAME, artifact_location=(folder / "mlartifacts").as_uri())
     return client, uri, experiment_id
 
 

@@ -15,8 +15,9 @@ from local_processes import free_port, kill_processes_mentioning
 
 from sslsearch.errors import InputError
 from sslsearch.search.experiment import load_experiment
+from sslsearch.search.folder import STUDY_FILE, SWEEP_FILE
 from sslsearch.search.space import load_search_space
-from sslsearch.search.sweep import STUDY_FILE, SweepSearcher, check_resources, run_sweep, summarize
+from sslsearch.search.sweep import SweepSearcher, check_resources, run_sweep, summarize
 
 ROOT = Path(__file__).resolve().parent.parent
 SSLSEARCH = [sys.executable, "-m", "sslsearch.cli"]
@@ -108,7 +109,7 @@ def test_sweep_on_uri_storage_keeps_its_records_there_and_resumes(ray_session, t
     storage = f"file://{tmp_path}/remote"
     summary = run_sweep(experiment, space, name="uri", storage=storage, quiet=True)
     assert len(summary.trials) == 2
-    for name in ("sslsearch-sweep.json", STUDY_FILE, "tuner.pkl"):
+    for name in (SWEEP_FILE, STUDY_FILE, "tuner.pkl"):
         assert (tmp_path / "remote" / "uri" / name).is_file(), name
     again = resume_sweep("uri", storage)
     assert sorted(t.trial_id for t in again.trials) == sorted(t.trial_id for t in summary.trials)

@@ -384,10 +384,11 @@ def test_outage_queues_records_on_disk_without_blocking_and_sends_them_in_order_
 
 @pytest.mark.slow
 def test_trials_cut_by_the_time_budget_are_stopped_early_not_interrupted(tmp_path):
-    experiment = tiny("search.time_budget_s=0.001")
+    experiment = tiny("search.time_budget_s=60")
     tracking = MlflowTracking(experiment, load_search_space(experiment.space_path()), sweep="budget", storage=str(tmp_path))
     trial = FakeTrial("dddd0004", tmp_path, "hsic")
     tracking.setup()
+    tracking._started -= 60   # the sweep began a budget ago (the shortest budget the validator takes is a minute)
     tracking.on_trial_start(0, [], trial)
     trial.report(tracking, 0, 50.0), trial.report(tracking, 1, 60.0)
     trial.status = "TERMINATED"  # what Ray's time budget leaves, without calling on_trial_complete

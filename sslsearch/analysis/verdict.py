@@ -25,6 +25,7 @@ import math
 from dataclasses import dataclass, field
 
 from sslsearch.analysis.stats import ALPHA, MIN_NONZERO, paired_statistics
+from sslsearch.records.schema import VERDICT, VERDICT_STAGE
 
 LOSSES = ("barlow", "hsic")
 # A confirmation run that diverged is a result about its configuration: it counts, at the chance-level
@@ -134,7 +135,7 @@ class Verdict:
         return "\n".join(lines) + "\n"
 
     def mlflow_tags(self) -> dict[str, str]:
-        return {"sslsearch.verdict": self.sentence, "sslsearch.verdict_stage": self.stage}
+        return {VERDICT: self.sentence, VERDICT_STAGE: self.stage}
 
     def mlflow_metrics(self) -> dict[str, float]:
         """Numbers for the runs table; NaN where there is none (so a stale figure is overwritten)."""
