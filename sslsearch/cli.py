@@ -695,7 +695,7 @@ def _run_confirm(args) -> int:
             print(f"confirm: sweep {name}, the only sweep in {storage}", flush=True)
         sweep = find_folder(storage, name)
         check_not_written(sweep, "confirm")
-        check_confirmable(sweep, storage, args.top, args.seeds, args.tracking_uri)
+        check_confirmable(sweep, storage, args.top, args.seeds, args.tracking_uri, args.design)
     elif name is None:
         raise InputError(f"name the sweep to confirm in {storage}: sslsearch confirm SWEEP --storage {storage}")
     from sslsearch.processes import reaping
