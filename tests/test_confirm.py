@@ -147,3 +147,16 @@ def test_confirm_killed_and_continued_records_every_trial_once(ray_session, tmp_
     assert main(["confirm", "tiny", "--storage", str(storage), "--top", "2"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "was confirmed with --top 1 --seeds 1 --design shared; run `sslsearch confirm tiny --top 1" in err
+
+
+@pytest.mark.slow  # a subprocess: about 1.5 s under load
+def test_a_stage_started_with_another_design_is_refused_at_once_naming_it(tmp_path):
+    from test_sweep_names import refused, write_sweep_file
+
+    write_sweep_file(tmp_path / "s", "s")
+    plan = {"top": 1, "design": "shared", "seeds": list(range(5, 13)), "points": [{}] * 16, "configurations": []}
+    (tmp_path / "s" / "confirm").mkdir()
+    (tmp_path / "s" / "confirm" / "confirm-plan.json").write_text(json.dumps(plan))
+    line = refused("confirm", "s", "--design", "per-loss", "--storage", tmp_path)
+    assert line == ("the confirmation of sweep 's' was started with --top 1 --seeds 8 --design shared and has not "
+                    "finished; continue it with `sslsearch confirm s --top 1 --seeds 8 --design shared`")
