@@ -166,7 +166,7 @@ def error_rates(*, sweeps: int = 2000, seeds: int = 8, top: int = 1, design: str
     """Per scenario: how often the verdict called a difference (and which way), over `sweeps` simulated sweeps."""
     results = []
     for name, effect, sd_barlow, sd_hsic in scenarios:
-        rng = np.random.default_rng([seed, int(round(1000 * effect)), int(round(1000 * sd_barlow)), int(round(1000 * sd_hsic))])
+        rng = np.random.default_rng([seed, round(1000 * effect), round(1000 * sd_barlow), round(1000 * sd_hsic)])
         outcomes = [simulate_pipeline(rng, effect=effect, sd={"barlow": sd_barlow, "hsic": sd_hsic}, seeds=seeds, top=top,
                                       design=design, alpha=alpha) for _ in range(sweeps)]
         called = sum(o["called"] for o in outcomes)
