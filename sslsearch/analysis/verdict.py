@@ -175,7 +175,7 @@ def sentence(stats: dict, *, stage: str, unit: str, metric: str, sweep: str, epo
     p = stats.get("p_value")
     test = f"exact Wilcoxon p = {_p(p)}" if p is not None else "every difference zero"
     if stage == "search":
-        return f"{lead}: {figure}, {test} (indicative: the val split chose these settings and ASHA chose these pairs)."
+        return f"{lead}: {figure}, {test} (indicative only: measured on the val split that chose these settings)."
     where = "confirmed on the test split, which no selection step saw"
     if not stats["enough_pairs"]:
         return (f"Too few non-zero differences to tell HSIC and Barlow apart: {figure}, {stats['nonzero_pairs']} non-zero, "
