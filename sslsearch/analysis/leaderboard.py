@@ -450,7 +450,8 @@ def head_to_head(ranked: pd.DataFrame, pairs: pd.DataFrame, excluded: dict[str, 
 
 # What a search pair means (printed under it).
 PAIRS_MEANING = ("pairs: the sweep's twin trials (same λ, lr, feature_dim and seed; only the loss differs), both at the "
-                 "full budget. TPE chose these settings and ASHA kept these pairs on the same val split: indicative only.")
+                 "full budget. The sampler chose these settings (and ASHA, if on, these pairs) on the same val split: "
+                 "indicative only.")
 
 
 @dataclass
