@@ -237,11 +237,11 @@ def _pick_confirmed(trials, loss: str | None, client) -> tuple | None:
     if loss is not None:
         choice = f"asked for (--loss {loss})"
     elif verdict.called:
-        loss, choice = verdict.leader, f"the verdict's leader: {verdict.sentence}"
+        loss, choice = verdict.leader, "the verdict's leader (the loss it found ahead)"
     else:
         firsts = confirmed[confirmed["rank"] == 1].sort_values(["val_acc_mean", "loss"], ascending=[False, True], kind="mergesort")
         loss = firsts.iloc[0]["loss"]
-        choice = (f"no evidence that {loss} is the better loss ({verdict.sentence}); of the two, its confirmed rank-1 has "
+        choice = (f"no evidence that {loss} is the better loss (see the verdict); of the two, its confirmed rank-1 has "
                   "the higher mean val_acc")
     confirmed = confirmed[confirmed["loss"] == loss]
     if not len(confirmed):
