@@ -40,6 +40,7 @@ import pandas as pd
 
 from sslsearch.errors import InputError
 from sslsearch.search.outcomes import FINISHED, OUTCOMES
+from sslsearch.search.outcomes import RANK_ORDER as TRIAL_ORDER
 
 EXPERIMENT = "sslsearch"
 LOSSES = ("barlow", "hsic")
@@ -55,7 +56,7 @@ LEVEL = 0.95
 STUDY_FILE = "optuna-study.journal"
 FORMATS = ("table", "csv", "json", "markdown")
 # Ranking: (column, ascending). The first key is the objective; the rest only break ties.
-RANK_ORDER = (("val_acc", False), ("epochs", False), ("trial_seconds", True), ("trial_id", True), ("sweep", True))
+RANK_ORDER = (*TRIAL_ORDER, ("sweep", True))   # one tie-break rule everywhere (outcomes.RANK_ORDER); pooled sweeps last
 TRIAL_COLUMNS = ("sweep", "stage", "trial_id", "run_id", "loss", "lmbda", "lr", "feature_dim", "seed", "pair", "val_acc",
                  "best_val_acc", "test_acc", "knn_acc", "epochs", "trial_seconds", "outcome", "dataset", "max_epochs",
                  "parent_run_id", "history")

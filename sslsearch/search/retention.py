@@ -39,6 +39,7 @@ from ray import tune
 
 from sslsearch.method.train import RESUME_ONLY, weights_only
 from sslsearch.search.experiment import keeps_last, top_k
+from sslsearch.search.outcomes import ranking_key
 from sslsearch.search.saved_state import JSON_STATE  # Ray's saved sweep state; the newest name is the newest
 
 log = logging.getLogger(__name__)
@@ -91,15 +92,15 @@ def saved_as_ended(fs: pyarrow.fs.FileSystem, sweep_fs_path: str) -> set[str]:
 
 
 def ranked(trials: list, count: int) -> set[str]:
-    """Ids of the `count` best trials by their final report's val_acc (more epochs, then id, break ties); a diverged
-    trial or one that never trained past epoch 0 is not ranked."""
+    """Ids of the `count` best trials by their final report, in the one ranking order (outcomes.ranking_key); a
+    diverged trial or one that never trained past epoch 0 is not ranked."""
     scored = []
     for trial in trials:
         result = trial.last_result or {}
         value, epoch = result.get("val_acc"), int(result.get("epoch", 0) or 0)
         if _number(value) and math.isfinite(value) and epoch > 0 and not result.get("diverged"):
-            scored.append((-float(value), -epoch, trial.trial_id))
-    return {trial_id for *_, trial_id in sorted(scored)[:count]}
+            scored.append((ranking_key(value, epoch, trial.trial_id), trial.trial_id))
+    return {trial_id for _, trial_id in sorted(scored)[:count]}
 
 
 def _shrink(fs: pyarrow.fs.FileSystem, path: str) -> None:

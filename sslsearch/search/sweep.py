@@ -36,10 +36,10 @@ from ray.tune.search.optuna import OptunaSearch
 
 from sslsearch.errors import InputError
 from sslsearch.method.data import prepare_dataset
-from sslsearch.processes import keep_sigterm, sigint_restored
+from sslsearch.processes import sigint_restored, sigterm_kept
 from sslsearch.search.asha import PairedASHA, RungState
 from sslsearch.search.experiment import Experiment, experiment_from_dict
-from sslsearch.search.outcomes import METRIC, MODE, OUTCOMES, result_outcome, trial_outcome  # noqa: F401
+from sslsearch.search.outcomes import METRIC, MODE, OUTCOMES, ranking_key, result_outcome, trial_outcome  # noqa: F401
 from sslsearch.search.retention import CheckpointRetention, DiskUse, disk_use, size_text
 from sslsearch.search.rungs import rung_epochs
 from sslsearch.search.saved_state import IntactStateCopy, recover_saved_state
@@ -343,8 +343,9 @@ class SweepSummary:
         for t in self.trials:
             if not t.rankable:
                 continue
-            if t.loss not in best or t.val_acc > best[t.loss].val_acc:
-                best[t.loss] = t
+            if t.loss not in best or ranking_key(t.val_acc, t.epoch, t.trial_id) < ranking_key(
+                    best[t.loss].val_acc, best[t.loss].epoch, best[t.loss].trial_id):
+                best[t.loss] = t   # (the one ranking order: outcomes.ranking_key)
         return best
 
     @property
@@ -426,15 +427,15 @@ def connect_ray(address: str | None, num_cpus: int | None = None) -> None:
     if address and address != "auto":
         _check_reachable(address)
     try:
-        if address:
-            ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
-        else:
-            # address="local": a private instance, never whatever Ray cluster happens to run on this machine.
-            ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False,
-                     logging_level=logging.WARNING)
+        with sigterm_kept():  # Ray takes SIGTERM: a scheduler's stop must still end in good order
+            if address:
+                ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+            else:
+                # address="local": a private instance, never whatever Ray cluster happens to run on this machine.
+                ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
+                         log_to_driver=False, logging_level=logging.WARNING)
     except (ConnectionError, RuntimeError, ValueError, TimeoutError) as error:
         raise InputError(f"cannot reach the Ray cluster at {address!r}: {str(error).splitlines()[0]}") from None
-    keep_sigterm()  # Ray's failure-signal handler took SIGTERM: a scheduler's stop must end in good order
 
 
 def _check_reachable(address: str) -> None:
@@ -643,8 +644,10 @@ def sweep_metadata(name: str, storage: str) -> dict:
     return json.loads(_read_text(f"{path}/{SWEEP_FILE}"))
 
 
-def resume_sweep(name: str, storage: str, address: str | None = None, trainable=None) -> SweepSummary:
-    """Continue an interrupted sweep: searcher, scheduler and unfinished trials from their checkpoints."""
+def resume_sweep(name: str, storage: str, address: str | None = None, trainable=None,
+                 tracking_uri: str | None = None) -> SweepSummary:
+    """Continue an interrupted sweep: searcher, scheduler and unfinished trials from their checkpoints.
+    `tracking_uri`: where the restored tracking callback now writes (else the URI it was pickled with)."""
     local = _local_path(storage)
     if local is not None:
         storage = str(local.resolve())
@@ -665,6 +668,10 @@ def resume_sweep(name: str, storage: str, address: str | None = None, trainable=
     check_resources(experiment, address)
     tuner = tune.Tuner.restore(path, trainable=_trainable(experiment, trainable),
                                resume_unfinished=True, resume_errored=True)
+    if tracking_uri is not None:  # Ray restores the callbacks from tuner.pkl, each with the settings it was pickled with
+        for callback in tuner._local_tuner.get_run_config().callbacks or []:
+            if hasattr(callback, "use_tracking_uri"):
+                callback.use_tracking_uri(tracking_uri)
     started = time.monotonic()
     concurrency = _concurrency(experiment)
     with lock:
