@@ -45,7 +45,7 @@ from sslsearch.search.rungs import rung_epochs
 from sslsearch.search.saved_state import IntactStateCopy, recover_saved_state
 from sslsearch.search.space import SearchSpace, check_space
 from sslsearch.search.sweeplock import SweepLock, check_owned, create_sweep_folder
-from sslsearch.search.trainable import run_trial
+from sslsearch.search.trainable import FALLBACK, run_trial
 
 SWEEP_FILE = "sslsearch-sweep.json"
 STUDY_FILE = "optuna-study.journal"
@@ -276,6 +276,8 @@ class LiveView(tune.Callback):
         return f"{trial.trial_id} {value('loss')} λ={value('lmbda', '.3g')} lr={value('lr', '.3g')} d={value('feature_dim')}"
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
+        if isinstance(result.get(FALLBACK), str):  # always shown: Ray keeps the worker's own stderr in its log
+            print(result[FALLBACK], file=sys.stderr, flush=True)
         loss = trial.config.get("loss", trial.config.get("base", {}).get("loss", "?"))
         if result.get(METRIC) is not None:
             self.best[loss] = max(self.best.get(loss, -math.inf), result[METRIC])
@@ -524,6 +526,8 @@ def run_sweep(experiment: Experiment, space: SearchSpace, *, name: str, storage:
     _write_text(f"{path}/{SWEEP_FILE}", json.dumps(
         {"experiment": experiment.to_dict(), "experiment_source": experiment.source,
          "space": {p.name: dataclasses.asdict(p) for p in space.parameters}, "space_source": space.source,
+         # The files as they were: `resume` says in one line what changed in them since (it keeps these values).
+         "experiment_text": _file_text(experiment.source), "space_text": _file_text(space.source),
          "storage": storage, "name": name}, indent=2))
     searcher = SweepSearcher(space, max_epochs=experiment.pretrain.epochs, sampler=experiment.search.sampler,
                              seed=experiment.search.seed, paired=experiment.search.paired, study_name=name,
@@ -644,6 +648,49 @@ def sweep_metadata(name: str, storage: str) -> dict:
     return json.loads(_read_text(f"{path}/{SWEEP_FILE}"))
 
 
+def _file_text(source: str | None) -> str | None:
+    try:
+        return Path(source).read_text() if source else None
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _flat(values, prefix: str = "") -> dict:
+    if not isinstance(values, dict):
+        return {prefix: values}
+    flat = {}
+    for key, value in values.items():
+        flat.update(_flat(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+def files_changed(meta: dict) -> str | None:
+    """One line naming the experiment/space files edited since the sweep started and the values that differ, or
+    None. A resumed sweep keeps the values it started with (Ray restores the searcher and the trials as they were)."""
+    import yaml
+
+    differences, files = [], []
+    for kind in ("experiment", "space"):
+        source, before = meta.get(f"{kind}_source"), meta.get(f"{kind}_text")
+        now = _file_text(source)
+        if before is None or now is None or now == before:
+            continue   # (a sweep from before the text was kept, or the file is gone: nothing to compare)
+        files.append(source)
+        try:
+            old, new = _flat(yaml.safe_load(before) or {}), _flat(yaml.safe_load(now) or {})
+        except yaml.YAMLError:
+            differences.append(f"{Path(source).name} no longer parses")
+            continue
+        for key in sorted(old.keys() | new.keys()):
+            if old.get(key) != new.get(key):
+                differences.append(f"{key} {old.get(key, '(unset)')!s:.40} → {new.get(key, '(unset)')!s:.40}")
+    if not files:
+        return None
+    listed = "; ".join(differences[:6]) + ("; …" if len(differences) > 6 else "")
+    return (f"note: {' and '.join(files)} changed since sweep {meta.get('name')} started ({listed}); resume keeps "
+            "the values the sweep started with: start a new sweep to use the files' values")
+
+
 def resume_sweep(name: str, storage: str, address: str | None = None, trainable=None,
                  tracking_uri: str | None = None) -> SweepSummary:
     """Continue an interrupted sweep: searcher, scheduler and unfinished trials from their checkpoints.
@@ -655,6 +702,8 @@ def resume_sweep(name: str, storage: str, address: str | None = None, trainable=
     meta = sweep_metadata(name, storage)
     _quiet()
     experiment = experiment_from_dict(meta["experiment"], meta.get("experiment_source"))
+    if (changed := files_changed(meta)) is not None:
+        print(changed, file=sys.stderr, flush=True)
     lock = contextlib.nullcontext()
     if local is not None:  # Ray unpickles tuner.pkl from this folder: it must be the user's own
         check_owned(Path(path))
