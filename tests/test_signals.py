@@ -14,7 +14,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 from local_processes import free_port, kill_processes_mentioning, processes_mentioning
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -39,6 +39,7 @@ def write_study(storage: Path, sweep: str) -> None:
     study.optimize(lambda t: t.suggest_float("lmbda", 1e-3, 1, log=True), n_trials=3)
 
 
+@pytest.mark.slow
 def test_a_busy_port_is_one_line_and_exit_2_before_anything_starts(tmp_path, capsys):
     (tmp_path / "mlflow.db").touch()
     write_study(tmp_path, "s1")
@@ -61,6 +62,7 @@ def test_a_busy_port_is_one_line_and_exit_2_before_anything_starts(tmp_path, cap
         check_port("127.0.0.1", 70000)
 
 
+@pytest.mark.slow
 def test_commands_serve_the_store_on_loopback(tmp_path):
     with pytest.raises(InputError, match="no MLflow records"):
         mlflow_ui(str(tmp_path))
