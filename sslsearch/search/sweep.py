@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import json
 import logging
 import math
 import os
+import shutil
 import socket
 import sys
 import tempfile
@@ -594,7 +596,7 @@ def run_sweep(experiment: Experiment, space: SearchSpace, *, name: str, storage:
                                       **({"synthetic": synthetic} if synthetic else {})),
         num_samples=experiment.search.num_samples, trainable=trainable,
         # Full training state only where a resume needs it (tracking.checkpoints; sslsearch.search.retention).
-        callbacks=[LiveView(quiet), SlotUse(), *state, CheckpointRetention(experiment.tracking.checkpoints), *(callbacks or [])])
+        callbacks=[StopOnFullDisk(), LiveView(quiet), SlotUse(), *state, CheckpointRetention(experiment.tracking.checkpoints), *(callbacks or [])])
     started = time.monotonic()
     with lock:
         results = _fit(tuner, name, path, started, concurrency, study_path)
@@ -662,6 +664,38 @@ def describe_scheduler(experiment: Experiment) -> str:
             else "ASHA has no rung before the last epoch: no early stopping")
 
 
+FULL_DISK_BYTES = 1 << 20   # free bytes below which a trial's unexplained failure is blamed on a full disk
+
+
+class StopOnFullDisk(tune.Callback):
+    """Stops the sweep at the first trial that failed for want of disk space, instead of letting Ray retry it and
+    start others that fail the same way (minutes of failing trials before the driver itself hits the full disk).
+    The OSError it raises escapes `fit`, and `_fit` turns it into the summary and the resume hint (exit 4)."""
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        self._check(trials, trial)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._check(trials, trial)
+
+    @staticmethod
+    def _check(trials: list, trial) -> None:
+        try:
+            text = Path(trial.error_file).read_text(errors="replace") if trial.error_file else ""
+        except OSError:
+            text = ""
+        full = "[Errno 28]" in text or "No space left on device" in text
+        if not full and not text.strip() and _local_path(trial.storage.storage_path or "") is not None:
+            # The error could not even be written down: is it the disk?
+            with contextlib.suppress(OSError):
+                full = shutil.disk_usage(trial.storage.storage_path).free < FULL_DISK_BYTES
+        if full:
+            error = OSError(errno.ENOSPC, f"No space left on device (trial {trial.trial_id} could not save)",
+                            trial.storage.trial_fs_path)
+            error.trials = trials   # the summary: Ray's saved state may be cut short by the same full disk
+            raise error
+
+
 class SweepStopped(RuntimeError):
     """An OS error (disk full, storage gone) stopped the sweep; `summary` is what its saved state says, if readable."""
 
@@ -681,9 +715,11 @@ def _fit(tuner, name: str, path: str, started: float, concurrency: int, study_pa
             raise
         where = f" writing {error.filename}" if error.filename else ""
         summary = None
-        try:  # Ray saved the sweep's state before the error; if the disk allowed it, the summary says where it was
-            summary = summarize(tune.ResultGrid(tune.ExperimentAnalysis(path)), name, path, time.monotonic() - started,
-                                concurrency, study_path)
+        live = getattr(error, "trials", None)   # StopOnFullDisk hands over Ray's trials as they are now
+        try:  # else Ray saved the sweep's state before the error; if the disk allowed it, the summary says where it was
+            analysis = tune.ExperimentAnalysis(path, trials=live) if live else tune.ExperimentAnalysis(path)
+            summary = summarize(tune.ResultGrid(analysis), name, path, time.monotonic() - started, concurrency,
+                                study_path, statuses={f"trial_{t.trial_id}": t.status for t in live} if live else None)
         except Exception:  # noqa: BLE001 — no summary is better than a second traceback
             pass
         raise SweepStopped(f"sweep {name} stopped: {error.strerror or error}{where}; free the space (or fix the "
@@ -819,10 +855,12 @@ def saved_statuses(path: str) -> dict[str, str]:
         return {}
 
 
-def summarize(results, name: str, path: str, wall: float, concurrency: int, study_path: str | None) -> SweepSummary:
+def summarize(results, name: str, path: str, wall: float, concurrency: int, study_path: str | None,
+              statuses: dict[str, str] | None = None) -> SweepSummary:
     """Per-trial outcomes from a ResultGrid (outcome from epochs reached and errors; "running" for a
-    trial that had not ended when the sweep was interrupted)."""
-    status = saved_statuses(path)
+    trial that had not ended when the sweep was interrupted). `statuses`: trial folder name → Ray's status, when
+    known better than Ray's saved state says (a sweep stopped by a full disk)."""
+    status = statuses if statuses is not None else saved_statuses(path)
     trials = []
     for result in results:
         metrics = result.metrics or {}
