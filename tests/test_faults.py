@@ -292,7 +292,8 @@ def test_a_full_disk_stops_the_sweep_in_good_order_and_resume_finishes_it(ray_se
         # one line, the summary (from Ray's saved state) and the resume hint.
         assert code == 4, out + err
         assert len(lines) == 1 and f"sslsearch resume {name}" in lines[0] and "Traceback" not in err, err
-        assert f"sweep {name}: 2 trials" in out and "errored" not in out, out
+        assert f"sweep {name}: 2 trials" in out and "errored" not in out and "stopped early" not in out, out
+        assert f"unfinished; continue with: sslsearch resume {name}" in out, out
         assert err.count("Trial task failed") <= 2, err   # at most one failure per running trial, never a retry
         assert not list(disk.rglob("*.tmp"))
         (disk / "filler").unlink()  # space freed

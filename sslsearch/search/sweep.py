@@ -692,7 +692,9 @@ class StopOnFullDisk(tune.Callback):
         if full:
             error = OSError(errno.ENOSPC, f"No space left on device (trial {trial.trial_id} could not save)",
                             trial.storage.trial_fs_path)
-            error.trials = trials   # the summary: Ray's saved state may be cut short by the same full disk
+            # For the summary: Ray's saved state may be cut short by the same full disk. The statuses as they are now:
+            # on the way out Ray marks every trial it stops TERMINATED, as if it had ended.
+            error.trials, error.statuses = trials, {f"trial_{t.trial_id}": t.status for t in trials}
             raise error
 
 
@@ -719,7 +721,7 @@ def _fit(tuner, name: str, path: str, started: float, concurrency: int, study_pa
         try:  # else Ray saved the sweep's state before the error; if the disk allowed it, the summary says where it was
             analysis = tune.ExperimentAnalysis(path, trials=live) if live else tune.ExperimentAnalysis(path)
             summary = summarize(tune.ResultGrid(analysis), name, path, time.monotonic() - started, concurrency,
-                                study_path, statuses={f"trial_{t.trial_id}": t.status for t in live} if live else None)
+                                study_path, statuses=getattr(error, "statuses", None) if live else None)
         except Exception:  # noqa: BLE001 — no summary is better than a second traceback
             pass
         raise SweepStopped(f"sweep {name} stopped: {error.strerror or error}{where}; free the space (or fix the "
