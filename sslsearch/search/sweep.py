@@ -596,7 +596,8 @@ def run_sweep(experiment: Experiment, space: SearchSpace, *, name: str, storage:
                                       **({"synthetic": synthetic} if synthetic else {})),
         num_samples=experiment.search.num_samples, trainable=trainable,
         # Full training state only where a resume needs it (tracking.checkpoints; sslsearch.search.retention).
-        callbacks=[StopOnFullDisk(), LiveView(quiet), SlotUse(), *state, CheckpointRetention(experiment.tracking.checkpoints), *(callbacks or [])])
+        callbacks=[StopOnFullDisk(), LiveView(quiet), SlotUse(), *state, CheckpointRetention(experiment.tracking.checkpoints),
+                   *(callbacks or [])])
     started = time.monotonic()
     with lock:
         results = _fit(tuner, name, path, started, concurrency, study_path)
@@ -783,7 +784,7 @@ def _flat(values, prefix: str = "") -> dict:
 def files_changed(meta: dict) -> str | None:
     """One line naming the experiment/space files edited since the sweep started and the values that differ, or
     None. A resumed sweep keeps the values it started with (Ray restores the searcher and the trials as they were)."""
-    import yaml
+    from sslsearch.search.experiment import load_yaml   # bounded: an edited file is input like any other
 
     differences, files = [], []
     for kind in ("experiment", "space"):
@@ -793,8 +794,8 @@ def files_changed(meta: dict) -> str | None:
             continue   # (a sweep from before the text was kept, or the file is gone: nothing to compare)
         files.append(source)
         try:
-            old, new = _flat(yaml.safe_load(before) or {}), _flat(yaml.safe_load(now) or {})
-        except yaml.YAMLError:
+            old, new = _flat(load_yaml(before, source) or {}), _flat(load_yaml(now, source) or {})
+        except InputError:
             differences.append(f"{Path(source).name} no longer parses")
             continue
         for key in sorted(old.keys() | new.keys()):
