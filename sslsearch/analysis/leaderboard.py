@@ -202,7 +202,7 @@ def load_trials(tracking_uri: str, sweeps: list[str] | None = None) -> pd.DataFr
 
     def rows_of(name: str) -> list[dict]:
         runs = _search_runs(client, experiment_id, runs_filter(name, TRIAL_ROLE))
-        rows = [_trial_row(client, run, parents[name].info.run_id) for run in runs]
+        rows = _one_row_per_trial([_trial_row(client, run, parents[name].info.run_id) for run in runs])
         _check_rankable(name, rows)
         return rows
 
@@ -227,6 +227,17 @@ def load_trials(tracking_uri: str, sweeps: list[str] | None = None) -> pd.DataFr
     trials = pd.DataFrame(rows, columns=list(TRIAL_COLUMNS))
     trials["pair"] = trials["pair"].astype("Int64")
     return trials.sort_values(["sweep", "trial_id"], kind="mergesort").reset_index(drop=True)
+
+
+def _one_row_per_trial(rows: list[dict]) -> list[dict]:
+    """A trial with two runs (a stopped driver's, before `sync` merged them) counts once: the run that got furthest,
+    the older one on a tie, as `sync` keeps it. `rows`: newest run first."""
+    kept: dict[tuple, dict] = {}
+    for row in reversed(rows):
+        key = (row["stage"], row["trial_id"])
+        if key not in kept or (row["epochs"] or 0) > (kept[key]["epochs"] or 0):
+            kept[key] = row
+    return list(kept.values())
 
 
 def _check_rankable(name: str, rows: list[dict]) -> None:
