@@ -629,11 +629,12 @@ def _run_resume(args) -> int:
         from sslsearch.search.sweep import resume_sweep, sweep_metadata
 
         meta = sweep_metadata(args.name, storage)
-        uri = ((meta or {}).get("experiment", {}).get("tracking", {}).get("uri") or args.tracking_uri
+        uri = (args.tracking_uri or (meta or {}).get("experiment", {}).get("tracking", {}).get("uri")
                or default_tracking_uri(storage))
         if not args.tracking_uri:
             check_store(uri)
-        code = _report_sweep(lambda: resume_sweep(args.name, storage, address=args.address), uri)
+        code = _report_sweep(lambda: resume_sweep(args.name, storage, address=args.address,
+                                                  tracking_uri=args.tracking_uri), uri)
         if code not in (0, 1, 3):
             return code   # bad input, interrupted, or stopped by an OS error: the confirmation stage waits
         if code != 3:   # (3: the server does not take records now; the outbox keeps them for `sync`)
@@ -661,7 +662,8 @@ def _reconcile(name: str, storage: str, tracking_uri: str | None) -> None:
         print(f"warning: MLflow not reconciled with the sweep's results ({error}); run: sslsearch sync {name}",
               file=sys.stderr)
         return
-    if report.runs_created or report.points_added or report.statuses_fixed or report.unsent or report.duplicates:
+    if (report.runs_created or report.points_added or report.statuses_fixed or report.unsent or report.duplicates
+            or report.orphans):
         print(report.format())
 
 

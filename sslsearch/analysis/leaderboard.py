@@ -57,6 +57,7 @@ from sslsearch.records.schema import (
 )
 from sslsearch.search.folder import STUDY_FILE
 from sslsearch.search.outcomes import FINISHED, OUTCOMES
+from sslsearch.search.outcomes import RANK_ORDER as TRIAL_ORDER
 from sslsearch.search.trial_config import BASE, logged_value
 from sslsearch.search.trial_config import PAIR as PAIR_KEY
 
@@ -64,7 +65,7 @@ LOSSES = ("barlow", "hsic")
 STAGES = ("search", "confirm")
 FORMATS = ("table", "csv", "json", "markdown")
 # Ranking: (column, ascending). The first key is the objective; the rest only break ties.
-RANK_ORDER = (("val_acc", False), ("epochs", False), ("trial_seconds", True), ("trial_id", True), ("sweep", True))
+RANK_ORDER = (*TRIAL_ORDER, ("sweep", True))   # one tie-break rule everywhere (outcomes.RANK_ORDER); pooled sweeps last
 TRIAL_COLUMNS = ("sweep", "stage", "trial_id", "run_id", "loss", "lmbda", "lr", "feature_dim", "seed", "pair", "val_acc",
                  "best_val_acc", "test_acc", "knn_acc", "epochs", "trial_seconds", "outcome", "dataset", "max_epochs",
                  "parent_run_id", "history")
@@ -194,7 +195,7 @@ def load_trials(tracking_uri: str, sweeps: list[str] | None = None) -> pd.DataFr
 
     def rows_of(name: str) -> list[dict]:
         runs = _search_runs(client, experiment_id, runs_filter(name, TRIAL_ROLE))
-        rows = [_trial_row(client, run, parents[name].info.run_id) for run in runs]
+        rows = _one_row_per_trial([_trial_row(client, run, parents[name].info.run_id) for run in runs])
         _check_rankable(name, rows)
         return rows
 
@@ -219,6 +220,17 @@ def load_trials(tracking_uri: str, sweeps: list[str] | None = None) -> pd.DataFr
     trials = pd.DataFrame(rows, columns=list(TRIAL_COLUMNS))
     trials["pair"] = trials["pair"].astype("Int64")
     return trials.sort_values(["sweep", "trial_id"], kind="mergesort").reset_index(drop=True)
+
+
+def _one_row_per_trial(rows: list[dict]) -> list[dict]:
+    """A trial with two runs (a stopped driver's, before `sync` merged them) counts once: the run that got furthest,
+    the older one on a tie, as `sync` keeps it. `rows`: newest run first."""
+    kept: dict[tuple, dict] = {}
+    for row in reversed(rows):
+        key = (row["stage"], row["trial_id"])
+        if key not in kept or (row["epochs"] or 0) > (kept[key]["epochs"] or 0):
+            kept[key] = row
+    return list(kept.values())
 
 
 def _check_rankable(name: str, rows: list[dict]) -> None:

@@ -136,7 +136,7 @@ def _sweeps_page(server: Server, deadline: float) -> str:
     base = server.probe_url().rsplit(server.ready_path, 1)[0]
     while True:
         try:
-            found = _api(base, "/api/2.0/mlflow/experiments/get-by-name?experiment_name={EXPERIMENT_NAME}")
+            found = _api(base, f"/api/2.0/mlflow/experiments/get-by-name?experiment_name={EXPERIMENT_NAME}")
             experiment_id = found["experiment"]["experiment_id"]
             _api(base, "/api/2.0/mlflow/experiments/set-experiment-tag",
                  {"experiment_id": experiment_id, "key": VIEW_TAG, "value": json.dumps(answer_view())})
