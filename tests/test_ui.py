@@ -126,6 +126,7 @@ def sweep_store(tmp_path_factory):
         trial.report(tracking, 0, 40.0), trial.report(tracking, 1, finals[0]), trial.report(tracking, 2, finals[1])
         tracking.on_trial_complete(0, [], trial)
     tracking.on_experiment_end([])
+    assert main(["leaderboard", "ui-demo", "--storage", str(folder)]) == 0  # logs the verdict on the sweep's run
     return folder
 
 
@@ -134,6 +135,21 @@ def screenshots_dir(tmp_path_factory) -> Path:
     folder = tmp_path_factory.getbasetemp() / "screenshots"
     folder.mkdir(exist_ok=True)
     return folder
+
+
+# Per column header: shown (whole) inside the runs table's visible width and the window; and the page's text.
+ANSWER_PROBE = """(() => {
+  const grid = document.querySelector('.ag-root-wrapper'), box = grid ? grid.getBoundingClientRect() : null;
+  const shown = {};
+  for (const name of ['sslsearch.verdict', 'best_val_acc_barlow', 'best_val_acc_hsic', 'Source', 'Dataset']) {
+    const header = [...document.querySelectorAll('.ag-header-cell')].find(e => (e.innerText || '').trim() === name
+      || (e.querySelector('[title]') || {}).title === name || (e.getAttribute('col-id') || '').includes('`' + name + '`'));
+    const r = header ? header.getBoundingClientRect() : null;
+    shown[name] = Boolean(r && box && r.width > 0 && r.left >= box.left && r.right <= box.right + 1
+                          && r.right <= window.innerWidth);
+  }
+  return {shown: shown, text: document.body.innerText};
+})()"""
 
 
 @pytest.mark.slow
@@ -150,10 +166,9 @@ def test_mlflow_ui_opens_on_the_runs_with_metrics_and_stops_with_every_child(swe
         # In a real browser: the runs and the charts the printed URL leads to, not MLflow 3's GenAI overview.
         if find_browser() is None:
             return None
-        probe = "document.body.innerText"
         ready = "document.body.innerText.includes('best_val_acc_hsic')"
         for view, address in (("runs", url), ("charts", f"{url}&compareRunsMode=CHART")):
-            pages[view] = open_page(address, probe, width=2200, height=900, ready_js=ready, ready_timeout_s=120,
+            pages[view] = open_page(address, ANSWER_PROBE, width=1280, height=800, ready_js=ready, ready_timeout_s=120,
                                     settle_s=2, full_page=False)
             shot = screenshots_dir(tmp_path_factory) / f"mlflow-ui-{view}.png"
             shot.write_bytes(pages[view].screenshot)
@@ -161,13 +176,22 @@ def test_mlflow_ui_opens_on_the_runs_with_metrics_and_stops_with_every_child(swe
         return pages
 
     done = serve_then_stop(["ui", "--storage", str(sweep_store), "--port", str(port)], stop, "/health", look)
-    assert done["url"] == f"http://127.0.0.1:{port}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+    assert done["url"] == (f"http://127.0.0.1:{port}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+                           "&viewStateShareKey=sslsearch-answer")
     assert done["answered"] == 200  # at the moment the URL was printed
     assert find_browser() is not None, "no Chromium: apt-get install chromium"
     runs, charts = pages["runs"], pages["charts"]
-    assert "ui-demo" in runs.probe and "matching runs" in runs.probe  # the runs table, with the sweep's run
-    assert "Detect Issues" not in runs.probe and "Latency" not in runs.probe  # not the GenAI traces overview
-    assert "Model metrics\n(2)" in charts.probe  # the parent run's best_val_acc_barlow / _hsic charts
+    text = runs.probe["text"]
+    assert "ui-demo" in text and "matching runs" in text  # the runs table, with the sweep's run
+    assert "Detect Issues" not in text and "Latency" not in text  # not the GenAI traces overview
+    # At 1280 px, without scrolling: the verdict and the best val_acc per loss, inside the table's visible part
+    # (MLflow's default Source / Dataset columns make way for them), and the sweep's verdict in its row.
+    for column in ("sslsearch.verdict", "best_val_acc_barlow", "best_val_acc_hsic"):
+        assert runs.probe["shown"][column], (column, runs.probe)
+    assert runs.probe["shown"]["Source"] is False and runs.probe["shown"]["Dataset"] is False, runs.probe
+    assert "not enough pairs" in text  # the sweep's verdict (one pair: no call made)
+    charts_text = charts.probe["text"]  # the parent run's charts: best_val_acc_barlow / _hsic (and the verdict's)
+    assert "Model metrics\n(" in charts_text and "best_val_acc_barlow" in charts_text and "best_val_acc_hsic" in charts_text
     assert len(done["tree"]) >= 2, done["tree"]  # the server and its workers (uvicorn, huey)
     assert done["alive"] == [] and done["code"] == 0
     assert "Traceback" not in done["stderr"] and "DeprecationWarning" not in done["stderr"], done["stderr"][-3000:]
