@@ -38,7 +38,7 @@ PROBE = ("import sys\nfrom sslsearch.cli import main\n"
 def light(*argv, cwd=None) -> tuple[int, str, list[str]]:
     """Run `sslsearch ARGV` in a fresh process: (exit code, stdout, stderr lines); asserts nothing heavy was imported."""
     done = subprocess.run([sys.executable, "-c", PROBE, *map(str, argv)], capture_output=True, text=True, env=ENV,
-                          cwd=cwd, timeout=120)
+                          cwd=cwd, timeout=120, check=False)
     *lines, last = done.stderr.strip().splitlines()
     heavy, code = re.fullmatch(r"HEAVY (\S*) RC (\S+)", last).groups()
     assert heavy == "", f"imported {heavy}: {done.stderr}"
@@ -141,12 +141,11 @@ def test_confirm_in_an_empty_folder_and_linear_on_a_wrong_file_import_nothing_he
 
 def test_a_sweep_that_runs_refuses_a_second_sweep_resume_and_confirm_of_its_name(tmp_path):
     """The holder is a real process holding the sweep's lock as `sweep` does (claim_sweep_folder)."""
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time\nfrom pathlib import Path\n"
-         "from sslsearch.search.sweeplock import claim_sweep_folder\n"
-         f"lock = claim_sweep_folder(Path({str(tmp_path / 'X')!r}), 'X')\n"
-         f"Path({str(tmp_path / 'X' / SWEEP_FILE)!r}).write_text('{{}}')\nprint('held', flush=True)\ntime.sleep(600)\n"],
-        stdout=subprocess.PIPE, text=True, env=ENV)
+    script = ("import sys, time\nfrom pathlib import Path\n"
+              "from sslsearch.search.sweeplock import claim_sweep_folder\n"
+              f"lock = claim_sweep_folder(Path({str(tmp_path / 'X')!r}), 'X')\n"
+              f"Path({str(tmp_path / 'X' / SWEEP_FILE)!r}).write_text('{{}}')\nprint('held', flush=True)\ntime.sleep(600)\n")
+    holder = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=ENV)
     try:
         assert holder.stdout.readline().strip() == "held"
         line = refused("sweep", "--name", "X", "--storage", tmp_path)
@@ -249,7 +248,7 @@ def test_suggested_commands_use_the_program_as_this_shell_finds_it(tmp_path, mon
     # confirm: with one sweep in the folder it may be left unnamed, and says which it took; a line per report,
     # with the stage's trials finished and left (the sweep's live view), then the next steps.
     done = subprocess.run([sys.executable, "-m", "sslsearch.cli", "confirm", "--top", "1", "--seeds", "1",
-                           "--storage", storage], capture_output=True, text=True, env=ENV, cwd=tmp_path, timeout=900)
+                           "--storage", storage], capture_output=True, text=True, env=ENV, cwd=tmp_path, timeout=900, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     lines = done.stdout.splitlines()
     assert lines[0] == f"confirm: sweep X, the only sweep in {storage}"

@@ -36,8 +36,8 @@ from ray.tune.search.optuna import OptunaSearch
 
 from sslsearch.errors import InputError
 from sslsearch.method.data import prepare_dataset
-from sslsearch.search.asha import PairedASHA, RungState
 from sslsearch.search import framework
+from sslsearch.search.asha import PairedASHA, RungState
 from sslsearch.search.experiment import Experiment, experiment_from_dict
 from sslsearch.search.folder import STUDY_FILE, SWEEP_FILE
 from sslsearch.search.outcomes import METRIC, MODE, OUTCOMES, result_outcome, trial_outcome  # noqa: F401
