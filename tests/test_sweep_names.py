@@ -229,6 +229,19 @@ def test_a_real_sweep_ends_with_next_steps_and_its_name_is_taken_at_once(tmp_pat
     assert line == (f"a sweep named 'X' already exists in {storage} and has finished (its results: "
                     "`sslsearch leaderboard X`); choose another --name")
 
+    # confirm: with one sweep in the folder it may be left unnamed, and says which it took; a line per report,
+    # with the stage's trials finished and left (the sweep's live view), then the next steps.
+    done = subprocess.run([sys.executable, "-m", "sslsearch.cli", "confirm", "--top", "1", "--seeds", "1",
+                           "--storage", storage], capture_output=True, text=True, env=ENV, cwd=tmp_path, timeout=900,
+                          check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    assert lines[0] == f"confirm: sweep X, the only sweep in {storage}"
+    reports = [line for line in lines if re.search(r"\] \w+ (barlow|hsic) .* epoch \d+ val_acc [\d.]+ \| running", line)]
+    assert len(reports) == 2 * 3, done.stdout  # two trials (one per loss), reports at epochs 0, 1 and 2
+    assert ", left 2 |" in reports[0] and ", left 1 |" in reports[-1], reports
+    assert f"{program} leaderboard X" in done.stdout and f"{program} confirm X" not in done.stdout
+
 
 def test_suggested_commands_use_the_program_as_this_shell_finds_it(tmp_path, monkeypatch):
     from sslsearch.cli import _invocation
@@ -245,14 +258,3 @@ def test_suggested_commands_use_the_program_as_this_shell_finds_it(tmp_path, mon
     assert _invocation() == "sslsearch"
     monkeypatch.setattr(sys, "argv", [str(ROOT / "sslsearch" / "cli.py")])  # python -m sslsearch.cli
     assert _invocation() == f"{sys.executable} -m sslsearch.cli"
-    # confirm: with one sweep in the folder it may be left unnamed, and says which it took; a line per report,
-    # with the stage's trials finished and left (the sweep's live view), then the next steps.
-    done = subprocess.run([sys.executable, "-m", "sslsearch.cli", "confirm", "--top", "1", "--seeds", "1",
-                           "--storage", storage], capture_output=True, text=True, env=ENV, cwd=tmp_path, timeout=900, check=False)
-    assert done.returncode == 0, done.stderr[-3000:]
-    lines = done.stdout.splitlines()
-    assert lines[0] == f"confirm: sweep X, the only sweep in {storage}"
-    reports = [line for line in lines if re.search(r"\] \w+ (barlow|hsic) .* epoch \d+ val_acc [\d.]+ \| running", line)]
-    assert len(reports) == 2 * 3, done.stdout  # two trials (one per loss), reports at epochs 0, 1 and 2
-    assert ", left 2 |" in reports[0] and ", left 1 |" in reports[-1], reports
-    assert f"{program} leaderboard X" in done.stdout and f"{program} confirm X" not in done.stdout
