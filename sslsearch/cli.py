@@ -100,9 +100,11 @@ def _run_pretrain(args) -> int:
         try:
             values["projector_hidden"] = tuple(int(w) for w in args.projector.split("-") if w)
         except ValueError:
-            raise InputError(f"--projector expects widths joined by '-', e.g. 512 or 8192-8192, got {args.projector!r}") from None
+            raise InputError("--projector expects widths joined by '-', e.g. 512 or 8192-8192, got "
+                             f"{args.projector[:80]!r}") from None
     config = PretrainConfig(**values)
     config.validate()
+    config.check_data()
     out = Path(args.out or f"runs/pretrain-{config.dataset}-{config.loss}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} is a file; give a folder (new, empty, or a run to --resume)")
@@ -114,8 +116,17 @@ def _run_pretrain(args) -> int:
     elif out.exists() and any(out.iterdir()):
         raise InputError(f"output folder {out} exists and is not empty; pass --resume to continue it or choose another --out")
     from sslsearch.method.train import pretrain
+    from sslsearch.processes import INTERRUPTED, reaping
 
-    result = pretrain(config, out_dir=out, resume=resume, progress=not args.quiet, final_test=True)
+    try:
+        with reaping():  # SIGTERM as Ctrl-C: a scheduler's stop ends with the resume hint too
+            result = pretrain(config, out_dir=out, resume=resume, progress=not args.quiet, final_test=True)
+    except KeyboardInterrupt:
+        last = out / "last.pt"
+        hint = (f"its last checkpoint is {last}; continue with the same options and --out {out} --resume"
+                if last.is_file() else "before its first checkpoint: nothing to resume")
+        print(f"\nsslsearch: pretraining interrupted, {hint}", file=sys.stderr)
+        return INTERRUPTED
     baseline = result.history[0]
     final = result.last_evaluated()
     print(f"random init: val_acc {baseline['val_acc']:.2f}  knn_acc {baseline['knn_acc']:.2f}")
@@ -302,6 +313,9 @@ def _add_bench_platform(bench) -> None:
     f.add_argument("--ray-loggers", default="all", choices=("all", "json"),
                    help="Ray's per-trial loggers: all three, as run_sweep has them (result.json, progress.csv, TensorBoard), "
                         "or result.json only (default: all)")
+    f.add_argument("--paused-twins-hold-slots", action="store_true",
+                   help="count a twin paused at a rung against max_concurrent (the accounting before issue 19, for "
+                        "comparison; run_sweep lets a new trial take its slot)")
     f.add_argument("--quick", action="store_true", help="a small run for CI: 4 and 8 trials, up to 3 reports, 2 at a time")
     f.add_argument("--json", action="store_true", help="print the figures as JSON")
     f.set_defaults(run=_run_bench_platform)
@@ -376,7 +390,7 @@ def _run_bench_platform(args) -> int:
         settings = dict(QUICK)
     result = bench_platform(**settings, tracking=args.tracking, sampler=args.sampler,
                             ray_num_to_keep=args.ray_num_to_keep, append_snapshot=not args.rewrite_snapshot,
-                            ray_loggers=args.ray_loggers)
+                            ray_loggers=args.ray_loggers, paused_twins_hold_slots=args.paused_twins_hold_slots)
     print(json.dumps(result, indent=2) if args.json else format_bench_platform(result))
     return 0
 
@@ -428,25 +442,38 @@ def _add_sweep(sub) -> None:
     d.set_defaults(run=_run_dashboard)
 
 
+MAX_NAME = 128   # a sweep's name is a folder name, and part of its trials' folder paths
+
+
 def _storage(text: str) -> str:
-    return text if "://" in text else str(Path(text).resolve())
+    if "://" in text:
+        return text
+    from sslsearch.search.experiment import resolved
+
+    return str(resolved(text, "--storage"))
 
 
 def _run_sweep(args) -> int:
+    from sslsearch.errors import shown, shown_path
     from sslsearch.records.store import check_store, default_tracking_uri
-    from sslsearch.search.experiment import load_experiment
+    from sslsearch.search.experiment import check_machine, load_experiment, ray_address
     from sslsearch.search.space import load_search_space
 
+    if args.address:
+        ray_address(args.address)
     overrides = list(args.overrides) + ([f"tracking.uri={args.tracking_uri}"] if args.tracking_uri else [])
     experiment = load_experiment(args.experiment, overrides)
-    space = load_search_space(Path(args.space).resolve() if args.space else experiment.space_path())
+    space = load_search_space(args.space if args.space else experiment.space_path())
     name = args.name or f"{experiment.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
-        raise InputError(f"--name may hold letters, digits, '-', '_' and '.', got {name!r}")
+    if not (name.replace("-", "").replace("_", "").replace(".", "").isalnum() and len(name) <= MAX_NAME):
+        raise InputError(f"--name may hold up to {MAX_NAME} letters, digits, '-', '_' and '.', got {shown(name, 80)}")
     from sslsearch.search.space import check_space
 
+    check_machine(experiment, args.address)  # the data and this machine: before Ray starts, not after
     check_space(space, experiment)  # before anything is written: the tracking check below creates the store
     storage = _storage(args.storage)
+    if "://" not in storage and Path(storage).exists() and not Path(storage).is_dir():
+        raise InputError(f"--storage {shown_path(storage)} is a file; give the folder that holds (or will hold) the sweeps")
     uri = experiment.tracking.uri or default_tracking_uri(storage)
     claim = None
     if "://" not in storage:
@@ -922,7 +949,9 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141  # 128 + SIGPIPE, what a shell reports for a writer its reader left
     except InputError as error:
-        print(f"sslsearch: error: {error}", file=sys.stderr)
+        # One line, whatever a message quotes (each value is shortened where it is quoted; this is the backstop).
+        line = " ".join(str(error).split())
+        print(f"sslsearch: error: {line if len(line) <= 1000 else line[:999] + '…'}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("sslsearch: interrupted", file=sys.stderr)

@@ -23,8 +23,9 @@ from sslsearch.errors import InputError
 from sslsearch.records.store import default_tracking_uri
 from sslsearch.records.tracking import MlflowTracking, ray_results, sync, unsent_records
 from sslsearch.search.experiment import load_experiment
+from sslsearch.search.folder import STUDY_FILE
 from sslsearch.search.space import load_search_space
-from sslsearch.search.sweep import STUDY_FILE, run_sweep
+from sslsearch.search.sweep import run_sweep
 from sslsearch.search.sweeplock import SweepLock, check_owned, claim_sweep_folder
 
 ROOT = Path(__file__).resolve().parent.parent

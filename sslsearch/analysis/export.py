@@ -35,6 +35,7 @@ from torch import nn
 from sslsearch import __version__
 from sslsearch.analysis.leaderboard import LOSSES, confirmed_configurations, json_value, load_trials, mlflow_client, rank_trials
 from sslsearch.errors import InputError
+from sslsearch.records.schema import SWEEP, TRIAL_ID
 
 BACKBONE_FILE = "backbone.pt"
 CARD_JSON = "model_card.json"
@@ -336,7 +337,7 @@ def _register(client, name: str, folder: Path, backbone: nn.Module, card: dict) 
 
     experiment_id = client.get_run(card["mlflow_run_id"]).info.experiment_id
     logged = client.create_logged_model(experiment_id, name="backbone", source_run_id=card["mlflow_run_id"],
-                                        tags={"sslsearch.sweep": card["sweep"], "sslsearch.trial_id": card["trial_id"]},
+                                        tags={SWEEP: card["sweep"], TRIAL_ID: card["trial_id"]},
                                         params={k: str(v) for k, v in card["hyperparameters"].items()})
     try:
         with tempfile.TemporaryDirectory(prefix="sslsearch-model-") as tmp:
@@ -362,7 +363,7 @@ def _register(client, name: str, folder: Path, backbone: nn.Module, card: dict) 
         # The storage location, not models:/<id>: MLflow's SQL registry resolves a models:/ source
         # through the *global* tracking URI, not this client's.
         name, source=logged.artifact_location, run_id=card["mlflow_run_id"], model_id=logged.model_id,
-        tags={"sslsearch.sweep": card["sweep"], "sslsearch.trial_id": card["trial_id"], "sha256": card["weights"]["sha256"],
+        tags={SWEEP: card["sweep"], TRIAL_ID: card["trial_id"], "sha256": card["weights"]["sha256"],
               "val_acc": str(metrics["val_acc"]), "test_acc": str(metrics["test_acc"])},
         description=f"{card['backbone']} ({card['loss']}, λ={card['hyperparameters']['lmbda']:.4g}) from sweep {card['sweep']}")
     client.set_registered_model_alias(name, ALIAS, version.version)

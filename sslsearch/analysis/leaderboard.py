@@ -39,9 +39,27 @@ import numpy as np
 import pandas as pd
 
 from sslsearch.errors import InputError
+from sslsearch.records.schema import (
+    EXPERIMENT_NAME,
+    LOSS,
+    OUTCOME,
+    PAIR,
+    ROLE,
+    STAGE,
+    SWEEP,
+    SWEEP_PATH,
+    SWEEP_ROLE,
+    TRIAL_ID,
+    TRIAL_ROLE,
+    VERDICT,
+    VERDICT_STAGE,
+    runs_filter,
+)
+from sslsearch.search.folder import STUDY_FILE
 from sslsearch.search.outcomes import FINISHED, OUTCOMES
+from sslsearch.search.trial_config import BASE, logged_value
+from sslsearch.search.trial_config import PAIR as PAIR_KEY
 
-EXPERIMENT = "sslsearch"
 LOSSES = ("barlow", "hsic")
 STAGES = ("search", "confirm")
 # A confirmation seed that diverged is a result about the configuration: it counts, at its (chance) val_acc.
@@ -51,8 +69,6 @@ CONFIRM_COUNTED = ("completed", "diverged")
 # 0.031 at n = 6). Below this, an interval would only dress up noise.
 MIN_PAIRS = 6
 LEVEL = 0.95
-# sslsearch.search.sweep.STUDY_FILE; not imported from there because search imports Ray.
-STUDY_FILE = "optuna-study.journal"
 FORMATS = ("table", "csv", "json", "markdown")
 # Ranking: (column, ascending). The first key is the objective; the rest only break ties.
 RANK_ORDER = (("val_acc", False), ("epochs", False), ("trial_seconds", True), ("trial_id", True), ("sweep", True))
@@ -96,19 +112,20 @@ def _search_runs(client, experiment_id: str, filter_string: str) -> list:
 
 
 def _experiment_id(client, tracking_uri: str) -> str:
-    experiment = client.get_experiment_by_name(EXPERIMENT)
+    experiment = client.get_experiment_by_name(EXPERIMENT_NAME)
     if experiment is None:
-        raise InputError(f"no sslsearch records at {tracking_uri} (no MLflow experiment {EXPERIMENT!r}); run a sweep first")
+        raise InputError(f"no sslsearch records at {tracking_uri} (no MLflow experiment {EXPERIMENT_NAME!r}); "
+                         "run a sweep first")
     return experiment.experiment_id
 
 
 def sweep_runs(client, experiment_id: str) -> dict[str, object]:
     """Parent run of every sweep, most recently started first (name → Run)."""
     runs: dict[str, object] = {}
-    for run in _search_runs(client, experiment_id, "tags.`sslsearch.role` = 'sweep'"):
+    for run in _search_runs(client, experiment_id, f"tags.`{ROLE}` = '{SWEEP_ROLE}'"):
         # Newest first. A (never expected) duplicate parent run: keep the oldest, the one the
         # tracking callback continues; the sweep keeps the place of its newest start.
-        runs[run.data.tags.get("sslsearch.sweep") or run.info.run_name] = run
+        runs[run.data.tags.get(SWEEP) or run.info.run_name] = run
     return runs
 
 
@@ -138,20 +155,20 @@ def _trial_row(client, run, parent_run_id: str) -> dict:
     if epochs is None:
         epochs = max(history, default=0)
     val_acc = metrics.get("val_acc")
-    stage = tags.get("sslsearch.stage") or "search"
-    pair = tags.get("sslsearch.pair")
+    stage = tags.get(STAGE) or "search"
+    pair = tags.get(PAIR)
     if pair is None and stage == "confirm":
-        pair = params.get("pair")  # a confirm trial always has its pair number (its config's `pair`)
+        pair = params.get(PAIR_KEY)  # a confirm trial always has its pair number (its config's `pair`)
     return {
-        "sweep": tags.get("sslsearch.sweep"),
+        "sweep": tags.get(SWEEP),
         "stage": stage,
-        "trial_id": tags.get("sslsearch.trial_id") or run.info.run_name,
+        "trial_id": tags.get(TRIAL_ID) or run.info.run_name,
         "run_id": run.info.run_id,
-        "loss": tags.get("sslsearch.loss") or params.get("loss") or params.get("base.loss"),
-        "lmbda": _number(params.get("lmbda", params.get("base.lmbda"))),
-        "lr": _number(params.get("lr", params.get("base.lr"))),
-        "feature_dim": _number(params.get("feature_dim", params.get("base.feature_dim")), int),
-        "seed": _number(params.get("seed", params.get("base.seed")), int),
+        "loss": tags.get(LOSS) or logged_value(params, "loss"),
+        "lmbda": _number(logged_value(params, "lmbda")),
+        "lr": _number(logged_value(params, "lr")),
+        "feature_dim": _number(logged_value(params, "feature_dim"), int),
+        "seed": _number(logged_value(params, "seed"), int),
         "pair": _number(pair, int),
         "val_acc": val_acc if val_acc is not None and math.isfinite(val_acc) else None,
         "best_val_acc": max(pretrained) if pretrained else None,
@@ -160,9 +177,9 @@ def _trial_row(client, run, parent_run_id: str) -> dict:
         "epochs": epochs,
         "trial_seconds": metrics.get("trial_seconds"),
         # A trial without an outcome tag has not been closed by the tracking callback yet.
-        "outcome": tags.get("sslsearch.outcome") or "running",
-        "dataset": params.get("base.dataset"),
-        "max_epochs": _number(params.get("base.epochs"), int),
+        "outcome": tags.get(OUTCOME) or "running",
+        "dataset": params.get(f"{BASE}.dataset"),
+        "max_epochs": _number(params.get(f"{BASE}.epochs"), int),
         "parent_run_id": parent_run_id,
         "history": history,
     }
@@ -183,8 +200,7 @@ def load_trials(tracking_uri: str, sweeps: list[str] | None = None) -> pd.DataFr
         raise InputError(f"no sweeps recorded at {tracking_uri}; run `sslsearch sweep` first")
 
     def rows_of(name: str) -> list[dict]:
-        # A recorded sweep name holds no quotes (the tracking callback refuses them).
-        runs = _search_runs(client, experiment_id, f"tags.`sslsearch.role` = 'trial' and tags.`sslsearch.sweep` = '{name}'")
+        runs = _search_runs(client, experiment_id, runs_filter(name, TRIAL_ROLE))
         rows = [_trial_row(client, run, parents[name].info.run_id) for run in runs]
         _check_rankable(name, rows)
         return rows
@@ -692,7 +708,7 @@ def log_verdict(board: Leaderboard, tracking_uri: str) -> list[str]:
                         "verdict.mean_difference": verdict["mean_difference"] if called else None,
                         "verdict.ci_low": verdict["ci_low"], "verdict.ci_high": verdict["ci_high"],
                         "verdict.p_value": verdict["p_value"]})
-    tags = {"sslsearch.verdict": _verdict_sentence(verdict), "sslsearch.verdict_stage": verdict["stage"] if verdict else "none"}
+    tags = {VERDICT: _verdict_sentence(verdict), VERDICT_STAGE: verdict["stage"] if verdict else "none"}
     client.log_batch(parent, metrics=[Metric(k, math.nan if v is None else float(v), now, 0) for k, v in metrics.items()],
                      tags=[RunTag(k, v) for k, v in tags.items()])
     client.log_text(parent, format_leaderboard(board, "markdown"), "leaderboard/leaderboard.md")
@@ -722,7 +738,7 @@ def _study_path(client, sweep: str, parent_run_id: str, tracking_uri: str, stora
     parent run names (tag `sslsearch.sweep_path`), else next to a `sqlite:///<storage>/mlflow.db`."""
     if storage is not None:
         return Path(storage) / sweep / STUDY_FILE
-    sweep_path = client.get_run(parent_run_id).data.tags.get("sslsearch.sweep_path")
+    sweep_path = client.get_run(parent_run_id).data.tags.get(SWEEP_PATH)
     if sweep_path and "://" not in sweep_path:
         return Path(sweep_path) / STUDY_FILE
     if tracking_uri.startswith("sqlite:///"):

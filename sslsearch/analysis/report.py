@@ -31,6 +31,7 @@ from sslsearch.analysis.leaderboard import (
     write_plots,
 )
 from sslsearch.errors import InputError
+from sslsearch.records.schema import PROVENANCE
 
 REPORT_FILE = "report.html"
 CARD_FILES = ("model_card.json", "model_card.md")  # sslsearch.analysis.export.CARD_JSON / CARD_MD (export imports torch)
@@ -45,12 +46,6 @@ SETUP = (
     ("scheduler", ("scheduler.type", "scheduler.grace_period", "scheduler.reduction_factor")),
     ("resources", ("resources.cpus_per_trial", "resources.gpus_per_trial")),
 )
-PROVENANCE_TAGS = (("sslsearch", "sslsearch.version"), ("torch", "sslsearch.torch_version"),
-                   ("Ray", "sslsearch.ray_version"), ("MLflow", "sslsearch.mlflow_version"),
-                   ("Optuna", "sslsearch.optuna_version"), ("git commit", "sslsearch.git_commit"),
-                   ("uncommitted changes", "sslsearch.git_dirty"), ("cluster CPUs", "sslsearch.cluster_cpus"),
-                   ("cluster GPUs", "sslsearch.cluster_gpus"), ("experiment file", "sslsearch.experiment_source"),
-                   ("sweep folder", "sslsearch.sweep_path"))
 PLOT_CAPTIONS = {
     "val_acc_vs_lmbda": "Final val_acc of every ranked trial against λ (hollow: stopped early).",
     "val_acc_vs_lr": "Final val_acc of every ranked trial against the learning rate (hollow: stopped early).",
@@ -250,7 +245,7 @@ def _provenance_html(parents: dict) -> str:
     rows = []
     for sweep, parent in parents.items():
         tags = parent.data.tags
-        cells = "".join(f"<tr><td>{_e(label)}</td><td><code>{_e(tags.get(key))}</code></td></tr>" for label, key in PROVENANCE_TAGS)
+        cells = "".join(f"<tr><td>{_e(label)}</td><td><code>{_e(tags.get(key))}</code></td></tr>" for label, key in PROVENANCE)
         rows.append(f"<h3>sweep {_e(sweep)} (MLflow run <code>{_e(parent.info.run_id)}</code>)</h3>"
                     f"<div class=scroll><table class=keys><tbody>{cells}</tbody></table></div>")
     made = (f"Report made {datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')} by sslsearch {__version__} "

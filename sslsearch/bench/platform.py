@@ -40,27 +40,28 @@ from pathlib import Path
 
 import optuna
 import ray
-from ray import tune
 
 from sslsearch.bench.platform_trial import synthetic_trial, synthetic_val_acc
 from sslsearch.errors import InputError
 from sslsearch.records.tracking import MlflowTracking
 from sslsearch.search.asha import PairedASHA, RungState
 from sslsearch.search.experiment import PROJECT_ROOT, load_experiment
+from sslsearch.search.folder import STUDY_FILE
 from sslsearch.search.retention import CheckpointRetention
 from sslsearch.search.saved_state import IntactStateCopy
+from sslsearch.search.slots import SlotUse
 from sslsearch.search.space import load_search_space
 from sslsearch.search.sweep import (
-    METRIC,
-    MODE,
     LiveView,
     SweepSearcher,
     connect_ray,
     make_scheduler,
+    make_tuner,
     summarize,
     sweep_path,
     write_study_snapshot,
 )
+from sslsearch.search.trial_config import make_trial_config
 
 # The workhorse GPU sweep (ResNet-18 on CIFAR-10): its settings are what the driver records and
 # schedules; only the training is replaced.
@@ -363,10 +364,13 @@ def _mlflow_server(folder: Path):
 def measure_sweep(trials: int, reports: int = 10, concurrency: int = 8, report_seconds: float = 0.25,
                   checkpoint_mb: float = 1.0, tracking: str = "sqlite", sampler: str = "tpe",
                   storage: str | None = None, ray_num_to_keep: int | None = 2, append_snapshot: bool = True,
-                  ray_loggers: str = "all", experiment_path: str | Path | None = None) -> dict:
+                  ray_loggers: str = "all", experiment_path: str | Path | None = None,
+                  paused_twins_hold_slots: bool = False) -> dict:
     """Run one synthetic sweep of `trials` trials (`reports` report intervals at most each) and return
     the driver's figures. Uses the Ray instance already running in this process, else starts one with
-    `concurrency` CPUs. `ray_num_to_keep` and `append_snapshot` are the fixes measured in docs/scale.md."""
+    `concurrency` CPUs. `ray_num_to_keep` and `append_snapshot` are the fixes measured in docs/scale.md;
+    `paused_twins_hold_slots` is the slot accounting before issue 19 (a twin paused at a rung kept a new trial
+    from starting), for the side-by-side figure in docs/sweeps.md."""
     _check_settings(trials, reports, concurrency, report_seconds, checkpoint_mb, tracking)
     experiment = _sweep_experiment(trials, reports, concurrency, sampler, experiment_path)
     space = load_search_space(experiment.space_path())
@@ -392,31 +396,27 @@ def measure_sweep(trials: int, reports: int = 10, concurrency: int = 8, report_s
             callbacks.append(JsonLoggerCallback())
         if tracking != "none":
             callbacks.append(_TimedTracking(experiment, space, sweep=name, storage=str(folder), tracking_uri=uri))
+        scheduler = make_scheduler(experiment)
         searcher = _TimedSearcher(space, max_epochs=experiment.pretrain.epochs, sampler=sampler,
                                   seed=experiment.search.seed, paired=experiment.search.paired, study_name=name,
-                                  study_path=f"{sweep_path(str(folder), name)}/optuna-study.journal")
+                                  study_path=f"{sweep_path(str(folder), name)}/{STUDY_FILE}",
+                                  scheduler=scheduler if isinstance(scheduler, PairedASHA) and not paused_twins_hold_slots
+                                  else None)
         searcher.append_snapshot = append_snapshot
-        scheduler = make_scheduler(experiment)
+        slot_use = SlotUse()
+        callbacks.append(slot_use)
         # As run_sweep: [live view, rungs, intact state copy, retention, …] (the copy before retention in each save).
         callbacks[1:1] = [*([RungState(scheduler)] if isinstance(scheduler, PairedASHA) else []),
                           _TimedIntactStateCopy(sweep_path(str(folder), name)),
                           _TimedRetention(experiment.tracking.checkpoints)]
         Path(sweep_path(str(folder), name)).mkdir(parents=True, exist_ok=True)
-        # As search.run_sweep builds its Tuner, with the synthetic trainable.
-        tuner = tune.Tuner(
-            tune.with_resources(synthetic_trial, {"cpu": 1}),
-            param_space={"base": experiment.pretrain.to_dict(), "final_test": True, "cpus": 1,
-                         "bench": {"report_seconds": report_seconds,
-                                   "payload": str(payload_file(folder, int(checkpoint_mb * 2 ** 20)))}},
-            tune_config=tune.TuneConfig(
-                search_alg=searcher, num_samples=trials, max_concurrent_trials=concurrency, reuse_actors=True,
-                scheduler=scheduler,
-                trial_dirname_creator=_trial_dirname),
-            run_config=tune.RunConfig(
-                name=name, storage_path=str(folder), verbose=0, callbacks=callbacks,
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=ray_num_to_keep, checkpoint_score_attribute=METRIC,
-                                                        checkpoint_score_order=MODE),
-                failure_config=tune.FailureConfig(max_failures=0)))
+        # run_sweep's Tuner, with the synthetic trainable.
+        tuner = make_tuner(
+            experiment, name=name, storage=str(folder), search_alg=searcher, scheduler=scheduler, num_samples=trials,
+            param_space=make_trial_config(experiment.pretrain.to_dict(), cpus=1,
+                                          bench={"report_seconds": report_seconds,
+                                                 "payload": str(payload_file(folder, int(checkpoint_mb * 2 ** 20)))}),
+            trainable=synthetic_trial, callbacks=callbacks, num_to_keep=ray_num_to_keep)
         rss_before = _rss_mb()
         server_cpu_before = _tree_cpu_seconds(server_pid) if server_pid else None
         tree_cpu_before = _tree_cpu_seconds(os.getpid(), reaped=True)
@@ -433,6 +433,8 @@ def measure_sweep(trials: int, reports: int = 10, concurrency: int = 8, report_s
     outcome = {o: sum(t.outcome == o for t in summary.trials) for o in ("completed", "stopped early", "errored")}
     result = _figures(trials, reported, concurrency, wall, cpu, summary, server_cpu)
     result.update({
+        "slot_utilization": slot_use.utilization(concurrency), "paired": experiment.search.paired,
+        "paused_twins_hold_slots": paused_twins_hold_slots,
         "reports_max": reports + 1, "report_seconds": report_seconds, "checkpoint_mb": checkpoint_mb,
         "tracking": tracking, "sampler": sampler, "ray_num_to_keep": ray_num_to_keep, "append_snapshot": append_snapshot,
         "ray_loggers": ray_loggers,
@@ -449,16 +451,12 @@ def measure_sweep(trials: int, reports: int = 10, concurrency: int = 8, report_s
 
 def _sweep_experiment(trials: int, reports: int, concurrency: int, sampler: str, path: str | Path | None):
     """The experiment file's settings (default: the ResNet-18 CIFAR-10 sweep: reports every 10 epochs,
-    ASHA grace 10, factor 3) at the bench's size; one trial slot per CPU, no GPU."""
+    ASHA grace 10, factor 3) at the bench's size; one trial slot per CPU, no GPU, no retries."""
     experiment = load_experiment(path or DEFAULT_EXPERIMENT, [
         f"pretrain.epochs={reports * 10}", "pretrain.eval_every=10", f"search.num_samples={trials}",
         f"search.max_concurrent={concurrency}", f"search.sampler={sampler}", "resources.cpus_per_trial=1",
-        "resources.gpus_per_trial=0", "pretrain.device=cpu", "scheduler.grace_period=10"])
+        "resources.gpus_per_trial=0", "resources.max_failures=0", "pretrain.device=cpu", "scheduler.grace_period=10"])
     return experiment
-
-
-def _trial_dirname(trial) -> str:
-    return f"trial_{trial.trial_id}"
 
 
 def _check_settings(trials, reports, concurrency, report_seconds, checkpoint_mb, tracking) -> None:
@@ -580,7 +578,7 @@ def suggest_latency(finished: tuple[int, ...] = (50, 200, 1000), samplers: tuple
 def bench_platform(trials: tuple[int, ...] = (50, 200, 1000), reports: int = 10, concurrency: int = 8,
                    report_seconds: float = 0.25, checkpoint_mb: float = 1.0, tracking: str = "sqlite",
                    sampler: str = "tpe", ray_num_to_keep: int | None = 2, append_snapshot: bool = True,
-                   ray_loggers: str = "all", timeout_s: float = 3600) -> dict:
+                   ray_loggers: str = "all", paused_twins_hold_slots: bool = False, timeout_s: float = 3600) -> dict:
     """`measure_sweep` for each sweep size, each in a fresh Python process: its own Ray instance and
     clean memory figures. Returns the settings and one result per size."""
     if not trials:
@@ -590,7 +588,8 @@ def bench_platform(trials: tuple[int, ...] = (50, 200, 1000), reports: int = 10,
         _sweep_experiment(n, reports, concurrency, sampler, None)
     settings = {"reports": reports, "concurrency": concurrency, "report_seconds": report_seconds,
                 "checkpoint_mb": checkpoint_mb, "tracking": tracking, "sampler": sampler,
-                "ray_num_to_keep": ray_num_to_keep, "append_snapshot": append_snapshot, "ray_loggers": ray_loggers}
+                "ray_num_to_keep": ray_num_to_keep, "append_snapshot": append_snapshot, "ray_loggers": ray_loggers,
+                "paused_twins_hold_slots": paused_twins_hold_slots}
     runs = []
     for n in trials:
         with tempfile.TemporaryDirectory(prefix="sslsearch-bench-platform-") as folder:
@@ -629,7 +628,8 @@ def format_bench_platform(result: dict) -> str:
     runs = result["runs"]
     fix = "".join([f", Ray num_to_keep={result['ray_num_to_keep']}" if result["ray_num_to_keep"] != 1 else "",
                    ", appended study snapshot" if result["append_snapshot"] else "",
-                   ", Ray's result.json only" if result.get("ray_loggers") == "json" else ""])
+                   ", Ray's result.json only" if result.get("ray_loggers") == "json" else "",
+                   ", paused twins holding slots (before issue 19)" if result.get("paused_twins_hold_slots") else ""])
     lines = [f"platform: synthetic trials ({result['report_seconds']} s per report interval, {result['checkpoint_mb']} MB "
              f"checkpoints, up to {result['reports'] + 1} reports), {result['concurrency']} at a time, {result['sampler']} "
              f"sampler, MLflow: {result['tracking']}{fix}; {result['machine']['cpus']} CPUs, {result['machine']['date']}"]
@@ -640,6 +640,7 @@ def format_bench_platform(result: dict) -> str:
     row("trials", [f"{r['trials']:,}" for r in runs])
     row("reports (all trials)", [f"{r['reports']:,}" for r in runs])
     row("wall s", [f"{r['wall_s']:.1f}" for r in runs])
+    row("slot utilisation % (training / slots × wall)", [f"{100 * r.get('slot_utilization', math.nan):.1f}" for r in runs])
     row("  beyond the trials' own time / concurrency", [f"{r['wall_beyond_trials_s']:.1f}" for r in runs])
     row("driver CPU s (process, all threads)", [f"{r['driver_cpu_s']:.1f}" for r in runs])
     row("  of which MLflow store set-up (once)", [f"{r['setup_cpu_s']:.1f}" for r in runs])

@@ -22,8 +22,9 @@ from ray import tune
 
 from sslsearch.errors import InputError
 from sslsearch.search.experiment import Experiment
+from sslsearch.search.outcomes import METRIC
 from sslsearch.search.space import SearchSpace
-from sslsearch.search.sweep import METRIC, run_sweep
+from sslsearch.search.sweep import run_sweep
 
 METHODS = {"tpe+asha": ("tpe", "asha"), "random+asha": ("random", "asha"),
            "random+fifo": ("random", "fifo"), "tpe+fifo": ("tpe", "fifo")}

@@ -1,7 +1,8 @@
 """MLflow records of sweeps: one parent run per sweep, one nested child run per trial.
 
 `MlflowTracking` is a Ray Tune callback; it runs on the driver, the only process that writes
-(SQLite allows one writer). The layout below is a contract that the leaderboard reads:
+(SQLite allows one writer). The layout below is a contract that the leaderboard reads (its names:
+sslsearch.records.schema):
 
 - experiment `sslsearch`, tagged `mlflow.experimentKind=custom_model_development` (so MLflow 3's
   UI opens it on runs, not GenAI traces); parent run named after the sweep, tags `sslsearch.role=sweep`,
@@ -11,7 +12,7 @@
   `sslsearch report` ran).
 - child run per trial named after the trial id, nested (`mlflow.parentRunId`), tags
   `sslsearch.role=trial`, `sslsearch.sweep`, `sslsearch.trial_id`, `sslsearch.loss`,
-  `sslsearch.pair` (paired sweeps), `sslsearch.outcome` ∈ sslsearch.search.sweep.OUTCOMES; params: the trial's config
+  `sslsearch.pair` (paired sweeps), `sslsearch.outcome` ∈ sslsearch.search.outcomes.OUTCOMES; params: the trial's config
   (`lmbda`, `lr`, ... and `base.*`); metrics at `step = epoch`; artifacts `statistics.csv`,
   `checkpoints/last.pt`, `checkpoints/best.pt` (best `val_acc` after epoch 0) and, with the
   `all` policy, `checkpoints/epoch_<N>.pt`. Checkpoints in MLflow are weights only (backbone +
@@ -33,6 +34,7 @@ import collections
 import contextlib
 import dataclasses
 import importlib.metadata
+import inspect
 import json
 import logging
 import math
@@ -56,34 +58,59 @@ from mlflow.exceptions import MlflowException
 from ray import tune
 
 import sslsearch
-from sslsearch.errors import InputError
+from sslsearch.errors import InputError, shown
 from sslsearch.method.train import save_weights_only
+from sslsearch.records.schema import (
+    BEST_EPOCH,
+    BEST_VAL_ACC,
+    CLUSTER_CPUS,
+    CLUSTER_GPUS,
+    CLUSTER_RESOURCES,
+    ERROR,
+    EXPERIMENT_KIND,
+    EXPERIMENT_NAME,
+    EXPERIMENT_SOURCE,
+    GIT_COMMIT,
+    GIT_DIRTY,
+    LOSS,
+    METRICS,
+    MLFLOW_VERSION,
+    NODE_ID,
+    OPTUNA_VERSION,
+    OUTCOME,
+    PAIR,
+    PARENT_RUN_ID,
+    RAY_VERSION,
+    RETRIES,
+    ROLE,
+    SPACE_SOURCE,
+    SSLSEARCH_VERSION,
+    STAGE,
+    SUMMARY_METRIC,
+    SWEEP,
+    SWEEP_PATH,
+    SWEEP_ROLE,
+    TORCH_VERSION,
+    TRIAL_ID,
+    TRIAL_ROLE,
+    runs_filter,
+)
 
 # The light half of the store's handling (the CLI uses it before importing MLflow or Ray); re-exported here.
 from sslsearch.records.store import artifact_root as _artifact_root  # noqa: F401
 from sslsearch.records.store import check_store, default_tracking_uri
 from sslsearch.search.experiment import Experiment, experiment_from_dict, keeps_last
 from sslsearch.search.folder import OUTBOX_FILE
+from sslsearch.search.outcomes import FINISHED, result_outcome
 from sslsearch.search.retention import best_checkpoint
 from sslsearch.search.space import Parameter, SearchSpace
-from sslsearch.search.sweep import result_outcome, sweep_metadata, sweep_path
-from sslsearch.search.sweeplock import SweepLock
+from sslsearch.search.sweep import sweep_metadata, sweep_path
+from sslsearch.search.sweeplock import SweepLock, check_owned
+from sslsearch.search.trial_config import PAIR as PAIR_KEY
+from sslsearch.search.trial_config import trial_value
 
 log = logging.getLogger(__name__)
 
-EXPERIMENT_NAME = "sslsearch"
-# The trainable's reported metrics (see trainable.run_trial); Ray's own bookkeeping keys are not logged.
-METRICS = ("epoch", "loss", "val_acc", "knn_acc", "images_per_s", "test_acc", "trial_seconds")
-ROLE, SWEEP, TRIAL_ID, LOSS, PAIR, OUTCOME = ("sslsearch.role", "sslsearch.sweep", "sslsearch.trial_id",
-                                              "sslsearch.loss", "sslsearch.pair", "sslsearch.outcome")
-BEST_EPOCH, BEST_VAL_ACC, ERROR = "sslsearch.best_epoch", "sslsearch.best_val_acc", "sslsearch.error"
-STAGE = "sslsearch.stage"  # on child runs of a stage after the search, e.g. "confirm" (sslsearch.search.confirm)
-PARENT_RUN_ID = "mlflow.parentRunId"
-# MLflow 3's UI opens an experiment on GenAI traces unless this tag says it is model training
-# (key and value as the UI's bundle reads them, mlflow/server/js in MLflow 3.17).
-EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
-FINISHED = ("completed", "stopped early")  # the outcomes the leaderboard ranks
-SUMMARY_METRIC = "best_val_acc_{loss}"     # on the parent run: best final val_acc of the loss's finished trials
 # Error codes that no retry can fix: drop the record (with a warning) instead of blocking the outbox.
 PERMANENT_ERRORS = {"INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "RESOURCE_ALREADY_EXISTS", "INVALID_STATE",
                     "PERMISSION_DENIED", "UNAUTHENTICATED", "BAD_REQUEST", "ENDPOINT_NOT_FOUND"}
@@ -92,7 +119,9 @@ COOLDOWN_S = 30.0  # after retries fail, queued records wait this long before th
 # How long the end of a sweep waits for the outbox to empty; what is left waits on disk for `sslsearch sync`.
 FLUSH_TIMEOUT_S = 60.0
 SENT_FILE = "mlflow-outbox.sent"
-RETRIES = "sslsearch.retries"
+# Outbox lines that cannot be replayed (not JSON, no `seq`, wrong types, an unknown record): moved here with the reason,
+# so one bad line (a crash mid-write, a hand edit) never blocks the records after it.
+QUARANTINE_FILE = "mlflow-outbox.quarantine.jsonl"
 
 
 def check_tracking(uri: str, sweep: str | None = None, *, reading: bool = False) -> None:
@@ -104,7 +133,7 @@ def check_tracking(uri: str, sweep: str | None = None, *, reading: bool = False)
         _quiet_mlflow()
         client = mlflow.MlflowClient(uri)
         experiment = client.get_experiment_by_name(EXPERIMENT_NAME)
-        if experiment is not None and client.search_runs([experiment.experiment_id], _sweep_filter(sweep), max_results=1):
+        if experiment is not None and client.search_runs([experiment.experiment_id], runs_filter(sweep), max_results=1):
             raise InputError(f"the MLflow store {uri} already holds a sweep named {sweep!r}; choose another --name")
 
 
@@ -115,10 +144,6 @@ def _quiet_mlflow() -> None:
     # A failed write (disk full, locked database) also logs its SQLAlchemy traceback there; the outbox
     # retries it and reports it in one line of ours, so the page of traceback is noise.
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
-
-
-def _sweep_filter(sweep: str, role: str = "sweep") -> str:
-    return f"tags.`{ROLE}` = '{role}' AND tags.`{SWEEP}` = '{sweep}'"
 
 
 def _flatten(values: dict, prefix: str = "") -> dict[str, str]:
@@ -199,8 +224,9 @@ class Outbox:
     idempotent record). Once every record is sent, both files are removed.
     """
 
-    def __init__(self, folder: Path | None):
+    def __init__(self, folder: Path | None, kinds: frozenset[str] | None = None):
         self.folder = folder
+        self.kinds = kinds      # the record kinds a replay can write (None: any name)
         self.pending: collections.deque = collections.deque()  # (number, record), not yet sent, oldest first
         self.durable = folder is not None
         self._next = 1
@@ -215,6 +241,25 @@ class Outbox:
     def sent_path(self) -> Path:
         return self.folder / SENT_FILE
 
+    @property
+    def quarantine_path(self) -> Path:
+        return self.folder / QUARANTINE_FILE
+
+    def _problem(self, entry) -> str | None:
+        """Why a parsed line cannot be replayed, or None."""
+        if not isinstance(entry, dict):
+            return f"a JSON {type(entry).__name__}, not an object"
+        seq, record = entry.get("seq"), entry.get("record")
+        if "seq" not in entry:
+            return "no 'seq'"
+        if isinstance(seq, bool) or not isinstance(seq, int) or seq < 1:
+            return f"'seq' is {shown(seq, 40)}, not a whole number ≥ 1"
+        if not isinstance(record, list) or not record or not isinstance(record[0], str):
+            return f"'record' is {shown(record, 40)}, not a list starting with a record kind"
+        if self.kinds is not None and record[0] not in self.kinds:
+            return f"unknown record kind {shown(record[0], 40)}"
+        return None
+
     def _load(self) -> None:
         sent = 0
         if self.sent_path.is_file():
@@ -228,14 +273,57 @@ class Outbox:
             # A line cut short by a crash was never acknowledged to Ray: drop it, so appends start clean.
             with open(self.path, "r+b") as f:
                 f.truncate(len(complete))
-        for line in complete.decode("utf-8", errors="replace").splitlines():
+        kept, bad = [], []
+        for number, line in enumerate(complete.decode("utf-8", errors="replace").splitlines(), 1):
             try:
                 entry = json.loads(line)
-            except ValueError:
+                problem = self._problem(entry)
+            except (ValueError, RecursionError):
+                entry, problem = None, "not JSON"
+            if problem is not None:
+                bad.append((number, line, problem))
                 continue
+            kept.append(line)
             self._next = max(self._next, entry["seq"] + 1)
             if entry["seq"] > sent:
                 self.pending.append((entry["seq"], entry["record"]))
+        if bad:
+            self._quarantine(bad, kept)
+
+    def _quarantine(self, bad: list[tuple[int, str, str]], kept: list[str]) -> None:
+        """Move unreplayable lines to the quarantine file (with their reasons), rewrite the outbox without them, and
+        say so in one warning naming both files; the rest replays in order."""
+        try:
+            with open(self.quarantine_path, "a") as f:
+                for number, line, problem in bad:
+                    f.write(json.dumps({"line": number, "problem": problem, "text": line}) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            tmp = self.path.with_name(f".{OUTBOX_FILE}.tmp")
+            with open(tmp, "w") as f:
+                f.write("".join(line + "\n" for line in kept))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+            where = f"moved to {self.quarantine_path}"
+        except OSError as error:   # a full disk: replay the good lines anyway; the bad ones stay, skipped again
+            where = f"left in place ({error.strerror or error})"
+        named = "; ".join(f"line {number}: {problem}" for number, _, problem in bad[:3])
+        more = f"; and {len(bad) - 3} more" if len(bad) > 3 else ""
+        log.warning("skipped %d malformed line(s) of the MLflow outbox %s (%s%s), %s; the other %d record(s) are "
+                    "replayed", len(bad), self.path, named, more, where, len(kept))
+
+    def quarantine(self, number: int, record: list, problem: str) -> None:
+        """Set aside a record a writer could not use (one warning): the records after it go on."""
+        if self.durable:
+            try:
+                with open(self.quarantine_path, "a") as f:
+                    f.write(json.dumps({"seq": number, "problem": problem, "record": record}, default=str) + "\n")
+            except OSError:
+                pass
+        log.warning("MLflow outbox record %d (%s) cannot be written (%s); set aside in %s, the others go on", number,
+                    shown(record[0] if record else record, 40), problem,
+                    self.quarantine_path if self.durable else "memory")
 
     def append(self, record: list) -> None:
         line = json.dumps({"seq": self._next, "record": record}, default=str)
@@ -288,7 +376,8 @@ def outbox_folder(sweep_path: str | None) -> Path | None:
 def unsent_records(sweep_path: str) -> int:
     """How many records of the sweep at `sweep_path` wait in its outbox (0 when all were sent)."""
     folder = outbox_folder(sweep_path)
-    return len(Outbox(folder).pending) if folder is not None and (folder / OUTBOX_FILE).is_file() else 0
+    return (len(Outbox(folder, kinds=RECORD_KINDS).pending) if folder is not None and (folder / OUTBOX_FILE).is_file()
+            else 0)
 
 
 def artifact_bytes(uri: str, sweep: str) -> int | None:
@@ -371,7 +460,7 @@ class MlflowTracking(tune.Callback):
     @property
     def outbox(self) -> Outbox:
         if self._box is None:
-            self._box = Outbox(outbox_folder(self.sweep_path))
+            self._box = Outbox(outbox_folder(self.sweep_path), kinds=RECORD_KINDS)
         return self._box
 
     # -- Ray Tune hooks: each appends records to the outbox and wakes the sender --------------------
@@ -390,7 +479,7 @@ class MlflowTracking(tune.Callback):
         self._configs.setdefault(trial.trial_id, trial.config)
         metrics = {k: float(result[k]) for k in METRICS if _numeric(result.get(k))}
         step = int(result.get("epoch", result.get("training_iteration", 0)))
-        tags = {"sslsearch.node_id": result["node_id"]} if isinstance(result.get("node_id"), str) else {}
+        tags = {NODE_ID: result["node_id"]} if isinstance(result.get("node_id"), str) else {}
         self._submit(("metrics", trial.trial_id, step, metrics, tags))
 
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
@@ -475,7 +564,7 @@ class MlflowTracking(tune.Callback):
                 if self._stop or not self.outbox.pending:
                     return
                 number, record = self.outbox.pending[0]
-            sent = self._attempt(record)
+            sent = self._attempt(record, number)
             with self._wake:
                 if sent:
                     self.outbox.acknowledge(number)
@@ -512,16 +601,25 @@ class MlflowTracking(tune.Callback):
         records left. (For `sync`, where nothing else runs.)"""
         while self.outbox.pending:
             number, record = self.outbox.pending[0]
-            if not self._attempt(record):
+            if not self._attempt(record, number):
                 break
             self.outbox.acknowledge(number)
         return len(self.outbox.pending)
 
-    def _attempt(self, record: list) -> bool:
-        """Write one record, retrying transient errors; False if it must wait for a later try."""
+    def _attempt(self, record: list, number: int = 0) -> bool:
+        """Write one record, retrying transient errors; False if it must wait for a later try. A record no writer
+        can take (unknown kind, wrong arguments, a writer's own failure) is set aside, never retried forever."""
+        writer = getattr(self, f"_write_{record[0]}", None) if record and isinstance(record[0], str) else None
+        try:
+            if writer is None:
+                raise TypeError("no such record kind")
+            inspect.signature(writer).bind(*record[1:])
+        except TypeError as error:
+            self.outbox.quarantine(number, record, str(error))
+            return True
         for attempt in range(self.attempts):
             try:
-                getattr(self, f"_write_{record[0]}")(*record[1:])
+                writer(*record[1:])
                 return True
             except TRANSIENT as error:
                 if isinstance(error, MlflowException) and error.error_code in PERMANENT_ERRORS:
@@ -535,8 +633,8 @@ class MlflowTracking(tune.Callback):
                 if record[0] == "metrics":
                     self._refresh(record[1])  # the failed request may have landed: never log a step twice
                 time.sleep(self.backoff_s * 2 ** attempt)
-            except Exception:  # a bug here must not end the sweep: report it, drop the record
-                log.warning("could not write a %s record of sweep %s to MLflow", record[0], self.sweep, exc_info=True)
+            except Exception as error:  # a bad record or a bug must not end the sweep: set it aside, say so once
+                self.outbox.quarantine(number, record, _one_line(error))
                 return True
         return False
 
@@ -567,7 +665,7 @@ class MlflowTracking(tune.Callback):
             if experiment is not None and experiment.tags.get(EXPERIMENT_KIND[0]) != EXPERIMENT_KIND[1]:
                 client.set_experiment_tag(self._experiment_id, *EXPERIMENT_KIND)  # a store from before the tag
         if self._parent is None:
-            found = self._search(_sweep_filter(self.sweep))
+            found = self._search(runs_filter(self.sweep))
             if len(found) > 1:
                 log.warning("MLflow holds %d parent runs for sweep %s; continuing the oldest", len(found), self.sweep)
             if found:
@@ -580,7 +678,7 @@ class MlflowTracking(tune.Callback):
                 self._fill_parent(parent.info.run_id)
             self._parent = parent.info.run_id
             # One query for every child run of this sweep: a resumed sweep continues them.
-            for run in self._search(_sweep_filter(self.sweep, "trial")):
+            for run in self._search(runs_filter(self.sweep, TRIAL_ROLE)):
                 self._runs.setdefault(run.data.tags[TRIAL_ID], _Run.from_mlflow(run))
 
     def _search(self, filter_string: str) -> list:
@@ -593,19 +691,16 @@ class MlflowTracking(tune.Callback):
                 return runs
 
     def _create_parent(self):
-        tags = {ROLE: "sweep", SWEEP: self.sweep, "sslsearch.version": sslsearch.__version__,
-                "sslsearch.torch_version": torch.__version__, "sslsearch.ray_version": ray.__version__,
-                "sslsearch.mlflow_version": mlflow.__version__, "sslsearch.optuna_version": _version("optuna"),
-                "sslsearch.experiment_source": self.experiment.source or "", "sslsearch.space_source": self.space.source or "",
-                "sslsearch.sweep_path": self.sweep_path or ""}
+        tags = {ROLE: SWEEP_ROLE, SWEEP: self.sweep, SSLSEARCH_VERSION: sslsearch.__version__,
+                TORCH_VERSION: torch.__version__, RAY_VERSION: ray.__version__, MLFLOW_VERSION: mlflow.__version__,
+                OPTUNA_VERSION: _version("optuna"), EXPERIMENT_SOURCE: self.experiment.source or "",
+                SPACE_SOURCE: self.space.source or "", SWEEP_PATH: self.sweep_path or ""}
         if (commit := _git_commit()) is not None:
-            tags.update({"mlflow.source.git.commit": commit[0], "sslsearch.git_commit": commit[0],
-                         "sslsearch.git_dirty": str(commit[1]).lower()})
+            tags.update({"mlflow.source.git.commit": commit[0], GIT_COMMIT: commit[0], GIT_DIRTY: str(commit[1]).lower()})
         if ray.is_initialized():  # not when the callback is driven by hand
             resources = ray.cluster_resources()
-            tags.update({"sslsearch.cluster_resources": json.dumps(resources, sort_keys=True)[:8000],
-                         "sslsearch.cluster_cpus": str(resources.get("CPU", 0)),
-                         "sslsearch.cluster_gpus": str(resources.get("GPU", 0))})
+            tags.update({CLUSTER_RESOURCES: json.dumps(resources, sort_keys=True)[:8000],
+                         CLUSTER_CPUS: str(resources.get("CPU", 0)), CLUSTER_GPUS: str(resources.get("GPU", 0))})
         return self.client.create_run(self._experiment_id, tags=tags, run_name=self.sweep)
 
     def _fill_parent(self, run_id: str) -> None:
@@ -643,11 +738,10 @@ class MlflowTracking(tune.Callback):
         run = self._runs.get(trial_id)
         if run is None:
             config = self._configs.get(trial_id, {})
-            base = config.get("base", {})
-            tags = {ROLE: "trial", SWEEP: self.sweep, TRIAL_ID: trial_id, PARENT_RUN_ID: self._parent,
-                    LOSS: str(config.get("loss", base.get("loss"))), OUTCOME: "running"}
-            if self.experiment.search.paired and "pair" in config:
-                tags[PAIR] = str(config["pair"])
+            tags = {ROLE: TRIAL_ROLE, SWEEP: self.sweep, TRIAL_ID: trial_id, PARENT_RUN_ID: self._parent,
+                    LOSS: str(trial_value(config, "loss")), OUTCOME: "running"}
+            if self.experiment.search.paired and PAIR_KEY in config:
+                tags[PAIR] = str(config[PAIR_KEY])
             if self.stage:
                 tags[STAGE] = self.stage
             created = self.client.create_run(self._experiment_id, tags=tags, run_name=trial_id)
@@ -782,7 +876,7 @@ class MlflowTracking(tune.Callback):
         which costs O(trials) per call: once, at the end, never per finished trial (docs/scale.md)."""
         if self._parent is None:
             self._write_sweep(reopen=False)
-        children = ([_Run.from_mlflow(r) for r in self._search(_sweep_filter(self.sweep, "trial"))] if read_back
+        children = ([_Run.from_mlflow(r) for r in self._search(runs_filter(self.sweep, TRIAL_ROLE))] if read_back
                     else self._runs.values())
         best: dict[str, float] = {}
         finished = 0
@@ -801,6 +895,10 @@ class MlflowTracking(tune.Callback):
             self._write_sweep(reopen=False)
         self._write_summary(read_back=True)
         self.client.set_terminated(self._parent, status)
+
+
+# What the outbox may hold: the writers' names (`_write_<kind>`), checked when an outbox is read back.
+RECORD_KINDS = frozenset(name.removeprefix("_write_") for name in vars(MlflowTracking) if name.startswith("_write_"))
 
 
 @dataclass
@@ -831,12 +929,14 @@ def sync(name: str, storage: str, tracking_uri: str | None = None) -> SyncReport
     local = "://" not in storage
     storage = str(Path(storage).resolve()) if local else storage
     meta = sweep_metadata(name, storage)
+    path = sweep_path(storage, name)
+    if local:   # sync reads Ray's saved state (pickles inside) and replays the outbox: both must be the user's own
+        check_owned(Path(path), "sync")
     experiment = experiment_from_dict(meta["experiment"], meta.get("experiment_source"))
     space = SearchSpace(tuple(Parameter(**{**p, "values": tuple(p["values"]) if p.get("values") is not None else None})
                               for p in meta["space"].values()), source=meta.get("space_source"))
     uri = tracking_uri or experiment.tracking.uri or default_tracking_uri(storage)
     check_tracking(uri)
-    path = sweep_path(storage, name)
     lock = SweepLock(path, name, "sync") if local else contextlib.nullcontext()
     with lock:
         tracking = MlflowTracking(experiment, space, sweep=name, storage=storage, tracking_uri=uri)
@@ -917,7 +1017,7 @@ def sync_sweep(tracking: MlflowTracking, trials: list) -> SyncReport:
 
 def _runs_by_trial(tracking: MlflowTracking) -> dict[str, list]:
     runs = collections.defaultdict(list)
-    for run in tracking._search(_sweep_filter(tracking.sweep, "trial")):
+    for run in tracking._search(runs_filter(tracking.sweep, TRIAL_ROLE)):
         runs[run.data.tags[TRIAL_ID]].append(run)
     return runs
 

@@ -13,6 +13,7 @@ Only the standard library and psutil at import time: `sslsearch ui --help` and i
 from __future__ import annotations
 
 import errno
+import ipaddress
 import json
 import os
 import socket
@@ -27,7 +28,7 @@ from typing import Callable
 
 from sslsearch.errors import InputError
 from sslsearch.method.config import LOSSES
-from sslsearch.processes import reaping
+from sslsearch.processes import INTERRUPTED, reaping
 from sslsearch.records.catalog import recorded_sweeps
 from sslsearch.records.store import artifact_root, default_tracking_uri, sqlite_path
 from sslsearch.search.folder import STUDY_FILE
@@ -57,6 +58,15 @@ class Server:
     def probe_url(self) -> str:
         host = "127.0.0.1" if self.host in ("0.0.0.0", "") else ("[::1]" if self.host == "::" else self.host)
         return f"http://{host}:{self.port}{self.ready_path}"
+
+
+def is_loopback(host: str) -> bool:
+    """Whether every address `host` names is a loopback address (127.0.0.0/8, ::1): reachable from this machine only."""
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
+    except (socket.gaierror, UnicodeError):
+        return False
+    return bool(addresses) and all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addresses)
 
 
 def check_port(host: str, port: int) -> None:
@@ -129,7 +139,7 @@ def _sweeps_page(server: Server, deadline: float) -> str:
     base = server.probe_url().rsplit(server.ready_path, 1)[0]
     while True:
         try:
-            found = _api(base, "/api/2.0/mlflow/experiments/get-by-name?experiment_name=sslsearch")
+            found = _api(base, "/api/2.0/mlflow/experiments/get-by-name?experiment_name={EXPERIMENT_NAME}")
             experiment_id = found["experiment"]["experiment_id"]
             _api(base, "/api/2.0/mlflow/experiments/set-experiment-tag",
                  {"experiment_id": experiment_id, "key": VIEW_TAG, "value": json.dumps(answer_view())})
@@ -188,13 +198,17 @@ def _answers(url: str) -> bool:
 def serve(server: Server, *, out=sys.stdout) -> int:
     """Start `server`, print its URL once it answers, and run until it exits, Ctrl-C or SIGTERM.
 
-    Returns the exit code for the command line: 0 after Ctrl-C / SIGTERM, the server's own code if it
-    stops by itself. The server's log goes to stderr; Python deprecation warnings are silenced there
+    Returns the exit code for the command line: 130 after Ctrl-C or SIGTERM (as every command), the server's
+    own code if it stops by itself. The server's log goes to stderr; Python deprecation warnings are silenced there
     (Starlette's and others' are about the server's code, not the user's).
     """
     check_port(server.host, server.port)
     if server.chosen:  # before the seconds the server takes to answer
         print(server.chosen, file=sys.stderr, flush=True)
+    if not is_loopback(server.host):
+        print(f"warning: {server.what} listens on {server.host}, beyond this machine, and has no login: whoever reaches "
+              f"port {server.port} can read and change the sweeps' records; use --host 127.0.0.1 and an SSH tunnel "
+              "unless every machine on that network is trusted", file=sys.stderr, flush=True)
     # Deprecation notices about the servers' own code (Starlette's is a UserWarning) are not the user's to act on.
     env = {**os.environ, "PYTHONWARNINGS": "ignore::DeprecationWarning,ignore::FutureWarning,"
                                            "ignore:starlette.middleware.wsgi is deprecated"}
@@ -221,4 +235,4 @@ def serve(server: Server, *, out=sys.stdout) -> int:
             print(f"{server.what}: {server.url}  (Ctrl-C to stop)", file=out, flush=True)
             return process.wait()
         except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (reaping turns it into one)
-            return 0
+            return INTERRUPTED

@@ -31,32 +31,31 @@ from ray.tune.schedulers import FIFOScheduler
 from ray.tune.search import BasicVariantGenerator
 
 from sslsearch.errors import InputError
+from sslsearch.processes import sigint_restored
 from sslsearch.search.experiment import Experiment, experiment_from_dict
 from sslsearch.search.folder import CONFIRM_DIR, PLAN_FILE
+from sslsearch.search.outcomes import METRIC, OUTCOMES
 from sslsearch.search.retention import CheckpointRetention
 from sslsearch.search.space import Parameter, SearchSpace
 from sslsearch.search.sweep import (
-    METRIC,
-    OUTCOMES,
     SweepSummary,
     _concurrency,
     _local_path,
     _quiet,
     _read_text,
     _trainable,
-    _trial_dirname,
     _write_text,
     check_resources,
     connect_ray,
+    make_tuner,
     summarize,
     sweep_metadata,
     sweep_path,
 )
-from sslsearch.search.sweeplock import SweepLock
+from sslsearch.search.sweeplock import SweepLock, check_owned
+from sslsearch.search.trial_config import PAIR, SEED, make_trial_config, sampled_params, trial_value
 
 STAGE = "confirm"                # the MLflow tag value of its child runs (tracking.STAGE)
-# Config keys that are not the configuration itself (see trainable.trial_config).
-NOT_SAMPLED = ("base", "final_test", "cpus", "pair", "seed")
 
 
 def confirm_experiment(name: str, storage: str) -> tuple[Experiment, SearchSpace]:
@@ -64,6 +63,9 @@ def confirm_experiment(name: str, storage: str) -> tuple[Experiment, SearchSpace
     budget: confirmation runs every trial to its last epoch (and the tracking callback must not
     take an interruption for the budget running out)."""
     meta = sweep_metadata(name, storage)
+    local = _local_path(storage)
+    if local is not None:   # confirm unpickles the sweep's saved state and its confirm/ stage's: the user's own only
+        check_owned(Path(sweep_path(str(local.resolve()), name)), "confirm")
     experiment = experiment_from_dict(meta["experiment"], meta.get("experiment_source"))
     experiment = dataclasses.replace(experiment, search=dataclasses.replace(experiment.search, time_budget_s=None))
     parameters = tuple(Parameter(**{**p, "values": tuple(p["values"]) if p.get("values") is not None else None})
@@ -86,9 +88,8 @@ def search_ranking(path: str) -> list[dict]:
         if trial.status != "TERMINATED" or epoch < 1 or not _finite(result.get(METRIC)):
             continue
         config = trial.config
-        rows.append({"trial_id": trial.trial_id, "loss": config.get("loss", config["base"].get("loss")),
-                     "params": {k: v for k, v in config.items() if k not in NOT_SAMPLED},
-                     "seed": config.get("seed", config["base"].get("seed")), "val_acc": float(result[METRIC]),
+        rows.append({"trial_id": trial.trial_id, "loss": trial_value(config, "loss"), "params": sampled_params(config),
+                     "seed": trial_value(config, SEED), "val_acc": float(result[METRIC]),
                      "epoch": epoch, "trial_seconds": float(result.get("trial_seconds", 0.0) or 0.0)})
     rows.sort(key=lambda r: r["trial_id"])
     rows.sort(key=lambda r: (-r["val_acc"], -r["epoch"], r["trial_seconds"]))
@@ -98,8 +99,8 @@ def search_ranking(path: str) -> list[dict]:
 def _used_seeds(path: str, base_seed: int) -> set[int]:
     seeds = {int(base_seed)}
     for trial in tune.ExperimentAnalysis(path).trials:
-        if trial.config.get("seed") is not None:
-            seeds.add(int(trial.config["seed"]))
+        if trial.config.get(SEED) is not None:
+            seeds.add(int(trial.config[SEED]))
     return seeds
 
 
@@ -122,7 +123,7 @@ def plan_confirmation(ranking: list[dict], used_seeds: set[int], top: int, seeds
     for loss in sorted(chosen):
         for k, row in enumerate(chosen[loss]):
             for j, seed in enumerate(fresh):
-                points.append({**row["params"], "loss": loss, "seed": seed, "pair": k * seeds + j})
+                points.append({**row["params"], "loss": loss, SEED: seed, PAIR: k * seeds + j})
     configurations = [{"loss": loss, "rank": k + 1, "params": row["params"], "search_trial": row["trial_id"],
                        "search_val_acc": row["val_acc"], "search_epoch": row["epoch"]}
                       for loss in sorted(chosen) for k, row in enumerate(chosen[loss])]
@@ -174,32 +175,21 @@ def run_confirm(name: str, storage: str, *, top: int, seeds: int, address: str |
     if not quiet:
         print(f"confirm {name}: {len(plan['configurations'])} configurations × {len(plan['seeds'])} seeds "
               f"{plan['seeds']} = {len(points)} trials of {experiment.pretrain.epochs} epochs; records in {path}", flush=True)
-    sampled = sorted({k for p in points for k in p if k not in ("seed", "pair")})
-    tuner = tune.Tuner(
-        _trainable(experiment),
+    sampled = sorted({k for p in points for k in sampled_params(p)})
+    tuner = make_tuner(
+        experiment, name=CONFIRM_DIR, storage=sweep_path(storage, name), scheduler=FIFOScheduler(), num_samples=len(points),
+        search_alg=BasicVariantGenerator(points_to_evaluate=points, max_concurrent=experiment.search.max_concurrent),
         # The sampled keys are placeholders that each point fills in (BasicVariantGenerator refuses unknown keys).
-        param_space={"base": experiment.pretrain.to_dict(), "final_test": True, "cpus": experiment.resources.cpus_per_trial,
-                     **{k: None for k in sampled}, "seed": None, "pair": None},
-        # (Tune ignores max_concurrent_trials for a SearchGenerator: the generator takes the limit itself.)
-        tune_config=tune.TuneConfig(search_alg=BasicVariantGenerator(points_to_evaluate=points,
-                                                                     max_concurrent=experiment.search.max_concurrent),
-                                    scheduler=FIFOScheduler(), num_samples=len(points), reuse_actors=True,
-                                    trial_dirname_creator=_trial_dirname),
-        run_config=tune.RunConfig(
-            name=CONFIRM_DIR, storage_path=sweep_path(storage, name), verbose=0,
-            callbacks=[CheckpointRetention(experiment.tracking.checkpoints), *(callbacks or [])],
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2 if experiment.tracking.checkpoints != "all" else None,
-                                                    checkpoint_score_attribute=METRIC, checkpoint_score_order="max"),
-            # As run_sweep: a dead worker is retried from the trial's last checkpoint.
-            failure_config=tune.FailureConfig(max_failures=experiment.resources.max_failures)),
-    )
+        param_space=make_trial_config(experiment.pretrain.to_dict(), cpus=experiment.resources.cpus_per_trial,
+                                      **{k: None for k in (*sampled, SEED, PAIR)}),
+        callbacks=[CheckpointRetention(experiment.tracking.checkpoints), *(callbacks or [])])
     return _fit(tuner, name, path, experiment)
 
 
 def _fit(tuner, name: str, path: str, experiment: Experiment) -> SweepSummary:
     started = time.monotonic()
     lock = SweepLock(str(Path(path).parent), name, "confirm") if "://" not in path else None
-    with lock.acquire() if lock is not None else contextlib.nullcontext():   # one writer per sweep
+    with lock.acquire() if lock is not None else contextlib.nullcontext(), sigint_restored():   # one writer per sweep
         results = tuner.fit()
     return summarize(results, name, path, time.monotonic() - started, _concurrency(experiment), None)
 

@@ -1,6 +1,7 @@
 """What a trial's records mean, named once and free of Ray: the objective (metric and mode) and the
 outcomes a trial can end with. The search, the records and the analysis all read them from here
-(docs/architecture.md: this module sits below everything that uses it)."""
+(docs/architecture.md: this module sits below everything that uses it; the sweep folder's file
+names live in search/folder.py)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from __future__ import annotations
 METRIC, MODE = "val_acc", "max"
 OUTCOMES = ("completed", "stopped early", "diverged", "errored", "running")
 FINISHED = ("completed", "stopped early")   # ran without error or divergence, to its budget or ASHA's stop
+
 
 
 def trial_outcome(last_epoch: int, max_epochs: int | None, errored: bool = False, diverged: bool = False) -> str:

@@ -32,21 +32,25 @@ import ray
 from ray import tune
 from ray.tune.error import TuneError
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+from ray.tune.search import BasicVariantGenerator
 from ray.tune.search.optuna import OptunaSearch
 
 from sslsearch.errors import InputError
 from sslsearch.method.data import prepare_dataset
+from sslsearch.processes import keep_sigterm, sigint_restored
 from sslsearch.search import framework
 from sslsearch.search.asha import PairedASHA, RungState
-from sslsearch.search.experiment import Experiment, experiment_from_dict
+from sslsearch.search.experiment import Experiment, experiment_from_dict, ray_address
 from sslsearch.search.folder import STUDY_FILE, SWEEP_FILE
 from sslsearch.search.outcomes import METRIC, MODE, OUTCOMES, result_outcome, trial_outcome  # noqa: F401
 from sslsearch.search.retention import CheckpointRetention, DiskUse, disk_use, size_text
 from sslsearch.search.rungs import rung_epochs
 from sslsearch.search.saved_state import IntactStateCopy, recover_saved_state
+from sslsearch.search.slots import SlotUse
 from sslsearch.search.space import SearchSpace, check_space
 from sslsearch.search.sweeplock import SweepLock, check_owned, claim_sweep_folder
 from sslsearch.search.trainable import run_trial
+from sslsearch.search.trial_config import PAIR, SEED, make_trial_config, sampled_params, trial_value
 
 
 def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
@@ -88,7 +92,7 @@ class SweepSearcher(OptunaSearch):
     """OptunaSearch that reports ASHA-stopped trials as PRUNED and can pair the loss variants."""
 
     def __init__(self, space: SearchSpace, *, max_epochs: int, sampler: str, seed: int, paired: bool,
-                 study_name: str, study_path: str | None):
+                 study_name: str, study_path: str | None, scheduler: PairedASHA | None = None):
         super().__init__(space=space.to_optuna(), metric=METRIC, mode=MODE, sampler=make_sampler(sampler, seed),
                          study_name=study_name)
         self._max_epochs = max_epochs
@@ -99,6 +103,9 @@ class SweepSearcher(OptunaSearch):
         self._suggested = 0
         self._steps: dict[str, dict[int, float]] = {}   # trial id → the val_acc told to Optuna per epoch
         self.outcomes: dict[str, str] = {}
+        # The sweep's PairedASHA, for its twins waiting at a rung (they hold no slot). Ray pickles searcher and
+        # scheduler together in tuner.pkl, so the link survives Tuner.restore; `save` leaves it out.
+        self._scheduler = scheduler
 
     def set_max_concurrency(self, max_concurrent: int) -> bool:
         # The searcher limits concurrency itself: Ray's ConcurrencyLimiter drops on_trial_complete for
@@ -106,9 +113,20 @@ class SweepSearcher(OptunaSearch):
         self._max_concurrent = max_concurrent
         return True
 
-    def suggest(self, trial_id: str):
+    def slots_taken(self) -> int:
+        """Trials that hold a slot or wait for one: started or pending, not ended, not a twin paused at a rung.
+
+        A twin waiting at a rung holds no actor, so it must not keep a new trial from starting (on a GPU
+        cluster, an idle slot is an idle GPU). Paused twins stay bounded: each waits for a partner that holds
+        or wants a slot, so at most `max_concurrent` wait, and TPE's constant-liar set stays below 2×."""
         live = len(self._ot_trials) - len(self._completed_trials)
-        if trial_id not in self._ot_trials and live >= getattr(self, "_max_concurrent", math.inf):
+        waiting = getattr(self, "_scheduler", None)
+        if waiting is None:
+            return live
+        return live - sum(t in self._ot_trials and t not in self._completed_trials for t in waiting.waiting)
+
+    def suggest(self, trial_id: str):
+        if trial_id not in self._ot_trials and self.slots_taken() >= getattr(self, "_max_concurrent", math.inf):
             return None
         if trial_id not in self._ot_trials and self._paired and self._partner is not None:
             # The next ask() returns exactly these params: the same configuration with the other loss.
@@ -131,7 +149,7 @@ class SweepSearcher(OptunaSearch):
             ot_trial.set_user_attr("pair", pair)
             ot_trial.set_user_attr("seed", self._seed + pair)
         # Paired trials share a seed, so the two losses start from the same initialisation and data order.
-        return {**config, "seed": ot_trial.user_attrs["seed"], "pair": ot_trial.user_attrs["pair"]}
+        return {**config, SEED: ot_trial.user_attrs["seed"], PAIR: ot_trial.user_attrs["pair"]}
 
     def on_trial_result(self, trial_id: str, result: dict):
         if trial_id in self._completed_trials and self.outcomes.get(trial_id) == "errored":
@@ -218,13 +236,13 @@ class SweepSearcher(OptunaSearch):
         written.update(t.number for t in new)
 
     def save(self, checkpoint_path: str):
-        # Ray pickles the searcher into its experiment state: the open journal stays out of it.
-        snapshot = self.__dict__.pop("_snapshot", None)
+        # Ray pickles the searcher into its experiment state: the open journal stays out of it, and so does the
+        # scheduler (its state is RungState's; on restore the searcher keeps the link tuner.pkl gave it).
+        kept = {key: self.__dict__.pop(key) for key in ("_snapshot", "_scheduler") if key in self.__dict__}
         try:
             super().save(checkpoint_path)
         finally:
-            if snapshot is not None:
-                self._snapshot = snapshot
+            self.__dict__.update(kept)
 
     @property
     def study(self) -> optuna.Study:
@@ -266,17 +284,16 @@ class LiveView(tune.Callback):
 
     @staticmethod
     def _describe(trial) -> str:
-        c = trial.config or {}
-        base = c.get("base", {})   # (empty for a trial that failed before Ray resolved its config)
+        c = trial.config or {}   # (empty for a trial that failed before Ray resolved its config)
 
         def value(key: str, spec: str = "") -> str:
-            v = c.get(key, base.get(key))
+            v = trial_value(c, key)
             return "?" if v is None else format(v, spec)
 
         return f"{trial.trial_id} {value('loss')} λ={value('lmbda', '.3g')} lr={value('lr', '.3g')} d={value('feature_dim')}"
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        loss = trial.config.get("loss", trial.config.get("base", {}).get("loss", "?"))
+        loss = trial_value(trial.config, "loss", "?")
         if result.get(METRIC) is not None:
             self.best[loss] = max(self.best.get(loss, -math.inf), result[METRIC])
         if self._ended is None:  # the session's first report: what earlier sessions left (after a resume)
@@ -284,14 +301,17 @@ class LiveView(tune.Callback):
             for other in trials:  # their reports too (Ray restores each trial's max)
                 earlier = (getattr(other, "metric_analysis", None) or {}).get(METRIC, {}).get("max")
                 if earlier is not None and math.isfinite(earlier):
-                    key = other.config.get("loss", other.config["base"]["loss"])
+                    key = trial_value(other.config, "loss")
                     self.best[key] = max(self.best.get(key, -math.inf), earlier)
         self._live[trial.trial_id] = trial
         best = "  ".join(f"{k} {v:.2f}" for k, v in sorted(self.best.items()))
         running = sum(t.status == "RUNNING" for t in self._live.values())
+        paused = sum(t.status == "PAUSED" for t in self._live.values())
+        # Never started (not in _live), or started and queued again for a slot.
+        pending = len(trials) - len(self._live) - len(self._ended) + sum(t.status == "PENDING" for t in self._live.values())
         left = f", left {self.total - len(self._ended)}" if self.total is not None else ""
         self._print(f"{self._describe(trial)} epoch {result['epoch']} val_acc {result[METRIC]:.2f} "
-                    f"| running {running}, finished {len(self._ended)}{left} "
+                    f"| running {running}, paused {paused}, pending {pending}, finished {len(self._ended)}{left} "
                     f"| best report, any epoch: {best}")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
@@ -338,6 +358,7 @@ class SweepSummary:
     resumed: bool = False  # wall_seconds then covers this session only, trial_seconds every session
     disk: DiskUse | None = None                 # the sweep's folder in Ray's storage (None: remote storage)
     mlflow_artifact_bytes: int | None = None    # its MLflow artifacts, when they are local files (set by the caller)
+    slot_utilization: float | None = None       # busy slot-seconds / (slots × wall), this session (sslsearch.search.slots)
 
     def best_per_loss(self) -> dict[str, TrialSummary]:
         best: dict[str, TrialSummary] = {}
@@ -369,6 +390,9 @@ class SweepSummary:
             lines.append(f"wall {self.wall_seconds:.0f}s vs trials' own time / concurrency "
                          f"{sum(t.trial_seconds for t in self.trials) / max(1, self.concurrency):.0f}s "
                          f"(concurrency {self.concurrency}): overhead {100 * self.overhead:.0f}%")
+        if self.slot_utilization is not None:
+            lines.append(f"slot utilisation {100 * self.slot_utilization:.1f}% (training slot-seconds / "
+                         f"({self.concurrency} slots × wall{' of this session' if self.resumed else ''}))")
         for loss, t in sorted(self.best_per_loss().items()):
             params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in t.params.items() if k != "loss")
             test = f", test_acc {t.test_acc:.2f}" if t.test_acc is not None else ""
@@ -432,11 +456,30 @@ def connect_ray(address: str | None, num_cpus: int | None = None) -> None:
         if address:
             ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
         else:
-            # address="local": a private instance, never whatever Ray cluster happens to run on this machine.
-            ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False,
-                     logging_level=logging.WARNING)
+            # address="local": a private instance, never whatever Ray cluster happens to run on this machine;
+            # on loopback only: a local sweep needs no port that another machine can reach.
+            with _loopback_node():
+                ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
+                         log_to_driver=False, logging_level=logging.WARNING)
     except (ConnectionError, RuntimeError, ValueError, TimeoutError) as error:
         raise InputError(f"cannot reach the Ray cluster at {address!r}: {str(error).splitlines()[0]}") from None
+    keep_sigterm()  # Ray's failure-signal handler took SIGTERM: a scheduler's stop must end in good order
+
+
+@contextlib.contextmanager
+def _loopback_node():
+    """Start Ray's processes on 127.0.0.1. Its GCS, raylet, driver and workers listen on every interface unless the
+    node's address is 127.0.0.1, and ray.init turns an explicit `_node_ip_address="127.0.0.1"` back into the LAN
+    address unless ENABLE_RAY_CLUSTER is off (ray/_private/services.py: resolve_ip_for_localhost,
+    get_node_ip_address). A cluster is joined with --address instead, and binds as its `ray start` says."""
+    from ray._private import ray_constants
+
+    enabled = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = enabled
 
 
 def _no_token_notice(record: logging.LogRecord) -> bool:
@@ -447,12 +490,9 @@ def _no_token_notice(record: logging.LogRecord) -> bool:
 
 def _check_reachable(address: str) -> None:
     """Ray retries an unreachable address for minutes; a plain TCP connect answers in seconds."""
-    hostport = address.split("://", 1)[-1].rstrip("/")
-    host, _, port = hostport.rpartition(":")
-    if not host or not port.isdigit():
-        raise InputError(f"--address must be auto, HOST:PORT or ray://HOST:PORT, got {address!r}")
+    host, port = ray_address(address)
     try:
-        socket.create_connection((host, int(port)), timeout=5).close()
+        socket.create_connection((host, port), timeout=5).close()
     except OSError as error:
         raise InputError(f"cannot reach the Ray cluster at {address}: {error.strerror or error}") from None
 
@@ -535,37 +575,64 @@ def run_sweep(experiment: Experiment, space: SearchSpace, *, name: str, storage:
         {"experiment": experiment.to_dict(), "experiment_source": experiment.source,
          "space": {p.name: dataclasses.asdict(p) for p in space.parameters}, "space_source": space.source,
          "storage": storage, "name": name}, indent=2))
+    scheduler = make_scheduler(experiment)
     searcher = SweepSearcher(space, max_epochs=experiment.pretrain.epochs, sampler=experiment.search.sampler,
                              seed=experiment.search.seed, paired=experiment.search.paired, study_name=name,
-                             study_path=study_path)
-    scheduler = make_scheduler(experiment)
+                             study_path=study_path, scheduler=scheduler if isinstance(scheduler, PairedASHA) else None)
     state = [RungState(scheduler)] if isinstance(scheduler, PairedASHA) else []
     if local is not None:  # a full disk can cut Ray's saved state short: resume then uses the intact copy
         state.append(IntactStateCopy(path))
     concurrency = _concurrency(experiment)
-    tuner = tune.Tuner(
-        _trainable(experiment, trainable),
-        param_space={"base": experiment.pretrain.to_dict(), "final_test": True,
-                     "cpus": experiment.resources.cpus_per_trial, **({"synthetic": synthetic} if synthetic else {})},
-        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=experiment.search.num_samples,
-                                    max_concurrent_trials=experiment.search.max_concurrent,
-                                    time_budget_s=experiment.search.time_budget_s, reuse_actors=True,
-                                    trial_dirname_creator=_trial_dirname),
-        run_config=tune.RunConfig(
-            name=name, storage_path=storage, verbose=0,
-            # Full training state only where a resume needs it (tracking.checkpoints; sslsearch.search.retention).
-            callbacks=[LiveView(quiet), *state, CheckpointRetention(experiment.tracking.checkpoints), *(callbacks or [])],
-            # Two, not one: Ray's saved experiment state can name the checkpoint before the newest, and
-            # a resumed trial restores from the one it names (Ray syncs that state every num_to_keep checkpoints).
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2 if experiment.tracking.checkpoints != "all" else None,
-                                                    checkpoint_score_attribute=METRIC, checkpoint_score_order=MODE),
-            # A dead worker (SIGKILL, OOM, node lost) is retried from the trial's last checkpoint.
-            failure_config=tune.FailureConfig(max_failures=experiment.resources.max_failures)),
-    )
+    tuner = make_tuner(
+        experiment, name=name, storage=storage, search_alg=searcher, scheduler=scheduler,
+        param_space=make_trial_config(experiment.pretrain.to_dict(), cpus=experiment.resources.cpus_per_trial,
+                                      **({"synthetic": synthetic} if synthetic else {})),
+        num_samples=experiment.search.num_samples, trainable=trainable,
+        # Full training state only where a resume needs it (tracking.checkpoints; sslsearch.search.retention).
+        callbacks=[LiveView(quiet), SlotUse(), *state, CheckpointRetention(experiment.tracking.checkpoints), *(callbacks or [])])
     started = time.monotonic()
     with lock:
         results = _fit(tuner, name, path, started, concurrency, study_path)
-    return summarize(results, name, path, time.monotonic() - started, concurrency, study_path)
+    summary = summarize(results, name, path, time.monotonic() - started, concurrency, study_path)
+    summary.slot_utilization = slot_utilization(tuner, concurrency)
+    return summary
+
+
+def slot_utilization(tuner: tune.Tuner, slots: int) -> float | None:
+    """The sweep session's busy slot-seconds / (slots × wall), from its SlotUse callback (sslsearch.search.slots)."""
+    callbacks = tuner._local_tuner.get_run_config().callbacks or []
+    use = next((c for c in callbacks if isinstance(c, SlotUse)), None)
+    return use.utilization(slots) if use is not None else None
+
+
+def checkpoints_kept(experiment: Experiment) -> int | None:
+    """How many checkpoints per trial Ray keeps (None: all, for tracking.checkpoints=all). Two, not one: Ray's
+    saved experiment state can name the checkpoint before the newest, and a resumed trial restores from the
+    one it names (Ray syncs that state every num_to_keep checkpoints)."""
+    return 2 if experiment.tracking.checkpoints != "all" else None
+
+
+def make_tuner(experiment: Experiment, *, name: str, storage: str, search_alg, scheduler: TrialScheduler,
+               param_space: dict, num_samples: int, callbacks: list, trainable=None,
+               num_to_keep: int | None | str = "by policy") -> tune.Tuner:
+    """The Tuner of a sweep, a confirmation stage and the platform benchmark: `trainable` (default: the real
+    trial) with the experiment's resources, one folder `trial_<id>` per trial, actors reused, the experiment's
+    concurrency, time budget and retries; Ray keeps `num_to_keep` checkpoints per trial (default:
+    `checkpoints_kept`), ranked by METRIC."""
+    return tune.Tuner(
+        _trainable(experiment, trainable), param_space=param_space,
+        tune_config=tune.TuneConfig(
+            search_alg=search_alg, scheduler=scheduler, num_samples=num_samples,
+            # A generator of fixed points (confirm) takes the limit itself; Tune would ignore this one, with a warning.
+            max_concurrent_trials=None if isinstance(search_alg, BasicVariantGenerator) else experiment.search.max_concurrent,
+            time_budget_s=experiment.search.time_budget_s, reuse_actors=True, trial_dirname_creator=_trial_dirname),
+        run_config=tune.RunConfig(
+            name=name, storage_path=storage, verbose=0, callbacks=callbacks,
+            checkpoint_config=tune.CheckpointConfig(
+                num_to_keep=checkpoints_kept(experiment) if num_to_keep == "by policy" else num_to_keep,
+                checkpoint_score_attribute=METRIC, checkpoint_score_order=MODE),
+            # A dead worker (SIGKILL, OOM, node lost) is retried from the trial's last checkpoint.
+            failure_config=tune.FailureConfig(max_failures=experiment.resources.max_failures)))
 
 
 def make_scheduler(experiment: Experiment) -> TrialScheduler:
@@ -601,7 +668,8 @@ class SweepStopped(RuntimeError):
 def _fit(tuner, name: str, path: str, started: float, concurrency: int, study_path: str):
     """tuner.fit(); an OS error stops the sweep in good order: one line, the summary, the resume hint."""
     try:
-        return tuner.fit()
+        with sigint_restored():
+            return tuner.fit()
     except (OSError, TuneError) as raised:
         error = _os_error(raised)
         if error is None:
@@ -664,7 +732,7 @@ def resume_sweep(name: str, storage: str, address: str | None = None, trainable=
     experiment = experiment_from_dict(meta["experiment"], meta.get("experiment_source"))
     lock = contextlib.nullcontext()
     if local is not None:  # Ray unpickles tuner.pkl from this folder: it must be the user's own
-        check_owned(Path(path))
+        check_owned(Path(path), "resume")
         lock = SweepLock(path, name, "resume").acquire()
         try:
             recover_saved_state(Path(path), name)
@@ -680,6 +748,7 @@ def resume_sweep(name: str, storage: str, address: str | None = None, trainable=
     with lock:
         results = _fit(tuner, name, path, started, concurrency, f"{path}/{STUDY_FILE}")
     summary = summarize(results, name, path, time.monotonic() - started, concurrency, f"{path}/{STUDY_FILE}")
+    summary.slot_utilization = slot_utilization(tuner, concurrency)
     summary.resumed = True
     return summary
 
@@ -689,7 +758,7 @@ def saved_statuses(path: str) -> dict[str, str]:
     trials are saved PENDING or PAUSED (to be resumed), while the ResultGrid that fit() returns calls
     every trial TERMINATED, having stopped them; {} when the state cannot be read."""
     try:
-        return {f"trial_{t.trial_id}": t.status for t in tune.ExperimentAnalysis(path).trials}
+        return {_trial_dirname(t): t.status for t in tune.ExperimentAnalysis(path).trials}
     except Exception:  # noqa: BLE001 — a summary without the interruption count is still a summary
         return {}
 
@@ -702,19 +771,17 @@ def summarize(results, name: str, path: str, wall: float, concurrency: int, stud
     for result in results:
         metrics = result.metrics or {}
         config = result.config or {}
-        base = config.get("base", {})
         epoch = int(metrics.get("epoch", 0) or 0)
-        outcome = result_outcome(metrics, base.get("epochs"), errored=result.error is not None)
+        outcome = result_outcome(metrics, trial_value(config, "epochs"), errored=result.error is not None)
         if result.error is None and status.get(Path(result.path).name, "TERMINATED") not in ("TERMINATED", "ERROR"):
             outcome = "running"   # (an errored trial is errored, whatever Ray saved before it failed)
-        params = {k: v for k, v in config.items() if k not in ("base", "final_test", "cpus", "pair", "seed", "synthetic")}
-        params["seed"] = config.get("seed", base.get("seed"))
+        params = {**sampled_params(config), SEED: trial_value(config, SEED)}
         trials.append(TrialSummary(
-            trial_id=metrics.get("trial_id") or Path(result.path).name, loss=params.get("loss", base.get("loss")),
+            trial_id=metrics.get("trial_id") or Path(result.path).name, loss=trial_value(config, "loss"),
             params=params, epoch=epoch, val_acc=metrics.get(METRIC), test_acc=metrics.get("test_acc"), outcome=outcome,
             trial_seconds=float(metrics.get("trial_seconds", 0.0) or 0.0),
             checkpoint=result.checkpoint.path if result.checkpoint else None, node_id=metrics.get("node_id"),
-            pair=config.get("pair")))
+            pair=config.get(PAIR)))
     if study_path and "://" not in study_path and not Path(study_path).exists():
         study_path = None
     return SweepSummary(name, path, trials, wall, concurrency, study_path, disk=disk_use(path))

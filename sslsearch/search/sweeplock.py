@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import fnmatch
 import json
 import os
 import shutil
 import socket
+import stat
 import threading
 import time
 from pathlib import Path
 
-from sslsearch.errors import InputError
+from sslsearch.errors import InputError, shown_path
 from sslsearch.search.folder import LOCK_FILE, SWEEP_FILE
 
 HEARTBEAT_S = 10.0
@@ -184,18 +186,64 @@ class SweepLock:
         self._fd = None
 
 
-def check_owned(path: Path) -> None:
-    """InputError unless the sweep folder and Ray's pickled state in it belong to this user and not everyone can
-    write them: `resume` unpickles that state, and a crafted tuner.pkl runs code."""
+# Files Ray or sslsearch unpickles (or replays) from a Ray experiment folder (a sweep, or its confirm/ stage), as
+# ray 2.x names them: tuner.pkl and trainable.pkl (Tuner.restore), the experiment state, whose JSON may embed
+# CLOUDPICKLE_FALLBACK blobs (TuneController, ExperimentAnalysis), the searcher's, search generator's and
+# callbacks' pickles (despite its name, search_gen_state-*.json is a pickle), each trial's error.pkl (ResultGrid),
+# the copies in intact-state/ (sslsearch.search.saved_state loads them, then puts them in Ray's place), and the
+# MLflow outbox, whose records `sync` and `resume` replay (they name files to upload).
+TRUSTED_PATTERNS = ("tuner.pkl", "trainable.pkl", "experiment_state-*.json", "search_gen_state-*.json",
+                    "searcher-state-*.pkl", "callback-states-*.pkl", "mlflow-outbox.jsonl")
+TRIAL_PICKLES = ("error.pkl",)
+NESTED = ("intact-state", "confirm")   # folders of the same kind of files inside a sweep folder
+
+
+def unpickled_paths(folder: Path) -> list[Path]:
+    """Every path in the Ray experiment folder `folder` whose contents can run code when read: the folders
+    holding such files (whoever can write a folder can replace its files) and the files."""
+    paths = [folder]
+    try:
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except OSError:
+        return paths
+    for entry in entries:
+        here = Path(entry.path)
+        if any(fnmatch.fnmatch(entry.name, pattern) for pattern in TRUSTED_PATTERNS):
+            paths.append(here)
+        elif entry.name in NESTED or entry.name.startswith("trial_"):
+            if entry.is_symlink():
+                paths.append(here)   # a link where a folder belongs: refused by check_owned
+            elif entry.name in NESTED and entry.is_dir():
+                paths += unpickled_paths(here)
+            elif entry.is_dir():
+                paths += [here, *(here / name for name in TRIAL_PICKLES if os.path.lexists(here / name))]
+    return paths
+
+
+def check_owned(path: Path, action: str = "resume") -> None:
+    """InputError (one line) unless every file `action` (resume, sync, confirm) lets Ray or sslsearch unpickle from
+    the sweep folder `path`, and every folder holding one, is a plain file or folder (not a symbolic link) owned by
+    this user or root that others cannot write. A crafted pickle there runs code as whoever reads it."""
     uid = os.getuid()
-    for item in (path, *(path / name for name in ("tuner.pkl", "trainable.pkl") if (path / name).exists())):
+    parent = path.parent.lstat()
+    if parent.st_mode & 0o002 and not parent.st_mode & stat.S_ISVTX:
+        # Others may rename the sweep folder away and put their own in its place (a sticky /tmp forbids it).
+        raise InputError(f"the storage folder {shown_path(path.parent)} is writable by everyone without the sticky bit, "
+                         f"so anyone can swap sweep {path.name!r} for their own; {action} unpickles what it holds: "
+                         f"chmod o-w {shown_path(path.parent)} (or chmod +t)")
+    for item in unpickled_paths(path):
         info = item.lstat()
-        if info.st_uid != uid:
-            raise InputError(f"{item} belongs to uid {info.st_uid}, not you (uid {uid}); resume unpickles it, so it "
-                             "must be your own: copy the sweep folder yourself if you trust it")
+        if stat.S_ISLNK(info.st_mode):
+            raise InputError(f"{shown_path(item)} is a symbolic link (to {shown_path(os.readlink(item), 80)}); {action} "
+                             "unpickles what it points to, so the sweep must hold the file itself: replace the link with "
+                             "a copy of its target if you trust it (cp -r --remove-destination \"$(realpath LINK)\" LINK)")
+        if info.st_uid not in (uid, 0):
+            raise InputError(f"{shown_path(item)} belongs to uid {info.st_uid}, not you (uid {uid}) or root; {action} "
+                             "unpickles it, so it must be yours: if you trust it, copy the sweep folder (cp -r) and "
+                             "use the copy")
         if info.st_mode & 0o002:  # (group-writable is left alone: with per-user groups, as umask 002 gives, it is you)
-            raise InputError(f"{item} is writable by everyone (mode {info.st_mode & 0o777:o}); resume unpickles it, so "
-                             f"others must not write it: chmod o-w {item}")
+            raise InputError(f"{shown_path(item)} is writable by everyone (mode {info.st_mode & 0o777:o}); {action} "
+                             f"unpickles it, so others must not write it: chmod o-w {shown_path(item)}")
 
 
 def _read(fd: int) -> dict:

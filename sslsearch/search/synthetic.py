@@ -25,17 +25,17 @@ from pathlib import Path
 import torch
 from ray import tune
 
+from sslsearch.search.trial_config import trial_value
+
 CHANCE = 10.0  # val_acc (%) of a diverged trial: ten balanced classes
 WEIGHTS = 256  # values in the checkpoint's "model" (the optimiser state holds two per weight, as Adam's does)
 
 
 def synthetic_val_acc(config: dict, epoch: int) -> float:
     """val_acc (%) after `epoch` epochs: a saturating curve whose ceiling depends on the configuration."""
-    base = config.get("base", {})
-    lr, lmbda = float(config.get("lr", base.get("lr", 1e-3))), float(config.get("lmbda", base.get("lmbda", 0.0078125)))
-    feature_dim = int(config.get("feature_dim", base.get("feature_dim", 128)))
-    loss = config.get("loss", base.get("loss", "barlow"))
-    seed = int(config.get("seed", base.get("seed", 0)))
+    lr, lmbda = float(trial_value(config, "lr", 1e-3)), float(trial_value(config, "lmbda", 0.0078125))
+    feature_dim = int(trial_value(config, "feature_dim", 128))
+    loss, seed = trial_value(config, "loss", "barlow"), int(trial_value(config, "seed", 0))
     ceiling = (95.0 - 6.0 * math.log10(lr / 1e-3) ** 2 - 3.0 * math.log10(lmbda / 0.0078125) ** 2
                + 0.5 * math.log2(feature_dim / 128) + (0.5 if loss == "hsic" else 0.0))
     # Configurations that learn faster also end higher: an early rung ranks them roughly as the last epoch does.
@@ -82,7 +82,7 @@ def synthetic_trial(config: dict) -> None:
         flag = settings.get("fail_flag")
         if flag and Path(flag).exists() and config.get("pair") == settings.get("fail_pair", 0):
             raise RuntimeError(f"injected failure in epoch {epoch} (while {flag} exists)")
-        lr = float(config.get("lr", base.get("lr", 1e-3)))
+        lr = float(trial_value(config, "lr", 1e-3))
         if lr > float(settings.get("diverge_lr", math.inf)):
             report({"epoch": epoch, "loss": float("nan"), "val_acc": CHANCE, "knn_acc": CHANCE, "diverged": True},
                    with_checkpoint=False)

@@ -20,6 +20,7 @@ from ray import tune
 
 from sslsearch.method.data import ImageData, load_run_data
 from sslsearch.method.train import PretrainConfig, TrainingDiverged, pretrain
+from sslsearch.search.trial_config import CPUS, FINAL_TEST, trial_settings
 
 COMPLETE = "complete"  # marks the checkpoint of a trial's final report: a retry has nothing left to run
 REPORTED = ("epoch", "loss", "val_acc", "knn_acc", "images_per_s", "test_acc")
@@ -30,8 +31,7 @@ _DATA: dict[tuple, ImageData] = {}
 
 def trial_config(config: dict) -> PretrainConfig:
     """The trial's PretrainConfig: the experiment's settings with the sampled values on top."""
-    sampled = {k: v for k, v in config.items() if k not in ("base", "final_test", "cpus", "pair")}
-    return PretrainConfig.from_dict({**config["base"], **sampled})
+    return PretrainConfig.from_dict(trial_settings(config))
 
 
 def _data_for(config: PretrainConfig) -> ImageData:
@@ -78,7 +78,7 @@ def restore(checkpoint: tune.Checkpoint, scratch: Path) -> tuple[Path, float]:
 def run_trial(config: dict) -> None:
     """Ray Tune function trainable."""
     pretrain_config = trial_config(config)
-    torch.set_num_threads(max(1, int(config.get("cpus", 1))))
+    torch.set_num_threads(max(1, int(config.get(CPUS, 1))))
     # Each trial owns a scratch folder; what must survive goes into Tune checkpoints.
     scratch = Path(tempfile.mkdtemp(prefix="sslsearch-trial-"))
     resume, seconds_before = None, 0.0
@@ -111,7 +111,7 @@ def run_trial(config: dict) -> None:
     data = _data_for(pretrain_config)
     try:
         pretrain(pretrain_config, out_dir=scratch / "run", resume=resume, data=data,
-                 on_report=report, progress=False, final_test=bool(config.get("final_test", True)))
+                 on_report=report, progress=False, final_test=bool(config.get(FINAL_TEST, True)))
     except TrainingDiverged as diverged:
         # A result about the configuration, not a fault: the trial ends with the score of a network
         # that predicts one class, so the searcher learns to avoid the region (DESIGN.md, outcomes).
