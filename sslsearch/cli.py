@@ -587,7 +587,8 @@ def _run_resume(args) -> int:
         check_not_written(sweep, "resume")
         if finished(sweep):
             print(f"sweep {args.name} has finished: every trial ended (and its confirmation stage, if any); "
-                  "nothing to resume")
+                  "nothing to resume", flush=True)
+            _reconcile(args.name, storage, args.tracking_uri)  # records lost since (e.g. a deleted run) come back
             print(_next_steps(args.name, args, confirm=not (sweep.path / "confirm").is_dir()))
             return 0
     if args.tracking_uri:

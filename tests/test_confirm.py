@@ -118,4 +118,4 @@ def test_confirm_killed_and_continued_records_every_trial_once(ray_session, tmp_
     # Refused before Ray starts: in this process.
     assert main(["confirm", "tiny", "--storage", str(storage), "--top", "2"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "was confirmed with --top 1 --seeds 1; run `sslsearch confirm tiny --top 1" in err
+    assert err.count("\n") == 1 and "was confirmed with --top 1 --seeds 1 and that stage has finished" in err
