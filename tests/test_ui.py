@@ -214,3 +214,60 @@ def test_optuna_dashboard_serves_the_sweep_study_and_stops(tmp_path):
     assert done["alive"] == [] and done["code"] == 130  # interrupted, as every command
     assert "Traceback" not in done["stderr"], done["stderr"][-3000:]
     check_port("127.0.0.1", port)
+
+
+def test_the_runs_page_is_asked_until_the_api_answers_and_never_replaced_by_another_page():
+    """A loaded MLflow server answers /health before its REST API answers in time: the URL waits for the API
+    (here: two 503s, then the answer), writes the answer view, and is never the experiments list instead."""
+    import http.server
+    import json
+    import threading
+
+    from sslsearch.records.ui import VIEW_TAG, Server, _sweeps_page, answer_view
+
+    calls, tags = [], {}
+
+    class Api(http.server.BaseHTTPRequestHandler):
+        def _reply(self, code: int, body: dict) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self):
+            calls.append(self.path)
+            if len(calls) <= 2:
+                self._reply(503, {"error_code": "TEMPORARILY_UNAVAILABLE"})
+            elif self.server.has_experiment:
+                self._reply(200, {"experiment": {"experiment_id": "7", "name": "sslsearch"}})
+            else:
+                self._reply(404, {"error_code": "RESOURCE_DOES_NOT_EXIST"})
+
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            tags[body["key"]] = (body["experiment_id"], json.loads(body["value"]))
+            self._reply(200, {})
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Api)
+    server.has_experiment = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        mlflow = Server("MLflow UI", [], "127.0.0.1", server.server_address[1], ready_path="/health")
+        page = _sweeps_page(mlflow, time.monotonic() + 60)
+        assert page == "/#/experiments/7/runs?workflowType=machine_learning&viewStateShareKey=sslsearch-answer"
+        assert len(calls) == 3 and tags == {VIEW_TAG: ("7", answer_view())}
+        calls.clear()
+        with pytest.raises(InputError, match="answered /health but not its REST API"):
+            _sweeps_page(mlflow, time.monotonic())  # the deadline has passed: an error, not a fallback page
+        calls.clear()
+        server.has_experiment = False
+        with pytest.raises(InputError, match="holds no sslsearch experiment"):
+            _sweeps_page(mlflow, time.monotonic() + 60)
+    finally:
+        server.shutdown()
+        server.server_close()
