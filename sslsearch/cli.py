@@ -612,14 +612,15 @@ def _run_resume(args) -> int:
 
     storage = _storage(args.storage)
     if "://" not in storage:  # (a remote storage is checked by Ray)
-        from sslsearch.records.catalog import check_not_written, find_folder, finished
+        from sslsearch.records.catalog import check_not_written, confirm_stage, find_folder, finished
 
         sweep = find_folder(storage, args.name)
         check_not_written(sweep, "resume")
         if finished(sweep):
             print(f"sweep {args.name} has finished: every trial ended (and its confirmation stage, if any); "
-                  "nothing to resume")
-            print(_next_steps(args.name, args, confirm=not (sweep.path / "confirm").is_dir()))
+                  "nothing to resume", flush=True)
+            _reconcile(args.name, storage, args.tracking_uri)  # records lost since (e.g. a deleted run) come back
+            print(_next_steps(args.name, args, confirm=confirm_stage(sweep) is None))
             return 0
     if args.tracking_uri:
         check_store(args.tracking_uri)

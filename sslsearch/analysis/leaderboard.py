@@ -866,8 +866,14 @@ def importance_groups(trials: list, names: list[str]) -> tuple[dict[str, tuple[l
                   and len({repr(t.params.get(n)) for t in group}) > 1]
         wanted = [n for n in names if not (paired and n == "loss")]
         if len(group) < 2 * len(wanted):
+            # optuna-dashboard shows importances for the same study from 2 completed trials on, pooling
+            # both losses: say why these are absent, in the note the report and `leaderboard --plots` show.
             notes.append(f"{len(group)} completed {'' if label == 'all' else label + ' '}trial(s) for {len(wanted)} "
-                         f"parameters (need ≥ {2 * len(wanted)}: two per parameter)")
+                         f"parameters (need ≥ {2 * len(wanted)}: two per parameter; optuna-dashboard shows importances "
+                         "from 2 completed trials on, with both losses pooled, so a pair's twins count one "
+                         "configuration twice)" if paired else
+                         f"{len(group)} completed trial(s) for {len(wanted)} parameters (need ≥ {2 * len(wanted)}: two "
+                         "per parameter; optuna-dashboard shows importances from 2 completed trials on)")
             continue
         codes = {n: _codes([t.params.get(n) for t in group]) for n in params}
         collinear = next(((a, b) for i, a in enumerate(params) for b in params[i + 1:]
