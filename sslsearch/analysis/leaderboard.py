@@ -39,8 +39,8 @@ import numpy as np
 import pandas as pd
 
 from sslsearch.errors import InputError
+from sslsearch.records.query import recorded_experiment_id, records_client, search_all_runs
 from sslsearch.records.schema import (
-    EXPERIMENT_NAME,
     LOSS,
     OUTCOME,
     PAIR,
@@ -55,6 +55,7 @@ from sslsearch.records.schema import (
     VERDICT_STAGE,
     runs_filter,
 )
+from sslsearch.records.store import sqlite_path
 from sslsearch.search.outcomes import FINISHED, OUTCOMES, STUDY_FILE
 from sslsearch.search.trial_config import BASE, logged_value
 from sslsearch.search.trial_config import PAIR as PAIR_KEY
@@ -86,42 +87,13 @@ ROW_COLUMNS = ("sweep", "loss", "rank", "trial_id", "run_id", "lmbda", "lr", "fe
 # Reading MLflow
 # --------------------------------------------------------------------------------------------
 
-def mlflow_client(tracking_uri: str):
-    """An MlflowClient for `tracking_uri`; InputError when a SQLite store does not exist.
-
-    (Opening a missing SQLite file would silently create an empty store.)
-    """
-    from sslsearch.records.store import require_records
-
-    require_records(tracking_uri)
-    from mlflow import MlflowClient  # after the check: importing MLflow takes seconds
-
-    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-
-
-def _search_runs(client, experiment_id: str, filter_string: str) -> list:
-    runs, token = [], None
-    while True:
-        page = client.search_runs([experiment_id], filter_string, max_results=1000, page_token=token,
-                                  order_by=["attributes.start_time DESC"])
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
-
-
-def _experiment_id(client, tracking_uri: str) -> str:
-    experiment = client.get_experiment_by_name(EXPERIMENT_NAME)
-    if experiment is None:
-        raise InputError(f"no sslsearch records at {tracking_uri} (no MLflow experiment {EXPERIMENT_NAME!r}); "
-                         "run a sweep first")
-    return experiment.experiment_id
+NEWEST_FIRST = ["attributes.start_time DESC"]
 
 
 def sweep_runs(client, experiment_id: str) -> dict[str, object]:
     """Parent run of every sweep, most recently started first (name → Run)."""
     runs: dict[str, object] = {}
-    for run in _search_runs(client, experiment_id, f"tags.`{ROLE}` = '{SWEEP_ROLE}'"):
+    for run in search_all_runs(client, experiment_id, f"tags.`{ROLE}` = '{SWEEP_ROLE}'", NEWEST_FIRST):
         # Newest first. A (never expected) duplicate parent run: keep the oldest, the one the
         # tracking callback continues; the sweep keeps the place of its newest start.
         runs[run.data.tags.get(SWEEP) or run.info.run_name] = run
@@ -192,14 +164,14 @@ def load_trials(tracking_uri: str, sweeps: list[str] | None = None) -> pd.DataFr
     epoch 0, `history` maps epoch → val_acc. InputError for an unknown sweep, a sweep without
     trials, or one without a finished trial (every trial errored, or none has finished yet).
     """
-    client = mlflow_client(tracking_uri)
-    experiment_id = _experiment_id(client, tracking_uri)
+    client = records_client(tracking_uri)
+    experiment_id = recorded_experiment_id(client, tracking_uri)
     parents = sweep_runs(client, experiment_id)
     if not parents:
         raise InputError(f"no sweeps recorded at {tracking_uri}; run `sslsearch sweep` first")
 
     def rows_of(name: str) -> list[dict]:
-        runs = _search_runs(client, experiment_id, runs_filter(name, TRIAL_ROLE))
+        runs = search_all_runs(client, experiment_id, runs_filter(name, TRIAL_ROLE), NEWEST_FIRST)
         rows = [_trial_row(client, run, parents[name].info.run_id) for run in runs]
         _check_rankable(name, rows)
         return rows
@@ -693,7 +665,7 @@ def log_verdict(board: Leaderboard, tracking_uri: str) -> list[str]:
     if len(board.sweeps) != 1:
         return []
     parent = board.trials["parent_run_id"].iloc[0]
-    client = mlflow_client(tracking_uri)
+    client = records_client(tracking_uri)
     now = int(time.time() * 1000)
     metrics = {}
     confirmed = board.head_to_head.get("confirmed") or {}
@@ -740,8 +712,8 @@ def _study_path(client, sweep: str, parent_run_id: str, tracking_uri: str, stora
     sweep_path = client.get_run(parent_run_id).data.tags.get(SWEEP_PATH)
     if sweep_path and "://" not in sweep_path:
         return Path(sweep_path) / STUDY_FILE
-    if tracking_uri.startswith("sqlite:///"):
-        return Path(tracking_uri[len("sqlite:///"):]).parent / sweep / STUDY_FILE
+    if (store := sqlite_path(tracking_uri)) is not None:
+        return store.parent / sweep / STUDY_FILE
     return None
 
 
@@ -941,7 +913,7 @@ def write_plots(board: Leaderboard, out_dir: str | os.PathLike, tracking_uri: st
     sweep folder recorded on the parent run, else the folder of a `sqlite:///<storage>/mlflow.db`
     tracking URI). Returns {"files": [...], "notes": [...]}.
     """
-    client = mlflow_client(tracking_uri)
+    client = records_client(tracking_uri)
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     label = "+".join(board.sweeps)

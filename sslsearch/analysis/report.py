@@ -27,10 +27,10 @@ from sslsearch.analysis.leaderboard import (
     build_leaderboard,
     format_leaderboard,
     load_trials,
-    mlflow_client,
     write_plots,
 )
 from sslsearch.errors import InputError
+from sslsearch.records.query import records_client
 from sslsearch.records.schema import PROVENANCE
 
 REPORT_FILE = "report.html"
@@ -300,7 +300,7 @@ def write_report(tracking_uri: str, sweeps: list[str] | None, out: str | os.Path
         raise InputError(f"--out {out} is a folder; give the HTML file to write, e.g. {out / REPORT_FILE}")
     card_dir = _check_card(card)
     board = build_leaderboard(load_trials(tracking_uri, sweeps), top=top)
-    client = mlflow_client(tracking_uri)
+    client = records_client(tracking_uri)
     parent_ids = dict(board.trials[["sweep", "parent_run_id"]].drop_duplicates().itertuples(index=False))
     parents = {sweep: client.get_run(parent_ids[sweep]) for sweep in board.sweeps}
     with tempfile.TemporaryDirectory() as folder:
