@@ -2,8 +2,8 @@
 
 A real sweep — the real Tuner, SweepSearcher (Optuna), ASHA, MlflowTracking to a real SQLite store
 or a real `mlflow server` on 127.0.0.1, the live view, Ray's experiment checkpoints — whose trainable
-trains nothing: `synthetic_trial` sleeps for each report interval, reports a synthetic learning
-curve and writes a checkpoint of a chosen size, so the only work left is the driver's. Each sweep
+trains nothing: `sslsearch.search.synthetic` sleeps through each report interval, reports a synthetic
+learning curve and writes a checkpoint of a chosen size, so the only work left is the driver's. Each sweep
 size runs in a fresh process (clean memory figures, a Ray instance of its own) and returns:
 
 - the driver process's CPU seconds (all its threads; not wall time, because the cores are shared),
@@ -41,8 +41,8 @@ from pathlib import Path
 import optuna
 import ray
 
-from sslsearch.bench.platform_trial import synthetic_trial, synthetic_val_acc
 from sslsearch.errors import InputError
+from sslsearch.records.store import default_tracking_uri
 from sslsearch.records.tracking import MlflowTracking
 from sslsearch.search.asha import PairedASHA, RungState
 from sslsearch.search.experiment import PROJECT_ROOT, load_experiment
@@ -60,6 +60,7 @@ from sslsearch.search.sweep import (
     sweep_path,
     write_study_snapshot,
 )
+from sslsearch.search.synthetic import SyntheticSettings, synthetic_trainable, synthetic_val_acc
 from sslsearch.search.trial_config import make_trial_config
 
 # The workhorse GPU sweep (ResNet-18 on CIFAR-10): its settings are what the driver records and
@@ -83,31 +84,6 @@ IN_STATE_SAVE = ("searcher.save (in ray.save_experiment_state)", "intact_state (
 OWN_THREADS = ("tracking.send", "tracking.send.sweep", "ray.upload_experiment_state")
 MLFLOW_METHODS = ("create_experiment", "get_experiment_by_name", "search_runs", "create_run", "get_run", "update_run",
                   "log_batch", "log_artifact", "log_artifacts", "set_terminated", "set_tag", "log_metric", "log_param")
-
-
-# ---------------------------------------------------------------------------------------------
-# The synthetic trial (sslsearch.bench.platform_trial): its checkpoint file
-# ---------------------------------------------------------------------------------------------
-
-@functools.lru_cache(maxsize=4)
-def _payload(size: int) -> bytes:
-    """A checkpoint file of about `size` bytes: a torch state of incompressible bytes, like trained weights
-    (a real checkpoint format, so MLflow's weights-only upload reads it as it reads a trial's)."""
-    import io
-
-    import torch
-
-    buffer = io.BytesIO()
-    torch.save({"model": {"weights": torch.frombuffer(bytearray(random.Random(size).randbytes(size)), dtype=torch.uint8)}},
-               buffer)
-    return buffer.getvalue()
-
-
-def payload_file(folder: Path, size: int) -> Path:
-    """The checkpoint file every synthetic report copies as its last.pt, written once per sweep."""
-    path = folder / "payload.pt"
-    path.write_bytes(_payload(size))
-    return path
 
 
 # ---------------------------------------------------------------------------------------------
@@ -380,7 +356,7 @@ def measure_sweep(trials: int, reports: int = 10, concurrency: int = 8, report_s
     name = f"platform-{trials}"
     with contextlib.ExitStack() as stack:
         server_pid = None
-        uri = f"sqlite:///{folder / 'mlflow.db'}"
+        uri = default_tracking_uri(str(folder))
         if tracking == "server":
             uri, server_pid = stack.enter_context(_mlflow_server(folder))
         connect_ray(None, num_cpus=concurrency)
@@ -405,10 +381,10 @@ def measure_sweep(trials: int, reports: int = 10, concurrency: int = 8, report_s
         # run_sweep's Tuner, with the synthetic trainable.
         tuner = make_tuner(
             experiment, name=name, storage=str(folder), search_alg=searcher, scheduler=scheduler, num_samples=trials,
-            param_space=make_trial_config(experiment.pretrain.to_dict(), cpus=1,
-                                          bench={"report_seconds": report_seconds,
-                                                 "payload": str(payload_file(folder, int(checkpoint_mb * 2 ** 20)))}),
-            trainable=synthetic_trial, callbacks=callbacks, num_to_keep=ray_num_to_keep)
+            param_space=make_trial_config(experiment.pretrain.to_dict(), cpus=1),
+            trainable=synthetic_trainable(SyntheticSettings(epoch_seconds=report_seconds / experiment.pretrain.eval_every,
+                                                            checkpoint_bytes=int(checkpoint_mb * 2 ** 20))),
+            callbacks=callbacks, num_to_keep=ray_num_to_keep)
         rss_before = _rss_mb()
         server_cpu_before = _tree_cpu_seconds(server_pid) if server_pid else None
         tree_cpu_before = _tree_cpu_seconds(os.getpid(), reaped=True)
@@ -547,7 +523,7 @@ def suggest_latency(finished: tuple[int, ...] = (50, 200, 1000), samplers: tuple
                 params = {k: rng.choice(d.choices) if isinstance(d, optuna.distributions.CategoricalDistribution)
                           else math.exp(rng.uniform(math.log(d.low), math.log(d.high))) for k, d in distributions.items()}
                 epochs = 10 if i % 3 else 100
-                curve = {e: synthetic_val_acc({**params, "base": {"epochs": 100}}, e, rng) for e in range(0, epochs + 1, 10)}
+                curve = {e: synthetic_val_acc(params, e) for e in range(0, epochs + 1, 10)}
                 searcher._ot_study.add_trial(optuna.trial.create_trial(
                     params=params, distributions=distributions, intermediate_values=curve,
                     state=optuna.trial.TrialState.COMPLETE if epochs == 100 else optuna.trial.TrialState.PRUNED,
