@@ -100,9 +100,11 @@ def _run_pretrain(args) -> int:
         try:
             values["projector_hidden"] = tuple(int(w) for w in args.projector.split("-") if w)
         except ValueError:
-            raise InputError(f"--projector expects widths joined by '-', e.g. 512 or 8192-8192, got {args.projector!r}") from None
+            raise InputError("--projector expects widths joined by '-', e.g. 512 or 8192-8192, got "
+                             f"{args.projector[:80]!r}") from None
     config = PretrainConfig(**values)
     config.validate()
+    config.check_data()
     out = Path(args.out or f"runs/pretrain-{config.dataset}-{config.loss}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} is a file; give a folder (new, empty, or a run to --resume)")
@@ -114,8 +116,17 @@ def _run_pretrain(args) -> int:
     elif out.exists() and any(out.iterdir()):
         raise InputError(f"output folder {out} exists and is not empty; pass --resume to continue it or choose another --out")
     from sslsearch.method.train import pretrain
+    from sslsearch.processes import INTERRUPTED, reaping
 
-    result = pretrain(config, out_dir=out, resume=resume, progress=not args.quiet, final_test=True)
+    try:
+        with reaping():  # SIGTERM as Ctrl-C: a scheduler's stop ends with the resume hint too
+            result = pretrain(config, out_dir=out, resume=resume, progress=not args.quiet, final_test=True)
+    except KeyboardInterrupt:
+        last = out / "last.pt"
+        hint = (f"its last checkpoint is {last}; continue with the same options and --out {out} --resume"
+                if last.is_file() else "before its first checkpoint: nothing to resume")
+        print(f"\nsslsearch: pretraining interrupted, {hint}", file=sys.stderr)
+        return INTERRUPTED
     baseline = result.history[0]
     final = result.last_evaluated()
     print(f"random init: val_acc {baseline['val_acc']:.2f}  knn_acc {baseline['knn_acc']:.2f}")
@@ -154,6 +165,7 @@ def _run_linear(args) -> int:
         raise InputError(f"--out {out} exists; choose another file (results are never overwritten)")
     if not checkpoint_path.is_file():
         raise InputError(f"checkpoint not found: {checkpoint_path}")
+    _check_checkpoint_file(checkpoint_path)
     if args.device != "auto" and not (args.device == "cpu" or args.device.startswith("cuda")):
         raise InputError(f"device must be auto, cpu or an available cuda[:N], got {args.device!r}")
     import csv
@@ -192,6 +204,22 @@ def _run_linear(args) -> int:
         writer.writerows(rows)
     print(f"linear evaluation: test_acc {result['test_acc']:.2f} after {args.epochs} epochs ({out})")
     return 0
+
+
+def _check_checkpoint_file(path: Path) -> None:
+    """InputError unless `path` looks like a pretraining checkpoint, checked without torch (seconds to import): a
+    torch.save zip archive whose pickle names an sslsearch version. torch.load checks it fully afterwards."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            pickles = [n for n in archive.namelist() if n.endswith("/data.pkl")]
+            data = archive.read(pickles[0]) if len(pickles) == 1 else b""
+    except (zipfile.BadZipFile, OSError, KeyError):
+        data = b""
+    if b"sslsearch_version" not in data:
+        raise InputError(f"{path} is not an sslsearch pretraining checkpoint: give the last.pt or best.pt that "
+                         "`sslsearch pretrain` or a sweep's trial wrote, or its folder")
 
 
 def _add_bench(sub) -> None:
@@ -285,6 +313,9 @@ def _add_bench_platform(bench) -> None:
     f.add_argument("--ray-loggers", default="all", choices=("all", "json"),
                    help="Ray's per-trial loggers: all three, as run_sweep has them (result.json, progress.csv, TensorBoard), "
                         "or result.json only (default: all)")
+    f.add_argument("--paused-twins-hold-slots", action="store_true",
+                   help="count a twin paused at a rung against max_concurrent (the accounting before issue 19, for "
+                        "comparison; run_sweep lets a new trial take its slot)")
     f.add_argument("--quick", action="store_true", help="a small run for CI: 4 and 8 trials, up to 3 reports, 2 at a time")
     f.add_argument("--json", action="store_true", help="print the figures as JSON")
     f.set_defaults(run=_run_bench_platform)
@@ -359,7 +390,7 @@ def _run_bench_platform(args) -> int:
         settings = dict(QUICK)
     result = bench_platform(**settings, tracking=args.tracking, sampler=args.sampler,
                             ray_num_to_keep=args.ray_num_to_keep, append_snapshot=not args.rewrite_snapshot,
-                            ray_loggers=args.ray_loggers)
+                            ray_loggers=args.ray_loggers, paused_twins_hold_slots=args.paused_twins_hold_slots)
     print(json.dumps(result, indent=2) if args.json else format_bench_platform(result))
     return 0
 
@@ -411,40 +442,102 @@ def _add_sweep(sub) -> None:
     d.set_defaults(run=_run_dashboard)
 
 
+MAX_NAME = 128   # a sweep's name is a folder name, and part of its trials' folder paths
+
+
 def _storage(text: str) -> str:
-    return text if "://" in text else str(Path(text).resolve())
+    if "://" in text:
+        return text
+    from sslsearch.search.experiment import resolved
+
+    return str(resolved(text, "--storage"))
 
 
 def _run_sweep(args) -> int:
+    from sslsearch.errors import shown, shown_path
     from sslsearch.records.store import check_store, default_tracking_uri
-    from sslsearch.search.experiment import load_experiment
+    from sslsearch.search.experiment import check_machine, load_experiment, ray_address
     from sslsearch.search.space import load_search_space
 
+    if args.address:
+        ray_address(args.address)
     overrides = list(args.overrides) + ([f"tracking.uri={args.tracking_uri}"] if args.tracking_uri else [])
     experiment = load_experiment(args.experiment, overrides)
-    space = load_search_space(Path(args.space).resolve() if args.space else experiment.space_path())
+    space = load_search_space(args.space if args.space else experiment.space_path())
     name = args.name or f"{experiment.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
-        raise InputError(f"--name may hold letters, digits, '-', '_' and '.', got {name!r}")
+    if not (name.replace("-", "").replace("_", "").replace(".", "").isalnum() and len(name) <= MAX_NAME):
+        raise InputError(f"--name may hold up to {MAX_NAME} letters, digits, '-', '_' and '.', got {shown(name, 80)}")
     from sslsearch.search.space import check_space
 
+    check_machine(experiment, args.address)  # the data and this machine: before Ray starts, not after
     check_space(space, experiment)  # before anything is written: the tracking check below creates the store
     storage = _storage(args.storage)
-    if "://" not in storage and (Path(storage) / name).exists():
-        raise InputError(f"a sweep named {name!r} already exists in {storage}; resume it with `sslsearch resume {name}` "
-                         "or choose another --name")
+    if "://" not in storage and Path(storage).exists() and not Path(storage).is_dir():
+        raise InputError(f"--storage {shown_path(storage)} is a file; give the folder that holds (or will hold) the sweeps")
     uri = experiment.tracking.uri or default_tracking_uri(storage)
+    claim = None
+    if "://" not in storage:
+        from sslsearch.records.catalog import check_new_name
+        from sslsearch.search.sweeplock import abandon_claim, claim_sweep_folder
+
+        check_new_name(storage, name, uri)  # running, finished, interrupted, or recorded: each in its own words
     check_store(uri)  # before Ray and MLflow load: a dead server or bad URI is refused at once
+    if "://" not in storage:
+        # The name is taken now, before the seconds of Ray's and MLflow's imports: a second `sweep --name X`
+        # started meanwhile is told at once that X runs (it never reaches MLflow's store creation).
+        claim = claim_sweep_folder(Path(storage) / name, name)
     from sslsearch.processes import reaping
 
-    with reaping():  # a sweep stopped at any moment, even during Ray's start, leaves no process behind
-        from sslsearch.records.tracking import MlflowTracking, check_tracking
-        from sslsearch.search.sweep import run_sweep
+    try:
+        with reaping():  # a sweep stopped at any moment, even during Ray's start, leaves no process behind
+            from sslsearch.records.tracking import MlflowTracking, check_tracking
+            from sslsearch.search.sweep import run_sweep
 
-        check_tracking(uri, sweep=name)  # a name already recorded (needs MLflow)
-        tracking = MlflowTracking(experiment, space, sweep=name, storage=storage)
-        return _report_sweep(lambda: run_sweep(experiment, space, name=name, storage=storage, address=args.address,
-                                               callbacks=[tracking]), uri)
+            check_tracking(uri, sweep=name)  # a name already recorded (needs MLflow; a server's records)
+            tracking = MlflowTracking(experiment, space, sweep=name, storage=storage)
+            code = _report_sweep(lambda: run_sweep(experiment, space, name=name, storage=storage, address=args.address,
+                                                   callbacks=[tracking], claim=claim), uri)
+    except BaseException:
+        if claim is not None:  # refused or stopped before the sweep started: the name is free again
+            abandon_claim(claim)
+        raise
+    if code in (0, 1, 3):
+        print(_next_steps(name, args, confirm=True))
+    return code
+
+
+def _invocation() -> str:
+    """How this shell runs sslsearch, for the commands suggested: `sslsearch` when PATH finds this very program
+    (its environment is active), else the path it was started by (e.g. .venv/bin/sslsearch), else `python -m`."""
+    import shlex
+    import shutil
+
+    def shown(path: Path) -> str:
+        relative = os.path.relpath(path)
+        return shlex.quote(relative if not relative.startswith("..") else str(path))
+
+    program = Path(sys.argv[0]) if sys.argv and sys.argv[0] else None
+    if program is not None and program.name == "sslsearch" and program.is_file():
+        found = shutil.which("sslsearch")
+        return "sslsearch" if found and Path(found).resolve() == program.resolve() else shown(program)
+    return f"{shown(Path(sys.executable))} -m sslsearch.cli"
+
+
+def _next_steps(name: str, args, *, confirm: bool) -> str:
+    """The commands that follow on sweep `name`, as this shell can run them, with its --storage / --tracking-uri."""
+    where = ""
+    if Path(_storage(args.storage)) != Path("runs").resolve():
+        where += f" --storage {args.storage}"
+    if getattr(args, "tracking_uri", None):
+        where += f" --tracking-uri {args.tracking_uri}"
+    program = _invocation()
+    steps = [("confirm", "", "the top 2 configurations per loss again, 3 fresh seeds each: the verdict")] if confirm else []
+    steps += [("leaderboard", "", "the ranking per loss and barlow against hsic"),
+              ("report", " --out report.html", "the whole sweep on one HTML page"),
+              ("export", " --out best/", "the winner's backbone and its model card")]
+    commands = [f"{program} {command} {name}{where}{extra}" for command, extra, _ in steps]
+    width = max(len(c) for c in commands)
+    return "\n".join([f"next, for sweep {name}:"] + [f"  {c:{width}}  # {why}" for c, (_, _, why) in zip(commands, steps)])
 
 
 def _report_sweep(run, uri: str | None = None) -> int:
@@ -487,11 +580,16 @@ def _run_resume(args) -> int:
     from sslsearch.records.store import check_store, default_tracking_uri
 
     storage = _storage(args.storage)
-    if "://" not in storage and not (Path(storage) / args.name).is_dir():  # (a remote storage is checked by Ray)
-        from sslsearch.search.outcomes import SWEEP_FILE
+    if "://" not in storage:  # (a remote storage is checked by Ray)
+        from sslsearch.records.catalog import check_not_written, find_folder, finished
 
-        known = sorted(p.parent.name for p in Path(storage).glob(f"*/{SWEEP_FILE}")) if Path(storage).is_dir() else []
-        raise InputError(f"no sweep named {args.name!r} in {storage}; known sweeps: {', '.join(known) or 'none'}")
+        sweep = find_folder(storage, args.name)
+        check_not_written(sweep, "resume")
+        if finished(sweep):
+            print(f"sweep {args.name} has finished: every trial ended (and its confirmation stage, if any); "
+                  "nothing to resume")
+            print(_next_steps(args.name, args, confirm=not (sweep.path / "confirm").is_dir()))
+            return 0
     if args.tracking_uri:
         check_store(args.tracking_uri)
     from sslsearch.processes import reaping
@@ -512,9 +610,12 @@ def _run_resume(args) -> int:
         from sslsearch.search.confirm import read_plan
 
         plan = read_plan(args.name, storage)  # a confirmation stage was started: continue it too
-        if plan is not None and _confirm(args.name, storage, plan["top"], len(plan["seeds"]), args.address,
-                                         args.tracking_uri):
-            return 130
+        if plan is not None:
+            if _confirm(args.name, storage, plan["top"], len(plan["seeds"]), args.address, args.tracking_uri):
+                return 130
+            print(_next_steps(args.name, args, confirm=False))
+            return code
+    print(_next_steps(args.name, args, confirm=True))
     return code
 
 
@@ -543,7 +644,8 @@ def _run_sync(args) -> int:
 
 def _add_confirm(sub) -> None:
     p = sub.add_parser("confirm", help="re-run the top configurations of each loss with fresh seeds at the full budget")
-    p.add_argument("sweep", nargs="?", default=None, help="sweep name (default: the most recently started in --storage)")
+    p.add_argument("sweep", nargs="?", default=None,
+                   help="sweep name (may be left out when --storage holds only one sweep: confirming spends compute)")
     p.add_argument("--top", type=_positive_int, default=2, help="configurations per loss, by the sweep's ranking (default: 2)")
     p.add_argument("--seeds", type=_positive_int, default=3,
                    help="fresh seeds per configuration (default: 3; top × seeds = pairs, 6 needed to call a difference)")
@@ -554,25 +656,46 @@ def _add_confirm(sub) -> None:
 
 
 def _run_confirm(args) -> int:
-    from sslsearch.processes import reaping
-    from sslsearch.search.confirm import latest_sweep
-
     storage = _storage(args.storage)
+    name = args.sweep
+    if "://" not in storage:  # every refusal here reads files only: no Ray, no MLflow
+        from sslsearch.records.catalog import check_confirmable, check_not_written, find_folder, known_text, sweep_folders
+
+        if name is None:
+            found = sweep_folders(storage)
+            if not found:
+                raise InputError(f"no sweeps in {storage}; run `sslsearch sweep` first")
+            if len(found) > 1:  # a wrong guess would spend the compute of a whole stage on another sweep
+                raise InputError(f"{storage} holds {len(found)} sweeps; name the one to confirm: sslsearch confirm SWEEP "
+                                 f"(newest first: {known_text(found)})")
+            name = found[0].name
+            print(f"confirm: sweep {name}, the only sweep in {storage}", flush=True)
+        sweep = find_folder(storage, name)
+        check_not_written(sweep, "confirm")
+        check_confirmable(sweep, storage, args.top, args.seeds, args.tracking_uri)
+    elif name is None:
+        raise InputError(f"name the sweep to confirm in {storage}: sslsearch confirm SWEEP --storage {storage}")
+    from sslsearch.processes import reaping
+
     with reaping():
-        return 130 if _confirm(args.sweep or latest_sweep(storage), storage, args.top, args.seeds, args.address,
-                               args.tracking_uri) else 0
+        if _confirm(name, storage, args.top, args.seeds, args.address, args.tracking_uri):
+            return 130
+    print(_next_steps(name, args, confirm=False))
+    return 0
 
 
 def _confirm(name: str, storage: str, top: int, seeds: int, address: str | None, tracking_uri: str | None) -> int:
     """Run or continue the confirmation stage, then print the leaderboard and log the verdict; the count of unfinished trials."""
     from sslsearch.records.tracking import MlflowTracking, check_tracking, default_tracking_uri
     from sslsearch.search.confirm import STAGE, confirm_experiment, format_stage, run_confirm
+    from sslsearch.search.sweep import LiveView
 
     experiment, space = confirm_experiment(name, storage)
     uri = tracking_uri or experiment.tracking.uri or default_tracking_uri(storage)
     check_tracking(uri)
     tracking = MlflowTracking(experiment, space, sweep=name, storage=storage, tracking_uri=uri, stage=STAGE)
-    summary = run_confirm(name, storage, top=top, seeds=seeds, address=address, callbacks=[tracking])
+    # The sweep's live view: a line per report, with the trials finished and left of the stage.
+    summary = run_confirm(name, storage, top=top, seeds=seeds, address=address, callbacks=[LiveView(), tracking])
     print(format_stage(summary))
     if not summary.unfinished:
         from sslsearch.analysis.leaderboard import build_leaderboard, format_leaderboard, load_trials, log_verdict
@@ -612,6 +735,37 @@ def _records_uri(args) -> str:
     return uri
 
 
+def _recorded(uri: str, names: list[str], command: str) -> list[str]:
+    """The sweeps `command` acts on: `names`, each checked against the SQLite store (read without MLflow, so
+    a wrong name is refused at once); none named, the latest with a finished trial, said on the first line.
+    [] when the store cannot be read here (a tracking server): MLflow then chooses, and the caller says which."""
+    from sslsearch.records.catalog import rankable_sweeps, recorded_sweeps
+
+    recorded = recorded_sweeps(uri)
+    if recorded is None:
+        return list(names)
+    if not recorded:
+        raise InputError(f"no sweeps recorded at {uri}; run `sslsearch sweep` first")
+    known = ", ".join(recorded[:10]) + (f" and {len(recorded) - 10} more" if len(recorded) > 10 else "")
+    unknown = [n for n in names if n not in recorded]
+    if unknown:
+        raise InputError(f"unknown sweep {', '.join(map(repr, unknown))}; known sweeps (newest first): {known}")
+    if names:
+        return list(names)
+    rankable = rankable_sweeps(uri) or []
+    if not rankable:
+        raise InputError(f"no sweep recorded at {uri} has a finished trial yet (known sweeps, newest first: {known})")
+    _say_chosen(command, rankable[0], len(recorded))
+    return rankable[:1]
+
+
+def _say_chosen(command: str, name: str, known: int | None = None) -> None:
+    """The first line of a command that chose its sweep itself (stderr: stdout may be a table or JSON)."""
+    others = f"; {known - 1} other sweep{'s' * (known > 2)} recorded" if known and known > 1 else ""
+    print(f"{command}: sweep {name}, the latest with a finished trial{others} (name a sweep to choose)",
+          file=sys.stderr, flush=True)
+
+
 def _add_records(p) -> None:
     p.add_argument("--storage", default="runs", help="the sweeps' storage folder (default: ./runs)")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: sqlite:///STORAGE/mlflow.db)")
@@ -631,9 +785,12 @@ def _run_leaderboard(args) -> int:
     if args.plots and Path(args.plots).exists() and not Path(args.plots).is_dir():
         raise InputError(f"--plots {args.plots} is a file; give a folder for the PNG plots")
     uri = _records_uri(args)
+    sweeps = _recorded(uri, args.sweeps, "leaderboard")
     from sslsearch.analysis.leaderboard import build_leaderboard, format_leaderboard, load_trials, write_plots
 
-    board = build_leaderboard(load_trials(uri, args.sweeps), top=args.top)
+    board = build_leaderboard(load_trials(uri, sweeps), top=args.top)
+    if not sweeps:  # MLflow chose (a tracking server)
+        _say_chosen("leaderboard", ", ".join(board.sweeps))
     print(format_leaderboard(board, args.format))
     _log_verdict(board, uri)
     if args.plots:
@@ -675,10 +832,13 @@ def _run_report(args) -> int:
     if args.card is not None and not (Path(args.card) / "model_card.json").is_file() and not Path(args.card).is_file():
         raise InputError(f"--card {args.card}: no model_card.json there; give the folder `sslsearch export --out` wrote")
     uri = _records_uri(args)
+    sweeps = _recorded(uri, args.sweeps, "report")
     from sslsearch.analysis.report import write_report
 
-    result = write_report(uri, args.sweeps, out, card=args.card,
+    result = write_report(uri, sweeps, out, card=args.card,
                           top=args.top, log=not args.no_log)
+    if not sweeps:  # MLflow chose (a tracking server)
+        _say_chosen("report", ", ".join(result["sweeps"]))
     for note in result["notes"]:
         print(note, file=sys.stderr)
     logged = " (also logged to the sweep's MLflow run as report.html)" if result["logged"] else ""
@@ -702,11 +862,20 @@ def _add_export(sub) -> None:
 
 def _run_export(args) -> int:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # MLflow draws a bar per downloaded file
+    out = Path(args.out).resolve()
+    # As export_best checks again just before it writes; here before seconds of imports and reading the records.
+    if out.exists() and not out.is_dir():
+        raise InputError(f"export path {out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not args.force:
+        raise InputError(f"export folder {out} exists and is not empty; pass --force to replace it")
     uri = _records_uri(args)
+    sweeps = _recorded(uri, [args.sweep] if args.sweep else [], "export")
     from sslsearch.analysis.export import export_best
 
-    card = export_best(uri, args.sweep, args.out, loss=args.loss, force=args.force, register=args.register,
-                       stage=args.stage)
+    card = export_best(uri, sweeps[0] if sweeps else None, args.out, loss=args.loss, force=args.force,
+                       register=args.register, stage=args.stage)
+    if not sweeps:  # MLflow chose (a tracking server)
+        _say_chosen("export", card["sweep"])
     m = card["metrics"]
     test = f", test_acc {m['test_acc']:.2f}" if m["test_acc"] is not None else ""
     print(f"exported the {card['backbone']} of trial {card['trial_id']} ({card['loss']}, sweep {card['sweep']}, "
@@ -780,7 +949,9 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141  # 128 + SIGPIPE, what a shell reports for a writer its reader left
     except InputError as error:
-        print(f"sslsearch: error: {error}", file=sys.stderr)
+        # One line, whatever a message quotes (each value is shortened where it is quoted; this is the backstop).
+        line = " ".join(str(error).split())
+        print(f"sslsearch: error: {line if len(line) <= 1000 else line[:999] + '…'}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("sslsearch: interrupted", file=sys.stderr)

@@ -1,4 +1,10 @@
-"""The one exception type that means "the user asked for something we cannot do"."""
+"""The one exception type that means "the user asked for something we cannot do", and how values appear in it."""
+
+from __future__ import annotations
+
+import reprlib
+
+QUOTE_LIMIT = 200   # characters of any one value an error message quotes
 
 
 class InputError(ValueError):
@@ -6,3 +12,33 @@ class InputError(ValueError):
 
     The CLI prints it without a traceback and exits with code 2.
     """
+
+
+def _bounded_repr() -> reprlib.Repr:
+    # reprlib stops at a depth and a count of items, so quoting a nested or huge value costs what it shows,
+    # never what the value holds (an expanded YAML alias bomb, a 60k-deep list).
+    shown = reprlib.Repr()
+    shown.maxlevel, shown.maxlist, shown.maxtuple, shown.maxdict, shown.maxset = 4, 12, 12, 8, 8
+    shown.maxstring = shown.maxother = shown.maxlong = QUOTE_LIMIT
+    return shown
+
+
+_REPR = _bounded_repr()
+
+
+def shown(value: object, limit: int = QUOTE_LIMIT) -> str:
+    """`repr(value)` as an error message quotes it: at most `limit` characters, with the full length when cut."""
+    text = _REPR.repr(value)
+    if len(text) > limit:
+        text = text[:limit - 1] + "…"
+    if isinstance(value, (str, bytes)) and len(value) > limit - 2:
+        text += f" ({len(value):,} characters)"
+    elif isinstance(value, (list, tuple, dict)) and len(value) > _REPR.maxlist:
+        text += f" ({len(value):,} items)"
+    return text
+
+
+def shown_path(path: object, limit: int = QUOTE_LIMIT) -> str:
+    """A path as an error message names it: its last `limit` characters (the end says which file)."""
+    text = str(path).replace("\n", "\\n")
+    return text if len(text) <= limit else "…" + text[-(limit - 1):]

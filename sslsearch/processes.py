@@ -73,16 +73,56 @@ def stop_descendants(root_pid: int | None = None, grace_s: float = STOP_GRACE_S,
     return stopped
 
 
+INTERRUPTED = 130  # the exit code after Ctrl-C or SIGTERM, as a shell reports Ctrl-C (docs/reliability.md)
+
+
 def _sigterm_as_ctrl_c(signum, frame):
-    # SIGTERM takes the path of Ctrl-C: Ray Tune saves the sweep's state and the summary says how to resume.
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    os.kill(os.getpid(), signal.SIGINT)
+    """SIGTERM (what Slurm, Kubernetes and `kill` send) takes the path of Ctrl-C, without going through SIGINT:
+    a command started by a script with `&` inherits SIGINT ignored, and SIGTERM must still stop it."""
+    handler = signal.getsignal(signal.SIGINT)
+    if callable(handler) and handler is not _sigterm_as_ctrl_c:
+        handler(signal.SIGINT, frame)   # Ray Tune's during a sweep: stop the loop, save the state, return
+    else:
+        raise KeyboardInterrupt         # SIGINT ignored or default: stop as Python's Ctrl-C does
+
+
+def keep_sigterm() -> None:
+    """Put this process's Python SIGTERM handler back after something took it at the C level.
+
+    `ray.init` installs Abseil's failure-signal handler for SIGTERM (Ray's CoreWorker option
+    `install_failure_signal_handler`): it prints "*** SIGTERM received ***" and aborts (exit 134), so no
+    summary, no resume hint, runs left RUNNING. Python's `signal.getsignal` still names the handler set
+    from Python; setting it again re-installs it with sigaction. Abseil keeps SIGSEGV, SIGABRT and the rest."""
+    import threading
+
+    handler = signal.getsignal(signal.SIGTERM)
+    if handler is not None and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, handler)
+
+
+@contextlib.contextmanager
+def sigint_restored():
+    """Run the body, then put back the SIGINT handler it found. Ray Tune's `fit` installs its own and leaves it
+    installed when no signal came: a Ctrl-C or SIGTERM after the sweep (the summary, the reconcile, a
+    confirmation stage) would only set an event nobody reads any more."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        yield
+    finally:
+        if handler is not None:
+            signal.signal(signal.SIGINT, handler)
 
 
 @contextlib.contextmanager
 def reaping(*, sigterm_as_ctrl_c: bool = True):
-    """Run the body; then shut Ray down if the body started it, and stop every process it left under us.
-    (Processes and a Ray instance that were there before are left alone: the CLI is also called in-process.)"""
+    """Run the body with SIGTERM as Ctrl-C (KeyboardInterrupt); then shut Ray down if the body started it, and stop
+    every process it left under us. (Processes and a Ray instance that were there before are left alone: the CLI is
+    also called in-process.)"""
     ray = sys.modules.get("ray")
     ray_was_up = ray is not None and ray.is_initialized()
     before = descendants()

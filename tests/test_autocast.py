@@ -66,6 +66,7 @@ def test_train_step_builds_views_outside_autocast(watched, joint_views):
     assert not [name for name, under in watched if under], "augmentation ran under autocast"
 
 
+@pytest.mark.slow
 def test_linear_evaluation_and_features_build_views_outside_autocast(watched):
     full = load_dataset("digits", val_fraction=0.2)
     data = dataclasses.replace(full, train_images=full.train_images[:64], train_labels=full.train_labels[:64],

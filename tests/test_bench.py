@@ -110,6 +110,7 @@ def _forward_flops(model: nn.Module, image_size: int) -> tuple[float, float]:
     return total, first
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backbone, image_size", [("resnet18", 32), ("resnet50", 64), ("small_cnn", 32)])
 def test_flops_per_image_match_the_layer_shapes(backbone, image_size):
     config = PretrainConfig(backbone=backbone)
@@ -122,6 +123,7 @@ def test_flops_per_image_match_the_layer_shapes(backbone, image_size):
     assert flops_per_image(joint, image_size) == pytest.approx(expected, rel=1e-3)
 
 
+@pytest.mark.slow
 def test_issue_arithmetic_for_a_cifar_epoch():
     # The issue's floor: ~0.33 PFLOP (ResNet-18) and ~0.78 PFLOP (ResNet-50) per CIFAR-10 epoch.
     assert flops_per_image(PretrainConfig(backbone="resnet18"), 32) * 50_000 / 1e15 == pytest.approx(0.333, abs=0.005)
@@ -142,6 +144,7 @@ def test_known_peaks_by_device_name(monkeypatch, name, peak):
 # Several trials per device
 # -------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_bench_packing_runs_concurrent_trials_on_cpu():
     result = bench_packing((1, 2), "small_cnn", 32, 8, "cpu", steps=2, warmup=1)
     assert [r["trials"] for r in result["runs"]] == [1, 2]
@@ -205,6 +208,7 @@ def digits():
     return load_dataset("digits")
 
 
+@pytest.mark.slow
 def test_compile_time_is_reported_apart_from_throughput(monkeypatch, digits):
     monkeypatch.setattr(torch, "compile", lambda model: model)  # the bookkeeping, not the compiler
     config = PretrainConfig(epochs=2, eval_every=2, batch_size=128, feature_dim=32, device="cpu", compile=True)
@@ -215,6 +219,7 @@ def test_compile_time_is_reported_apart_from_throughput(monkeypatch, digits):
     assert first["images_per_s"] > (len(digits.pretrain_images) // 128) * 128 / first["seconds"]
 
 
+@pytest.mark.slow
 def test_joint_views_pretrain_and_resume_guard(tmp_path, digits):
     config = PretrainConfig(epochs=1, eval_every=1, batch_size=128, feature_dim=32, device="cpu", joint_views=True)
     result = pretrain(config, out_dir=tmp_path, data=digits, progress=False)
@@ -291,6 +296,7 @@ def test_bench_probe_refuses_bad_settings(kwargs, match):
 # The device check script, in CPU mode, on an interpreter where Ray & co. cannot be imported
 # -------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_gpu_check_runs_on_cpu_without_the_sweep_dependencies(tmp_path):
     blocker = tmp_path / "site"
     blocker.mkdir()
@@ -320,6 +326,7 @@ def test_gpu_check_runs_on_cpu_without_the_sweep_dependencies(tmp_path):
 # bench platform: a real sweep of trials that only sleep, the driver measured
 # -------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_bench_platform_measures_a_real_sweep_end_to_end(ray_session, tmp_path):
     import mlflow
 

@@ -42,6 +42,7 @@ def test_each_method_is_measured_against_the_same_seeds_baseline():
     assert s["random+fifo"]["share_mean"] == pytest.approx((0.9 + 1.0) / 2)
 
 
+@pytest.mark.slow
 def test_four_methods_run_real_sweeps_on_the_synthetic_problem(ray_session, tmp_path):
     experiment = load_experiment(None, ["pretrain.epochs=4", "pretrain.eval_every=1", "scheduler.grace_period=1",
                                         "search.num_samples=4"])

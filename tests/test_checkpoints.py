@@ -19,6 +19,7 @@ TINY = ["pretrain.epochs=2", "pretrain.eval_every=1", "search.num_samples=2", "s
         "search.paired=false", "scheduler.type=fifo"]
 
 
+@pytest.mark.slow
 def test_best_pt_is_weights_only_and_refuses_to_resume(tmp_path):
     config = PretrainConfig(dataset="digits", epochs=1, eval_every=1, feature_dim=16, device="cpu")
     result = pretrain(config, out_dir=tmp_path, data=load_dataset("digits"), progress=False)

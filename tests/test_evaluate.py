@@ -126,6 +126,7 @@ def test_features_use_running_statistics_and_restore_the_mode():
                                                                        if isinstance(m, nn.BatchNorm2d)]))
 
 
+@pytest.mark.slow
 def test_probe_scores_on_digits_report_val_knn_and_test_only_on_request():
     from sslsearch.method.data import load_dataset
 

@@ -67,6 +67,7 @@ def exported(sweep, tmp_path_factory):
     return out, card
 
 
+@pytest.mark.slow
 def test_export_writes_weights_and_card(sweep, exported):
     out, card = exported
     assert sorted(p.name for p in out.iterdir()) == ["backbone.pt", "model_card.json", "model_card.md"]
@@ -86,6 +87,7 @@ def test_export_writes_weights_and_card(sweep, exported):
     assert "sha256" in (out / "model_card.md").read_text()
 
 
+@pytest.mark.slow
 def test_loaded_backbone_gives_the_trials_own_features(sweep, exported):
     out, _ = exported
     own = model_from_checkpoint(load_checkpoint(sweep["checkpoint"])).backbone
@@ -98,6 +100,7 @@ def test_loaded_backbone_gives_the_trials_own_features(sweep, exported):
             assert torch.equal(backbone(x), expected)
 
 
+@pytest.mark.slow
 def test_tampered_weights_are_refused(exported, tmp_path):
     out, _ = exported
     copy = tmp_path / "copy"
@@ -113,6 +116,7 @@ def test_tampered_weights_are_refused(exported, tmp_path):
         load_backbone(tmp_path / "nowhere")
 
 
+@pytest.mark.slow
 def test_existing_export_folder_needs_force(sweep, exported, tmp_path):
     out = tmp_path / "taken"
     out.mkdir()
@@ -126,6 +130,7 @@ def test_existing_export_folder_needs_force(sweep, exported, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["taken"]
 
 
+@pytest.mark.slow
 def test_loss_filter(sweep, tmp_path):
     with pytest.raises(InputError, match="no finished trial of sweep export-sweep has a checkpoint"):
         export_best(sweep["uri"], None, tmp_path / "hsic", loss="hsic")
@@ -138,6 +143,7 @@ def test_loss_filter(sweep, tmp_path):
     assert (tmp_path / "barlow").stat().st_mode == (tmp_path / "plain").stat().st_mode
 
 
+@pytest.mark.slow
 def test_registered_model_loads_back_by_alias(sweep, exported, tmp_path, monkeypatch):
     import mlflow.pytorch
 
@@ -157,6 +163,7 @@ def test_registered_model_loads_back_by_alias(sweep, exported, tmp_path, monkeyp
     assert str(sweep["client"].get_model_version_by_alias("sslsearch-digits", "champion").version) == "2"
 
 
+@pytest.mark.slow
 def test_independent_logistic_regression_reproduces_the_cards_test_acc(exported, digits):
     """Acceptance: scikit-learn on the exported backbone's features (train + val → test) within 2 points."""
     from sklearn.linear_model import LogisticRegression
@@ -201,6 +208,7 @@ def test_exported_resnet_loads_into_plain_torchvision_strictly(name, image_size,
         assert torch.equal(plain.eval()(x), backbone.eval()(x))
 
 
+@pytest.mark.slow
 def test_export_ships_the_confirmed_winner_and_its_typical_seed(sweep, tmp_path):
     """After `confirm`, the configuration with the best mean over seeds wins, not the best single run;
     of its seeds, the one closest to the mean is exported, and the card carries the confirmation."""

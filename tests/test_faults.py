@@ -23,10 +23,10 @@ from sslsearch.errors import InputError
 from sslsearch.records.store import default_tracking_uri
 from sslsearch.records.tracking import MlflowTracking, ray_results, sync, unsent_records
 from sslsearch.search.experiment import load_experiment
-from sslsearch.search.outcomes import STUDY_FILE
+from sslsearch.search.folder import STUDY_FILE
 from sslsearch.search.space import load_search_space
 from sslsearch.search.sweep import run_sweep
-from sslsearch.search.sweeplock import SweepLock, check_owned, create_sweep_folder
+from sslsearch.search.sweeplock import SweepLock, check_owned, claim_sweep_folder
 
 ROOT = Path(__file__).resolve().parent.parent
 # One pair of trials, 2 epochs, a report every epoch; FIFO so both run their full budget whatever they score.
@@ -181,12 +181,12 @@ def test_the_lock_of_a_killed_writer_is_taken_over(tmp_path):
 
 
 def test_two_sweeps_of_one_name_started_together_give_one_folder(tmp_path):
-    outcomes, start = [], threading.Barrier(8)
+    outcomes, locks, start = [], [], threading.Barrier(8)
 
     def create():
         start.wait()
         try:
-            create_sweep_folder(tmp_path / "X", "X")
+            locks.append(claim_sweep_folder(tmp_path / "X", "X"))
             outcomes.append("created")
         except InputError as error:
             outcomes.append(str(error))
@@ -197,7 +197,10 @@ def test_two_sweeps_of_one_name_started_together_give_one_folder(tmp_path):
     for t in threads:
         t.join()
     assert outcomes.count("created") == 1
-    assert all("a sweep named 'X' already exists" in o for o in outcomes if o != "created")
+    # The folder appears with its lock held: the others are told that X runs, never that it can be resumed.
+    assert all(o.startswith(f"sweep 'X' is running now (pid {os.getpid()} on ") for o in outcomes if o != "created"), outcomes
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["X"]  # no staging folder left behind
+    locks[0].release()
 
 
 def _checkpoint(folder: Path, epoch: int) -> None:

@@ -107,6 +107,7 @@ def test_method_imports_no_framework_and_analysis_no_ray_in_any_import_statement
     assert not offending, offending
 
 
+@pytest.mark.slow
 def test_importing_the_layers_loads_what_they_may():
     """Dynamically too: what a module imports at module level pulls in nothing its layer forbids."""
     method = sorted(m for m in _modules() if m.startswith("sslsearch.method"))

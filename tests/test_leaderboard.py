@@ -148,6 +148,7 @@ def store(tmp_path_factory):
     return {"client": client, "uri": uri, "folder": folder, "parent": parent, "run_ids": run_ids}
 
 
+@pytest.mark.slow
 def test_trials_are_read_back_from_mlflow_alone(store):
     trials = load_trials(store["uri"], ["paired"])
     assert len(trials) == len(PAIRED)
@@ -161,10 +162,12 @@ def test_trials_are_read_back_from_mlflow_alone(store):
     assert row["run_id"] == store["run_ids"]["p1h"] and row["parent_run_id"] == store["parent"]
 
 
+@pytest.mark.slow
 def test_no_sweep_named_means_the_most_recent_one(store):
     assert set(load_trials(store["uri"])["sweep"]) == {"paired"}
 
 
+@pytest.mark.slow
 def test_the_default_skips_newer_sweeps_without_a_finished_trial(tmp_path):
     client, uri, experiment_id = open_store(tmp_path)
     now = int(time.time() * 1000)
@@ -176,6 +179,7 @@ def test_the_default_skips_newer_sweeps_without_a_finished_trial(tmp_path):
         load_trials(uri, ["empty"])  # named: no fallback
 
 
+@pytest.mark.slow
 def test_no_rankable_sweep_at_all_is_one_line(tmp_path):
     client, uri, experiment_id = open_store(tmp_path)
     now = int(time.time() * 1000)
@@ -185,6 +189,7 @@ def test_no_rankable_sweep_at_all_is_one_line(tmp_path):
         load_trials(uri)
 
 
+@pytest.mark.slow
 def test_several_sweeps_pool_into_one_leaderboard(store):
     board = build_leaderboard(load_trials(store["uri"], ["old-sweep", "paired"]))
     assert board.sweeps == ["old-sweep", "paired"]
@@ -194,6 +199,7 @@ def test_several_sweeps_pool_into_one_leaderboard(store):
     assert board.head_to_head["variants"]["barlow"]["trials"] == 5  # 4 finished paired + 1 old
 
 
+@pytest.mark.slow
 def test_bad_sweeps_are_one_clear_line(store):
     with pytest.raises(InputError, match=r"unknown sweep 'nope'; known sweeps: paired, cifar, still-running") as error:
         load_trials(store["uri"], ["nope"])
@@ -207,12 +213,14 @@ def test_bad_sweeps_are_one_clear_line(store):
     assert not (store["folder"] / "missing.db").exists()
 
 
+@pytest.mark.slow
 def test_a_sweep_without_a_finished_trial_is_refused(store):
     expected = r"sweep 'still-running' has no finished trial with a val_acc after epoch 0 yet \(1 errored, 1 running\)"
     with pytest.raises(InputError, match=expected):
         load_trials(store["uri"], ["still-running"])
 
 
+@pytest.mark.slow
 def test_ranks_follow_val_acc_then_the_documented_tie_breaks(store):
     board = build_leaderboard(load_trials(store["uri"], ["paired"]))
     ranked = board.ranked
@@ -229,6 +237,7 @@ def test_trial_id_is_the_last_tie_break():
     assert list(rank_trials(rows)["trial_id"]) == ["a", "b", "c"]
 
 
+@pytest.mark.slow
 def test_head_to_head_matches_a_hand_computation(store):
     board = build_leaderboard(load_trials(store["uri"], ["paired"]))
     h2h = board.head_to_head
@@ -357,6 +366,7 @@ def test_importances_refuse_collinear_and_too_few_trials_and_use_one_trial_per_p
         assert len(trials) == 6 and {t.params["loss"] for t in trials} == {loss} and "loss" not in params
 
 
+@pytest.mark.slow
 def test_formats_parse(store):
     board = build_leaderboard(load_trials(store["uri"], ["paired"]), top=3)
     document = json.loads(format_leaderboard(board, "json"))
@@ -377,6 +387,7 @@ def test_formats_parse(store):
         format_leaderboard(board, "xml")
 
 
+@pytest.mark.slow
 def test_plots_are_written_and_logged_to_the_sweep_run(store, tmp_path):
     import optuna
 
@@ -446,6 +457,7 @@ def confirmed_store(tmp_path_factory):
     return {"client": client, "uri": uri, "parent": parent}
 
 
+@pytest.mark.slow
 def test_an_epoch_0_only_trial_is_never_ranked(confirmed_store):
     board = build_leaderboard(load_trials(confirmed_store["uri"], ["conf"]))
     assert list(board.ranked[board.ranked["loss"] == "barlow"]["trial_id"]) == ["s0b", "s1b", "s2b"]
@@ -453,6 +465,7 @@ def test_an_epoch_0_only_trial_is_never_ranked(confirmed_store):
     assert not set(board.ranked["trial_id"]) & {t["trial_id"] for t in _confirm_trials()}  # confirm runs: their own table
 
 
+@pytest.mark.slow
 def test_confirmed_configurations_rank_by_mean_over_seeds_with_a_t_interval(confirmed_store):
     from scipy import stats
 
@@ -482,6 +495,7 @@ def test_confirmed_configurations_rank_by_mean_over_seeds_with_a_t_interval(conf
     assert json.loads(format_leaderboard(board, "json"))["head_to_head"]["confirmed"]["paired"]["pairs"] == 6
 
 
+@pytest.mark.slow
 def test_the_verdict_is_logged_on_the_parent_run(confirmed_store):
     board = build_leaderboard(load_trials(confirmed_store["uri"], ["conf"]))
     logged = log_verdict(board, confirmed_store["uri"])
@@ -494,6 +508,7 @@ def test_the_verdict_is_logged_on_the_parent_run(confirmed_store):
     assert {"leaderboard.md", "leaderboard.json"} <= files
 
 
+@pytest.mark.slow
 def test_anytime_curve_counts_the_epochs_of_every_trial_in_report_order(tmp_path):
     client, uri, experiment_id = open_store(tmp_path)
     write_sweep(client, experiment_id, "anytime", [
@@ -510,6 +525,7 @@ def test_anytime_curve_counts_the_epochs_of_every_trial_in_report_order(tmp_path
     assert list(hsic["best_val_acc"]) == [70.0] and hsic["epochs"].iloc[0] <= 3
 
 
+@pytest.mark.slow
 def test_csv_piped_into_head_exits_quietly(store, tmp_path):
     """`sslsearch leaderboard --format csv | head -3` once ended in a BrokenPipeError traceback."""
     import shlex

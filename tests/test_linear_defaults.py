@@ -20,6 +20,7 @@ def test_small_data_sets_get_enough_steps_per_epoch():
     assert linear_defaults("folder", 100)["batch_size"] == 16        # the floor
 
 
+@pytest.mark.slow
 def test_cli_uses_the_data_sets_defaults_and_flags_win(tmp_path, capsys, monkeypatch):
     assert main(["pretrain", "--dataset", "digits", "--epochs", "1", "--eval-every", "1", "--out", str(tmp_path / "run"),
                  "--quiet"]) == 0

@@ -33,7 +33,7 @@ def test_live_view_counts_running_and_finished_trials_and_keeps_earlier_sessions
         view.on_trial_start(0, trials, t)
         t.set_status(Trial.RUNNING)
     report(view, trials, first, 0, 10.0)
-    assert "| running 3, finished 2 | best report, any epoch: barlow 71.00  hsic 64.00" in capsys.readouterr().out
+    assert "| running 3, paused 0, pending 38, finished 2 | best report, any epoch: barlow 71.00  hsic 64.00" in capsys.readouterr().out
 
     report(view, trials, second, 10, 75.0)
     second.set_status(Trial.TERMINATED)
@@ -41,9 +41,9 @@ def test_live_view_counts_running_and_finished_trials_and_keeps_earlier_sessions
     earlier[2].set_status(Trial.PAUSED)   # paused at a rung: live, not running
     report(view, trials, first, 10, 60.0)
     lines = capsys.readouterr().out.splitlines()
-    assert "| running 3, finished 2 | best report, any epoch: barlow 75.00  hsic 64.00" in lines[0]
+    assert "| running 3, paused 0, pending 38, finished 2 | best report, any epoch: barlow 75.00  hsic 64.00" in lines[0]
     assert lines[1].endswith(f"{second.trial_id} barlow λ=0.01 lr=0.001 d=128 finished at epoch 10")
-    assert "| running 1, finished 3 | best report, any epoch: barlow 75.00  hsic 64.00" in lines[2]
+    assert "| running 1, paused 1, pending 38, finished 3 | best report, any epoch: barlow 75.00  hsic 64.00" in lines[2]
 
 
 class NoScan(list):
@@ -62,4 +62,14 @@ def test_live_view_goes_through_all_trials_once_per_session_not_at_every_report(
     for epoch in (10, 20, 30):
         report(view, unscannable, trials[1], epoch, 50.0 + epoch)
     view.on_trial_complete(0, unscannable, trials[1])
-    assert "| running 1, finished 1 | best report, any epoch: barlow 70.00  hsic 80.00" in capsys.readouterr().out
+    assert "| running 1, paused 0, pending 2, finished 1 | best report, any epoch: barlow 70.00  hsic 80.00" in capsys.readouterr().out
+
+
+def test_live_view_says_how_many_trials_are_left_of_the_total_ray_passes(capsys):
+    trials = [trial("barlow", Trial.TERMINATED, ((10, 70.0),))] + [trial("hsic", Trial.PENDING) for _ in range(3)]
+    view = LiveView()
+    view.setup(total_num_samples=4)   # what Ray's controller passes every callback: the search's total
+    view.on_trial_start(0, trials, trials[1])
+    trials[1].set_status(Trial.RUNNING)
+    report(view, trials, trials[1], 0, 10.0)
+    assert "| running 1, paused 0, pending 2, finished 1, left 3 | best report" in capsys.readouterr().out

@@ -20,6 +20,7 @@ def test_registry_lists_and_refuses_duplicates_and_unknown_names():
         build_backbone("vgg", 32)
 
 
+@pytest.mark.slow
 def test_the_torch_free_config_names_exactly_the_registered_backbones():
     # In a fresh interpreter: tests in this session may register more.
     code = ("import sslsearch.method.config as c, sslsearch.method.models as m; "
@@ -52,6 +53,7 @@ def test_state_dict_loads_strictly_into_torchvision_resnet_with_the_same_swaps()
         torch.testing.assert_close(theirs.eval()(x), ours(x))
 
 
+@pytest.mark.slow
 def test_projector_layouts():
     reference = build_projector(2048, 128)
     assert [type(m) for m in reference] == [nn.Linear, nn.BatchNorm1d, nn.ReLU, nn.Linear]

@@ -114,6 +114,7 @@ def test_learning_rates_follow_the_official_schedule_at_every_step():
         assert (lr_w * factor, lr_b * factor) == pytest.approx(theirs, rel=1e-12, abs=1e-15), step
 
 
+@pytest.mark.slow
 def test_lars_steps_equal_the_official_lars_with_its_filters():
     config = official_config(batch_size=256, epochs=20)
     model, optimizer = prepare_training(config, 32, torch.device("cpu"))

@@ -25,6 +25,7 @@ print(grandchild.pid, flush=True)
 """
 
 
+@pytest.mark.slow
 def test_orphans_that_ignore_sigterm_are_stopped_and_older_processes_kept(tmp_path):
     bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])  # there before: not ours to stop
     try:

@@ -54,6 +54,7 @@ def test_markdown_tables_headings_and_code_become_html():
     assert "<script" not in markdown_html("<script>alert(1)</script> `<b>`")  # escaped, never markup
 
 
+@pytest.mark.slow
 def test_report_is_one_self_contained_file_logged_to_the_sweep_run(records, tmp_path, capsys, tmp_path_factory):
     card = tmp_path / "exported"
     card.mkdir()
@@ -95,6 +96,7 @@ def test_report_is_one_self_contained_file_logged_to_the_sweep_run(records, tmp_
     assert "importances for paired: skipped" in found["text"]  # no study file here: said, not hidden
 
 
+@pytest.mark.slow
 def test_bad_report_requests_are_one_line(records, tmp_path, capsys):
     for argv, message in ((["--out", str(tmp_path)], "is a folder; give the HTML file"),
                           (["--card", str(tmp_path)], "no model_card.json there"),

@@ -51,6 +51,7 @@ def _sweep(tmp_path, name, experiment, **settings):
                      trainable=synthetic_trainable(SyntheticSettings(**settings)))
 
 
+@pytest.mark.slow
 def test_optuna_holds_every_report_including_the_one_that_stopped_the_trial(ray_session, tmp_path):
     summary = _sweep(tmp_path, "truth", _experiment("search.paired=false", "search.num_samples=10"))
     results = _ray_results(Path(summary.path))
@@ -72,6 +73,7 @@ def test_optuna_holds_every_report_including_the_one_that_stopped_the_trial(ray_
             assert last["epoch"] < 8
 
 
+@pytest.mark.slow
 def test_paired_sweep_stops_both_twins_of_a_pair_at_the_same_epoch(ray_session, tmp_path):
     summary = _sweep(tmp_path, "pairs", _experiment("search.sampler=random"), epoch_seconds=0.02)
     by_pair = {}
@@ -87,6 +89,7 @@ def test_paired_sweep_stops_both_twins_of_a_pair_at_the_same_epoch(ray_session, 
     assert all(len(s) == 1 for s in states.values()), states
 
 
+@pytest.mark.slow
 def test_diverged_trials_reach_optuna_as_finished_at_chance_level(ray_session, tmp_path):
     summary = _sweep(tmp_path, "nan", _experiment("search.paired=false", "search.num_samples=6", "scheduler.type=fifo",
                                                    "pretrain.epochs=3"), diverge_lr=1e-3)
@@ -107,6 +110,7 @@ def test_diverged_trials_reach_optuna_as_finished_at_chance_level(ray_session, t
     assert all(b.outcome != "diverged" for b in summary.best_per_loss().values())
 
 
+@pytest.mark.slow
 def test_a_resumed_errored_trial_tells_optuna_its_true_outcome(ray_session, tmp_path):
     flag = tmp_path / "fail"
     flag.touch()
@@ -136,6 +140,7 @@ def test_rungs_between_reports_and_unpairable_concurrency_are_refused(overrides,
         _experiment(*overrides)
 
 
+@pytest.mark.slow
 def test_the_opening_line_says_where_asha_decides(ray_session, tmp_path, capsys):
     experiment = _experiment("search.num_samples=2", "pretrain.epochs=4")
     space = load_search_space(experiment.space_path())

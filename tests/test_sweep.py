@@ -15,7 +15,7 @@ from local_processes import free_port, kill_processes_mentioning
 
 from sslsearch.errors import InputError
 from sslsearch.search.experiment import load_experiment
-from sslsearch.search.outcomes import STUDY_FILE, SWEEP_FILE
+from sslsearch.search.folder import STUDY_FILE, SWEEP_FILE
 from sslsearch.search.space import load_search_space
 from sslsearch.search.sweep import SweepSearcher, check_resources, run_sweep, summarize
 
@@ -29,6 +29,7 @@ def _searcher(paired=True, max_epochs=4, tmp_path=None):
                          study_path=str(tmp_path / STUDY_FILE) if tmp_path else None)
 
 
+@pytest.mark.slow
 def test_resources_no_node_can_give_are_refused_before_any_trial(ray_session, capsys):
     # the session's Ray instance: 2 CPUs, no GPU
     check_resources(load_experiment(ROOT / "experiments" / "digits.yaml"), None)
@@ -74,6 +75,7 @@ def test_paired_searcher_gives_twins_that_differ_only_in_loss():
     assert len({c["pair"] for c in configs}) == 3 and len({c["seed"] for c in configs}) == 3
 
 
+@pytest.mark.slow
 def test_sweep_runs_pairs_on_ray_and_keeps_optuna_consistent(ray_session, tmp_path):
     experiment = load_experiment(None, ["pretrain.epochs=3", "pretrain.eval_every=1", "search.num_samples=4",
                                         "scheduler.grace_period=1", "scheduler.reduction_factor=2"])
@@ -97,6 +99,7 @@ def test_sweep_runs_pairs_on_ray_and_keeps_optuna_consistent(ray_session, tmp_pa
     assert "best barlow by final report: val_acc" in summary.format() and "overhead" in summary.format()
 
 
+@pytest.mark.slow
 def test_sweep_on_uri_storage_keeps_its_records_there_and_resumes(ray_session, tmp_path):
     """s3:// and gs:// go through the same pyarrow file-system code as this file:// URI."""
     from sslsearch.search.sweep import resume_sweep

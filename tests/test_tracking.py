@@ -258,6 +258,7 @@ class FakeTrial:
         callback.on_checkpoint(0, [], self, self.checkpoint)
 
 
+@pytest.mark.slow
 def test_killed_then_interrupted_then_resumed_driver_keeps_one_run_per_trial(tmp_path):
     experiment = tiny()
     space = load_search_space(experiment.space_path())
@@ -317,6 +318,7 @@ def test_killed_then_interrupted_then_resumed_driver_keeps_one_run_per_trial(tmp
     assert run_a.data.params["lmbda"] == "0.01" and run_a.data.params["base.epochs"] == "2"
 
 
+@pytest.mark.slow
 def test_a_stage_callback_tags_its_runs_even_after_ray_restores_it(tmp_path):
     """The confirm stage's callback (stage="confirm") survives the pickling of a resume; the sweep's own does not tag."""
     experiment = tiny()
@@ -336,6 +338,7 @@ def test_a_stage_callback_tags_its_runs_even_after_ray_restores_it(tmp_path):
     assert children["c0000001"][0].data.tags["sslsearch.stage"] == "confirm"
 
 
+@pytest.mark.slow
 def test_outage_queues_records_on_disk_without_blocking_and_sends_them_in_order_later(tmp_path, monkeypatch):
     experiment = tiny()
     space = load_search_space(experiment.space_path())
@@ -379,11 +382,13 @@ def test_outage_queues_records_on_disk_without_blocking_and_sends_them_in_order_
     assert load_artifact(client, run.info.run_id, "checkpoints/best.pt", tmp_path / "d")["epoch"] == 1
 
 
+@pytest.mark.slow
 def test_trials_cut_by_the_time_budget_are_stopped_early_not_interrupted(tmp_path):
-    experiment = tiny("search.time_budget_s=0.001")
+    experiment = tiny("search.time_budget_s=60")
     tracking = MlflowTracking(experiment, load_search_space(experiment.space_path()), sweep="budget", storage=str(tmp_path))
     trial = FakeTrial("dddd0004", tmp_path, "hsic")
     tracking.setup()
+    tracking._started -= 60   # the sweep began a budget ago (the shortest budget the validator takes is a minute)
     tracking.on_trial_start(0, [], trial)
     trial.report(tracking, 0, 50.0), trial.report(tracking, 1, 60.0)
     trial.status = "TERMINATED"  # what Ray's time budget leaves, without calling on_trial_complete
@@ -394,6 +399,7 @@ def test_trials_cut_by_the_time_budget_are_stopped_early_not_interrupted(tmp_pat
     assert run.info.status == "FINISHED" and run.data.tags["sslsearch.outcome"] == "stopped early"
 
 
+@pytest.mark.slow
 def test_the_experiment_opens_as_model_training_and_the_parent_run_holds_the_answer(tmp_path):
     experiment = tiny()
     tracking = MlflowTracking(experiment, load_search_space(experiment.space_path()), sweep="answer", storage=str(tmp_path))

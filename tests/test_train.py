@@ -22,6 +22,7 @@ def tiny(**overrides):
     return PretrainConfig(**values)
 
 
+@pytest.mark.slow
 def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path, digits):
     straight = pretrain(tiny(epochs=4, eval_every=2), out_dir=tmp_path / "a", data=digits, progress=False)
     pretrain(tiny(epochs=2, eval_every=2), out_dir=tmp_path / "b", data=digits, progress=False)
@@ -33,6 +34,7 @@ def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path, digits):
     assert straight.history[-1]["val_acc"] == resumed.history[-1]["val_acc"]
 
 
+@pytest.mark.slow
 def test_checkpoint_is_weights_only_and_rebuilds_the_model(tmp_path, digits):
     result = pretrain(tiny(epochs=1), out_dir=tmp_path, data=digits, progress=False)
     raw = torch.load(tmp_path / "last.pt", weights_only=True)
@@ -50,18 +52,21 @@ def test_checkpoint_is_weights_only_and_rebuilds_the_model(tmp_path, digits):
     assert not list(tmp_path.glob("*.tmp"))
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_checkpoint_with_other_settings(tmp_path, digits):
     pretrain(tiny(epochs=1), out_dir=tmp_path, data=digits, progress=False)
     with pytest.raises(InputError, match="different settings: lmbda"):
         pretrain(tiny(epochs=2, lmbda=0.5), out_dir=tmp_path, data=digits, progress=False, resume=tmp_path / "last.pt")
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_the_run_with_a_clear_message(monkeypatch, digits):
     monkeypatch.setattr(train_module, "ssl_loss", lambda name, z1, z2, lmbda, norm: (z1.sum() + z2.sum()) * float("nan"))
     with pytest.raises(TrainingDiverged, match="loss became nan in epoch 1"):
         pretrain(tiny(epochs=1), data=digits, progress=False)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("optimizer,schedule", [("sgd", "cosine"), ("lars", "cosine"), ("adam", "constant")])
 def test_every_optimizer_trains_and_hsic_too(optimizer, schedule, digits):
     config = tiny(epochs=2, optimizer=optimizer, schedule=schedule, warmup_epochs=1, loss="hsic",
@@ -88,6 +93,7 @@ def test_batch_larger_than_the_data_set_is_refused(tmp_path, digits):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_resume_extends_a_constant_schedule_but_refuses_to_stretch_a_cosine(tmp_path, digits):
     # Constant: the extension is exactly the longer run (the first test resumes 2 → 4 epochs too).
     pretrain(tiny(epochs=1, eval_every=1), out_dir=tmp_path / "c", data=digits, progress=False)
@@ -105,6 +111,7 @@ def test_resume_extends_a_constant_schedule_but_refuses_to_stretch_a_cosine(tmp_
     assert [r["epoch"] for r in again.history] == [0, 1, 2]
 
 
+@pytest.mark.slow
 def test_learning_rate_in_statistics_follows_warmup_and_cosine(tmp_path, digits):
     result = pretrain(tiny(epochs=3, optimizer="sgd", lr=0.1, schedule="cosine", warmup_epochs=1), data=digits, progress=False)
     steps = (digits.pretrain_images.shape[0]) // 128

@@ -39,6 +39,7 @@ def write_study(storage: Path, sweep: str) -> None:
     study.optimize(lambda t: t.suggest_float("lmbda", 1e-3, 1, log=True), n_trials=3)
 
 
+@pytest.mark.slow
 def test_a_busy_port_is_one_line_and_exit_2_before_anything_starts(tmp_path, capsys):
     (tmp_path / "mlflow.db").touch()
     write_study(tmp_path, "s1")
@@ -61,6 +62,7 @@ def test_a_busy_port_is_one_line_and_exit_2_before_anything_starts(tmp_path, cap
         check_port("127.0.0.1", 70000)
 
 
+@pytest.mark.slow
 def test_commands_serve_the_store_on_loopback(tmp_path):
     with pytest.raises(InputError, match="no MLflow records"):
         mlflow_ui(str(tmp_path))
@@ -169,7 +171,7 @@ def test_mlflow_ui_opens_on_the_runs_with_metrics_and_stops_with_every_child(swe
     assert "Detect Issues" not in runs.probe and "Latency" not in runs.probe  # not the GenAI traces overview
     assert "Model metrics\n(2)" in charts.probe  # the parent run's best_val_acc_barlow / _hsic charts
     assert len(done["tree"]) >= 2, done["tree"]  # the server and its workers (uvicorn, huey)
-    assert done["alive"] == [] and done["code"] == 0
+    assert done["alive"] == [] and done["code"] == 130  # interrupted, as every command
     assert "Traceback" not in done["stderr"] and "DeprecationWarning" not in done["stderr"], done["stderr"][-3000:]
     check_port("127.0.0.1", port)  # nothing listens any more
 
@@ -185,6 +187,6 @@ def test_optuna_dashboard_serves_the_sweep_study_and_stops(tmp_path):
     assert done["url"] == f"http://127.0.0.1:{port}/dashboard/studies/0" and done["answered"] == 200
     studies = json.loads(done["body"])["study_summaries"]
     assert [(s["study_id"], s["study_name"]) for s in studies] == [(0, "mine")]  # the id the printed URL opens
-    assert done["alive"] == [] and done["code"] == 0
+    assert done["alive"] == [] and done["code"] == 130  # interrupted, as every command
     assert "Traceback" not in done["stderr"], done["stderr"][-3000:]
     check_port("127.0.0.1", port)

@@ -56,7 +56,8 @@ from sslsearch.records.schema import (
     runs_filter,
 )
 from sslsearch.records.store import sqlite_path
-from sslsearch.search.outcomes import FINISHED, OUTCOMES, STUDY_FILE
+from sslsearch.search.folder import STUDY_FILE
+from sslsearch.search.outcomes import FINISHED, OUTCOMES
 from sslsearch.search.trial_config import BASE, logged_value
 from sslsearch.search.trial_config import PAIR as PAIR_KEY
 

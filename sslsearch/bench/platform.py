@@ -46,9 +46,10 @@ from sslsearch.records.store import default_tracking_uri
 from sslsearch.records.tracking import MlflowTracking
 from sslsearch.search.asha import PairedASHA, RungState
 from sslsearch.search.experiment import PROJECT_ROOT, load_experiment
-from sslsearch.search.outcomes import STUDY_FILE
+from sslsearch.search.folder import STUDY_FILE
 from sslsearch.search.retention import CheckpointRetention
 from sslsearch.search.saved_state import IntactStateCopy
+from sslsearch.search.slots import SlotUse
 from sslsearch.search.space import load_search_space
 from sslsearch.search.sweep import (
     LiveView,
@@ -339,10 +340,13 @@ def _mlflow_server(folder: Path):
 def measure_sweep(trials: int, reports: int = 10, concurrency: int = 8, report_seconds: float = 0.25,
                   checkpoint_mb: float = 1.0, tracking: str = "sqlite", sampler: str = "tpe",
                   storage: str | None = None, ray_num_to_keep: int | None = 2, append_snapshot: bool = True,
-                  ray_loggers: str = "all", experiment_path: str | Path | None = None) -> dict:
+                  ray_loggers: str = "all", experiment_path: str | Path | None = None,
+                  paused_twins_hold_slots: bool = False) -> dict:
     """Run one synthetic sweep of `trials` trials (`reports` report intervals at most each) and return
     the driver's figures. Uses the Ray instance already running in this process, else starts one with
-    `concurrency` CPUs. `ray_num_to_keep` and `append_snapshot` are the fixes measured in docs/scale.md."""
+    `concurrency` CPUs. `ray_num_to_keep` and `append_snapshot` are the fixes measured in docs/scale.md;
+    `paused_twins_hold_slots` is the slot accounting before issue 19 (a twin paused at a rung kept a new trial
+    from starting), for the side-by-side figure in docs/sweeps.md."""
     _check_settings(trials, reports, concurrency, report_seconds, checkpoint_mb, tracking)
     experiment = _sweep_experiment(trials, reports, concurrency, sampler, experiment_path)
     space = load_search_space(experiment.space_path())
@@ -368,11 +372,15 @@ def measure_sweep(trials: int, reports: int = 10, concurrency: int = 8, report_s
             callbacks.append(JsonLoggerCallback())
         if tracking != "none":
             callbacks.append(_TimedTracking(experiment, space, sweep=name, storage=str(folder), tracking_uri=uri))
+        scheduler = make_scheduler(experiment)
         searcher = _TimedSearcher(space, max_epochs=experiment.pretrain.epochs, sampler=sampler,
                                   seed=experiment.search.seed, paired=experiment.search.paired, study_name=name,
-                                  study_path=f"{sweep_path(str(folder), name)}/{STUDY_FILE}")
+                                  study_path=f"{sweep_path(str(folder), name)}/{STUDY_FILE}",
+                                  scheduler=scheduler if isinstance(scheduler, PairedASHA) and not paused_twins_hold_slots
+                                  else None)
         searcher.append_snapshot = append_snapshot
-        scheduler = make_scheduler(experiment)
+        slot_use = SlotUse()
+        callbacks.append(slot_use)
         # As run_sweep: [live view, rungs, intact state copy, retention, …] (the copy before retention in each save).
         callbacks[1:1] = [*([RungState(scheduler)] if isinstance(scheduler, PairedASHA) else []),
                           _TimedIntactStateCopy(sweep_path(str(folder), name)),
@@ -401,6 +409,8 @@ def measure_sweep(trials: int, reports: int = 10, concurrency: int = 8, report_s
     outcome = {o: sum(t.outcome == o for t in summary.trials) for o in ("completed", "stopped early", "errored")}
     result = _figures(trials, reported, concurrency, wall, cpu, summary, server_cpu)
     result.update({
+        "slot_utilization": slot_use.utilization(concurrency), "paired": experiment.search.paired,
+        "paused_twins_hold_slots": paused_twins_hold_slots,
         "reports_max": reports + 1, "report_seconds": report_seconds, "checkpoint_mb": checkpoint_mb,
         "tracking": tracking, "sampler": sampler, "ray_num_to_keep": ray_num_to_keep, "append_snapshot": append_snapshot,
         "ray_loggers": ray_loggers,
@@ -544,7 +554,7 @@ def suggest_latency(finished: tuple[int, ...] = (50, 200, 1000), samplers: tuple
 def bench_platform(trials: tuple[int, ...] = (50, 200, 1000), reports: int = 10, concurrency: int = 8,
                    report_seconds: float = 0.25, checkpoint_mb: float = 1.0, tracking: str = "sqlite",
                    sampler: str = "tpe", ray_num_to_keep: int | None = 2, append_snapshot: bool = True,
-                   ray_loggers: str = "all", timeout_s: float = 3600) -> dict:
+                   ray_loggers: str = "all", paused_twins_hold_slots: bool = False, timeout_s: float = 3600) -> dict:
     """`measure_sweep` for each sweep size, each in a fresh Python process: its own Ray instance and
     clean memory figures. Returns the settings and one result per size."""
     if not trials:
@@ -554,7 +564,8 @@ def bench_platform(trials: tuple[int, ...] = (50, 200, 1000), reports: int = 10,
         _sweep_experiment(n, reports, concurrency, sampler, None)
     settings = {"reports": reports, "concurrency": concurrency, "report_seconds": report_seconds,
                 "checkpoint_mb": checkpoint_mb, "tracking": tracking, "sampler": sampler,
-                "ray_num_to_keep": ray_num_to_keep, "append_snapshot": append_snapshot, "ray_loggers": ray_loggers}
+                "ray_num_to_keep": ray_num_to_keep, "append_snapshot": append_snapshot, "ray_loggers": ray_loggers,
+                "paused_twins_hold_slots": paused_twins_hold_slots}
     runs = []
     for n in trials:
         with tempfile.TemporaryDirectory(prefix="sslsearch-bench-platform-") as folder:
@@ -593,7 +604,8 @@ def format_bench_platform(result: dict) -> str:
     runs = result["runs"]
     fix = "".join([f", Ray num_to_keep={result['ray_num_to_keep']}" if result["ray_num_to_keep"] != 1 else "",
                    ", appended study snapshot" if result["append_snapshot"] else "",
-                   ", Ray's result.json only" if result.get("ray_loggers") == "json" else ""])
+                   ", Ray's result.json only" if result.get("ray_loggers") == "json" else "",
+                   ", paused twins holding slots (before issue 19)" if result.get("paused_twins_hold_slots") else ""])
     lines = [f"platform: synthetic trials ({result['report_seconds']} s per report interval, {result['checkpoint_mb']} MB "
              f"checkpoints, up to {result['reports'] + 1} reports), {result['concurrency']} at a time, {result['sampler']} "
              f"sampler, MLflow: {result['tracking']}{fix}; {result['machine']['cpus']} CPUs, {result['machine']['date']}"]
@@ -604,6 +616,7 @@ def format_bench_platform(result: dict) -> str:
     row("trials", [f"{r['trials']:,}" for r in runs])
     row("reports (all trials)", [f"{r['reports']:,}" for r in runs])
     row("wall s", [f"{r['wall_s']:.1f}" for r in runs])
+    row("slot utilisation % (training / slots × wall)", [f"{100 * r.get('slot_utilization', math.nan):.1f}" for r in runs])
     row("  beyond the trials' own time / concurrency", [f"{r['wall_beyond_trials_s']:.1f}" for r in runs])
     row("driver CPU s (process, all threads)", [f"{r['driver_cpu_s']:.1f}" for r in runs])
     row("  of which MLflow store set-up (once)", [f"{r['setup_cpu_s']:.1f}" for r in runs])

@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import re
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sslsearch.errors import InputError
+from sslsearch.errors import InputError, shown, shown_path
 
 if TYPE_CHECKING:
-    import torch
+    pass
 
 DATASETS: tuple[str, ...] = ("digits", "cifar10", "cifar100", "stl10", "tiny_imagenet", "folder")
 LOSSES: tuple[str, ...] = ("barlow", "hsic")
@@ -26,6 +29,51 @@ OPTIMIZERS: tuple[str, ...] = ("adam", "sgd", "lars")
 SCHEDULES: tuple[str, ...] = ("constant", "cosine")
 # The backbones sslsearch.method.models registers on import (tests/test_models.py checks they agree).
 BUILTIN_BACKBONES: tuple[str, ...] = ("resnet18", "resnet34", "resnet50", "small_cnn")
+
+# Sane bounds: beyond them a value is a slip (1e20 for 20), not a plan.
+MAX_EPOCHS = 100_000
+# feature_dim and projector widths: the loss holds a D×D cross-correlation, 16 GiB in float32 at D = 65,536
+# (the official recipe's 8,192 is 256 MiB).
+MAX_WIDTH = 65_536
+MAX_PROJECTOR_LAYERS = 8
+MAX_SEED = 2**32                 # numpy's seeds, which the data split and augmentations use
+MAX_IMAGE_SIZE = 1024
+
+
+def held_out_count(count: int, fraction: float) -> int:
+    """Items of a class of `count` that a stratified split with `fraction` holds out."""
+    # Round half up (Python's round() goes to even: 2.5 → 2, surprising in a table of split sizes).
+    # A class of ≥2 items gives at least one to the held-out side and keeps at least one;
+    # a singleton stays on the keep side, where a probe can still learn it.
+    if fraction == 0 or count < 2:
+        return 0
+    return min(max(math.floor(fraction * count + 0.5), 1), count - 1)
+
+
+# The built-in data sets' labelled training images per class (before the validation split) and unlabeled images,
+# so that batch_size and val_fraction are checked against the data before anything loads it
+# (tests/test_config.py checks digits against its loader). digits: scikit-learn's 1,797 images less the fixed
+# 20 % test split (sslsearch.method.data.TEST_FRACTION) that held_out_count carves per class.
+_DIGITS_CLASSES = (178, 182, 177, 183, 181, 182, 181, 179, 174, 180)
+TRAIN_CLASS_COUNTS: dict[str, tuple[tuple[int, ...], int]] = {
+    "digits": (tuple(c - held_out_count(c, 0.2) for c in _DIGITS_CLASSES), 0),
+    "cifar10": ((5000,) * 10, 0),
+    "cifar100": ((500,) * 100, 0),
+    "stl10": ((500,) * 10, 100_000),
+    "tiny_imagenet": ((500,) * 200, 0),
+}
+
+
+def visible_gpus() -> int | None:
+    """GPUs this machine shows without loading a driver library: NVIDIA device files (as CUDA_VISIBLE_DEVICES
+    narrows them); None when another kind of accelerator may be present (AMD's /dev/kfd), so only Ray can count."""
+    if Path("/dev/kfd").exists():
+        return None
+    count = sum(1 for name in os.listdir("/dev") if re.fullmatch(r"nvidia\d+", name)) if os.path.isdir("/dev") else 0
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None and count:
+        count = min(count, len([d for d in listed.split(",") if d.strip() and d.strip() != "-1"]))
+    return count
 
 
 def _registered_backbones() -> list[str]:
@@ -36,6 +84,8 @@ def _registered_backbones() -> list[str]:
 
 
 def _cuda_available() -> bool:
+    if visible_gpus() == 0:   # no GPU device at all: no need to load torch (seconds) to say so
+        return False
     import torch  # only asked when a CUDA device is requested
 
     return torch.cuda.is_available()
@@ -94,32 +144,43 @@ class PretrainConfig:
                    "optimizer": OPTIMIZERS, "schedule": SCHEDULES}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
-                raise InputError(f"unknown {key} {getattr(self, key)!r}; expected one of {', '.join(allowed)}")
+                raise InputError(f"unknown {key} {shown(getattr(self, key))}; expected one of {', '.join(allowed)}")
         backbones = _registered_backbones()
         if self.resolved_backbone() not in backbones:
-            raise InputError(f"unknown backbone {self.backbone!r}; expected one of {', '.join(backbones)}")
+            raise InputError(f"unknown backbone {shown(self.backbone)}; expected one of {', '.join(backbones)}")
         if self.zero_init_residual and not self.resolved_backbone().startswith("resnet"):
             raise InputError(f"zero_init_residual needs a ResNet backbone, got {self.resolved_backbone()}")
         if self.lars_adaptation_filter and self.optimizer != "lars":
             raise InputError(f"lars_adaptation_filter applies to the lars optimizer only, got optimizer {self.optimizer}")
+        hidden = self.projector_hidden
         checks = [
-            (self.lmbda >= 0 and math.isfinite(self.lmbda), f"lmbda must be a finite number ≥ 0, got {self.lmbda}"),
-            (self.feature_dim >= 1, f"feature_dim must be ≥ 1, got {self.feature_dim}"),
-            (all(h >= 1 for h in self.projector_hidden), f"projector_hidden widths must be ≥ 1, got {self.projector_hidden}"),
+            (self.lmbda >= 0 and math.isfinite(self.lmbda), f"lmbda must be a finite number ≥ 0, got {self.lmbda:g}"),
+            (1 <= self.feature_dim <= MAX_WIDTH, f"feature_dim must be in [1, {MAX_WIDTH:,}] (the loss holds a "
+                                                 f"feature_dim² matrix), got {self.feature_dim:g}"),
+            (len(hidden) <= MAX_PROJECTOR_LAYERS, f"projector_hidden holds at most {MAX_PROJECTOR_LAYERS} widths, "
+                                                  f"got {len(hidden):,}"),
+            (all(1 <= h <= MAX_WIDTH for h in hidden),
+             f"projector_hidden widths must be in [1, {MAX_WIDTH:,}], got {shown(hidden)}"),
             (self.batch_size >= 2, f"batch_size must be ≥ 2 (the loss standardises along the batch), got {self.batch_size}"),
-            (self.epochs >= 1, f"epochs must be ≥ 1, got {self.epochs}"),
+            (1 <= self.epochs <= MAX_EPOCHS, f"epochs must be in [1, {MAX_EPOCHS:,}], got {self.epochs:g}"),
             # Above 10 every optimiser here (Adam, SGD, LARS's trust-scaled steps) diverges at once.
-            (0 < self.lr <= 10, f"lr must be in (0, 10], got {self.lr}"),
+            (0 < self.lr <= 10, f"lr must be in (0, 10], got {self.lr:g}"),
             (self.lr_biases is None or (self.lr_biases >= 0 and math.isfinite(self.lr_biases)),
              f"lr_biases must be ≥ 0, got {self.lr_biases}"),
-            (self.weight_decay >= 0, f"weight_decay must be ≥ 0, got {self.weight_decay}"),
+            (self.weight_decay >= 0, f"weight_decay must be ≥ 0, got {self.weight_decay:g}"),
+            (0 <= self.momentum <= 1, f"momentum must be in [0, 1], got {self.momentum:g}"),
             # A warm-up longer than the run is allowed: the run is then all warm-up (a short test of a recipe).
-            (self.warmup_epochs >= 0, f"warmup_epochs must be ≥ 0, got {self.warmup_epochs}"),
-            (self.eval_every >= 1, f"eval_every must be ≥ 1, got {self.eval_every}"),
-            (0 < self.val_fraction < 1, f"val_fraction must be in (0, 1), got {self.val_fraction}"),
+            (0 <= self.warmup_epochs <= MAX_EPOCHS, f"warmup_epochs must be in [0, {MAX_EPOCHS:,}], got {self.warmup_epochs:g}"),
+            (1 <= self.eval_every <= MAX_EPOCHS, f"eval_every must be in [1, {MAX_EPOCHS:,}], got {self.eval_every:g}"),
+            (0 < self.val_fraction < 1, f"val_fraction must be in (0, 1), got {self.val_fraction:g}"),
             (self.knn_k >= 1 and self.knn_temperature > 0, "knn_k must be ≥ 1 and knn_temperature > 0"),
-            (self.device in ("auto", "cpu") or self.device.startswith("cuda"),
-             f"device must be auto, cpu or cuda[:N], got {self.device!r}"),
+            (self.probe_weight_decay >= 0, f"probe_weight_decay must be ≥ 0, got {self.probe_weight_decay:g}"),
+            (0 <= self.seed < MAX_SEED, f"seed must be in [0, 2**32), got {self.seed:g}"),
+            (0 <= self.split_seed < MAX_SEED, f"split_seed must be in [0, 2**32), got {self.split_seed:g}"),
+            (self.image_size is None or 1 <= self.image_size <= MAX_IMAGE_SIZE,
+             f"image_size must be in [1, {MAX_IMAGE_SIZE}] pixels, got {self.image_size}"),
+            (re.fullmatch(r"auto|cpu|cuda(:\d{1,4})?", self.device) is not None,
+             f"device must be auto, cpu or cuda[:N], got {shown(self.device)}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -133,6 +194,26 @@ class PretrainConfig:
         if self.device == "auto":
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
         return torch.device(self.device)
+
+    def pretraining_images(self) -> int | None:
+        """Images one epoch pretrains on (labelled training images less the validation split, plus unlabeled ones);
+        None for a `folder` data set, whose size is known once it is read."""
+        if self.dataset not in TRAIN_CLASS_COUNTS:
+            return None
+        classes, unlabeled = TRAIN_CLASS_COUNTS[self.dataset]
+        return sum(c - held_out_count(c, self.val_fraction) for c in classes) + unlabeled
+
+    def check_data(self) -> None:
+        """InputError (one line) for settings the data set cannot satisfy, checked without loading it: a batch larger
+        than an epoch's images (a validation split that leaves too few), a data folder that is a file."""
+        if self.data_dir is not None and os.path.exists(self.data_dir) and not os.path.isdir(self.data_dir):
+            raise InputError(f"pretrain.data_dir {shown_path(self.data_dir)} is a file; give the folder that holds "
+                             "(or will hold) the data sets")
+        images = self.pretraining_images()
+        if images is not None and self.batch_size > images:
+            raise InputError(f"batch_size {self.batch_size:g} exceeds the {images:,} pretraining images of {self.dataset} "
+                             f"(its training images less the val_fraction={self.val_fraction:g} validation split); "
+                             f"lower batch_size or val_fraction")
 
     def to_dict(self) -> dict:
         """Plain values only (lists for tuples), so checkpoints load with weights_only=True."""

@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import os
 import pickle
 import shutil
@@ -31,7 +30,11 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 
 from sslsearch.errors import InputError
-from sslsearch.method.config import DATASETS, PretrainConfig  # the names live with the config, which imports no torch
+from sslsearch.method.config import (  # the names live with the config, which imports no torch
+    DATASETS,
+    PretrainConfig,
+    held_out_count,
+)
 
 IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 DEFAULT_DATA_DIR = "data"      # resolved against the current directory, then made absolute
@@ -132,7 +135,7 @@ def _dataset_root(name: str, data_dir: str | os.PathLike | None) -> Path:
 
 
 def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Seeded per-class split into sorted (keep_idx, held_out_idx); see _held_out_count for the sizes."""
+    """Seeded per-class split into sorted (keep_idx, held_out_idx); see held_out_count for the sizes."""
     _check_fraction("fraction", fraction)
     _check_seed("seed", seed)
     if labels.ndim != 1 or labels.is_floating_point() or labels.is_complex():
@@ -142,22 +145,13 @@ def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[
     held_out = [torch.empty(0, dtype=torch.int64)]
     for cls in torch.unique(cpu_labels).tolist():      # sorted, so the draw order is fixed
         members = (cpu_labels == cls).nonzero().flatten()
-        n = _held_out_count(len(members), fraction)
+        n = held_out_count(len(members), fraction)
         if n:
             held_out.append(members[torch.randperm(len(members), generator=generator)[:n]])
     held = torch.cat(held_out).sort().values
     keep_mask = torch.ones(len(cpu_labels), dtype=torch.bool)
     keep_mask[held] = False
     return keep_mask.nonzero().flatten().to(labels.device), held.to(labels.device)
-
-
-def _held_out_count(count: int, fraction: float) -> int:
-    # Round half up (Python's round() goes to even: 2.5 → 2, surprising in a table of split sizes).
-    # A class of ≥2 items gives at least one to the held-out side and keeps at least one;
-    # a singleton stays on the keep side, where a probe can still learn it.
-    if fraction == 0 or count < 2:
-        return 0
-    return min(max(math.floor(fraction * count + 0.5), 1), count - 1)
 
 
 # --- assembling the splits --------------------------------------------------------------------

@@ -34,6 +34,7 @@ import collections
 import contextlib
 import dataclasses
 import importlib.metadata
+import inspect
 import json
 import logging
 import math
@@ -57,7 +58,7 @@ from mlflow.exceptions import MlflowException
 from ray import tune
 
 import sslsearch
-from sslsearch.errors import InputError
+from sslsearch.errors import InputError, shown
 from sslsearch.method.train import save_weights_only
 from sslsearch.records.query import find_experiment, search_all_runs
 from sslsearch.records.schema import (
@@ -100,11 +101,12 @@ from sslsearch.records.schema import (
 from sslsearch.records.store import artifact_root as _artifact_root  # noqa: F401
 from sslsearch.records.store import check_store, default_tracking_uri
 from sslsearch.search.experiment import Experiment, experiment_from_dict, keeps_last
+from sslsearch.search.folder import OUTBOX_FILE
 from sslsearch.search.outcomes import FINISHED, result_outcome
 from sslsearch.search.retention import best_checkpoint
 from sslsearch.search.space import Parameter, SearchSpace
 from sslsearch.search.sweep import sweep_metadata, sweep_path
-from sslsearch.search.sweeplock import SweepLock
+from sslsearch.search.sweeplock import SweepLock, check_owned
 from sslsearch.search.trial_config import PAIR as PAIR_KEY
 from sslsearch.search.trial_config import trial_value
 
@@ -117,7 +119,10 @@ TRANSIENT = (MlflowException, requests.RequestException, OSError)
 COOLDOWN_S = 30.0  # after retries fail, queued records wait this long before the next try
 # How long the end of a sweep waits for the outbox to empty; what is left waits on disk for `sslsearch sync`.
 FLUSH_TIMEOUT_S = 60.0
-OUTBOX_FILE, SENT_FILE = "mlflow-outbox.jsonl", "mlflow-outbox.sent"
+SENT_FILE = "mlflow-outbox.sent"
+# Outbox lines that cannot be replayed (not JSON, no `seq`, wrong types, an unknown record): moved here with the reason,
+# so one bad line (a crash mid-write, a hand edit) never blocks the records after it.
+QUARANTINE_FILE = "mlflow-outbox.quarantine.jsonl"
 
 
 def check_tracking(uri: str, sweep: str | None = None, *, reading: bool = False) -> None:
@@ -220,8 +225,9 @@ class Outbox:
     idempotent record). Once every record is sent, both files are removed.
     """
 
-    def __init__(self, folder: Path | None):
+    def __init__(self, folder: Path | None, kinds: frozenset[str] | None = None):
         self.folder = folder
+        self.kinds = kinds      # the record kinds a replay can write (None: any name)
         self.pending: collections.deque = collections.deque()  # (number, record), not yet sent, oldest first
         self.durable = folder is not None
         self._next = 1
@@ -236,6 +242,25 @@ class Outbox:
     def sent_path(self) -> Path:
         return self.folder / SENT_FILE
 
+    @property
+    def quarantine_path(self) -> Path:
+        return self.folder / QUARANTINE_FILE
+
+    def _problem(self, entry) -> str | None:
+        """Why a parsed line cannot be replayed, or None."""
+        if not isinstance(entry, dict):
+            return f"a JSON {type(entry).__name__}, not an object"
+        seq, record = entry.get("seq"), entry.get("record")
+        if "seq" not in entry:
+            return "no 'seq'"
+        if isinstance(seq, bool) or not isinstance(seq, int) or seq < 1:
+            return f"'seq' is {shown(seq, 40)}, not a whole number ≥ 1"
+        if not isinstance(record, list) or not record or not isinstance(record[0], str):
+            return f"'record' is {shown(record, 40)}, not a list starting with a record kind"
+        if self.kinds is not None and record[0] not in self.kinds:
+            return f"unknown record kind {shown(record[0], 40)}"
+        return None
+
     def _load(self) -> None:
         sent = 0
         if self.sent_path.is_file():
@@ -249,14 +274,57 @@ class Outbox:
             # A line cut short by a crash was never acknowledged to Ray: drop it, so appends start clean.
             with open(self.path, "r+b") as f:
                 f.truncate(len(complete))
-        for line in complete.decode("utf-8", errors="replace").splitlines():
+        kept, bad = [], []
+        for number, line in enumerate(complete.decode("utf-8", errors="replace").splitlines(), 1):
             try:
                 entry = json.loads(line)
-            except ValueError:
+                problem = self._problem(entry)
+            except (ValueError, RecursionError):
+                entry, problem = None, "not JSON"
+            if problem is not None:
+                bad.append((number, line, problem))
                 continue
+            kept.append(line)
             self._next = max(self._next, entry["seq"] + 1)
             if entry["seq"] > sent:
                 self.pending.append((entry["seq"], entry["record"]))
+        if bad:
+            self._quarantine(bad, kept)
+
+    def _quarantine(self, bad: list[tuple[int, str, str]], kept: list[str]) -> None:
+        """Move unreplayable lines to the quarantine file (with their reasons), rewrite the outbox without them, and
+        say so in one warning naming both files; the rest replays in order."""
+        try:
+            with open(self.quarantine_path, "a") as f:
+                for number, line, problem in bad:
+                    f.write(json.dumps({"line": number, "problem": problem, "text": line}) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            tmp = self.path.with_name(f".{OUTBOX_FILE}.tmp")
+            with open(tmp, "w") as f:
+                f.write("".join(line + "\n" for line in kept))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+            where = f"moved to {self.quarantine_path}"
+        except OSError as error:   # a full disk: replay the good lines anyway; the bad ones stay, skipped again
+            where = f"left in place ({error.strerror or error})"
+        named = "; ".join(f"line {number}: {problem}" for number, _, problem in bad[:3])
+        more = f"; and {len(bad) - 3} more" if len(bad) > 3 else ""
+        log.warning("skipped %d malformed line(s) of the MLflow outbox %s (%s%s), %s; the other %d record(s) are "
+                    "replayed", len(bad), self.path, named, more, where, len(kept))
+
+    def quarantine(self, number: int, record: list, problem: str) -> None:
+        """Set aside a record a writer could not use (one warning): the records after it go on."""
+        if self.durable:
+            try:
+                with open(self.quarantine_path, "a") as f:
+                    f.write(json.dumps({"seq": number, "problem": problem, "record": record}, default=str) + "\n")
+            except OSError:
+                pass
+        log.warning("MLflow outbox record %d (%s) cannot be written (%s); set aside in %s, the others go on", number,
+                    shown(record[0] if record else record, 40), problem,
+                    self.quarantine_path if self.durable else "memory")
 
     def append(self, record: list) -> None:
         line = json.dumps({"seq": self._next, "record": record}, default=str)
@@ -309,7 +377,8 @@ def outbox_folder(sweep_path: str | None) -> Path | None:
 def unsent_records(sweep_path: str) -> int:
     """How many records of the sweep at `sweep_path` wait in its outbox (0 when all were sent)."""
     folder = outbox_folder(sweep_path)
-    return len(Outbox(folder).pending) if folder is not None and (folder / OUTBOX_FILE).is_file() else 0
+    return (len(Outbox(folder, kinds=RECORD_KINDS).pending) if folder is not None and (folder / OUTBOX_FILE).is_file()
+            else 0)
 
 
 def artifact_bytes(uri: str, sweep: str) -> int | None:
@@ -385,7 +454,7 @@ class MlflowTracking(tune.Callback):
     @property
     def outbox(self) -> Outbox:
         if self._box is None:
-            self._box = Outbox(outbox_folder(self.sweep_path))
+            self._box = Outbox(outbox_folder(self.sweep_path), kinds=RECORD_KINDS)
         return self._box
 
     # -- Ray Tune hooks: each appends records to the outbox and wakes the sender --------------------
@@ -489,7 +558,7 @@ class MlflowTracking(tune.Callback):
                 if self._stop or not self.outbox.pending:
                     return
                 number, record = self.outbox.pending[0]
-            sent = self._attempt(record)
+            sent = self._attempt(record, number)
             with self._wake:
                 if sent:
                     self.outbox.acknowledge(number)
@@ -526,16 +595,25 @@ class MlflowTracking(tune.Callback):
         records left. (For `sync`, where nothing else runs.)"""
         while self.outbox.pending:
             number, record = self.outbox.pending[0]
-            if not self._attempt(record):
+            if not self._attempt(record, number):
                 break
             self.outbox.acknowledge(number)
         return len(self.outbox.pending)
 
-    def _attempt(self, record: list) -> bool:
-        """Write one record, retrying transient errors; False if it must wait for a later try."""
+    def _attempt(self, record: list, number: int = 0) -> bool:
+        """Write one record, retrying transient errors; False if it must wait for a later try. A record no writer
+        can take (unknown kind, wrong arguments, a writer's own failure) is set aside, never retried forever."""
+        writer = getattr(self, f"_write_{record[0]}", None) if record and isinstance(record[0], str) else None
+        try:
+            if writer is None:
+                raise TypeError("no such record kind")
+            inspect.signature(writer).bind(*record[1:])
+        except TypeError as error:
+            self.outbox.quarantine(number, record, str(error))
+            return True
         for attempt in range(self.attempts):
             try:
-                getattr(self, f"_write_{record[0]}")(*record[1:])
+                writer(*record[1:])
                 return True
             except TRANSIENT as error:
                 if isinstance(error, MlflowException) and error.error_code in PERMANENT_ERRORS:
@@ -549,8 +627,8 @@ class MlflowTracking(tune.Callback):
                 if record[0] == "metrics":
                     self._refresh(record[1])  # the failed request may have landed: never log a step twice
                 time.sleep(self.backoff_s * 2 ** attempt)
-            except Exception:  # a bug here must not end the sweep: report it, drop the record
-                log.warning("could not write a %s record of sweep %s to MLflow", record[0], self.sweep, exc_info=True)
+            except Exception as error:  # a bad record or a bug must not end the sweep: set it aside, say so once
+                self.outbox.quarantine(number, record, _one_line(error))
                 return True
         return False
 
@@ -807,6 +885,10 @@ class MlflowTracking(tune.Callback):
         self.client.set_terminated(self._parent, status)
 
 
+# What the outbox may hold: the writers' names (`_write_<kind>`), checked when an outbox is read back.
+RECORD_KINDS = frozenset(name.removeprefix("_write_") for name in vars(MlflowTracking) if name.startswith("_write_"))
+
+
 @dataclass
 class SyncReport:
     sweep: str
@@ -835,12 +917,14 @@ def sync(name: str, storage: str, tracking_uri: str | None = None) -> SyncReport
     local = "://" not in storage
     storage = str(Path(storage).resolve()) if local else storage
     meta = sweep_metadata(name, storage)
+    path = sweep_path(storage, name)
+    if local:   # sync reads Ray's saved state (pickles inside) and replays the outbox: both must be the user's own
+        check_owned(Path(path), "sync")
     experiment = experiment_from_dict(meta["experiment"], meta.get("experiment_source"))
     space = SearchSpace(tuple(Parameter(**{**p, "values": tuple(p["values"]) if p.get("values") is not None else None})
                               for p in meta["space"].values()), source=meta.get("space_source"))
     uri = tracking_uri or experiment.tracking.uri or default_tracking_uri(storage)
     check_tracking(uri)
-    path = sweep_path(storage, name)
     lock = SweepLock(path, name, "sync") if local else contextlib.nullcontext()
     with lock:
         tracking = MlflowTracking(experiment, space, sweep=name, storage=storage, tracking_uri=uri)

@@ -3,7 +3,8 @@
 Both are served as a child process tree with the same life cycle:
 - a busy port is refused before anything starts (one line, exit 2), instead of the server
   burying `[Errno 98]` in its log and exiting 0;
-- the URL is printed once the server answers, not while it is still importing (~25 s for MLflow);
+- the URL is printed once the server answers, not while it is still importing (~25 s for MLflow), and for
+  MLflow it is always the sweeps' runs page, on a view that shows the verdict and best val_acc per loss;
 - Ctrl-C or SIGTERM stops the server and every process it started (MLflow runs uvicorn and a pool
   of huey job workers), and nothing prints a traceback.
 Only the standard library and psutil at import time: `sslsearch ui --help` and its refusals stay fast.
@@ -12,6 +13,8 @@ Only the standard library and psutil at import time: `sslsearch ui --help` and i
 from __future__ import annotations
 
 import errno
+import ipaddress
+import json
 import os
 import socket
 import subprocess
@@ -24,10 +27,11 @@ from pathlib import Path
 from typing import Callable
 
 from sslsearch.errors import InputError
-from sslsearch.processes import reaping
-from sslsearch.records.schema import EXPERIMENT_NAME
+from sslsearch.method.config import LOSSES
+from sslsearch.processes import INTERRUPTED, reaping
+from sslsearch.records.catalog import recorded_sweeps
 from sslsearch.records.store import artifact_root, default_tracking_uri, sqlite_path
-from sslsearch.search.outcomes import STUDY_FILE
+from sslsearch.search.folder import STUDY_FILE
 
 READY_TIMEOUT_S = 180.0              # MLflow's server imports for ~25 s on a busy 2-core machine
 
@@ -42,8 +46,9 @@ class Server:
     port: int
     ready_path: str    # GET here answers 200 once the server serves
     open_path: str = "/"
-    # Asked once the server answers: the page to open, from what the server knows (e.g. an experiment's id).
-    locate: Callable[[Server], str] | None = None
+    # Asked once the server answers, with the deadline to answer by: the page to open, from what the server
+    # knows (e.g. an experiment's id); InputError if it cannot say.
+    locate: Callable[[Server, float], str] | None = None
 
     @property
     def url(self) -> str:
@@ -52,6 +57,15 @@ class Server:
     def probe_url(self) -> str:
         host = "127.0.0.1" if self.host in ("0.0.0.0", "") else ("[::1]" if self.host == "::" else self.host)
         return f"http://{host}:{self.port}{self.ready_path}"
+
+
+def is_loopback(host: str) -> bool:
+    """Whether every address `host` names is a loopback address (127.0.0.0/8, ::1): reachable from this machine only."""
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
+    except (socket.gaierror, UnicodeError):
+        return False
+    return bool(addresses) and all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addresses)
 
 
 def check_port(host: str, port: int) -> None:
@@ -78,6 +92,8 @@ def mlflow_ui(storage: str, host: str = "127.0.0.1", port: int = 5000) -> Server
     uri = default_tracking_uri(storage)
     if not sqlite_path(uri).is_file():
         raise InputError(f"no MLflow records in {Path(storage).resolve()}: run a sweep there first")
+    if recorded_sweeps(uri) == []:  # (None: a store this reader cannot read; the server will say)
+        raise InputError(f"no sweeps recorded in {sqlite_path(uri)}: run a sweep there first")
     command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
                "--default-artifact-root", artifact_root(uri), "--host", host, "--port", str(port)]
     return Server("MLflow UI", command, host, port, ready_path="/health", locate=_sweeps_page)
@@ -86,21 +102,55 @@ def mlflow_ui(storage: str, host: str = "127.0.0.1", port: int = 5000) -> Server
 # MLflow 3.17's UI picks GenAI or model-training views from its own switch (the URL's `workflowType`,
 # else the browser's last choice, GenAI by default), not from the experiment's `mlflow.experimentKind`
 # tag: the printed URL asks for model training and opens the sweeps' experiment, on its runs.
-EXPERIMENT_PAGE = "/#/experiments/{id}/runs?workflowType=machine_learning"
+EXPERIMENT_PAGE = "/#/experiments/{id}/runs?workflowType=machine_learning&viewStateShareKey={view}"
+# The runs table's columns are no URL parameter, but a "shared view" is: the UI applies the experiment tag
+# `mlflow.sharedViewState.<key>` named by the URL's `viewStateShareKey`, a JSON of the search facets and the
+# table's state (mlflow/server/js: ExperimentViewRuns). Ours puts the answer first: the verdict and the best
+# val_acc per loss in place of the default Source / Models / Dataset columns, visible at 1280 px.
+VIEW_KEY = "sslsearch-answer"
+VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
+VERDICT_TAG = "sslsearch.verdict"            # analysis.leaderboard.log_verdict writes it on the sweep's run
+BEST_METRIC = "best_val_acc_{loss}"          # records.tracking.SUMMARY_METRIC, on the sweep's run
 
 
-def _sweeps_page(server: Server) -> str:
-    """The runs page of the `sslsearch` experiment (MLflow's REST API gives its id); the experiments list if none."""
-    import json
+def answer_view() -> dict:
+    """The runs table the printed URL opens (MLflow's column keys are "<type>.`<name>`"), newest sweep first."""
+    columns = [f"tags.`{VERDICT_TAG}`", *(f"metrics.`{BEST_METRIC.format(loss=loss)}`" for loss in LOSSES)]
+    return {"searchFilter": "", "orderByKey": "attributes.start_time", "orderByAsc": False,
+            "selectedColumns": columns, "columnOrder": columns}
 
+
+def _api(base: str, path: str, body: dict | None = None) -> dict:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(f"{base}{path}", data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.load(response)
+
+
+def _sweeps_page(server: Server, deadline: float) -> str:
+    """The runs page of the `sslsearch` experiment, opened on the answer view (saved as the experiment's tag).
+
+    Asked again until `deadline`: a loaded server answers /health well before its REST API answers in
+    time (70-90 s seen on a busy 2-core machine), and the page it prints must be the runs page, not a
+    fallback. InputError if the API never answers or the store holds no sweep."""
     base = server.probe_url().rsplit(server.ready_path, 1)[0]
-    try:
-        with urllib.request.urlopen(f"{base}/api/2.0/mlflow/experiments/get-by-name?experiment_name={EXPERIMENT_NAME}",
-                                    timeout=10) as response:
-            experiment_id = json.load(response)["experiment"]["experiment_id"]
-    except (urllib.error.URLError, OSError, KeyError, ValueError):
-        return "/#/experiments?workflowType=machine_learning"
-    return EXPERIMENT_PAGE.format(id=experiment_id)
+    while True:
+        try:
+            found = _api(base, "/api/2.0/mlflow/experiments/get-by-name?experiment_name={EXPERIMENT_NAME}")
+            experiment_id = found["experiment"]["experiment_id"]
+            _api(base, "/api/2.0/mlflow/experiments/set-experiment-tag",
+                 {"experiment_id": experiment_id, "key": VIEW_TAG, "value": json.dumps(answer_view())})
+            return EXPERIMENT_PAGE.format(id=experiment_id, view=VIEW_KEY)
+        except urllib.error.HTTPError as error:
+            if error.code == 404:  # RESOURCE_DOES_NOT_EXIST
+                raise InputError("the MLflow store holds no sslsearch experiment: run a sweep first") from None
+            reason = f"HTTP {error.code}"
+        except (urllib.error.URLError, OSError, KeyError, ValueError) as error:
+            reason = str(getattr(error, "reason", None) or error)
+        if time.monotonic() > deadline:
+            raise InputError(f"{server.what} answered /health but not its REST API within {READY_TIMEOUT_S:.0f} s "
+                             f"({reason})")
+        time.sleep(1.0)
 
 
 def sweep_study(storage: str, sweep: str | None) -> tuple[str, Path]:
@@ -125,6 +175,9 @@ def optuna_dashboard(storage: str, sweep: str | None, host: str = "127.0.0.1", p
     if importlib.util.find_spec("optuna_dashboard") is None:
         raise InputError("optuna-dashboard is not installed; install the extra: pip install -e '.[dashboard]'")
     name, journal = sweep_study(storage, sweep)
+    if sweep is None:  # said first: the server takes seconds to answer
+        print(f"dashboard: sweep {name}, the most recently written Optuna study in {Path(storage).resolve()} "
+              "(name a sweep to choose)", file=sys.stderr, flush=True)
     command = [sys.executable, "-m", "optuna_dashboard._cli", str(journal), "--storage-class", "JournalFileStorage",
                "--host", host, "--port", str(port), "--quiet"]
     # One study per journal, so it is study 0; the dashboard's own study URLs are by id.
@@ -143,11 +196,15 @@ def _answers(url: str) -> bool:
 def serve(server: Server, *, out=sys.stdout) -> int:
     """Start `server`, print its URL once it answers, and run until it exits, Ctrl-C or SIGTERM.
 
-    Returns the exit code for the command line: 0 after Ctrl-C / SIGTERM, the server's own code if it
-    stops by itself. The server's log goes to stderr; Python deprecation warnings are silenced there
+    Returns the exit code for the command line: 130 after Ctrl-C or SIGTERM (as every command), the server's
+    own code if it stops by itself. The server's log goes to stderr; Python deprecation warnings are silenced there
     (Starlette's and others' are about the server's code, not the user's).
     """
     check_port(server.host, server.port)
+    if not is_loopback(server.host):
+        print(f"warning: {server.what} listens on {server.host}, beyond this machine, and has no login: whoever reaches "
+              f"port {server.port} can read and change the sweeps' records; use --host 127.0.0.1 and an SSH tunnel "
+              "unless every machine on that network is trusted", file=sys.stderr, flush=True)
     # Deprecation notices about the servers' own code (Starlette's is a UserWarning) are not the user's to act on.
     env = {**os.environ, "PYTHONWARNINGS": "ignore::DeprecationWarning,ignore::FutureWarning,"
                                            "ignore:starlette.middleware.wsgi is deprecated"}
@@ -166,8 +223,12 @@ def serve(server: Server, *, out=sys.stdout) -> int:
                     return 1
                 time.sleep(0.25)
             if server.locate is not None:
-                server = replace(server, open_path=server.locate(server))
+                try:
+                    server = replace(server, open_path=server.locate(server, time.monotonic() + READY_TIMEOUT_S))
+                except InputError as error:
+                    print(f"sslsearch: error: {error}", file=sys.stderr)
+                    return 1
             print(f"{server.what}: {server.url}  (Ctrl-C to stop)", file=out, flush=True)
             return process.wait()
         except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (reaping turns it into one)
-            return 0
+            return INTERRUPTED

@@ -12,7 +12,11 @@ unpaired sweeps (tests/test_asha.py checks it against Ray's own scheduler), and 
   values (the max: a configuration is worth more budget if either loss is promising there; the mean
   would stop exactly the configurations that separate the two losses) against the rung's other
   pairs, and both twins continue or both stop, so both losses always get equal budgets;
-- a partner that ended before the rung (diverged, errored) releases its twin, which is judged alone.
+- a partner that ended before the rung (diverged, errored) releases its twin, which is judged alone;
+  a partner not created yet (the searcher proposes it when a slot frees, and a paired sweep's num_samples
+  is even, so it always comes) is waited for like one still running;
+- a twin waiting at a rung when the sweep was interrupted waits again after `resume` (Ray requeues every
+  unfinished trial PENDING and would run it on past the rung).
 
 `RungState` is a Tune callback holding the same scheduler object (Ray pickles the Tuner's
 scheduler and callbacks together in tuner.pkl, so the reference survives a restore): Ray saves its
@@ -92,6 +96,10 @@ class PairedASHA(FIFOScheduler):
             twins.append(trial)
             self.__dict__["_added"] = self.__dict__.get("_added", 0) + 1
         open_trials[trial.trial_id] = trial
+        if trial.trial_id in self.waiting and trial.status == Trial.PENDING:
+            # A resumed sweep: Ray requeued the twin that waits at its rung. Filed PAUSED (add_trial files the trial
+            # by its status after this hook), it stays put until its partner reaches the rung.
+            trial.set_status(Trial.PAUSED)
 
     def _candidates(self, tune_controller) -> list:
         """The trials that may be paused or pending, in the order Ray added them."""
@@ -140,8 +148,9 @@ class PairedASHA(FIFOScheduler):
             decision = self._judge(rung, self._unit(trial), max(value, self.values[twin.trial_id][rung]))
             self._release(tune_controller, twin, decision)
             return decision
-        if twin is None or twin.status in (Trial.TERMINATED, Trial.ERROR):
+        if twin is not None and twin.status in (Trial.TERMINATED, Trial.ERROR):
             return self._judge(rung, self._unit(trial), value)   # its partner ended before this rung
+        # Its partner runs, waits for a slot, or is not created yet: wait for it at the rung.
         self.waiting[trial.trial_id] = rung
         return TrialScheduler.PAUSE
 

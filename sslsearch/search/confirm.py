@@ -31,8 +31,10 @@ from ray.tune.schedulers import FIFOScheduler
 from ray.tune.search import BasicVariantGenerator
 
 from sslsearch.errors import InputError
+from sslsearch.processes import sigint_restored
 from sslsearch.search.experiment import Experiment, experiment_from_dict
-from sslsearch.search.outcomes import METRIC, OUTCOMES, SWEEP_FILE
+from sslsearch.search.folder import CONFIRM_DIR, PLAN_FILE
+from sslsearch.search.outcomes import METRIC, OUTCOMES
 from sslsearch.search.retention import CheckpointRetention
 from sslsearch.search.space import Parameter, SearchSpace
 from sslsearch.search.sweep import (
@@ -50,12 +52,10 @@ from sslsearch.search.sweep import (
     sweep_metadata,
     sweep_path,
 )
-from sslsearch.search.sweeplock import SweepLock
+from sslsearch.search.sweeplock import SweepLock, check_owned
 from sslsearch.search.trial_config import PAIR, SEED, make_trial_config, sampled_params, trial_value
 
 STAGE = "confirm"                # the MLflow tag value of its child runs (tracking.STAGE)
-CONFIRM_DIR = "confirm"          # under the sweep's folder: Ray's records of the stage
-PLAN_FILE = "confirm-plan.json"  # what was asked (top, seeds) and the configurations chosen
 
 
 def confirm_experiment(name: str, storage: str) -> tuple[Experiment, SearchSpace]:
@@ -63,20 +63,14 @@ def confirm_experiment(name: str, storage: str) -> tuple[Experiment, SearchSpace
     budget: confirmation runs every trial to its last epoch (and the tracking callback must not
     take an interruption for the budget running out)."""
     meta = sweep_metadata(name, storage)
+    local = _local_path(storage)
+    if local is not None:   # confirm unpickles the sweep's saved state and its confirm/ stage's: the user's own only
+        check_owned(Path(sweep_path(str(local.resolve()), name)), "confirm")
     experiment = experiment_from_dict(meta["experiment"], meta.get("experiment_source"))
     experiment = dataclasses.replace(experiment, search=dataclasses.replace(experiment.search, time_budget_s=None))
     parameters = tuple(Parameter(**{**p, "values": tuple(p["values"]) if p.get("values") is not None else None})
                        for p in meta["space"].values())
     return experiment, SearchSpace(parameters, source=meta.get("space_source"))
-
-
-def latest_sweep(storage: str) -> str:
-    """The most recently started sweep in a local storage folder (by its sweep file)."""
-    local = _local_path(storage)
-    found = sorted(local.glob(f"*/{SWEEP_FILE}"), key=lambda p: p.stat().st_mtime) if local and local.is_dir() else []
-    if not found:
-        raise InputError(f"no sweeps in {storage}; run `sslsearch sweep` first or name the sweep")
-    return found[-1].parent.name
 
 
 def _finite(value) -> bool:
@@ -195,7 +189,7 @@ def run_confirm(name: str, storage: str, *, top: int, seeds: int, address: str |
 def _fit(tuner, name: str, path: str, experiment: Experiment) -> SweepSummary:
     started = time.monotonic()
     lock = SweepLock(str(Path(path).parent), name, "confirm") if "://" not in path else None
-    with lock.acquire() if lock is not None else contextlib.nullcontext():   # one writer per sweep
+    with lock.acquire() if lock is not None else contextlib.nullcontext(), sigint_restored():   # one writer per sweep
         results = tuner.fit()
     return summarize(results, name, path, time.monotonic() - started, _concurrency(experiment), None)
 

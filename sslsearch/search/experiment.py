@@ -7,15 +7,20 @@ Precedence is resolved in one place, `load_experiment`: dataclass defaults < exp
 from __future__ import annotations
 
 import dataclasses
+import errno
+import itertools
 import math
+import os
+import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from sslsearch.errors import InputError
-from sslsearch.method.config import PretrainConfig
+from sslsearch.errors import InputError, shown, shown_path
+from sslsearch.method.config import PretrainConfig, visible_gpus
 from sslsearch.search.rungs import rung_epochs
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -26,7 +31,19 @@ SCHEDULERS = ("asha", "fifo")
 # latest checkpoint of unfinished trials and, with top_k:N, of the N best finished trials (full training state).
 CHECKPOINT_POLICIES = ("best_and_last", "best", "top_k:N", "all", "none")
 MAX_FILE_BYTES = 1 << 20   # an experiment or a search space is a page of settings, not a megabyte
-MAX_ALIASES = 100
+# What a settings file may expand to once its aliases (*name) are followed, in characters of its values: a few
+# nested aliases ("billion laughs") expand a page to gigabytes. Counting aliases would refuse a file that reuses a
+# block often and let a 9-level bomb through; the expanded size refuses exactly what is too large to hold.
+MAX_EXPANDED = 4 * MAX_FILE_BYTES
+# Sane bounds: beyond them a value is a slip (1e20 for 20), not a plan.
+MAX_NUM_SAMPLES = 100_000     # docs/scale.md measures the driver at 1,000 trials
+MAX_CONCURRENT = 10_000
+MAX_FAILURES = 100
+MIN_TIME_BUDGET_S = 60.0      # Ray alone takes seconds to start: a shorter budget trains nothing
+MAX_TIME_BUDGET_S = 366 * 24 * 3600.0   # a year; beyond it Ray's timedelta arithmetic overflows
+RESOURCE_GRANULARITY = 1e-4   # Ray counts resources in units of 1/10,000 (ray_constants.MIN_RESOURCE_GRANULARITY)
+MAX_CPUS_PER_TRIAL = 4096     # a trial runs on one node: no machine has more
+MAX_GPUS_PER_TRIAL = 64
 
 
 @dataclass(frozen=True)
@@ -90,27 +107,35 @@ def with_suggestions(unknown: list[str], known: list[str]) -> str:
     """'epoch (did you mean epochs?), foo': each unknown name with its closest known one, if any is close."""
     import difflib
 
-    return ", ".join(f"{u} (did you mean {close[0]}?)" if (close := difflib.get_close_matches(str(u), known, 1)) else str(u)
-                     for u in unknown)
+    named = [shown_path(u, 60) for u in unknown[:5]] + ([f"and {len(unknown) - 5} more"] if len(unknown) > 5 else [])
+    return ", ".join(f"{u} (did you mean {close[0]}?)" if (close := difflib.get_close_matches(u, known, 1)) else u
+                     for u in named)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
     """'pretrain.lr=0.01' → (['pretrain', 'lr'], 0.01); the value is read as YAML."""
     key, sep, raw = text.partition("=")
-    if not sep or not key.strip():
-        raise InputError(f"--set expects key.sub=value, got {text!r}")
+    parts = key.strip().split(".")
+    if not sep or not all(part.strip() for part in parts):
+        raise InputError(f"--set expects key.sub=value, got {shown(text)}")
+    if len(parts) > 2:   # settings are `name` or SECTION.KEY: nothing deeper (and no 60k-deep key to build)
+        raise InputError(f"--set {shown_path(key.strip(), 60)}: {shown_path(parts[1], 60)} is not a section; "
+                         "settings are name or SECTION.KEY, e.g. pretrain.lr")
+    where = f"--set {shown_path(key.strip(), 60)}"
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
-        value = raw
-    return [part for part in key.strip().split(".")], value
+        value = load_yaml(raw, where) if raw.strip() else None
+    except InputError as error:
+        if "malformed YAML" not in str(error):
+            raise   # too deep, too large once expanded, a key given twice: refused, never taken as text
+        value = raw   # not YAML (e.g. `--set name=a: b`): the text itself
+    return parts, value
 
 
 def _merge(base: dict, path: list[str], value: Any) -> None:
     node = base
     for part in path[:-1]:
         if not isinstance(node.get(part, {}), dict):
-            raise InputError(f"--set {'.'.join(path)}: {part} is not a section")
+            raise InputError(f"--set {shown_path('.'.join(path), 60)}: {part} is not a section")
         node = node.setdefault(part, {})
     node[path[-1]] = value
 
@@ -135,37 +160,69 @@ def build_section(cls, values: Any, where: str):
             value = float(value)
         numeric = declared.split(" |")[0] in ("float", "int")
         if numeric and value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-            raise InputError(f"{where}.{key} must be a number, got {value!r}")
+            raise InputError(f"{where}.{key} must be a number, got {shown(value)}")
         if numeric and isinstance(value, float) and not math.isfinite(value):
-            raise InputError(f"{where}.{key} must be a finite number, got {value!r}")
+            raise InputError(f"{where}.{key} must be a finite number, got {shown(value)}")
         if declared == "bool" and not isinstance(value, bool):
-            raise InputError(f"{where}.{key} must be true or false, got {value!r}")
+            raise InputError(f"{where}.{key} must be true or false, got {shown(value)}")
         if declared.startswith("str") and value is not None and not isinstance(value, str):
-            raise InputError(f"{where}.{key} must be text, got {value!r}")
+            raise InputError(f"{where}.{key} must be text, got {shown(value)}")
         if declared.startswith("tuple") and not (isinstance(value, tuple) and all(
                 isinstance(v, int) and not isinstance(v, bool) for v in value)):
-            raise InputError(f"{where}.{key} must be a list of integers, e.g. [512], got {value!r}")
+            raise InputError(f"{where}.{key} must be a list of integers, e.g. [512], got {shown(value)}")
         if declared == "int" and isinstance(value, float):
             if not value.is_integer():
-                raise InputError(f"{where}.{key} must be an integer, got {value!r}")
+                raise InputError(f"{where}.{key} must be an integer, got {shown(value)}")
             value = int(value)
         converted[key] = value
     try:
         return cls(**converted)
     except TypeError as error:
-        raise InputError(f"{where}: {error}") from None
+        raise InputError(f"{where}: {str(error)[:300]}") from None
 
 
-class _BoundedLoader(yaml.SafeLoader):
-    """yaml.safe_load, refusing more than MAX_ALIASES aliases: a few nested aliases ("billion laughs") expand to
-    gigabytes once the settings are flattened or printed."""
+def _expanded_size(root: yaml.Node, where: str) -> int:
+    """The characters `root` stands for once every alias is followed (each node counted once per use); InputError
+    past MAX_EXPANDED or for a node that contains itself. Iterative and memoised: the bomb is never expanded."""
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        key = id(node)
+        if key in sizes:
+            continue
+        if isinstance(node, yaml.ScalarNode):
+            sizes[key] = len(node.value) + 1
+            continue
+        children = [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else node.value
+        if children_done:
+            open_nodes.discard(key)
+            sizes[key] = 1 + sum(sizes[id(child)] for child in children)
+            if sizes[key] > MAX_EXPANDED:
+                line = node.start_mark.line + 1 if node.start_mark else "?"
+                raise InputError(f"{where}: the value at line {line} expands, once its aliases (*name) are followed, to "
+                                 f"more than {MAX_EXPANDED:,} characters; write the settings out")
+            continue
+        if key in open_nodes:
+            raise InputError(f"{where}: a value contains itself through an alias (line {node.start_mark.line + 1}); "
+                             "write the settings out")
+        open_nodes.add(key)
+        stack.append((node, True))
+        stack.extend((child, False) for child in children if id(child) not in sizes)
+    return sizes[id(root)]
 
-    def compose_node(self, parent, index):
-        if self.check_event(yaml.AliasEvent):
-            self.aliases = getattr(self, "aliases", 0) + 1
-            if self.aliases > MAX_ALIASES:
-                raise InputError(f"{self.name}: more than {MAX_ALIASES} YAML aliases (*name); write the values out")
-        return super().compose_node(parent, index)
+
+class _BoundedLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
+    """yaml.safe_load, refusing a document that expands past MAX_EXPANDED characters (checked on the composed
+    nodes, where an alias is still a reference, before anything is built) and keys given twice. On libyaml where
+    PyYAML has it: ten times faster on a long list, and it refuses a nesting deeper than 1,000 itself."""
+
+    def get_single_node(self):
+        node = super().get_single_node()
+        if node is not None:
+            _expanded_size(node, self.name)
+        return node
 
     def construct_mapping(self, node, deep=False):
         # YAML keeps the last of two equal keys without a word: a setting given twice is a mistake to show.
@@ -175,35 +232,93 @@ class _BoundedLoader(yaml.SafeLoader):
             if not isinstance(key, (str, int, float, bool)):
                 continue  # unhashable keys: SafeLoader refuses them itself
             if key in seen:
-                raise InputError(f"{self.name}: {key!r} is given twice (line {key_node.start_mark.line + 1}); keep one")
+                raise InputError(f"{self.name}: {shown(key)} is given twice (line {key_node.start_mark.line + 1}); keep one")
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
 
 
-def read_yaml_file(path: Path, what: str) -> Any:
-    """The parsed YAML of `path`; InputError (one line, with line and column) if missing, too large, not UTF-8 or
-    malformed."""
-    if not path.is_file():
-        raise InputError(f"{what} file not found: {path}")
-    if path.stat().st_size > MAX_FILE_BYTES:
-        raise InputError(f"{what} file {path} is {path.stat().st_size} bytes; settings files are at most {MAX_FILE_BYTES}")
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise InputError(f"{what} file {path} is not UTF-8 text (byte {error.start}: {error.object[error.start]:#04x})") from None
+_BRACKETS = re.compile(r"[\[\]{}]")
+_BRACKET_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
+MAX_FLOW_DEPTH = 64
+
+
+def load_yaml(text: str, where: str) -> Any:
+    """`text` parsed as YAML by the bounded loader; InputError (one line) if malformed, too deep or too large."""
+    # PyYAML's scanner slows down with each open bracket (0.7 s at 60,000): count the nesting first.
+    steps = map(_BRACKET_STEP.__getitem__, _BRACKETS.findall(text))
+    if max(itertools.accumulate(steps, initial=0)) > MAX_FLOW_DEPTH:
+        raise InputError(f"{where} nests more than {MAX_FLOW_DEPTH} brackets deep; settings are a mapping of a few levels")
     try:
         loader = _BoundedLoader(text)
-        loader.name = str(path)
+        loader.name = where
         try:
             return loader.get_single_data()
         finally:
             loader.dispose()
     except RecursionError:
-        raise InputError(f"{what} file {path} nests too deeply") from None
+        raise InputError(f"{where} nests too deeply; settings are a mapping of a few levels") from None
+    except UnicodeError:   # bytes that are not UTF-8 reach argv as lone surrogates
+        raise InputError(f"{where} is not UTF-8 text") from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        raise InputError(f"malformed YAML in {path}{where}: {getattr(error, 'problem', None) or error}") from None
+        at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = str(getattr(error, "problem", None) or error).replace("\n", " ")
+        raise InputError(f"malformed YAML in {where}{at}: {problem[:200]}") from None
+
+
+_FILE_KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+               (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def _not_a_file(path: Path, what: str, mode: int) -> InputError:
+    if stat.S_ISDIR(mode):
+        return InputError(f"{what} file {shown_path(path)} is a folder; give the YAML file itself")
+    kind = next((name for test, name in _FILE_KINDS if test(mode)), "not a regular file")
+    return InputError(f"{what} file {shown_path(path)} is {kind}, not a regular file; give a YAML file")
+
+
+def resolved(path: str | Path, what: str) -> Path:
+    """`path` made absolute with its links resolved; InputError (one line) for a link loop or a name too long."""
+    try:
+        return Path(path).resolve()
+    except (OSError, RuntimeError) as error:   # Python 3.11 raises RuntimeError for a symbolic link loop
+        reason = getattr(error, "strerror", None) or "a symbolic link loop"
+        raise InputError(f"{what} {shown_path(path)}: {reason}") from None
+
+
+def read_yaml_file(path: Path, what: str) -> Any:
+    """The parsed YAML of `path`; InputError (one line, with line and column) if missing, not a regular file, too
+    large, not UTF-8, malformed, or expanding past MAX_EXPANDED through its aliases."""
+    try:
+        # O_NONBLOCK: opening a FIFO must not wait for a writer; what was opened is checked, not the name.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise InputError(f"{what} file not found: {shown_path(path)}") from None
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise InputError(f"{what} file {shown_path(path)} is a symbolic link loop") from None
+        raise InputError(f"{what} file {shown_path(path)} cannot be read: {error.strerror}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise _not_a_file(path, what, info.st_mode)
+        if info.st_size > MAX_FILE_BYTES:
+            raise InputError(f"{what} file {shown_path(path)} is {info.st_size} bytes; settings files are at most "
+                             f"{MAX_FILE_BYTES}")
+        with os.fdopen(os.dup(fd), "rb") as f:
+            data = f.read(MAX_FILE_BYTES + 1)
+    except IsADirectoryError:
+        raise InputError(f"{what} file {shown_path(path)} is a folder; give the YAML file itself") from None
+    finally:
+        os.close(fd)
+    if len(data) > MAX_FILE_BYTES:
+        raise InputError(f"{what} file {shown_path(path)} is over {MAX_FILE_BYTES} bytes; settings files are at most that")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise InputError(f"{what} file {shown_path(path)} is not UTF-8 text (byte {error.start}: "
+                         f"{error.object[error.start]:#04x})") from None
+    return load_yaml(text, shown_path(path))
 
 
 def experiment_from_dict(raw: dict, source: str | None) -> Experiment:
@@ -217,7 +332,8 @@ def experiment_from_dict(raw: dict, source: str | None) -> Experiment:
     pretrain = sections.pop("pretrain")
     if pretrain.data_dir is not None:
         # Ray runs each trial in its own working directory: hand it an absolute path.
-        pretrain = dataclasses.replace(pretrain, data_dir=str((origin.parent / pretrain.data_dir).resolve()))
+        pretrain = dataclasses.replace(pretrain, data_dir=str(resolved(origin.parent / pretrain.data_dir,
+                                                                       "pretrain.data_dir")))
     elif pretrain.dataset != "digits":  # (digits is bundled) the default ./data, as `sslsearch pretrain` has it
         pretrain = dataclasses.replace(pretrain, data_dir=str((Path.cwd() / "data").resolve()))
     if sections["scheduler"].grace_period is None:
@@ -228,22 +344,25 @@ def experiment_from_dict(raw: dict, source: str | None) -> Experiment:
 
 def load_experiment(path: str | Path | None = None, overrides: list[str] = (), name: str | None = None) -> Experiment:
     """Read an experiment file (None: the embedded digits default), apply overrides, validate."""
-    path = Path(path).resolve() if path is not None else DEFAULT_EXPERIMENT
+    path = resolved(path, "experiment file") if path is not None else DEFAULT_EXPERIMENT
     raw = read_yaml_file(path, "experiment")
     if raw is None or raw == {}:
-        raise InputError(f"experiment file {path} is empty; it needs at least a pretrain section (see experiments/digits.yaml)")
+        raise InputError(f"experiment file {shown_path(path)} is empty; it needs at least a pretrain section "
+                         "(see experiments/digits.yaml)")
     if not isinstance(raw, dict):
-        raise InputError(f"{path} must hold a mapping with keys name, {', '.join(_SECTIONS)}")
+        raise InputError(f"{shown_path(path)} must hold a mapping with keys name, {', '.join(_SECTIONS)}")
     empty = [key for key in _SECTIONS if key in raw and raw[key] in (None, {})]
     if empty:
-        raise InputError(f"section(s) {', '.join(empty)} of {path} are empty; give settings or remove the section")
+        raise InputError(f"section(s) {', '.join(empty)} of {shown_path(path)} are empty; give settings or remove the section")
     if not isinstance(raw.get("name", ""), str):
-        raise InputError(f"name in {path} must be text, got {raw['name']!r}")
+        raise InputError(f"name in {shown_path(path)} must be text, got {shown(raw['name'])}")
     for override in overrides:
         keys, value = parse_override(override)
         _merge(raw, keys, value)
     if name is not None:
         raw["name"] = name
+    if not isinstance(raw.get("name", ""), str):
+        raise InputError(f"--set name must be text, got {shown(raw['name'])}")
     experiment = experiment_from_dict(raw, str(path))
     validate_experiment(experiment)
     return experiment
@@ -267,28 +386,41 @@ def keeps_last(policy: str) -> bool:
     return policy in ("best_and_last", "all") or top_k(policy) > 0
 
 
+def _resource_ok(quantity: float, most: float) -> bool:
+    return quantity == 0 or RESOURCE_GRANULARITY <= quantity <= most
+
+
 def validate_experiment(experiment: Experiment) -> None:
-    """One-line InputError for any setting a sweep cannot use."""
+    """One-line InputError for any setting a sweep cannot use (the machine's own limits: `check_machine`)."""
     experiment.pretrain.validate()
     s, sch, r, t = experiment.search, experiment.scheduler, experiment.resources, experiment.tracking
     checks = [
-        (s.num_samples >= 1, f"search.num_samples must be ≥ 1, got {s.num_samples}"),
-        (0 <= s.seed < 2**32 - s.num_samples, f"search.seed must be in [0, 2**32 - num_samples), got {s.seed}"),
-        (r.max_failures >= 0, f"resources.max_failures must be ≥ 0, got {r.max_failures}"),
-        (s.sampler in SAMPLERS, f"search.sampler must be one of {', '.join(SAMPLERS)}, got {s.sampler!r}"),
-        (s.max_concurrent >= 1, f"search.max_concurrent must be ≥ 1, got {s.max_concurrent}"),
-        (s.time_budget_s is None or s.time_budget_s > 0, f"search.time_budget_s must be > 0, got {s.time_budget_s}"),
+        # num_samples first: the seed's bound depends on it, and a wild num_samples must be blamed on itself.
+        (1 <= s.num_samples <= MAX_NUM_SAMPLES, f"search.num_samples must be in [1, {MAX_NUM_SAMPLES:,}], got {s.num_samples:g}"),
+        (0 <= s.seed < 2**32 - s.num_samples, f"search.seed must be in [0, 2**32 - num_samples), got {s.seed:g}"),
+        (0 <= r.max_failures <= MAX_FAILURES, f"resources.max_failures must be in [0, {MAX_FAILURES}], got {r.max_failures:g}"),
+        (s.sampler in SAMPLERS, f"search.sampler must be one of {', '.join(SAMPLERS)}, got {shown(s.sampler)}"),
+        (1 <= s.max_concurrent <= MAX_CONCURRENT,
+         f"search.max_concurrent must be in [1, {MAX_CONCURRENT:,}], got {s.max_concurrent:g}"),
+        (s.time_budget_s is None or MIN_TIME_BUDGET_S <= s.time_budget_s <= MAX_TIME_BUDGET_S,
+         f"search.time_budget_s must be in [{MIN_TIME_BUDGET_S:g}, {MAX_TIME_BUDGET_S:,.0f}] seconds (or absent: no budget), "
+         f"got {s.time_budget_s:g}" if s.time_budget_s is not None else ""),
         (not s.paired or s.num_samples % 2 == 0, f"search.paired needs an even num_samples (pairs), got {s.num_samples}"),
-        (sch.type in SCHEDULERS, f"scheduler.type must be one of {', '.join(SCHEDULERS)}, got {sch.type!r}"),
+        (sch.type in SCHEDULERS, f"scheduler.type must be one of {', '.join(SCHEDULERS)}, got {shown(sch.type)}"),
         (sch.type != "asha" or 1 <= sch.grace_period <= experiment.pretrain.epochs,
-         f"scheduler.grace_period must be in [1, pretrain.epochs={experiment.pretrain.epochs}], got {sch.grace_period}"),
-        (sch.reduction_factor > 1, f"scheduler.reduction_factor must be > 1, got {sch.reduction_factor}"),
-        (r.cpus_per_trial > 0 and math.isfinite(r.cpus_per_trial), f"resources.cpus_per_trial must be > 0, got {r.cpus_per_trial}"),
-        (r.gpus_per_trial >= 0, f"resources.gpus_per_trial must be ≥ 0, got {r.gpus_per_trial}"),
+         f"scheduler.grace_period must be in [1, pretrain.epochs={experiment.pretrain.epochs}], got {sch.grace_period:g}"),
+        (sch.reduction_factor > 1, f"scheduler.reduction_factor must be > 1, got {sch.reduction_factor:g}"),
+        (_resource_ok(r.cpus_per_trial, MAX_CPUS_PER_TRIAL) and r.cpus_per_trial > 0,
+         f"resources.cpus_per_trial must be in [{RESOURCE_GRANULARITY:g}, {MAX_CPUS_PER_TRIAL}] (Ray counts in "
+         f"1/10,000ths), got {r.cpus_per_trial:g}"),
+        (_resource_ok(r.gpus_per_trial, MAX_GPUS_PER_TRIAL),
+         f"resources.gpus_per_trial must be 0 or in [{RESOURCE_GRANULARITY:g}, {MAX_GPUS_PER_TRIAL}] (Ray counts in "
+         f"1/10,000ths), got {r.gpus_per_trial:g}"),
         (_valid_policy(t.checkpoints), f"tracking.checkpoints must be one of {', '.join(CHECKPOINT_POLICIES)} "
-                                       f"(N a whole number ≥ 1), got {t.checkpoints!r}"),
+                                       f"(N a whole number ≥ 1), got {shown(t.checkpoints)}"),
         (t.uri is None or t.uri.startswith(("http://", "https://")) or (t.uri.startswith("sqlite:////")),
-         f"tracking.uri must be http(s)://host:port or sqlite:////absolute/path (MLflow 3 has no file store), got {t.uri!r}"),
+         f"tracking.uri must be http(s)://host:port or sqlite:////absolute/path (MLflow 3 has no file store), "
+         f"got {shown(t.uri)}"),
     ]
     for ok, message in checks:
         if not ok:
@@ -298,3 +430,31 @@ def validate_experiment(experiment: Experiment) -> None:
         if s.paired and s.max_concurrent < 2:
             raise InputError("a paired ASHA sweep runs both twins of a pair together (one waits for the other at each "
                              f"rung): search.max_concurrent must be at least 2, got {s.max_concurrent}")
+
+
+def check_machine(experiment: Experiment, address: str | None) -> None:
+    """Before Ray starts: InputError if the data or, for a local sweep (no `address`), this machine can never give
+    what every trial needs. (A cluster's resources are checked once connected: its autoscaler may add nodes.)"""
+    experiment.pretrain.check_data()
+    if address is not None:
+        return
+    r = experiment.resources
+    cpus = os.cpu_count() or 1   # what connect_ray gives a local Ray instance
+    if r.cpus_per_trial > cpus:
+        raise InputError(f"resources.cpus_per_trial is {r.cpus_per_trial:g}, but this machine has {cpus} CPUs; lower it "
+                         "or join a cluster with --address")
+    gpus = visible_gpus()
+    if gpus is not None and r.gpus_per_trial > gpus:
+        raise InputError(f"resources.gpus_per_trial is {r.gpus_per_trial:g}, but this machine has {gpus} GPU"
+                         f"{'s' * (gpus != 1)}; lower it (--set resources.gpus_per_trial=0 on a machine without one) "
+                         "or join a cluster with --address")
+
+
+def ray_address(address: str) -> tuple[str, int] | None:
+    """(host, port) of a Ray cluster address, None for `auto`; InputError unless auto, HOST:PORT or ray://HOST:PORT."""
+    if address == "auto":
+        return None
+    host, _, port = address.split("://", 1)[-1].rstrip("/").rpartition(":")
+    if not host or any(c.isspace() for c in host) or not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
+        raise InputError(f"--address must be auto, HOST:PORT or ray://HOST:PORT, got {shown(address)}")
+    return host.strip("[]"), int(port)

@@ -10,6 +10,8 @@ when an upgrade removes one.
 
 from __future__ import annotations
 
+import importlib
+
 # (where, member, what sslsearch uses it for)
 OPTUNA_SEARCH_MEMBERS = (
     ("ray.tune.search.optuna.OptunaSearch", "_ot_study", "the Optuna study: enqueue, ask, tell, snapshot"),
@@ -20,6 +22,13 @@ OPTUNA_SEARCH_MEMBERS = (
 CONTROLLER_MEMBERS = (
     ("ray.tune.execution.tune_controller.TuneController", "_mark_trial_to_checkpoint",
      "PairedASHA: checkpoint a twin it pauses at a rung"),
+)
+TUNER_MEMBERS = (
+    ("ray.tune.Tuner", "_local_tuner", "the run config a restored Tuner unpickled: its SlotUse callback's figure"),
+)
+
+MODULE_MEMBERS = (
+    ("ray._private.ray_constants", "ENABLE_RAY_CLUSTER", "connect_ray: a local sweep's Ray listens on 127.0.0.1 only"),
 )
 
 
@@ -36,6 +45,13 @@ def missing_members() -> list[str]:
     for where, member, _ in CONTROLLER_MEMBERS:
         if not hasattr(TuneController, member):
             missing.append(f"{where}.{member}")
+    for where, member, _ in MODULE_MEMBERS:
+        if not hasattr(importlib.import_module(where), member):
+            missing.append(f"{where}.{member}")
+    from ray import tune
+
+    if "_local_tuner" not in getattr(tune.Tuner, "__annotations__", {}):   # an instance attribute, declared on the class
+        missing.append("ray.tune.Tuner._local_tuner")
     return missing
 
 

@@ -1,6 +1,7 @@
-"""What a trial's records mean, named once and free of Ray: the objective (metric and mode), the
-outcomes a trial can end with, and the files sslsearch writes in a sweep's folder. The search, the records and the analysis all read them from here
-(docs/architecture.md: this module sits below everything that uses it)."""
+"""What a trial's records mean, named once and free of Ray: the objective (metric and mode) and the
+outcomes a trial can end with. The search, the records and the analysis all read them from here
+(docs/architecture.md: this module sits below everything that uses it; the sweep folder's file
+names live in search/folder.py)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,6 @@ from __future__ import annotations
 METRIC, MODE = "val_acc", "max"
 OUTCOMES = ("completed", "stopped early", "diverged", "errored", "running")
 FINISHED = ("completed", "stopped early")   # ran without error or divergence, to its budget or ASHA's stop
-
-# In a sweep's folder, next to Ray's own files: what `run_sweep` was asked (resume and confirm read it) and
-# the Optuna study (optuna-dashboard, the leaderboard's importances).
-SWEEP_FILE = "sslsearch-sweep.json"
-STUDY_FILE = "optuna-study.journal"
 
 
 def trial_outcome(last_epoch: int, max_epochs: int | None, errored: bool = False, diverged: bool = False) -> str:

@@ -8,14 +8,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sslsearch.errors import InputError
+from sslsearch.errors import InputError, shown, shown_path
 from sslsearch.method.config import PretrainConfig
-from sslsearch.search.experiment import build_section, read_yaml_file
+from sslsearch.search.experiment import build_section, read_yaml_file, resolved
 
 if TYPE_CHECKING:
     import optuna
 
 DISTRIBUTIONS = ("loguniform", "uniform", "int", "choice")
+MAX_CHOICES = 1000
 # Settings that describe the data or the run rather than the method: not searchable.
 NOT_SEARCHABLE = {"dataset", "data_dir", "val_fraction", "split_seed", "image_size", "device", "epochs", "eval_every", "compile"}
 SEARCHABLE = tuple(f.name for f in dataclasses.fields(PretrainConfig) if f.name not in NOT_SEARCHABLE)
@@ -63,14 +64,16 @@ class SearchSpace:
 
 def _parameter(name: str, spec: Any, where: str) -> Parameter:
     if name not in SEARCHABLE:
-        raise InputError(f"{where}: the trainable does not know parameter {name!r}; searchable: {', '.join(SEARCHABLE)}")
+        raise InputError(f"{where}: the trainable does not know parameter {shown(name, 60)}; searchable: "
+                         f"{', '.join(SEARCHABLE)}")
     if not isinstance(spec, dict) or "distribution" not in spec:
         raise InputError(f"{where}: {name} must be a mapping with 'distribution' ({', '.join(DISTRIBUTIONS)})")
     kind = spec["distribution"]
     allowed = {"loguniform": {"low", "high"}, "uniform": {"low", "high"}, "int": {"low", "high", "log"}, "choice": {"values"}}
     if kind not in allowed:
-        raise InputError(f"{where}: {name} has unknown distribution {kind!r}; expected one of {', '.join(DISTRIBUTIONS)}")
-    extra = sorted(set(spec) - allowed[kind] - {"distribution"})
+        raise InputError(f"{where}: {name} has unknown distribution {shown(kind, 60)}; expected one of "
+                         f"{', '.join(DISTRIBUTIONS)}")
+    extra = sorted(shown_path(key, 40) for key in set(spec) - allowed[kind] - {"distribution"})[:5]
     missing = sorted(allowed[kind] - set(spec) - {"log"})
     if extra or missing:
         raise InputError(f"{where}: {name} ({kind}) takes {', '.join(sorted(allowed[kind]))}"
@@ -79,20 +82,22 @@ def _parameter(name: str, spec: Any, where: str) -> Parameter:
         values = spec["values"]
         if not isinstance(values, list) or not values:
             raise InputError(f"{where}: {name} choice needs a non-empty list of values")
+        if len(values) > MAX_CHOICES:   # each is checked against the validator before the sweep starts
+            raise InputError(f"{where}: {name} choice lists {len(values):,} values; at most {MAX_CHOICES:,}")
         if len(set(map(repr, values))) != len(values):
-            raise InputError(f"{where}: {name} choice lists a value twice: {values}")
+            raise InputError(f"{where}: {name} choice lists a value twice: {shown(values)}")
         return Parameter(name, kind, values=tuple(values))
     low, high = spec["low"], spec["high"]
     for bound in (low, high):
         if isinstance(bound, bool) or not isinstance(bound, (int, float)) or not math.isfinite(bound):
-            raise InputError(f"{where}: {name} bounds must be finite numbers, got low={low!r} high={high!r}")
+            raise InputError(f"{where}: {name} bounds must be finite numbers, got low={shown(low, 60)} high={shown(high, 60)}")
     if low >= high:
-        raise InputError(f"{where}: {name} needs low < high, got low={low} high={high}")
+        raise InputError(f"{where}: {name} needs low < high, got low={low:g} high={high:g}")
     log = bool(spec.get("log", False))
     if (kind == "loguniform" or log) and low <= 0:
-        raise InputError(f"{where}: {name} is log-scaled, so its bounds must be > 0, got low={low}")
+        raise InputError(f"{where}: {name} is log-scaled, so its bounds must be > 0, got low={low:g}")
     if kind == "int" and not (float(low).is_integer() and float(high).is_integer()):
-        raise InputError(f"{where}: {name} int bounds must be integers, got low={low} high={high}")
+        raise InputError(f"{where}: {name} int bounds must be integers, got low={low:g} high={high:g}")
     return Parameter(name, kind, low=float(low), high=float(high), log=log)
 
 
@@ -123,14 +128,16 @@ def check_space(space: SearchSpace, experiment) -> None:
         for value in candidates:
             value = int(value) if p.distribution == "int" else value
             try:
-                build_section(PretrainConfig, {**base, p.name: value}, "pretrain").validate()
+                config = build_section(PretrainConfig, {**base, p.name: value}, "pretrain")
+                config.validate()
+                config.check_data()   # a batch_size larger than the data set fails at the trial's start
             except InputError as error:
-                raise InputError(f"{where}: {p.name}={value!r} would fail every trial that draws it: "
+                raise InputError(f"{where}: {p.name}={shown(value, 80)} would fail every trial that draws it: "
                                  f"{str(error).replace('pretrain.', '')}") from None
 
 
 def load_search_space(path: str | Path) -> SearchSpace:
     """Read and validate a search-space YAML file."""
-    path = Path(path).resolve()
+    path = resolved(path, "search space file")
     raw = read_yaml_file(path, "search space")
     return dataclasses.replace(parse_search_space(raw, path.name), source=str(path))

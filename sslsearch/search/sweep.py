@@ -37,15 +37,18 @@ from ray.tune.search.optuna import OptunaSearch
 
 from sslsearch.errors import InputError
 from sslsearch.method.data import prepare_dataset
+from sslsearch.processes import keep_sigterm, sigint_restored
 from sslsearch.search import framework
 from sslsearch.search.asha import PairedASHA, RungState
-from sslsearch.search.experiment import Experiment, experiment_from_dict
-from sslsearch.search.outcomes import METRIC, MODE, OUTCOMES, STUDY_FILE, SWEEP_FILE, result_outcome, trial_outcome  # noqa: F401
+from sslsearch.search.experiment import Experiment, experiment_from_dict, ray_address
+from sslsearch.search.folder import STUDY_FILE, SWEEP_FILE
+from sslsearch.search.outcomes import METRIC, MODE, OUTCOMES, result_outcome, trial_outcome  # noqa: F401
 from sslsearch.search.retention import CheckpointRetention, DiskUse, disk_use, size_text
 from sslsearch.search.rungs import rung_epochs
 from sslsearch.search.saved_state import IntactStateCopy, recover_saved_state
+from sslsearch.search.slots import SlotUse
 from sslsearch.search.space import SearchSpace, check_space
-from sslsearch.search.sweeplock import SweepLock, check_owned, create_sweep_folder
+from sslsearch.search.sweeplock import SweepLock, check_owned, claim_sweep_folder
 from sslsearch.search.trainable import run_trial
 from sslsearch.search.trial_config import PAIR, SEED, make_trial_config, sampled_params, trial_value
 
@@ -89,7 +92,7 @@ class SweepSearcher(OptunaSearch):
     """OptunaSearch that reports ASHA-stopped trials as PRUNED and can pair the loss variants."""
 
     def __init__(self, space: SearchSpace, *, max_epochs: int, sampler: str, seed: int, paired: bool,
-                 study_name: str, study_path: str | None):
+                 study_name: str, study_path: str | None, scheduler: PairedASHA | None = None):
         super().__init__(space=space.to_optuna(), metric=METRIC, mode=MODE, sampler=make_sampler(sampler, seed),
                          study_name=study_name)
         self._max_epochs = max_epochs
@@ -100,6 +103,9 @@ class SweepSearcher(OptunaSearch):
         self._suggested = 0
         self._steps: dict[str, dict[int, float]] = {}   # trial id → the val_acc told to Optuna per epoch
         self.outcomes: dict[str, str] = {}
+        # The sweep's PairedASHA, for its twins waiting at a rung (they hold no slot). Ray pickles searcher and
+        # scheduler together in tuner.pkl, so the link survives Tuner.restore; `save` leaves it out.
+        self._scheduler = scheduler
 
     def set_max_concurrency(self, max_concurrent: int) -> bool:
         # The searcher limits concurrency itself: Ray's ConcurrencyLimiter drops on_trial_complete for
@@ -107,9 +113,20 @@ class SweepSearcher(OptunaSearch):
         self._max_concurrent = max_concurrent
         return True
 
-    def suggest(self, trial_id: str):
+    def slots_taken(self) -> int:
+        """Trials that hold a slot or wait for one: started or pending, not ended, not a twin paused at a rung.
+
+        A twin waiting at a rung holds no actor, so it must not keep a new trial from starting (on a GPU
+        cluster, an idle slot is an idle GPU). Paused twins stay bounded: each waits for a partner that holds
+        or wants a slot, so at most `max_concurrent` wait, and TPE's constant-liar set stays below 2×."""
         live = len(self._ot_trials) - len(self._completed_trials)
-        if trial_id not in self._ot_trials and live >= getattr(self, "_max_concurrent", math.inf):
+        waiting = getattr(self, "_scheduler", None)
+        if waiting is None:
+            return live
+        return live - sum(t in self._ot_trials and t not in self._completed_trials for t in waiting.waiting)
+
+    def suggest(self, trial_id: str):
+        if trial_id not in self._ot_trials and self.slots_taken() >= getattr(self, "_max_concurrent", math.inf):
             return None
         if trial_id not in self._ot_trials and self._paired and self._partner is not None:
             # The next ask() returns exactly these params: the same configuration with the other loss.
@@ -219,13 +236,13 @@ class SweepSearcher(OptunaSearch):
         written.update(t.number for t in new)
 
     def save(self, checkpoint_path: str):
-        # Ray pickles the searcher into its experiment state: the open journal stays out of it.
-        snapshot = self.__dict__.pop("_snapshot", None)
+        # Ray pickles the searcher into its experiment state: the open journal stays out of it, and so does the
+        # scheduler (its state is RungState's; on restore the searcher keeps the link tuner.pkl gave it).
+        kept = {key: self.__dict__.pop(key) for key in ("_snapshot", "_scheduler") if key in self.__dict__}
         try:
             super().save(checkpoint_path)
         finally:
-            if snapshot is not None:
-                self._snapshot = snapshot
+            self.__dict__.update(kept)
 
     @property
     def study(self) -> optuna.Study:
@@ -234,7 +251,8 @@ class SweepSearcher(OptunaSearch):
 
 class LiveView(tune.Callback):
     """Prints a line per report and per finished trial, with the best val_acc reported so far per loss (at
-    any epoch; the summary and the leaderboard rank trials by their final report)."""
+    any epoch; the summary and the leaderboard rank trials by their final report), and how many trials are
+    left of the sweep's or stage's total (Ray passes it to `setup`)."""
 
     def __init__(self, quiet: bool = False):
         # No file object kept here: Ray pickles callbacks into the sweep's state for resuming.
@@ -243,7 +261,8 @@ class LiveView(tune.Callback):
         self.start = time.monotonic()
         self.setup()
 
-    def setup(self, **info):
+    def setup(self, total_num_samples: int | None = None, **info):
+        self.total = total_num_samples
         # Per session, O(1) per report (a count over all trials at every report is O(trials²) over a sweep):
         # the trials started and not ended, and the ended ones, known from the session's first report on.
         self._live: dict[str, object] = {}
@@ -287,8 +306,12 @@ class LiveView(tune.Callback):
         self._live[trial.trial_id] = trial
         best = "  ".join(f"{k} {v:.2f}" for k, v in sorted(self.best.items()))
         running = sum(t.status == "RUNNING" for t in self._live.values())
+        paused = sum(t.status == "PAUSED" for t in self._live.values())
+        # Never started (not in _live), or started and queued again for a slot.
+        pending = len(trials) - len(self._live) - len(self._ended) + sum(t.status == "PENDING" for t in self._live.values())
+        left = f", left {self.total - len(self._ended)}" if self.total is not None else ""
         self._print(f"{self._describe(trial)} epoch {result['epoch']} val_acc {result[METRIC]:.2f} "
-                    f"| running {running}, finished {len(self._ended)} "
+                    f"| running {running}, paused {paused}, pending {pending}, finished {len(self._ended)}{left} "
                     f"| best report, any epoch: {best}")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
@@ -335,6 +358,7 @@ class SweepSummary:
     resumed: bool = False  # wall_seconds then covers this session only, trial_seconds every session
     disk: DiskUse | None = None                 # the sweep's folder in Ray's storage (None: remote storage)
     mlflow_artifact_bytes: int | None = None    # its MLflow artifacts, when they are local files (set by the caller)
+    slot_utilization: float | None = None       # busy slot-seconds / (slots × wall), this session (sslsearch.search.slots)
 
     def best_per_loss(self) -> dict[str, TrialSummary]:
         best: dict[str, TrialSummary] = {}
@@ -366,6 +390,9 @@ class SweepSummary:
             lines.append(f"wall {self.wall_seconds:.0f}s vs trials' own time / concurrency "
                          f"{sum(t.trial_seconds for t in self.trials) / max(1, self.concurrency):.0f}s "
                          f"(concurrency {self.concurrency}): overhead {100 * self.overhead:.0f}%")
+        if self.slot_utilization is not None:
+            lines.append(f"slot utilisation {100 * self.slot_utilization:.1f}% (training slot-seconds / "
+                         f"({self.concurrency} slots × wall{' of this session' if self.resumed else ''}))")
         for loss, t in sorted(self.best_per_loss().items()):
             params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in t.params.items() if k != "loss")
             test = f", test_acc {t.test_acc:.2f}" if t.test_acc is not None else ""
@@ -424,25 +451,48 @@ def connect_ray(address: str | None, num_cpus: int | None = None) -> None:
         return
     if address and address != "auto":
         _check_reachable(address)
+    logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(_no_token_notice)
     try:
         if address:
             ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
         else:
-            # address="local": a private instance, never whatever Ray cluster happens to run on this machine.
-            ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False,
-                     logging_level=logging.WARNING)
+            # address="local": a private instance, never whatever Ray cluster happens to run on this machine;
+            # on loopback only: a local sweep needs no port that another machine can reach.
+            with _loopback_node():
+                ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
+                         log_to_driver=False, logging_level=logging.WARNING)
     except (ConnectionError, RuntimeError, ValueError, TimeoutError) as error:
         raise InputError(f"cannot reach the Ray cluster at {address!r}: {str(error).splitlines()[0]}") from None
+    keep_sigterm()  # Ray's failure-signal handler took SIGTERM: a scheduler's stop must end in good order
+
+
+@contextlib.contextmanager
+def _loopback_node():
+    """Start Ray's processes on 127.0.0.1. Its GCS, raylet, driver and workers listen on every interface unless the
+    node's address is 127.0.0.1, and ray.init turns an explicit `_node_ip_address="127.0.0.1"` back into the LAN
+    address unless ENABLE_RAY_CLUSTER is off (ray/_private/services.py: resolve_ip_for_localhost,
+    get_node_ip_address). A cluster is joined with --address instead, and binds as its `ray start` says."""
+    from ray._private import ray_constants
+
+    enabled = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = enabled
+
+
+def _no_token_notice(record: logging.LogRecord) -> bool:
+    """Ray 2.60 says at every start that token authentication is on by default ("Set RAY_AUTH_MODE=disabled to
+    opt out"): nothing to act on, so that line is dropped; its warning that authentication is off still shows."""
+    return "Token authentication is enabled" not in record.getMessage()
 
 
 def _check_reachable(address: str) -> None:
     """Ray retries an unreachable address for minutes; a plain TCP connect answers in seconds."""
-    hostport = address.split("://", 1)[-1].rstrip("/")
-    host, _, port = hostport.rpartition(":")
-    if not host or not port.isdigit():
-        raise InputError(f"--address must be auto, HOST:PORT or ray://HOST:PORT, got {address!r}")
+    host, port = ray_address(address)
     try:
-        socket.create_connection((host, int(port)), timeout=5).close()
+        socket.create_connection((host, port), timeout=5).close()
     except OSError as error:
         raise InputError(f"cannot reach the Ray cluster at {address}: {error.strerror or error}") from None
 
@@ -487,16 +537,19 @@ def sweep_path(storage: str, name: str) -> str:
 
 
 def run_sweep(experiment: Experiment, space: SearchSpace, *, name: str, storage: str, address: str | None = None,
-              callbacks: list | None = None, quiet: bool = False, trainable=None) -> SweepSummary:
+              callbacks: list | None = None, quiet: bool = False, trainable=None, claim: SweepLock | None = None
+              ) -> SweepSummary:
     """Run a new sweep; its records live in `storage`/`name`.
 
     `trainable` replaces `trainable.run_trial`, e.g. `synthetic.synthetic_trainable(...)` for tests and
-    benchmarks that exercise the search without training.
+    benchmarks that exercise the search without training. `claim`: the sweep's folder, already made and
+    locked by `sweeplock.claim_sweep_folder` (the command line claims the name before it imports Ray);
+    released when the sweep ends.
     """
     local = _local_path(storage)
     if local is not None:
         storage = str(local.resolve())
-        if (local / name).exists():
+        if claim is None and (local / name).exists():
             raise InputError(f"a sweep named {name!r} already exists in {storage}; resume it with `sslsearch resume {name}` "
                              "or choose another --name")
     check_space(space, experiment)
@@ -513,18 +566,19 @@ def run_sweep(experiment: Experiment, space: SearchSpace, *, name: str, storage:
           f"{experiment.pretrain.dataset}; {scheduler_line}; records in {path}", file=open(os.devnull, "w") if quiet else sys.stdout, flush=True)
     study_path = f"{path}/{STUDY_FILE}"
     lock = contextlib.nullcontext()
-    if local is not None:  # one mkdir is the name check, so two sweeps of one name cannot both start
-        create_sweep_folder(Path(path), name)
-        lock = SweepLock(path, name, "start").acquire()
+    if claim is not None:
+        lock = claim
+    elif local is not None:  # one rename is the name check, so two sweeps of one name cannot both start
+        lock = claim_sweep_folder(Path(path), name)
     # Written through pyarrow so that a sweep on s3:// or gs:// storage can be resumed from anywhere.
     _write_text(f"{path}/{SWEEP_FILE}", json.dumps(
         {"experiment": experiment.to_dict(), "experiment_source": experiment.source,
          "space": {p.name: dataclasses.asdict(p) for p in space.parameters}, "space_source": space.source,
          "storage": storage, "name": name}, indent=2))
+    scheduler = make_scheduler(experiment)
     searcher = SweepSearcher(space, max_epochs=experiment.pretrain.epochs, sampler=experiment.search.sampler,
                              seed=experiment.search.seed, paired=experiment.search.paired, study_name=name,
-                             study_path=study_path)
-    scheduler = make_scheduler(experiment)
+                             study_path=study_path, scheduler=scheduler if isinstance(scheduler, PairedASHA) else None)
     state = [RungState(scheduler)] if isinstance(scheduler, PairedASHA) else []
     if local is not None:  # a full disk can cut Ray's saved state short: resume then uses the intact copy
         state.append(IntactStateCopy(path))
@@ -534,11 +588,20 @@ def run_sweep(experiment: Experiment, space: SearchSpace, *, name: str, storage:
         param_space=make_trial_config(experiment.pretrain.to_dict(), cpus=experiment.resources.cpus_per_trial),
         num_samples=experiment.search.num_samples, trainable=trainable,
         # Full training state only where a resume needs it (tracking.checkpoints; sslsearch.search.retention).
-        callbacks=[LiveView(quiet), *state, CheckpointRetention(experiment.tracking.checkpoints), *(callbacks or [])])
+        callbacks=[LiveView(quiet), SlotUse(), *state, CheckpointRetention(experiment.tracking.checkpoints), *(callbacks or [])])
     started = time.monotonic()
     with lock:
         results = _fit(tuner, name, path, started, concurrency, study_path)
-    return summarize(results, name, path, time.monotonic() - started, concurrency, study_path)
+    summary = summarize(results, name, path, time.monotonic() - started, concurrency, study_path)
+    summary.slot_utilization = slot_utilization(tuner, concurrency)
+    return summary
+
+
+def slot_utilization(tuner: tune.Tuner, slots: int) -> float | None:
+    """The sweep session's busy slot-seconds / (slots × wall), from its SlotUse callback (sslsearch.search.slots)."""
+    callbacks = tuner._local_tuner.get_run_config().callbacks or []
+    use = next((c for c in callbacks if isinstance(c, SlotUse)), None)
+    return use.utilization(slots) if use is not None else None
 
 
 def checkpoints_kept(experiment: Experiment) -> int | None:
@@ -604,7 +667,8 @@ class SweepStopped(RuntimeError):
 def _fit(tuner, name: str, path: str, started: float, concurrency: int, study_path: str):
     """tuner.fit(); an OS error stops the sweep in good order: one line, the summary, the resume hint."""
     try:
-        return tuner.fit()
+        with sigint_restored():
+            return tuner.fit()
     except (OSError, TuneError) as raised:
         error = _os_error(raised)
         if error is None:
@@ -667,7 +731,7 @@ def resume_sweep(name: str, storage: str, address: str | None = None, trainable=
     experiment = experiment_from_dict(meta["experiment"], meta.get("experiment_source"))
     lock = contextlib.nullcontext()
     if local is not None:  # Ray unpickles tuner.pkl from this folder: it must be the user's own
-        check_owned(Path(path))
+        check_owned(Path(path), "resume")
         lock = SweepLock(path, name, "resume").acquire()
         try:
             recover_saved_state(Path(path), name)
@@ -683,6 +747,7 @@ def resume_sweep(name: str, storage: str, address: str | None = None, trainable=
     with lock:
         results = _fit(tuner, name, path, started, concurrency, f"{path}/{STUDY_FILE}")
     summary = summarize(results, name, path, time.monotonic() - started, concurrency, f"{path}/{STUDY_FILE}")
+    summary.slot_utilization = slot_utilization(tuner, concurrency)
     summary.resumed = True
     return summary
 

@@ -1,0 +1,244 @@
+"""The replay table: real learning curves of a space-filling design, for `sslsearch bench search --replay`.
+
+Trains every configuration of a scrambled Sobol design over (λ, lr, feature_dim), with each loss and
+several seeds, on the embedded digits setting, and records every report's val_acc, the final
+test_acc, the epoch at which a run diverged and its training seconds: the tabular benchmark
+(LCBench / Syne Tune blackbox style) on which the searcher and scheduler are judged over many seeds.
+
+It imports only `sslsearch.method` (torch, numpy, scikit-learn), so it runs on a bare GPU machine
+without Ray, Optuna or MLflow, and it trains many runs at once in worker processes (`--workers`).
+The table is written (atomically) every few seconds with a `done` mask, so a run stopped by
+`--time-limit` or Ctrl-C still leaves an honest, smaller table.
+
+    python -m sslsearch.bench.replay_table --out table.npz --configs 256 --seeds 3 --workers 16 --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as futures
+import datetime
+import json
+import math
+import multiprocessing
+import os
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sslsearch.errors import InputError
+from sslsearch.method.config import LOSSES, PretrainConfig
+from sslsearch.method.data import load_run_data
+from sslsearch.method.train import TrainingDiverged, pretrain
+
+# The search space of search_spaces/barlow_hsic.yaml (the loss is a table axis).
+LMBDA_RANGE = (1e-4, 1e-1)      # loguniform
+LR_RANGE = (1e-4, 1e-2)         # loguniform
+FEATURE_DIMS = (64, 128, 256, 512, 1024)
+# The embedded default sweep's setting (experiments/digits.yaml): the table replays that sweep. A val
+# split of 50 % is 721 images, so one image is 0.139 points of val_acc.
+BASE = {"dataset": "digits", "backbone": "small_cnn", "val_fraction": 0.5, "epochs": 16, "eval_every": 2,
+        "batch_size": 128, "optimizer": "adam", "weight_decay": 1e-6}
+TABLE_FORMAT = 1
+
+
+def sobol_design(n: int, seed: int) -> dict[str, np.ndarray]:
+    """`n` configurations of a scrambled Sobol sequence over (log λ, log lr, feature_dim index)."""
+    points = torch.quasirandom.SobolEngine(3, scramble=True, seed=seed).draw(n).double().numpy()
+
+    def log_scale(u: np.ndarray, low: float, high: float) -> np.ndarray:
+        return np.exp(np.log(low) + u * (np.log(high) - np.log(low)))
+
+    index = np.minimum((points[:, 2] * len(FEATURE_DIMS)).astype(int), len(FEATURE_DIMS) - 1)
+    return {"lmbda": log_scale(points[:, 0], *LMBDA_RANGE), "lr": log_scale(points[:, 1], *LR_RANGE),
+            "feature_dim": np.asarray(FEATURE_DIMS)[index]}
+
+
+# -- one training per task, in a worker process that keeps the data set on its device ------------------
+
+_WORKER: dict = {}
+
+
+def _init_worker(base: dict, device: str, threads: int) -> None:
+    torch.set_num_threads(threads)
+    config = PretrainConfig.from_dict({**base, "device": device})
+    _WORKER["data"] = load_run_data(config)
+    _WORKER["base"] = {**base, "device": device}
+
+
+def train_one(task: tuple[int, int, int, float, float, int]) -> dict:
+    """One run (configuration c, loss index l, seed index s): its val_acc per report epoch, test_acc, divergence."""
+    c, l, s, lmbda, lr, feature_dim = task
+    config = PretrainConfig.from_dict({**_WORKER["base"], "loss": LOSSES[l], "lmbda": float(lmbda), "lr": float(lr),
+                                       "feature_dim": int(feature_dim), "seed": s})
+    reports: dict[int, float] = {}
+    test_acc, diverged = math.nan, 0
+
+    def on_report(row: dict, _path) -> None:
+        reports[int(row["epoch"])] = float(row["val_acc"])
+
+    started = time.perf_counter()
+    try:
+        result = pretrain(config, data=_WORKER["data"], on_report=on_report, progress=False, final_test=True)
+        test_acc = float(result.history[-1]["test_acc"])
+    except TrainingDiverged as error:
+        diverged = error.epoch
+    return {"c": c, "l": l, "s": s, "reports": reports, "test_acc": test_acc, "diverged": diverged,
+            "seconds": time.perf_counter() - started}
+
+
+# -- the table -------------------------------------------------------------------------------------------------
+
+def report_epochs(epochs: int, eval_every: int) -> list[int]:
+    """The epochs at which a run reports: 0 (random initialisation), every eval_every, and the last."""
+    return sorted({0, *range(eval_every, epochs + 1, eval_every), epochs})
+
+
+def _empty_table(design: dict, seeds: int, epochs: list[int]) -> dict[str, np.ndarray]:
+    shape = (len(design["lr"]), len(LOSSES), seeds)
+    return {"lmbda": design["lmbda"], "lr": design["lr"], "feature_dim": design["feature_dim"],
+            "losses": np.asarray(LOSSES), "seeds": np.arange(seeds), "epochs": np.asarray(epochs),
+            "val_acc": np.full(shape + (len(epochs),), np.nan, dtype=np.float32),
+            "test_acc": np.full(shape, np.nan, dtype=np.float32),
+            "diverged_epoch": np.zeros(shape, dtype=np.int16),   # 0: did not diverge
+            "seconds": np.full(shape, np.nan, dtype=np.float32),
+            "done": np.zeros(shape, dtype=bool)}
+
+
+def _fill(table: dict, row: dict) -> None:
+    at = (row["c"], row["l"], row["s"])
+    for i, epoch in enumerate(table["epochs"]):
+        if int(epoch) in row["reports"]:
+            table["val_acc"][at + (i,)] = row["reports"][int(epoch)]
+    table["test_acc"][at] = row["test_acc"]
+    table["diverged_epoch"][at] = row["diverged"]
+    table["seconds"][at] = row["seconds"]
+    table["done"][at] = True
+
+
+def write_table(table: dict, meta: dict, out: Path) -> None:
+    """The table as one compressed .npz (atomic replace); `meta` as JSON in its `meta` entry."""
+    tmp = out.with_name(out.name + ".tmp.npz")
+    np.savez_compressed(tmp, **table, meta=np.asarray(json.dumps(meta)))
+    os.replace(tmp, out)
+
+
+def build_table(*, out: Path, configs: int, seeds: int, workers: int, device: str, design_seed: int = 0,
+                time_limit: float | None = None, base: dict | None = None, threads: int = 1,
+                command: str = "") -> dict:
+    """Train the design in `workers` processes and write the table to `out`; returns it."""
+    base = {**BASE, **(base or {})}
+    design = sobol_design(configs, design_seed)
+    table = _empty_table(design, seeds, report_epochs(base["epochs"], base["eval_every"]))
+    data = load_run_data(PretrainConfig.from_dict({**base, "device": "cpu"}))
+    meta = {"format": TABLE_FORMAT, "command": command, "base": base, "design": "scrambled Sobol",
+            "design_seed": design_seed, "space": {"lmbda": LMBDA_RANGE, "lr": LR_RANGE, "feature_dim": FEATURE_DIMS},
+            "device": device, "workers": workers,
+            "machine": f"{platform.machine()} {os.cpu_count()} CPUs"
+                       + (f", {torch.cuda.get_device_name()}" if device.startswith("cuda") else ""),
+            "torch": torch.__version__, "python": platform.python_version(),
+            "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "val_images": int(data.val_labels.numel()), "test_images": int(data.test_labels.numel()),
+            "chance_val_acc": 100.0 * torch.bincount(data.val_labels).max().item() / data.val_labels.numel()}
+    # Configuration-major: a table cut short holds whole configurations (every loss and seed).
+    tasks = [(c, l, s, design["lmbda"][c], design["lr"][c], design["feature_dim"][c])
+             for c in range(configs) for s in range(seeds) for l in range(len(LOSSES))]
+    started = time.monotonic()
+    last_write = started
+    context = multiprocessing.get_context("spawn")   # CUDA cannot be forked into workers
+    with futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
+                                     initargs=(base, device, threads)) as pool:
+        pending = {pool.submit(train_one, task) for task in tasks}
+        try:
+            while pending:
+                finished, pending = futures.wait(pending, timeout=5, return_when=futures.FIRST_COMPLETED)
+                for future in finished:
+                    _fill(table, future.result())
+                if time_limit is not None and time.monotonic() - started > time_limit:
+                    for future in pending:
+                        future.cancel()
+                    print(f"time limit {time_limit:g}s reached: waiting for the runs in progress", file=sys.stderr)
+                    for future in futures.as_completed([f for f in pending if not f.cancelled()]):
+                        _fill(table, future.result())
+                    break
+                if time.monotonic() - last_write > 15:
+                    last_write = time.monotonic()
+                    write_table(table, {**meta, "wall_seconds": last_write - started, "complete": False}, out)
+                    print(f"{int(table['done'].sum())}/{len(tasks)} runs in {last_write - started:.0f}s", file=sys.stderr,
+                          flush=True)
+        except KeyboardInterrupt:
+            for future in pending:
+                future.cancel()
+    meta.update(wall_seconds=time.monotonic() - started, complete=bool(table["done"].all()))
+    write_table(table, meta, out)
+    return table
+
+
+def load_table(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict]:
+    """(arrays, meta) of a table written by `build_table`; InputError for a file that is not one."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except (OSError, ValueError) as error:
+        raise InputError(f"cannot read the replay table {path}: {error}") from None
+    if "meta" not in arrays or "val_acc" not in arrays:
+        raise InputError(f"{path} is not a replay table (written by python -m sslsearch.bench.replay_table)")
+    meta = json.loads(str(arrays.pop("meta")))
+    if meta.get("format") != TABLE_FORMAT:
+        raise InputError(f"{path} is a replay table of format {meta.get('format')}, expected {TABLE_FORMAT}")
+    return arrays, meta
+
+
+def table_quality(table: dict) -> dict[str, float]:
+    """What makes the table worth searching: val image size, seed noise against the spread of configuration means."""
+    final = table["val_acc"][..., -1]                              # (configs, losses, seeds); NaN: diverged
+    whole = table["done"].all(axis=2) & np.isfinite(final).all(axis=2)
+    means = final.mean(axis=2)[whole]
+    seed_sd = float(np.sqrt(np.mean(final.var(axis=2, ddof=1)[whole]))) if whole.any() else math.nan
+    return {"configs x losses": int(whole.sum()), "seed_sd": seed_sd,
+            "config_mean_sd": float(means.std(ddof=1)) if means.size > 1 else math.nan,
+            "best_mean": float(means.max()) if means.size else math.nan,
+            "diverged_runs": int((table["diverged_epoch"] > 0).sum())}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sslsearch.bench.replay_table", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", required=True, help="the .npz to write")
+    parser.add_argument("--configs", type=int, default=256, help="Sobol design points (a power of 2 keeps it balanced)")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds per configuration and loss")
+    parser.add_argument("--workers", type=int, default=os.cpu_count(), help="training processes at once")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (all workers share it)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per worker")
+    parser.add_argument("--epochs", type=int, default=BASE["epochs"])
+    parser.add_argument("--time-limit", type=float, default=None, help="seconds; then finish the runs in progress and write")
+    parser.add_argument("--design-seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    try:
+        if args.configs < 2 or args.seeds < 2 or args.workers < 1 or args.epochs < BASE["eval_every"]:
+            raise InputError(f"--configs and --seeds must be ≥ 2, --workers ≥ 1 and --epochs ≥ {BASE['eval_every']}")
+        if args.device.startswith("cuda") and not torch.cuda.is_available():
+            raise InputError(f"--device {args.device} requested but CUDA is not available; use --device cpu")
+        out = Path(args.out)
+        if not out.parent.is_dir():
+            raise InputError(f"--out {out}: folder {out.parent} does not exist")
+    except InputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    command = "python -m sslsearch.bench.replay_table " + " ".join(map(shlex.quote, sys.argv[1:] if argv is None else argv))
+    table = build_table(out=out, configs=args.configs, seeds=args.seeds, workers=args.workers, device=args.device,
+                        design_seed=args.design_seed, time_limit=args.time_limit, threads=args.threads,
+                        base={"epochs": args.epochs}, command=command)
+    quality = table_quality(table)
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB): {int(table['done'].sum())}/{table['done'].size} runs; "
+          + ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in quality.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
