@@ -90,7 +90,7 @@ def test_report_is_one_self_contained_file_logged_to_the_sweep_run(records, tmp_
     # head-to-head, barlow, hsic, the card's metrics, one provenance table.
     assert found["tables"] == 5 and found["rows"] >= 4 + 4 + 2 + 1
     assert [i["alt"].split("-")[0] for i in found["images"]] == ["val_acc_vs_lmbda", "val_acc_vs_lr", "learning_curves",
-                                                                 "anytime"]
+                                                                 "best_report"]
     assert all(i["complete"] and i["width"] >= 600 for i in found["images"]), found["images"]  # no broken image
     assert "HSIC · BEST VAL_ACC\n85.00" in found["text"]
     assert "importances for paired: skipped" in found["text"]  # no study file here: said, not hidden

@@ -745,8 +745,9 @@ def _plot_val_acc_vs(board: Leaderboard, parameter: str, path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
-def anytime_curve(client, trials: pd.DataFrame) -> pd.DataFrame:
-    """The sweep's best val_acc so far against the epochs it had trained so far, per loss.
+def best_report_curve(client, trials: pd.DataFrame) -> pd.DataFrame:
+    """The sweep's best val_acc reported so far (any epoch) against the epochs it had trained so far, per loss.
+    (Not `bench search`'s anytime curve, which counts finished trials' final val_acc: sslsearch.bench.search.)
 
     Every val_acc report of every trial (any outcome: all of them cost epochs), in the order MLflow
     timestamped them; a trial's report at epoch e adds the epochs since its previous report. The best
@@ -773,17 +774,17 @@ def anytime_curve(client, trials: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["loss", "epochs", "best_val_acc"])
 
 
-def _plot_anytime(board: Leaderboard, client, path: Path) -> None:
+def _plot_best_report(board: Leaderboard, client, path: Path) -> None:
     from matplotlib.figure import Figure
 
-    curve = anytime_curve(client, board.trials)
+    curve = best_report_curve(client, board.trials)
     fig = Figure(figsize=(6.4, 4.2), layout="constrained")
     ax = fig.add_subplot()
     for loss, group in curve.groupby("loss", sort=True):
         ax.step(group["epochs"], group["best_val_acc"], where="post", color=COLOURS.get(loss), label=loss)
     ax.set_xlabel("epochs trained by the whole sweep so far")
     ax.set_ylabel("best val_acc (%) reported so far, any epoch")
-    ax.set_title(f"anytime performance — {', '.join(board.sweeps)}", fontsize="medium")
+    ax.set_title(f"best report so far — {', '.join(board.sweeps)}", fontsize="medium")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize="small")
     fig.savefig(path, dpi=120)
@@ -906,7 +907,7 @@ def _plot_importances(sweep: str, study_path: Path, path: Path) -> list[str]:
 
 def write_plots(board: Leaderboard, out_dir: str | os.PathLike, tracking_uri: str, *, storage: str | os.PathLike | None = None,
                 log: bool = True) -> dict:
-    """Write val_acc against λ and lr, learning curves, the anytime curve and importances (PNG) to `out_dir`,
+    """Write val_acc against λ and lr, learning curves, the best report so far and importances (PNG) to `out_dir`,
     each file named after the sweep(s) so the next sweep's plots do not replace them; log them to each
     sweep's parent run.
 
@@ -919,11 +920,11 @@ def write_plots(board: Leaderboard, out_dir: str | os.PathLike, tracking_uri: st
     out.mkdir(parents=True, exist_ok=True)
     label = "+".join(board.sweeps)
     files, notes = [out / f"val_acc_vs_lmbda-{label}.png", out / f"val_acc_vs_lr-{label}.png",
-                    out / f"learning_curves-{label}.png", out / f"anytime-{label}.png"], []
+                    out / f"learning_curves-{label}.png", out / f"best_report-{label}.png"], []
     _plot_val_acc_vs(board, "lmbda", files[0])
     _plot_val_acc_vs(board, "lr", files[1])
     _plot_learning_curves(board, files[2])
-    _plot_anytime(board, client, files[3])
+    _plot_best_report(board, client, files[3])
     parents = dict(board.trials[["sweep", "parent_run_id"]].drop_duplicates().itertuples(index=False))
     for sweep in board.sweeps:
         study = _study_path(client, sweep, parents[sweep], tracking_uri, storage)

@@ -50,7 +50,7 @@ PLOT_CAPTIONS = {
     "val_acc_vs_lmbda": "Final val_acc of every ranked trial against λ (hollow: stopped early).",
     "val_acc_vs_lr": "Final val_acc of every ranked trial against the learning rate (hollow: stopped early).",
     "learning_curves": "val_acc at every report of the top trials per loss (epoch 0: random initialisation).",
-    "anytime": "Best val_acc reported so far against the epochs the whole sweep had trained: what more budget bought.",
+    "best_report": "Best val_acc reported so far against the epochs the whole sweep had trained: what more budget bought.",
     "importances": "Optuna's parameter importances for val_acc (from the sweep's study).",
 }
 
