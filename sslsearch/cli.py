@@ -466,7 +466,7 @@ def _storage(text: str) -> str:
 
 
 def _run_sweep(args) -> int:
-    from sslsearch.errors import shown, shown_path
+    from sslsearch.errors import shown
     from sslsearch.records.store import check_store, default_tracking_uri
     from sslsearch.search.experiment import check_machine, load_experiment, ray_address
     from sslsearch.search.space import load_search_space

@@ -20,7 +20,7 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 from sslsearch.analysis.leaderboard import (  # noqa: E402
-    anytime_curve,
+    best_report_curve,
     build_leaderboard,
     format_leaderboard,
     importance_groups,
@@ -390,7 +390,7 @@ def test_plots_are_written_and_logged_to_the_sweep_run(store, tmp_path):
     names = sorted(os.path.basename(f) for f in result["files"])
     # Every file carries the sweep names: the next sweep's plots land beside these, not over them.
     label = "+".join(board.sweeps)  # in the order the leaderboard holds them
-    assert names == sorted([f"anytime-{label}.png", "importances-paired.png", f"learning_curves-{label}.png",
+    assert names == sorted([f"best_report-{label}.png", "importances-paired.png", f"learning_curves-{label}.png",
                             f"val_acc_vs_lmbda-{label}.png", f"val_acc_vs_lr-{label}.png"])
     for file in result["files"]:
         assert open(file, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
@@ -519,14 +519,14 @@ def test_the_verdict_is_logged_on_the_parent_run(confirmed_store):
 
 
 @pytest.mark.slow
-def test_anytime_curve_counts_the_epochs_of_every_trial_in_report_order(tmp_path):
+def test_best_report_curve_counts_the_epochs_of_every_trial_in_report_order(tmp_path):
     client, uri, experiment_id = open_store(tmp_path)
     write_sweep(client, experiment_id, "anytime", [
         trial("a", "barlow", None, curve(50, 60)),            # reports epochs 0, 1, 2 at t+10, t+20, t+30
         trial("b", "hsic", None, curve(70)),                  # epochs 0, 1 at t+10, t+20
         trial("c", "barlow", None, curve(20), "errored"),     # costs an epoch, never best
     ])
-    curve_ = anytime_curve(client, load_trials(uri, ["anytime"]))
+    curve_ = best_report_curve(client, load_trials(uri, ["anytime"]))
     barlow = curve_[curve_["loss"] == "barlow"]
     hsic = curve_[curve_["loss"] == "hsic"]
     assert curve_["epochs"].is_monotonic_increasing and curve_["epochs"].max() == 4  # 2 + 1 + 1 epochs trained

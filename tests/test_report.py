@@ -97,7 +97,7 @@ def test_report_is_one_self_contained_file_logged_to_the_sweep_run(records, tmp_
     # head-to-head, barlow, hsic, the card's metrics, one provenance table.
     assert found["tables"] == 5 and found["rows"] >= 4 + 4 + 2 + 1
     assert [i["alt"].split("-")[0] for i in found["images"]] == ["val_acc_vs_lmbda", "val_acc_vs_lr", "learning_curves",
-                                                                 "anytime"]
+                                                                 "best_report"]
     assert all(i["complete"] and i["width"] >= 600 for i in found["images"]), found["images"]  # no broken image
     # The first screen (1280 × 800): the verdict's sentence with its stage, then the cards, labelled by stage.
     assert found["sentence"]["text"].startswith("SEARCH STAGE ONLY · VAL SPLIT Search stage only — run sslsearch confirm paired")

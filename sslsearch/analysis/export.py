@@ -36,8 +36,9 @@ import torch
 from torch import nn
 
 from sslsearch import __version__
-from sslsearch.analysis.leaderboard import LOSSES, build_leaderboard, json_value, load_trials, mlflow_client, rank_trials
+from sslsearch.analysis.leaderboard import LOSSES, build_leaderboard, json_value, load_trials, rank_trials
 from sslsearch.errors import InputError
+from sslsearch.records.query import records_client
 from sslsearch.records.schema import SWEEP, TRIAL_ID
 
 BACKBONE_FILE = "backbone.pt"
@@ -312,7 +313,7 @@ def export_best(tracking_uri: str, sweep: str | None, out_dir: str | os.PathLike
     if stage not in ("auto", "confirm", "search"):
         raise InputError(f"unknown stage {stage!r}; expected auto, confirm or search")
     trials = load_trials(tracking_uri, [sweep] if sweep else None)
-    client = mlflow_client(tracking_uri)
+    client = records_client(tracking_uri)
     picked = _pick_confirmed(trials, loss, client) if stage != "search" else None
     if picked is None and stage == "confirm":
         which = f"confirmed {loss}" if loss else "confirmed"

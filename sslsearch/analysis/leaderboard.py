@@ -41,8 +41,8 @@ import pandas as pd
 from sslsearch.analysis.stats import ACCURACY, paired_statistics, t_interval
 from sslsearch.analysis.verdict import CONFIRM_COUNTED, Verdict, confirm_verdict, search_verdict
 from sslsearch.errors import InputError
+from sslsearch.records.query import recorded_experiment_id, records_client, search_all_runs
 from sslsearch.records.schema import (
-    EXPERIMENT_NAME,
     LOSS,
     OUTCOME,
     PAIR,
@@ -55,6 +55,7 @@ from sslsearch.records.schema import (
     TRIAL_ROLE,
     runs_filter,
 )
+from sslsearch.records.store import sqlite_path
 from sslsearch.search.folder import STUDY_FILE
 from sslsearch.search.outcomes import FINISHED, OUTCOMES
 from sslsearch.search.outcomes import RANK_ORDER as TRIAL_ORDER
@@ -81,42 +82,13 @@ ROW_COLUMNS = ("sweep", "loss", "rank", "trial_id", "run_id", "lmbda", "lr", "fe
 # Reading MLflow
 # --------------------------------------------------------------------------------------------
 
-def mlflow_client(tracking_uri: str):
-    """An MlflowClient for `tracking_uri`; InputError when a SQLite store does not exist.
-
-    (Opening a missing SQLite file would silently create an empty store.)
-    """
-    from sslsearch.records.store import require_records
-
-    require_records(tracking_uri)
-    from mlflow import MlflowClient  # after the check: importing MLflow takes seconds
-
-    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-
-
-def _search_runs(client, experiment_id: str, filter_string: str) -> list:
-    runs, token = [], None
-    while True:
-        page = client.search_runs([experiment_id], filter_string, max_results=1000, page_token=token,
-                                  order_by=["attributes.start_time DESC"])
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
-
-
-def _experiment_id(client, tracking_uri: str) -> str:
-    experiment = client.get_experiment_by_name(EXPERIMENT_NAME)
-    if experiment is None:
-        raise InputError(f"no sslsearch records at {tracking_uri} (no MLflow experiment {EXPERIMENT_NAME!r}); "
-                         "run a sweep first")
-    return experiment.experiment_id
+NEWEST_FIRST = ["attributes.start_time DESC"]
 
 
 def sweep_runs(client, experiment_id: str) -> dict[str, object]:
     """Parent run of every sweep, most recently started first (name → Run)."""
     runs: dict[str, object] = {}
-    for run in _search_runs(client, experiment_id, f"tags.`{ROLE}` = '{SWEEP_ROLE}'"):
+    for run in search_all_runs(client, experiment_id, f"tags.`{ROLE}` = '{SWEEP_ROLE}'", NEWEST_FIRST):
         # Newest first. A (never expected) duplicate parent run: keep the oldest, the one the
         # tracking callback continues; the sweep keeps the place of its newest start.
         runs[run.data.tags.get(SWEEP) or run.info.run_name] = run
@@ -187,14 +159,14 @@ def load_trials(tracking_uri: str, sweeps: list[str] | None = None) -> pd.DataFr
     epoch 0, `history` maps epoch → val_acc. InputError for an unknown sweep, a sweep without
     trials, or one without a finished trial (every trial errored, or none has finished yet).
     """
-    client = mlflow_client(tracking_uri)
-    experiment_id = _experiment_id(client, tracking_uri)
+    client = records_client(tracking_uri)
+    experiment_id = recorded_experiment_id(client, tracking_uri)
     parents = sweep_runs(client, experiment_id)
     if not parents:
         raise InputError(f"no sweeps recorded at {tracking_uri}; run `sslsearch sweep` first")
 
     def rows_of(name: str) -> list[dict]:
-        runs = _search_runs(client, experiment_id, runs_filter(name, TRIAL_ROLE))
+        runs = search_all_runs(client, experiment_id, runs_filter(name, TRIAL_ROLE), NEWEST_FIRST)
         rows = _one_row_per_trial([_trial_row(client, run, parents[name].info.run_id) for run in runs])
         _check_rankable(name, rows)
         return rows
@@ -708,7 +680,7 @@ def log_verdict(board: Leaderboard, tracking_uri: str) -> list[str]:
     if len(board.sweeps) != 1:
         return []
     parent = board.trials["parent_run_id"].iloc[0]
-    client = mlflow_client(tracking_uri)
+    client = records_client(tracking_uri)
     now = int(time.time() * 1000)
     verdict = board.verdict
     metrics = dict(verdict.mlflow_metrics())
@@ -737,8 +709,8 @@ def _study_path(client, sweep: str, parent_run_id: str, tracking_uri: str, stora
     sweep_path = client.get_run(parent_run_id).data.tags.get(SWEEP_PATH)
     if sweep_path and "://" not in sweep_path:
         return Path(sweep_path) / STUDY_FILE
-    if tracking_uri.startswith("sqlite:///"):
-        return Path(tracking_uri[len("sqlite:///"):]).parent / sweep / STUDY_FILE
+    if (store := sqlite_path(tracking_uri)) is not None:
+        return store.parent / sweep / STUDY_FILE
     return None
 
 
@@ -769,8 +741,9 @@ def _plot_val_acc_vs(board: Leaderboard, parameter: str, path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
-def anytime_curve(client, trials: pd.DataFrame) -> pd.DataFrame:
-    """The sweep's best val_acc so far against the epochs it had trained so far, per loss.
+def best_report_curve(client, trials: pd.DataFrame) -> pd.DataFrame:
+    """The sweep's best val_acc reported so far (any epoch) against the epochs it had trained so far, per loss.
+    (Not `bench search`'s anytime curve, which counts finished trials' final val_acc: sslsearch.bench.search.)
 
     Every val_acc report of every trial (any outcome: all of them cost epochs), in the order MLflow
     timestamped them; a trial's report at epoch e adds the epochs since its previous report. The best
@@ -797,17 +770,17 @@ def anytime_curve(client, trials: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["loss", "epochs", "best_val_acc"])
 
 
-def _plot_anytime(board: Leaderboard, client, path: Path) -> None:
+def _plot_best_report(board: Leaderboard, client, path: Path) -> None:
     from matplotlib.figure import Figure
 
-    curve = anytime_curve(client, board.trials)
+    curve = best_report_curve(client, board.trials)
     fig = Figure(figsize=(6.4, 4.2), layout="constrained")
     ax = fig.add_subplot()
     for loss, group in curve.groupby("loss", sort=True):
         ax.step(group["epochs"], group["best_val_acc"], where="post", color=COLOURS.get(loss), label=loss)
     ax.set_xlabel("epochs trained by the whole sweep so far")
     ax.set_ylabel("best val_acc (%) reported so far, any epoch")
-    ax.set_title(f"anytime performance — {', '.join(board.sweeps)}", fontsize="medium")
+    ax.set_title(f"best report so far — {', '.join(board.sweeps)}", fontsize="medium")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize="small")
     fig.savefig(path, dpi=120)
@@ -936,7 +909,7 @@ def _plot_importances(sweep: str, study_path: Path, path: Path) -> list[str]:
 
 def write_plots(board: Leaderboard, out_dir: str | os.PathLike, tracking_uri: str, *, storage: str | os.PathLike | None = None,
                 log: bool = True) -> dict:
-    """Write val_acc against λ and lr, learning curves, the anytime curve and importances (PNG) to `out_dir`,
+    """Write val_acc against λ and lr, learning curves, the best report so far and importances (PNG) to `out_dir`,
     each file named after the sweep(s) so the next sweep's plots do not replace them; log them to each
     sweep's parent run.
 
@@ -944,16 +917,16 @@ def write_plots(board: Leaderboard, out_dir: str | os.PathLike, tracking_uri: st
     sweep folder recorded on the parent run, else the folder of a `sqlite:///<storage>/mlflow.db`
     tracking URI). Returns {"files": [...], "notes": [...]}.
     """
-    client = mlflow_client(tracking_uri)
+    client = records_client(tracking_uri)
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     label = "+".join(board.sweeps)
     files, notes = [out / f"val_acc_vs_lmbda-{label}.png", out / f"val_acc_vs_lr-{label}.png",
-                    out / f"learning_curves-{label}.png", out / f"anytime-{label}.png"], []
+                    out / f"learning_curves-{label}.png", out / f"best_report-{label}.png"], []
     _plot_val_acc_vs(board, "lmbda", files[0])
     _plot_val_acc_vs(board, "lr", files[1])
     _plot_learning_curves(board, files[2])
-    _plot_anytime(board, client, files[3])
+    _plot_best_report(board, client, files[3])
     parents = dict(board.trials[["sweep", "parent_run_id"]].drop_duplicates().itertuples(index=False))
     for sweep in board.sweeps:
         study = _study_path(client, sweep, parents[sweep], tracking_uri, storage)

@@ -29,10 +29,10 @@ from sslsearch.analysis.leaderboard import (
     format_leaderboard,
     load_trials,
     log_verdict,
-    mlflow_client,
     write_plots,
 )
 from sslsearch.errors import InputError
+from sslsearch.records.query import records_client
 from sslsearch.records.schema import PROVENANCE
 
 REPORT_FILE = "report.html"
@@ -52,7 +52,7 @@ PLOT_CAPTIONS = {
     "val_acc_vs_lmbda": "Final val_acc of every ranked trial against λ (hollow: stopped early).",
     "val_acc_vs_lr": "Final val_acc of every ranked trial against the learning rate (hollow: stopped early).",
     "learning_curves": "val_acc at every report of the top trials per loss (epoch 0: random initialisation).",
-    "anytime": "Best val_acc reported so far against the epochs the whole sweep had trained: what more budget bought.",
+    "best_report": "Best val_acc reported so far against the epochs the whole sweep had trained: what more budget bought.",
     "importances": "Optuna's parameter importances for val_acc (from the sweep's study).",
 }
 
@@ -322,7 +322,7 @@ def write_report(tracking_uri: str, sweeps: list[str] | None, out: str | os.Path
         raise InputError(f"--out {out} is a folder; give the HTML file to write, e.g. {out / REPORT_FILE}")
     card_dir = _check_card(card)
     board = build_leaderboard(load_trials(tracking_uri, sweeps), top=top)
-    client = mlflow_client(tracking_uri)
+    client = records_client(tracking_uri)
     parent_ids = dict(board.trials[["sweep", "parent_run_id"]].drop_duplicates().itertuples(index=False))
     parents = {sweep: client.get_run(parent_ids[sweep]) for sweep in board.sweeps}
     with tempfile.TemporaryDirectory() as folder:

@@ -17,14 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sslsearch.errors import InputError
+from sslsearch.records.schema import EXPERIMENT_NAME, OUTCOME, ROLE, STAGE, SWEEP, SWEEP_ROLE, TRIAL_ROLE
 from sslsearch.records.store import default_tracking_uri
 from sslsearch.search.folder import CONFIRM_DIR, OUTBOX_FILE, PLAN_FILE, SWEEP_FILE
 from sslsearch.search.outcomes import FINISHED
 from sslsearch.search.sweeplock import describe_writer, name_taken, writer
-
-# records.tracking's names (that module imports MLflow): the experiment and the run tags read here.
-EXPERIMENT_NAME = "sslsearch"
-ROLE, SWEEP, OUTCOME, STAGE = "sslsearch.role", "sslsearch.sweep", "sslsearch.outcome", "sslsearch.stage"
 
 
 @dataclass(frozen=True)
@@ -184,7 +181,7 @@ def _open_readonly(uri: str) -> sqlite3.Connection | None:
 _SWEEPS = f"""
 SELECT name.value, MAX(r.start_time) FROM runs r
 JOIN experiments e ON e.experiment_id = r.experiment_id AND e.name = ? AND e.lifecycle_stage = 'active'
-JOIN tags role ON role.run_uuid = r.run_uuid AND role.key = '{ROLE}' AND role.value = 'sweep'
+JOIN tags role ON role.run_uuid = r.run_uuid AND role.key = '{ROLE}' AND role.value = '{SWEEP_ROLE}'
 JOIN tags name ON name.run_uuid = r.run_uuid AND name.key = '{SWEEP}'
 WHERE r.lifecycle_stage = 'active' GROUP BY name.value ORDER BY MAX(r.start_time) DESC, name.value
 """
@@ -193,7 +190,7 @@ WHERE r.lifecycle_stage = 'active' GROUP BY name.value ORDER BY MAX(r.start_time
 _RANKABLE = f"""
 SELECT DISTINCT name.value FROM runs r
 JOIN experiments e ON e.experiment_id = r.experiment_id AND e.name = ?
-JOIN tags role ON role.run_uuid = r.run_uuid AND role.key = '{ROLE}' AND role.value = 'trial'
+JOIN tags role ON role.run_uuid = r.run_uuid AND role.key = '{ROLE}' AND role.value = '{TRIAL_ROLE}'
 JOIN tags name ON name.run_uuid = r.run_uuid AND name.key = '{SWEEP}'
 JOIN tags outcome ON outcome.run_uuid = r.run_uuid AND outcome.key = '{OUTCOME}'
 JOIN latest_metrics epoch ON epoch.run_uuid = r.run_uuid AND epoch.key = 'epoch' AND epoch.value >= 1

@@ -17,7 +17,6 @@ import ipaddress
 import json
 import os
 import socket
-import subprocess
 import sys
 import time
 import urllib.error
@@ -28,8 +27,9 @@ from typing import Callable
 
 from sslsearch.errors import InputError
 from sslsearch.method.config import LOSSES
-from sslsearch.processes import INTERRUPTED, reaping
+from sslsearch.processes import INTERRUPTED, reaping, start_server, wait_until_answers
 from sslsearch.records.catalog import recorded_sweeps
+from sslsearch.records.schema import EXPERIMENT_NAME
 from sslsearch.records.store import artifact_root, default_tracking_uri, sqlite_path
 from sslsearch.search.folder import STUDY_FILE
 
@@ -187,14 +187,6 @@ def optuna_dashboard(storage: str, sweep: str | None, host: str = "127.0.0.1", p
                   open_path="/dashboard/studies/0", chosen=chosen)
 
 
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return response.status == 200
-    except (urllib.error.URLError, OSError):
-        return False
-
-
 def serve(server: Server, *, out=sys.stdout) -> int:
     """Start `server`, print its URL once it answers, and run until it exits, Ctrl-C or SIGTERM.
 
@@ -214,18 +206,12 @@ def serve(server: Server, *, out=sys.stdout) -> int:
                                            "ignore:starlette.middleware.wsgi is deprecated"}
     with reaping():  # on the way out, SIGTERM/SIGKILL the server and everything it started
         # Its own session: the terminal's Ctrl-C reaches only us, and we stop the whole tree in order.
-        process = subprocess.Popen(server.command, env=env, stdout=sys.stderr, start_new_session=True)
+        process = start_server(server.command, stdout=sys.stderr, env=env)
         try:
-            deadline = time.monotonic() + READY_TIMEOUT_S
-            while not _answers(server.probe_url()):
-                if process.poll() is not None:
-                    print(f"sslsearch: error: {server.what} exited with code {process.returncode} before it answered",
-                          file=sys.stderr)
-                    return 1
-                if time.monotonic() > deadline:
-                    print(f"sslsearch: error: {server.what} did not answer within {READY_TIMEOUT_S:.0f} s", file=sys.stderr)
-                    return 1
-                time.sleep(0.25)
+            failed = wait_until_answers(process, server.probe_url(), READY_TIMEOUT_S)
+            if failed is not None:
+                print(f"sslsearch: error: {server.what} {failed}", file=sys.stderr)
+                return 1
             if server.locate is not None:
                 try:
                     server = replace(server, open_path=server.locate(server, time.monotonic() + READY_TIMEOUT_S))

@@ -542,14 +542,14 @@ def sweep_path(storage: str, name: str) -> str:
 
 
 def run_sweep(experiment: Experiment, space: SearchSpace, *, name: str, storage: str, address: str | None = None,
-              callbacks: list | None = None, quiet: bool = False, trainable=None, synthetic: dict | None = None,
-              claim: SweepLock | None = None) -> SweepSummary:
+              callbacks: list | None = None, quiet: bool = False, trainable=None, claim: SweepLock | None = None
+              ) -> SweepSummary:
     """Run a new sweep; its records live in `storage`/`name`.
 
-    `trainable` replaces `trainable.run_trial` (with `synthetic`: `synthetic.synthetic_trial` and its
-    settings), for tests and platform benchmarks that exercise the search without training. `claim`:
-    the sweep's folder, already made and locked by `sweeplock.claim_sweep_folder` (the command line
-    claims the name before it imports Ray); released when the sweep ends.
+    `trainable` replaces `trainable.run_trial`, e.g. `synthetic.synthetic_trainable(...)` for tests and
+    benchmarks that exercise the search without training. `claim`: the sweep's folder, already made and
+    locked by `sweeplock.claim_sweep_folder` (the command line claims the name before it imports Ray);
+    released when the sweep ends.
     """
     local = _local_path(storage)
     if local is not None:
@@ -592,8 +592,7 @@ def run_sweep(experiment: Experiment, space: SearchSpace, *, name: str, storage:
     concurrency = _concurrency(experiment)
     tuner = make_tuner(
         experiment, name=name, storage=storage, search_alg=searcher, scheduler=scheduler,
-        param_space=make_trial_config(experiment.pretrain.to_dict(), cpus=experiment.resources.cpus_per_trial,
-                                      **({"synthetic": synthetic} if synthetic else {})),
+        param_space=make_trial_config(experiment.pretrain.to_dict(), cpus=experiment.resources.cpus_per_trial),
         num_samples=experiment.search.num_samples, trainable=trainable,
         # Full training state only where a resume needs it (tracking.checkpoints; sslsearch.search.retention).
         callbacks=[StopOnFullDisk(), LiveView(quiet), SlotUse(), *state, CheckpointRetention(experiment.tracking.checkpoints),
