@@ -1,4 +1,6 @@
-"""Stopping everything a command started, so that no process outlives it.
+"""Processes a command starts: servers (started in a session of their own, polled until they answer, stopped
+with their whole group), the process tree and its CPU time, and stopping everything a command started, so
+that no process outlives it.
 
 A local Ray instance runs a dozen processes under the driver (gcs_server, raylet, workers and the
 `ray::DashboardAgent` / `ray::RuntimeEnvAgent` agents, which ignore SIGTERM); a Ctrl-C in the first
@@ -14,7 +16,12 @@ import contextlib
 import ctypes
 import os
 import signal
+import socket
+import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
 
 PR_SET_CHILD_SUBREAPER = 36  # linux/prctl.h
 STOP_GRACE_S = 5.0
@@ -28,6 +35,74 @@ def become_subreaper() -> bool:
         return ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
     except (OSError, AttributeError):
         return False
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on at `host` now (the OS picks it)."""
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
+
+
+def start_server(command: list[str], *, stdout, env: dict | None = None) -> subprocess.Popen:
+    """Start a server in a session of its own: a terminal's Ctrl-C reaches only its caller, and `stop_server`
+    stops its workers with it (MLflow's server runs uvicorn and a pool of job workers)."""
+    return subprocess.Popen(command, env=env, stdout=stdout, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def answers(url: str, timeout_s: float = 2.0) -> bool:
+    """GET `url` answers 200."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def wait_until_answers(process: subprocess.Popen, url: str, timeout_s: float, poll_s: float = 0.25) -> str | None:
+    """Poll `url` until it answers; None once it does, else why not ("exited with code 1", "did not answer
+    within 180 s")."""
+    deadline = time.monotonic() + timeout_s
+    while not answers(url):
+        if process.poll() is not None:
+            return f"exited with code {process.returncode} before it answered"
+        if time.monotonic() > deadline:
+            return f"did not answer within {timeout_s:.0f} s"
+        time.sleep(poll_s)
+    return None
+
+
+def stop_server(process: subprocess.Popen, grace_s: float = 30.0, *, kill: bool = False) -> None:
+    """SIGTERM the server's process group (`kill`: SIGKILL at once, a fault rather than a shutdown), then
+    SIGKILL what is left after `grace_s`."""
+    if process.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL if kill else signal.SIGTERM)
+    try:
+        process.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def tree_cpu_seconds(root_pid: int | None = None, *, reaped: bool = False) -> float:
+    """User + system CPU seconds of a process (default: this one) and its live descendants; `reaped`: with
+    the descendants that ended and were waited for (e.g. Ray's trial actors, counted by the raylet)."""
+    import psutil
+
+    try:
+        root = psutil.Process(root_pid or os.getpid())
+        tree = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0.0
+    total = 0.0
+    for proc in tree:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            times = proc.cpu_times()
+            total += times.user + times.system + ((times.children_user + times.children_system) if reaped else 0.0)
+    return total
 
 
 def descendants(root_pid: int | None = None) -> set[tuple[int, float]]:
@@ -86,18 +161,27 @@ def _sigterm_as_ctrl_c(signum, frame):
         raise KeyboardInterrupt         # SIGINT ignored or default: stop as Python's Ctrl-C does
 
 
-def keep_sigterm() -> None:
-    """Put this process's Python SIGTERM handler back after something took it at the C level.
+@contextlib.contextmanager
+def sigterm_kept():
+    """Run the body (`ray.init`), then give SIGTERM back to the Python handler it had, if it had one.
 
-    `ray.init` installs Abseil's failure-signal handler for SIGTERM (Ray's CoreWorker option
-    `install_failure_signal_handler`): it prints "*** SIGTERM received ***" and aborts (exit 134), so no
-    summary, no resume hint, runs left RUNNING. Python's `signal.getsignal` still names the handler set
-    from Python; setting it again re-installs it with sigaction. Abseil keeps SIGSEGV, SIGABRT and the rest."""
+    `ray.init` takes SIGTERM twice. A local head node sets a Python handler that stops Ray's processes and
+    exits 1 (ray._private.node: `_register_shutdown_hooks`); the CoreWorker installs Abseil's failure-signal
+    handler over it at the C level (`install_failure_signal_handler`, on unless RAY_DISABLE_FAILURE_SIGNAL_HANDLER),
+    which prints "*** SIGTERM received ***" and aborts (exit 134): no summary, no resume hint, runs left RUNNING.
+    Setting a handler from Python again re-installs it with sigaction; Abseil keeps SIGSEGV, SIGABRT and the rest.
+    Where nobody here had chosen a handler, Ray's own Python one is put back in force (a clean exit 1)."""
     import threading
 
-    handler = signal.getsignal(signal.SIGTERM)
-    if handler is not None and threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, handler)
+    main = threading.current_thread() is threading.main_thread()
+    before = signal.getsignal(signal.SIGTERM) if main else None
+    try:
+        yield
+    finally:
+        after = signal.getsignal(signal.SIGTERM) if main else None
+        chosen = before if callable(before) else after
+        if chosen is not None:
+            signal.signal(signal.SIGTERM, chosen)
 
 
 @contextlib.contextmanager

@@ -8,7 +8,7 @@ from sslsearch.bench.search import AnytimeRecorder, bench_search, epochs_to_reac
 from sslsearch.cli import main
 from sslsearch.search.experiment import load_experiment
 from sslsearch.search.space import load_search_space
-from sslsearch.search.synthetic import synthetic_trial
+from sslsearch.search.synthetic import synthetic_trainable
 
 
 class _T:
@@ -61,7 +61,7 @@ def test_four_methods_run_real_sweeps_on_the_synthetic_problem(ray_session, tmp_
     experiment = load_experiment(None, ["pretrain.epochs=4", "pretrain.eval_every=1", "scheduler.grace_period=1",
                                         "search.num_samples=4"])
     result = bench_search(experiment, load_search_space(experiment.space_path()), seeds=(0,), storage=str(tmp_path),
-                          trainable=synthetic_trial, synthetic={}, progress=lambda line: None)
+                          trainable=synthetic_trainable(), progress=lambda line: None)
     runs = {r["method"]: r for r in result["runs"]}
     assert set(runs) == {"tpe+asha", "random+asha", "random+fifo", "tpe+fifo"}
     assert runs["random+fifo"]["epochs"] == runs["tpe+fifo"]["epochs"] == 16   # 4 trials × 4 epochs

@@ -20,7 +20,7 @@ from sslsearch.records.tracking import ROLE, TRIAL_ID, MlflowTracking, default_t
 from sslsearch.search.experiment import load_experiment
 from sslsearch.search.space import load_search_space
 from sslsearch.search.sweep import resume_sweep, run_sweep, saved_statuses
-from sslsearch.search.synthetic import CHANCE, synthetic_trial
+from sslsearch.search.synthetic import CHANCE, SyntheticSettings, synthetic_trainable
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -48,10 +48,10 @@ def _ray_results(sweep_dir: Path) -> dict[str, list[dict]]:
     return results
 
 
-def _sweep(tmp_path, name, experiment, **synthetic):
+def _sweep(tmp_path, name, experiment, **settings):
     space = load_search_space(experiment.space_path())
-    return run_sweep(experiment, space, name=name, storage=str(tmp_path), quiet=True, trainable=synthetic_trial,
-                     synthetic=synthetic or {"epoch_seconds": 0.0})
+    return run_sweep(experiment, space, name=name, storage=str(tmp_path), quiet=True,
+                     trainable=synthetic_trainable(SyntheticSettings(**settings)))
 
 
 class _Restarts(tune.Callback):
@@ -158,7 +158,7 @@ def test_a_resumed_errored_trial_tells_optuna_its_true_outcome(ray_session, tmp_
     errored = next(t.trial_id for t in summary.trials if t.outcome == "errored")
     assert not any(b.trial_id == errored for b in summary.best_per_loss().values())
     flag.unlink()
-    again = resume_sweep("err", str(tmp_path), trainable=synthetic_trial)
+    again = resume_sweep("err", str(tmp_path), trainable=synthetic_trainable(SyntheticSettings(fail_flag=str(flag), fail_pair=1)))
     assert sorted(t.outcome for t in again.trials) == ["completed"] * 3
     attempts = [t for t in _study(again).trials if t.user_attrs["ray_trial_id"] == errored]
     # the failed attempt stays FAIL; a fresh trial with the same parameters holds the rerun's true outcome
@@ -182,7 +182,7 @@ def test_rungs_between_reports_and_unpairable_concurrency_are_refused(overrides,
 def test_the_opening_line_says_where_asha_decides(ray_session, tmp_path, capsys):
     experiment = _experiment("search.num_samples=2", "pretrain.epochs=4")
     space = load_search_space(experiment.space_path())
-    run_sweep(experiment, space, name="line", storage=str(tmp_path), trainable=synthetic_trial, synthetic={})
+    run_sweep(experiment, space, name="line", storage=str(tmp_path), trainable=synthetic_trainable())
     first = capsys.readouterr().out.splitlines()[0]
     assert "ASHA stops pairs below the top 1/2 at epochs 1, 2;" in first, first
 
@@ -207,10 +207,11 @@ def test_a_killed_and_resumed_sweep_stops_the_same_trials_at_the_same_epochs(ray
 
     env, marker = _private_ray_env(tmp_path)
     script = ("import sys; from sslsearch.search.experiment import load_experiment; from sslsearch.search.space import load_search_space; "
-              "from sslsearch.search.sweep import run_sweep; from sslsearch.search.synthetic import synthetic_trial; "
+              "from sslsearch.search.sweep import run_sweep; "
+              "from sslsearch.search.synthetic import SyntheticSettings, synthetic_trainable; "
               f"e = load_experiment(None, {_overrides(overrides)!r}); "
               f"run_sweep(e, load_search_space(e.space_path()), name='s', storage={str(tmp_path / 'b')!r}, quiet=True, "
-              f"trainable=synthetic_trial, synthetic={synthetic!r})")
+              f"trainable=synthetic_trainable(SyntheticSettings(**{synthetic!r})))")
     driver = subprocess.Popen([sys.executable, "-c", script], env=env, start_new_session=True,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     sweep_dir, deadline = tmp_path / "b" / "s", time.monotonic() + 120
@@ -231,7 +232,7 @@ def test_a_killed_and_resumed_sweep_stops_the_same_trials_at_the_same_epochs(ray
                   for folder, status in saved_statuses(str(sweep_dir)).items() if status != "TERMINATED"]
     assert any(unfinished)
     assert all("optimizer" in torch.load(kept[-1], weights_only=True) for kept in unfinished if kept)
-    resumed = resume_sweep("s", str(tmp_path / "b"), trainable=synthetic_trial)
+    resumed = resume_sweep("s", str(tmp_path / "b"), trainable=synthetic_trainable(SyntheticSettings(**synthetic)))
     assert _stops(resumed) == reference
     assert not any("optimizer" in torch.load(path, weights_only=True) for path in sweep_dir.glob("trial_*/checkpoint_*/last.pt"))
     outcomes = {(t.pair, t.loss): t.outcome for t in uninterrupted.trials}

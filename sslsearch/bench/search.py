@@ -81,9 +81,9 @@ def _method_experiment(experiment: Experiment, method: str, seed: int) -> Experi
 
 
 def bench_search(experiment: Experiment, space: SearchSpace, *, methods: tuple[str, ...] = tuple(METHODS),
-                 seeds: tuple[int, ...] = (0, 1, 2), storage: str | None = None, trainable=None,
-                 synthetic: dict | None = None, progress=print) -> dict:
-    """Run every method once per seed; per-run figures, anytime curves and per-method aggregates."""
+                 seeds: tuple[int, ...] = (0, 1, 2), storage: str | None = None, trainable=None, progress=print) -> dict:
+    """Run every method once per seed (`trainable`: run_sweep's); per-run figures, anytime curves and per-method
+    aggregates."""
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise InputError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
@@ -94,8 +94,7 @@ def bench_search(experiment: Experiment, space: SearchSpace, *, methods: tuple[s
             for method in methods:
                 recorder = AnytimeRecorder(paired=experiment.search.paired)
                 summary = run_sweep(_method_experiment(experiment, method, seed), space, name=f"{method}-seed{seed}",
-                                    storage=str(root), callbacks=[recorder], quiet=True, trainable=trainable,
-                                    synthetic=synthetic)
+                                    storage=str(root), callbacks=[recorder], quiet=True, trainable=trainable)
                 finals = [t.val_acc for t in summary.trials if t.rankable]
                 run = {"method": method, "seed": seed, "best": max(finals) if finals else None,
                        "epochs": recorder._trained(), "wall_s": summary.wall_seconds, "trials": len(summary.trials),

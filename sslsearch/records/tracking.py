@@ -60,6 +60,7 @@ from ray import tune
 import sslsearch
 from sslsearch.errors import InputError, shown
 from sslsearch.method.train import save_weights_only
+from sslsearch.records.query import find_experiment, search_all_runs
 from sslsearch.records.schema import (
     BEST_EPOCH,
     BEST_VAL_ACC,
@@ -81,6 +82,7 @@ from sslsearch.records.schema import (
     PAIR,
     PARENT_RUN_ID,
     RAY_VERSION,
+    REMOVED,
     RETRIES,
     ROLE,
     SPACE_SOURCE,
@@ -127,12 +129,12 @@ QUARANTINE_FILE = "mlflow-outbox.quarantine.jsonl"
 def check_tracking(uri: str, sweep: str | None = None, *, reading: bool = False) -> None:
     """InputError (one line) if the tracking store cannot take records (sslsearch.records.store.check_store);
     `sweep`: also refuse a name already recorded; `reading` (leaderboard, export): only check that the
-    store can be reached, creating nothing (leaderboard.mlflow_client refuses a SQLite store that does not exist)."""
+    store can be reached, creating nothing (records.query.records_client refuses a SQLite store that does not exist)."""
     check_store(uri, reading=reading)
     if sweep is not None:
         _quiet_mlflow()
         client = mlflow.MlflowClient(uri)
-        experiment = client.get_experiment_by_name(EXPERIMENT_NAME)
+        experiment = find_experiment(client)
         if experiment is not None and client.search_runs([experiment.experiment_id], runs_filter(sweep), max_results=1):
             raise InputError(f"the MLflow store {uri} already holds a sweep named {sweep!r}; choose another --name")
 
@@ -386,17 +388,10 @@ def artifact_bytes(uri: str, sweep: str) -> int | None:
     try:
         _quiet_mlflow()
         client = mlflow.MlflowClient(uri)
-        experiment = client.get_experiment_by_name(EXPERIMENT_NAME)
+        experiment = find_experiment(client)
         if experiment is None:
             return 0
-        runs, token = [], None
-        while True:
-            page = client.search_runs([experiment.experiment_id], f"tags.`{SWEEP}` = '{sweep}'", max_results=1000,
-                                      page_token=token)
-            runs.extend(page)
-            token = page.token
-            if not token:
-                break
+        runs = search_all_runs(client, experiment.experiment_id, f"tags.`{SWEEP}` = '{sweep}'")
     except TRANSIENT:
         return None
     total = 0
@@ -456,6 +451,11 @@ class MlflowTracking(tune.Callback):
         state.setdefault("flush_timeout_s", FLUSH_TIMEOUT_S)
         self.__dict__.update({"stage": None, **state})  # a sweep pickled before stages existed
         self._reset()
+
+    def use_tracking_uri(self, uri: str) -> None:
+        """Write to `uri` from now on (`sslsearch resume --tracking-uri`; Ray restores the callback with its old one)."""
+        self.uri = uri
+        self._reset()   # (nothing sent yet: Ray calls this before the first hook)
 
     @property
     def outbox(self) -> Outbox:
@@ -658,7 +658,7 @@ class MlflowTracking(tune.Callback):
         """Find (or create) the parent run and the trials' runs; `reopen`: a sweep (re)starting marks it RUNNING."""
         client = self.client
         if self._experiment_id is None:
-            experiment = client.get_experiment_by_name(EXPERIMENT_NAME)
+            experiment = find_experiment(client)
             self._experiment_id = (experiment.experiment_id if experiment is not None else
                                    client.create_experiment(EXPERIMENT_NAME, artifact_location=_artifact_root(self.uri),
                                                             tags=dict([EXPERIMENT_KIND])))
@@ -682,13 +682,7 @@ class MlflowTracking(tune.Callback):
                 self._runs.setdefault(run.data.tags[TRIAL_ID], _Run.from_mlflow(run))
 
     def _search(self, filter_string: str) -> list:
-        runs, token = [], None
-        while True:
-            page = self.client.search_runs([self._experiment_id], filter_string, max_results=1000, page_token=token)
-            runs.extend(page)
-            token = page.token
-            if not token:
-                return runs
+        return search_all_runs(self.client, self._experiment_id, filter_string)
 
     def _create_parent(self):
         tags = {ROLE: SWEEP_ROLE, SWEEP: self.sweep, SSLSEARCH_VERSION: sslsearch.__version__,
@@ -911,14 +905,18 @@ class SyncReport:
     points_added: int      # metric points (steps) that MLflow lacked
     points: int            # steps in Ray's results, all trials
     statuses_fixed: int    # runs whose status or outcome differed from Ray's
-    duplicates: int        # trials with more than one run (reported, never deleted)
+    duplicates: int        # trials that had more than one run: merged into one
+    orphans: int = 0       # runs of trials that Ray's saved state does not hold: removed
 
     def format(self) -> str:
         lines = [f"sync {self.sweep}: replayed {self.replayed} queued record(s); {self.trials} trials: created "
                  f"{self.runs_created} run(s), added {self.points_added} of {self.points} metric points, fixed "
                  f"{self.statuses_fixed} status(es)"]
         if self.duplicates:
-            lines.append(f"warning: {self.duplicates} trial(s) have more than one run in MLflow")
+            lines.append(f"merged the runs of {self.duplicates} trial(s) that had more than one run into one each")
+        if self.orphans:
+            lines.append(f"removed {self.orphans} run(s) of trials that Ray's saved sweep state does not hold (started "
+                         "after its last save, before the sweep stopped: never resumed); MLflow keeps them as deleted runs")
         if self.unsent:
             lines.append(f"{self.unsent} record(s) still unsent: MLflow did not take them; run sslsearch sync {self.sweep} again")
         return "\n".join(lines)
@@ -972,7 +970,7 @@ def sync_sweep(tracking: MlflowTracking, trials: list) -> SyncReport:
         return SyncReport(tracking.sweep, queued - unsent, unsent, len(trials), 0, 0, 0, 0, 0)
     client = tracking.client
     tracking._write_sweep(reopen=False)
-    duplicates = sum(len(runs) > 1 for runs in _runs_by_trial(tracking).values())
+    merged, orphans = _one_run_per_trial(tracking, {t.trial_id for t in trials})
     created = added = points = fixed = 0
     ended = ("TERMINATED", "ERROR")
     for trial in trials:
@@ -1000,8 +998,8 @@ def sync_sweep(tracking: MlflowTracking, trials: list) -> SyncReport:
             status = RunStatus.to_string(RunStatus.FAILED if errored else RunStatus.FINISHED)
         else:
             outcome, status = "running", RunStatus.to_string(RunStatus.KILLED)
-        if (run.status, run.outcome) != (status, outcome) or (run.error and not errored):
-            fixed += 1
+        if (run.status, run.outcome) != (status, outcome) or (run.error and not errored) or trial.trial_id in merged:
+            fixed += 1   # (a merged run is finished again: its checkpoints may have gone to the removed one)
             best = best_checkpoint(trial)
             tracking._write_finish(trial.trial_id, outcome, status, _error_text(trial) if errored else None, None,
                                    _checkpoint_uri(trial.checkpoint), best and [_checkpoint_uri(best[0]), *best[1:]],
@@ -1009,17 +1007,57 @@ def sync_sweep(tracking: MlflowTracking, trials: list) -> SyncReport:
     done = all(t.status in ended for t in trials)
     parent = client.get_run(tracking._parent)
     want = RunStatus.to_string(RunStatus.FINISHED if done else RunStatus.KILLED)
+    if merged or orphans:   # the parent's best_val_acc_<loss> may have counted a removed run
+        tracking._write_summary(read_back=True)
     if parent.info.status != want:
         client.set_terminated(tracking._parent, want)
         fixed += 1
-    return SyncReport(tracking.sweep, queued, 0, len(trials), created, added, points, fixed, duplicates)
+    return SyncReport(tracking.sweep, queued, 0, len(trials), created, added, points, fixed, len(merged), orphans)
 
 
 def _runs_by_trial(tracking: MlflowTracking) -> dict[str, list]:
+    """Trial id → the live child runs of this sweep and of the callback's stage (the search, or e.g. confirm)."""
     runs = collections.defaultdict(list)
     for run in tracking._search(runs_filter(tracking.sweep, TRIAL_ROLE)):
-        runs[run.data.tags[TRIAL_ID]].append(run)
+        if run.data.tags.get(STAGE) == tracking.stage:
+            runs[run.data.tags[TRIAL_ID]].append(run)
     return runs
+
+
+def _one_run_per_trial(tracking: MlflowTracking, ray_trials: set[str]) -> tuple[set[str], int]:
+    """One child run per Ray trial: (ids of the trials whose runs were merged, runs removed as orphans).
+
+    A driver killed late (or stopped by a full disk) leaves runs of trials that Ray's saved state does not hold:
+    they started after its last save, so no resume continues them, and the resumed searcher samples anew. Such
+    orphans are removed. Two runs of one trial (a create whose answer was lost, then retried) are merged: the
+    run that got furthest (then the oldest) stays, the others are removed, and Ray's results then give the
+    kept run every step it lacks. Removing is MLflow's soft delete, with a tag saying why: `mlflow runs
+    restore` brings a run back."""
+    client = tracking.client
+    merged, orphans = set(), 0
+    for trial_id, runs in _runs_by_trial(tracking).items():
+        if trial_id in ray_trials:
+            if len(runs) == 1:
+                continue
+            keep = max(runs, key=lambda r: (r.data.metrics.get("epoch", -1), -r.info.start_time, r.info.run_id))
+            extra = [r for r in runs if r is not keep]
+            reason = f"a second run of trial {trial_id}; merged into run {keep.info.run_id} by sslsearch sync"
+            merged.add(trial_id)
+        else:
+            keep, extra = None, runs
+            reason = ("trial not in Ray's saved sweep state (started after its last save, before the sweep stopped): "
+                      "never resumed; removed by sslsearch sync")
+            orphans += len(runs)
+        for run in extra:
+            client.set_tag(run.info.run_id, REMOVED, reason)
+            if run.info.status == "RUNNING":
+                client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
+            client.delete_run(run.info.run_id)
+        if keep is None:
+            tracking._runs.pop(trial_id, None)
+        else:
+            tracking._runs[trial_id] = _Run.from_mlflow(client.get_run(keep.info.run_id))
+    return merged, orphans
 
 
 def _checkpoint_uri(checkpoint) -> str | None:
