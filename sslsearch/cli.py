@@ -368,10 +368,9 @@ def _run_bench_probe(args) -> int:
 
 
 def _run_bench_replay(args) -> int:
+    from sslsearch.bench.replay import DEFAULT_METHODS, DEFAULT_TABLE, METHODS, Table, bench_replay, format_replay, plot_replay
     from sslsearch.search.experiment import load_experiment
     from sslsearch.search.space import load_search_space
-
-    from sslsearch.bench.replay import DEFAULT_METHODS, DEFAULT_TABLE, METHODS, Table, bench_replay, format_replay, plot_replay
 
     table = args.table or DEFAULT_TABLE
     if not Path(table).is_file():

@@ -2,12 +2,11 @@
 learning curves, and a real Tuner over the same table makes the same decisions."""
 
 import math
-from pathlib import Path
 
 import optuna
 import pytest
 
-from sslsearch.bench.replay import DEFAULT_TABLE, METHODS, REFERENCE, Table, bench_replay, replay_sweep, replay_trial
+from sslsearch.bench.replay import DEFAULT_TABLE, METHODS, REFERENCE, Table, bench_replay, replay_sweep, replay_trainable
 from sslsearch.errors import InputError
 from sslsearch.search.experiment import load_experiment
 from sslsearch.search.space import load_search_space
@@ -84,7 +83,7 @@ def test_a_real_tuner_over_the_table_makes_the_same_decisions(ray_session, tmp_p
         experiment = _experiment("search.paired=false", "search.max_concurrent=1", "search.num_samples=12",
                                  f"search.seed={seed}", f"search.sampler={sampler}", f"scheduler.type={scheduler}")
         summary = run_sweep(experiment, _space(experiment), name=f"x{seed}", storage=str(tmp_path), quiet=True,
-                            trainable=replay_trial, synthetic={"table": str(Path(DEFAULT_TABLE).resolve())})
+                            trainable=replay_trainable(DEFAULT_TABLE))
         storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(summary.study_path))
         study = optuna.load_study(study_name=f"x{seed}", storage=storage)
         real = sorted(study.trials, key=lambda t: t.number)

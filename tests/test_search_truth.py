@@ -85,8 +85,8 @@ def test_ray_optuna_and_mlflow_hold_every_report_including_the_one_that_stopped_
     tracking = MlflowTracking(experiment, space, sweep="truth", storage=storage)
     # Paired: twins that race each other to the rungs, so some wait paused and restart (Ray's stale restore of
     # result.json lost the report a twin paused at).
-    summary = run_sweep(experiment, space, name="truth", storage=storage, quiet=True, trainable=synthetic_trial,
-                        synthetic={"epoch_seconds": 0.05 if paired else 0.0}, callbacks=[restarts, tracking])
+    summary = run_sweep(experiment, space, name="truth", storage=storage, quiet=True, callbacks=[restarts, tracking],
+                        trainable=synthetic_trainable(SyntheticSettings(epoch_seconds=0.05 if paired else 0.0)))
     if paired:
         assert any(n > 1 for n in restarts.starts.values()), "no twin paused: the paired case shows nothing"
     results = _ray_results(Path(summary.path))

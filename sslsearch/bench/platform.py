@@ -50,7 +50,6 @@ from sslsearch.search.folder import STUDY_FILE
 from sslsearch.search.retention import CheckpointRetention
 from sslsearch.search.saved_state import IntactStateCopy
 from sslsearch.search.slots import SlotUse
-from sslsearch.search.trial_logs import ResultJsonLog, trial_loggers
 from sslsearch.search.space import load_search_space
 from sslsearch.search.sweep import (
     LiveView,
@@ -64,6 +63,7 @@ from sslsearch.search.sweep import (
 )
 from sslsearch.search.synthetic import SyntheticSettings, synthetic_trainable, synthetic_val_acc
 from sslsearch.search.trial_config import make_trial_config
+from sslsearch.search.trial_logs import ResultJsonLog, trial_loggers
 
 # The workhorse GPU sweep (ResNet-18 on CIFAR-10): its settings are what the driver records and
 # schedules; only the training is replaced.

@@ -9,7 +9,7 @@ and `ReplayController` plays the part of Ray's TuneController towards scheduler 
 call order (tune_controller.py, ray 2.60): searcher asked first, then the scheduler's choice of trial
 to run, then pending trials in order; a STOP reaches the searcher as `on_trial_complete` with that
 report; a paused or pending trial stopped is `on_trial_remove` + `on_trial_complete(None)`.
-tests/test_replay.py checks that a real Tuner over `replay_trial` makes the same decisions.
+tests/test_replay.py checks that a real Tuner over `replay_trainable` makes the same decisions.
 
 Per method and seed it records the anytime curve: after each report, the epochs spent by all trials
 and the regret of the sweep's pick at that moment (the best final report of the trials ended so far,
@@ -286,11 +286,15 @@ def replay_sweep(table: Table, experiment: Experiment, space: SearchSpace, metho
     return run
 
 
-def replay_trial(config: dict) -> None:
+def replay_trial(config: dict, table: str) -> None:
     """Ray Tune function trainable that reports a table's run (the cross-check of `replay_sweep`)."""
-    table = Table(config["synthetic"]["table"])
-    for result in table.reports(config, int(config["base"]["epochs"])):
+    for result in Table(table).reports(config, int(config["base"]["epochs"])):
         tune.report(result)
+
+
+def replay_trainable(table: str | Path):
+    """`replay_trial` over `table`, for `run_sweep(trainable=...)`."""
+    return tune.with_parameters(replay_trial, table=str(Path(table).resolve()))
 
 
 # -- the benchmark --------------------------------------------------------------------------------------------
@@ -301,7 +305,7 @@ def _interval(values: list[float]) -> tuple[float, float, float]:
     if len(finite) < 2:
         return (finite[0] if finite else math.nan, math.nan, math.nan)
     mean, sd = statistics.fmean(finite), statistics.stdev(finite)
-    from scipy import stats   # scikit-learn's dependency: always installed
+    from scipy import stats  # scikit-learn's dependency: always installed
 
     half = stats.t.ppf(0.975, len(finite) - 1) * sd / math.sqrt(len(finite))
     return mean, mean - half, mean + half
@@ -329,6 +333,7 @@ def bench_replay(experiment: Experiment, space: SearchSpace, *, table: str | Pat
     grid = list(range(step, budget + 1, step))
     result = {"table": str(table.path), "table_meta": table.meta, "seeds": seeds, "budget_epochs": budget,
               "table_best": table.best, "configurations": int(table.true_mean.shape[0]), "grid": grid,
+              "losses": len(table.losses), "table_seeds": table.seeds,
               "seconds": time.monotonic() - started, "methods": {}}
     reference = runs[REFERENCE]
     for name, method_runs in runs.items():
@@ -354,10 +359,11 @@ def format_replay(result: dict) -> str:
     meta = result["table_meta"]
     grid = result["grid"]
     marks = sorted({grid[max(0, round(len(grid) * f) - 1)] for f in (0.25, 0.5, 1.0)})
-    lines = [f"replay of {result['seeds']} seeds per method on {result['table']} ({result['configurations']} "
-             f"configurations × {len(meta.get('base', {}) and ['barlow', 'hsic'])} losses, recorded {meta.get('started')} "
-             f"on {meta.get('machine')}); table best {result['table_best']:.2f}; regret = table best − true mean of the "
-             f"sweep's pick (val_acc points; mean [95 % interval] over seeds, one seed = one replayed sweep)"]
+    lines = [(f"replay of {result['seeds']} seeds per method on {result['table']} ({result['configurations']} "
+              f"configurations × {result['losses']} losses × {result['table_seeds']} seeds, recorded "
+              f"{meta.get('started')} on {meta.get('machine')}); table best {result['table_best']:.2f}; regret = table "
+              f"best − true mean of the sweep's pick (val_acc points; mean [95 % interval] over seeds, one seed = one "
+              f"replayed sweep)")]
     for name, m in result["methods"].items():
         cells = []
         for e in marks:

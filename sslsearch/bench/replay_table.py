@@ -16,7 +16,6 @@ The table is written (atomically) every few seconds with a `done` mask, so a run
 from __future__ import annotations
 
 import argparse
-import concurrent.futures as futures
 import datetime
 import json
 import math
@@ -26,6 +25,7 @@ import platform
 import shlex
 import sys
 import time
+from concurrent import futures
 from pathlib import Path
 
 import numpy as np

@@ -49,11 +49,11 @@ from sslsearch.search.retention import CheckpointRetention, DiskUse, disk_use, s
 from sslsearch.search.rungs import rung_epochs
 from sslsearch.search.saved_state import IntactStateCopy, recover_saved_state
 from sslsearch.search.slots import SlotUse
-from sslsearch.search.trial_logs import trial_loggers
 from sslsearch.search.space import SearchSpace, check_space
 from sslsearch.search.sweeplock import SweepLock, check_owned, claim_sweep_folder
 from sslsearch.search.trainable import FALLBACK, run_trial
 from sslsearch.search.trial_config import PAIR, SEED, make_trial_config, sampled_params, trial_value
+from sslsearch.search.trial_logs import trial_loggers
 
 
 def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
@@ -786,7 +786,7 @@ def _flat(values, prefix: str = "") -> dict:
 def files_changed(meta: dict) -> str | None:
     """One line naming the experiment/space files edited since the sweep started and the values that differ, or
     None. A resumed sweep keeps the values it started with (Ray restores the searcher and the trials as they were)."""
-    from sslsearch.search.experiment import load_yaml   # bounded: an edited file is input like any other
+    from sslsearch.search.experiment import load_yaml  # bounded: an edited file is input like any other
 
     differences, files = [], []
     for kind in ("experiment", "space"):
