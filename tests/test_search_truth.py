@@ -89,6 +89,7 @@ def test_ray_optuna_and_mlflow_hold_every_report_including_the_one_that_stopped_
                         trainable=synthetic_trainable(SyntheticSettings(epoch_seconds=0.05 if paired else 0.0)))
     if paired:
         assert any(n > 1 for n in restarts.starts.values()), "no twin paused: the paired case shows nothing"
+    assert 0 < summary.slot_utilization <= 1 and "slot utilisation" in summary.format()
     results = _ray_results(Path(summary.path))
     mlflow_reports = _mlflow_reports(default_tracking_uri(storage), "truth")
     study = _study(summary)
