@@ -141,14 +141,16 @@ def sweep_tracking_uri(sweep: SweepFolder, storage: str) -> str:
     return uri or default_tracking_uri(storage)
 
 
-def check_confirmable(sweep: SweepFolder, storage: str, top: int, seeds: int, tracking_uri: str | None) -> None:
-    """InputError (one line) if `confirm --top top --seeds seeds` cannot run on the sweep: its stage was started
-    with other settings (one stage per sweep), or it has no finished trial to confirm."""
+def check_confirmable(sweep: SweepFolder, storage: str, top: int, seeds: int, tracking_uri: str | None,
+                      design: str | None = None) -> None:
+    """InputError (one line) if `confirm --top top --seeds seeds [--design design]` cannot run on the sweep: its stage
+    was started with other settings (one stage per sweep), or it has no finished trial to confirm."""
     stage = confirm_stage(sweep)
     if stage is not None:
         plan, ended = stage
-        if plan and (plan["top"], len(plan["seeds"])) != (top, seeds):
-            settings = f"--top {plan['top']} --seeds {len(plan['seeds'])}"
+        if plan and (plan["top"], len(plan["seeds"]), design or plan.get("design")) != (top, seeds, plan.get("design")):
+            settings = f"--top {plan['top']} --seeds {len(plan['seeds'])}" + (
+                f" --design {plan['design']}" if plan.get("design") else "")
             if ended:
                 raise InputError(f"sweep {sweep.name!r} was confirmed with {settings} and that stage has finished (a "
                                  f"sweep has one); its results: `sslsearch leaderboard {sweep.name}`")
