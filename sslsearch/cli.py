@@ -281,13 +281,19 @@ def _add_bench_train(bench) -> None:
     s.add_argument("experiment", nargs="?", default=None, help="experiment YAML (default: experiments/digits.yaml)")
     s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a setting of the experiment, e.g. --set pretrain.epochs=8")
-    s.add_argument("--methods", default="tpe+asha,random+asha,random+fifo,tpe+fifo",
-                   help="sampler+scheduler pairs, comma-separated (default: all four)")
+    s.add_argument("--methods", default=None,
+                   help="sampler+scheduler pairs, comma-separated (default: all of the mode's methods)")
     s.add_argument("--seeds", default="0,1,2", help="search seeds, comma-separated (default: 0,1,2)")
     s.add_argument("--storage", default=None, help="keep the sweeps' folders here (default: a temporary folder)")
     s.add_argument("--plot", default=None, help="write the anytime curves (all methods, one axis) to this PNG")
     s.add_argument("--quick", action="store_true",
-                   help="check the machinery in about a minute: one seed, one pair of trials, 2 epochs (figures meaningless)")
+                   help="check the machinery: one seed, one pair of trials, 2 epochs (figures meaningless; 2-4 minutes "
+                        "on a 2-core CPU, mostly Ray and worker start-up)")
+    s.add_argument("--replay", action="store_true",
+                   help="replay the search on a table of real learning curves (the sweep's own searcher and scheduler, "
+                        "simulated trials): many seeds in minutes, with 95%% intervals")
+    s.add_argument("--table", default=None, help="the replay table (default: benchmarks/replay/digits_table.npz)")
+    s.add_argument("--replay-seeds", type=_positive_int, default=50, help="replayed sweeps per method (default: 50)")
     s.add_argument("--json", action="store_true", help="print the figures as JSON")
     s.set_defaults(run=_run_bench_search)
     _add_bench_platform(bench)
@@ -361,10 +367,39 @@ def _run_bench_probe(args) -> int:
     return 0
 
 
+def _run_bench_replay(args) -> int:
+    from sslsearch.search.experiment import load_experiment
+    from sslsearch.search.space import load_search_space
+
+    from sslsearch.bench.replay import DEFAULT_METHODS, DEFAULT_TABLE, METHODS, Table, bench_replay, format_replay, plot_replay
+
+    table = args.table or DEFAULT_TABLE
+    if not Path(table).is_file():
+        raise InputError(f"replay table not found: {table}; build one with python -m sslsearch.bench.replay_table")
+    # The experiment's search settings at the table's recorded pretraining settings (val split, epochs, reports).
+    experiment = load_experiment(args.experiment, [*Table(table).overrides(), *args.overrides])
+    space = load_search_space(experiment.space_path())
+    if args.plot and Path(args.plot).is_dir():
+        raise InputError(f"--plot must name a PNG file, got the folder {args.plot}")
+
+    names = [m.strip() for m in (args.methods or ",".join(DEFAULT_METHODS)).split(",") if m.strip()]
+    unknown = [n for n in names if n not in METHODS]
+    if unknown:
+        raise InputError(f"unknown replay method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+    result = bench_replay(experiment, space, table=table, methods=tuple(METHODS[n] for n in names),
+                          seeds=args.replay_seeds, progress=None if args.json else print)
+    print(json.dumps(result, indent=2) if args.json else format_replay(result))
+    if args.plot:
+        print(f"regret curves: {plot_replay(result, args.plot)}", file=sys.stderr if args.json else sys.stdout)
+    return 0
+
+
 def _run_bench_search(args) -> int:
     from sslsearch.search.experiment import load_experiment
     from sslsearch.search.space import load_search_space
 
+    if args.replay:
+        return _run_bench_replay(args)
     seeds = (0,) if args.quick else _int_list(args.seeds, "--seeds", "seeds", "0,1,2")
     quick = ["pretrain.epochs=2", "pretrain.eval_every=1", "scheduler.grace_period=1", "search.num_samples=2"]
     experiment = load_experiment(args.experiment, [*(quick if args.quick else []), *args.overrides])
@@ -373,7 +408,7 @@ def _run_bench_search(args) -> int:
         raise InputError(f"--plot must name a PNG file, got the folder {args.plot}")
     from sslsearch.bench.search import bench_search, format_bench_search, plot_anytime
 
-    methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+    methods = tuple(m.strip() for m in (args.methods or "tpe+asha,random+asha,random+fifo,tpe+fifo").split(",") if m.strip())
     result = bench_search(experiment, space, methods=methods, seeds=seeds, storage=args.storage,
                           progress=(lambda line: None) if args.json else print)
     print(json.dumps(result, indent=2) if args.json else format_bench_search(result))
@@ -466,7 +501,7 @@ def _storage(text: str) -> str:
 
 
 def _run_sweep(args) -> int:
-    from sslsearch.errors import shown, shown_path
+    from sslsearch.errors import shown
     from sslsearch.records.store import check_store, default_tracking_uri
     from sslsearch.search.experiment import check_machine, load_experiment, ray_address
     from sslsearch.search.space import load_search_space
@@ -612,14 +647,15 @@ def _run_resume(args) -> int:
 
     storage = _storage(args.storage)
     if "://" not in storage:  # (a remote storage is checked by Ray)
-        from sslsearch.records.catalog import check_not_written, find_folder, finished
+        from sslsearch.records.catalog import check_not_written, confirm_stage, find_folder, finished
 
         sweep = find_folder(storage, args.name)
         check_not_written(sweep, "resume")
         if finished(sweep):
             print(f"sweep {args.name} has finished: every trial ended (and its confirmation stage, if any); "
-                  "nothing to resume")
-            print(_next_steps(args.name, args, confirm=not (sweep.path / "confirm").is_dir()))
+                  "nothing to resume", flush=True)
+            _reconcile(args.name, storage, args.tracking_uri)  # records lost since (e.g. a deleted run) come back
+            print(_next_steps(args.name, args, confirm=confirm_stage(sweep) is None))
             return 0
     if args.tracking_uri:
         check_store(args.tracking_uri)
@@ -629,11 +665,12 @@ def _run_resume(args) -> int:
         from sslsearch.search.sweep import resume_sweep, sweep_metadata
 
         meta = sweep_metadata(args.name, storage)
-        uri = ((meta or {}).get("experiment", {}).get("tracking", {}).get("uri") or args.tracking_uri
+        uri = (args.tracking_uri or (meta or {}).get("experiment", {}).get("tracking", {}).get("uri")
                or default_tracking_uri(storage))
         if not args.tracking_uri:
             check_store(uri)
-        code = _report_sweep(lambda: resume_sweep(args.name, storage, address=args.address), uri)
+        code = _report_sweep(lambda: resume_sweep(args.name, storage, address=args.address,
+                                                  tracking_uri=args.tracking_uri), uri)
         if code not in (0, 1, 3):
             return code   # bad input, interrupted, or stopped by an OS error: the confirmation stage waits
         if code != 3:   # (3: the server does not take records now; the outbox keeps them for `sync`)
@@ -661,7 +698,8 @@ def _reconcile(name: str, storage: str, tracking_uri: str | None) -> None:
         print(f"warning: MLflow not reconciled with the sweep's results ({error}); run: sslsearch sync {name}",
               file=sys.stderr)
         return
-    if report.runs_created or report.points_added or report.statuses_fixed or report.unsent or report.duplicates:
+    if (report.runs_created or report.points_added or report.statuses_fixed or report.unsent or report.duplicates
+            or report.orphans):
         print(report.format())
 
 

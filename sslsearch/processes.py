@@ -161,18 +161,27 @@ def _sigterm_as_ctrl_c(signum, frame):
         raise KeyboardInterrupt         # SIGINT ignored or default: stop as Python's Ctrl-C does
 
 
-def keep_sigterm() -> None:
-    """Put this process's Python SIGTERM handler back after something took it at the C level.
+@contextlib.contextmanager
+def sigterm_kept():
+    """Run the body (`ray.init`), then give SIGTERM back to the Python handler it had, if it had one.
 
-    `ray.init` installs Abseil's failure-signal handler for SIGTERM (Ray's CoreWorker option
-    `install_failure_signal_handler`): it prints "*** SIGTERM received ***" and aborts (exit 134), so no
-    summary, no resume hint, runs left RUNNING. Python's `signal.getsignal` still names the handler set
-    from Python; setting it again re-installs it with sigaction. Abseil keeps SIGSEGV, SIGABRT and the rest."""
+    `ray.init` takes SIGTERM twice. A local head node sets a Python handler that stops Ray's processes and
+    exits 1 (ray._private.node: `_register_shutdown_hooks`); the CoreWorker installs Abseil's failure-signal
+    handler over it at the C level (`install_failure_signal_handler`, on unless RAY_DISABLE_FAILURE_SIGNAL_HANDLER),
+    which prints "*** SIGTERM received ***" and aborts (exit 134): no summary, no resume hint, runs left RUNNING.
+    Setting a handler from Python again re-installs it with sigaction; Abseil keeps SIGSEGV, SIGABRT and the rest.
+    Where nobody here had chosen a handler, Ray's own Python one is put back in force (a clean exit 1)."""
     import threading
 
-    handler = signal.getsignal(signal.SIGTERM)
-    if handler is not None and threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, handler)
+    main = threading.current_thread() is threading.main_thread()
+    before = signal.getsignal(signal.SIGTERM) if main else None
+    try:
+        yield
+    finally:
+        after = signal.getsignal(signal.SIGTERM) if main else None
+        chosen = before if callable(before) else after
+        if chosen is not None:
+            signal.signal(signal.SIGTERM, chosen)
 
 
 @contextlib.contextmanager

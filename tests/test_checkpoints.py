@@ -14,6 +14,7 @@ from sslsearch.errors import InputError
 from sslsearch.method.data import load_dataset
 from sslsearch.method.train import PretrainConfig, load_checkpoint, model_from_checkpoint, pretrain
 from sslsearch.search.experiment import load_experiment, top_k
+from sslsearch.search.outcomes import ranking_key
 
 TINY = ["pretrain.epochs=2", "pretrain.eval_every=1", "search.num_samples=2", "scheduler.grace_period=1",
         "search.paired=false", "scheduler.type=fifo"]
@@ -57,7 +58,7 @@ def test_a_real_sweep_keeps_what_its_policy_says_and_its_winner_exports(ray_sess
     assert_retained(summary, policy, MlflowClient(uri), tmp_path / "artifacts")
     card = export_best(uri, "ck", tmp_path / "export")
     assert card["checkpoint"]["artifact"] == ("checkpoints/best.pt" if policy == "best" else "checkpoints/last.pt")
-    winner = max(summary.trials, key=lambda t: t.val_acc)
+    winner = min(summary.trials, key=lambda t: ranking_key(t.val_acc, t.epoch, t.trial_id))  # ties: as export ranks
     assert card["trial_id"] == winner.trial_id and (tmp_path / "export" / "backbone.pt").is_file()
     if policy == "top_k:1":  # its full state continues training: one more epoch from where it ended
         continued = pretrain(dataclasses.replace(PretrainConfig.from_dict(torch.load(
@@ -112,7 +113,7 @@ def retention_sweeps(ray_session, tmp_path_factory):
 
 def assert_retained(summary, policy: str, client: MlflowClient, tmp_path: Path) -> None:
     """Every trial of the ended sweep keeps, in Ray's storage and in MLflow, what `policy` says (retention.py)."""
-    ranked = sorted((t for t in summary.trials if t.rankable), key=lambda t: (-t.val_acc, -t.epoch))
+    ranked = sorted((t for t in summary.trials if t.rankable), key=lambda t: ranking_key(t.val_acc, t.epoch, t.trial_id))
     top = {t.trial_id for t in ranked[:top_k(policy)]}
     runs = {r.data.tags["sslsearch.trial_id"]: r for r in client.search_runs(
         [client.get_experiment_by_name("sslsearch").experiment_id],

@@ -288,10 +288,13 @@ def test_a_full_disk_stops_the_sweep_in_good_order_and_resume_finishes_it(ray_se
         out, err = capsys.readouterr()
         assert (tmp_path / "filled").exists()
         lines = [line for line in err.splitlines() if line.startswith("sslsearch: error:")]
-        if code == 4:  # an OS error escaped Ray: one line, the summary, the resume hint
-            assert len(lines) == 1 and f"sslsearch resume {name}" in lines[0] and "Traceback" not in err
-        else:  # Ray absorbed it: the trials that could not save errored, and the sweep says so
-            assert code == 1 and "errored" in out
+        # The first trial that could not save stops the sweep (StopOnFullDisk): no retry, no trial errored for it,
+        # one line, the summary (from Ray's saved state) and the resume hint.
+        assert code == 4, out + err
+        assert len(lines) == 1 and f"sslsearch resume {name}" in lines[0] and "Traceback" not in err, err
+        assert f"sweep {name}: 2 trials" in out and "errored" not in out and "stopped early" not in out, out
+        assert f"unfinished; continue with: sslsearch resume {name}" in out, out
+        assert err.count("Trial task failed") <= 2, err   # at most one failure per running trial, never a retry
         assert not list(disk.rglob("*.tmp"))
         (disk / "filler").unlink()  # space freed
         # Ray copies its saved state over the previous one in place, so the full disk may have cut it short:

@@ -221,8 +221,8 @@ def test_a_sweep_without_a_finished_trial_is_refused(store):
 def test_ranks_follow_val_acc_then_the_documented_tie_breaks(store):
     board = build_leaderboard(load_trials(store["uri"], ["paired"]))
     ranked = board.ranked
-    # hsic: p2h and p0h tie at 85 over 4 epochs, p2h took less time; p5h has 85 too but after 2 epochs only.
-    assert list(ranked[ranked["loss"] == "hsic"]["trial_id"]) == ["p2h", "p0h", "p5h", "p3h", "p1h"]
+    # hsic: p2h and p0h tie at 85 over 4 epochs: the smaller trial id first (never wall time); p5h has 85 after 2 epochs only.
+    assert list(ranked[ranked["loss"] == "hsic"]["trial_id"]) == ["p0h", "p2h", "p5h", "p3h", "p1h"]
     assert list(ranked[ranked["loss"] == "barlow"]["trial_id"]) == ["p0b", "p3b", "p1b", "p5b"]
     assert list(ranked[ranked["loss"] == "barlow"]["rank"]) == [1, 2, 3, 4]
     assert "p2b" not in set(ranked["trial_id"]) and "p4h" not in set(ranked["trial_id"])  # errored, running
@@ -239,7 +239,7 @@ def test_head_to_head_matches_a_hand_computation(store):
     board = build_leaderboard(load_trials(store["uri"], ["paired"]))
     h2h = board.head_to_head
     assert h2h["variants"]["barlow"] == {"trials": 4, "best_val_acc": 80.0, "median_val_acc": 57.5, "best_trial": "p0b"}
-    assert h2h["variants"]["hsic"] == {"trials": 5, "best_val_acc": 85.0, "median_val_acc": 85.0, "best_trial": "p2h"}
+    assert h2h["variants"]["hsic"] == {"trials": 5, "best_val_acc": 85.0, "median_val_acc": 85.0, "best_trial": "p0h"}
     paired = h2h["paired"]
     assert sorted(board.pairs["difference"]) == sorted(DIFFERENCES)
     assert list(board.pairs["epoch"]) == [4, 4] and paired["epochs"] == [4]   # never a pair stopped early
@@ -324,8 +324,10 @@ def test_importances_refuse_collinear_and_too_few_trials_and_use_one_trial_per_p
     twins = [_optuna_trial(90.0 + i + (loss == "hsic"), i, lmbda=0.01 * (i + 1), lr=1e-3 * (i + 1), feature_dim=64, loss=loss)
              for i in range(2) for loss in ("barlow", "hsic")]
     groups, notes = importance_groups(twins, names)
-    assert groups == {} and notes == ["2 completed barlow trial(s) for 3 parameters (need ≥ 6: two per parameter)",
-                                      "2 completed hsic trial(s) for 3 parameters (need ≥ 6: two per parameter)"]
+    assert groups == {} and [n.split(";")[0] for n in notes] == [
+        "2 completed barlow trial(s) for 3 parameters (need ≥ 6: two per parameter",
+        "2 completed hsic trial(s) for 3 parameters (need ≥ 6: two per parameter"]
+    assert all("optuna-dashboard shows importances from 2 completed trials on, with both losses pooled" in n for n in notes)
     # Enough trials, but λ rises with lr in every one of them (collinear): refused, with the names.
     collinear = [_optuna_trial(90.0 + i, None, lmbda=0.001 * (i + 1), lr=1e-4 * (i + 1) ** 2, feature_dim=[64, 128, 256][i % 3],
                                loss=["barlow", "hsic"][i % 2]) for i in range(8)]
@@ -347,14 +349,14 @@ def test_importances_refuse_collinear_and_too_few_trials_and_use_one_trial_per_p
 def test_formats_parse(store):
     board = build_leaderboard(load_trials(store["uri"], ["paired"]), top=3)
     document = json.loads(format_leaderboard(board, "json"))
-    assert [r["trial_id"] for r in document["variants"]["hsic"]] == ["p2h", "p0h", "p5h"]
+    assert [r["trial_id"] for r in document["variants"]["hsic"]] == ["p0h", "p2h", "p5h"]
     assert document["head_to_head"]["paired"]["hsic_win_rate"] == pytest.approx(0.75)  # (5, 0): the tie counts half
     assert document["verdict"]["stage"] == "search" and document["verdict"]["statistics"]["pairs"] == 2
     assert document["variants"]["hsic"][2]["test_acc"] is None  # NaN becomes null: strict JSON
     rows = list(csv.DictReader(io.StringIO(format_leaderboard(board, "csv"))))
     assert [(r["loss"], r["rank"], r["trial_id"]) for r in rows] == [
         ("barlow", "1", "p0b"), ("barlow", "2", "p3b"), ("barlow", "3", "p1b"),
-        ("hsic", "1", "p2h"), ("hsic", "2", "p0h"), ("hsic", "3", "p5h")]
+        ("hsic", "1", "p0h"), ("hsic", "2", "p2h"), ("hsic", "3", "p5h")]
     assert float(rows[0]["val_acc"]) == 80 and float(rows[0]["test_acc"]) == 78
     table = format_leaderboard(board, "table")
     assert "barlow (top 3 of 4 ranked)" in table

@@ -12,8 +12,11 @@ from pathlib import Path
 import optuna
 import pytest
 import torch
+from mlflow import MlflowClient
+from ray import tune
 
 from sslsearch.errors import InputError
+from sslsearch.records.tracking import ROLE, TRIAL_ID, MlflowTracking, default_tracking_uri
 from sslsearch.search.experiment import load_experiment
 from sslsearch.search.space import load_search_space
 from sslsearch.search.sweep import resume_sweep, run_sweep, saved_statuses
@@ -51,18 +54,53 @@ def _sweep(tmp_path, name, experiment, **settings):
                      trainable=synthetic_trainable(SyntheticSettings(**settings)))
 
 
+class _Restarts(tune.Callback):
+    """How many times Ray started each trial: more than once means it paused (a twin waiting at a rung)."""
+
+    def __init__(self):
+        self.starts: dict[str, int] = {}
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.starts[trial.trial_id] = self.starts.get(trial.trial_id, 0) + 1
+
+
+def _mlflow_reports(uri: str, sweep: str) -> dict[str, dict[int, float]]:
+    """trial id → {epoch: val_acc} as MLflow holds it."""
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name(sweep) or client.search_experiments()[0]
+    reports = {}
+    for run in client.search_runs([experiment.experiment_id], filter_string=f"tags.`{ROLE}` = 'trial'"):
+        history = client.get_metric_history(run.info.run_id, "val_acc")
+        reports[run.data.tags[TRIAL_ID]] = {m.step: m.value for m in history}
+    return reports
+
+
 @pytest.mark.slow
-def test_optuna_holds_every_report_including_the_one_that_stopped_the_trial(ray_session, tmp_path):
-    summary = _sweep(tmp_path, "truth", _experiment("search.paired=false", "search.num_samples=10"))
+@pytest.mark.parametrize("paired", [False, True])
+def test_ray_optuna_and_mlflow_hold_every_report_including_the_one_that_stopped_the_trial(ray_session, tmp_path,
+                                                                                          paired):
+    experiment = _experiment(f"search.paired={str(paired).lower()}", "search.num_samples=10")
+    space = load_search_space(experiment.space_path())
+    restarts, storage = _Restarts(), str(tmp_path)
+    tracking = MlflowTracking(experiment, space, sweep="truth", storage=storage)
+    # Paired: twins that race each other to the rungs, so some wait paused and restart (Ray's stale restore of
+    # result.json lost the report a twin paused at).
+    summary = run_sweep(experiment, space, name="truth", storage=storage, quiet=True, trainable=synthetic_trial,
+                        synthetic={"epoch_seconds": 0.05 if paired else 0.0}, callbacks=[restarts, tracking])
+    if paired:
+        assert any(n > 1 for n in restarts.starts.values()), "no twin paused: the paired case shows nothing"
     results = _ray_results(Path(summary.path))
+    mlflow_reports = _mlflow_reports(default_tracking_uri(storage), "truth")
     study = _study(summary)
-    assert len(study.trials) == 10
+    assert len(study.trials) == 10 and len(mlflow_reports) == 10
     outcomes = {t.trial_id: t.outcome for t in summary.trials}
     assert "stopped early" in outcomes.values() and "completed" in outcomes.values()
     for trial in study.trials:
         reported = results[trial.user_attrs["ray_trial_id"]]
-        # every report at step = epoch, the last one (ASHA's STOP, or the final epoch) included
+        # every report at step = epoch, the last one (ASHA's STOP, or the final epoch) included, in all three
+        assert [r["epoch"] for r in reported] == list(range(reported[-1]["epoch"] + 1)), "Ray lost or repeated a report"
         assert trial.intermediate_values == {r["epoch"]: pytest.approx(r["val_acc"]) for r in reported}
+        assert mlflow_reports[trial.user_attrs["ray_trial_id"]] == pytest.approx(trial.intermediate_values)
         last = reported[-1]
         assert max(trial.intermediate_values) == last["epoch"]
         expected = {"completed": optuna.trial.TrialState.COMPLETE, "stopped early": optuna.trial.TrialState.PRUNED}

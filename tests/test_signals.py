@@ -20,8 +20,9 @@ from sslsearch.processes import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 SSLSEARCH = [sys.executable, "-m", "sslsearch.cli"]
-# Two trials of 2 epochs, a report each epoch; FIFO, so both run their full budget.
-TINY = ["--set", "pretrain.epochs=2", "--set", "pretrain.eval_every=1", "--set", "search.num_samples=2",
+# Two trials, a report each epoch; FIFO, so both run their full budget. Each stop comes at a session's first report,
+# so 8 epochs (~1 s each on digits) leave far more work than a stop takes to be seen.
+TINY = ["--set", "pretrain.epochs=8", "--set", "pretrain.eval_every=1", "--set", "search.num_samples=2",
         "--set", "scheduler.type=fifo"]
 
 

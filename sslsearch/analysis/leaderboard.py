@@ -58,6 +58,7 @@ from sslsearch.records.schema import (
 from sslsearch.records.store import sqlite_path
 from sslsearch.search.folder import STUDY_FILE
 from sslsearch.search.outcomes import FINISHED, OUTCOMES
+from sslsearch.search.outcomes import RANK_ORDER as TRIAL_ORDER
 from sslsearch.search.trial_config import BASE, logged_value
 from sslsearch.search.trial_config import PAIR as PAIR_KEY
 
@@ -65,7 +66,7 @@ LOSSES = ("barlow", "hsic")
 STAGES = ("search", "confirm")
 FORMATS = ("table", "csv", "json", "markdown")
 # Ranking: (column, ascending). The first key is the objective; the rest only break ties.
-RANK_ORDER = (("val_acc", False), ("epochs", False), ("trial_seconds", True), ("trial_id", True), ("sweep", True))
+RANK_ORDER = (*TRIAL_ORDER, ("sweep", True))   # one tie-break rule everywhere (outcomes.RANK_ORDER); pooled sweeps last
 TRIAL_COLUMNS = ("sweep", "stage", "trial_id", "run_id", "loss", "lmbda", "lr", "feature_dim", "seed", "pair", "val_acc",
                  "best_val_acc", "test_acc", "knn_acc", "epochs", "trial_seconds", "outcome", "dataset", "max_epochs",
                  "parent_run_id", "history")
@@ -166,7 +167,7 @@ def load_trials(tracking_uri: str, sweeps: list[str] | None = None) -> pd.DataFr
 
     def rows_of(name: str) -> list[dict]:
         runs = search_all_runs(client, experiment_id, runs_filter(name, TRIAL_ROLE), NEWEST_FIRST)
-        rows = [_trial_row(client, run, parents[name].info.run_id) for run in runs]
+        rows = _one_row_per_trial([_trial_row(client, run, parents[name].info.run_id) for run in runs])
         _check_rankable(name, rows)
         return rows
 
@@ -191,6 +192,17 @@ def load_trials(tracking_uri: str, sweeps: list[str] | None = None) -> pd.DataFr
     trials = pd.DataFrame(rows, columns=list(TRIAL_COLUMNS))
     trials["pair"] = trials["pair"].astype("Int64")
     return trials.sort_values(["sweep", "trial_id"], kind="mergesort").reset_index(drop=True)
+
+
+def _one_row_per_trial(rows: list[dict]) -> list[dict]:
+    """A trial with two runs (a stopped driver's, before `sync` merged them) counts once: the run that got furthest,
+    the older one on a tie, as `sync` keeps it. `rows`: newest run first."""
+    kept: dict[tuple, dict] = {}
+    for row in reversed(rows):
+        key = (row["stage"], row["trial_id"])
+        if key not in kept or (row["epochs"] or 0) > (kept[key]["epochs"] or 0):
+            kept[key] = row
+    return list(kept.values())
 
 
 def _check_rankable(name: str, rows: list[dict]) -> None:
@@ -827,8 +839,14 @@ def importance_groups(trials: list, names: list[str]) -> tuple[dict[str, tuple[l
                   and len({repr(t.params.get(n)) for t in group}) > 1]
         wanted = [n for n in names if not (paired and n == "loss")]
         if len(group) < 2 * len(wanted):
+            # optuna-dashboard shows importances for the same study from 2 completed trials on, pooling
+            # both losses: say why these are absent, in the note the report and `leaderboard --plots` show.
             notes.append(f"{len(group)} completed {'' if label == 'all' else label + ' '}trial(s) for {len(wanted)} "
-                         f"parameters (need ≥ {2 * len(wanted)}: two per parameter)")
+                         f"parameters (need ≥ {2 * len(wanted)}: two per parameter; optuna-dashboard shows importances "
+                         "from 2 completed trials on, with both losses pooled, so a pair's twins count one "
+                         "configuration twice)" if paired else
+                         f"{len(group)} completed trial(s) for {len(wanted)} parameters (need ≥ {2 * len(wanted)}: two "
+                         "per parameter; optuna-dashboard shows importances from 2 completed trials on)")
             continue
         codes = {n: _codes([t.params.get(n) for t in group]) for n in params}
         collinear = next(((a, b) for i, a in enumerate(params) for b in params[i + 1:]

@@ -50,6 +50,7 @@ from sslsearch.search.folder import STUDY_FILE
 from sslsearch.search.retention import CheckpointRetention
 from sslsearch.search.saved_state import IntactStateCopy
 from sslsearch.search.slots import SlotUse
+from sslsearch.search.trial_logs import ResultJsonLog, trial_loggers
 from sslsearch.search.space import load_search_space
 from sslsearch.search.sweep import (
     LiveView,
@@ -329,10 +330,10 @@ def measure_sweep(trials: int, reports: int = 10, concurrency: int = 8, report_s
         connect_ray(None, num_cpus=concurrency)
         callbacks = [_TimedLiveView(quiet=False)]
         if ray_loggers == "json":  # Ray's result.json only, not its progress.csv and TensorBoard files
-            from ray.tune.logger import JsonLoggerCallback
-
             os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
-            callbacks.append(JsonLoggerCallback())
+            callbacks.append(ResultJsonLog())
+        else:  # as run_sweep: result.json and progress.csv kept whole across a twin's pause (TensorBoard: Ray's)
+            callbacks.extend(trial_loggers())
         if tracking != "none":
             callbacks.append(_TimedTracking(experiment, space, sweep=name, storage=str(folder), tracking_uri=uri))
         scheduler = make_scheduler(experiment)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from sslsearch.errors import InputError, shown, shown_path
 
 if TYPE_CHECKING:
-    pass
+    import torch
 
 DATASETS: tuple[str, ...] = ("digits", "cifar10", "cifar100", "stl10", "tiny_imagenet", "folder")
 LOSSES: tuple[str, ...] = ("barlow", "hsic")

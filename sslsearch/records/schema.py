@@ -27,6 +27,7 @@ LOSS = "sslsearch.loss"
 PAIR = "sslsearch.pair"
 OUTCOME = "sslsearch.outcome"
 STAGE = "sslsearch.stage"               # on child runs of a stage after the search, e.g. "confirm"
+REMOVED = "sslsearch.removed"           # on a child run `sync` removed: why (an orphan, or merged into another run)
 BEST_EPOCH, BEST_VAL_ACC = "sslsearch.best_epoch", "sslsearch.best_val_acc"
 ERROR = "sslsearch.error"
 RETRIES = "sslsearch.retries"

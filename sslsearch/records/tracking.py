@@ -82,6 +82,7 @@ from sslsearch.records.schema import (
     PAIR,
     PARENT_RUN_ID,
     RAY_VERSION,
+    REMOVED,
     RETRIES,
     ROLE,
     SPACE_SOURCE,
@@ -450,6 +451,11 @@ class MlflowTracking(tune.Callback):
         state.setdefault("flush_timeout_s", FLUSH_TIMEOUT_S)
         self.__dict__.update({"stage": None, **state})  # a sweep pickled before stages existed
         self._reset()
+
+    def use_tracking_uri(self, uri: str) -> None:
+        """Write to `uri` from now on (`sslsearch resume --tracking-uri`; Ray restores the callback with its old one)."""
+        self.uri = uri
+        self._reset()   # (nothing sent yet: Ray calls this before the first hook)
 
     @property
     def outbox(self) -> Outbox:
@@ -899,14 +905,18 @@ class SyncReport:
     points_added: int      # metric points (steps) that MLflow lacked
     points: int            # steps in Ray's results, all trials
     statuses_fixed: int    # runs whose status or outcome differed from Ray's
-    duplicates: int        # trials with more than one run (reported, never deleted)
+    duplicates: int        # trials that had more than one run: merged into one
+    orphans: int = 0       # runs of trials that Ray's saved state does not hold: removed
 
     def format(self) -> str:
         lines = [f"sync {self.sweep}: replayed {self.replayed} queued record(s); {self.trials} trials: created "
                  f"{self.runs_created} run(s), added {self.points_added} of {self.points} metric points, fixed "
                  f"{self.statuses_fixed} status(es)"]
         if self.duplicates:
-            lines.append(f"warning: {self.duplicates} trial(s) have more than one run in MLflow")
+            lines.append(f"merged the runs of {self.duplicates} trial(s) that had more than one run into one each")
+        if self.orphans:
+            lines.append(f"removed {self.orphans} run(s) of trials that Ray's saved sweep state does not hold (started "
+                         "after its last save, before the sweep stopped: never resumed); MLflow keeps them as deleted runs")
         if self.unsent:
             lines.append(f"{self.unsent} record(s) still unsent: MLflow did not take them; run sslsearch sync {self.sweep} again")
         return "\n".join(lines)
@@ -960,7 +970,7 @@ def sync_sweep(tracking: MlflowTracking, trials: list) -> SyncReport:
         return SyncReport(tracking.sweep, queued - unsent, unsent, len(trials), 0, 0, 0, 0, 0)
     client = tracking.client
     tracking._write_sweep(reopen=False)
-    duplicates = sum(len(runs) > 1 for runs in _runs_by_trial(tracking).values())
+    merged, orphans = _one_run_per_trial(tracking, {t.trial_id for t in trials})
     created = added = points = fixed = 0
     ended = ("TERMINATED", "ERROR")
     for trial in trials:
@@ -988,8 +998,8 @@ def sync_sweep(tracking: MlflowTracking, trials: list) -> SyncReport:
             status = RunStatus.to_string(RunStatus.FAILED if errored else RunStatus.FINISHED)
         else:
             outcome, status = "running", RunStatus.to_string(RunStatus.KILLED)
-        if (run.status, run.outcome) != (status, outcome) or (run.error and not errored):
-            fixed += 1
+        if (run.status, run.outcome) != (status, outcome) or (run.error and not errored) or trial.trial_id in merged:
+            fixed += 1   # (a merged run is finished again: its checkpoints may have gone to the removed one)
             best = best_checkpoint(trial)
             tracking._write_finish(trial.trial_id, outcome, status, _error_text(trial) if errored else None, None,
                                    _checkpoint_uri(trial.checkpoint), best and [_checkpoint_uri(best[0]), *best[1:]],
@@ -997,17 +1007,57 @@ def sync_sweep(tracking: MlflowTracking, trials: list) -> SyncReport:
     done = all(t.status in ended for t in trials)
     parent = client.get_run(tracking._parent)
     want = RunStatus.to_string(RunStatus.FINISHED if done else RunStatus.KILLED)
+    if merged or orphans:   # the parent's best_val_acc_<loss> may have counted a removed run
+        tracking._write_summary(read_back=True)
     if parent.info.status != want:
         client.set_terminated(tracking._parent, want)
         fixed += 1
-    return SyncReport(tracking.sweep, queued, 0, len(trials), created, added, points, fixed, duplicates)
+    return SyncReport(tracking.sweep, queued, 0, len(trials), created, added, points, fixed, len(merged), orphans)
 
 
 def _runs_by_trial(tracking: MlflowTracking) -> dict[str, list]:
+    """Trial id → the live child runs of this sweep and of the callback's stage (the search, or e.g. confirm)."""
     runs = collections.defaultdict(list)
     for run in tracking._search(runs_filter(tracking.sweep, TRIAL_ROLE)):
-        runs[run.data.tags[TRIAL_ID]].append(run)
+        if run.data.tags.get(STAGE) == tracking.stage:
+            runs[run.data.tags[TRIAL_ID]].append(run)
     return runs
+
+
+def _one_run_per_trial(tracking: MlflowTracking, ray_trials: set[str]) -> tuple[set[str], int]:
+    """One child run per Ray trial: (ids of the trials whose runs were merged, runs removed as orphans).
+
+    A driver killed late (or stopped by a full disk) leaves runs of trials that Ray's saved state does not hold:
+    they started after its last save, so no resume continues them, and the resumed searcher samples anew. Such
+    orphans are removed. Two runs of one trial (a create whose answer was lost, then retried) are merged: the
+    run that got furthest (then the oldest) stays, the others are removed, and Ray's results then give the
+    kept run every step it lacks. Removing is MLflow's soft delete, with a tag saying why: `mlflow runs
+    restore` brings a run back."""
+    client = tracking.client
+    merged, orphans = set(), 0
+    for trial_id, runs in _runs_by_trial(tracking).items():
+        if trial_id in ray_trials:
+            if len(runs) == 1:
+                continue
+            keep = max(runs, key=lambda r: (r.data.metrics.get("epoch", -1), -r.info.start_time, r.info.run_id))
+            extra = [r for r in runs if r is not keep]
+            reason = f"a second run of trial {trial_id}; merged into run {keep.info.run_id} by sslsearch sync"
+            merged.add(trial_id)
+        else:
+            keep, extra = None, runs
+            reason = ("trial not in Ray's saved sweep state (started after its last save, before the sweep stopped): "
+                      "never resumed; removed by sslsearch sync")
+            orphans += len(runs)
+        for run in extra:
+            client.set_tag(run.info.run_id, REMOVED, reason)
+            if run.info.status == "RUNNING":
+                client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
+            client.delete_run(run.info.run_id)
+        if keep is None:
+            tracking._runs.pop(trial_id, None)
+        else:
+            tracking._runs[trial_id] = _Run.from_mlflow(client.get_run(keep.info.run_id))
+    return merged, orphans
 
 
 def _checkpoint_uri(checkpoint) -> str | None:

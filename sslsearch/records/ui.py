@@ -49,6 +49,7 @@ class Server:
     # Asked once the server answers, with the deadline to answer by: the page to open, from what the server
     # knows (e.g. an experiment's id); InputError if it cannot say.
     locate: Callable[[Server, float], str] | None = None
+    chosen: str | None = None  # what was chosen for the user (e.g. the latest sweep): said first, on stderr
 
     @property
     def url(self) -> str:
@@ -106,16 +107,18 @@ EXPERIMENT_PAGE = "/#/experiments/{id}/runs?workflowType=machine_learning&viewSt
 # The runs table's columns are no URL parameter, but a "shared view" is: the UI applies the experiment tag
 # `mlflow.sharedViewState.<key>` named by the URL's `viewStateShareKey`, a JSON of the search facets and the
 # table's state (mlflow/server/js: ExperimentViewRuns). Ours puts the answer first: the verdict and the best
-# val_acc per loss in place of the default Source / Models / Dataset columns, visible at 1280 px.
+# val_acc per loss in place of the default Source / Models / Dataset columns, narrow enough to be seen at
+# 1280 px even while MLflow's Assistant panel (open on a browser's first visit) takes a third of the width.
 VIEW_KEY = "sslsearch-answer"
 VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
 
 
 def answer_view() -> dict:
     """The runs table the printed URL opens (MLflow's column keys are "<type>.`<name>`"), newest sweep first."""
-    columns = [f"tags.`{VERDICT}`", *(f"metrics.`{SUMMARY_METRIC.format(loss=loss)}`" for loss in LOSSES)]
+    verdict, *best = [f"tags.`{VERDICT}`", *(f"metrics.`{SUMMARY_METRIC.format(loss=loss)}`" for loss in LOSSES)]
+    widths = {verdict: 110, **{column: 85 for column in best}}  # pixels; a cell shows its whole text on hover
     return {"searchFilter": "", "orderByKey": "attributes.start_time", "orderByAsc": False,
-            "selectedColumns": columns, "columnOrder": columns}
+            "selectedColumns": [verdict, *best], "columnOrder": [verdict, *best], "columnWidths": widths}
 
 
 def _api(base: str, path: str, body: dict | None = None) -> dict:
@@ -173,14 +176,13 @@ def optuna_dashboard(storage: str, sweep: str | None, host: str = "127.0.0.1", p
     if importlib.util.find_spec("optuna_dashboard") is None:
         raise InputError("optuna-dashboard is not installed; install the extra: pip install -e '.[dashboard]'")
     name, journal = sweep_study(storage, sweep)
-    if sweep is None:  # said first: the server takes seconds to answer
-        print(f"dashboard: sweep {name}, the most recently written Optuna study in {Path(storage).resolve()} "
-              "(name a sweep to choose)", file=sys.stderr, flush=True)
     command = [sys.executable, "-m", "optuna_dashboard._cli", str(journal), "--storage-class", "JournalFileStorage",
                "--host", host, "--port", str(port), "--quiet"]
     # One study per journal, so it is study 0; the dashboard's own study URLs are by id.
+    chosen = None if sweep is not None else (f"dashboard: sweep {name}, the most recently written Optuna study in "
+                                             f"{Path(storage).resolve()} (name a sweep to choose)")
     return Server(f"optuna-dashboard (sweep {name})", command, host, port, ready_path="/api/meta",
-                  open_path="/dashboard/studies/0")
+                  open_path="/dashboard/studies/0", chosen=chosen)
 
 
 def serve(server: Server, *, out=sys.stdout) -> int:
@@ -191,6 +193,8 @@ def serve(server: Server, *, out=sys.stdout) -> int:
     (Starlette's and others' are about the server's code, not the user's).
     """
     check_port(server.host, server.port)
+    if server.chosen:  # before the seconds the server takes to answer
+        print(server.chosen, file=sys.stderr, flush=True)
     if not is_loopback(server.host):
         print(f"warning: {server.what} listens on {server.host}, beyond this machine, and has no login: whoever reaches "
               f"port {server.port} can read and change the sweeps' records; use --host 127.0.0.1 and an SSH tunnel "

@@ -26,3 +26,14 @@ def result_outcome(result: dict | None, max_epochs: int | None, errored: bool = 
     """`trial_outcome` of a trial whose last Ray result is `result`."""
     result = result or {}
     return trial_outcome(int(result.get("epoch", 0) or 0), max_epochs, errored=errored, diverged=bool(result.get("diverged")))
+
+
+# The one order of every ranking of trials (the sweep summary, retention's top_k, the leaderboard, export, tests):
+# the higher final val_acc, then more epochs, then the smaller trial id. Wall time never breaks a tie: it differs
+# from run to run, so two equal trials would swap places (and a test would flake).
+RANK_ORDER = (("val_acc", False), ("epochs", False), ("trial_id", True))   # (column, ascending)
+
+
+def ranking_key(val_acc: float, epochs: int, trial_id: str) -> tuple:
+    """RANK_ORDER as a sort key: `sorted(trials, key=...)` puts the best trial first."""
+    return (-float(val_acc), -int(epochs), str(trial_id))

@@ -39,6 +39,7 @@ from ray import tune
 
 from sslsearch.method.train import RESUME_ONLY, weights_only
 from sslsearch.search.experiment import keeps_last, top_k
+from sslsearch.search.outcomes import ranking_key
 from sslsearch.search.saved_state import JSON_STATE  # Ray's saved sweep state; the newest name is the newest
 
 log = logging.getLogger(__name__)
@@ -91,15 +92,15 @@ def saved_as_ended(fs: pyarrow.fs.FileSystem, sweep_fs_path: str) -> set[str]:
 
 
 def ranked(trials: list, count: int) -> set[str]:
-    """Ids of the `count` best trials by their final report's val_acc (more epochs, then id, break ties); a diverged
-    trial or one that never trained past epoch 0 is not ranked."""
+    """Ids of the `count` best trials by their final report, in the one ranking order (outcomes.ranking_key); a
+    diverged trial or one that never trained past epoch 0 is not ranked."""
     scored = []
     for trial in trials:
         result = trial.last_result or {}
         value, epoch = result.get("val_acc"), int(result.get("epoch", 0) or 0)
         if _number(value) and math.isfinite(value) and epoch > 0 and not result.get("diverged"):
-            scored.append((-float(value), -epoch, trial.trial_id))
-    return {trial_id for *_, trial_id in sorted(scored)[:count]}
+            scored.append((ranking_key(value, epoch, trial.trial_id), trial.trial_id))
+    return {trial_id for _, trial_id in sorted(scored)[:count]}
 
 
 def _shrink(fs: pyarrow.fs.FileSystem, path: str) -> None:
@@ -175,6 +176,9 @@ class CheckpointRetention(tune.Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._trials, self._waiting = trials, True
 
+    def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
+        forget_gone_checkpoints(trial)
+
     def on_experiment_end(self, trials, **info):
         # After Ray's last save: trials ended by the time budget (no per-trial hook) and earlier sessions' too.
         self._trials, self._waiting = trials, True
@@ -200,6 +204,25 @@ class CheckpointRetention(tune.Callback):
         except Exception as error:  # noqa: BLE001 — keeping checkpoints is never worth a stopped sweep
             log.warning("could not settle the checkpoints of ended trials (%s: %s); they stay as they are",
                         type(error).__name__, str(error).splitlines()[0][:200] if str(error) else "")
+
+
+def forget_gone_checkpoints(trial) -> int:
+    """Drop from Ray's list of the trial's kept checkpoints those whose folder is gone; how many.
+
+    After a hard kill, Ray's saved state can still list a checkpoint that Ray itself deleted (num_to_keep) after
+    that save. Registering the next checkpoint would delete it again: FileNotFoundError, logged as a 1.8 kB
+    "Error handling checkpoint" ERROR per trial, and the rest of Ray's checkpoint handling skipped. Callbacks'
+    on_checkpoint runs just before that registration. Local storage only (a remote listing costs a request)."""
+    try:
+        manager = trial.run_metadata.checkpoint_manager
+        results = manager._checkpoint_results
+    except AttributeError:  # Ray's internals moved: Ray logs its error as before
+        return 0
+    kept = [r for r in results if not isinstance(r.checkpoint.filesystem, pyarrow.fs.LocalFileSystem)
+            or Path(r.checkpoint.path).is_dir()]
+    if len(kept) != len(results):
+        manager._checkpoint_results = kept
+    return len(results) - len(kept)
 
 
 @dataclass(frozen=True)

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import json
 import logging
 import math
 import os
+import shutil
 import socket
 import sys
 import tempfile
@@ -37,20 +39,21 @@ from ray.tune.search.optuna import OptunaSearch
 
 from sslsearch.errors import InputError
 from sslsearch.method.data import prepare_dataset
-from sslsearch.processes import keep_sigterm, sigint_restored
+from sslsearch.processes import sigint_restored, sigterm_kept
 from sslsearch.search import framework
 from sslsearch.search.asha import PairedASHA, RungState
 from sslsearch.search.experiment import Experiment, experiment_from_dict, ray_address
 from sslsearch.search.folder import STUDY_FILE, SWEEP_FILE
-from sslsearch.search.outcomes import FINISHED, METRIC, MODE, OUTCOMES, result_outcome, trial_outcome  # noqa: F401
+from sslsearch.search.outcomes import FINISHED, METRIC, MODE, OUTCOMES, ranking_key, result_outcome, trial_outcome  # noqa: F401
 from sslsearch.search.retention import CheckpointRetention, DiskUse, disk_use, size_text
 from sslsearch.search.rungs import rung_epochs
 from sslsearch.search.saved_state import IntactStateCopy, recover_saved_state
 from sslsearch.search.slots import SlotUse
 from sslsearch.search.space import SearchSpace, check_space
 from sslsearch.search.sweeplock import SweepLock, check_owned, claim_sweep_folder
-from sslsearch.search.trainable import run_trial
+from sslsearch.search.trainable import FALLBACK, run_trial
 from sslsearch.search.trial_config import PAIR, SEED, make_trial_config, sampled_params, trial_value
+from sslsearch.search.trial_logs import trial_loggers
 
 
 def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
@@ -91,10 +94,11 @@ def write_study_snapshot(study: optuna.Study, path: Path | str) -> None:
 class SweepSearcher(OptunaSearch):
     """OptunaSearch that reports ASHA-stopped trials as PRUNED and can pair the loss variants."""
 
-    def __init__(self, space: SearchSpace, *, max_epochs: int, sampler: str, seed: int, paired: bool,
-                 study_name: str, study_path: str | None, scheduler: PairedASHA | None = None):
-        super().__init__(space=space.to_optuna(), metric=METRIC, mode=MODE, sampler=make_sampler(sampler, seed),
-                         study_name=study_name)
+    def __init__(self, space: SearchSpace, *, max_epochs: int, sampler: str | optuna.samplers.BaseSampler, seed: int,
+                 paired: bool, study_name: str, study_path: str | None, scheduler: PairedASHA | None = None):
+        # `sampler`: make_sampler's name, or an Optuna sampler (the replay benchmark compares sampler settings).
+        super().__init__(space=space.to_optuna(), metric=METRIC, mode=MODE, study_name=study_name,
+                         sampler=sampler if isinstance(sampler, optuna.samplers.BaseSampler) else make_sampler(sampler, seed))
         self._max_epochs = max_epochs
         self._paired = paired
         self._seed = seed
@@ -293,6 +297,8 @@ class LiveView(tune.Callback):
         return f"{trial.trial_id} {value('loss')} λ={value('lmbda', '.3g')} lr={value('lr', '.3g')} d={value('feature_dim')}"
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
+        if isinstance(result.get(FALLBACK), str):  # always shown: Ray keeps the worker's own stderr in its log
+            print(result[FALLBACK], file=sys.stderr, flush=True)
         loss = trial_value(trial.config, "loss", "?")
         if result.get(METRIC) is not None:
             self.best[loss] = max(self.best.get(loss, -math.inf), result[METRIC])
@@ -365,8 +371,9 @@ class SweepSummary:
         for t in self.trials:
             if not t.rankable:
                 continue
-            if t.loss not in best or t.val_acc > best[t.loss].val_acc:
-                best[t.loss] = t
+            if t.loss not in best or ranking_key(t.val_acc, t.epoch, t.trial_id) < ranking_key(
+                    best[t.loss].val_acc, best[t.loss].epoch, best[t.loss].trial_id):
+                best[t.loss] = t   # (the one ranking order: outcomes.ranking_key)
         return best
 
     @property
@@ -453,17 +460,17 @@ def connect_ray(address: str | None, num_cpus: int | None = None) -> None:
         _check_reachable(address)
     logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(_no_token_notice)
     try:
-        if address:
-            ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
-        else:
-            # address="local": a private instance, never whatever Ray cluster happens to run on this machine;
-            # on loopback only: a local sweep needs no port that another machine can reach.
-            with _loopback_node():
-                ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
-                         log_to_driver=False, logging_level=logging.WARNING)
+        with sigterm_kept():  # Ray takes SIGTERM: a scheduler's stop must still end in good order
+            if address:
+                ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+            else:
+                # address="local": a private instance, never whatever Ray cluster happens to run on this machine;
+                # on loopback only: a local sweep needs no port that another machine can reach.
+                with _loopback_node():
+                    ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
+                             log_to_driver=False, logging_level=logging.WARNING)
     except (ConnectionError, RuntimeError, ValueError, TimeoutError) as error:
         raise InputError(f"cannot reach the Ray cluster at {address!r}: {str(error).splitlines()[0]}") from None
-    keep_sigterm()  # Ray's failure-signal handler took SIGTERM: a scheduler's stop must end in good order
 
 
 @contextlib.contextmanager
@@ -574,6 +581,8 @@ def run_sweep(experiment: Experiment, space: SearchSpace, *, name: str, storage:
     _write_text(f"{path}/{SWEEP_FILE}", json.dumps(
         {"experiment": experiment.to_dict(), "experiment_source": experiment.source,
          "space": {p.name: dataclasses.asdict(p) for p in space.parameters}, "space_source": space.source,
+         # The files as they were: `resume` says in one line what changed in them since (it keeps these values).
+         "experiment_text": _file_text(experiment.source), "space_text": _file_text(space.source),
          "storage": storage, "name": name}, indent=2))
     scheduler = make_scheduler(experiment)
     searcher = SweepSearcher(space, max_epochs=experiment.pretrain.epochs, sampler=experiment.search.sampler,
@@ -588,7 +597,9 @@ def run_sweep(experiment: Experiment, space: SearchSpace, *, name: str, storage:
         param_space=make_trial_config(experiment.pretrain.to_dict(), cpus=experiment.resources.cpus_per_trial),
         num_samples=experiment.search.num_samples, trainable=trainable,
         # Full training state only where a resume needs it (tracking.checkpoints; sslsearch.search.retention).
-        callbacks=[LiveView(quiet), SlotUse(), *state, CheckpointRetention(experiment.tracking.checkpoints), *(callbacks or [])])
+        callbacks=[StopOnFullDisk(), LiveView(quiet), SlotUse(), *trial_loggers(), *state,
+                   CheckpointRetention(experiment.tracking.checkpoints),
+                   *(callbacks or [])])
     started = time.monotonic()
     with lock:
         results = _fit(tuner, name, path, started, concurrency, study_path)
@@ -656,6 +667,40 @@ def describe_scheduler(experiment: Experiment) -> str:
             else "ASHA has no rung before the last epoch: no early stopping")
 
 
+FULL_DISK_BYTES = 1 << 20   # free bytes below which a trial's unexplained failure is blamed on a full disk
+
+
+class StopOnFullDisk(tune.Callback):
+    """Stops the sweep at the first trial that failed for want of disk space, instead of letting Ray retry it and
+    start others that fail the same way (minutes of failing trials before the driver itself hits the full disk).
+    The OSError it raises escapes `fit`, and `_fit` turns it into the summary and the resume hint (exit 4)."""
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        self._check(trials, trial)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._check(trials, trial)
+
+    @staticmethod
+    def _check(trials: list, trial) -> None:
+        try:
+            text = Path(trial.error_file).read_text(errors="replace") if trial.error_file else ""
+        except OSError:
+            text = ""
+        full = "[Errno 28]" in text or "No space left on device" in text
+        if not full and not text.strip() and _local_path(trial.storage.storage_path or "") is not None:
+            # The error could not even be written down: is it the disk?
+            with contextlib.suppress(OSError):
+                full = shutil.disk_usage(trial.storage.storage_path).free < FULL_DISK_BYTES
+        if full:
+            error = OSError(errno.ENOSPC, f"No space left on device (trial {trial.trial_id} could not save)",
+                            trial.storage.trial_fs_path)
+            # For the summary: Ray's saved state may be cut short by the same full disk. The statuses as they are now:
+            # on the way out Ray marks every trial it stops TERMINATED, as if it had ended.
+            error.trials, error.statuses = trials, {f"trial_{t.trial_id}": t.status for t in trials}
+            raise error
+
+
 class SweepStopped(RuntimeError):
     """An OS error (disk full, storage gone) stopped the sweep; `summary` is what its saved state says, if readable."""
 
@@ -675,9 +720,11 @@ def _fit(tuner, name: str, path: str, started: float, concurrency: int, study_pa
             raise
         where = f" writing {error.filename}" if error.filename else ""
         summary = None
-        try:  # Ray saved the sweep's state before the error; if the disk allowed it, the summary says where it was
-            summary = summarize(tune.ResultGrid(tune.ExperimentAnalysis(path)), name, path, time.monotonic() - started,
-                                concurrency, study_path)
+        live = getattr(error, "trials", None)   # StopOnFullDisk hands over Ray's trials as they are now
+        try:  # else Ray saved the sweep's state before the error; if the disk allowed it, the summary says where it was
+            analysis = tune.ExperimentAnalysis(path, trials=live) if live else tune.ExperimentAnalysis(path)
+            summary = summarize(tune.ResultGrid(analysis), name, path, time.monotonic() - started, concurrency,
+                                study_path, statuses=getattr(error, "statuses", None) if live else None)
         except Exception:  # noqa: BLE001 — no summary is better than a second traceback
             pass
         raise SweepStopped(f"sweep {name} stopped: {error.strerror or error}{where}; free the space (or fix the "
@@ -720,8 +767,53 @@ def sweep_metadata(name: str, storage: str) -> dict:
     return json.loads(_read_text(f"{path}/{SWEEP_FILE}"))
 
 
-def resume_sweep(name: str, storage: str, address: str | None = None, trainable=None) -> SweepSummary:
-    """Continue an interrupted sweep: searcher, scheduler and unfinished trials from their checkpoints."""
+def _file_text(source: str | None) -> str | None:
+    try:
+        return Path(source).read_text() if source else None
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _flat(values, prefix: str = "") -> dict:
+    if not isinstance(values, dict):
+        return {prefix: values}
+    flat = {}
+    for key, value in values.items():
+        flat.update(_flat(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+def files_changed(meta: dict) -> str | None:
+    """One line naming the experiment/space files edited since the sweep started and the values that differ, or
+    None. A resumed sweep keeps the values it started with (Ray restores the searcher and the trials as they were)."""
+    from sslsearch.search.experiment import load_yaml  # bounded: an edited file is input like any other
+
+    differences, files = [], []
+    for kind in ("experiment", "space"):
+        source, before = meta.get(f"{kind}_source"), meta.get(f"{kind}_text")
+        now = _file_text(source)
+        if before is None or now is None or now == before:
+            continue   # (a sweep from before the text was kept, or the file is gone: nothing to compare)
+        files.append(source)
+        try:
+            old, new = _flat(load_yaml(before, source) or {}), _flat(load_yaml(now, source) or {})
+        except InputError:
+            differences.append(f"{Path(source).name} no longer parses")
+            continue
+        for key in sorted(old.keys() | new.keys()):
+            if old.get(key) != new.get(key):
+                differences.append(f"{key} {old.get(key, '(unset)')!s:.40} → {new.get(key, '(unset)')!s:.40}")
+    if not files:
+        return None
+    listed = "; ".join(differences[:6]) + ("; …" if len(differences) > 6 else "")
+    return (f"note: {' and '.join(files)} changed since sweep {meta.get('name')} started ({listed}); resume keeps "
+            "the values the sweep started with: start a new sweep to use the files' values")
+
+
+def resume_sweep(name: str, storage: str, address: str | None = None, trainable=None,
+                 tracking_uri: str | None = None) -> SweepSummary:
+    """Continue an interrupted sweep: searcher, scheduler and unfinished trials from their checkpoints.
+    `tracking_uri`: where the restored tracking callback now writes (else the URI it was pickled with)."""
     local = _local_path(storage)
     if local is not None:
         storage = str(local.resolve())
@@ -729,6 +821,8 @@ def resume_sweep(name: str, storage: str, address: str | None = None, trainable=
     meta = sweep_metadata(name, storage)
     _quiet()
     experiment = experiment_from_dict(meta["experiment"], meta.get("experiment_source"))
+    if (changed := files_changed(meta)) is not None:
+        print(changed, file=sys.stderr, flush=True)
     lock = contextlib.nullcontext()
     if local is not None:  # Ray unpickles tuner.pkl from this folder: it must be the user's own
         check_owned(Path(path), "resume")
@@ -742,6 +836,10 @@ def resume_sweep(name: str, storage: str, address: str | None = None, trainable=
     check_resources(experiment, address)
     tuner = tune.Tuner.restore(path, trainable=_trainable(experiment, trainable),
                                resume_unfinished=True, resume_errored=True)
+    if tracking_uri is not None:  # Ray restores the callbacks from tuner.pkl, each with the settings it was pickled with
+        for callback in tuner._local_tuner.get_run_config().callbacks or []:
+            if hasattr(callback, "use_tracking_uri"):
+                callback.use_tracking_uri(tracking_uri)
     started = time.monotonic()
     concurrency = _concurrency(experiment)
     with lock:
@@ -762,10 +860,12 @@ def saved_statuses(path: str) -> dict[str, str]:
         return {}
 
 
-def summarize(results, name: str, path: str, wall: float, concurrency: int, study_path: str | None) -> SweepSummary:
+def summarize(results, name: str, path: str, wall: float, concurrency: int, study_path: str | None,
+              statuses: dict[str, str] | None = None) -> SweepSummary:
     """Per-trial outcomes from a ResultGrid (outcome from epochs reached and errors; "running" for a
-    trial that had not ended when the sweep was interrupted)."""
-    status = saved_statuses(path)
+    trial that had not ended when the sweep was interrupted). `statuses`: trial folder name → Ray's status, when
+    known better than Ray's saved state says (a sweep stopped by a full disk)."""
+    status = statuses if statuses is not None else saved_statuses(path)
     trials = []
     for result in results:
         metrics = result.metrics or {}

@@ -24,6 +24,7 @@ from sslsearch.search.trial_config import CPUS, FINAL_TEST, trial_settings
 
 COMPLETE = "complete"  # marks the checkpoint of a trial's final report: a retry has nothing left to run
 REPORTED = ("epoch", "loss", "val_acc", "knn_acc", "images_per_s", "test_acc")
+FALLBACK = "checkpoint_fallback"  # in the first report after restoring from an older checkpoint: the line(s) saying why
 
 # Loaded data sets, kept for the next trial that runs in this worker process (Tune reuses actors).
 _DATA: dict[tuple, ImageData] = {}
@@ -56,9 +57,10 @@ def _older_checkpoints(checkpoint: tune.Checkpoint) -> list[tune.Checkpoint]:
     return [tune.Checkpoint(str(p)) for p in older]
 
 
-def restore(checkpoint: tune.Checkpoint, scratch: Path) -> tuple[Path, float]:
+def restore(checkpoint: tune.Checkpoint, scratch: Path, notes: list[str] | None = None) -> tuple[Path, float]:
     """(last.pt, seconds trained so far) from the newest intact checkpoint, starting at `checkpoint`. A broken one
-    (cut short by a full disk or a crash) is named in one line and the previous one is used instead."""
+    (cut short by a full disk or a crash) is named in one line (printed, and added to `notes`) and the previous one
+    is used instead."""
     broken = []
     for candidate in [checkpoint, *_older_checkpoints(checkpoint)]:
         folder = scratch / Path(candidate.path).name
@@ -69,8 +71,11 @@ def restore(checkpoint: tune.Checkpoint, scratch: Path) -> tuple[Path, float]:
         except Exception as error:  # noqa: BLE001 — any way a file can be broken
             reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
             broken.append(f"{candidate.path}/last.pt")
-            print(f"sslsearch: checkpoint {candidate.path}/last.pt is unreadable ({type(error).__name__}: {reason}); "
-                  "trying the previous one", file=sys.stderr, flush=True)
+            line = (f"sslsearch: checkpoint {candidate.path}/last.pt is unreadable ({type(error).__name__}: {reason}); "
+                    "trying the previous one")
+            print(line, file=sys.stderr, flush=True)
+            if notes is not None:
+                notes.append(line)
             shutil.rmtree(folder, ignore_errors=True)
     raise RuntimeError(f"no intact checkpoint to resume from; broken: {', '.join(broken)}")
 
@@ -83,8 +88,9 @@ def run_trial(config: dict) -> None:
     scratch = Path(tempfile.mkdtemp(prefix="sslsearch-trial-"))
     resume, seconds_before = None, 0.0
     checkpoint = tune.get_checkpoint()
+    notes: list[str] = []   # a fallback to an older checkpoint: the driver prints it (a worker's stderr stays in its log)
     if checkpoint is not None:
-        resume, seconds_before = restore(checkpoint, scratch / "restored")
+        resume, seconds_before = restore(checkpoint, scratch / "restored", notes)
         if (resume.parent / COMPLETE).exists():  # retried after its final report: nothing left to run
             shutil.rmtree(scratch, ignore_errors=True)
             return
@@ -98,6 +104,9 @@ def run_trial(config: dict) -> None:
                    "node_id": ray.get_runtime_context().get_node_id()}
         if row.get("test_acc") is not None:
             metrics["test_acc"] = row["test_acc"]
+        if notes:
+            metrics[FALLBACK] = "\n".join(notes)
+            notes.clear()
         with tempfile.TemporaryDirectory(dir=scratch) as folder:
             # Full training state, even at the final report (a top_k trial can be continued from it): once Ray's
             # saved state records the trial as ended, the driver keeps what tracking.checkpoints says (retention.py).
