@@ -30,6 +30,7 @@ from sslsearch.errors import InputError
 from sslsearch.method.config import LOSSES
 from sslsearch.processes import INTERRUPTED, reaping
 from sslsearch.records.catalog import recorded_sweeps
+from sslsearch.records.schema import EXPERIMENT_NAME
 from sslsearch.records.store import artifact_root, default_tracking_uri, sqlite_path
 from sslsearch.search.folder import STUDY_FILE
 
