@@ -105,9 +105,9 @@ def _run_pretrain(args) -> int:
     config = PretrainConfig(**values)
     config.validate()
     config.check_data()
+    config.check_local_data()
     out = Path(args.out or f"runs/pretrain-{config.dataset}-{config.loss}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out} is a file; give a folder (new, empty, or a run to --resume)")
+    _check_folder(out, "--out", "a folder (new, empty, or a run to --resume)")
     resume = None
     if args.resume:
         resume = out / "last.pt"
@@ -163,6 +163,8 @@ def _run_linear(args) -> int:
            else checkpoint_path.with_name(f"linear-{time.strftime('%Y%m%d-%H%M%S')}.csv"))
     if out.exists():
         raise InputError(f"--out {out} exists; choose another file (results are never overwritten)")
+    if checkpoint_path.exists() and not checkpoint_path.is_file():
+        raise InputError(f"checkpoint {checkpoint_path} is not a regular file (a device or a pipe?); give a last.pt / best.pt")
     if not checkpoint_path.is_file():
         raise InputError(f"checkpoint not found: {checkpoint_path}")
     _check_checkpoint_file(checkpoint_path)
@@ -279,13 +281,19 @@ def _add_bench_train(bench) -> None:
     s.add_argument("experiment", nargs="?", default=None, help="experiment YAML (default: experiments/digits.yaml)")
     s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a setting of the experiment, e.g. --set pretrain.epochs=8")
-    s.add_argument("--methods", default="tpe+asha,random+asha,random+fifo,tpe+fifo",
-                   help="sampler+scheduler pairs, comma-separated (default: all four)")
+    s.add_argument("--methods", default=None,
+                   help="sampler+scheduler pairs, comma-separated (default: all of the mode's methods)")
     s.add_argument("--seeds", default="0,1,2", help="search seeds, comma-separated (default: 0,1,2)")
     s.add_argument("--storage", default=None, help="keep the sweeps' folders here (default: a temporary folder)")
     s.add_argument("--plot", default=None, help="write the anytime curves (all methods, one axis) to this PNG")
     s.add_argument("--quick", action="store_true",
-                   help="check the machinery in about a minute: one seed, one pair of trials, 2 epochs (figures meaningless)")
+                   help="check the machinery: one seed, one pair of trials, 2 epochs (figures meaningless; 2-4 minutes "
+                        "on a 2-core CPU, mostly Ray and worker start-up)")
+    s.add_argument("--replay", action="store_true",
+                   help="replay the search on a table of real learning curves (the sweep's own searcher and scheduler, "
+                        "simulated trials): many seeds in minutes, with 95%% intervals")
+    s.add_argument("--table", default=None, help="the replay table (default: benchmarks/replay/digits_table.npz)")
+    s.add_argument("--replay-seeds", type=_positive_int, default=50, help="replayed sweeps per method (default: 50)")
     s.add_argument("--json", action="store_true", help="print the figures as JSON")
     s.set_defaults(run=_run_bench_search)
     _add_bench_platform(bench)
@@ -359,10 +367,39 @@ def _run_bench_probe(args) -> int:
     return 0
 
 
+def _run_bench_replay(args) -> int:
+    from sslsearch.search.experiment import load_experiment
+    from sslsearch.search.space import load_search_space
+
+    from sslsearch.bench.replay import DEFAULT_METHODS, DEFAULT_TABLE, METHODS, Table, bench_replay, format_replay, plot_replay
+
+    table = args.table or DEFAULT_TABLE
+    if not Path(table).is_file():
+        raise InputError(f"replay table not found: {table}; build one with python -m sslsearch.bench.replay_table")
+    # The experiment's search settings at the table's recorded pretraining settings (val split, epochs, reports).
+    experiment = load_experiment(args.experiment, [*Table(table).overrides(), *args.overrides])
+    space = load_search_space(experiment.space_path())
+    if args.plot and Path(args.plot).is_dir():
+        raise InputError(f"--plot must name a PNG file, got the folder {args.plot}")
+
+    names = [m.strip() for m in (args.methods or ",".join(DEFAULT_METHODS)).split(",") if m.strip()]
+    unknown = [n for n in names if n not in METHODS]
+    if unknown:
+        raise InputError(f"unknown replay method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+    result = bench_replay(experiment, space, table=table, methods=tuple(METHODS[n] for n in names),
+                          seeds=args.replay_seeds, progress=None if args.json else print)
+    print(json.dumps(result, indent=2) if args.json else format_replay(result))
+    if args.plot:
+        print(f"regret curves: {plot_replay(result, args.plot)}", file=sys.stderr if args.json else sys.stdout)
+    return 0
+
+
 def _run_bench_search(args) -> int:
     from sslsearch.search.experiment import load_experiment
     from sslsearch.search.space import load_search_space
 
+    if args.replay:
+        return _run_bench_replay(args)
     seeds = (0,) if args.quick else _int_list(args.seeds, "--seeds", "seeds", "0,1,2")
     quick = ["pretrain.epochs=2", "pretrain.eval_every=1", "scheduler.grace_period=1", "search.num_samples=2"]
     experiment = load_experiment(args.experiment, [*(quick if args.quick else []), *args.overrides])
@@ -371,7 +408,7 @@ def _run_bench_search(args) -> int:
         raise InputError(f"--plot must name a PNG file, got the folder {args.plot}")
     from sslsearch.bench.search import bench_search, format_bench_search, plot_anytime
 
-    methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+    methods = tuple(m.strip() for m in (args.methods or "tpe+asha,random+asha,random+fifo,tpe+fifo").split(",") if m.strip())
     result = bench_search(experiment, space, methods=methods, seeds=seeds, storage=args.storage,
                           progress=(lambda line: None) if args.json else print)
     print(json.dumps(result, indent=2) if args.json else format_bench_search(result))
@@ -445,6 +482,16 @@ def _add_sweep(sub) -> None:
 MAX_NAME = 128   # a sweep's name is a folder name, and part of its trials' folder paths
 
 
+def _check_folder(path: Path, flag: str, wanted: str) -> None:
+    """InputError unless `path` is a folder or can become one (no file in its place or above it)."""
+    from sslsearch.errors import shown_path
+
+    existing = next(p for p in (path, *path.parents) if p.exists())   # (the root exists)
+    if not existing.is_dir():
+        where = "" if existing == path else f": {shown_path(existing, 80)}"
+        raise InputError(f"{flag} {shown_path(path)}{where} is a file; give {wanted}")
+
+
 def _storage(text: str) -> str:
     if "://" in text:
         return text
@@ -454,7 +501,7 @@ def _storage(text: str) -> str:
 
 
 def _run_sweep(args) -> int:
-    from sslsearch.errors import shown, shown_path
+    from sslsearch.errors import shown
     from sslsearch.records.store import check_store, default_tracking_uri
     from sslsearch.search.experiment import check_machine, load_experiment, ray_address
     from sslsearch.search.space import load_search_space
@@ -472,8 +519,8 @@ def _run_sweep(args) -> int:
     check_machine(experiment, args.address)  # the data and this machine: before Ray starts, not after
     check_space(space, experiment)  # before anything is written: the tracking check below creates the store
     storage = _storage(args.storage)
-    if "://" not in storage and Path(storage).exists() and not Path(storage).is_dir():
-        raise InputError(f"--storage {shown_path(storage)} is a file; give the folder that holds (or will hold) the sweeps")
+    if "://" not in storage:
+        _check_folder(Path(storage), "--storage", "the folder that holds (or will hold) the sweeps")
     uri = experiment.tracking.uri or default_tracking_uri(storage)
     claim = None
     if "://" not in storage:
@@ -531,7 +578,7 @@ def _next_steps(name: str, args, *, confirm: bool) -> str:
     if getattr(args, "tracking_uri", None):
         where += f" --tracking-uri {args.tracking_uri}"
     program = _invocation()
-    steps = [("confirm", "", "the top 2 configurations per loss again, 3 fresh seeds each: the verdict")] if confirm else []
+    steps = [("confirm", "", "the best settings with both losses, 8 fresh seeds: the verdict")] if confirm else []
     steps += [("leaderboard", "", "the ranking per loss and barlow against hsic"),
               ("report", " --out report.html", "the whole sweep on one HTML page"),
               ("export", " --out best/", "the winner's backbone and its model card")]
@@ -556,7 +603,26 @@ def _report_sweep(run, uri: str | None = None) -> int:
         return 4
     summary.mlflow_artifact_bytes = artifact_bytes(uri, summary.name) if uri else None
     print(summary.format())
+    if uri and not summary.unfinished:
+        _print_verdict(uri, summary.name)
     return sweep_exit_code(summary)
+
+
+def _print_verdict(uri: str, name: str) -> None:
+    """The verdict as the leaderboard ends with it (search stage only after a sweep), also logged on the sweep's
+    parent run; records that cannot answer (a server gone, records still in the outbox) cost a warning."""
+    from mlflow.exceptions import MlflowException
+
+    from sslsearch.analysis.leaderboard import build_leaderboard, load_trials
+
+    try:
+        board = build_leaderboard(load_trials(uri, [name]))
+    except (InputError, MlflowException, OSError) as error:
+        print(f"warning: no verdict yet ({str(error).splitlines()[0][:200]}); run `sslsearch leaderboard {name}` later",
+              file=sys.stderr)
+        return
+    print("\n".join(board.verdict.lines()))
+    _log_verdict(board, uri)
 
 
 def sweep_exit_code(summary) -> int:
@@ -581,14 +647,15 @@ def _run_resume(args) -> int:
 
     storage = _storage(args.storage)
     if "://" not in storage:  # (a remote storage is checked by Ray)
-        from sslsearch.records.catalog import check_not_written, find_folder, finished
+        from sslsearch.records.catalog import check_not_written, confirm_stage, find_folder, finished
 
         sweep = find_folder(storage, args.name)
         check_not_written(sweep, "resume")
         if finished(sweep):
             print(f"sweep {args.name} has finished: every trial ended (and its confirmation stage, if any); "
-                  "nothing to resume")
-            print(_next_steps(args.name, args, confirm=not (sweep.path / "confirm").is_dir()))
+                  "nothing to resume", flush=True)
+            _reconcile(args.name, storage, args.tracking_uri)  # records lost since (e.g. a deleted run) come back
+            print(_next_steps(args.name, args, confirm=confirm_stage(sweep) is None))
             return 0
     if args.tracking_uri:
         check_store(args.tracking_uri)
@@ -645,12 +712,16 @@ def _run_sync(args) -> int:
 
 
 def _add_confirm(sub) -> None:
-    p = sub.add_parser("confirm", help="re-run the top configurations of each loss with fresh seeds at the full budget")
+    p = sub.add_parser("confirm", help="re-run the sweep's best settings with both losses and fresh seeds, then the verdict")
     p.add_argument("sweep", nargs="?", default=None,
                    help="sweep name (may be left out when --storage holds only one sweep: confirming spends compute)")
-    p.add_argument("--top", type=_positive_int, default=2, help="configurations per loss, by the sweep's ranking (default: 2)")
-    p.add_argument("--seeds", type=_positive_int, default=3,
-                   help="fresh seeds per configuration (default: 3; top × seeds = pairs, 6 needed to call a difference)")
+    p.add_argument("--top", type=_positive_int, default=1,
+                   help="settings to confirm (default: 1, the best; with more, a seed block's difference is their mean)")
+    p.add_argument("--seeds", type=_positive_int, default=8,
+                   help="fresh seeds = independent blocks = n of the verdict (default: 8; a difference needs ≥ 6 non-zero)")
+    p.add_argument("--design", choices=("shared", "per-loss"), default=None,
+                   help="shared (default): the best settings, each run with both losses; per-loss: each loss's own best "
+                        "configuration (tuned against tuned; calls more false differences, docs/sweeps.md)")
     p.add_argument("--address", default=None, help="Ray cluster: auto, HOST:PORT or ray://HOST:PORT (default: start Ray here)")
     p.add_argument("--storage", default="runs", help="the sweeps' storage folder (default: ./runs)")
     p.add_argument("--tracking-uri", default=None, help="default: the sweep's own")
@@ -674,20 +745,23 @@ def _run_confirm(args) -> int:
             print(f"confirm: sweep {name}, the only sweep in {storage}", flush=True)
         sweep = find_folder(storage, name)
         check_not_written(sweep, "confirm")
-        check_confirmable(sweep, storage, args.top, args.seeds, args.tracking_uri)
+        check_confirmable(sweep, storage, args.top, args.seeds, args.tracking_uri, args.design)
     elif name is None:
         raise InputError(f"name the sweep to confirm in {storage}: sslsearch confirm SWEEP --storage {storage}")
     from sslsearch.processes import reaping
 
     with reaping():
-        if _confirm(name, storage, args.top, args.seeds, args.address, args.tracking_uri):
+        if _confirm(name, storage, args.top, args.seeds, args.address, args.tracking_uri, args.design):
             return 130
     print(_next_steps(name, args, confirm=False))
     return 0
 
 
-def _confirm(name: str, storage: str, top: int, seeds: int, address: str | None, tracking_uri: str | None) -> int:
-    """Run or continue the confirmation stage, then print the leaderboard and log the verdict; the count of unfinished trials."""
+def _confirm(name: str, storage: str, top: int, seeds: int, address: str | None, tracking_uri: str | None,
+             design: str | None = None) -> int:
+    """Run or continue the confirmation stage, then print the leaderboard ending with the verdict and log the verdict
+    on the sweep's parent run; the count of unfinished trials."""
+    from sslsearch.analysis.stats import MIN_NONZERO
     from sslsearch.records.tracking import MlflowTracking, check_tracking, default_tracking_uri
     from sslsearch.search.confirm import STAGE, confirm_experiment, format_stage, run_confirm
     from sslsearch.search.sweep import LiveView
@@ -695,16 +769,20 @@ def _confirm(name: str, storage: str, top: int, seeds: int, address: str | None,
     experiment, space = confirm_experiment(name, storage)
     uri = tracking_uri or experiment.tracking.uri or default_tracking_uri(storage)
     check_tracking(uri)
+    if seeds < MIN_NONZERO:
+        print(f"warning: with {seeds} seed{'s' * (seeds != 1)} the verdict cannot call a difference (the exact test "
+              f"needs ≥ {MIN_NONZERO} non-zero differences to reach p < 0.05)", file=sys.stderr)
     tracking = MlflowTracking(experiment, space, sweep=name, storage=storage, tracking_uri=uri, stage=STAGE)
     # The sweep's live view: a line per report, with the trials finished and left of the stage.
-    summary = run_confirm(name, storage, top=top, seeds=seeds, address=address, callbacks=[LiveView(), tracking])
+    summary = run_confirm(name, storage, top=top, seeds=seeds, design=design, address=address,
+                          callbacks=[LiveView(), tracking])
     print(format_stage(summary))
     if not summary.unfinished:
-        from sslsearch.analysis.leaderboard import build_leaderboard, format_leaderboard, load_trials, log_verdict
+        from sslsearch.analysis.leaderboard import build_leaderboard, format_leaderboard, load_trials
 
         board = build_leaderboard(load_trials(uri, [name]))
-        print(format_leaderboard(board))
-        log_verdict(board, uri)
+        print(format_leaderboard(board))   # ends with the verdict
+        _log_verdict(board, uri)
     return summary.unfinished
 
 
@@ -845,6 +923,7 @@ def _run_report(args) -> int:
         print(note, file=sys.stderr)
     logged = " (also logged to the sweep's MLflow run as report.html)" if result["logged"] else ""
     print(f"report of {', '.join(result['sweeps'])}: {result['file']}{logged}")
+    print(f"verdict: {result['verdict']}")
     return 0
 
 
@@ -884,12 +963,14 @@ def _run_export(args) -> int:
           f"epoch {m['epoch']}): val_acc {m['val_acc']:.2f}{test}")
     c = card["confirmation"]
     if c is not None:
-        search = f"{c['search_val_acc']:.2f}" if c["search_val_acc"] is not None else "-"
-        print(f"  confirmed winner: mean val_acc {c['val_acc_mean']:.2f} over {c['seeds']} seeds (search-time {search}); "
-              "this seed's run is the one closest to the mean")
+        test_mean = f", test_acc {c['test_acc_mean']:.2f}" if c["test_acc_mean"] is not None else ""
+        print(f"  confirmed rank-1 of {card['loss']}: mean val_acc {c['val_acc_mean']:.2f}{test_mean} over {c['seeds']} "
+              "seeds; this seed's run is the one closest to the mean val_acc")
     else:
         print(f"  not confirmed: the best of one noisy run per configuration; `sslsearch confirm {card['sweep']}` "
-              "re-measures the top ones with fresh seeds")
+              "re-measures the best settings with fresh seeds")
+    print(f"  why {card['loss']}: {card['selection']['loss_choice']}")
+    print(f"  verdict ({card['verdict']['stage']} stage): {card['verdict']['sentence']}")
     print(f"  {Path(args.out).resolve()}: backbone.pt (sha256 {card['weights']['sha256'][:16]}…), model_card.json, model_card.md")
     if "registered" in card:
         print(f"  registered as {card['registered']['uri']} (version {card['registered']['version']})")

@@ -42,7 +42,7 @@ OLD_TO_NEW = {
     "sslsearch.export": "sslsearch.analysis.export",
     "sslsearch.bench_search": "sslsearch.bench.search",
     "sslsearch.bench_platform": "sslsearch.bench.platform",
-    "sslsearch.platform_trial": "sslsearch.bench.platform_trial",
+    "sslsearch.platform_trial": "sslsearch.search.synthetic",   # (merged into it; bench sweeps are never resumed)
 }
 # `sslsearch.search` (now a package: its __init__ resolves the old module's names) and
 # `sslsearch.bench` (now a package; the old module held no pickled objects) need no alias.

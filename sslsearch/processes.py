@@ -1,4 +1,6 @@
-"""Stopping everything a command started, so that no process outlives it.
+"""Processes a command starts: servers (started in a session of their own, polled until they answer, stopped
+with their whole group), the process tree and its CPU time, and stopping everything a command started, so
+that no process outlives it.
 
 A local Ray instance runs a dozen processes under the driver (gcs_server, raylet, workers and the
 `ray::DashboardAgent` / `ray::RuntimeEnvAgent` agents, which ignore SIGTERM); a Ctrl-C in the first
@@ -14,7 +16,12 @@ import contextlib
 import ctypes
 import os
 import signal
+import socket
+import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
 
 PR_SET_CHILD_SUBREAPER = 36  # linux/prctl.h
 STOP_GRACE_S = 5.0
@@ -28,6 +35,74 @@ def become_subreaper() -> bool:
         return ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
     except (OSError, AttributeError):
         return False
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on at `host` now (the OS picks it)."""
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
+
+
+def start_server(command: list[str], *, stdout, env: dict | None = None) -> subprocess.Popen:
+    """Start a server in a session of its own: a terminal's Ctrl-C reaches only its caller, and `stop_server`
+    stops its workers with it (MLflow's server runs uvicorn and a pool of job workers)."""
+    return subprocess.Popen(command, env=env, stdout=stdout, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def answers(url: str, timeout_s: float = 2.0) -> bool:
+    """GET `url` answers 200."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def wait_until_answers(process: subprocess.Popen, url: str, timeout_s: float, poll_s: float = 0.25) -> str | None:
+    """Poll `url` until it answers; None once it does, else why not ("exited with code 1", "did not answer
+    within 180 s")."""
+    deadline = time.monotonic() + timeout_s
+    while not answers(url):
+        if process.poll() is not None:
+            return f"exited with code {process.returncode} before it answered"
+        if time.monotonic() > deadline:
+            return f"did not answer within {timeout_s:.0f} s"
+        time.sleep(poll_s)
+    return None
+
+
+def stop_server(process: subprocess.Popen, grace_s: float = 30.0, *, kill: bool = False) -> None:
+    """SIGTERM the server's process group (`kill`: SIGKILL at once, a fault rather than a shutdown), then
+    SIGKILL what is left after `grace_s`."""
+    if process.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL if kill else signal.SIGTERM)
+    try:
+        process.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def tree_cpu_seconds(root_pid: int | None = None, *, reaped: bool = False) -> float:
+    """User + system CPU seconds of a process (default: this one) and its live descendants; `reaped`: with
+    the descendants that ended and were waited for (e.g. Ray's trial actors, counted by the raylet)."""
+    import psutil
+
+    try:
+        root = psutil.Process(root_pid or os.getpid())
+        tree = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0.0
+    total = 0.0
+    for proc in tree:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            times = proc.cpu_times()
+            total += times.user + times.system + ((times.children_user + times.children_system) if reaped else 0.0)
+    return total
 
 
 def descendants(root_pid: int | None = None) -> set[tuple[int, float]]:

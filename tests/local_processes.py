@@ -1,32 +1,25 @@
-"""This machine's processes, as tests see them: a free loopback port, and the live processes whose command line or
-environment mention a marker (a test's private Ray temp folder), to check none is left behind or to kill them."""
+"""This machine's processes, as tests see them: the live processes whose command line or environment mention a
+marker (a test's private Ray temp folder), to check none is left behind or to kill them. (A free port, a server
+started and stopped: sslsearch.processes.)"""
 
+import contextlib
 import os
 import signal
-import socket
-from pathlib import Path
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+import psutil
 
 
 def processes_mentioning(marker: str) -> list[str]:
     """'PID: command line' of every live (not zombie) process but this one that mentions `marker`."""
     found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+    for proc in psutil.process_iter():
+        if proc.pid == os.getpid():
             continue
-        try:
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            environ = (proc / "environ").read_bytes().decode(errors="replace")
-            state = (proc / "stat").read_text().split(")")[-1].split()[0]
-        except OSError:
-            continue
-        if (marker in cmdline or marker in environ) and state != "Z":
-            found.append(f"{proc.name}: {cmdline[:120]}")
+        with contextlib.suppress(psutil.Error):
+            cmdline = " ".join(proc.cmdline())
+            if proc.status() != psutil.STATUS_ZOMBIE and (marker in cmdline or any(
+                    marker in f"{k}={v}" for k, v in proc.environ().items())):
+                found.append(f"{proc.pid}: {cmdline[:120]}")
     return found
 
 

@@ -2,14 +2,11 @@
 and store (it takes ~20 s to start on a busy 2-core machine)."""
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import requests
-from local_processes import free_port
+from sslsearch.processes import free_port, start_server, stop_server, wait_until_answers
 
 
 class MlflowServer:
@@ -23,36 +20,24 @@ class MlflowServer:
         # No job runner: it would add seven worker processes that these tests do not need.
         env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
         with open(self.log, "a") as log:
-            self.process = subprocess.Popen(
+            self.process = start_server(
                 [str(Path(sys.executable).with_name("mlflow")), "server", "--backend-store-uri",
                  f"sqlite:///{self.folder / 'mlflow.db'}", "--artifacts-destination", str(self.folder / "artifacts"),
-                 "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"],
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+                 "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"], stdout=log, env=env)
         return self
 
     def wait(self, timeout_s: float = 180) -> str:
         """The URI, once /health answers."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                if requests.get(f"{self.uri}/health", timeout=1).ok:
-                    return self.uri
-            except requests.RequestException:
-                pass
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"mlflow server did not start: {self.log.read_text()[-2000:]}")
-            time.sleep(0.5)
+        failed = wait_until_answers(self.process, f"{self.uri}/health", timeout_s, poll_s=0.5)
+        if failed is not None:
+            raise RuntimeError(f"mlflow server {failed}: {self.log.read_text()[-2000:]}")
+        return self.uri
 
     def kill(self) -> None:
         """SIGKILL the server and its workers (its own process group): the fault, not a clean shutdown."""
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
+        if self.process is not None:
+            stop_server(self.process, kill=True)
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        if self.process is not None:
+            stop_server(self.process, grace_s=20)

@@ -8,7 +8,7 @@ from sslsearch.bench.search import AnytimeRecorder, bench_search, epochs_to_reac
 from sslsearch.cli import main
 from sslsearch.search.experiment import load_experiment
 from sslsearch.search.space import load_search_space
-from sslsearch.search.synthetic import synthetic_trial
+from sslsearch.search.synthetic import synthetic_trainable
 
 
 class _T:
@@ -31,6 +31,20 @@ def test_the_anytime_curve_counts_every_trials_epochs_and_steps_at_finished_tria
     assert epochs_to_reach(r.curve(), 85.0) == 8 and epochs_to_reach(r.curve(), 95.0) is None
 
 
+def test_in_a_paired_sweep_the_curve_does_not_depend_on_which_twin_finished_first():
+    def curve(first, second):
+        r = AnytimeRecorder(paired=True)
+        for trial_id in ("a", "b"):
+            r.on_trial_result(0, [], _T(trial_id), {"epoch": 4})
+        for trial_id, value in (first, second):
+            twin = _T(trial_id, {"epoch": 4, "val_acc": value})
+            twin.config = {"pair": 0}
+            r.on_trial_complete(0, [], twin)
+        return r.curve()
+
+    assert curve(("a", 80.0), ("b", 90.0)) == curve(("b", 90.0), ("a", 80.0)) == [(8, 90.0)]
+
+
 def test_each_method_is_measured_against_the_same_seeds_baseline():
     runs = [{"method": "random+fifo", "seed": 0, "best": 90.0, "epochs": 100, "wall_s": 10, "curve": [(50, 85.0), (90, 90.0)]},
             {"method": "tpe+asha", "seed": 0, "best": 89.7, "epochs": 40, "wall_s": 5, "curve": [(20, 89.7)]},
@@ -47,7 +61,7 @@ def test_four_methods_run_real_sweeps_on_the_synthetic_problem(ray_session, tmp_
     experiment = load_experiment(None, ["pretrain.epochs=4", "pretrain.eval_every=1", "scheduler.grace_period=1",
                                         "search.num_samples=4"])
     result = bench_search(experiment, load_search_space(experiment.space_path()), seeds=(0,), storage=str(tmp_path),
-                          trainable=synthetic_trial, synthetic={}, progress=lambda line: None)
+                          trainable=synthetic_trainable(), progress=lambda line: None)
     runs = {r["method"]: r for r in result["runs"]}
     assert set(runs) == {"tpe+asha", "random+asha", "random+fifo", "tpe+fifo"}
     assert runs["random+fifo"]["epochs"] == runs["tpe+fifo"]["epochs"] == 16   # 4 trials × 4 epochs

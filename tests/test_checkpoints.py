@@ -97,7 +97,7 @@ def retention_sweeps(ray_session, tmp_path_factory):
     from sslsearch.records.tracking import MlflowTracking
     from sslsearch.search.space import load_search_space
     from sslsearch.search.sweep import run_sweep
-    from sslsearch.search.synthetic import synthetic_trial
+    from sslsearch.search.synthetic import synthetic_trainable
 
     sweeps = {}
     for policy in MLFLOW_KEEPS:
@@ -106,7 +106,7 @@ def retention_sweeps(ray_session, tmp_path_factory):
         space = load_search_space(experiment.space_path())
         tracking = MlflowTracking(experiment, space, sweep="keep", storage=str(storage))
         sweeps[policy] = (storage, run_sweep(experiment, space, name="keep", storage=str(storage), quiet=True,
-                                             trainable=synthetic_trial, synthetic={"epoch_seconds": 0.0},
+                                             trainable=synthetic_trainable(),
                                              callbacks=[tracking]))
     return sweeps
 

@@ -121,3 +121,77 @@ def test_sweep_cli_refuses_a_bad_space_file_and_unknown_resume(tmp_path, capsys)
     assert code == 2 and "bounds must be > 0" in err and len(err.splitlines()) == 1
     code, err = _run(capsys, ["resume", "nope", "--storage", str(tmp_path / "runs")])
     assert code == 2 and "no sweep named 'nope'" in err and len(err.splitlines()) == 1
+
+
+# --- issue 22, item 5: limits checked before anything starts -------------------------------------------------------
+
+@pytest.mark.parametrize("val_fraction", [0.1, 0.5, 0.9999])
+def test_the_data_set_size_known_up_front_is_the_loaders(val_fraction):
+    from sslsearch.method.config import PretrainConfig
+    from sslsearch.method.data import load_dataset
+
+    config = PretrainConfig(dataset="digits", val_fraction=val_fraction)
+    data = load_dataset("digits", val_fraction=val_fraction)
+    assert config.pretraining_images() == data.pretrain_images.shape[0]
+    PretrainConfig(dataset="digits", val_fraction=val_fraction, batch_size=data.pretrain_images.shape[0]).check_data()
+    with pytest.raises(InputError, match=f"batch_size {data.pretrain_images.shape[0] + 1} exceeds the "
+                                         f"{data.pretrain_images.shape[0]:,} pretraining images of digits"):
+        PretrainConfig(dataset="digits", val_fraction=val_fraction, batch_size=data.pretrain_images.shape[0] + 1).check_data()
+
+
+def test_aliases_are_limited_by_what_they_expand_to_not_by_their_count(tmp_path):
+    from sslsearch.search.experiment import MAX_EXPANDED, load_yaml
+
+    block = "&p {lr: 0.001, epochs: 2}"
+    many = "a: " + block + "\n" + "".join(f"k{i}: *p\n" for i in range(500))   # 500 aliases, a few kB expanded
+    assert load_yaml(many, "many")["k499"] == {"lr": 0.001, "epochs": 2}
+    big = "a: &s " + "y" * (MAX_EXPANDED // 3) + "\nb: [*s, *s, *s]\n"         # 4 aliases, over the limit expanded
+    with pytest.raises(InputError, match="big: the value at line 2 expands, once its aliases"):
+        load_yaml(big, "big")
+    with pytest.raises(InputError, match="contains itself through an alias"):
+        load_yaml("a: &a [1, *a]\n", "loop")
+
+
+def test_the_machine_is_checked_before_ray_starts(monkeypatch):
+    import os
+
+    from sslsearch.search.experiment import check_machine
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    experiment = load_experiment(None, ["resources.cpus_per_trial=3"])
+    with pytest.raises(InputError, match="cpus_per_trial is 3, but this machine has 2 CPUs"):
+        check_machine(experiment, None)
+    check_machine(experiment, "10.0.0.1:6379")   # a cluster's own resources are Ray's to count, once joined
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")   # no GPU visible, whatever the machine has
+    experiment = load_experiment(None, ["resources.gpus_per_trial=0.5"])
+    if os.path.exists("/dev/kfd") or os.path.exists("/dev/dxg"):
+        pytest.skip("a GPU without an NVIDIA device file may be present: only Ray can count it")
+    with pytest.raises(InputError, match="gpus_per_trial is 0.5, but this machine has 0 GPUs"):
+        check_machine(experiment, None)
+
+
+@pytest.mark.parametrize("address, expected", [("auto", None), ("10.0.0.1:6379", ("10.0.0.1", 6379)),
+                                               ("ray://head:10001", ("head", 10001)), ("[::1]:6379", ("::1", 6379))])
+def test_ray_addresses_are_read_before_ray_imports(address, expected):
+    from sslsearch.search.experiment import ray_address
+
+    assert ray_address(address) == expected
+
+
+@pytest.mark.parametrize("address", ["head", "head:", "head:99999", "not an address:1", ":6379"])
+def test_a_malformed_ray_address_is_one_line(address):
+    from sslsearch.search.experiment import ray_address
+
+    with pytest.raises(InputError, match="--address must be auto, HOST:PORT or ray://HOST:PORT"):
+        ray_address(address)
+
+
+def test_values_are_quoted_to_200_characters():
+    from sslsearch.errors import shown
+
+    assert shown("x" * 100_000).endswith("' (100,000 characters)") and len(shown("x" * 100_000)) < 230
+    assert shown(list(range(10_000))).endswith("...] (10,000 items)")
+    deep = []
+    for _ in range(100_000):
+        deep = [deep]
+    assert shown(deep) == "[[[[[...]]]]]"   # no recursion into what it does not show

@@ -23,24 +23,52 @@ def _row(trial_id, loss, val_acc, lmbda, seed):
             "seed": seed, "val_acc": val_acc, "epoch": 4, "trial_seconds": 1.0}
 
 
-def test_plan_takes_the_top_k_distinct_configurations_per_loss_with_fresh_seeds():
-    ranking = [_row("h0", "hsic", 95.0, 0.01, 0), _row("b0", "barlow", 94.0, 0.01, 0), _row("b1", "barlow", 93.0, 0.1, 1),
-               _row("h1", "hsic", 92.0, 0.1, 1), _row("b2", "barlow", 91.0, 0.3, 2)]
-    plan = plan_confirmation(ranking, {0, 1, 2, 7}, top=2, seeds=3)
-    assert plan["seeds"] == [8, 9, 10]  # above every seed the sweep used
+def _blocks(plan):
+    """seed → the (loss, rank) runs of that seed."""
+    ranks = {(c["loss"], json.dumps(c["params"], sort_keys=True)): c["rank"] for c in plan["configurations"]}
+    blocks = {}
+    for point in plan["points"]:
+        params = {k: v for k, v in point.items() if k not in ("seed", "pair")}
+        blocks.setdefault(point["seed"], set()).add((point["loss"], ranks[(point["loss"], json.dumps(params, sort_keys=True))]))
+    return blocks
+
+
+RANKING = [_row("h0", "hsic", 95.0, 0.01, 0), _row("b0", "barlow", 94.0, 0.01, 0), _row("b1", "barlow", 93.0, 0.1, 1),
+           _row("h1", "hsic", 92.0, 0.1, 1), _row("b2", "barlow", 91.0, 0.3, 2), _row("h2", "hsic", 80.0, 0.3, 2)]
+
+
+@pytest.mark.parametrize("design", ["shared", "per-loss"])
+@pytest.mark.parametrize("top", [1, 2, 3])
+def test_every_seed_is_one_block_run_by_every_configuration_of_both_losses(design, top):
+    plan = plan_confirmation(RANKING, {0, 1, 2, 7}, top=top, seeds=6, design=design)
+    assert plan["seeds"] == [8, 9, 10, 11, 12, 13] and plan["design"] == design  # above every seed the sweep used
+    blocks = _blocks(plan)
+    # n = 6 blocks whatever --top is: each block holds every rank of both losses once, and no two blocks share a seed.
+    assert sorted(blocks) == plan["seeds"]
+    for runs in blocks.values():
+        assert runs == {(loss, k) for loss in ("barlow", "hsic") for k in range(1, top + 1)}
+    assert len(plan["points"]) == 2 * top * 6
+
+
+def test_shared_design_confirms_the_best_settings_with_both_losses():
+    # Settings by the mean of their twins' val_acc: 0.01 → 94.5, 0.1 → 92.5, 0.3 → 85.5.
+    plan = plan_confirmation(RANKING, {0, 1, 2}, top=2, seeds=6)
+    assert plan["design"] == "shared"
+    assert [(c["loss"], c["rank"], c["params"]["lmbda"], c["search_trial"]) for c in plan["configurations"]] == [
+        ("barlow", 1, 0.01, "b0"), ("barlow", 2, 0.1, "b1"), ("hsic", 1, 0.01, "h0"), ("hsic", 2, 0.1, "h1")]
+    # One loss's luck alone does not pick a setting: hsic's 95 at 0.01 is averaged with barlow's 94.
+    lucky = [_row("h9", "hsic", 99.0, 0.5, 3), _row("b9", "barlow", 70.0, 0.5, 3), *RANKING]
+    assert plan_confirmation(lucky, {0, 1, 2, 3}, top=1, seeds=6)["configurations"][0]["params"]["lmbda"] == 0.01
+
+
+def test_per_loss_design_takes_each_losss_own_top_configurations():
+    plan = plan_confirmation(RANKING, {0, 1, 2, 7}, top=2, seeds=3, design="per-loss")
     assert [(c["loss"], c["rank"], c["search_trial"]) for c in plan["configurations"]] == [
         ("barlow", 1, "b0"), ("barlow", 2, "b1"), ("hsic", 1, "h0"), ("hsic", 2, "h1")]
-    assert len(plan["points"]) == 12
-    # Pair k·N + j: the k-th configuration of each loss with seed j, so each pair is tuned against tuned, same seed.
-    by_pair = {}
-    for point in plan["points"]:
-        by_pair.setdefault(point["pair"], []).append(point)
-    assert sorted(by_pair) == list(range(6))
-    for pair, (barlow, hsic) in by_pair.items():
-        assert (barlow["loss"], hsic["loss"]) == ("barlow", "hsic") and barlow["seed"] == hsic["seed"] == 8 + pair % 3
-        assert barlow["lmbda"] == hsic["lmbda"] == (0.01 if pair < 3 else 0.1)
     with pytest.raises(InputError, match="nothing to confirm"):
         plan_confirmation([], {0}, top=2, seeds=3)
+    with pytest.raises(InputError, match="unknown confirmation design 'both'"):
+        plan_confirmation(RANKING, {0}, top=1, seeds=6, design="both")
 
 
 @pytest.mark.slow
@@ -89,7 +117,7 @@ def test_confirm_killed_and_continued_records_every_trial_once(ray_session, tmp_
         kill_processes_mentioning(marker)
     assert again.returncode == 0, again.stdout + again.stderr
     assert "confirm tiny: 2 trials (2 completed)" in again.stdout, again.stdout
-    assert "confirmed pairs (hsic − barlow final val_acc): n = 1 pair — not enough pairs" in again.stdout
+    assert "verdict (confirm stage): Too few non-zero differences" in again.stdout and "n = 1 seed," in again.stdout
 
     epochs = _trial_epochs(stage)
     assert len(epochs) == 2, epochs
@@ -113,9 +141,22 @@ def test_confirm_killed_and_continued_records_every_trial_once(ray_session, tmp_
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")]
         assert sorted(steps) == sorted(set(steps)) == [0, 1, 2, 3, 4], steps  # no epoch logged twice
     verdict = client.get_run(parents[0].info.run_id).data
-    assert verdict.metrics["verdict.pairs"] == 1 and "not enough pairs" in verdict.tags["sslsearch.verdict"]
+    assert verdict.metrics["verdict.n"] == 1 and verdict.tags["sslsearch.verdict"].startswith("Too few non-zero differences")
 
     # Refused before Ray starts: in this process.
     assert main(["confirm", "tiny", "--storage", str(storage), "--top", "2"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "was confirmed with --top 1 --seeds 1; run `sslsearch confirm tiny --top 1" in err
+    assert err.count("\n") == 1 and "was confirmed with --top 1 --seeds 1 --design shared and that stage has finished" in err
+
+
+@pytest.mark.slow  # a subprocess: about 1.5 s under load
+def test_a_stage_started_with_another_design_is_refused_at_once_naming_it(tmp_path):
+    from test_sweep_names import refused, write_sweep_file
+
+    write_sweep_file(tmp_path / "s", "s")
+    plan = {"top": 1, "design": "shared", "seeds": list(range(5, 13)), "points": [{}] * 16, "configurations": []}
+    (tmp_path / "s" / "confirm").mkdir()
+    (tmp_path / "s" / "confirm" / "confirm-plan.json").write_text(json.dumps(plan))
+    line = refused("confirm", "s", "--design", "per-loss", "--storage", tmp_path)
+    assert line == ("the confirmation of sweep 's' was started with --top 1 --seeds 8 --design shared and has not "
+                    "finished; continue it with `sslsearch confirm s --top 1 --seeds 8 --design shared`")

@@ -231,13 +231,40 @@ def test_export_ships_the_confirmed_winner_and_its_typical_seed(sweep, tmp_path)
     c = card["confirmation"]
     assert c["seeds"] == 3 and c["val_acc_mean"] == pytest.approx(72.5) and c["search_val_acc"] == 79.0
     assert c["val_acc_ci_low"] < 72.5 < c["val_acc_ci_high"] and c["test_acc_mean"] == pytest.approx(71.5)
-    assert "Confirmed winner of sweep `confirmed-sweep`" in (tmp_path / "winner" / "model_card.md").read_text()
+    markdown = (tmp_path / "winner" / "model_card.md").read_text()
+    assert "Confirmed winner of sweep `confirmed-sweep`" in markdown
+    # 3 seeds: no evidence either way; the card says so and why this loss was shipped.
+    assert card["verdict"]["stage"] == "confirm" and card["verdict"]["statistics"]["pairs"] == 3
+    assert card["selection"]["loss_choice"].startswith("no evidence that hsic is the better loss")
+    assert f"**Verdict (confirm stage): {card['verdict']['sentence']}**" in markdown
     barlow = export_best(sweep["uri"], "confirmed-sweep", tmp_path / "barlow", loss="barlow")
     assert barlow["trial_id"] == "cbarlow2"  # 71 is closest to the mean 71.67
     unconfirmed = export_best(sweep["uri"], "confirmed-sweep", tmp_path / "search", stage="search")
     assert unconfirmed["trial_id"] == "sa" and unconfirmed["confirmation"] is None
     with pytest.raises(InputError, match="has no confirmed configuration; run `sslsearch confirm` first"):
         export_best(sweep["uri"], "export-sweep", tmp_path / "none", stage="confirm")
+
+
+@pytest.mark.slow
+def test_export_ships_the_rank_1_of_the_loss_the_verdict_found_ahead(sweep, tmp_path):
+    """The verdict (test_acc over 6 seed blocks) says barlow is ahead although hsic's mean val_acc is higher: the
+    exported winner is barlow's confirmed rank-1, and the card quotes the verdict."""
+    checkpoint = {"checkpoints": [sweep["folder"] / "trial" / "last.pt"]}
+    base = {"dataset": "digits", "epochs": 2, "backbone": "small_cnn"}
+    search = [trial("va", "barlow", 0, {0: 30.0, 2: 80.0}, lmbda=0.01, artifacts=checkpoint),
+              trial("vb", "hsic", 0, {0: 30.0, 2: 79.0}, lmbda=0.01, artifacts=checkpoint)]
+    confirm = []
+    for j in range(6):
+        confirm.append(trial(f"kb{j}", "barlow", j, {0: 30.0, 2: 70.0 + j % 2}, test_acc=75.0 + j, lmbda=0.01, seed=10 + j,
+                             stage="confirm", artifacts=checkpoint))
+        confirm.append(trial(f"kh{j}", "hsic", j, {0: 30.0, 2: 72.0 + j % 2}, test_acc=73.0 + j - 0.1 * j, lmbda=0.01,
+                             seed=10 + j, stage="confirm", artifacts=checkpoint))
+    client = sweep["client"]
+    write_sweep(client, client.get_experiment_by_name("sslsearch").experiment_id, "called-sweep", search + confirm, base=base)
+    card = export_best(sweep["uri"], "called-sweep", tmp_path / "winner")
+    assert card["verdict"]["statistics"]["called"] and card["verdict"]["statistics"]["leader"] == "barlow"
+    assert card["verdict"]["sentence"].startswith("Barlow beats HSIC: HSIC − Barlow = -2.25 points")
+    assert card["trial_id"].startswith("kb") and card["selection"]["loss_choice"].startswith("the verdict's leader")
 
 
 def test_small_cnn_recipe_in_the_docs_loads_strictly(tmp_path, monkeypatch):

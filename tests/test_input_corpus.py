@@ -24,11 +24,12 @@ REPO = Path(__file__).resolve().parent.parent
 MAX_LINE = 600          # "one line of at most a few hundred characters"
 MEMORY_CAP = 1 << 30    # address space of the refused process: a bomb expanded in memory would need gigabytes
 CPUS = os.cpu_count() or 1
-TIMEOUT_S = float(os.environ.get("SSLSEARCH_CORPUS_TIMEOUT_S", 120))   # a hang guard, not a figure
+MEMORY = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+TIMEOUT_S = 120   # a hang guard, not a figure: every case is refused in well under a second of CPU
 
 
 def _has_gpu() -> bool:
-    return any(Path("/dev").glob("nvidia[0-9]*")) or Path("/dev/kfd").exists()
+    return any(Path("/dev").glob("nvidia[0-9]*")) or Path("/dev/kfd").exists() or Path("/dev/dxg").exists()
 
 
 def _bomb(levels: int, width: int = 10, under: str = "name") -> str:
@@ -74,6 +75,8 @@ CASES = [
     ("projector_too_deep", {}, ["--set", "pretrain.projector_hidden=[" + ", ".join(["8"] * 5000) + "]"],
      r"projector_hidden"),
     ("image_size_huge", {}, ["--set", "pretrain.image_size=100000"], r"image_size"),
+    *([("image_size_beyond_memory", {}, ["--set", "pretrain.dataset=tiny_imagenet", "--set", "pretrain.image_size=1024"],
+        r"image_size 1024 makes the .* GiB")] if MEMORY < 200 * 2**30 else []),   # 80,000 images at 1024 px: 234 GiB
     # --- sane bounds ---
     ("epochs_1e20", {"e.yaml": "pretrain: {epochs: 100000000000000000000}\n"}, ["{in}/e.yaml"], r"epochs"),
     ("epochs_1e20_float", {}, ["--set", "pretrain.epochs=1.0e+20"], r"pretrain.epochs|epochs must"),
@@ -156,6 +159,19 @@ CASES = [
     ("data_dir_is_file", {"f": "text\n"}, ["--set", "pretrain.dataset=cifar10", "--set", "pretrain.data_dir={in}/f"],
      r"data_dir"),
     ("address_malformed", {}, ["--address", "not an address"], r"--address"),
+    ("folder_data_set_missing", {}, ["--set", "pretrain.dataset=folder", "--set", "pretrain.data_dir={in}/nothing"],
+     r"folder data set not found"),
+    ("storage_under_a_file", {"f": "text\n"}, ["--storage", "{in}/f/runs"], r"--storage"),
+    ("space_path_too_long", {}, ["--set", "search.paired=false", "--space", "/tmp/" + "p" * 5000 + ".yaml"],
+     r"search space file .*(too long|not found)"),
+    ("experiment_python_tag", {"e.yaml": "pretrain: !!python/object/apply:os.system ['touch pwned']\n"}, ["{in}/e.yaml"],
+     r"malformed YAML|constructor"),
+    ("experiment_nul_byte", {"e.yaml": b"pretrain: {epochs: 2}\nname: a\x00b\n"}, ["{in}/e.yaml"], r"malformed YAML|special"),
+    ("merge_key_bomb", {"e.yaml": "".join(f"m{i}: &m{i} {{" + ", ".join(f"k{j}: *m{i - 1}" for j in range(10)) + "}\n"
+                                          if i else "m0: &m0 {a: lol, b: lol}\n" for i in range(9))
+                        + "pretrain: {epochs: 2}\n"}, ["{in}/e.yaml"], r"expands"),
+    ("cpus_64", {}, ["--set", "resources.cpus_per_trial=64"], r"cpus_per_trial") if CPUS < 64 else
+    ("cpus_100000", {}, ["--set", "resources.cpus_per_trial=100000"], r"cpus_per_trial"),
     # --- pretrain, the same rules ---
     ("pretrain_batch_above_set", {}, ["pretrain", "--batch-size", "100000"], r"batch_size|batch-size"),
     ("pretrain_epochs_huge", {}, ["pretrain", "--epochs", "100000000000000000000"], r"epochs"),
@@ -163,6 +179,13 @@ CASES = [
     ("pretrain_feature_dim_huge", {}, ["pretrain", "--feature-dim", "100000000"], r"feature_dim|feature-dim"),
     ("pretrain_long_dataset", {}, ["pretrain", "--dataset", LONG], r"dataset"),
     ("pretrain_projector_huge", {}, ["pretrain", "--projector", "100000000"], r"projector"),
+    ("pretrain_out_is_file", {"f": "text\n"}, ["pretrain", "--out", "{in}/f"], r"--out .* is a file"),
+    ("pretrain_out_under_file", {"f": "text\n"}, ["pretrain", "--out", "{in}/f/run"], r"--out .* is a file"),
+    ("linear_checkpoint_dev_zero", {}, ["linear", "--checkpoint", "/dev/zero", "--out", "{in}/x.csv"],
+     r"not a regular file"),
+    ("linear_checkpoint_fifo", {"p": "<fifo>"}, ["linear", "--checkpoint", "{in}/p", "--out", "{in}/x.csv"],
+     r"not a regular file"),
+    ("pretrain_projector_digits", {}, ["pretrain", "--projector", "9" * 5000], r"projector"),
 ]
 
 
@@ -198,7 +221,7 @@ def test_bad_input_is_refused_before_anything_starts(case, files, args, pattern,
     for folder in (inputs, work, tmp, home):
         folder.mkdir()
     _make(inputs, files)
-    command = args if args and args[0] in ("pretrain", b"pretrain") else ["sweep", *args]
+    command = args if args and args[0] in ("pretrain", "linear") else ["sweep", *args]
     argv = [a.replace("{in}", str(inputs)) if isinstance(a, str) else a for a in command]
     if argv[0] == "sweep" and "--storage" not in argv:
         argv += ["--storage", str(work / "runs")]

@@ -20,17 +20,13 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 from sslsearch.analysis.leaderboard import (  # noqa: E402
-    MIN_PAIRS,
-    anytime_curve,
+    best_report_curve,
     build_leaderboard,
     format_leaderboard,
     importance_groups,
     load_trials,
     log_verdict,
-    paired_statistics,
     rank_trials,
-    t_interval,
-    wilcoxon_exact,
     write_plots,
 )
 from sslsearch.errors import InputError  # noqa: E402
@@ -122,10 +118,11 @@ PAIRED = [
     trial("p5b", "barlow", 5, curve(40, 44, 48, 50), test_acc=49, lmbda=0.3, seconds=80),
     trial("p5h", "hsic", 5, curve(70, 85), "stopped early", lmbda=0.3, seconds=50),
 ]
-# By hand: compared at the last epoch both evaluated —
-# pair 0 at epoch 4: 85 − 80 = 5; pair 1 at epoch 2 (hsic stopped): 47 − 45 = 2; pair 3 at epoch 4: 0 (a tie);
-# pair 5 at epoch 2: 85 − 44 = 41. Pair 2 (barlow errored) and pair 4 (no partner) are left out.
-DIFFERENCES = [5.0, 2.0, 0.0, 41.0]
+# By hand: compared at the full budget (epoch 4) only — pair 0: 85 − 80 = 5; pair 3: 0 (a tie). Pairs 1 and 5
+# (hsic stopped at epoch 2), pair 2 (barlow errored) and pair 4 (no partner) are left out.
+DIFFERENCES = [5.0, 0.0]
+# Each epoch on its own, every pair that reached it: epoch 1: pairs 0, 1, 3, 5; epoch 2 likewise; epochs 3, 4: 0 and 3.
+BY_EPOCH = {1: [2.0, 1.0, 0.0, 30.0], 2: [3.0, 2.0, 0.0, 41.0], 3: [2.0, 0.0], 4: [5.0, 0.0]}
 
 
 @pytest.fixture(scope="module")
@@ -245,25 +242,56 @@ def test_head_to_head_matches_a_hand_computation(store):
     assert h2h["variants"]["hsic"] == {"trials": 5, "best_val_acc": 85.0, "median_val_acc": 85.0, "best_trial": "p0h"}
     paired = h2h["paired"]
     assert sorted(board.pairs["difference"]) == sorted(DIFFERENCES)
-    assert list(board.pairs["epoch"]) == [4, 2, 4, 2]
-    assert paired["pairs"] == 4 and paired["mean_difference"] == pytest.approx(np.mean(DIFFERENCES))
-    assert paired["hsic_wins"] == 3.5 and paired["hsic_win_rate"] == pytest.approx(3.5 / 4)  # the tie counts half
-    assert paired["excluded"] == {"with an errored or running trial": 1, "without its partner": 1}
-    # 4 pairs: below MIN_PAIRS, so no interval and no test — the difference is not called.
-    assert not paired["enough_pairs"] and paired["ci_low"] is None and paired["p_value"] is None
-    assert h2h["confirmed"] is None
+    assert list(board.pairs["epoch"]) == [4, 4] and paired["epochs"] == [4]   # never a pair stopped early
+    assert paired["pairs"] == 2 and paired["mean_difference"] == pytest.approx(np.mean(DIFFERENCES))
+    assert paired["hsic_wins"] == 1.5 and paired["hsic_win_rate"] == pytest.approx(1.5 / 2)  # the tie counts half
+    assert paired["excluded"] == {"stopped before the full budget": 2, "with an errored or running trial": 1,
+                                  "without its partner": 1}
+    # 1 non-zero difference: the exact test cannot go below p = 1; nothing is called.
+    assert paired["nonzero_pairs"] == 1 and paired["smallest_p"] == 1.0 and not paired["called"]
+    by_epoch = {e["epoch"]: e for e in h2h["paired_by_epoch"]}
+    assert {e: by_epoch[e]["pairs"] for e in by_epoch} == {e: len(d) for e, d in BY_EPOCH.items()}
+    for epoch, differences in BY_EPOCH.items():
+        assert by_epoch[epoch]["mean_difference"] == pytest.approx(np.mean(differences))
+    verdict = board.verdict
+    assert verdict.stage == "search" and verdict.metric == "val_acc" and verdict.epochs == 4
+    assert verdict.sentence.startswith("Search stage only — run `sslsearch confirm paired`: HSIC − Barlow = +2.50 points")
+    assert "n = 2 twin pairs at the full budget" in verdict.sentence
+    assert verdict.counts == {"search": {"trials": 11, "completed": 7, "stopped early": 2, "diverged": 0, "errored": 1,
+                                         "running": 1}}
+    table = format_leaderboard(board, "table")
+    assert "search pairs at the full budget (hsic − barlow val_acc): n = 2" in table
+    assert "  at epoch 2 (every pair that reached it): n = 4, mean +11.50 points" in table
+    assert table.splitlines()[-len(verdict.lines()):] == verdict.lines()   # the terminal ends with the verdict
+    assert "11 search trials (7 completed, 2 stopped early, 1 errored, 1 running)" in table.splitlines()[0]
+    markdown = format_leaderboard(board, "markdown")
+    assert markdown.startswith(f"**{verdict.sentence}**")   # the Markdown (report, MLflow) leads with it
+    assert "## hsic (top 5 of 5 ranked)" in markdown and "| rank | trial | λ |" in markdown
 
 
 def test_small_n_is_refused_in_words():
     board = build_leaderboard(_frame_of_pairs([0.35, 1.39]))
     text = format_leaderboard(board, "table")
     line = next(x for x in text.splitlines() if x.startswith("search pairs"))
-    assert "n = 2 pairs — not enough pairs to call a difference (need ≥ 6" in line
-    assert "interval" not in line and "p =" not in line
-    assert "sslsearch confirm s --top 2 --seeds 3" in text  # the hint: this sweep was never confirmed
+    assert "n = 2, mean +0.87 points" in line and "(2 non-zero: p ≥ 0.5; not called below 6 non-zero)" in line
+    assert "sslsearch confirm s" in board.verdict.sentence and "next: sslsearch confirm s" in text
+    # Five agreeing differences and three zeros: eight pairs, but p cannot go below 0.0625; not called.
+    board = build_leaderboard(_frame_of_pairs([0.35] * 5 + [0.0] * 3))
+    p = board.head_to_head["paired"]
+    assert (p["pairs"], p["nonzero_pairs"], p["called"]) == (8, 5, False) and p["p_value"] == pytest.approx(0.0625)
+    assert "(5 non-zero: p ≥ 0.0625; not called below 6 non-zero)" in format_leaderboard(board, "table")
     enough = format_leaderboard(build_leaderboard(_frame_of_pairs([0.4, 1.2, -0.3, 0.8, 0.5, 1.0])), "table")
     line = next(x for x in enough.splitlines() if x.startswith("search pairs"))
-    assert "n = 6 pairs" in line and "95% t-interval [" in line and "exact Wilcoxon signed-rank p = 0.0625" in line
+    assert "n = 6, mean +0.60 points, 95% t [" in line and "exact Wilcoxon p = 0.0625 (6 non-zero: p ≥ 0.0312)" in line
+
+
+def test_one_confirmed_seed_gives_a_verdict_without_an_interval():
+    frame = _frame_of_pairs([0.35, 1.39])
+    confirm = frame[frame["pair"] == 0].assign(stage="confirm", seed=9, pair=0, trial_id=lambda f: "c" + f["trial_id"])
+    board = build_leaderboard(pd.concat([frame, confirm], ignore_index=True))
+    assert board.verdict.stage == "confirm" and board.verdict.statistics["pairs"] == 1
+    assert "n = 1 seed," in board.verdict.sentence and "test_acc 80.00 (1 seed, no interval)" in board.verdict.best["barlow"]["text"]
+    assert format_leaderboard(board, "table").splitlines()[-1].startswith("  next: sslsearch export s")
 
 
 def _frame_of_pairs(differences):
@@ -277,57 +305,6 @@ def _frame_of_pairs(differences):
                          "outcome": "completed", "dataset": "digits", "max_epochs": 4, "parent_run_id": "p",
                          "history": {0: 10.0, 4: acc}})
     return pd.DataFrame(rows)
-
-
-def test_minimum_pairs_is_where_an_exact_test_can_first_reject():
-    # Every pair agreeing is the most extreme data there is: its exact two-sided p-value is 2 / 2^n.
-    below, at = wilcoxon_exact(np.arange(1.0, MIN_PAIRS))[1], wilcoxon_exact(np.arange(1.0, MIN_PAIRS + 1))[1]
-    assert below == pytest.approx(2 / 2 ** (MIN_PAIRS - 1)) and below > 0.05
-    assert at == pytest.approx(2 / 2 ** MIN_PAIRS) and at < 0.05
-
-
-def test_exact_wilcoxon_matches_scipy_and_handles_ties_and_zeros():
-    from scipy import stats
-
-    rng = np.random.default_rng(3)
-    for n in (6, 8, 11):
-        d = rng.normal(0.4, 1.0, n)
-        w, p, used = wilcoxon_exact(d)
-        expected = stats.wilcoxon(d, method="exact")
-        assert used == n and p == pytest.approx(expected.pvalue, rel=1e-12)
-        assert w == pytest.approx(np.sum(stats.rankdata(np.abs(d))[d > 0]))
-    # Ties and zeros, by hand: d = (0, 1, 1, -2): the zero is dropped, ranks 1.5, 1.5, 3; W+ = 3.
-    # The 8 sign patterns give W+ ∈ {0, 1.5, 1.5, 3, 3, 4.5, 4.5, 6}; |W+ − 3| ≥ 0 for all: p = 1.
-    assert wilcoxon_exact([0.0, 1.0, 1.0, -2.0]) == (3.0, 1.0, 3)
-    # d = (1, 1, 2): W+ = 6, only the all-positive and all-negative patterns are as extreme: p = 2/8.
-    assert wilcoxon_exact([1.0, 1.0, 2.0]) == (6.0, 0.25, 3)
-    assert wilcoxon_exact([0.0, 0.0]) == (0.0, 1.0, 0)
-
-
-def test_t_interval_covers_the_known_difference_at_n_8():
-    """1000 simulated experiments of 8 paired differences with a known mean: the 95 % t-interval must
-    cover it at least 93 % of the time. The percentile bootstrap it replaced, on the same data, does not."""
-    rng = np.random.default_rng(20261130)
-    true_mean, n, runs = 0.7, 8, 1000
-    t_cover = boot_cover = 0
-    for _ in range(runs):
-        d = true_mean + rng.normal(0.0, 1.5, n)
-        low, high = t_interval(d)
-        t_cover += low <= true_mean <= high
-        means = d[rng.integers(0, n, size=(2000, n))].mean(axis=1)
-        b_low, b_high = np.quantile(means, [0.025, 0.975])
-        boot_cover += b_low <= true_mean <= b_high
-    assert t_cover / runs >= 0.93, t_cover
-    assert boot_cover < t_cover and boot_cover / runs < 0.93, (boot_cover, t_cover)
-    assert all(math.isnan(x) for x in t_interval([1.0]))  # one value: no interval
-
-
-def test_paired_statistics_below_and_at_the_minimum():
-    few = paired_statistics([1.0, 2.0, 3.0])
-    assert few["pairs"] == 3 and not few["enough_pairs"] and few["p_value"] is None and few["mean_difference"] == 2.0
-    enough = paired_statistics([1.0, 2.0, 3.0, 4.0, 5.0, -1.0])
-    assert enough["enough_pairs"] and enough["ci_low"] < enough["mean_difference"] < enough["ci_high"]
-    assert enough["p_value"] == pytest.approx(wilcoxon_exact([1.0, 2.0, 3.0, 4.0, 5.0, -1.0])[1])
 
 
 def _optuna_trial(value, pair, **params):
@@ -347,8 +324,10 @@ def test_importances_refuse_collinear_and_too_few_trials_and_use_one_trial_per_p
     twins = [_optuna_trial(90.0 + i + (loss == "hsic"), i, lmbda=0.01 * (i + 1), lr=1e-3 * (i + 1), feature_dim=64, loss=loss)
              for i in range(2) for loss in ("barlow", "hsic")]
     groups, notes = importance_groups(twins, names)
-    assert groups == {} and notes == ["2 completed barlow trial(s) for 3 parameters (need ≥ 6: two per parameter)",
-                                      "2 completed hsic trial(s) for 3 parameters (need ≥ 6: two per parameter)"]
+    assert groups == {} and [n.split(";")[0] for n in notes] == [
+        "2 completed barlow trial(s) for 3 parameters (need ≥ 6: two per parameter",
+        "2 completed hsic trial(s) for 3 parameters (need ≥ 6: two per parameter"]
+    assert all("optuna-dashboard shows importances from 2 completed trials on, with both losses pooled" in n for n in notes)
     # Enough trials, but λ rises with lr in every one of them (collinear): refused, with the names.
     collinear = [_optuna_trial(90.0 + i, None, lmbda=0.001 * (i + 1), lr=1e-4 * (i + 1) ** 2, feature_dim=[64, 128, 256][i % 3],
                                loss=["barlow", "hsic"][i % 2]) for i in range(8)]
@@ -371,7 +350,8 @@ def test_formats_parse(store):
     board = build_leaderboard(load_trials(store["uri"], ["paired"]), top=3)
     document = json.loads(format_leaderboard(board, "json"))
     assert [r["trial_id"] for r in document["variants"]["hsic"]] == ["p0h", "p2h", "p5h"]
-    assert document["head_to_head"]["paired"]["hsic_win_rate"] == pytest.approx(0.875)
+    assert document["head_to_head"]["paired"]["hsic_win_rate"] == pytest.approx(0.75)  # (5, 0): the tie counts half
+    assert document["verdict"]["stage"] == "search" and document["verdict"]["statistics"]["pairs"] == 2
     assert document["variants"]["hsic"][2]["test_acc"] is None  # NaN becomes null: strict JSON
     rows = list(csv.DictReader(io.StringIO(format_leaderboard(board, "csv"))))
     assert [(r["loss"], r["rank"], r["trial_id"]) for r in rows] == [
@@ -379,8 +359,8 @@ def test_formats_parse(store):
         ("hsic", "1", "p0h"), ("hsic", "2", "p2h"), ("hsic", "3", "p5h")]
     assert float(rows[0]["val_acc"]) == 80 and float(rows[0]["test_acc"]) == 78
     table = format_leaderboard(board, "table")
-    assert "barlow (top 3 of 4 ranked)" in table and "hsic wins 3.5/4 (ties count half)" in table
-    assert "mean +12.00 points" in table
+    assert "barlow (top 3 of 4 ranked)" in table
+    assert "mean +2.50 points" in table
     markdown = format_leaderboard(board, "markdown")
     assert "## hsic (top 3 of 5 ranked)" in markdown and "| rank | trial | λ |" in markdown
     with pytest.raises(InputError, match="unknown format 'xml'"):
@@ -410,7 +390,7 @@ def test_plots_are_written_and_logged_to_the_sweep_run(store, tmp_path):
     names = sorted(os.path.basename(f) for f in result["files"])
     # Every file carries the sweep names: the next sweep's plots land beside these, not over them.
     label = "+".join(board.sweeps)  # in the order the leaderboard holds them
-    assert names == sorted([f"anytime-{label}.png", "importances-paired.png", f"learning_curves-{label}.png",
+    assert names == sorted([f"best_report-{label}.png", "importances-paired.png", f"learning_curves-{label}.png",
                             f"val_acc_vs_lmbda-{label}.png", f"val_acc_vs_lr-{label}.png"])
     for file in result["files"]:
         assert open(file, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
@@ -420,8 +400,8 @@ def test_plots_are_written_and_logged_to_the_sweep_run(store, tmp_path):
     assert logged == set(names)
 
 
-# A paired sweep, then `confirm --top 2 --seeds 3`: the k-th configuration of each loss with seeds 10, 11, 12
-# forms pairs k·3 + j. Search-time scores are inflated (the winner's curse); the confirmed ones are not.
+# A paired sweep, then `confirm --top 2 --seeds 3`: the two best settings, each with both losses and seeds 10, 11, 12
+# (pair numbers k·3 + j). Search-time scores are inflated (the winner's curse); the confirmed ones are not.
 SEARCH = [
     trial("s0b", "barlow", 0, curve(70, 90), lmbda=0.01, lr=1e-3), trial("s0h", "hsic", 0, curve(71, 92), lmbda=0.01, lr=1e-3),
     trial("s1b", "barlow", 1, curve(60, 85), lmbda=0.1, lr=2e-3), trial("s1h", "hsic", 1, curve(60, 80), lmbda=0.1, lr=2e-3),
@@ -454,7 +434,7 @@ def confirmed_store(tmp_path_factory):
     folder = tmp_path_factory.mktemp("confirmed")
     client, uri, experiment_id = open_store(folder)
     parent, _ = write_sweep(client, experiment_id, "conf", SEARCH + _confirm_trials())
-    return {"client": client, "uri": uri, "parent": parent}
+    return {"client": client, "uri": uri, "parent": parent, "folder": folder}
 
 
 @pytest.mark.slow
@@ -477,22 +457,47 @@ def test_confirmed_configurations_rank_by_mean_over_seeds_with_a_t_interval(conf
     half = stats.t.ppf(0.975, 2) * 1.0 / math.sqrt(3)  # sd of (86, 88, 87) is 1
     assert (row["ci_low"], row["ci_high"]) == (pytest.approx(87 - half), pytest.approx(87 + half))
     assert row["test_acc_mean"] == 86.0 and row["test_acc_sd"] == pytest.approx(1.0)
+    assert (row["test_ci_low"], row["test_ci_high"]) == (pytest.approx(86 - half), pytest.approx(86 + half))
     assert row["seed_val_acc"] == {10: 86.0, 11: 88.0, 12: 87.0}
-    h2h = board.head_to_head["confirmed"]
-    assert h2h["best"]["hsic"]["val_acc_mean"] == pytest.approx(88.1666, abs=1e-3)
-    # Pairs (k, seed): hsic − barlow = (2, −0.5, 2) for k = 0 and (−4, −3, −2) for k = 1.
-    expected = [2.0, -0.5, 2.0, -4.0, -3.0, -2.0]
-    assert sorted(board.confirmed_pairs["difference"]) == sorted(expected)
-    p = h2h["paired"]
-    assert p["pairs"] == 6 and p["enough_pairs"] and p["mean_difference"] == pytest.approx(np.mean(expected))
-    assert p["p_value"] == pytest.approx(stats.wilcoxon(expected, method="exact").pvalue)
-    assert board.verdict is p
     table = format_leaderboard(board, "table")
     assert "barlow: confirmed configurations (ranked by mean val_acc over seeds)" in table
-    assert f"87.00 ± {half:.2f}" in table and "86.00 ± 1.00 sd" in table
-    assert "confirmed pairs (hsic − barlow final val_acc): n = 6 pairs" in table and "not confirmed" not in table
-    assert "confirmation: 12 trials (12 completed)" in table
-    assert json.loads(format_leaderboard(board, "json"))["head_to_head"]["confirmed"]["paired"]["pairs"] == 6
+    assert f"87.00 [{87 - half:.2f}, {87 + half:.2f}]" in table
+    # The search trials ran 2 of 4 epochs: their val_acc is not set beside the full-budget mean (equal budgets only).
+    assert "stopped at epoch 2" in table
+    assert "8 search trials (4 completed, 4 stopped early) + 12 confirmation runs (12 completed)" in table
+
+
+@pytest.mark.slow
+def test_n_is_the_number_of_seed_blocks_whatever_top_is(confirmed_store):
+    """--top 2 --seeds 3 is 3 independent blocks, not 6 pairs: a block's difference is the mean of its hsic runs
+    minus the mean of its barlow runs, on test_acc (= val_acc − 1 here)."""
+    from scipy import stats
+
+    board = build_leaderboard(load_trials(confirmed_store["uri"], ["conf"]))
+    verdict = board.verdict
+    # Seed 10: (87 + 79)/2 − (85 + 83)/2 = −1; seed 11: (86.5 + 81)/2 − (87 + 84)/2 = −1.75; seed 12: 84 − 84 = 0.
+    expected = [-1.0, -1.75, 0.0]
+    s = verdict.statistics
+    assert verdict.stage == "confirm" and verdict.metric == "test_acc" and verdict.split == "test" and verdict.top == 2
+    assert s["pairs"] == 3 and s["nonzero_pairs"] == 2 and s["mean_difference"] == pytest.approx(np.mean(expected))
+    assert s["p_value"] == pytest.approx(stats.wilcoxon([-1.0, -1.75], method="exact").pvalue)
+    assert s["smallest_p"] == 0.5 and not s["called"]
+    assert verdict.sentence.startswith("Too few non-zero differences to tell HSIC and Barlow apart: HSIC − Barlow = -0.92")
+    assert "n = 3 seeds (each: the mean of the top 2 per loss)" in verdict.sentence
+    assert "confirmed on the test split, which no selection step saw" in verdict.sentence
+    # Each setting on its own, on the same 3 blocks (never pooled into 6).
+    assert {k: r["pairs"] for k, r in verdict.per_rank.items()} == {1: 3, 2: 3}
+    assert verdict.per_rank[1]["mean_difference"] == pytest.approx(np.mean([2.0, -0.5, 2.0]))
+    assert verdict.per_rank[2]["mean_difference"] == pytest.approx(-3.0)
+    assert "  setting 2 alone, same blocks: HSIC − Barlow = -3.00 points, n = 3" in "\n".join(verdict.lines())
+    # The same runs with one setting per loss (top 1): still one difference per seed, n = 3.
+    trials = load_trials(confirmed_store["uri"], ["conf"])
+    top1 = trials[~((trials["stage"] == "confirm") & (trials["lmbda"] == 0.1))]
+    one = build_leaderboard(top1).verdict
+    assert one.top == 1 and one.statistics["pairs"] == 3 and one.unit == "seeds"
+    assert one.statistics["mean_difference"] == pytest.approx(np.mean([87 - 85, 86.5 - 87, 88 - 86]))
+    json_verdict = json.loads(format_leaderboard(board, "json"))["verdict"]
+    assert json_verdict["statistics"]["pairs"] == 3 and json_verdict["stage"] == "confirm"
 
 
 @pytest.mark.slow
@@ -500,23 +505,28 @@ def test_the_verdict_is_logged_on_the_parent_run(confirmed_store):
     board = build_leaderboard(load_trials(confirmed_store["uri"], ["conf"]))
     logged = log_verdict(board, confirmed_store["uri"])
     run = confirmed_store["client"].get_run(confirmed_store["parent"])
-    assert "verdict.p_value" in logged and run.data.metrics["verdict.pairs"] == 6
-    assert run.data.metrics["confirmed.val_acc_mean.barlow"] == 87.0
+    assert "verdict.p_value" in logged and run.data.metrics["verdict.n"] == 3
+    assert run.data.metrics["verdict.smallest_p"] == 0.5 and run.data.metrics["verdict.called"] == 0
+    assert run.data.metrics["best.confirm.test_acc.barlow"] == 86.0
     assert run.data.metrics["verdict.ci_low"] < run.data.metrics["verdict.mean_difference"] < run.data.metrics["verdict.ci_high"]
-    assert run.data.tags["sslsearch.verdict_stage"] == "confirm" and "n=6 (confirmed runs)" in run.data.tags["sslsearch.verdict"]
-    files = {os.path.basename(f.path) for f in confirmed_store["client"].list_artifacts(confirmed_store["parent"], "leaderboard")}
+    assert run.data.tags["sslsearch.verdict_stage"] == "confirm"
+    assert run.data.tags["sslsearch.verdict"] == board.verdict.sentence
+    client = confirmed_store["client"]
+    files = {os.path.basename(f.path) for f in client.list_artifacts(confirmed_store["parent"], "leaderboard")}
     assert {"leaderboard.md", "leaderboard.json"} <= files
+    text = open(client.download_artifacts(confirmed_store["parent"], "verdict.md", str(confirmed_store["folder"]))).read()
+    assert text.startswith("# Verdict: conf") and f"**{board.verdict.sentence}**" in text and "Stage: confirm stage." in text
 
 
 @pytest.mark.slow
-def test_anytime_curve_counts_the_epochs_of_every_trial_in_report_order(tmp_path):
+def test_best_report_curve_counts_the_epochs_of_every_trial_in_report_order(tmp_path):
     client, uri, experiment_id = open_store(tmp_path)
     write_sweep(client, experiment_id, "anytime", [
         trial("a", "barlow", None, curve(50, 60)),            # reports epochs 0, 1, 2 at t+10, t+20, t+30
         trial("b", "hsic", None, curve(70)),                  # epochs 0, 1 at t+10, t+20
         trial("c", "barlow", None, curve(20), "errored"),     # costs an epoch, never best
     ])
-    curve_ = anytime_curve(client, load_trials(uri, ["anytime"]))
+    curve_ = best_report_curve(client, load_trials(uri, ["anytime"]))
     barlow = curve_[curve_["loss"] == "barlow"]
     hsic = curve_[curve_["loss"] == "hsic"]
     assert curve_["epochs"].is_monotonic_increasing and curve_["epochs"].max() == 4  # 2 + 1 + 1 epochs trained

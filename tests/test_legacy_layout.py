@@ -20,7 +20,7 @@ import pytest
 
 from sslsearch.search.experiment import load_experiment
 from sslsearch.search.sweep import resume_sweep
-from sslsearch.search.synthetic import synthetic_trial
+from sslsearch.search.synthetic import SyntheticSettings, synthetic_trainable
 
 ROOT = Path(__file__).resolve().parent.parent
 FLAT_LAYOUT_COMMIT = "3366b9e"   # the last commit of the flat layout (sslsearch/*.py)
@@ -76,7 +76,8 @@ def test_a_sweep_interrupted_with_the_flat_layout_resumes_with_this_one(ray_sess
     state = json.loads(max(sweep_dir.glob("experiment_state-*.json")).read_text())
     assert state["trial_data"], "Ray saved no trials before the kill"
 
-    resumed = resume_sweep("flat", str(tmp_path / "s"), trainable=synthetic_trial)
+    # (The flat layout's synthetic trial took its settings from the trial config; today's takes them as a parameter.)
+    resumed = resume_sweep("flat", str(tmp_path / "s"), trainable=synthetic_trainable(SyntheticSettings(epoch_seconds=0.3)))
     planned = load_experiment(None, OVERRIDES).search.num_samples   # trials (a pair is two of them)
     assert len(resumed.trials) == planned
     assert {t.outcome for t in resumed.trials} <= {"completed", "stopped early"}

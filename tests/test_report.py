@@ -11,7 +11,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 from browser import find_browser, open_page  # noqa: E402
-from test_leaderboard import PAIRED, open_store, write_sweep  # noqa: E402
+from test_leaderboard import PAIRED, SEARCH, _confirm_trials, open_store, write_sweep  # noqa: E402
 
 from sslsearch.analysis.leaderboard import build_leaderboard, format_leaderboard, load_trials  # noqa: E402
 from sslsearch.analysis.report import markdown_html  # noqa: E402
@@ -35,6 +35,10 @@ PROBE = """(() => ({
   rows: document.querySelectorAll('tbody tr').length,
   images: Array.from(document.images).map(i => ({alt: i.alt, complete: i.complete, width: i.naturalWidth})),
   text: document.body.innerText,
+  sentence: (() => { const p = document.querySelector('p.sentence'); const r = p.getBoundingClientRect();
+                     return {text: p.innerText, top: r.top, bottom: r.bottom}; })(),
+  cards: Array.from(document.querySelectorAll('.card')).map(c => {
+    const r = c.getBoundingClientRect(); return {text: c.innerText, bottom: r.bottom}; }),
 }))()"""
 
 
@@ -43,7 +47,8 @@ def records(tmp_path_factory):
     folder = tmp_path_factory.mktemp("report-records")
     client, uri, experiment_id = open_store(folder)
     parent, _ = write_sweep(client, experiment_id, "paired", PAIRED)
-    return {"client": client, "uri": uri, "parent": parent, "folder": folder}
+    confirmed, _ = write_sweep(client, experiment_id, "conf", SEARCH + _confirm_trials())
+    return {"client": client, "uri": uri, "parent": parent, "folder": folder, "confirmed_parent": confirmed}
 
 
 def test_markdown_tables_headings_and_code_become_html():
@@ -64,18 +69,20 @@ def test_report_is_one_self_contained_file_logged_to_the_sweep_run(records, tmp_
     code = main(["report", "paired", "--tracking-uri", records["uri"], "--out", str(out), "--card", str(card)])
     captured = capsys.readouterr()
     assert code == 0, captured.err
-    assert captured.out.strip() == f"report of paired: {out} (also logged to the sweep's MLflow run as report.html)"
+    board = build_leaderboard(load_trials(records["uri"], ["paired"]))
+    assert captured.out.strip().splitlines() == [
+        f"report of paired: {out} (also logged to the sweep's MLflow run as report.html)", f"verdict: {board.verdict.sentence}"]
     page = out.read_text()
     # Self-contained: nothing is fetched when it is opened (every src/href is inline or an anchor).
     targets = re.findall(r"""(?:src|href)=['"]?([^'"\s>]+)""", page)
     assert targets and all(t.startswith(("data:image/png;base64,", "#")) for t in targets), targets
     assert "<script" not in page
     # Whatever the leaderboard computes is there: its Markdown, rendered.
-    board = build_leaderboard(load_trials(records["uri"], ["paired"]))
-    assert "search pairs (hsic − barlow val_acc at the last epoch both evaluated): n = 4 pairs" in format_leaderboard(board, "markdown")
-    assert "search pairs (hsic − barlow val_acc at the last epoch both evaluated): n = 4 pairs" in page
+    assert "search pairs at the full budget (hsic − barlow val_acc): n = 2" in format_leaderboard(board, "markdown")
+    assert "search pairs at the full budget (hsic − barlow val_acc): n = 2" in page
+    assert "digits · 11 search trials (7 completed, 2 stopped early, 1 errored, 1 running)" in page   # counts add up
     logged = [a.path for a in records["client"].list_artifacts(records["parent"])]
-    assert "report.html" in logged
+    assert "report.html" in logged and "verdict.md" in logged
 
     if find_browser() is None:
         pytest.fail("no Chromium to render the report: apt-get install chromium (.ci/run does)")
@@ -90,10 +97,30 @@ def test_report_is_one_self_contained_file_logged_to_the_sweep_run(records, tmp_
     # head-to-head, barlow, hsic, the card's metrics, one provenance table.
     assert found["tables"] == 5 and found["rows"] >= 4 + 4 + 2 + 1
     assert [i["alt"].split("-")[0] for i in found["images"]] == ["val_acc_vs_lmbda", "val_acc_vs_lr", "learning_curves",
-                                                                 "anytime"]
+                                                                 "best_report"]
     assert all(i["complete"] and i["width"] >= 600 for i in found["images"]), found["images"]  # no broken image
-    assert "HSIC · BEST VAL_ACC\n85.00" in found["text"]
+    # The first screen (1280 × 800): the verdict's sentence with its stage, then the cards, labelled by stage.
+    assert found["sentence"]["text"].startswith("SEARCH STAGE ONLY · VAL SPLIT Search stage only — run sslsearch confirm paired")
+    assert found["sentence"]["bottom"] < 800 and all(c["bottom"] < 800 for c in found["cards"]), found
+    assert "HSIC · SEARCH-STAGE BEST VAL_ACC (UNCONFIRMED)\n85.00" in found["text"]
     assert "importances for paired: skipped" in found["text"]  # no study file here: said, not hidden
+
+
+@pytest.mark.slow
+def test_after_a_confirm_the_headline_is_the_confirmed_result(records, tmp_path):
+    out = tmp_path / "confirmed.html"
+    assert main(["report", "conf", "--tracking-uri", records["uri"], "--out", str(out), "--no-log"]) == 0
+    board = build_leaderboard(load_trials(records["uri"], ["conf"]))
+    if find_browser() is None:
+        pytest.fail("no Chromium to render the report: apt-get install chromium (.ci/run does)")
+    found = open_page(out.as_uri(), PROBE, width=1280, height=800).probe
+    assert found["sentence"]["text"] == f"CONFIRM STAGE · TEST SPLIT {board.verdict.sentence}"
+    assert found["sentence"]["bottom"] < 800 and all(c["bottom"] < 800 for c in found["cards"]), found
+    barlow = next(c["text"] for c in found["cards"] if c["text"].startswith("BARLOW"))
+    # The confirmed test_acc mean over its 3 seeds (87, 86 − 1 = 85, 87, 86 → 86.00); the search-stage best beside it.
+    assert barlow.startswith("BARLOW · CONFIRMED TEST_ACC, MEAN OF 3 SEEDS\n86.00")
+    assert "search-stage best val_acc 90.00 (one run, biased upward)" in barlow
+    assert "8 search trials (4 completed, 4 stopped early) + 12 confirmation runs (12 completed)" in found["text"]
 
 
 @pytest.mark.slow

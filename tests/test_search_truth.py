@@ -12,12 +12,15 @@ from pathlib import Path
 import optuna
 import pytest
 import torch
+from mlflow import MlflowClient
+from ray import tune
 
 from sslsearch.errors import InputError
+from sslsearch.records.tracking import ROLE, TRIAL_ID, MlflowTracking, default_tracking_uri
 from sslsearch.search.experiment import load_experiment
 from sslsearch.search.space import load_search_space
 from sslsearch.search.sweep import resume_sweep, run_sweep, saved_statuses
-from sslsearch.search.synthetic import CHANCE, synthetic_trial
+from sslsearch.search.synthetic import CHANCE, SyntheticSettings, synthetic_trainable
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -45,24 +48,59 @@ def _ray_results(sweep_dir: Path) -> dict[str, list[dict]]:
     return results
 
 
-def _sweep(tmp_path, name, experiment, **synthetic):
+def _sweep(tmp_path, name, experiment, **settings):
     space = load_search_space(experiment.space_path())
-    return run_sweep(experiment, space, name=name, storage=str(tmp_path), quiet=True, trainable=synthetic_trial,
-                     synthetic=synthetic or {"epoch_seconds": 0.0})
+    return run_sweep(experiment, space, name=name, storage=str(tmp_path), quiet=True,
+                     trainable=synthetic_trainable(SyntheticSettings(**settings)))
+
+
+class _Restarts(tune.Callback):
+    """How many times Ray started each trial: more than once means it paused (a twin waiting at a rung)."""
+
+    def __init__(self):
+        self.starts: dict[str, int] = {}
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.starts[trial.trial_id] = self.starts.get(trial.trial_id, 0) + 1
+
+
+def _mlflow_reports(uri: str, sweep: str) -> dict[str, dict[int, float]]:
+    """trial id → {epoch: val_acc} as MLflow holds it."""
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name(sweep) or client.search_experiments()[0]
+    reports = {}
+    for run in client.search_runs([experiment.experiment_id], filter_string=f"tags.`{ROLE}` = 'trial'"):
+        history = client.get_metric_history(run.info.run_id, "val_acc")
+        reports[run.data.tags[TRIAL_ID]] = {m.step: m.value for m in history}
+    return reports
 
 
 @pytest.mark.slow
-def test_optuna_holds_every_report_including_the_one_that_stopped_the_trial(ray_session, tmp_path):
-    summary = _sweep(tmp_path, "truth", _experiment("search.paired=false", "search.num_samples=10"))
+@pytest.mark.parametrize("paired", [False, True])
+def test_ray_optuna_and_mlflow_hold_every_report_including_the_one_that_stopped_the_trial(ray_session, tmp_path,
+                                                                                          paired):
+    experiment = _experiment(f"search.paired={str(paired).lower()}", "search.num_samples=10")
+    space = load_search_space(experiment.space_path())
+    restarts, storage = _Restarts(), str(tmp_path)
+    tracking = MlflowTracking(experiment, space, sweep="truth", storage=storage)
+    # Paired: twins that race each other to the rungs, so some wait paused and restart (Ray's stale restore of
+    # result.json lost the report a twin paused at).
+    summary = run_sweep(experiment, space, name="truth", storage=storage, quiet=True, trainable=synthetic_trial,
+                        synthetic={"epoch_seconds": 0.05 if paired else 0.0}, callbacks=[restarts, tracking])
+    if paired:
+        assert any(n > 1 for n in restarts.starts.values()), "no twin paused: the paired case shows nothing"
     results = _ray_results(Path(summary.path))
+    mlflow_reports = _mlflow_reports(default_tracking_uri(storage), "truth")
     study = _study(summary)
-    assert len(study.trials) == 10
+    assert len(study.trials) == 10 and len(mlflow_reports) == 10
     outcomes = {t.trial_id: t.outcome for t in summary.trials}
     assert "stopped early" in outcomes.values() and "completed" in outcomes.values()
     for trial in study.trials:
         reported = results[trial.user_attrs["ray_trial_id"]]
-        # every report at step = epoch, the last one (ASHA's STOP, or the final epoch) included
+        # every report at step = epoch, the last one (ASHA's STOP, or the final epoch) included, in all three
+        assert [r["epoch"] for r in reported] == list(range(reported[-1]["epoch"] + 1)), "Ray lost or repeated a report"
         assert trial.intermediate_values == {r["epoch"]: pytest.approx(r["val_acc"]) for r in reported}
+        assert mlflow_reports[trial.user_attrs["ray_trial_id"]] == pytest.approx(trial.intermediate_values)
         last = reported[-1]
         assert max(trial.intermediate_values) == last["epoch"]
         expected = {"completed": optuna.trial.TrialState.COMPLETE, "stopped early": optuna.trial.TrialState.PRUNED}
@@ -120,7 +158,7 @@ def test_a_resumed_errored_trial_tells_optuna_its_true_outcome(ray_session, tmp_
     errored = next(t.trial_id for t in summary.trials if t.outcome == "errored")
     assert not any(b.trial_id == errored for b in summary.best_per_loss().values())
     flag.unlink()
-    again = resume_sweep("err", str(tmp_path), trainable=synthetic_trial)
+    again = resume_sweep("err", str(tmp_path), trainable=synthetic_trainable(SyntheticSettings(fail_flag=str(flag), fail_pair=1)))
     assert sorted(t.outcome for t in again.trials) == ["completed"] * 3
     attempts = [t for t in _study(again).trials if t.user_attrs["ray_trial_id"] == errored]
     # the failed attempt stays FAIL; a fresh trial with the same parameters holds the rerun's true outcome
@@ -144,7 +182,7 @@ def test_rungs_between_reports_and_unpairable_concurrency_are_refused(overrides,
 def test_the_opening_line_says_where_asha_decides(ray_session, tmp_path, capsys):
     experiment = _experiment("search.num_samples=2", "pretrain.epochs=4")
     space = load_search_space(experiment.space_path())
-    run_sweep(experiment, space, name="line", storage=str(tmp_path), trainable=synthetic_trial, synthetic={})
+    run_sweep(experiment, space, name="line", storage=str(tmp_path), trainable=synthetic_trainable())
     first = capsys.readouterr().out.splitlines()[0]
     assert "ASHA stops pairs below the top 1/2 at epochs 1, 2;" in first, first
 
@@ -169,10 +207,11 @@ def test_a_killed_and_resumed_sweep_stops_the_same_trials_at_the_same_epochs(ray
 
     env, marker = _private_ray_env(tmp_path)
     script = ("import sys; from sslsearch.search.experiment import load_experiment; from sslsearch.search.space import load_search_space; "
-              "from sslsearch.search.sweep import run_sweep; from sslsearch.search.synthetic import synthetic_trial; "
+              "from sslsearch.search.sweep import run_sweep; "
+              "from sslsearch.search.synthetic import SyntheticSettings, synthetic_trainable; "
               f"e = load_experiment(None, {_overrides(overrides)!r}); "
               f"run_sweep(e, load_search_space(e.space_path()), name='s', storage={str(tmp_path / 'b')!r}, quiet=True, "
-              f"trainable=synthetic_trial, synthetic={synthetic!r})")
+              f"trainable=synthetic_trainable(SyntheticSettings(**{synthetic!r})))")
     driver = subprocess.Popen([sys.executable, "-c", script], env=env, start_new_session=True,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     sweep_dir, deadline = tmp_path / "b" / "s", time.monotonic() + 120
@@ -193,7 +232,7 @@ def test_a_killed_and_resumed_sweep_stops_the_same_trials_at_the_same_epochs(ray
                   for folder, status in saved_statuses(str(sweep_dir)).items() if status != "TERMINATED"]
     assert any(unfinished)
     assert all("optimizer" in torch.load(kept[-1], weights_only=True) for kept in unfinished if kept)
-    resumed = resume_sweep("s", str(tmp_path / "b"), trainable=synthetic_trial)
+    resumed = resume_sweep("s", str(tmp_path / "b"), trainable=synthetic_trainable(SyntheticSettings(**synthetic)))
     assert _stops(resumed) == reference
     assert not any("optimizer" in torch.load(path, weights_only=True) for path in sweep_dir.glob("trial_*/checkpoint_*/last.pt"))
     outcomes = {(t.pair, t.loss): t.outcome for t in uninterrupted.trials}

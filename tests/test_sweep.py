@@ -11,9 +11,10 @@ from pathlib import Path
 
 import optuna
 import pytest
-from local_processes import free_port, kill_processes_mentioning
+from local_processes import kill_processes_mentioning
 
 from sslsearch.errors import InputError
+from sslsearch.processes import free_port
 from sslsearch.search.experiment import load_experiment
 from sslsearch.search.folder import STUDY_FILE, SWEEP_FILE
 from sslsearch.search.space import load_search_space

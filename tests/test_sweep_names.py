@@ -38,7 +38,7 @@ PROBE = ("import sys\nfrom sslsearch.cli import main\n"
 def light(*argv, cwd=None) -> tuple[int, str, list[str]]:
     """Run `sslsearch ARGV` in a fresh process: (exit code, stdout, stderr lines); asserts nothing heavy was imported."""
     done = subprocess.run([sys.executable, "-c", PROBE, *map(str, argv)], capture_output=True, text=True, env=ENV,
-                          cwd=cwd, timeout=120)
+                          cwd=cwd, timeout=120, check=False)
     *lines, last = done.stderr.strip().splitlines()
     heavy, code = re.fullmatch(r"HEAVY (\S*) RC (\S+)", last).groups()
     assert heavy == "", f"imported {heavy}: {done.stderr}"
@@ -141,12 +141,11 @@ def test_confirm_in_an_empty_folder_and_linear_on_a_wrong_file_import_nothing_he
 
 def test_a_sweep_that_runs_refuses_a_second_sweep_resume_and_confirm_of_its_name(tmp_path):
     """The holder is a real process holding the sweep's lock as `sweep` does (claim_sweep_folder)."""
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time\nfrom pathlib import Path\n"
-         "from sslsearch.search.sweeplock import claim_sweep_folder\n"
-         f"lock = claim_sweep_folder(Path({str(tmp_path / 'X')!r}), 'X')\n"
-         f"Path({str(tmp_path / 'X' / SWEEP_FILE)!r}).write_text('{{}}')\nprint('held', flush=True)\ntime.sleep(600)\n"],
-        stdout=subprocess.PIPE, text=True, env=ENV)
+    script = ("import sys, time\nfrom pathlib import Path\n"
+              "from sslsearch.search.sweeplock import claim_sweep_folder\n"
+              f"lock = claim_sweep_folder(Path({str(tmp_path / 'X')!r}), 'X')\n"
+              f"Path({str(tmp_path / 'X' / SWEEP_FILE)!r}).write_text('{{}}')\nprint('held', flush=True)\ntime.sleep(600)\n")
+    holder = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=ENV)
     try:
         assert holder.stdout.readline().strip() == "held"
         line = refused("sweep", "--name", "X", "--storage", tmp_path)
@@ -223,12 +222,27 @@ def test_a_real_sweep_ends_with_next_steps_and_its_name_is_taken_at_once(tmp_pat
     sweep = catalog.find_folder(str(storage), "X")
     assert catalog.trial_statuses(sweep.path) == [t.status for t in tune.ExperimentAnalysis(str(sweep.path)).trials]
     assert catalog.finished(sweep) and catalog.rankable_sweeps(f"sqlite:///{storage / 'mlflow.db'}") == ["X"]
-    code, out, lines = light("resume", "X", "--storage", storage, cwd=tmp_path)
-    assert code == 0 and lines == [] and out.splitlines()[0] == ("sweep X has finished: every trial ended (and its "
-                                                                 "confirmation stage, if any); nothing to resume")
+    done = subprocess.run([sys.executable, "-m", "sslsearch.cli", "resume", "X", "--storage", storage],
+                          capture_output=True, text=True, env=ENV, cwd=tmp_path, timeout=300, check=False)
+    assert done.returncode == 0 and done.stdout.splitlines()[0] == ("sweep X has finished: every trial ended (and its "
+                                                                    "confirmation stage, if any); nothing to resume")
+    assert "epoch" not in done.stdout and "sync X" not in done.stdout  # no trial ran; MLflow already equals Ray
     line = refused("sweep", "--name", "X", "--storage", storage, cwd=tmp_path)
     assert line == (f"a sweep named 'X' already exists in {storage} and has finished (its results: "
                     "`sslsearch leaderboard X`); choose another --name")
+
+    # confirm: with one sweep in the folder it may be left unnamed, and says which it took; a line per report,
+    # with the stage's trials finished and left (the sweep's live view), then the next steps.
+    done = subprocess.run([sys.executable, "-m", "sslsearch.cli", "confirm", "--top", "1", "--seeds", "1",
+                           "--storage", storage], capture_output=True, text=True, env=ENV, cwd=tmp_path, timeout=900,
+                          check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    assert lines[0] == f"confirm: sweep X, the only sweep in {storage}"
+    reports = [line for line in lines if re.search(r"\] \w+ (barlow|hsic) .* epoch \d+ val_acc [\d.]+ \| running", line)]
+    assert len(reports) == 2 * 3, done.stdout  # two trials (one per loss), reports at epochs 0, 1 and 2
+    assert ", left 2 |" in reports[0] and ", left 1 |" in reports[-1], reports
+    assert f"{program} leaderboard X" in done.stdout and f"{program} confirm X" not in done.stdout
 
 
 def test_suggested_commands_use_the_program_as_this_shell_finds_it(tmp_path, monkeypatch):
@@ -246,14 +260,3 @@ def test_suggested_commands_use_the_program_as_this_shell_finds_it(tmp_path, mon
     assert _invocation() == "sslsearch"
     monkeypatch.setattr(sys, "argv", [str(ROOT / "sslsearch" / "cli.py")])  # python -m sslsearch.cli
     assert _invocation() == f"{sys.executable} -m sslsearch.cli"
-    # confirm: with one sweep in the folder it may be left unnamed, and says which it took; a line per report,
-    # with the stage's trials finished and left (the sweep's live view), then the next steps.
-    done = subprocess.run([sys.executable, "-m", "sslsearch.cli", "confirm", "--top", "1", "--seeds", "1",
-                           "--storage", storage], capture_output=True, text=True, env=ENV, cwd=tmp_path, timeout=900)
-    assert done.returncode == 0, done.stderr[-3000:]
-    lines = done.stdout.splitlines()
-    assert lines[0] == f"confirm: sweep X, the only sweep in {storage}"
-    reports = [line for line in lines if re.search(r"\] \w+ (barlow|hsic) .* epoch \d+ val_acc [\d.]+ \| running", line)]
-    assert len(reports) == 2 * 3, done.stdout  # two trials (one per loss), reports at epochs 0, 1 and 2
-    assert ", left 2 |" in reports[0] and ", left 1 |" in reports[-1], reports
-    assert f"{program} leaderboard X" in done.stdout and f"{program} confirm X" not in done.stdout

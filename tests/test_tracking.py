@@ -14,13 +14,13 @@ from urllib.parse import urlparse
 import pytest
 import requests
 import torch
-from local_processes import free_port
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow_server import MlflowServer
 from ray import tune
 
 from sslsearch.errors import InputError
+from sslsearch.processes import free_port
 from sslsearch.records.tracking import MlflowTracking, check_tracking, default_tracking_uri
 from sslsearch.search.experiment import load_experiment
 from sslsearch.search.space import load_search_space

@@ -128,6 +128,7 @@ def sweep_store(tmp_path_factory):
         trial.report(tracking, 0, 40.0), trial.report(tracking, 1, finals[0]), trial.report(tracking, 2, finals[1])
         tracking.on_trial_complete(0, [], trial)
     tracking.on_experiment_end([])
+    assert main(["leaderboard", "ui-demo", "--storage", str(folder)]) == 0  # logs the verdict on the sweep's run
     return folder
 
 
@@ -136,6 +137,21 @@ def screenshots_dir(tmp_path_factory) -> Path:
     folder = tmp_path_factory.getbasetemp() / "screenshots"
     folder.mkdir(exist_ok=True)
     return folder
+
+
+# Per column header: shown (whole) inside the runs table's visible width and the window; and the page's text.
+ANSWER_PROBE = """(() => {
+  const grid = document.querySelector('.ag-root-wrapper'), box = grid ? grid.getBoundingClientRect() : null;
+  const shown = {};
+  for (const name of ['sslsearch.verdict', 'best_val_acc_barlow', 'best_val_acc_hsic', 'Source', 'Dataset']) {
+    const header = [...document.querySelectorAll('.ag-header-cell')].find(e => (e.innerText || '').trim() === name
+      || (e.querySelector('[title]') || {}).title === name || (e.getAttribute('col-id') || '').includes('`' + name + '`'));
+    const r = header ? header.getBoundingClientRect() : null;
+    shown[name] = Boolean(r && box && r.width > 0 && r.left >= box.left && r.right <= box.right + 1
+                          && r.right <= window.innerWidth);
+  }
+  return {shown: shown, text: document.body.innerText};
+})()"""
 
 
 @pytest.mark.slow
@@ -152,10 +168,9 @@ def test_mlflow_ui_opens_on_the_runs_with_metrics_and_stops_with_every_child(swe
         # In a real browser: the runs and the charts the printed URL leads to, not MLflow 3's GenAI overview.
         if find_browser() is None:
             return None
-        probe = "document.body.innerText"
         ready = "document.body.innerText.includes('best_val_acc_hsic')"
         for view, address in (("runs", url), ("charts", f"{url}&compareRunsMode=CHART")):
-            pages[view] = open_page(address, probe, width=2200, height=900, ready_js=ready, ready_timeout_s=120,
+            pages[view] = open_page(address, ANSWER_PROBE, width=1280, height=800, ready_js=ready, ready_timeout_s=120,
                                     settle_s=2, full_page=False)
             shot = screenshots_dir(tmp_path_factory) / f"mlflow-ui-{view}.png"
             shot.write_bytes(pages[view].screenshot)
@@ -163,13 +178,22 @@ def test_mlflow_ui_opens_on_the_runs_with_metrics_and_stops_with_every_child(swe
         return pages
 
     done = serve_then_stop(["ui", "--storage", str(sweep_store), "--port", str(port)], stop, "/health", look)
-    assert done["url"] == f"http://127.0.0.1:{port}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+    assert done["url"] == (f"http://127.0.0.1:{port}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+                           "&viewStateShareKey=sslsearch-answer")
     assert done["answered"] == 200  # at the moment the URL was printed
     assert find_browser() is not None, "no Chromium: apt-get install chromium"
     runs, charts = pages["runs"], pages["charts"]
-    assert "ui-demo" in runs.probe and "matching runs" in runs.probe  # the runs table, with the sweep's run
-    assert "Detect Issues" not in runs.probe and "Latency" not in runs.probe  # not the GenAI traces overview
-    assert "Model metrics\n(2)" in charts.probe  # the parent run's best_val_acc_barlow / _hsic charts
+    text = runs.probe["text"]
+    assert "ui-demo" in text and "matching runs" in text  # the runs table, with the sweep's run
+    assert "Detect Issues" not in text and "Latency" not in text  # not the GenAI traces overview
+    # At 1280 px, without scrolling: the verdict and the best val_acc per loss, inside the table's visible part
+    # (MLflow's default Source / Dataset columns make way for them), and the sweep's verdict in its row.
+    for column in ("sslsearch.verdict", "best_val_acc_barlow", "best_val_acc_hsic"):
+        assert runs.probe["shown"][column], (column, runs.probe)
+    assert runs.probe["shown"]["Source"] is False and runs.probe["shown"]["Dataset"] is False, runs.probe
+    assert "not enough pairs" in text  # the sweep's verdict (one pair: no call made)
+    charts_text = charts.probe["text"]  # the parent run's charts: best_val_acc_barlow / _hsic (and the verdict's)
+    assert "Model metrics\n(" in charts_text and "best_val_acc_barlow" in charts_text and "best_val_acc_hsic" in charts_text
     assert len(done["tree"]) >= 2, done["tree"]  # the server and its workers (uvicorn, huey)
     assert done["alive"] == [] and done["code"] == 130  # interrupted, as every command
     assert "Traceback" not in done["stderr"] and "DeprecationWarning" not in done["stderr"], done["stderr"][-3000:]
@@ -190,3 +214,60 @@ def test_optuna_dashboard_serves_the_sweep_study_and_stops(tmp_path):
     assert done["alive"] == [] and done["code"] == 130  # interrupted, as every command
     assert "Traceback" not in done["stderr"], done["stderr"][-3000:]
     check_port("127.0.0.1", port)
+
+
+def test_the_runs_page_is_asked_until_the_api_answers_and_never_replaced_by_another_page():
+    """A loaded MLflow server answers /health before its REST API answers in time: the URL waits for the API
+    (here: two 503s, then the answer), writes the answer view, and is never the experiments list instead."""
+    import http.server
+    import json
+    import threading
+
+    from sslsearch.records.ui import VIEW_TAG, Server, _sweeps_page, answer_view
+
+    calls, tags = [], {}
+
+    class Api(http.server.BaseHTTPRequestHandler):
+        def _reply(self, code: int, body: dict) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self):
+            calls.append(self.path)
+            if len(calls) <= 2:
+                self._reply(503, {"error_code": "TEMPORARILY_UNAVAILABLE"})
+            elif self.server.has_experiment:
+                self._reply(200, {"experiment": {"experiment_id": "7", "name": "sslsearch"}})
+            else:
+                self._reply(404, {"error_code": "RESOURCE_DOES_NOT_EXIST"})
+
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            tags[body["key"]] = (body["experiment_id"], json.loads(body["value"]))
+            self._reply(200, {})
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Api)
+    server.has_experiment = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        mlflow = Server("MLflow UI", [], "127.0.0.1", server.server_address[1], ready_path="/health")
+        page = _sweeps_page(mlflow, time.monotonic() + 60)
+        assert page == "/#/experiments/7/runs?workflowType=machine_learning&viewStateShareKey=sslsearch-answer"
+        assert len(calls) == 3 and tags == {VIEW_TAG: ("7", answer_view())}
+        calls.clear()
+        with pytest.raises(InputError, match="answered /health but not its REST API"):
+            _sweeps_page(mlflow, time.monotonic())  # the deadline has passed: an error, not a fallback page
+        calls.clear()
+        server.has_experiment = False
+        with pytest.raises(InputError, match="holds no sslsearch experiment"):
+            _sweeps_page(mlflow, time.monotonic() + 60)
+    finally:
+        server.shutdown()
+        server.server_close()

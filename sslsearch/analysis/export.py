@@ -1,10 +1,13 @@
 """The winning backbone in hand: export the best trial's weights with a model card, and load them back.
 
 Which trial, by default: the **confirmed winner** when the sweep was confirmed (`sslsearch
-confirm`): the confirmed configuration with the best mean `val_acc` over its seeds, and of its
-seeds the run whose `val_acc` is closest to that mean (ties: the lower seed). The typical run,
-not the luckiest: picking the best seed would select on noise again, the winner's curse that
-confirmation removes. Without confirmation (or with `stage="search"`), the best finished search
+confirm`): the confirmed rank-1 configuration (best mean `val_acc` over its seeds) of the better
+loss — the loss the verdict found ahead, or, when the verdict found no evidence of a difference,
+the loss whose rank-1 has the higher mean `val_acc` (the card then says there is no evidence that
+it is the better loss) — and of its seeds the run whose `val_acc` is closest to that mean (ties:
+the lower seed). The typical run, not the luckiest: picking the best seed would select on noise
+again, the winner's curse that confirmation removes. The card carries the verdict. Without
+confirmation (or with `stage="search"`), the best finished search
 trial by `val_acc` (the leaderboard's ranking and tie-break, see sslsearch.analysis.leaderboard).
 `export_best` downloads the chosen trial's checkpoint from MLflow and writes:
 - `backbone.pt`: a plain state_dict of the backbone only (the `backbone.` prefix stripped), so the
@@ -33,14 +36,15 @@ import torch
 from torch import nn
 
 from sslsearch import __version__
-from sslsearch.analysis.leaderboard import LOSSES, confirmed_configurations, json_value, load_trials, mlflow_client, rank_trials
+from sslsearch.analysis.leaderboard import LOSSES, build_leaderboard, json_value, load_trials, rank_trials
 from sslsearch.errors import InputError
+from sslsearch.records.query import records_client
 from sslsearch.records.schema import SWEEP, TRIAL_ID
 
 BACKBONE_FILE = "backbone.pt"
 CARD_JSON = "model_card.json"
 CARD_MD = "model_card.md"
-CARD_FORMAT = 2  # 2: `selection.stage` and `confirmation`
+CARD_FORMAT = 3  # 2: `selection.stage` and `confirmation`; 3: `verdict`, `selection.loss_choice`
 CHECKPOINTS = ("checkpoints/last.pt", "checkpoints/best.pt")   # in order of preference; see the module docstring
 ALIAS = "champion"
 
@@ -139,17 +143,21 @@ def card_markdown(card: dict) -> str:
     """The model card as Markdown (the JSON card is the complete one)."""
     m, s, h, c = card["metrics"], card["selection"], card["hyperparameters"], card.get("confirmation")
     if c:
-        chosen = (f"Confirmed winner of sweep `{card['sweep']}`: the configuration with the best mean `val_acc` over "
-                  f"{c['seeds']} fresh seeds (rank {s['rank']} of {s['candidates']} confirmed configurations"
+        chosen = (f"Confirmed winner of sweep `{card['sweep']}`: the {card['loss']} configuration with the best mean "
+                  f"`val_acc` over {c['seeds']} fresh seeds (rank {s['rank']} of {s['candidates']} confirmed {card['loss']} "
+                  "configurations"
                   f"{', loss ' + s['loss_filter'] if s['loss_filter'] else ''}), its seed {h['seed']} run (the one closest "
                   f"to the mean); trial `{card['trial_id']}`, ")
     else:
         chosen = (f"Best trial of sweep `{card['sweep']}` by `val_acc` (rank {s['rank']} of {s['candidates']} finished "
                   f"trials{', loss ' + s['loss_filter'] if s['loss_filter'] else ''}; not confirmed with fresh seeds, so "
                   f"its score is the best of many noisy runs); trial `{card['trial_id']}`, ")
+    verdict = card.get("verdict") or {}
     lines = [
         f"# {card['backbone']} pretrained with {card['loss']} on {card['dataset']}",
         "",
+        *([f"**Verdict ({verdict['stage']} stage): {verdict['sentence']}**", "",
+           f"Why {card['loss']}: {s.get('loss_choice')}.", ""] if verdict else []),
         chosen + f"MLflow run `{card['mlflow_run_id']}`, checkpoint `{card['checkpoint']['artifact']}` "
         f"(epoch {card['checkpoint']['epoch']}).",
         "",
@@ -165,9 +173,12 @@ def card_markdown(card: dict) -> str:
     if c:
         interval = (f" (95% t-interval [{c['val_acc_ci_low']:.2f}, {c['val_acc_ci_high']:.2f}])"
                     if c["val_acc_ci_low"] is not None else "")
-        lines += [f"Confirmation over seeds {', '.join(str(k) for k in c['seed_val_acc'])}: val_acc mean "
-                  f"{c['val_acc_mean']:.2f}{interval}, test_acc mean {_fmt(c['test_acc_mean'])} ± {_fmt(c['test_acc_sd'])} sd; "
-                  f"search-time val_acc of this configuration {_fmt(c['search_val_acc'])} (trial `{c['search_trial']}`).", ""]
+        test_interval = (f" (95% t-interval [{c['test_acc_ci_low']:.2f}, {c['test_acc_ci_high']:.2f}])"
+                         if c.get("test_acc_ci_low") is not None else "")
+        lines += [f"Confirmation over {c['seeds']} seeds ({', '.join(str(k) for k in c['seed_val_acc'])}): val_acc mean "
+                  f"{c['val_acc_mean']:.2f}{interval}, test_acc mean {_fmt(c['test_acc_mean'])}{test_interval}; "
+                  f"search-time val_acc of this configuration {_fmt(c['search_val_acc'])} (trial `{c['search_trial']}`, "
+                  f"{c.get('search_epochs')} epochs).", ""]
     lines += [
         f"Hyperparameters: loss {h['loss']}, λ {h['lmbda']:.6g}, lr {h['lr']:.6g}, feature_dim {h['feature_dim']}, "
         f"seed {h['seed']}.",
@@ -217,15 +228,28 @@ def _pick(trials, loss: str | None, client) -> tuple[object, str, int, int, list
 
 
 def _pick_confirmed(trials, loss: str | None, client) -> tuple | None:
-    """The confirmed winner (see the module docstring): (row, artifact, rank, candidates, skipped, confirmation);
-    None when the sweep has no confirmed configuration (of `loss`)."""
+    """The confirmed winner (see the module docstring): (row, artifact, rank, candidates, skipped, confirmation, verdict,
+    loss_choice); None when the sweep has no confirmed configuration (of `loss`)."""
     _check_loss(loss)
-    confirmed = confirmed_configurations(trials, rank_trials(trials))
+    board = build_leaderboard(trials, top=None)
+    confirmed, verdict = board.confirmed, board.verdict
+    if not len(confirmed):
+        return None
     if loss is not None:
-        confirmed = confirmed[confirmed["loss"] == loss]
-    # confirmed_configurations orders all rows by mean val_acc (then seeds, then search rank).
+        choice = f"asked for (--loss {loss})"
+    elif verdict.called:
+        loss, choice = verdict.leader, "the verdict's leader (the loss it found ahead)"
+    else:
+        firsts = confirmed[confirmed["rank"] == 1].sort_values(["val_acc_mean", "loss"], ascending=[False, True], kind="mergesort")
+        loss = firsts.iloc[0]["loss"]
+        choice = (f"no evidence that {loss} is the better loss (see the verdict); of the two, its confirmed rank-1 has "
+                  "the higher mean val_acc")
+    confirmed = confirmed[confirmed["loss"] == loss]
+    if not len(confirmed):
+        return None
     skipped = []
     by_id = trials.set_index("trial_id")
+    # confirmed_configurations orders the rows by mean val_acc (then seeds, then search rank): rank 1 first.
     for position, (_, conf) in enumerate(confirmed.iterrows(), start=1):
         runs = by_id.loc[conf["trials"]].reset_index()
         runs["distance"] = (runs["val_acc"] - conf["val_acc_mean"]).abs()
@@ -235,17 +259,19 @@ def _pick_confirmed(trials, loss: str | None, client) -> tuple | None:
                 skipped.append(row["trial_id"])
                 continue
             confirmation = {"seeds": int(conf["seeds"]), "seed_val_acc": {str(k): v for k, v in conf["seed_val_acc"].items()},
+                            "seed_test_acc": {str(k): v for k, v in conf["seed_test_acc"].items()},
                             "val_acc_mean": json_value(conf["val_acc_mean"]), "val_acc_sd": json_value(conf["val_acc_sd"]),
                             "val_acc_ci_low": json_value(conf["ci_low"]), "val_acc_ci_high": json_value(conf["ci_high"]),
-                            "level": 0.95, "interval": "t over seeds",
+                            "level": 0.95, "interval": "t over seeds, inside [0, 100]",
                             "test_acc_mean": json_value(conf["test_acc_mean"]), "test_acc_sd": json_value(conf["test_acc_sd"]),
+                            "test_acc_ci_low": json_value(conf["test_ci_low"]),
+                            "test_acc_ci_high": json_value(conf["test_ci_high"]),
                             "search_trial": conf["search_trial"], "search_val_acc": json_value(conf["search_val_acc"]),
+                            "search_epochs": json_value(conf["search_epochs"]),
                             "seed_choice": "the seed whose val_acc is closest to the configuration's mean (ties: lower seed)"}
-            return row, source, position, len(confirmed), skipped, confirmation
-    if len(confirmed):
-        raise InputError(f"no confirmed trial of sweep {', '.join(trials['sweep'].unique())} has a checkpoint in MLflow "
-                         f"({' or '.join(CHECKPOINTS)})")
-    return None
+            return row, source, position, len(confirmed), skipped, confirmation, verdict.to_dict(), choice
+    raise InputError(f"no confirmed {loss} trial of sweep {', '.join(trials['sweep'].unique())} has a checkpoint in MLflow "
+                     f"({' or '.join(CHECKPOINTS)})")
 
 
 def _refuse_existing(out: Path, force: bool) -> None:
@@ -287,12 +313,15 @@ def export_best(tracking_uri: str, sweep: str | None, out_dir: str | os.PathLike
     if stage not in ("auto", "confirm", "search"):
         raise InputError(f"unknown stage {stage!r}; expected auto, confirm or search")
     trials = load_trials(tracking_uri, [sweep] if sweep else None)
-    client = mlflow_client(tracking_uri)
+    client = records_client(tracking_uri)
     picked = _pick_confirmed(trials, loss, client) if stage != "search" else None
     if picked is None and stage == "confirm":
         which = f"confirmed {loss}" if loss else "confirmed"
         raise InputError(f"sweep {', '.join(trials['sweep'].unique())} has no {which} configuration; run `sslsearch confirm` first")
-    trial, source, rank, candidates, skipped, confirmation = picked or (*_pick(trials, loss, client), None)
+    if picked is None:
+        verdict = build_leaderboard(trials, top=None).verdict.to_dict()
+        picked = (*_pick(trials, loss, client), None, verdict, "the best search trial by val_acc (not confirmed)")
+    trial, source, rank, candidates, skipped, confirmation, verdict, loss_choice = picked
 
     out.parent.mkdir(parents=True, exist_ok=True)
     # Next to `out`, so the final rename stays on one file system; os.mkdir (unlike mkdtemp, which
@@ -310,6 +339,8 @@ def export_best(tracking_uri: str, sweep: str | None, out_dir: str | os.PathLike
                            sha256_of(staged / BACKBONE_FILE), len(weights),
                            sum(p.numel() for p in model.backbone.parameters()))
         card["selection"]["loss_filter"] = loss
+        card["selection"]["loss_choice"] = loss_choice
+        card["verdict"] = verdict
         if confirmation is not None:
             card["confirmation"] = confirmation
             card["selection"].update({"stage": "confirm", "metric": "mean val_acc over seeds (confirmation)",

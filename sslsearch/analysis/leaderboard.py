@@ -15,15 +15,15 @@ Rules, decided once:
   more epochs trained, then less wall time (`trial_seconds`), then the trial id. `test_acc` is
   shown, never used to choose.
 - Confirmed configurations are ranked by their mean `val_acc` over seeds, with a 95 % t-interval
-  over seeds and `test_acc` mean ± sd.
-- Paired comparisons (hsic − barlow): on the confirmed runs when there are any (pair = the k-th
-  configuration of each loss, same fresh seed), else on the sweep's twin trials (same λ, lr,
-  feature_dim, seed; compared at the *last epoch both trials evaluated*, so a pair where ASHA stopped
-  one trial early is compared at equal training). Pairs with an errored or running trial, a missing
-  partner, or no common evaluated epoch after epoch 0 are left out (and counted).
-- Statistics (see `paired_statistics`): n; below MIN_PAIRS no difference is called ("not enough
-  pairs"); a t-interval on the paired differences (exact coverage for normal differences, where the
-  percentile bootstrap undercovers at n ≈ 8) and the exact Wilcoxon signed-rank test's p-value.
+  over seeds (inside [0, 100]) and `test_acc` mean and interval.
+- The verdict (sslsearch.analysis.verdict) comes from the confirm stage when there is one: seed
+  blocks, hsic − barlow `test_acc`, the test split that no selection step read. Without one, the
+  search stage's twin trials (same λ, lr, feature_dim, seed) that *both ran the full budget*, on
+  `val_acc` at that epoch, labelled "search stage only"; the same comparison at each report epoch
+  (every pair that reached it) is shown beside it, with its epochs. Pairs with an errored or
+  running trial, a missing partner, or a twin stopped before the full budget are left out (and counted).
+- Statistics: sslsearch.analysis.stats (exact Wilcoxon signed-rank, gated on non-zero differences;
+  paired t-interval inside the possible range).
 """
 
 from __future__ import annotations
@@ -38,9 +38,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from sslsearch.analysis.stats import ACCURACY, paired_statistics, t_interval
+from sslsearch.analysis.verdict import CONFIRM_COUNTED, Verdict, confirm_verdict, search_verdict
 from sslsearch.errors import InputError
+from sslsearch.records.query import recorded_experiment_id, records_client, search_all_runs
 from sslsearch.records.schema import (
-    EXPERIMENT_NAME,
     LOSS,
     OUTCOME,
     PAIR,
@@ -51,10 +53,9 @@ from sslsearch.records.schema import (
     SWEEP_ROLE,
     TRIAL_ID,
     TRIAL_ROLE,
-    VERDICT,
-    VERDICT_STAGE,
     runs_filter,
 )
+from sslsearch.records.store import sqlite_path
 from sslsearch.search.folder import STUDY_FILE
 from sslsearch.search.outcomes import FINISHED, OUTCOMES
 from sslsearch.search.outcomes import RANK_ORDER as TRIAL_ORDER
@@ -63,13 +64,6 @@ from sslsearch.search.trial_config import PAIR as PAIR_KEY
 
 LOSSES = ("barlow", "hsic")
 STAGES = ("search", "confirm")
-# A confirmation seed that diverged is a result about the configuration: it counts, at its (chance) val_acc.
-CONFIRM_COUNTED = ("completed", "diverged")
-# Pairs needed before a difference is called: an exact two-sided paired test (sign or signed-rank)
-# cannot reach p < 0.05 with fewer, whatever the data (its smallest p-value is 2 / 2^n: 0.0625 at n = 5,
-# 0.031 at n = 6). Below this, an interval would only dress up noise.
-MIN_PAIRS = 6
-LEVEL = 0.95
 FORMATS = ("table", "csv", "json", "markdown")
 # Ranking: (column, ascending). The first key is the objective; the rest only break ties.
 RANK_ORDER = (*TRIAL_ORDER, ("sweep", True))   # one tie-break rule everywhere (outcomes.RANK_ORDER); pooled sweeps last
@@ -88,42 +82,13 @@ ROW_COLUMNS = ("sweep", "loss", "rank", "trial_id", "run_id", "lmbda", "lr", "fe
 # Reading MLflow
 # --------------------------------------------------------------------------------------------
 
-def mlflow_client(tracking_uri: str):
-    """An MlflowClient for `tracking_uri`; InputError when a SQLite store does not exist.
-
-    (Opening a missing SQLite file would silently create an empty store.)
-    """
-    from sslsearch.records.store import require_records
-
-    require_records(tracking_uri)
-    from mlflow import MlflowClient  # after the check: importing MLflow takes seconds
-
-    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-
-
-def _search_runs(client, experiment_id: str, filter_string: str) -> list:
-    runs, token = [], None
-    while True:
-        page = client.search_runs([experiment_id], filter_string, max_results=1000, page_token=token,
-                                  order_by=["attributes.start_time DESC"])
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
-
-
-def _experiment_id(client, tracking_uri: str) -> str:
-    experiment = client.get_experiment_by_name(EXPERIMENT_NAME)
-    if experiment is None:
-        raise InputError(f"no sslsearch records at {tracking_uri} (no MLflow experiment {EXPERIMENT_NAME!r}); "
-                         "run a sweep first")
-    return experiment.experiment_id
+NEWEST_FIRST = ["attributes.start_time DESC"]
 
 
 def sweep_runs(client, experiment_id: str) -> dict[str, object]:
     """Parent run of every sweep, most recently started first (name → Run)."""
     runs: dict[str, object] = {}
-    for run in _search_runs(client, experiment_id, f"tags.`{ROLE}` = '{SWEEP_ROLE}'"):
+    for run in search_all_runs(client, experiment_id, f"tags.`{ROLE}` = '{SWEEP_ROLE}'", NEWEST_FIRST):
         # Newest first. A (never expected) duplicate parent run: keep the oldest, the one the
         # tracking callback continues; the sweep keeps the place of its newest start.
         runs[run.data.tags.get(SWEEP) or run.info.run_name] = run
@@ -194,14 +159,14 @@ def load_trials(tracking_uri: str, sweeps: list[str] | None = None) -> pd.DataFr
     epoch 0, `history` maps epoch → val_acc. InputError for an unknown sweep, a sweep without
     trials, or one without a finished trial (every trial errored, or none has finished yet).
     """
-    client = mlflow_client(tracking_uri)
-    experiment_id = _experiment_id(client, tracking_uri)
+    client = records_client(tracking_uri)
+    experiment_id = recorded_experiment_id(client, tracking_uri)
     parents = sweep_runs(client, experiment_id)
     if not parents:
         raise InputError(f"no sweeps recorded at {tracking_uri}; run `sslsearch sweep` first")
 
     def rows_of(name: str) -> list[dict]:
-        runs = _search_runs(client, experiment_id, runs_filter(name, TRIAL_ROLE))
+        runs = search_all_runs(client, experiment_id, runs_filter(name, TRIAL_ROLE), NEWEST_FIRST)
         rows = _one_row_per_trial([_trial_row(client, run, parents[name].info.run_id) for run in runs])
         _check_rankable(name, rows)
         return rows
@@ -275,118 +240,69 @@ def rank_trials(trials: pd.DataFrame) -> pd.DataFrame:
     return ordered.reset_index(drop=True)
 
 
-def t_interval(values, level: float = LEVEL) -> tuple[float, float]:
-    """Student-t interval of the mean of `values` (nan, nan for fewer than 2 values).
-
-    For paired differences this is the paired t-interval: exact coverage when the differences are
-    normal, and close to it for moderately skewed ones at n ≈ 8, where the percentile bootstrap is
-    too narrow (tests/test_leaderboard.py measures both).
-    """
-    from scipy import stats
-
-    values = np.asarray(values, dtype=float)
-    if values.size < 2:
-        return (math.nan, math.nan)
-    half = stats.t.ppf(0.5 + level / 2, values.size - 1) * values.std(ddof=1) / math.sqrt(values.size)
-    return float(values.mean() - half), float(values.mean() + half)
-
-
-def wilcoxon_exact(differences) -> tuple[float, float, int]:
-    """Exact two-sided Wilcoxon signed-rank test of "median difference 0": (W+, p-value, n used).
-
-    Zero differences are dropped (Wilcoxon's rule); tied |differences| get mid-ranks, and the null
-    distribution is enumerated for those very ranks (all 2^n sign patterns, counted by dynamic
-    programming over the doubled ranks, which are integers), so the p-value is exact with ties too.
-    """
-    d = np.asarray(differences, dtype=float)
-    d = d[d != 0]
-    n = int(d.size)
-    if n == 0:
-        return 0.0, 1.0, 0
-    from scipy.stats import rankdata
-
-    doubled = np.rint(2 * rankdata(np.abs(d))).astype(int)   # mid-ranks are multiples of 0.5
-    total = int(doubled.sum())
-    counts = [0] * (total + 1)                              # counts[s]: sign patterns with 2·W+ = s
-    counts[0] = 1
-    for r in doubled:
-        for s in range(total, r - 1, -1):
-            counts[s] += counts[s - r]
-    observed = int(doubled[d > 0].sum())
-    # Two-sided: patterns at least as far from the centre (total / 2) as the observed one.
-    extreme = sum(c for s, c in enumerate(counts) if abs(2 * s - total) >= abs(2 * observed - total))
-    return observed / 2, min(1.0, extreme / 2 ** n), n
-
-
-def paired_statistics(differences, level: float = LEVEL) -> dict:
-    """n, mean, win count and — from MIN_PAIRS pairs on — the t-interval and the exact Wilcoxon p-value."""
-    d = np.asarray(differences, dtype=float)
-    wins = float((d > 0).sum() + 0.5 * (d == 0).sum())
-    result = {"pairs": int(d.size), "min_pairs": MIN_PAIRS, "enough_pairs": bool(d.size >= MIN_PAIRS),
-              "mean_difference": float(d.mean()) if d.size else None,
-              "sd_difference": float(d.std(ddof=1)) if d.size > 1 else None,
-              "hsic_wins": wins, "hsic_win_rate": wins / d.size if d.size else None,
-              "level": level, "interval": "paired t", "ci_low": None, "ci_high": None,
-              "test": "Wilcoxon signed-rank, exact, two-sided", "w_plus": None, "p_value": None, "nonzero_pairs": None}
-    if d.size >= MIN_PAIRS:
-        low, high = t_interval(d, level)
-        w_plus, p, used = wilcoxon_exact(d)
-        result.update(ci_low=low, ci_high=high, w_plus=w_plus, p_value=p, nonzero_pairs=used)
-    return result
-
-
-def paired_differences(trials: pd.DataFrame, stage: str = "search") -> tuple[pd.DataFrame, dict[str, int]]:
-    """hsic − barlow `val_acc` per comparable pair of `stage`, at the last epoch both evaluated; and why pairs were left out."""
-    rows, excluded = [], {}
-    # A diverged trial is a result about its configuration (at chance-level val_acc), so its pair counts.
-    counted = (*FINISHED, "diverged") if stage == "search" else CONFIRM_COUNTED
-
-    def leave_out(reason: str) -> None:
-        excluded[reason] = excluded.get(reason, 0) + 1
-
+def _twins(trials: pd.DataFrame, excluded: dict[str, int]):
+    """(sweep, pair, barlow row, hsic row) for every search pair with both twins counted; the rest counted in `excluded`."""
     stages = trials["stage"] if "stage" in trials else pd.Series("search", index=trials.index)
-    paired = trials[trials["pair"].notna() & (stages == stage)]
+    paired = trials[trials["pair"].notna() & (stages == "search")]
+    # A diverged trial is a result about its configuration (at chance-level val_acc), so its pair counts.
+    counted = (*FINISHED, "diverged")
     for (sweep, pair), group in paired.groupby(["sweep", "pair"], sort=True):
         by_loss = {row["loss"]: row for _, row in group.iterrows()}
         if set(by_loss) != set(LOSSES) or len(group) != 2:
-            leave_out("without its partner")
+            excluded["without its partner"] = excluded.get("without its partner", 0) + 1
+        elif by_loss["barlow"]["outcome"] not in counted or by_loss["hsic"]["outcome"] not in counted:
+            excluded["with an errored or running trial"] = excluded.get("with an errored or running trial", 0) + 1
+        else:
+            yield sweep, int(pair), by_loss["barlow"], by_loss["hsic"]
+
+
+PAIR_COLUMNS = ["sweep", "pair", "epoch", "barlow_trial", "hsic_trial", "barlow_val_acc", "hsic_val_acc", "difference"]
+
+
+def _value_at(row, epoch: int) -> float | None:
+    value = row["history"].get(epoch)
+    return value if value is not None and math.isfinite(value) else None
+
+
+def paired_differences(trials: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
+    """hsic − barlow `val_acc` of the search's twin pairs that both ran the full budget, at that epoch; and why
+    the other pairs were left out. (Comparing at whatever epoch both reached mixes budgets: ASHA keeps the pairs
+    that looked best, and a pair stopped at epoch 2 says little about epoch 16.)"""
+    rows, excluded = [], {}
+    for sweep, pair, barlow, hsic in _twins(trials, excluded):
+        full = barlow["max_epochs"]
+        b, h = (_value_at(barlow, full), _value_at(hsic, full)) if full is not None and not pd.isna(full) else (None, None)
+        if b is None or h is None:
+            reason = "stopped before the full budget"
+            excluded[reason] = excluded.get(reason, 0) + 1
             continue
-        barlow, hsic = by_loss["barlow"], by_loss["hsic"]
-        if barlow["outcome"] not in counted or hsic["outcome"] not in counted:
-            leave_out("with an errored or running trial")
-            continue
-        common = [e for e in barlow["history"] if e >= 1 and e in hsic["history"]
-                  and math.isfinite(barlow["history"][e]) and math.isfinite(hsic["history"][e])]
-        if not common:
-            leave_out("without a common evaluated epoch")
-            continue
-        epoch = max(common)
-        b, h = barlow["history"][epoch], hsic["history"][epoch]
-        rows.append({"sweep": sweep, "pair": int(pair), "epoch": epoch, "barlow_trial": barlow["trial_id"],
+        rows.append({"sweep": sweep, "pair": pair, "epoch": int(full), "barlow_trial": barlow["trial_id"],
                      "hsic_trial": hsic["trial_id"], "barlow_val_acc": b, "hsic_val_acc": h, "difference": h - b})
-    columns = ["sweep", "pair", "epoch", "barlow_trial", "hsic_trial", "barlow_val_acc", "hsic_val_acc", "difference"]
-    return pd.DataFrame(rows, columns=columns), excluded
+    return pd.DataFrame(rows, columns=PAIR_COLUMNS), excluded
 
 
-# What a paired number means, in one sentence per stage (printed under it).
-PAIRS_MEANING = {
-    "search": "pairs: the sweep's twin trials (same λ, lr, feature_dim and seed; only the loss differs). TPE chose these "
-              "settings, drawn toward where either loss did well, so this describes the settings the sweep visited, "
-              "not a random sample of the search space.",
-    "confirm": "pairs: the k-th best barlow and the k-th best hsic configuration of the sweep, run with the same fresh "
-               "seed. This measures how reliably the tuned configurations differ across seeds (tuned against tuned, "
-               "selected on the same val split), not how the losses compare over all settings.",
-}
+def paired_by_epoch(trials: pd.DataFrame) -> list[dict]:
+    """The same comparison at every report epoch after 0, on every pair that reached it (fewer at each rung):
+    [{epoch, pairs, mean_difference, p_value, ...}], so budgets are never mixed within a line."""
+    by_epoch: dict[int, list[float]] = {}
+    for _, _, barlow, hsic in _twins(trials, {}):
+        for epoch in sorted(barlow["history"]):
+            b, h = _value_at(barlow, epoch), _value_at(hsic, epoch)
+            if epoch >= 1 and b is not None and h is not None:
+                by_epoch.setdefault(int(epoch), []).append(h - b)
+    return [{"epoch": epoch, **paired_statistics(d)} for epoch, d in sorted(by_epoch.items())]
+
 
 CONFIRMED_COLUMNS = ("sweep", "loss", "rank", "lmbda", "lr", "feature_dim", "seeds", "val_acc_mean", "val_acc_sd",
-                     "ci_low", "ci_high", "test_acc_mean", "test_acc_sd", "not_counted", "search_trial", "search_rank",
-                     "search_val_acc", "search_epochs", "seed_val_acc", "trials")
+                     "ci_low", "ci_high", "test_acc_mean", "test_acc_sd", "test_ci_low", "test_ci_high", "not_counted",
+                     "search_trial", "search_rank", "search_val_acc", "search_epochs", "max_epochs", "seed_val_acc",
+                     "seed_test_acc", "trials")
 
 
 def confirmed_configurations(trials: pd.DataFrame, ranked: pd.DataFrame) -> pd.DataFrame:
-    """One row per confirmed configuration (loss, λ, lr, feature_dim): mean val_acc over its seeds with a
-    t-interval, test_acc mean ± sd, and the search trial it came from with its search-time val_acc;
-    ranked by the mean within each loss (ties: more seeds, then the better search rank)."""
+    """One row per confirmed configuration (loss, λ, lr, feature_dim): mean val_acc and test_acc over its seeds with
+    t-intervals inside [0, 100], and the search trial it came from with its search-time val_acc and epochs;
+    ranked by the mean val_acc within each loss (ties: more seeds, then the better search rank)."""
     if "stage" not in trials:
         return pd.DataFrame(columns=list(CONFIRMED_COLUMNS))
     confirm = trials[trials["stage"] == "confirm"]
@@ -394,22 +310,27 @@ def confirmed_configurations(trials: pd.DataFrame, ranked: pd.DataFrame) -> pd.D
     for (sweep, loss, lmbda, lr, dim), group in confirm.groupby(["sweep", "loss", "lmbda", "lr", "feature_dim"], sort=True):
         counted = group[group["outcome"].isin(CONFIRM_COUNTED) & group["val_acc"].notna()]
         val, test = counted["val_acc"].to_numpy(float), counted["test_acc"].dropna().to_numpy(float)
-        low, high = t_interval(val)
+        low, high = t_interval(val, bounds=ACCURACY)
+        test_low, test_high = t_interval(test, bounds=ACCURACY)
         source = ranked[(ranked["sweep"] == sweep) & (ranked["loss"] == loss) & (ranked["lmbda"] == lmbda)
                         & (ranked["lr"] == lr) & (ranked["feature_dim"] == dim)].head(1)
         src = source.iloc[0] if len(source) else None
         rows.append({"sweep": sweep, "loss": loss, "lmbda": lmbda, "lr": lr, "feature_dim": int(dim), "seeds": int(val.size),
                      "val_acc_mean": float(val.mean()) if val.size else None,
                      "val_acc_sd": float(val.std(ddof=1)) if val.size > 1 else None,
-                     "ci_low": low if val.size > 1 else None, "ci_high": high if val.size > 1 else None,
+                     "ci_low": json_value(low), "ci_high": json_value(high),
                      "test_acc_mean": float(test.mean()) if test.size else None,
                      "test_acc_sd": float(test.std(ddof=1)) if test.size > 1 else None,
+                     "test_ci_low": json_value(test_low), "test_ci_high": json_value(test_high),
                      "not_counted": int(len(group) - len(counted)),
                      "search_trial": None if src is None else src["trial_id"],
                      "search_rank": None if src is None else int(src["rank"]),
                      "search_val_acc": None if src is None else float(src["val_acc"]),
                      "search_epochs": None if src is None else int(src["epochs"]),
+                     "max_epochs": json_value(group["max_epochs"].max()),
                      "seed_val_acc": {int(r["seed"]): float(r["val_acc"]) for _, r in counted.iterrows()},
+                     "seed_test_acc": {int(r["seed"]): float(r["test_acc"]) for _, r in counted.iterrows()
+                                       if r["test_acc"] is not None and math.isfinite(r["test_acc"])},
                      "trials": list(counted["trial_id"])})
     table = pd.DataFrame(rows, columns=[c for c in CONFIRMED_COLUMNS if c != "rank"])
     table = table[table["seeds"] > 0]
@@ -419,38 +340,102 @@ def confirmed_configurations(trials: pd.DataFrame, ranked: pd.DataFrame) -> pd.D
     return table.reset_index(drop=True)
 
 
-def head_to_head(ranked: pd.DataFrame, pairs: pd.DataFrame, excluded: dict[str, int], *,
-                 confirmed: pd.DataFrame | None = None, confirmed_pairs: pd.DataFrame | None = None,
-                 confirmed_excluded: dict[str, int] | None = None) -> dict:
-    """Best and median val_acc per loss; paired statistics for the search pairs and, when the sweep
-    was confirmed, the best confirmed configuration per loss and the paired statistics of the confirmed runs."""
+def confirmed_runs(trials: pd.DataFrame) -> list[dict]:
+    """The confirm stage's runs as `block_differences` takes them: loss, rank, seed (block: sweep and seed), outcome,
+    test_acc, val_acc. Rank k is the k-th setting when both losses ran the same settings (the shared design), else
+    the k-th configuration of each loss by its search-time rank."""
+    if "stage" not in trials:
+        return []
+    confirm = trials[trials["stage"] == "confirm"]
+    runs = []
+    for sweep, group in confirm.groupby("sweep", sort=True):
+        settings = {loss: sorted({(r["lmbda"], r["lr"], r["feature_dim"]) for _, r in g.iterrows()}, key=repr)
+                    for loss, g in group.groupby("loss")}
+        shared = len(settings) == 2 and settings.get("barlow") == settings.get("hsic")
+        order = {}
+        for loss, keys in settings.items():
+            if shared:
+                order.update({(loss, key): k + 1 for k, key in enumerate(keys)})
+            else:   # per-loss: the k-th configuration of each loss by its pair number (k · seeds + j)
+                pairs = group[group["loss"] == loss].groupby(["lmbda", "lr", "feature_dim"])["pair"].min()
+                for k, (key, _) in enumerate(sorted(pairs.items(), key=lambda item: (item[1], repr(item[0])))):
+                    order[(loss, key)] = k + 1
+        for _, r in group.iterrows():
+            runs.append({"loss": r["loss"], "rank": order[(r["loss"], (r["lmbda"], r["lr"], r["feature_dim"]))],
+                         "seed": (sweep, r["seed"]), "outcome": r["outcome"],
+                         "test_acc": json_value(r["test_acc"]), "val_acc": json_value(r["val_acc"])})
+    return runs
+
+
+def _counts(trials: pd.DataFrame) -> dict[str, dict[str, int]]:
+    """Per stage: trials and each outcome (search trials + confirmation runs = every child run)."""
+    stages = trials["stage"] if "stage" in trials else pd.Series("search", index=trials.index)
+    counts = {}
+    for stage in STAGES:
+        part = trials[stages == stage]
+        if stage == "search" or len(part):
+            counts[stage] = {"trials": len(part), **{o: int((part["outcome"] == o).sum()) for o in OUTCOMES}}
+    return counts
+
+
+def _best(ranked: pd.DataFrame, confirmed: pd.DataFrame, stage: str) -> dict:
+    """What the headline shows per loss: the confirmed rank-1 (test_acc over seeds), else the search-stage best."""
+    best = {}
+    if stage == "confirm":
+        for loss, group in confirmed.groupby("loss", sort=True):
+            r = group.iloc[0]
+            test = (f"test_acc {_mean_interval(json_value(r['test_acc_mean']), json_value(r['test_ci_low']), json_value(r['test_ci_high']), r['seeds'])}"
+                    if json_value(r["test_acc_mean"]) is not None else "test_acc -")
+            best[loss] = {"stage": "confirm", "value": json_value(r["test_acc_mean"]), "metric": "test_acc",
+                          "ci_low": json_value(r["test_ci_low"]), "ci_high": json_value(r["test_ci_high"]),
+                          "seeds": int(r["seeds"]), "val_acc_mean": json_value(r["val_acc_mean"]),
+                          "lmbda": float(r["lmbda"]), "lr": float(r["lr"]), "feature_dim": int(r["feature_dim"]),
+                          "text": f"confirmed rank-1 (λ={r['lmbda']:.4g}, lr={r['lr']:.4g}, feature_dim={int(r['feature_dim'])}): "
+                                  f"{test} over {int(r['seeds'])} seeds, val_acc mean {_cell('val_acc', r['val_acc_mean'])}"}
+    else:
+        for loss, group in ranked.groupby("loss", sort=True):
+            r = group.iloc[0]
+            best[loss] = {"stage": "search", "value": float(r["val_acc"]), "metric": "val_acc", "epochs": int(r["epochs"]),
+                          "trial": r["trial_id"], "lmbda": float(r["lmbda"]), "lr": float(r["lr"]),
+                          "feature_dim": int(r["feature_dim"]),
+                          "text": f"search-stage best val_acc {r['val_acc']:.2f} (trial {r['trial_id']}, {int(r['epochs'])} "
+                                  "epochs; one run, the best of many: biased upward)"}
+    return best
+
+
+def board_verdict(trials: pd.DataFrame, ranked: pd.DataFrame, confirmed: pd.DataFrame, pairs: pd.DataFrame,
+                  excluded: dict[str, int]) -> Verdict:
+    """The verdict of a (single or pooled) board: from the confirm stage if there is one, else the search stage."""
+    names = list(dict.fromkeys(trials["sweep"]))
+    sweep = names[0] if len(names) == 1 else "SWEEP"   # pooled sweeps: the commands it suggests name no one sweep
+    counts = _counts(trials)
+    epochs = json_value(trials["max_epochs"].max()) if "max_epochs" in trials and trials["max_epochs"].notna().any() else None
+    if len(confirmed):
+        top = int(confirmed.groupby("loss").size().max())
+        return confirm_verdict(sweep, confirmed_runs(trials), top=top, epochs=epochs,
+                               best=_best(ranked, confirmed, "confirm"), counts=counts)
+    return search_verdict(sweep, pairs["difference"].to_numpy(dtype=float), excluded, epochs=epochs,
+                          best=_best(ranked, confirmed, "search"), counts=counts)
+
+
+def head_to_head(ranked: pd.DataFrame, pairs: pd.DataFrame, excluded: dict[str, int], by_epoch: list[dict]) -> dict:
+    """Best and median val_acc per loss in the search stage; the search pairs at the full budget and at each epoch."""
     variants = {}
     for loss, group in ranked.groupby("loss", sort=True):
         variants[loss] = {"trials": int(len(group)), "best_val_acc": float(group["val_acc"].max()),
                           "median_val_acc": float(group["val_acc"].median()), "best_trial": group.iloc[0]["trial_id"]}
-    result = {"metric": "val_acc", "variants": variants, "paired": None, "confirmed": None}
+    result = {"metric": "val_acc", "variants": variants, "paired": None, "paired_by_epoch": by_epoch}
     if len(pairs) or excluded:
-        d = pairs["difference"].to_numpy(dtype=float)
-        result["paired"] = {"stage": "search", "difference": "hsic - barlow", "compared_at": "last epoch both trials evaluated",
-                            "excluded": dict(sorted(excluded.items())), "meaning": PAIRS_MEANING["search"],
-                            **paired_statistics(d)}
-    if confirmed is not None and len(confirmed):
-        best = {loss: group.iloc[0] for loss, group in confirmed.groupby("loss", sort=True)}
-        result["confirmed"] = {
-            "best": {loss: {"lmbda": float(r["lmbda"]), "lr": float(r["lr"]), "feature_dim": int(r["feature_dim"]),
-                            "seeds": int(r["seeds"]), "val_acc_mean": json_value(r["val_acc_mean"]),
-                            "ci_low": json_value(r["ci_low"]), "ci_high": json_value(r["ci_high"]),
-                            "test_acc_mean": json_value(r["test_acc_mean"]), "test_acc_sd": json_value(r["test_acc_sd"]),
-                            "search_trial": r["search_trial"], "search_val_acc": json_value(r["search_val_acc"])}
-                     for loss, r in best.items()},
-            "paired": None}
-        if confirmed_pairs is not None and (len(confirmed_pairs) or confirmed_excluded):
-            d = confirmed_pairs["difference"].to_numpy(dtype=float)
-            result["confirmed"]["paired"] = {"stage": "confirm", "difference": "hsic - barlow",
-                                             "compared_at": "final report (full budget)",
-                                             "excluded": dict(sorted((confirmed_excluded or {}).items())),
-                                             "meaning": PAIRS_MEANING["confirm"], **paired_statistics(d)}
+        result["paired"] = {"stage": "search", "difference": "hsic - barlow", "compared_at": "the full budget (both twins)",
+                            "epochs": sorted({int(e) for e in pairs["epoch"]}), "excluded": dict(sorted(excluded.items())),
+                            "meaning": PAIRS_MEANING, **paired_statistics(pairs["difference"].to_numpy(dtype=float))}
     return result
+
+
+# What a search pair means (printed under it).
+PAIRS_MEANING = ("pairs: the sweep's twin trials (same λ, lr, feature_dim and seed; only the loss differs), both at the "
+                 "full budget. The sampler chose these settings (and ASHA, if on, these pairs) on the same val split: "
+                 "indicative only.")
 
 
 @dataclass
@@ -460,24 +445,16 @@ class Leaderboard:
     sweeps: list[str]
     trials: pd.DataFrame            # every trial, every outcome, both stages
     ranked: pd.DataFrame            # finished search trials in ranking order, `rank` within each loss
-    pairs: pd.DataFrame             # the compared search pairs (empty for unpaired sweeps)
+    pairs: pd.DataFrame             # the compared search pairs, full budget (empty for unpaired sweeps)
     head_to_head: dict
+    verdict: Verdict
     top: int | None = 10            # rows per loss in the tables; None: all
-    counts: dict = field(default_factory=dict)
+    counts: dict = field(default_factory=dict)   # per stage: trials and outcomes
     confirmed: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=list(CONFIRMED_COLUMNS)))
-    confirmed_pairs: pd.DataFrame | None = None
 
     def top_rows(self, loss: str) -> pd.DataFrame:
         rows = self.ranked[self.ranked["loss"] == loss]
         return rows if self.top is None else rows.head(self.top)
-
-    @property
-    def verdict(self) -> dict | None:
-        """The paired comparison that answers "which loss": the confirmed one if the sweep was confirmed."""
-        confirmed = self.head_to_head.get("confirmed")
-        if confirmed and confirmed.get("paired"):
-            return confirmed["paired"]
-        return self.head_to_head.get("paired")
 
 
 def build_leaderboard(trials: pd.DataFrame, *, top: int | None = 10) -> Leaderboard:
@@ -490,15 +467,12 @@ def build_leaderboard(trials: pd.DataFrame, *, top: int | None = 10) -> Leaderbo
         raise InputError(f"the sweeps pretrain on different data sets and cannot share a leaderboard: {listing}; "
                          "show them one at a time")
     ranked = rank_trials(trials)
-    pairs, excluded = paired_differences(trials, "search")
+    pairs, excluded = paired_differences(trials)
     confirmed = confirmed_configurations(trials, ranked)
-    confirmed_pairs, confirmed_excluded = paired_differences(trials, "confirm")
-    search = trials[trials["stage"] == "search"] if "stage" in trials else trials
-    counts = {o: int((search["outcome"] == o).sum()) for o in OUTCOMES}
     return Leaderboard(sweeps=list(dict.fromkeys(trials["sweep"])), trials=trials, ranked=ranked, pairs=pairs,
-                       head_to_head=head_to_head(ranked, pairs, excluded, confirmed=confirmed, confirmed_pairs=confirmed_pairs,
-                                                 confirmed_excluded=confirmed_excluded),
-                       top=top, counts=counts, confirmed=confirmed, confirmed_pairs=confirmed_pairs)
+                       head_to_head=head_to_head(ranked, pairs, excluded, paired_by_epoch(trials)),
+                       verdict=board_verdict(trials, ranked, confirmed, pairs, excluded),
+                       top=top, counts=_counts(trials), confirmed=confirmed)
 
 
 # --------------------------------------------------------------------------------------------
@@ -550,24 +524,24 @@ def _shown(board: Leaderboard) -> list[tuple[str, str]]:
     return shown
 
 
-def _stage_counts(trials: pd.DataFrame, stage: str) -> tuple[int, str]:
-    part = trials[trials["stage"] == stage] if "stage" in trials else (trials if stage == "search" else trials.iloc[:0])
-    counts = ", ".join(f"{int((part['outcome'] == o).sum())} {o}" for o in OUTCOMES if (part["outcome"] == o).any())
-    return len(part), counts
-
-
 def _summary_lines(board: Leaderboard) -> list[str]:
     t = board.trials
     dataset = t["dataset"].dropna().iloc[0] if t["dataset"].notna().any() else "?"
     epochs = t["max_epochs"].dropna()
     budget = f", up to {int(epochs.max())} epochs" if len(epochs) else ""
-    n, counts = _stage_counts(t, "search")
-    lines = [f"sweep {', '.join(board.sweeps)} ({dataset}{budget}): {n} trials ({counts})"]
-    n_confirm, confirm_counts = _stage_counts(t, "confirm")
-    if n_confirm:
-        lines.append(f"confirmation: {n_confirm} trials ({confirm_counts}), full budget, fresh seeds")
-    return lines + ["ranked by val_acc (final report; only trials that reported after epoch 0); ties: more epochs, "
-                    "then less wall time, then trial id. test_acc is shown, never used to choose."]
+    return [f"sweep {', '.join(board.sweeps)} ({dataset}{budget}): {count_line(board.counts)}",
+            "ranked by val_acc (final report; only trials that reported after epoch 0); ties: more epochs, "
+            "then less wall time, then trial id. test_acc is shown, never used to choose."]
+
+
+def count_line(counts: dict) -> str:
+    """'16 search trials (6 completed, 10 stopped early) + 16 confirmation runs (16 completed)': the parts add up."""
+    names = {"search": ("search trial", "search trials"), "confirm": ("confirmation run", "confirmation runs")}
+    parts = []
+    for stage, c in counts.items():
+        outcomes = ", ".join(f"{c[o]} {o}" for o in OUTCOMES if c.get(o))
+        parts.append(f"{c['trials']} {names[stage][c['trials'] != 1]}" + (f" ({outcomes})" if outcomes else ""))
+    return " + ".join(parts)
 
 
 def _paired_line(title: str, p: dict) -> list[str]:
@@ -575,15 +549,18 @@ def _paired_line(title: str, p: dict) -> list[str]:
     left_out = f"; left out: {left_out}" if left_out else ""
     if not p["pairs"]:
         return [f"{title}: no comparable pair{left_out}"]
-    wins = f"hsic wins {p['hsic_wins']:g}/{p['pairs']} (ties count half)"
-    if not p["enough_pairs"]:
-        return [f"{title}: n = {p['pairs']} {'pair' if p['pairs'] == 1 else 'pairs'} — not enough pairs to call a "
-                f"difference (need ≥ {p['min_pairs']}: with fewer, no exact two-sided test can reach p < 0.05); "
-                f"mean {p['mean_difference']:+.2f} points, {wins}, descriptive only{left_out}", f"  {p['meaning']}"]
-    return [f"{title}: n = {p['pairs']} pairs, mean {p['mean_difference']:+.2f} points, "
-            f"{100 * p['level']:.0f}% t-interval [{p['ci_low']:+.2f}, {p['ci_high']:+.2f}], "
-            f"exact Wilcoxon signed-rank p = {p['p_value']:.3g} ({p['nonzero_pairs']} non-zero), {wins}{left_out}",
-            f"  {p['meaning']}"]
+    return [f"{title}: {_statistics_text(p)}{left_out}", f"  {p['meaning']}"]
+
+
+def _statistics_text(p: dict) -> str:
+    """n, mean, interval, p and the smallest p reachable, in one phrase."""
+    text = f"n = {p['pairs']}, mean {p['mean_difference']:+.2f} points"
+    if p["ci_low"] is not None:
+        text += f", {100 * p['level']:.0f}% t [{p['ci_low']:+.2f}, {p['ci_high']:+.2f}]"
+    if p["p_value"] is not None:
+        text += f", exact Wilcoxon p = {p['p_value']:.3g}"
+    text += f" ({p['nonzero_pairs']} non-zero: p ≥ {p['smallest_p']:.3g}"
+    return text + (")" if p["enough_pairs"] else f"; not called below {p['min_nonzero']} non-zero)")
 
 
 def _head_to_head_lines(board: Leaderboard, markdown: bool) -> list[str]:
@@ -597,42 +574,33 @@ def _head_to_head_lines(board: Leaderboard, markdown: bool) -> list[str]:
     p = h2h["paired"]
     if p is None:
         lines.append("search pairs: none (the sweep did not run paired configurations)")
-    else:
-        lines += _paired_line("search pairs (hsic − barlow val_acc at the last epoch both evaluated)", p)
-    confirmed = h2h.get("confirmed")
-    if confirmed is None:
-        sweep = board.sweeps[0] if len(board.sweeps) == 1 else "SWEEP"
-        lines.append(f"not confirmed: re-measure the top configurations with fresh seeds before trusting a winner: "
-                     f"sslsearch confirm {sweep} --top 2 --seeds 3")
         return lines
-    lines.append("confirmed (best configuration per loss, mean over seeds):")
-    for loss, b in confirmed["best"].items():
-        lines.append(f"  {loss}: val_acc {_mean_interval(b['val_acc_mean'], b['ci_low'], b['ci_high'], b['seeds'])}, "
-                     f"test_acc {_mean_sd(b['test_acc_mean'], b['test_acc_sd'])} (λ={b['lmbda']:.4g}, lr={b['lr']:.4g}, "
-                     f"feature_dim={b['feature_dim']}; search-time val_acc {_cell('val_acc', b['search_val_acc'])})")
-    if confirmed["paired"] is None:
-        lines.append("confirmed pairs: none (only one loss was confirmed)")
-    else:
-        lines += _paired_line("confirmed pairs (hsic − barlow final val_acc)", confirmed["paired"])
+    lines += _paired_line("search pairs at the full budget (hsic − barlow val_acc)", p)
+    for e in h2h["paired_by_epoch"]:
+        lines.append(f"  at epoch {e['epoch']} (every pair that reached it): {_statistics_text(e)}")
     return lines
 
 
 def _mean_interval(mean, low, high, n) -> str:
+    n = int(n)
     if mean is None:
         return "-"
     if low is None:
         return f"{mean:.2f} ({n} seed{'s' * (n != 1)}, no interval)"
-    return f"{mean:.2f} ± {(high - low) / 2:.2f}"
+    return f"{mean:.2f} [{low:.2f}, {high:.2f}]"
 
 
-def _mean_sd(mean, sd) -> str:
-    if mean is None:
+CONFIRMED_SHOWN = ("rank", "λ", "lr", "feature_dim", "seeds", "val_acc (mean, 95% t)", "test_acc (mean, 95% t)",
+                   "search trial", "search val_acc (same budget)")
+
+
+def _search_figure(r) -> str:
+    """The search-time val_acc beside the confirmed mean only at the same budget (the winner's curse at equal epochs)."""
+    if json_value(r["search_val_acc"]) is None:
         return "-"
-    return f"{mean:.2f}" if sd is None else f"{mean:.2f} ± {sd:.2f} sd"
-
-
-CONFIRMED_SHOWN = ("rank", "λ", "lr", "feature_dim", "seeds", "val_acc (mean ± 95% t)", "test_acc (mean ± sd)",
-                   "search trial", "search val_acc")
+    if json_value(r["max_epochs"]) is not None and r["search_epochs"] is not None and r["search_epochs"] < r["max_epochs"]:
+        return f"stopped at epoch {r['search_epochs']}"
+    return _cell("val_acc", r["search_val_acc"])
 
 
 def _confirmed_lines(board: Leaderboard, markdown: bool) -> list[str]:
@@ -643,9 +611,10 @@ def _confirmed_lines(board: Leaderboard, markdown: bool) -> list[str]:
         cells = [[str(r["rank"]), _cell("lmbda", r["lmbda"]), _cell("lr", r["lr"]), str(r["feature_dim"]),
                   str(r["seeds"]) + (f" (+{r['not_counted']} failed)" if r["not_counted"] else ""),
                   _mean_interval(json_value(r["val_acc_mean"]), json_value(r["ci_low"]), json_value(r["ci_high"]), r["seeds"]),
-                  _mean_sd(json_value(r["test_acc_mean"]), json_value(r["test_acc_sd"])),
+                  _mean_interval(json_value(r["test_acc_mean"]), json_value(r["test_ci_low"]), json_value(r["test_ci_high"]),
+                                 r["seeds"]),
                   f"{r['search_trial']} (#{r['search_rank']})" if r["search_trial"] else "-",
-                  _cell("val_acc", r["search_val_acc"])] for _, r in group.iterrows()]
+                  _search_figure(r)] for _, r in group.iterrows()]
         numeric = [True, True, True, True, True, True, True, False, True]
         lines += (_markdown_table if markdown else _text_table)(list(CONFIRMED_SHOWN), cells, numeric)
     return lines
@@ -656,8 +625,9 @@ def _rows(board: Leaderboard) -> pd.DataFrame:
     return pd.concat(tops)[list(ROW_COLUMNS)] if tops else pd.DataFrame(columns=list(ROW_COLUMNS))
 
 
-def format_leaderboard(board: Leaderboard, fmt: str = "table") -> str:
-    """The leaderboard as `table` (terminal), `markdown`, `json` (everything) or `csv` (the ranked rows only)."""
+def format_leaderboard(board: Leaderboard, fmt: str = "table", *, verdict: bool = True) -> str:
+    """The leaderboard as `table` (terminal: the verdict last), `markdown` (the verdict first), `json` (everything)
+    or `csv` (the ranked rows only). `verdict=False`: tables without the verdict (the report shows it its own way)."""
     if fmt not in FORMATS:
         raise InputError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
     if fmt == "csv":
@@ -666,6 +636,7 @@ def format_leaderboard(board: Leaderboard, fmt: str = "table") -> str:
         rows = _rows(board)
         document = {
             "sweeps": board.sweeps,
+            "verdict": board.verdict.to_dict(),
             "counts": board.counts,
             "ranking": {"metric": "val_acc", "order": [f"{c} {'asc' if a else 'desc'}" for c, a in RANK_ORDER],
                         "ranked_outcomes": list(FINISHED), "top": board.top},
@@ -674,13 +645,11 @@ def format_leaderboard(board: Leaderboard, fmt: str = "table") -> str:
             "confirmed": [{k: json_value(v) for k, v in r.items()} for r in board.confirmed.to_dict("records")],
             "head_to_head": board.head_to_head,
             "pairs": [{k: json_value(v) for k, v in r.items()} for r in board.pairs.to_dict("records")],
-            "confirmed_pairs": [] if board.confirmed_pairs is None else
-            [{k: json_value(v) for k, v in r.items()} for r in board.confirmed_pairs.to_dict("records")],
         }
         return json.dumps(document, indent=2, allow_nan=False, default=json_value)
     markdown = fmt == "markdown"
     shown = _shown(board)
-    lines = _summary_lines(board)
+    lines = ([board.verdict.markdown(heading=False), ""] if markdown and verdict else []) + _summary_lines(board)
     for loss in sorted(board.ranked["loss"].unique()):
         rows = board.top_rows(loss)
         total = int((board.ranked["loss"] == loss).sum())
@@ -692,50 +661,37 @@ def format_leaderboard(board: Leaderboard, fmt: str = "table") -> str:
     lines += _confirmed_lines(board, markdown)
     lines += ["", "## head-to-head (val_acc)" if markdown else "head-to-head (val_acc)"]
     lines += _head_to_head_lines(board, markdown)
+    if not markdown and verdict:
+        lines += ["", *board.verdict.lines()]
     return "\n".join(lines)
 
 
+VERDICT_FILE = "verdict.md"
+
+
 def log_verdict(board: Leaderboard, tracking_uri: str) -> list[str]:
-    """Put the answer on the sweep's MLflow parent run, so the runs view shows it without opening a child:
-    metrics `confirmed.val_acc_mean.<loss>` (and test_acc), `verdict.pairs`, `verdict.mean_difference`,
-    `verdict.ci_low`, `verdict.ci_high`, `verdict.p_value` (NaN below MIN_PAIRS: a stale figure is
-    overwritten), tags `sslsearch.verdict` (one line) and `sslsearch.verdict_stage`, and the leaderboard
-    as `leaderboard/leaderboard.md` and `.json`. Only for a single sweep; returns what it logged."""
+    """Put the answer on the sweep's MLflow parent run, so the runs view shows it without opening a child: the
+    verdict's tags (`sslsearch.verdict`: its sentence; `sslsearch.verdict_stage`) and metrics (`verdict.*`, NaN where
+    there is none, so a stale figure is overwritten), `best.<metric>.<loss>` (what the headline shows), the verdict
+    as `verdict.md` and the leaderboard as `leaderboard/leaderboard.md` and `.json`. Only for a single sweep;
+    returns the metric names it logged."""
     from mlflow.entities import Metric, RunTag
 
     if len(board.sweeps) != 1:
         return []
     parent = board.trials["parent_run_id"].iloc[0]
-    client = mlflow_client(tracking_uri)
+    client = records_client(tracking_uri)
     now = int(time.time() * 1000)
-    metrics = {}
-    confirmed = board.head_to_head.get("confirmed") or {}
-    for loss, best in (confirmed.get("best") or {}).items():
-        metrics[f"confirmed.val_acc_mean.{loss}"] = best["val_acc_mean"]
-        metrics[f"confirmed.test_acc_mean.{loss}"] = best["test_acc_mean"]
     verdict = board.verdict
-    if verdict is not None:
-        called = verdict["enough_pairs"]  # below MIN_PAIRS even the mean is left out of the runs view
-        metrics.update({"verdict.pairs": verdict["pairs"],
-                        "verdict.mean_difference": verdict["mean_difference"] if called else None,
-                        "verdict.ci_low": verdict["ci_low"], "verdict.ci_high": verdict["ci_high"],
-                        "verdict.p_value": verdict["p_value"]})
-    tags = {VERDICT: _verdict_sentence(verdict), VERDICT_STAGE: verdict["stage"] if verdict else "none"}
-    client.log_batch(parent, metrics=[Metric(k, math.nan if v is None else float(v), now, 0) for k, v in metrics.items()],
-                     tags=[RunTag(k, v) for k, v in tags.items()])
+    metrics = dict(verdict.mlflow_metrics())
+    for loss, best in verdict.best.items():
+        metrics[f"best.{best['stage']}.{best['metric']}.{loss}"] = math.nan if best["value"] is None else best["value"]
+    client.log_batch(parent, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
+                     tags=[RunTag(k, v) for k, v in verdict.mlflow_tags().items()])
+    client.log_text(parent, verdict.markdown(), VERDICT_FILE)
     client.log_text(parent, format_leaderboard(board, "markdown"), "leaderboard/leaderboard.md")
     client.log_text(parent, format_leaderboard(board, "json"), "leaderboard/leaderboard.json")
     return sorted(metrics)
-
-
-def _verdict_sentence(p: dict | None) -> str:
-    if p is None or not p["pairs"]:
-        return "no paired comparison"
-    where = "confirmed runs" if p["stage"] == "confirm" else "search trials (unconfirmed)"
-    if not p["enough_pairs"]:
-        return f"not enough pairs (n={p['pairs']}, need {p['min_pairs']}) on the {where}"
-    return (f"hsic − barlow {p['mean_difference']:+.2f} points, 95% t [{p['ci_low']:+.2f}, {p['ci_high']:+.2f}], "
-            f"Wilcoxon p={p['p_value']:.3g}, n={p['pairs']} ({where})")
 
 
 # --------------------------------------------------------------------------------------------
@@ -753,8 +709,8 @@ def _study_path(client, sweep: str, parent_run_id: str, tracking_uri: str, stora
     sweep_path = client.get_run(parent_run_id).data.tags.get(SWEEP_PATH)
     if sweep_path and "://" not in sweep_path:
         return Path(sweep_path) / STUDY_FILE
-    if tracking_uri.startswith("sqlite:///"):
-        return Path(tracking_uri[len("sqlite:///"):]).parent / sweep / STUDY_FILE
+    if (store := sqlite_path(tracking_uri)) is not None:
+        return store.parent / sweep / STUDY_FILE
     return None
 
 
@@ -785,8 +741,9 @@ def _plot_val_acc_vs(board: Leaderboard, parameter: str, path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
-def anytime_curve(client, trials: pd.DataFrame) -> pd.DataFrame:
-    """The sweep's best val_acc so far against the epochs it had trained so far, per loss.
+def best_report_curve(client, trials: pd.DataFrame) -> pd.DataFrame:
+    """The sweep's best val_acc reported so far (any epoch) against the epochs it had trained so far, per loss.
+    (Not `bench search`'s anytime curve, which counts finished trials' final val_acc: sslsearch.bench.search.)
 
     Every val_acc report of every trial (any outcome: all of them cost epochs), in the order MLflow
     timestamped them; a trial's report at epoch e adds the epochs since its previous report. The best
@@ -813,17 +770,17 @@ def anytime_curve(client, trials: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["loss", "epochs", "best_val_acc"])
 
 
-def _plot_anytime(board: Leaderboard, client, path: Path) -> None:
+def _plot_best_report(board: Leaderboard, client, path: Path) -> None:
     from matplotlib.figure import Figure
 
-    curve = anytime_curve(client, board.trials)
+    curve = best_report_curve(client, board.trials)
     fig = Figure(figsize=(6.4, 4.2), layout="constrained")
     ax = fig.add_subplot()
     for loss, group in curve.groupby("loss", sort=True):
         ax.step(group["epochs"], group["best_val_acc"], where="post", color=COLOURS.get(loss), label=loss)
     ax.set_xlabel("epochs trained by the whole sweep so far")
     ax.set_ylabel("best val_acc (%) reported so far, any epoch")
-    ax.set_title(f"anytime performance — {', '.join(board.sweeps)}", fontsize="medium")
+    ax.set_title(f"best report so far — {', '.join(board.sweeps)}", fontsize="medium")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize="small")
     fig.savefig(path, dpi=120)
@@ -882,8 +839,14 @@ def importance_groups(trials: list, names: list[str]) -> tuple[dict[str, tuple[l
                   and len({repr(t.params.get(n)) for t in group}) > 1]
         wanted = [n for n in names if not (paired and n == "loss")]
         if len(group) < 2 * len(wanted):
+            # optuna-dashboard shows importances for the same study from 2 completed trials on, pooling
+            # both losses: say why these are absent, in the note the report and `leaderboard --plots` show.
             notes.append(f"{len(group)} completed {'' if label == 'all' else label + ' '}trial(s) for {len(wanted)} "
-                         f"parameters (need ≥ {2 * len(wanted)}: two per parameter)")
+                         f"parameters (need ≥ {2 * len(wanted)}: two per parameter; optuna-dashboard shows importances "
+                         "from 2 completed trials on, with both losses pooled, so a pair's twins count one "
+                         "configuration twice)" if paired else
+                         f"{len(group)} completed trial(s) for {len(wanted)} parameters (need ≥ {2 * len(wanted)}: two "
+                         "per parameter; optuna-dashboard shows importances from 2 completed trials on)")
             continue
         codes = {n: _codes([t.params.get(n) for t in group]) for n in params}
         collinear = next(((a, b) for i, a in enumerate(params) for b in params[i + 1:]
@@ -946,7 +909,7 @@ def _plot_importances(sweep: str, study_path: Path, path: Path) -> list[str]:
 
 def write_plots(board: Leaderboard, out_dir: str | os.PathLike, tracking_uri: str, *, storage: str | os.PathLike | None = None,
                 log: bool = True) -> dict:
-    """Write val_acc against λ and lr, learning curves, the anytime curve and importances (PNG) to `out_dir`,
+    """Write val_acc against λ and lr, learning curves, the best report so far and importances (PNG) to `out_dir`,
     each file named after the sweep(s) so the next sweep's plots do not replace them; log them to each
     sweep's parent run.
 
@@ -954,16 +917,16 @@ def write_plots(board: Leaderboard, out_dir: str | os.PathLike, tracking_uri: st
     sweep folder recorded on the parent run, else the folder of a `sqlite:///<storage>/mlflow.db`
     tracking URI). Returns {"files": [...], "notes": [...]}.
     """
-    client = mlflow_client(tracking_uri)
+    client = records_client(tracking_uri)
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     label = "+".join(board.sweeps)
     files, notes = [out / f"val_acc_vs_lmbda-{label}.png", out / f"val_acc_vs_lr-{label}.png",
-                    out / f"learning_curves-{label}.png", out / f"anytime-{label}.png"], []
+                    out / f"learning_curves-{label}.png", out / f"best_report-{label}.png"], []
     _plot_val_acc_vs(board, "lmbda", files[0])
     _plot_val_acc_vs(board, "lr", files[1])
     _plot_learning_curves(board, files[2])
-    _plot_anytime(board, client, files[3])
+    _plot_best_report(board, client, files[3])
     parents = dict(board.trials[["sweep", "parent_run_id"]].drop_duplicates().itertuples(index=False))
     for sweep in board.sweeps:
         study = _study_path(client, sweep, parents[sweep], tracking_uri, storage)

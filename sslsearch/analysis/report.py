@@ -25,12 +25,14 @@ from sslsearch import __version__
 from sslsearch.analysis.leaderboard import (
     Leaderboard,
     build_leaderboard,
+    count_line,
     format_leaderboard,
     load_trials,
-    mlflow_client,
+    log_verdict,
     write_plots,
 )
 from sslsearch.errors import InputError
+from sslsearch.records.query import records_client
 from sslsearch.records.schema import PROVENANCE
 
 REPORT_FILE = "report.html"
@@ -50,7 +52,7 @@ PLOT_CAPTIONS = {
     "val_acc_vs_lmbda": "Final val_acc of every ranked trial against λ (hollow: stopped early).",
     "val_acc_vs_lr": "Final val_acc of every ranked trial against the learning rate (hollow: stopped early).",
     "learning_curves": "val_acc at every report of the top trials per loss (epoch 0: random initialisation).",
-    "anytime": "Best val_acc reported so far against the epochs the whole sweep had trained: what more budget bought.",
+    "best_report": "Best val_acc reported so far against the epochs the whole sweep had trained: what more budget bought.",
     "importances": "Optuna's parameter importances for val_acc (from the sweep's study).",
 }
 
@@ -160,6 +162,9 @@ h3 { font-size:16px; margin:18px 0 8px; }
 .card.barlow { border-left:5px solid var(--barlow); } .card.hsic { border-left:5px solid var(--hsic); }
 .card.winner { background:#eef4ff; }
 .verdict p { margin:10px 0; padding:10px 14px; background:#f3f7ff; border-left:4px solid var(--accent); border-radius:4px; }
+.verdict p.sentence { font-size:18px; font-weight:600; line-height:1.45; }
+.stage { display:inline-block; font-size:12px; font-weight:600; text-transform:uppercase; letter-spacing:.5px; color:#fff; background:var(--accent); border-radius:4px; padding:1px 7px; margin-right:6px; vertical-align:2px; }
+ul.evidence { color:var(--muted); font-size:13px; margin:4px 0 12px; padding-left:18px; }
 table { border-collapse:collapse; width:100%; font-size:14px; font-variant-numeric:tabular-nums; }
 th, td { padding:6px 10px; border-bottom:1px solid var(--line); text-align:left; white-space:nowrap; }
 th { background:var(--band); font-weight:600; }
@@ -208,16 +213,32 @@ def _setup_html(parent) -> str:
     return f"<dl class=setup>{''.join(rows)}</dl>{table}"
 
 
-def _verdict_cards(board: Leaderboard) -> str:
+def _verdict_html(board: Leaderboard) -> str:
+    """The first screen: the verdict's sentence with its stage, then one card per loss — the confirmed result when
+    there is one (the search-stage best beside it, labelled so), else the search-stage best, labelled unconfirmed."""
+    verdict = board.verdict
+    stage = {"confirm": "confirm stage · test split", "search": "search stage only · val split"}.get(verdict.stage, verdict.stage)
     variants = board.head_to_head.get("variants", {})
-    best = max((v.get("best_val_acc", float("-inf")) for v in variants.values()), default=None)
     cards = []
-    for loss, v in sorted(variants.items()):
-        winner = " winner" if len(variants) > 1 and v.get("best_val_acc") == best else ""
-        detail = f"trial {_e(v.get('best_trial'))} · median {v.get('median_val_acc', float('nan')):.2f} over {v.get('trials')} ranked"
-        cards.append(f"<div class='card {html.escape(loss)}{winner}'><div class=label>{_e(loss)} · best val_acc</div>"
-                     f"<div class=value>{v.get('best_val_acc', float('nan')):.2f}</div><div class=detail>{detail}</div></div>")
-    return f"<div class=cards>{''.join(cards)}</div>"
+    for loss, best in verdict.best.items():
+        winner = " winner" if verdict.called and verdict.leader == loss else ""
+        searched = variants.get(loss)
+        if best["stage"] == "confirm":
+            label = f"{_e(loss)} · confirmed test_acc, mean of {best['seeds']} seeds"
+            interval = f"[{best['ci_low']:.2f}, {best['ci_high']:.2f}] · " if best["ci_low"] is not None else ""
+            detail = (f"{interval}λ {best['lmbda']:.4g}, lr {best['lr']:.4g}, feature_dim {best['feature_dim']}"
+                      + (f"<br>search-stage best val_acc {searched['best_val_acc']:.2f} (one run, biased upward)"
+                         if searched else ""))
+        else:
+            label = f"{_e(loss)} · search-stage best val_acc (unconfirmed)"
+            detail = (f"trial {_e(best['trial'])}, {best['epochs']} epochs · one run, the best of "
+                      f"{searched['trials'] if searched else '?'}: biased upward")
+        value = "—" if best["value"] is None else f"{best['value']:.2f}"
+        cards.append(f"<div class='card {html.escape(loss)}{winner}'><div class=label>{label}</div>"
+                     f"<div class=value>{value}</div><div class=detail>{detail}</div></div>")
+    details = "".join(f"<li>{_inline(line.strip())}</li>" for line in verdict.lines()[1:])
+    return (f"<p class=sentence><span class=stage>{_e(stage)}</span> {_inline(verdict.sentence)}</p>"
+            f"<div class=cards>{''.join(cards)}</div><ul class=evidence>{details}</ul>")
 
 
 def _plots_html(files: list[str], notes: list[str]) -> str:
@@ -265,14 +286,15 @@ def _check_card(card: str | os.PathLike | None) -> Path | None:
 
 def render_report(board: Leaderboard, parents: dict, plots: dict, card: Path | None = None) -> str:
     """The HTML page for a built leaderboard, its sweeps' parent runs ({sweep: Run}), `write_plots`' result and a card folder."""
-    sections = _sections(format_leaderboard(board, "markdown"))
+    sections = _sections(format_leaderboard(board, "markdown", verdict=False))
     verdict = [b for t, b in sections if t and t.startswith("head-to-head")]
     tables = [(t, b) for t, b in sections if not (t and t.startswith("head-to-head"))]
     names = ", ".join(board.sweeps)
     first = next(iter(parents.values()))
     dataset = first.data.params.get("pretrain.dataset", "?")
-    subtitle = f"{dataset} · {len(board.trials)} trials · " + ", ".join(f"{v} {k}" for k, v in board.counts.items() if v)
-    parts = [("verdict", "Verdict", f"<div class=verdict>{_verdict_cards(board)}{''.join(markdown_html(v) for v in verdict)}</div>"),
+    subtitle = f"{dataset} · {count_line(board.counts)}"
+    parts = [("verdict", "Verdict", (f"<div class=verdict>{_verdict_html(board)}"
+                                     f"<h3>head-to-head</h3>{''.join(markdown_html(v) for v in verdict)}</div>")),
              ("setup", "Setup", "".join((f"<h3>sweep {_e(s)}</h3>" if len(parents) > 1 else "") + _setup_html(p)
                                         for s, p in parents.items())),
              ("leaderboard", "Leaderboard", "".join((f"<h3>{_inline(t)}</h3>" if t else "") + markdown_html(b) for t, b in tables)),
@@ -294,13 +316,13 @@ def render_report(board: Leaderboard, parents: dict, plots: dict, card: Path | N
 def write_report(tracking_uri: str, sweeps: list[str] | None, out: str | os.PathLike, *, storage: str | os.PathLike | None = None,
                  card: str | os.PathLike | None = None, top: int | None = 10, log: bool = True) -> dict:
     """Write the report of `sweeps` (None: the latest with a finished trial) to `out` and log it to each
-    sweep's parent run. Returns {"file", "sweeps", "notes", "logged"}."""
+    sweep's parent run, with the verdict (`log_verdict`). Returns {"file", "sweeps", "notes", "logged", "verdict"}."""
     out = Path(out).resolve()
     if out.is_dir():
         raise InputError(f"--out {out} is a folder; give the HTML file to write, e.g. {out / REPORT_FILE}")
     card_dir = _check_card(card)
     board = build_leaderboard(load_trials(tracking_uri, sweeps), top=top)
-    client = mlflow_client(tracking_uri)
+    client = records_client(tracking_uri)
     parent_ids = dict(board.trials[["sweep", "parent_run_id"]].drop_duplicates().itertuples(index=False))
     parents = {sweep: client.get_run(parent_ids[sweep]) for sweep in board.sweeps}
     with tempfile.TemporaryDirectory() as folder:
@@ -318,4 +340,7 @@ def write_report(tracking_uri: str, sweeps: list[str] | None, out: str | os.Path
             for sweep, parent in parents.items():
                 client.log_artifact(parent.info.run_id, str(copy))
                 logged.append(parent.info.run_id)
-    return {"file": str(out), "sweeps": board.sweeps, "notes": plots["notes"], "logged": logged}
+        if len(board.sweeps) == 1:
+            log_verdict(board, tracking_uri)   # the same verdict on the parent run: tags, metrics, verdict.md
+    return {"file": str(out), "sweeps": board.sweeps, "notes": plots["notes"], "logged": logged,
+            "verdict": board.verdict.sentence}

@@ -2,8 +2,8 @@
 
 A real sweep — the real Tuner, SweepSearcher (Optuna), ASHA, MlflowTracking to a real SQLite store
 or a real `mlflow server` on 127.0.0.1, the live view, Ray's experiment checkpoints — whose trainable
-trains nothing: `synthetic_trial` sleeps for each report interval, reports a synthetic learning
-curve and writes a checkpoint of a chosen size, so the only work left is the driver's. Each sweep
+trains nothing: `sslsearch.search.synthetic` sleeps through each report interval, reports a synthetic
+learning curve and writes a checkpoint of a chosen size, so the only work left is the driver's. Each sweep
 size runs in a fresh process (clean memory figures, a Ray instance of its own) and returns:
 
 - the driver process's CPU seconds (all its threads; not wall time, because the cores are shared),
@@ -30,7 +30,6 @@ import os
 import random
 import resource
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -41,8 +40,9 @@ from pathlib import Path
 import optuna
 import ray
 
-from sslsearch.bench.platform_trial import synthetic_trial, synthetic_val_acc
 from sslsearch.errors import InputError
+from sslsearch.processes import free_port, start_server, stop_server, tree_cpu_seconds, wait_until_answers
+from sslsearch.records.store import default_tracking_uri
 from sslsearch.records.tracking import MlflowTracking
 from sslsearch.search.asha import PairedASHA, RungState
 from sslsearch.search.experiment import PROJECT_ROOT, load_experiment
@@ -50,6 +50,7 @@ from sslsearch.search.folder import STUDY_FILE
 from sslsearch.search.retention import CheckpointRetention
 from sslsearch.search.saved_state import IntactStateCopy
 from sslsearch.search.slots import SlotUse
+from sslsearch.search.trial_logs import ResultJsonLog, trial_loggers
 from sslsearch.search.space import load_search_space
 from sslsearch.search.sweep import (
     LiveView,
@@ -61,6 +62,7 @@ from sslsearch.search.sweep import (
     sweep_path,
     write_study_snapshot,
 )
+from sslsearch.search.synthetic import SyntheticSettings, synthetic_trainable, synthetic_val_acc
 from sslsearch.search.trial_config import make_trial_config
 
 # The workhorse GPU sweep (ResNet-18 on CIFAR-10): its settings are what the driver records and
@@ -84,31 +86,6 @@ IN_STATE_SAVE = ("searcher.save (in ray.save_experiment_state)", "intact_state (
 OWN_THREADS = ("tracking.send", "tracking.send.sweep", "ray.upload_experiment_state")
 MLFLOW_METHODS = ("create_experiment", "get_experiment_by_name", "search_runs", "create_run", "get_run", "update_run",
                   "log_batch", "log_artifact", "log_artifacts", "set_terminated", "set_tag", "log_metric", "log_param")
-
-
-# ---------------------------------------------------------------------------------------------
-# The synthetic trial (sslsearch.bench.platform_trial): its checkpoint file
-# ---------------------------------------------------------------------------------------------
-
-@functools.lru_cache(maxsize=4)
-def _payload(size: int) -> bytes:
-    """A checkpoint file of about `size` bytes: a torch state of incompressible bytes, like trained weights
-    (a real checkpoint format, so MLflow's weights-only upload reads it as it reads a trial's)."""
-    import io
-
-    import torch
-
-    buffer = io.BytesIO()
-    torch.save({"model": {"weights": torch.frombuffer(bytearray(random.Random(size).randbytes(size)), dtype=torch.uint8)}},
-               buffer)
-    return buffer.getvalue()
-
-
-def payload_file(folder: Path, size: int) -> Path:
-    """The checkpoint file every synthetic report copies as its last.pt, written once per sweep."""
-    path = folder / "payload.pt"
-    path.write_bytes(_payload(size))
-    return path
 
 
 # ---------------------------------------------------------------------------------------------
@@ -195,11 +172,11 @@ class _TimedTracking(MlflowTracking):
         locals()[_hook] = _timed_function(getattr(MlflowTracking, _hook), f"tracking.{_hook}")
     del _hook
 
-    def _attempt(self, record: list) -> bool:
+    def _attempt(self, record: list, number: int = 0) -> bool:
         # The sender thread's work (at the end of the sweep, on_experiment_end waits for it: both count).
         # The first record creates (or opens) the MLflow store and the sweep's run: once per sweep, timed apart.
         with PROFILE.timed("tracking.send.sweep" if record[0] == "sweep" else "tracking.send"):
-            return super()._attempt(record)
+            return super()._attempt(record, number)
 
 
 class _TimedIntactStateCopy(IntactStateCopy):
@@ -301,60 +278,23 @@ def _rss_mb() -> float:
     return float("nan")
 
 
-def _tree_cpu_seconds(pid: int, reaped: bool = False) -> float:
-    """User + system CPU seconds of a process and its descendants, from /proc (Linux); `reaped`: with
-    the descendants that ended and were waited for (Ray's trial actors, counted by the raylet)."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    stats = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            spent = int(fields[11]) + int(fields[12]) + (int(fields[13]) + int(fields[14]) if reaped else 0)
-            stats[int(entry.name)] = (int(fields[1]), spent / ticks)
-    total, frontier = 0.0, [pid]
-    while frontier:
-        current = frontier.pop()
-        total += stats.get(current, (0, 0.0))[1]
-        frontier += [child for child, (parent, _) in stats.items() if parent == current]
-    return total
-
-
 @contextlib.contextmanager
 def _mlflow_server(folder: Path):
     """A real `mlflow server` on 127.0.0.1 (SQLite backend, local artifacts); yields (uri, pid)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     command = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
                "--backend-store-uri", f"sqlite:///{folder / 'server.db'}",
                "--artifacts-destination", (folder / "server-artifacts").as_uri()]
-    log = open(folder / "mlflow-server.log", "w")
-    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     uri = f"http://127.0.0.1:{port}"
-    try:
-        import requests
-
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if requests.get(f"{uri}/health", timeout=2).ok:
-                    break
-            except requests.RequestException:
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"mlflow server did not start; see {folder / 'mlflow-server.log'}")
-            time.sleep(0.5)
-        yield uri, server.pid
-    finally:
-        os.killpg(server.pid, 15)  # its own session: the server and its workers, nothing else
+    with open(folder / "mlflow-server.log", "w") as log:
+        server = start_server(command, stdout=log)
         try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, 9)
-        log.close()
+            failed = wait_until_answers(server, f"{uri}/health", timeout_s=120, poll_s=0.5)
+            if failed is not None:
+                raise RuntimeError(f"mlflow server {failed}; see {folder / 'mlflow-server.log'}")
+            yield uri, server.pid
+        finally:
+            stop_server(server)   # its own session: the server and its workers, nothing else
 
 
 # ---------------------------------------------------------------------------------------------
@@ -384,16 +324,16 @@ def measure_sweep(trials: int, reports: int = 10, concurrency: int = 8, report_s
     name = f"platform-{trials}"
     with contextlib.ExitStack() as stack:
         server_pid = None
-        uri = f"sqlite:///{folder / 'mlflow.db'}"
+        uri = default_tracking_uri(str(folder))
         if tracking == "server":
             uri, server_pid = stack.enter_context(_mlflow_server(folder))
         connect_ray(None, num_cpus=concurrency)
         callbacks = [_TimedLiveView(quiet=False)]
         if ray_loggers == "json":  # Ray's result.json only, not its progress.csv and TensorBoard files
-            from ray.tune.logger import JsonLoggerCallback
-
             os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
-            callbacks.append(JsonLoggerCallback())
+            callbacks.append(ResultJsonLog())
+        else:  # as run_sweep: result.json and progress.csv kept whole across a twin's pause (TensorBoard: Ray's)
+            callbacks.extend(trial_loggers())
         if tracking != "none":
             callbacks.append(_TimedTracking(experiment, space, sweep=name, storage=str(folder), tracking_uri=uri))
         scheduler = make_scheduler(experiment)
@@ -413,20 +353,20 @@ def measure_sweep(trials: int, reports: int = 10, concurrency: int = 8, report_s
         # run_sweep's Tuner, with the synthetic trainable.
         tuner = make_tuner(
             experiment, name=name, storage=str(folder), search_alg=searcher, scheduler=scheduler, num_samples=trials,
-            param_space=make_trial_config(experiment.pretrain.to_dict(), cpus=1,
-                                          bench={"report_seconds": report_seconds,
-                                                 "payload": str(payload_file(folder, int(checkpoint_mb * 2 ** 20)))}),
-            trainable=synthetic_trial, callbacks=callbacks, num_to_keep=ray_num_to_keep)
+            param_space=make_trial_config(experiment.pretrain.to_dict(), cpus=1),
+            trainable=synthetic_trainable(SyntheticSettings(epoch_seconds=report_seconds / experiment.pretrain.eval_every,
+                                                            checkpoint_bytes=int(checkpoint_mb * 2 ** 20))),
+            callbacks=callbacks, num_to_keep=ray_num_to_keep)
         rss_before = _rss_mb()
-        server_cpu_before = _tree_cpu_seconds(server_pid) if server_pid else None
-        tree_cpu_before = _tree_cpu_seconds(os.getpid(), reaped=True)
+        server_cpu_before = tree_cpu_seconds(server_pid) if server_pid else None
+        tree_cpu_before = tree_cpu_seconds(os.getpid(), reaped=True)
         with _instrumented():
             cpu, wall = time.process_time(), time.perf_counter()
             results = tuner.fit()
             cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
-        server_cpu = _tree_cpu_seconds(server_pid) - server_cpu_before if server_pid else None
+        server_cpu = tree_cpu_seconds(server_pid) - server_cpu_before if server_pid else None
         # Everything the sweep cost the machine: the driver, Ray's raylet and GCS, every trial actor.
-        tree_cpu = _tree_cpu_seconds(os.getpid(), reaped=True) - tree_cpu_before
+        tree_cpu = tree_cpu_seconds(os.getpid(), reaped=True) - tree_cpu_before
         rss_after = _rss_mb()
     summary = summarize(results, name, sweep_path(str(folder), name), wall, concurrency, None)
     reported = sum(int((r.metrics or {}).get("training_iteration", 0)) for r in results)
@@ -557,7 +497,7 @@ def suggest_latency(finished: tuple[int, ...] = (50, 200, 1000), samplers: tuple
                 params = {k: rng.choice(d.choices) if isinstance(d, optuna.distributions.CategoricalDistribution)
                           else math.exp(rng.uniform(math.log(d.low), math.log(d.high))) for k, d in distributions.items()}
                 epochs = 10 if i % 3 else 100
-                curve = {e: synthetic_val_acc({**params, "base": {"epochs": 100}}, e, rng) for e in range(0, epochs + 1, 10)}
+                curve = {e: synthetic_val_acc(params, e) for e in range(0, epochs + 1, 10)}
                 searcher._ot_study.add_trial(optuna.trial.create_trial(
                     params=params, distributions=distributions, intermediate_values=curve,
                     state=optuna.trial.TrialState.COMPLETE if epochs == 100 else optuna.trial.TrialState.PRUNED,

@@ -33,11 +33,16 @@ TOLERANCE = 0.5               # val_acc points: "as good as the baseline's best"
 
 
 class AnytimeRecorder(tune.Callback):
-    """On the driver, in arrival order: epochs trained by every report, and each finished trial's final val_acc."""
+    """On the driver, in arrival order: epochs trained by every report, and each finished trial's final val_acc.
 
-    def __init__(self):
+    In a paired sweep a result counts once its pair has ended (both twins finish at the same epoch, but in either
+    order): otherwise the curve, and the headline, would depend on which twin happened to finish first."""
+
+    def __init__(self, paired: bool = False):
+        self.paired = paired
         self.epochs: dict[str, int] = {}
-        self.events: list[tuple[float, int, float | None]] = []   # (seconds, epochs trained so far, finished trial's val_acc)
+        # (seconds, epochs trained so far, finished trial's val_acc, its pair or None)
+        self.events: list[tuple[float, int, float | None, int | None]] = []
         self.start = time.monotonic()
 
     def _trained(self) -> int:
@@ -45,18 +50,25 @@ class AnytimeRecorder(tune.Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         self.epochs[trial.trial_id] = max(self.epochs.get(trial.trial_id, 0), int(result.get("epoch", 0)))
-        self.events.append((time.monotonic() - self.start, self._trained(), None))
+        self.events.append((time.monotonic() - self.start, self._trained(), None, None))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         value = (trial.last_result or {}).get(METRIC)
+        pair = trial.config.get("pair") if self.paired else None
         if value is not None and math.isfinite(value):
-            self.events.append((time.monotonic() - self.start, self._trained(), float(value)))
+            self.events.append((time.monotonic() - self.start, self._trained(), float(value), pair))
 
     def curve(self) -> list[tuple[int, float]]:
-        """(epochs trained, best final val_acc so far) at each finished trial that raised the best."""
-        points, best = [], -math.inf
-        for _, epochs, value in self.events:
-            if value is not None and value > best:
+        """(epochs trained, best final val_acc so far) at each finished trial (paired: pair) that raised the best."""
+        points, best, waiting = [], -math.inf, {}
+        for _, epochs, value, pair in self.events:
+            if value is None:
+                continue
+            if pair is not None and pair not in waiting:
+                waiting[pair] = value    # its twin has not finished yet
+                continue
+            value = max(value, waiting.pop(pair, -math.inf))
+            if value > best:
                 best = value
                 points.append((epochs, best))
         return points
@@ -69,9 +81,9 @@ def _method_experiment(experiment: Experiment, method: str, seed: int) -> Experi
 
 
 def bench_search(experiment: Experiment, space: SearchSpace, *, methods: tuple[str, ...] = tuple(METHODS),
-                 seeds: tuple[int, ...] = (0, 1, 2), storage: str | None = None, trainable=None,
-                 synthetic: dict | None = None, progress=print) -> dict:
-    """Run every method once per seed; per-run figures, anytime curves and per-method aggregates."""
+                 seeds: tuple[int, ...] = (0, 1, 2), storage: str | None = None, trainable=None, progress=print) -> dict:
+    """Run every method once per seed (`trainable`: run_sweep's); per-run figures, anytime curves and per-method
+    aggregates."""
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise InputError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
@@ -80,10 +92,9 @@ def bench_search(experiment: Experiment, space: SearchSpace, *, methods: tuple[s
         runs = []
         for seed in seeds:
             for method in methods:
-                recorder = AnytimeRecorder()
+                recorder = AnytimeRecorder(paired=experiment.search.paired)
                 summary = run_sweep(_method_experiment(experiment, method, seed), space, name=f"{method}-seed{seed}",
-                                    storage=str(root), callbacks=[recorder], quiet=True, trainable=trainable,
-                                    synthetic=synthetic)
+                                    storage=str(root), callbacks=[recorder], quiet=True, trainable=trainable)
                 finals = [t.val_acc for t in summary.trials if t.rankable]
                 run = {"method": method, "seed": seed, "best": max(finals) if finals else None,
                        "epochs": recorder._trained(), "wall_s": summary.wall_seconds, "trials": len(summary.trials),

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from sslsearch.errors import InputError, shown, shown_path
 
 if TYPE_CHECKING:
-    pass
+    import torch
 
 DATASETS: tuple[str, ...] = ("digits", "cifar10", "cifar100", "stl10", "tiny_imagenet", "folder")
 LOSSES: tuple[str, ...] = ("barlow", "hsic")
@@ -64,10 +64,18 @@ TRAIN_CLASS_COUNTS: dict[str, tuple[tuple[int, ...], int]] = {
 }
 
 
+def _physical_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):   # not every system names them
+        return None
+
+
 def visible_gpus() -> int | None:
     """GPUs this machine shows without loading a driver library: NVIDIA device files (as CUDA_VISIBLE_DEVICES
-    narrows them); None when another kind of accelerator may be present (AMD's /dev/kfd), so only Ray can count."""
-    if Path("/dev/kfd").exists():
+    narrows them); None when GPUs may be present that have no such file (AMD's /dev/kfd, WSL2's /dev/dxg), so only
+    Ray or torch can count them."""
+    if Path("/dev/kfd").exists() or Path("/dev/dxg").exists():
         return None
     count = sum(1 for name in os.listdir("/dev") if re.fullmatch(r"nvidia\d+", name)) if os.path.isdir("/dev") else 0
     listed = os.environ.get("CUDA_VISIBLE_DEVICES")
@@ -214,6 +222,24 @@ class PretrainConfig:
             raise InputError(f"batch_size {self.batch_size:g} exceeds the {images:,} pretraining images of {self.dataset} "
                              f"(its training images less the val_fraction={self.val_fraction:g} validation split); "
                              f"lower batch_size or val_fraction")
+
+    def check_local_data(self) -> None:
+        """InputError (one line) if the data cannot be used on this machine: a `folder` data set, which has nothing to
+        download, is not here; the data set at image_size does not fit its memory. (Not called for a cluster, whose
+        workers may hold the data and more memory.)"""
+        images = self.pretraining_images()
+        if images is not None and self.image_size is not None:
+            # The data set lives in memory as uint8 at image_size² (the pretraining images alone, a lower bound).
+            need, have = images * 3 * self.image_size ** 2, _physical_memory()
+            if have and need > have:
+                raise InputError(f"image_size {self.image_size} makes the {images:,} pretraining images of {self.dataset} "
+                                 f"{need / 2**30:,.1f} GiB as uint8, more than this machine's {have / 2**30:,.1f} GiB; "
+                                 "lower image_size")
+        if self.dataset == "folder":
+            train = Path(self.data_dir or "data") / "train"
+            if not (train.is_dir() and any(p.is_dir() and not p.name.startswith(".") for p in train.iterdir())):
+                raise InputError(f"folder data set not found: expected {shown_path(train, 120)}/<class>/<images> "
+                                 "(and optionally test/<class>/<images> beside train/)")
 
     def to_dict(self) -> dict:
         """Plain values only (lists for tuples), so checkpoints load with weights_only=True."""

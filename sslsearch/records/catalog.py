@@ -17,14 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sslsearch.errors import InputError
+from sslsearch.records.schema import EXPERIMENT_NAME, OUTCOME, ROLE, STAGE, SWEEP, SWEEP_ROLE, TRIAL_ROLE
 from sslsearch.records.store import default_tracking_uri
 from sslsearch.search.folder import CONFIRM_DIR, OUTBOX_FILE, PLAN_FILE, SWEEP_FILE
 from sslsearch.search.outcomes import FINISHED
 from sslsearch.search.sweeplock import describe_writer, name_taken, writer
-
-# records.tracking's names (that module imports MLflow): the experiment and the run tags read here.
-EXPERIMENT_NAME = "sslsearch"
-ROLE, SWEEP, OUTCOME, STAGE = "sslsearch.role", "sslsearch.sweep", "sslsearch.outcome", "sslsearch.stage"
 
 
 @dataclass(frozen=True)
@@ -144,14 +141,16 @@ def sweep_tracking_uri(sweep: SweepFolder, storage: str) -> str:
     return uri or default_tracking_uri(storage)
 
 
-def check_confirmable(sweep: SweepFolder, storage: str, top: int, seeds: int, tracking_uri: str | None) -> None:
-    """InputError (one line) if `confirm --top top --seeds seeds` cannot run on the sweep: its stage was started
-    with other settings (one stage per sweep), or it has no finished trial to confirm."""
+def check_confirmable(sweep: SweepFolder, storage: str, top: int, seeds: int, tracking_uri: str | None,
+                      design: str | None = None) -> None:
+    """InputError (one line) if `confirm --top top --seeds seeds [--design design]` cannot run on the sweep: its stage
+    was started with other settings (one stage per sweep), or it has no finished trial to confirm."""
     stage = confirm_stage(sweep)
     if stage is not None:
         plan, ended = stage
-        if plan and (plan["top"], len(plan["seeds"])) != (top, seeds):
-            settings = f"--top {plan['top']} --seeds {len(plan['seeds'])}"
+        if plan and (plan["top"], len(plan["seeds"]), design or plan.get("design")) != (top, seeds, plan.get("design")):
+            settings = f"--top {plan['top']} --seeds {len(plan['seeds'])}" + (
+                f" --design {plan['design']}" if plan.get("design") else "")
             if ended:
                 raise InputError(f"sweep {sweep.name!r} was confirmed with {settings} and that stage has finished (a "
                                  f"sweep has one); its results: `sslsearch leaderboard {sweep.name}`")
@@ -182,7 +181,7 @@ def _open_readonly(uri: str) -> sqlite3.Connection | None:
 _SWEEPS = f"""
 SELECT name.value, MAX(r.start_time) FROM runs r
 JOIN experiments e ON e.experiment_id = r.experiment_id AND e.name = ? AND e.lifecycle_stage = 'active'
-JOIN tags role ON role.run_uuid = r.run_uuid AND role.key = '{ROLE}' AND role.value = 'sweep'
+JOIN tags role ON role.run_uuid = r.run_uuid AND role.key = '{ROLE}' AND role.value = '{SWEEP_ROLE}'
 JOIN tags name ON name.run_uuid = r.run_uuid AND name.key = '{SWEEP}'
 WHERE r.lifecycle_stage = 'active' GROUP BY name.value ORDER BY MAX(r.start_time) DESC, name.value
 """
@@ -191,7 +190,7 @@ WHERE r.lifecycle_stage = 'active' GROUP BY name.value ORDER BY MAX(r.start_time
 _RANKABLE = f"""
 SELECT DISTINCT name.value FROM runs r
 JOIN experiments e ON e.experiment_id = r.experiment_id AND e.name = ?
-JOIN tags role ON role.run_uuid = r.run_uuid AND role.key = '{ROLE}' AND role.value = 'trial'
+JOIN tags role ON role.run_uuid = r.run_uuid AND role.key = '{ROLE}' AND role.value = '{TRIAL_ROLE}'
 JOIN tags name ON name.run_uuid = r.run_uuid AND name.key = '{SWEEP}'
 JOIN tags outcome ON outcome.run_uuid = r.run_uuid AND outcome.key = '{OUTCOME}'
 JOIN latest_metrics epoch ON epoch.run_uuid = r.run_uuid AND epoch.key = 'epoch' AND epoch.value >= 1

@@ -60,6 +60,7 @@ from ray import tune
 import sslsearch
 from sslsearch.errors import InputError, shown
 from sslsearch.method.train import save_weights_only
+from sslsearch.records.query import find_experiment, search_all_runs
 from sslsearch.records.schema import (
     BEST_EPOCH,
     BEST_VAL_ACC,
@@ -128,12 +129,12 @@ QUARANTINE_FILE = "mlflow-outbox.quarantine.jsonl"
 def check_tracking(uri: str, sweep: str | None = None, *, reading: bool = False) -> None:
     """InputError (one line) if the tracking store cannot take records (sslsearch.records.store.check_store);
     `sweep`: also refuse a name already recorded; `reading` (leaderboard, export): only check that the
-    store can be reached, creating nothing (leaderboard.mlflow_client refuses a SQLite store that does not exist)."""
+    store can be reached, creating nothing (records.query.records_client refuses a SQLite store that does not exist)."""
     check_store(uri, reading=reading)
     if sweep is not None:
         _quiet_mlflow()
         client = mlflow.MlflowClient(uri)
-        experiment = client.get_experiment_by_name(EXPERIMENT_NAME)
+        experiment = find_experiment(client)
         if experiment is not None and client.search_runs([experiment.experiment_id], runs_filter(sweep), max_results=1):
             raise InputError(f"the MLflow store {uri} already holds a sweep named {sweep!r}; choose another --name")
 
@@ -387,17 +388,10 @@ def artifact_bytes(uri: str, sweep: str) -> int | None:
     try:
         _quiet_mlflow()
         client = mlflow.MlflowClient(uri)
-        experiment = client.get_experiment_by_name(EXPERIMENT_NAME)
+        experiment = find_experiment(client)
         if experiment is None:
             return 0
-        runs, token = [], None
-        while True:
-            page = client.search_runs([experiment.experiment_id], f"tags.`{SWEEP}` = '{sweep}'", max_results=1000,
-                                      page_token=token)
-            runs.extend(page)
-            token = page.token
-            if not token:
-                break
+        runs = search_all_runs(client, experiment.experiment_id, f"tags.`{SWEEP}` = '{sweep}'")
     except TRANSIENT:
         return None
     total = 0
@@ -664,7 +658,7 @@ class MlflowTracking(tune.Callback):
         """Find (or create) the parent run and the trials' runs; `reopen`: a sweep (re)starting marks it RUNNING."""
         client = self.client
         if self._experiment_id is None:
-            experiment = client.get_experiment_by_name(EXPERIMENT_NAME)
+            experiment = find_experiment(client)
             self._experiment_id = (experiment.experiment_id if experiment is not None else
                                    client.create_experiment(EXPERIMENT_NAME, artifact_location=_artifact_root(self.uri),
                                                             tags=dict([EXPERIMENT_KIND])))
@@ -688,13 +682,7 @@ class MlflowTracking(tune.Callback):
                 self._runs.setdefault(run.data.tags[TRIAL_ID], _Run.from_mlflow(run))
 
     def _search(self, filter_string: str) -> list:
-        runs, token = [], None
-        while True:
-            page = self.client.search_runs([self._experiment_id], filter_string, max_results=1000, page_token=token)
-            runs.extend(page)
-            token = page.token
-            if not token:
-                return runs
+        return search_all_runs(self.client, self._experiment_id, filter_string)
 
     def _create_parent(self):
         tags = {ROLE: SWEEP_ROLE, SWEEP: self.sweep, SSLSEARCH_VERSION: sslsearch.__version__,

@@ -17,7 +17,6 @@ import ipaddress
 import json
 import os
 import socket
-import subprocess
 import sys
 import time
 import urllib.error
@@ -28,7 +27,7 @@ from typing import Callable
 
 from sslsearch.errors import InputError
 from sslsearch.method.config import LOSSES
-from sslsearch.processes import INTERRUPTED, reaping
+from sslsearch.processes import INTERRUPTED, reaping, start_server, wait_until_answers
 from sslsearch.records.catalog import recorded_sweeps
 from sslsearch.records.schema import EXPERIMENT_NAME
 from sslsearch.records.store import artifact_root, default_tracking_uri, sqlite_path
@@ -50,6 +49,7 @@ class Server:
     # Asked once the server answers, with the deadline to answer by: the page to open, from what the server
     # knows (e.g. an experiment's id); InputError if it cannot say.
     locate: Callable[[Server, float], str] | None = None
+    chosen: str | None = None  # what was chosen for the user (e.g. the latest sweep): said first, on stderr
 
     @property
     def url(self) -> str:
@@ -107,7 +107,8 @@ EXPERIMENT_PAGE = "/#/experiments/{id}/runs?workflowType=machine_learning&viewSt
 # The runs table's columns are no URL parameter, but a "shared view" is: the UI applies the experiment tag
 # `mlflow.sharedViewState.<key>` named by the URL's `viewStateShareKey`, a JSON of the search facets and the
 # table's state (mlflow/server/js: ExperimentViewRuns). Ours puts the answer first: the verdict and the best
-# val_acc per loss in place of the default Source / Models / Dataset columns, visible at 1280 px.
+# val_acc per loss in place of the default Source / Models / Dataset columns, narrow enough to be seen at
+# 1280 px even while MLflow's Assistant panel (open on a browser's first visit) takes a third of the width.
 VIEW_KEY = "sslsearch-answer"
 VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
 VERDICT_TAG = "sslsearch.verdict"            # analysis.leaderboard.log_verdict writes it on the sweep's run
@@ -116,9 +117,10 @@ BEST_METRIC = "best_val_acc_{loss}"          # records.tracking.SUMMARY_METRIC, 
 
 def answer_view() -> dict:
     """The runs table the printed URL opens (MLflow's column keys are "<type>.`<name>`"), newest sweep first."""
-    columns = [f"tags.`{VERDICT_TAG}`", *(f"metrics.`{BEST_METRIC.format(loss=loss)}`" for loss in LOSSES)]
+    verdict, *best = [f"tags.`{VERDICT_TAG}`", *(f"metrics.`{BEST_METRIC.format(loss=loss)}`" for loss in LOSSES)]
+    widths = {verdict: 110, **{column: 85 for column in best}}  # pixels; a cell shows its whole text on hover
     return {"searchFilter": "", "orderByKey": "attributes.start_time", "orderByAsc": False,
-            "selectedColumns": columns, "columnOrder": columns}
+            "selectedColumns": [verdict, *best], "columnOrder": [verdict, *best], "columnWidths": widths}
 
 
 def _api(base: str, path: str, body: dict | None = None) -> dict:
@@ -176,22 +178,13 @@ def optuna_dashboard(storage: str, sweep: str | None, host: str = "127.0.0.1", p
     if importlib.util.find_spec("optuna_dashboard") is None:
         raise InputError("optuna-dashboard is not installed; install the extra: pip install -e '.[dashboard]'")
     name, journal = sweep_study(storage, sweep)
-    if sweep is None:  # said first: the server takes seconds to answer
-        print(f"dashboard: sweep {name}, the most recently written Optuna study in {Path(storage).resolve()} "
-              "(name a sweep to choose)", file=sys.stderr, flush=True)
     command = [sys.executable, "-m", "optuna_dashboard._cli", str(journal), "--storage-class", "JournalFileStorage",
                "--host", host, "--port", str(port), "--quiet"]
     # One study per journal, so it is study 0; the dashboard's own study URLs are by id.
+    chosen = None if sweep is not None else (f"dashboard: sweep {name}, the most recently written Optuna study in "
+                                             f"{Path(storage).resolve()} (name a sweep to choose)")
     return Server(f"optuna-dashboard (sweep {name})", command, host, port, ready_path="/api/meta",
-                  open_path="/dashboard/studies/0")
-
-
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return response.status == 200
-    except (urllib.error.URLError, OSError):
-        return False
+                  open_path="/dashboard/studies/0", chosen=chosen)
 
 
 def serve(server: Server, *, out=sys.stdout) -> int:
@@ -202,6 +195,8 @@ def serve(server: Server, *, out=sys.stdout) -> int:
     (Starlette's and others' are about the server's code, not the user's).
     """
     check_port(server.host, server.port)
+    if server.chosen:  # before the seconds the server takes to answer
+        print(server.chosen, file=sys.stderr, flush=True)
     if not is_loopback(server.host):
         print(f"warning: {server.what} listens on {server.host}, beyond this machine, and has no login: whoever reaches "
               f"port {server.port} can read and change the sweeps' records; use --host 127.0.0.1 and an SSH tunnel "
@@ -211,18 +206,12 @@ def serve(server: Server, *, out=sys.stdout) -> int:
                                            "ignore:starlette.middleware.wsgi is deprecated"}
     with reaping():  # on the way out, SIGTERM/SIGKILL the server and everything it started
         # Its own session: the terminal's Ctrl-C reaches only us, and we stop the whole tree in order.
-        process = subprocess.Popen(server.command, env=env, stdout=sys.stderr, start_new_session=True)
+        process = start_server(server.command, stdout=sys.stderr, env=env)
         try:
-            deadline = time.monotonic() + READY_TIMEOUT_S
-            while not _answers(server.probe_url()):
-                if process.poll() is not None:
-                    print(f"sslsearch: error: {server.what} exited with code {process.returncode} before it answered",
-                          file=sys.stderr)
-                    return 1
-                if time.monotonic() > deadline:
-                    print(f"sslsearch: error: {server.what} did not answer within {READY_TIMEOUT_S:.0f} s", file=sys.stderr)
-                    return 1
-                time.sleep(0.25)
+            failed = wait_until_answers(process, server.probe_url(), READY_TIMEOUT_S)
+            if failed is not None:
+                print(f"sslsearch: error: {server.what} {failed}", file=sys.stderr)
+                return 1
             if server.locate is not None:
                 try:
                     server = replace(server, open_path=server.locate(server, time.monotonic() + READY_TIMEOUT_S))

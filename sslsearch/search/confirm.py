@@ -1,16 +1,22 @@
-"""The confirmation stage: re-measure a sweep's top configurations with fresh seeds at the full budget.
+"""The confirmation stage: re-measure a sweep's best settings with fresh seeds at the full budget.
 
 A sweep explores: each configuration runs once, on one seed, and ASHA stops most of them early.
 Its winner is the best of many noisy measurements, so its score is biased upward (the winner's
-curse). `run_confirm` takes the top-K configurations of each loss by the sweep's own ranking and
-runs each with N seeds that no sweep trial used, FIFO, every trial to the last epoch. The
-leaderboard then ranks configurations by their mean over seeds and compares the losses on these
-runs (sslsearch.analysis.leaderboard).
+curse). `run_confirm` re-runs the sweep's best settings with both losses and N seeds that no sweep
+trial used, FIFO, every trial to the last epoch. The leaderboard then ranks the configurations by
+their mean over seeds, and the verdict compares the losses on these runs' `test_acc`
+(sslsearch.analysis.verdict): the test split is read by no selection step.
 
-Pairing: the k-th ranked barlow configuration and the k-th ranked hsic configuration run with the
-same seed and form pair `k * N + j` (seed j): each loss with its own tuned settings, the same
-initialisation seed and data order. `--top 2 --seeds 3` gives 6 pairs, the fewest with which an
-exact two-sided test can reach p < 0.05.
+Design (`plan_confirmation`): by default ("shared") the top K settings (λ, lr, feature_dim) of the
+sweep, ranked by the mean over the losses of their trials' val_acc (a pair's two twins), each run
+with both losses; `--design per-loss` runs each loss's own top K configurations instead (tuned
+against tuned: under two equally good losses it calls a difference 11–15 % of the time at α = 0.05,
+because the two chosen configurations differ in truth after selection; docs/sweeps.md#confirmation).
+
+Independent replicates: seed j is one block, run by every confirmed configuration of both losses
+(same initialisation seed, data order and augmentation draws); different blocks share nothing.
+So n = the number of seed blocks, whatever K is: a block's difference is the mean of its K hsic
+runs minus the mean of its K barlow runs, never K × seeds pairs.
 
 Records: Ray keeps the stage in `<sweep folder>/confirm` (a Tuner of its own, restorable like a
 sweep); MLflow keeps it in the sweep's parent run, child runs tagged `sslsearch.stage=confirm`
@@ -56,6 +62,8 @@ from sslsearch.search.sweeplock import SweepLock, check_owned
 from sslsearch.search.trial_config import PAIR, SEED, make_trial_config, sampled_params, trial_value
 
 STAGE = "confirm"                # the MLflow tag value of its child runs (tracking.STAGE)
+DESIGNS = ("shared", "per-loss")  # see plan_confirmation
+TOP, SEEDS, DESIGN = 1, 8, "shared"  # the defaults: one setting, 8 seed blocks (the power in docs/sweeps.md)
 
 
 def confirm_experiment(name: str, storage: str) -> tuple[Experiment, SearchSpace]:
@@ -91,7 +99,12 @@ def search_ranking(path: str) -> list[dict]:
         rows.append({"trial_id": trial.trial_id, "loss": trial_value(config, "loss"), "params": sampled_params(config),
                      "seed": trial_value(config, SEED), "val_acc": float(result[METRIC]),
                      "epoch": epoch, "trial_seconds": float(result.get("trial_seconds", 0.0) or 0.0)})
-    rows.sort(key=lambda r: r["trial_id"])
+    return rank_search_rows(rows)
+
+
+def rank_search_rows(rows: list[dict]) -> list[dict]:
+    """Ranking rows in the leaderboard's order: val_acc, then more epochs, less wall time, trial id."""
+    rows = sorted(rows, key=lambda r: r["trial_id"])
     rows.sort(key=lambda r: (-r["val_acc"], -r["epoch"], r["trial_seconds"]))
     return rows
 
@@ -104,30 +117,59 @@ def _used_seeds(path: str, base_seed: int) -> set[int]:
     return seeds
 
 
-def plan_confirmation(ranking: list[dict], used_seeds: set[int], top: int, seeds: int) -> dict:
-    """The configurations to confirm: the top `top` distinct configurations of each loss, each with
-    `seeds` seeds above every seed the sweep used; one point (a trial's config) per configuration and seed."""
+def _setting(params: dict) -> str:
+    """A configuration without its loss, as a key (what twins share)."""
+    return json.dumps({k: v for k, v in params.items() if k != "loss"}, sort_keys=True)
+
+
+def _shared_settings(ranking: list[dict], top: int) -> list[str]:
+    """The `top` settings (λ, lr, feature_dim, ...) whose trials score best on average over the losses: each loss's
+    best trial of the setting counts once, so neither loss's luck alone picks it (pairs: the mean of the twins)."""
+    best: dict[str, dict[str, dict]] = {}
+    for row in ranking:   # in ranking order: the first row of a loss is its best
+        best.setdefault(_setting(row["params"]), {}).setdefault(row["loss"], row)
+    scored = [(-sum(r["val_acc"] for r in rows.values()) / len(rows), -min(r["epoch"] for r in rows.values()), i, key)
+              for i, (key, rows) in enumerate(best.items())]
+    return [key for *_, key in sorted(scored)[:top]]
+
+
+def plan_confirmation(ranking: list[dict], used_seeds: set[int], top: int, seeds: int, design: str = "shared") -> dict:
+    """The configurations to confirm and their runs: `seeds` fresh seeds (above every seed the sweep used),
+    each one block run by every confirmed configuration of both losses.
+
+    design "shared" (the default): the `top` best settings of the sweep (`_shared_settings`), each run with both
+    losses, so a block compares the losses at the same settings; "per-loss": the `top` best distinct
+    configurations of each loss (tuned against tuned; docs/sweeps.md shows why that is not the default).
+    """
     if top < 1 or seeds < 1:
         raise InputError(f"--top and --seeds must be ≥ 1, got --top {top} --seeds {seeds}")
-    chosen: dict[str, list[dict]] = {}
-    for row in ranking:
-        picked = chosen.setdefault(row["loss"], [])
-        key = json.dumps(row["params"], sort_keys=True)
-        if len(picked) < top and key not in {json.dumps(p["params"], sort_keys=True) for p in picked}:
-            picked.append(row)
-    if not chosen:
+    if design not in DESIGNS:
+        raise InputError(f"unknown confirmation design {design!r}; expected one of {', '.join(DESIGNS)}")
+    if not ranking:
         raise InputError("the sweep has no finished trial that reported after epoch 0; nothing to confirm")
+    losses = sorted({row["loss"] for row in ranking})
+    chosen: dict[str, list[tuple[dict, dict | None]]] = {}   # loss → [(params, the search trial's row or None)]
+    if design == "shared":
+        settings = _shared_settings(ranking, top)
+        for loss in losses:
+            for key in settings:
+                row = next((r for r in ranking if r["loss"] == loss and _setting(r["params"]) == key), None)
+                chosen.setdefault(loss, []).append(({**json.loads(key), "loss": loss}, row))
+    else:
+        for row in ranking:
+            picked = chosen.setdefault(row["loss"], [])
+            if len(picked) < top and _setting(row["params"]) not in {_setting(p) for p, _ in picked}:
+                picked.append((row["params"], row))
     first = max(used_seeds) + 1
     fresh = list(range(first, first + seeds))
-    points = []
-    for loss in sorted(chosen):
-        for k, row in enumerate(chosen[loss]):
-            for j, seed in enumerate(fresh):
-                points.append({**row["params"], "loss": loss, SEED: seed, PAIR: k * seeds + j})
-    configurations = [{"loss": loss, "rank": k + 1, "params": row["params"], "search_trial": row["trial_id"],
-                       "search_val_acc": row["val_acc"], "search_epoch": row["epoch"]}
-                      for loss in sorted(chosen) for k, row in enumerate(chosen[loss])]
-    return {"top": top, "seeds": fresh, "configurations": configurations, "points": points}
+    # Seed j is block j for every configuration of both losses; `pair` numbers the (rank, seed) units.
+    points = [{**params, "loss": loss, SEED: seed, PAIR: k * seeds + j}
+              for loss in losses for k, (params, _) in enumerate(chosen[loss]) for j, seed in enumerate(fresh)]
+    configurations = [{"loss": loss, "rank": k + 1, "params": params,
+                       "search_trial": row["trial_id"] if row else None, "search_val_acc": row["val_acc"] if row else None,
+                       "search_epoch": row["epoch"] if row else None}
+                      for loss in losses for k, (params, row) in enumerate(chosen[loss])]
+    return {"top": top, "design": design, "seeds": fresh, "configurations": configurations, "points": points}
 
 
 def confirm_path(name: str, storage: str) -> str:
@@ -143,22 +185,26 @@ def read_plan(name: str, storage: str) -> dict | None:
         return None
 
 
-def run_confirm(name: str, storage: str, *, top: int, seeds: int, address: str | None = None,
+def run_confirm(name: str, storage: str, *, top: int, seeds: int, design: str | None = None, address: str | None = None,
                 callbacks: list | None = None, quiet: bool = False) -> SweepSummary:
     """Run (or continue) the confirmation stage of sweep `name`: Ray records in `<sweep>/confirm`.
 
     Called again after an interruption, it continues the same trials from their checkpoints (the
     callbacks then come back from Ray's saved state, as in `resume_sweep`). A finished stage is
-    not run twice; asking for a different --top or --seeds than the stage was started with is refused.
+    not run twice; asking for a different --top, --seeds or --design than the stage was started with is
+    refused. `design` None: the started stage's, else DESIGN (plans written before designs existed were per-loss).
     """
     local = _local_path(storage)
     storage = str(local.resolve()) if local is not None else storage
     experiment, _ = confirm_experiment(name, storage)
     path = confirm_path(name, storage)
     plan = read_plan(name, storage)
-    if plan is not None and (plan["top"], len(plan["seeds"])) != (top, seeds):
-        raise InputError(f"sweep {name!r} was confirmed with --top {plan['top']} --seeds {len(plan['seeds'])}; "
-                         f"run `sslsearch confirm {name} --top {plan['top']} --seeds {len(plan['seeds'])}` to continue it")
+    if plan is not None:
+        started = (plan["top"], len(plan["seeds"]), plan.get("design", "per-loss"))
+        if (top, seeds, design or started[2]) != started:
+            raise InputError(f"sweep {name!r} was confirmed with --top {started[0]} --seeds {started[1]} --design {started[2]}; "
+                             f"run `sslsearch confirm {name} --top {started[0]} --seeds {started[1]} --design {started[2]}` "
+                             "to continue it")
     _quiet()
     connect_ray(address)
     check_resources(experiment, address)
@@ -167,14 +213,18 @@ def run_confirm(name: str, storage: str, *, top: int, seeds: int, address: str |
                                        resume_errored=True), name, path, experiment)
     if plan is None:
         sweep = sweep_path(storage, name)
-        plan = plan_confirmation(search_ranking(sweep), _used_seeds(sweep, experiment.pretrain.seed), top, seeds)
+        plan = plan_confirmation(search_ranking(sweep), _used_seeds(sweep, experiment.pretrain.seed), top, seeds,
+                                 design or DESIGN)
         # Written before any trial starts: a stage killed before Ray saved its state starts again
         # from this same plan (no trial had run, so nothing is recorded twice).
         _write_text(f"{path}/{PLAN_FILE}", json.dumps(plan, indent=2))
     points = plan["points"]
     if not quiet:
-        print(f"confirm {name}: {len(plan['configurations'])} configurations × {len(plan['seeds'])} seeds "
-              f"{plan['seeds']} = {len(points)} trials of {experiment.pretrain.epochs} epochs; records in {path}", flush=True)
+        losses = sorted({c["loss"] for c in plan["configurations"]})
+        print(f"confirm {name}: {len(plan['configurations'])} configurations ({', '.join(losses)}) × {len(plan['seeds'])} "
+              f"seeds {plan['seeds']} = {len(points)} trials of {experiment.pretrain.epochs} epochs; n = "
+              f"{len(plan['seeds'])} seed blocks (seed j runs every configuration of both losses); records in {path}",
+              flush=True)
     sampled = sorted({k for p in points for k in sampled_params(p)})
     tuner = make_tuner(
         experiment, name=CONFIRM_DIR, storage=sweep_path(storage, name), scheduler=FIFOScheduler(), num_samples=len(points),

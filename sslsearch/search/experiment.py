@@ -438,6 +438,7 @@ def check_machine(experiment: Experiment, address: str | None) -> None:
     experiment.pretrain.check_data()
     if address is not None:
         return
+    experiment.pretrain.check_local_data()
     r = experiment.resources
     cpus = os.cpu_count() or 1   # what connect_ray gives a local Ray instance
     if r.cpus_per_trial > cpus:

@@ -11,7 +11,6 @@ OUTCOMES = ("completed", "stopped early", "diverged", "errored", "running")
 FINISHED = ("completed", "stopped early")   # ran without error or divergence, to its budget or ASHA's stop
 
 
-
 def trial_outcome(last_epoch: int, max_epochs: int | None, errored: bool = False, diverged: bool = False) -> str:
     """A finished trial's outcome: errored (infrastructure or bug), diverged (NaN/inf loss: a result
     about the configuration), completed (reached its last epoch), or stopped early by ASHA or the

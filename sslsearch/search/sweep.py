@@ -49,6 +49,7 @@ from sslsearch.search.retention import CheckpointRetention, DiskUse, disk_use, s
 from sslsearch.search.rungs import rung_epochs
 from sslsearch.search.saved_state import IntactStateCopy, recover_saved_state
 from sslsearch.search.slots import SlotUse
+from sslsearch.search.trial_logs import trial_loggers
 from sslsearch.search.space import SearchSpace, check_space
 from sslsearch.search.sweeplock import SweepLock, check_owned, claim_sweep_folder
 from sslsearch.search.trainable import FALLBACK, run_trial
@@ -93,10 +94,11 @@ def write_study_snapshot(study: optuna.Study, path: Path | str) -> None:
 class SweepSearcher(OptunaSearch):
     """OptunaSearch that reports ASHA-stopped trials as PRUNED and can pair the loss variants."""
 
-    def __init__(self, space: SearchSpace, *, max_epochs: int, sampler: str, seed: int, paired: bool,
-                 study_name: str, study_path: str | None, scheduler: PairedASHA | None = None):
-        super().__init__(space=space.to_optuna(), metric=METRIC, mode=MODE, sampler=make_sampler(sampler, seed),
-                         study_name=study_name)
+    def __init__(self, space: SearchSpace, *, max_epochs: int, sampler: str | optuna.samplers.BaseSampler, seed: int,
+                 paired: bool, study_name: str, study_path: str | None, scheduler: PairedASHA | None = None):
+        # `sampler`: make_sampler's name, or an Optuna sampler (the replay benchmark compares sampler settings).
+        super().__init__(space=space.to_optuna(), metric=METRIC, mode=MODE, study_name=study_name,
+                         sampler=sampler if isinstance(sampler, optuna.samplers.BaseSampler) else make_sampler(sampler, seed))
         self._max_epochs = max_epochs
         self._paired = paired
         self._seed = seed
@@ -542,14 +544,14 @@ def sweep_path(storage: str, name: str) -> str:
 
 
 def run_sweep(experiment: Experiment, space: SearchSpace, *, name: str, storage: str, address: str | None = None,
-              callbacks: list | None = None, quiet: bool = False, trainable=None, synthetic: dict | None = None,
-              claim: SweepLock | None = None) -> SweepSummary:
+              callbacks: list | None = None, quiet: bool = False, trainable=None, claim: SweepLock | None = None
+              ) -> SweepSummary:
     """Run a new sweep; its records live in `storage`/`name`.
 
-    `trainable` replaces `trainable.run_trial` (with `synthetic`: `synthetic.synthetic_trial` and its
-    settings), for tests and platform benchmarks that exercise the search without training. `claim`:
-    the sweep's folder, already made and locked by `sweeplock.claim_sweep_folder` (the command line
-    claims the name before it imports Ray); released when the sweep ends.
+    `trainable` replaces `trainable.run_trial`, e.g. `synthetic.synthetic_trainable(...)` for tests and
+    benchmarks that exercise the search without training. `claim`: the sweep's folder, already made and
+    locked by `sweeplock.claim_sweep_folder` (the command line claims the name before it imports Ray);
+    released when the sweep ends.
     """
     local = _local_path(storage)
     if local is not None:
@@ -592,11 +594,11 @@ def run_sweep(experiment: Experiment, space: SearchSpace, *, name: str, storage:
     concurrency = _concurrency(experiment)
     tuner = make_tuner(
         experiment, name=name, storage=storage, search_alg=searcher, scheduler=scheduler,
-        param_space=make_trial_config(experiment.pretrain.to_dict(), cpus=experiment.resources.cpus_per_trial,
-                                      **({"synthetic": synthetic} if synthetic else {})),
+        param_space=make_trial_config(experiment.pretrain.to_dict(), cpus=experiment.resources.cpus_per_trial),
         num_samples=experiment.search.num_samples, trainable=trainable,
         # Full training state only where a resume needs it (tracking.checkpoints; sslsearch.search.retention).
-        callbacks=[StopOnFullDisk(), LiveView(quiet), SlotUse(), *state, CheckpointRetention(experiment.tracking.checkpoints),
+        callbacks=[StopOnFullDisk(), LiveView(quiet), SlotUse(), *trial_loggers(), *state,
+                   CheckpointRetention(experiment.tracking.checkpoints),
                    *(callbacks or [])])
     started = time.monotonic()
     with lock:

@@ -15,9 +15,9 @@ records/ and analysis/ may import it.
 from __future__ import annotations
 
 BASE, FINAL_TEST, CPUS, SEED, PAIR = "base", "final_test", "cpus", "seed", "pair"
-# Keys that say how a trial runs, not what it trains ("synthetic", "bench": the settings of the test and
-# benchmark trainables, sslsearch.search.synthetic and sslsearch.bench.platform_trial).
-RUN_KEYS = (BASE, FINAL_TEST, CPUS, "synthetic", "bench")
+# Keys that say how a trial runs, not what it trains ("synthetic": of trials of sweeps started before
+# sslsearch.search.synthetic took its settings as a parameter).
+RUN_KEYS = (BASE, FINAL_TEST, CPUS, "synthetic")
 
 
 def make_trial_config(base: dict, *, cpus: float, final_test: bool = True, **values) -> dict:
