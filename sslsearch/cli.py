@@ -10,7 +10,6 @@ first and imports the library it calls after.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
