@@ -10,7 +10,6 @@ first and imports the library it calls after.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
@@ -169,42 +168,12 @@ def _run_linear(args) -> int:
         raise InputError(f"checkpoint not found: {checkpoint_path}")
     _check_checkpoint_file(checkpoint_path)
     if args.device != "auto" and not (args.device == "cpu" or args.device.startswith("cuda")):
-        raise InputError(f"device must be auto, cpu or an available cuda[:N], got {args.device!r}")
-    import csv
+        raise InputError(f"device must be auto, cpu or an available cuda[:N], got {args.device!r}")  # before torch loads
+    from sslsearch.method.linear import evaluate_checkpoint
 
-    import torch
-
-    from sslsearch.method.data import load_run_data
-    from sslsearch.method.evaluate import linear_defaults, linear_evaluation
-    from sslsearch.method.train import PretrainConfig, load_checkpoint, model_from_checkpoint
-
-    checkpoint = load_checkpoint(checkpoint_path)
-    config = PretrainConfig.from_dict(checkpoint["config"])
-    if args.device != "auto" and not (args.device == "cpu" or (args.device.startswith("cuda") and torch.cuda.is_available())):
-        raise InputError(f"device must be auto, cpu or an available cuda[:N], got {args.device!r}")
-    device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
-    if args.data_dir:
-        config = dataclasses.replace(config, data_dir=str(Path(args.data_dir).resolve()))
-    data = load_run_data(config).to(device)
-    settings = linear_defaults(config.dataset, data.train_images.shape[0] + data.val_images.shape[0])
-    settings.update({k: getattr(args, k) for k in settings if getattr(args, k) is not None})
-    args.epochs = settings["epochs"]
-    print(f"linear evaluation on {config.dataset}: " + ", ".join(f"{k} {v:g}" for k, v in settings.items()), file=sys.stderr)
-    backbone = model_from_checkpoint(checkpoint).backbone.to(device)
-    rows = []
-
-    def on_epoch(row):
-        rows.append(row)
-        print(f"epoch {row['epoch']}/{args.epochs} loss {row['train_loss']:.4f} train_acc {row['train_acc']:.2f} "
-              f"test_acc {row['test_acc']:.2f}", file=sys.stderr, flush=True)
-
-    result = linear_evaluation(backbone, data, **settings, seed=config.seed, on_epoch=on_epoch)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    print(f"linear evaluation: test_acc {result['test_acc']:.2f} after {args.epochs} epochs ({out})")
+    overrides = {k: getattr(args, k, None) for k in ("epochs", "batch_size", "lr", "weight_decay")}
+    result = evaluate_checkpoint(checkpoint_path, out, device=args.device, data_dir=args.data_dir, overrides=overrides)
+    print(f"linear evaluation: test_acc {result['test_acc']:.2f} after {result['settings']['epochs']} epochs ({out})")
     return 0
 
 

@@ -11,7 +11,7 @@ from ray import tune
 
 from sslsearch.search.experiment import load_experiment
 from sslsearch.search.space import load_search_space
-from sslsearch.search.synthetic import synthetic_trial
+from sslsearch.search.synthetic import synthetic_trainable
 from sslsearch.search.sweep import run_sweep
 
 TINY = ["pretrain.epochs=4", "pretrain.eval_every=1", "search.num_samples=1", "search.paired=false",
@@ -50,8 +50,8 @@ def test_a_checkpoint_already_gone_is_forgotten_without_an_error(ray_session, tm
     logger = logging.getLogger("ray.tune.execution.tune_controller")
     logger.addHandler(collect)
     try:
-        summary = run_sweep(experiment, space, name="gone", storage=str(tmp_path), quiet=True, trainable=synthetic_trial,
-                            synthetic={"epoch_seconds": 0.0}, callbacks=[remover])
+        summary = run_sweep(experiment, space, name="gone", storage=str(tmp_path), quiet=True,
+                            trainable=synthetic_trainable(), callbacks=[remover])
     finally:
         logger.removeHandler(collect)
     assert [t.outcome for t in summary.trials] == ["completed"]

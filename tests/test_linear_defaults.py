@@ -2,7 +2,7 @@
 
 import pytest
 
-import sslsearch.method.evaluate as evaluate_module
+import sslsearch.method.linear as linear_module
 from sslsearch.cli import main
 from sslsearch.method.evaluate import REFERENCE_LINEAR, linear_defaults
 
@@ -31,7 +31,7 @@ def test_cli_uses_the_data_sets_defaults_and_flags_win(tmp_path, capsys, monkeyp
         on_epoch({"epoch": 1, "train_loss": 1.0, "train_acc": 50.0, "test_acc": 50.0})
         return {"test_acc": 50.0}
 
-    monkeypatch.setattr(evaluate_module, "linear_evaluation", fake)
+    monkeypatch.setattr(linear_module, "linear_evaluation", fake)
     assert main(["linear", "--checkpoint", str(tmp_path / "run"), "--out", str(tmp_path / "a.csv")]) == 0
     assert main(["linear", "--checkpoint", str(tmp_path / "run"), "--lr", "0.5", "--out", str(tmp_path / "b.csv")]) == 0
     digits = linear_defaults("digits", 0)

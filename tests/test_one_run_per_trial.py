@@ -11,7 +11,7 @@ from sslsearch.analysis.leaderboard import load_trials
 from sslsearch.records.tracking import REMOVED, MlflowTracking, default_tracking_uri, ray_results, sync
 from sslsearch.search.experiment import load_experiment
 from sslsearch.search.space import load_search_space
-from sslsearch.search.synthetic import synthetic_trial
+from sslsearch.search.synthetic import synthetic_trainable
 from sslsearch.search.sweep import run_sweep
 from test_tracking import FakeTrial
 
@@ -35,8 +35,8 @@ def test_sync_removes_orphans_and_merges_duplicates_so_the_leaderboard_counts_ea
     space = load_search_space(experiment.space_path())
     storage, name = str(tmp_path / "runs"), "once"
     tracking = MlflowTracking(experiment, space, sweep=name, storage=storage)
-    summary = run_sweep(experiment, space, name=name, storage=storage, quiet=True, trainable=synthetic_trial,
-                        synthetic={"epoch_seconds": 0.0}, callbacks=[tracking])
+    summary = run_sweep(experiment, space, name=name, storage=storage, quiet=True,
+                        trainable=synthetic_trainable(), callbacks=[tracking])
     trials = tune.ExperimentAnalysis(summary.path).trials
     ray_ids = sorted(t.trial_id for t in trials)
     uri = default_tracking_uri(storage)

@@ -11,7 +11,7 @@ from mlflow import MlflowClient
 from sslsearch.records.tracking import MlflowTracking
 from sslsearch.search.experiment import load_experiment
 from sslsearch.search.space import load_search_space
-from sslsearch.search.synthetic import synthetic_trial
+from sslsearch.search.synthetic import synthetic_trainable
 from sslsearch.search.sweep import resume_sweep, run_sweep
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,13 +28,13 @@ def test_resume_writes_where_it_is_told_and_names_edited_files(ray_session, tmp_
     space = load_search_space(experiment.space_path())
     storage, name = str(tmp_path / "runs"), "moved"
     tracking = MlflowTracking(experiment, space, sweep=name, storage=storage)
-    run_sweep(experiment, space, name=name, storage=storage, quiet=True, trainable=synthetic_trial,
-              synthetic={"epoch_seconds": 0.0}, callbacks=[tracking])
+    run_sweep(experiment, space, name=name, storage=storage, quiet=True,
+              trainable=synthetic_trainable(), callbacks=[tracking])
     capsys.readouterr()
 
     experiment_file.write_text(experiment_file.read_text().replace("epochs: 16", "epochs: 40"))
     moved = f"sqlite:///{tmp_path / 'elsewhere.db'}"
-    summary = resume_sweep(name, storage, trainable=synthetic_trial, tracking_uri=moved)
+    summary = resume_sweep(name, storage, trainable=synthetic_trainable(), tracking_uri=moved)
     err = capsys.readouterr().err
     notes = [line for line in err.splitlines() if "changed since sweep" in line]
     assert notes == [f"note: {experiment_file} changed since sweep moved started (pretrain.epochs 16 → 40); resume keeps "

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from sslsearch.errors import InputError
+from sslsearch.processes import free_port
 from sslsearch.search.experiment import load_experiment
 from sslsearch.search.sweeplock import check_owned, unpickled_paths
 
@@ -171,17 +171,11 @@ ray.shutdown()
     assert all(a.rsplit(":", 1)[0] in ("127.0.0.1", "::ffff:127.0.0.1") for a in addresses), addresses
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.parametrize("host, warned", [("0.0.0.0", True), ("127.0.0.1", False)])
 def test_a_server_bound_beyond_loopback_gets_one_warning_line(host, warned, capfd):
     from sslsearch.records.ui import Server, serve
 
-    port = _free_port()
+    port = free_port()
     # A real server process that answers the readiness probe, then exits: serve() returns its exit code.
     command = [sys.executable, "-c", "import http.server as h, sys; "
                f"s = h.HTTPServer(({host!r}, {port}), h.SimpleHTTPRequestHandler); s.handle_request()"]

@@ -16,17 +16,12 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from sslsearch.cli import main
 from sslsearch.errors import InputError
+from sslsearch.processes import free_port
 from sslsearch.records.ui import check_port, mlflow_ui, optuna_dashboard
 
 SSLSEARCH = [sys.executable, "-m", "sslsearch.cli"]
 ENV = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent), "PYTHONUNBUFFERED": "1",
        "MLFLOW_DISABLE_TELEMETRY": "true"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def write_study(storage: Path, sweep: str) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from sslsearch.errors import InputError
 from sslsearch.records.schema import EXPERIMENT_NAME, OUTCOME, ROLE, STAGE, SWEEP, SWEEP_ROLE, TRIAL_ROLE
-from sslsearch.records.store import default_tracking_uri
+from sslsearch.records.store import default_tracking_uri, sqlite_path
 from sslsearch.search.folder import CONFIRM_DIR, OUTBOX_FILE, PLAN_FILE, SWEEP_FILE
 from sslsearch.search.outcomes import FINISHED
 from sslsearch.search.sweeplock import describe_writer, name_taken, writer
@@ -166,10 +166,8 @@ def check_confirmable(sweep: SweepFolder, storage: str, top: int, seeds: int, tr
 
 
 def _open_readonly(uri: str) -> sqlite3.Connection | None:
-    if not uri.startswith("sqlite:///"):
-        return None
-    path = Path(uri[len("sqlite:///"):])
-    if not path.is_file():
+    path = sqlite_path(uri)
+    if path is None or not path.is_file():
         return None
     try:
         # mode=ro: never create or migrate the store; a short timeout: a writer holds the lock for moments only.

@@ -29,7 +29,7 @@ from sslsearch.errors import InputError
 from sslsearch.method.config import LOSSES
 from sslsearch.processes import INTERRUPTED, reaping, start_server, wait_until_answers
 from sslsearch.records.catalog import recorded_sweeps
-from sslsearch.records.schema import EXPERIMENT_NAME
+from sslsearch.records.schema import EXPERIMENT_NAME, SUMMARY_METRIC, VERDICT
 from sslsearch.records.store import artifact_root, default_tracking_uri, sqlite_path
 from sslsearch.search.folder import STUDY_FILE
 
@@ -111,13 +111,11 @@ EXPERIMENT_PAGE = "/#/experiments/{id}/runs?workflowType=machine_learning&viewSt
 # 1280 px even while MLflow's Assistant panel (open on a browser's first visit) takes a third of the width.
 VIEW_KEY = "sslsearch-answer"
 VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
-VERDICT_TAG = "sslsearch.verdict"            # analysis.leaderboard.log_verdict writes it on the sweep's run
-BEST_METRIC = "best_val_acc_{loss}"          # records.tracking.SUMMARY_METRIC, on the sweep's run
 
 
 def answer_view() -> dict:
     """The runs table the printed URL opens (MLflow's column keys are "<type>.`<name>`"), newest sweep first."""
-    verdict, *best = [f"tags.`{VERDICT_TAG}`", *(f"metrics.`{BEST_METRIC.format(loss=loss)}`" for loss in LOSSES)]
+    verdict, *best = [f"tags.`{VERDICT}`", *(f"metrics.`{SUMMARY_METRIC.format(loss=loss)}`" for loss in LOSSES)]
     widths = {verdict: 110, **{column: 85 for column in best}}  # pixels; a cell shows its whole text on hover
     return {"searchFilter": "", "orderByKey": "attributes.start_time", "orderByAsc": False,
             "selectedColumns": [verdict, *best], "columnOrder": [verdict, *best], "columnWidths": widths}

@@ -44,7 +44,7 @@ from sslsearch.search import framework
 from sslsearch.search.asha import PairedASHA, RungState
 from sslsearch.search.experiment import Experiment, experiment_from_dict, ray_address
 from sslsearch.search.folder import STUDY_FILE, SWEEP_FILE
-from sslsearch.search.outcomes import METRIC, MODE, OUTCOMES, ranking_key, result_outcome, trial_outcome  # noqa: F401
+from sslsearch.search.outcomes import FINISHED, METRIC, MODE, OUTCOMES, ranking_key, result_outcome, trial_outcome  # noqa: F401
 from sslsearch.search.retention import CheckpointRetention, DiskUse, disk_use, size_text
 from sslsearch.search.rungs import rung_epochs
 from sslsearch.search.saved_state import IntactStateCopy, recover_saved_state
@@ -348,7 +348,7 @@ class TrialSummary:
     def rankable(self) -> bool:
         """Only trained, finished, finite results are ranked: never a trial that errored, diverged, is
         still running, or was stopped after its epoch-0 report (a random network)."""
-        return (self.outcome in ("completed", "stopped early") and self.epoch > 0 and self.val_acc is not None
+        return (self.outcome in FINISHED and self.epoch > 0 and self.val_acc is not None
                 and math.isfinite(self.val_acc))
 
 
