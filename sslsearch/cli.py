@@ -105,6 +105,10 @@ def _run_pretrain(args) -> int:
     config.validate()
     config.check_data()
     config.check_local_data()
+    if args.resume and not args.out:   # the default --out is a new, time-stamped folder: nothing to continue there
+        runs = sorted(Path("runs").glob(f"pretrain-{config.dataset}-{config.loss}-*/last.pt"))
+        found = f"; the newest here: --out {runs[-1].parent}" if runs else f"; no run of {config.dataset}/{config.loss} under ./runs"
+        raise InputError(f"--resume needs --out, the folder of the run to continue{found}")
     out = Path(args.out or f"runs/pretrain-{config.dataset}-{config.loss}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     _check_folder(out, "--out", "a folder (new, empty, or a run to --resume)")
     resume = None

@@ -289,3 +289,15 @@ def test_only_our_resume_hint_is_printed():
     finally:
         ray_log.removeHandler(handler)
     assert seen == ["Trials did not complete: [t1]"]
+
+
+def test_pretrain_resume_without_out_names_a_folder_that_exists(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run(capsys, ["pretrain", "--dataset", "digits", "--resume"])
+    assert code == 2 and err.strip().endswith("no run of digits/barlow under ./runs")
+    run_folder = tmp_path / "runs" / "pretrain-digits-barlow-20261204-120000"
+    run_folder.mkdir(parents=True)
+    (run_folder / "last.pt").write_bytes(b"")
+    code, _, err = run(capsys, ["pretrain", "--dataset", "digits", "--resume"])
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert err.strip().endswith(f"the newest here: --out {Path('runs') / run_folder.name}")
