@@ -85,15 +85,22 @@ def _add_pretrain(sub) -> None:
     p.set_defaults(run=_run_pretrain)
 
 
+def pretrain_flag_fields(args) -> list[str]:
+    """PretrainConfig's fields that `pretrain` takes as a flag of the same name (data_dir and the projector's
+    widths are read apart: a path to resolve, widths joined by '-')."""
+    import dataclasses
+
+    from sslsearch.method.config import PretrainConfig
+
+    return [f.name for f in dataclasses.fields(PretrainConfig) if f.name != "data_dir" and hasattr(args, f.name)]
+
+
 def _run_pretrain(args) -> int:
     from sslsearch.method.config import PretrainConfig
 
-    values = {k: getattr(args, k) for k in ("dataset", "loss", "lmbda", "batch_size", "feature_dim", "epochs", "lr",
-                                            "lr_biases", "lr_per_256", "weight_decay", "weight_decay_filter",
-                                            "lars_adaptation_filter", "momentum", "optimizer", "schedule", "warmup_epochs",
-                                            "normalization", "projector_last_bias", "normalize_projection",
-                                            "zero_init_residual", "backbone", "eval_every", "device", "seed", "compile",
-                                            "image_size")}
+    # Every setting that has a flag of the same name (the flags are PretrainConfig's fields, with dashes);
+    # the fields without one keep PretrainConfig's defaults (tests/test_cli.py checks which those are).
+    values = {name: getattr(args, name) for name in pretrain_flag_fields(args)}
     values["data_dir"] = str(Path(args.data_dir or "data").resolve())
     if args.projector is not None:
         try:

@@ -301,3 +301,22 @@ def test_pretrain_resume_without_out_names_a_folder_that_exists(tmp_path, capsys
     code, _, err = run(capsys, ["pretrain", "--dataset", "digits", "--resume"])
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert err.strip().endswith(f"the newest here: --out {Path('runs') / run_folder.name}")
+
+
+def test_every_pretraining_setting_is_a_flag_of_its_own_name_or_deliberately_not():
+    """The pretrain command's flags are PretrainConfig's field names; the few without a flag are named here."""
+    import argparse
+    import dataclasses
+
+    from sslsearch.cli import _add_pretrain, pretrain_flag_fields
+    from sslsearch.method.config import PretrainConfig
+
+    parser = argparse.ArgumentParser()
+    _add_pretrain(parser.add_subparsers())
+    args = parser.parse_args(["pretrain"])
+    fields = {f.name for f in dataclasses.fields(PretrainConfig)}
+    without_flag = fields - set(pretrain_flag_fields(args)) - {"data_dir"}
+    # projector_hidden is --projector (widths joined by '-'); the probe's, kNN's and the split's settings are
+    # the sweep's (experiment files), and joint_views a speed option of bench train.
+    assert without_flag == {"projector_hidden", "val_fraction", "split_seed", "knn_k", "knn_temperature",
+                            "probe_weight_decay", "joint_views"}, without_flag
