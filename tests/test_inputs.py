@@ -78,6 +78,14 @@ EXPERIMENTS = [
 ]
 
 OVERRIDES = [
+    # Empty or null values of settings that take no `none` (review of the merged validation: each was a TypeError).
+    (None, None, ["--set", "search.num_samples="], "search.num_samples needs a value; it was empty or null"),
+    (None, None, ["--set", "pretrain.lr=null"], "pretrain.lr needs a value"),
+    (None, None, ["--set", "pretrain.val_fraction=~"], "pretrain.val_fraction needs a value"),
+    (None, None, ["--set", "resources.cpus_per_trial=null"], "resources.cpus_per_trial needs a value"),
+    (None, None, ["--set", "tracking.checkpoints=null"], "tracking.checkpoints needs a value"),
+    (None, None, ["--set", "pretrain.device=null"], "pretrain.device needs a value"),
+    (None, None, ["--set", "pretrain.image_size=32.5"], "pretrain.image_size must be an integer, got 32.5"),
     (None, None, ["--set", "pretrain.projector_hidden=abc"], "projector_hidden must be a list of integers"),
     (None, None, ["--set", "search.seed=-1"], "search.seed must be in \\[0"),
     (None, None, ["--set", "pretrain=3"], "pretrain must be a mapping"),

@@ -252,6 +252,8 @@ def _pick_confirmed(trials, loss: str | None, client) -> tuple | None:
     # confirmed_configurations orders the rows by mean val_acc (then seeds, then search rank): rank 1 first.
     for position, (_, conf) in enumerate(confirmed.iterrows(), start=1):
         runs = by_id.loc[conf["trials"]].reset_index()
+        if (runs["outcome"] != "diverged").any():   # a diverged seed counts in the mean, but is never the model shipped
+            runs = runs[runs["outcome"] != "diverged"]
         runs["distance"] = (runs["val_acc"] - conf["val_acc_mean"]).abs()
         for _, row in runs.sort_values(["distance", "seed"], kind="mergesort").iterrows():
             source = _with_checkpoint(client, row["run_id"])

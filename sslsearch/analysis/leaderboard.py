@@ -309,7 +309,9 @@ def confirmed_configurations(trials: pd.DataFrame, ranked: pd.DataFrame) -> pd.D
     rows = []
     for (sweep, loss, lmbda, lr, dim), group in confirm.groupby(["sweep", "loss", "lmbda", "lr", "feature_dim"], sort=True):
         counted = group[group["outcome"].isin(CONFIRM_COUNTED) & group["val_acc"].notna()]
-        val, test = counted["val_acc"].to_numpy(float), counted["test_acc"].dropna().to_numpy(float)
+        # A diverged seed counts at its chance-level val_acc on test too, as the verdict counts it (it has no test_acc).
+        test = counted["test_acc"].fillna(counted["val_acc"].where(counted["outcome"] == "diverged"))
+        val, test = counted["val_acc"].to_numpy(float), test.dropna().to_numpy(float)
         low, high = t_interval(val, bounds=ACCURACY)
         test_low, test_high = t_interval(test, bounds=ACCURACY)
         source = ranked[(ranked["sweep"] == sweep) & (ranked["loss"] == loss) & (ranked["lmbda"] == lmbda)
@@ -354,8 +356,10 @@ def confirmed_runs(trials: pd.DataFrame) -> list[dict]:
         shared = len(settings) == 2 and settings.get("barlow") == settings.get("hsic")
         order = {}
         for loss, keys in settings.items():
-            if shared:
-                order.update({(loss, key): k + 1 for k, key in enumerate(keys)})
+            if shared:   # the plan's order: setting k's runs have pair numbers k · seeds + j, both losses alike
+                first = group.groupby(["lmbda", "lr", "feature_dim"])["pair"].min()
+                ranked_keys = sorted(keys, key=lambda key: (first.get(key, float("inf")), repr(key)))
+                order.update({(loss, key): k + 1 for k, key in enumerate(ranked_keys)})
             else:   # per-loss: the k-th configuration of each loss by its pair number (k · seeds + j)
                 pairs = group[group["loss"] == loss].groupby(["lmbda", "lr", "feature_dim"])["pair"].min()
                 for k, (key, _) in enumerate(sorted(pairs.items(), key=lambda item: (item[1], repr(item[0])))):

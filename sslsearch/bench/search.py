@@ -102,7 +102,8 @@ def bench_search(experiment: Experiment, space: SearchSpace, *, methods: tuple[s
                                     sorted({t.outcome for t in summary.trials})},
                        "curve": recorder.curve()}
                 runs.append(run)
-                progress(f"{method:12s} seed {seed}: best {run['best']:.2f}, {run['epochs']} epochs, "
+                best = "none (no trial ranked)" if run["best"] is None else f"{run['best']:.2f}"
+                progress(f"{method:12s} seed {seed}: best {best}, {run['epochs']} epochs, "
                          f"{run['wall_s']:.0f} s")
     return {"experiment": experiment.to_dict(), "methods": list(methods), "seeds": list(seeds), "runs": runs,
             "summary": summarize_methods(runs, methods)}

@@ -1,5 +1,5 @@
 """The verdict's error rate: the whole pipeline — search with ASHA's selection, confirm, verdict —
-simulated many times on synthetic losses whose truth is known (`sslsearch bench verdict`).
+simulated many times on synthetic losses whose truth is known (`python benchmarks/verdict_error_rate.py`).
 
 What is real here: the rung logic (`PairedASHA`, driven report by report as Ray drives it in a
 paired sweep, 2 slots, one pair at a time), the choice of configurations to confirm

@@ -102,7 +102,7 @@ from sslsearch.records.schema import (
 from sslsearch.records.store import artifact_root as _artifact_root  # noqa: F401
 from sslsearch.records.store import check_store, default_tracking_uri
 from sslsearch.search.experiment import Experiment, experiment_from_dict, keeps_last
-from sslsearch.search.folder import OUTBOX_FILE
+from sslsearch.search.folder import CONFIRM_DIR, OUTBOX_FILE
 from sslsearch.search.outcomes import FINISHED, result_outcome
 from sslsearch.search.retention import best_checkpoint
 from sslsearch.search.space import Parameter, SearchSpace
@@ -938,7 +938,11 @@ def sync(name: str, storage: str, tracking_uri: str | None = None) -> SyncReport
     lock = SweepLock(path, name, "sync") if local else contextlib.nullcontext()
     with lock:
         tracking = MlflowTracking(experiment, space, sweep=name, storage=storage, tracking_uri=uri)
-        return sync_sweep(tracking, tune.ExperimentAnalysis(path).trials)
+        # A confirmation stage queues its records in the same outbox, and a replay creates the runs of its trials
+        # too: they are the stage's, not orphans of the search.
+        confirm = f"{path}/{CONFIRM_DIR}"
+        stage_trials = {t.trial_id for t in tune.ExperimentAnalysis(confirm).trials} if tune.Tuner.can_restore(confirm) else set()
+        return sync_sweep(tracking, tune.ExperimentAnalysis(path).trials, other_trials=stage_trials)
 
 
 def ray_results(trial) -> dict[int, dict[str, float]]:
@@ -960,17 +964,18 @@ def ray_results(trial) -> dict[int, dict[str, float]]:
     return steps
 
 
-def sync_sweep(tracking: MlflowTracking, trials: list) -> SyncReport:
+def sync_sweep(tracking: MlflowTracking, trials: list, other_trials: set[str] = frozenset()) -> SyncReport:
     """Make MLflow equal to Ray's per-trial results: replay the outbox, then give every trial one run holding every
     reported step exactly once, with Ray's status and outcome, and close the parent run as Ray left the sweep.
-    `trials`: the sweep's trials as Ray saved them (tune.ExperimentAnalysis(path).trials)."""
+    `trials`: the sweep's trials as Ray saved them (tune.ExperimentAnalysis(path).trials); `other_trials`: ids of
+    trials another stage of the sweep ran (a confirmation), whose runs are never taken for orphans."""
     queued = len(tracking.outbox.pending)
     unsent = tracking.drain()
     if unsent:
         return SyncReport(tracking.sweep, queued - unsent, unsent, len(trials), 0, 0, 0, 0, 0)
     client = tracking.client
     tracking._write_sweep(reopen=False)
-    merged, orphans = _one_run_per_trial(tracking, {t.trial_id for t in trials})
+    merged, orphans = _one_run_per_trial(tracking, {t.trial_id for t in trials}, other_trials)
     created = added = points = fixed = 0
     ended = ("TERMINATED", "ERROR")
     for trial in trials:
@@ -1024,7 +1029,8 @@ def _runs_by_trial(tracking: MlflowTracking) -> dict[str, list]:
     return runs
 
 
-def _one_run_per_trial(tracking: MlflowTracking, ray_trials: set[str]) -> tuple[set[str], int]:
+def _one_run_per_trial(tracking: MlflowTracking, ray_trials: set[str], other_trials: set[str] = frozenset()
+                       ) -> tuple[set[str], int]:
     """One child run per Ray trial: (ids of the trials whose runs were merged, runs removed as orphans).
 
     A driver killed late (or stopped by a full disk) leaves runs of trials that Ray's saved state does not hold:
@@ -1036,6 +1042,8 @@ def _one_run_per_trial(tracking: MlflowTracking, ray_trials: set[str]) -> tuple[
     client = tracking.client
     merged, orphans = set(), 0
     for trial_id, runs in _runs_by_trial(tracking).items():
+        if trial_id in other_trials:
+            continue   # another stage's trial (its own callback keeps its runs)
         if trial_id in ray_trials:
             if len(runs) == 1:
                 continue

@@ -40,7 +40,7 @@ from sslsearch.errors import InputError
 from sslsearch.processes import sigint_restored
 from sslsearch.search.experiment import Experiment, experiment_from_dict
 from sslsearch.search.folder import CONFIRM_DIR, PLAN_FILE
-from sslsearch.search.outcomes import METRIC, OUTCOMES
+from sslsearch.search.outcomes import METRIC, OUTCOMES, ranking_key
 from sslsearch.search.retention import CheckpointRetention
 from sslsearch.search.space import Parameter, SearchSpace
 from sslsearch.search.sweep import (
@@ -103,10 +103,8 @@ def search_ranking(path: str) -> list[dict]:
 
 
 def rank_search_rows(rows: list[dict]) -> list[dict]:
-    """Ranking rows in the leaderboard's order: val_acc, then more epochs, less wall time, trial id."""
-    rows = sorted(rows, key=lambda r: r["trial_id"])
-    rows.sort(key=lambda r: (-r["val_acc"], -r["epoch"], r["trial_seconds"]))
-    return rows
+    """Ranking rows in the leaderboard's order (outcomes.ranking_key: val_acc, then more epochs, then trial id)."""
+    return sorted(rows, key=lambda r: ranking_key(r["val_acc"], r["epoch"], r["trial_id"]))
 
 
 def _used_seeds(path: str, base_seed: int) -> set[int]:

@@ -154,6 +154,8 @@ def build_section(cls, values: Any, where: str):
     converted = {}
     for key, value in values.items():
         declared = str(types[key])
+        if value is None and "None" not in declared:   # `key:` or `key: null` (or `--set key=`): no value given
+            raise InputError(f"{where}.{key} needs a value; it was empty or null")
         if declared.startswith("tuple") and isinstance(value, list):
             value = tuple(value)
         if declared in ("float", "float | None") and isinstance(value, int) and not isinstance(value, bool):
@@ -170,7 +172,7 @@ def build_section(cls, values: Any, where: str):
         if declared.startswith("tuple") and not (isinstance(value, tuple) and all(
                 isinstance(v, int) and not isinstance(v, bool) for v in value)):
             raise InputError(f"{where}.{key} must be a list of integers, e.g. [512], got {shown(value)}")
-        if declared == "int" and isinstance(value, float):
+        if declared.split(" |")[0] == "int" and isinstance(value, float):
             if not value.is_integer():
                 raise InputError(f"{where}.{key} must be an integer, got {shown(value)}")
             value = int(value)

@@ -23,6 +23,15 @@ CONTROLLER_MEMBERS = (
     ("ray.tune.execution.tune_controller.TuneController", "_mark_trial_to_checkpoint",
      "PairedASHA: checkpoint a twin it pauses at a rung"),
 )
+# Classes whose method we override or whose instance attribute we read: (module, class, member, why).
+CLASS_MEMBERS = (
+    ("ray.tune.logger.logger", "LoggerCallback", "_restore_from_remote",
+     "search/trial_logs.py: a paused twin's restart must not copy a stale result.json over the driver's"),
+)
+INSTANCE_MEMBERS = (
+    ("ray.train._internal.checkpoint_manager", "_CheckpointManager", "_checkpoint_results",
+     "search/retention.py: the checkpoints Ray keeps per trial, pruned of folders already gone"),
+)
 TUNER_MEMBERS = (
     ("ray.tune.Tuner", "_local_tuner", "the run config a restored Tuner unpickled: its SlotUse callback's figure"),
 )
@@ -45,6 +54,17 @@ def missing_members() -> list[str]:
     for where, member, _ in CONTROLLER_MEMBERS:
         if not hasattr(TuneController, member):
             missing.append(f"{where}.{member}")
+    for module, cls, member, _ in CLASS_MEMBERS:
+        if not hasattr(getattr(importlib.import_module(module), cls, None), member):
+            missing.append(f"{module}.{cls}.{member}")
+    for module, cls, member, _ in INSTANCE_MEMBERS:
+        owner = getattr(importlib.import_module(module), cls, None)
+        try:
+            instance = owner(checkpoint_config=None) if owner is not None else None
+        except Exception:  # noqa: BLE001 — a constructor that changed is a change too
+            instance = None
+        if not hasattr(instance, member):
+            missing.append(f"{module}.{cls}.{member}")
     for where, member, _ in MODULE_MEMBERS:
         if not hasattr(importlib.import_module(where), member):
             missing.append(f"{where}.{member}")

@@ -610,9 +610,16 @@ def run_sweep(experiment: Experiment, space: SearchSpace, *, name: str, storage:
 
 def slot_utilization(tuner: tune.Tuner, slots: int) -> float | None:
     """The sweep session's busy slot-seconds / (slots × wall), from its SlotUse callback (sslsearch.search.slots)."""
-    callbacks = tuner._local_tuner.get_run_config().callbacks or []
+    callbacks = _run_callbacks(tuner)
     use = next((c for c in callbacks if isinstance(c, SlotUse)), None)
     return use.utilization(slots) if use is not None else None
+
+
+def _run_callbacks(tuner: tune.Tuner) -> list:
+    """The callbacks the Tuner runs with (restored ones included). A Ray Client Tuner (`ray://`) runs on the
+    cluster and has none here."""
+    local = getattr(tuner, "_local_tuner", None)
+    return (local.get_run_config().callbacks or []) if local is not None else []
 
 
 def checkpoints_kept(experiment: Experiment) -> int | None:
@@ -688,10 +695,11 @@ class StopOnFullDisk(tune.Callback):
         except OSError:
             text = ""
         full = "[Errno 28]" in text or "No space left on device" in text
-        if not full and not text.strip() and _local_path(trial.storage.storage_path or "") is not None:
+        if (not full and not text.strip()
+                and isinstance(trial.storage.storage_filesystem, pyarrow.fs.LocalFileSystem)):
             # The error could not even be written down: is it the disk?
             with contextlib.suppress(OSError):
-                full = shutil.disk_usage(trial.storage.storage_path).free < FULL_DISK_BYTES
+                full = shutil.disk_usage(trial.storage.storage_fs_path).free < FULL_DISK_BYTES
         if full:
             error = OSError(errno.ENOSPC, f"No space left on device (trial {trial.trial_id} could not save)",
                             trial.storage.trial_fs_path)
@@ -832,12 +840,17 @@ def resume_sweep(name: str, storage: str, address: str | None = None, trainable=
         except BaseException:
             lock.release()
             raise
-    connect_ray(address)
-    check_resources(experiment, address)
-    tuner = tune.Tuner.restore(path, trainable=_trainable(experiment, trainable),
-                               resume_unfinished=True, resume_errored=True)
+    try:
+        connect_ray(address)
+        check_resources(experiment, address)
+        tuner = tune.Tuner.restore(path, trainable=_trainable(experiment, trainable),
+                                   resume_unfinished=True, resume_errored=True)
+    except BaseException:
+        if isinstance(lock, SweepLock):   # refused before the sweep ran (e.g. resources): the lock is free again
+            lock.release()
+        raise
     if tracking_uri is not None:  # Ray restores the callbacks from tuner.pkl, each with the settings it was pickled with
-        for callback in tuner._local_tuner.get_run_config().callbacks or []:
+        for callback in _run_callbacks(tuner):
             if hasattr(callback, "use_tracking_uri"):
                 callback.use_tracking_uri(tracking_uri)
     started = time.monotonic()
