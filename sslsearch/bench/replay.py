@@ -155,6 +155,7 @@ class ReplayController:
         self.searcher, self.scheduler = searcher, scheduler
         self.trials: list[Trial] = []
         self.decisions: list[tuple[str, int, str]] = []    # (trial id, epoch, decision), for the cross-check
+        self.on_end = None   # called with a waiting trial the scheduler stops (a paused twin whose pair was stopped)
 
     def get_trials(self) -> list[Trial]:
         return self.trials
@@ -163,6 +164,9 @@ class ReplayController:
         if trial.status in (Trial.PENDING, Trial.PAUSED):
             self.scheduler.on_trial_remove(self, trial)
             self.searcher.on_trial_complete(trial.trial_id)
+            if self.on_end is not None and trial.last_result:   # it ended with its last report: the summary ranks it
+                trial.set_status(Trial.TERMINATED)
+                self.on_end(trial)
         elif trial.status == Trial.RUNNING:
             self.scheduler.on_trial_complete(self, trial, trial.last_result)
             self.searcher.on_trial_complete(trial.trial_id, result=trial.last_result)
@@ -236,6 +240,7 @@ def replay_sweep(table: Table, experiment: Experiment, space: SearchSpace, metho
             c, loss = best_pick[1]
             run.curve.append((sum(trained.values()), table.best - float(table.true_mean[c, loss])))
 
+    controller.on_end = ended
     while True:
         while len(controller.trials) < search.num_samples:   # Ray asks the searcher first
             trial_id = f"{len(controller.trials):05d}"
