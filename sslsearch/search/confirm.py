@@ -49,6 +49,7 @@ from sslsearch.search.sweep import (
     _local_path,
     _quiet,
     _read_text,
+    _run_callbacks,
     _trainable,
     _write_text,
     check_resources,
@@ -207,8 +208,14 @@ def run_confirm(name: str, storage: str, *, top: int, seeds: int, design: str | 
     connect_ray(address)
     check_resources(experiment, address)
     if plan is not None and tune.Tuner.can_restore(path):
-        return _fit(tune.Tuner.restore(path, trainable=_trainable(experiment), resume_unfinished=True,
-                                       resume_errored=True), name, path, experiment)
+        tuner = tune.Tuner.restore(path, trainable=_trainable(experiment), resume_unfinished=True, resume_errored=True)
+        # Ray restores the stage's callbacks as they were pickled: a tracking callback keeps its old URI unless told
+        # the one this call was given (`confirm/resume --tracking-uri`), as resume_sweep does for the search.
+        uri = next((c.uri for c in callbacks or [] if hasattr(c, "use_tracking_uri")), None)
+        for callback in _run_callbacks(tuner) if uri is not None else []:
+            if hasattr(callback, "use_tracking_uri") and callback.uri != uri:
+                callback.use_tracking_uri(uri)
+        return _fit(tuner, name, path, experiment)
     if plan is None:
         sweep = sweep_path(storage, name)
         plan = plan_confirmation(search_ranking(sweep), _used_seeds(sweep, experiment.pretrain.seed), top, seeds,
