@@ -241,7 +241,9 @@ def test_a_real_sweep_ends_with_next_steps_and_its_name_is_taken_at_once(tmp_pat
     assert lines[0] == f"confirm: sweep X, the only sweep in {storage}"
     reports = [line for line in lines if re.search(r"\] \w+ (barlow|hsic) .* epoch \d+ val_acc [\d.]+ \| running", line)]
     assert len(reports) == 2 * 3, done.stdout  # two trials (one per loss), reports at epochs 0, 1 and 2
-    assert ", left 2 |" in reports[0] and ", left 1 |" in reports[-1], reports
+    # Nothing has finished at the first report; later ones say 2 or 1 left, depending on which trial ends first
+    # (both run at once: which report comes last is a matter of timing, so the test does not ask).
+    assert ", left 2 |" in reports[0] and all(re.search(r", left [12] \|", r) for r in reports), reports
     assert f"{program} leaderboard X" in done.stdout and f"{program} confirm X" not in done.stdout
 
 

@@ -186,7 +186,7 @@ def test_mlflow_ui_opens_on_the_runs_with_metrics_and_stops_with_every_child(swe
     for column in ("sslsearch.verdict", "best_val_acc_barlow", "best_val_acc_hsic"):
         assert runs.probe["shown"][column], (column, runs.probe)
     assert runs.probe["shown"]["Source"] is False and runs.probe["shown"]["Dataset"] is False, runs.probe
-    assert "not enough pairs" in text  # the sweep's verdict (one pair: no call made)
+    assert "Search stage only" in text  # the sweep's verdict, which leads with its stage (no confirmation yet)
     charts_text = charts.probe["text"]  # the parent run's charts: best_val_acc_barlow / _hsic (and the verdict's)
     assert "Model metrics\n(" in charts_text and "best_val_acc_barlow" in charts_text and "best_val_acc_hsic" in charts_text
     assert len(done["tree"]) >= 2, done["tree"]  # the server and its workers (uvicorn, huey)
