@@ -70,8 +70,9 @@ def missing_members() -> list[str]:
             missing.append(f"{where}.{member}")
     from ray import tune
 
-    if "_local_tuner" not in getattr(tune.Tuner, "__annotations__", {}):   # an instance attribute, declared on the class
-        missing.append("ray.tune.Tuner._local_tuner")
+    for where, member, _ in TUNER_MEMBERS:   # instance attributes, declared on the class
+        if member not in getattr(tune.Tuner, "__annotations__", {}):
+            missing.append(f"{where}.{member}")
     return missing
 
 
