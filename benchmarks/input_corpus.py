@@ -29,10 +29,7 @@ def run_case(files: dict, args: list) -> tuple[int, float, float]:
         for folder in (inputs, work, tmp, home):
             folder.mkdir()
         corpus._make(inputs, files)
-        command = args if args and args[0] in ("pretrain", "linear") else ["sweep", *args]
-        argv = [a.replace("{in}", str(inputs)) if isinstance(a, str) else a for a in command]
-        if argv[0] == "sweep" and "--storage" not in argv:
-            argv += ["--storage", str(work / "runs")]
+        argv = corpus.command_line(args, inputs, work)
         env = {**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(tmp), "RAY_TMPDIR": str(tmp), "HOME": str(home)}
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.monotonic()

@@ -18,12 +18,43 @@ from pathlib import Path
 
 from sslsearch.errors import InputError
 
+QUOTED = 80   # characters of a bad flag value that its one-line error quotes
+# Bounds of the flags whose values only make sense within them: past them a value is a slip, not a plan.
+MAX_CONFIRM_TOP = 50       # confirm --top: each setting costs 2 × --seeds trials of the full budget
+MAX_CONFIRM_SEEDS = 1000   # confirm --seeds: n of the verdict; 1,000 seed blocks is beyond any paper's
+MAX_ROWS = 1_000_000       # leaderboard/report --top: rows per loss
+MAX_PORT = 65_535
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer ≥ 1, got {text}")
-    return value
+
+def _integer(low: int | None = None, high: int | None = None):
+    """argparse type: an integer in [low, high]; anything else is one line quoting at most QUOTED characters of it."""
+    from sslsearch.errors import shown
+
+    def integer(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:   # (also a number of more than 4,300 digits, which Python will not convert)
+            raise argparse.ArgumentTypeError(f"expected an integer, got {shown(text, QUOTED)}") from None
+        if (low is not None and value < low) or (high is not None and value > high):
+            bounds = (f"in [{low:,}, {high:,}]" if low is not None and high is not None
+                      else f"≥ {low:,}" if low is not None else f"≤ {high:,}")
+            raise argparse.ArgumentTypeError(f"expected an integer {bounds}, got {shown(text, QUOTED)}")
+        return value
+
+    return integer
+
+
+def _number(text: str) -> float:
+    """argparse type: a float; anything else is one line quoting at most QUOTED characters of it."""
+    from sslsearch.errors import shown
+
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {shown(text, QUOTED)}") from None
+
+
+_positive_int = _integer(1)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -50,23 +81,23 @@ def _add_pretrain(sub) -> None:
     p = sub.add_parser("pretrain", help="pretrain one backbone (the reference's main.py)", formatter_class=_DefaultsShown)
     p.add_argument("--dataset", default=d.dataset, help=f"one of {', '.join(DATASETS)}")
     p.add_argument("--data-dir", default=None, help="where data sets live or are downloaded to (default: ./data)")
-    p.add_argument("--image-size", type=int, default=None, help="side of the images of a 'folder' data set")
+    p.add_argument("--image-size", type=_integer(), default=None, help="side of the images of a 'folder' data set")
     p.add_argument("--loss", default=d.loss, help="barlow (off-diagonal → 0) or hsic (off-diagonal → −1)")
-    p.add_argument("--lmbda", type=float, default=d.lmbda, help=f"λ, weight of the off-diagonal term (default: {d.lmbda})")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"images per step, ≥ 2 (default: {d.batch_size})")
-    p.add_argument("--feature-dim", type=int, default=d.feature_dim, help=f"projector output width (default: {d.feature_dim})")
-    p.add_argument("--epochs", type=int, default=d.epochs, help=f"pretraining epochs (default: {d.epochs})")
-    p.add_argument("--lr", type=float, default=d.lr, help=f"learning rate of the weights (default: {d.lr})")
-    p.add_argument("--lr-biases", type=float, default=None,
+    p.add_argument("--lmbda", type=_number, default=d.lmbda, help=f"λ, weight of the off-diagonal term (default: {d.lmbda})")
+    p.add_argument("--batch-size", type=_integer(), default=d.batch_size, help=f"images per step, ≥ 2 (default: {d.batch_size})")
+    p.add_argument("--feature-dim", type=_integer(), default=d.feature_dim, help=f"projector output width (default: {d.feature_dim})")
+    p.add_argument("--epochs", type=_integer(), default=d.epochs, help=f"pretraining epochs (default: {d.epochs})")
+    p.add_argument("--lr", type=_number, default=d.lr, help=f"learning rate of the weights (default: {d.lr})")
+    p.add_argument("--lr-biases", type=_number, default=None,
                    help="learning rate of biases and BatchNorm parameters (default: --lr; official: 0.0048)")
     p.add_argument("--lr-per-256", action="store_true", help="rates are per 256 images: ×batch-size/256 (official)")
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay, help=f"weight decay (default: {d.weight_decay:g})")
+    p.add_argument("--weight-decay", type=_number, default=d.weight_decay, help=f"weight decay (default: {d.weight_decay:g})")
     p.add_argument("--weight-decay-filter", action="store_true", help="no weight decay on biases and BatchNorm parameters (official)")
     p.add_argument("--lars-adaptation-filter", action="store_true", help="LARS leaves biases and BatchNorm parameters unadapted (official)")
-    p.add_argument("--momentum", type=float, default=d.momentum, help=f"SGD and LARS (default: {d.momentum})")
+    p.add_argument("--momentum", type=_number, default=d.momentum, help=f"SGD and LARS (default: {d.momentum})")
     p.add_argument("--optimizer", default=d.optimizer, help="adam (reference), sgd or lars")
     p.add_argument("--schedule", default=d.schedule, help="constant (reference) or cosine to 1/1000 of the rate (official)")
-    p.add_argument("--warmup-epochs", type=int, default=d.warmup_epochs, help="linear warm-up from 0 (official: 10)")
+    p.add_argument("--warmup-epochs", type=_integer(), default=d.warmup_epochs, help="linear warm-up from 0 (official: 10)")
     p.add_argument("--normalization", default=d.normalization, help="reference (mean/std) or batchnorm (official Barlow Twins)")
     p.add_argument("--projector", default=None, help="hidden widths, e.g. 512 (reference) or 8192-8192 (official)")
     p.add_argument("--projector-last-bias", action=argparse.BooleanOptionalAction, default=d.projector_last_bias,
@@ -75,9 +106,9 @@ def _add_pretrain(sub) -> None:
                    help="L2-normalise z before the loss (reference: yes; official: --no-normalize-projection)")
     p.add_argument("--zero-init-residual", action="store_true", help="ResNets: residual branches start at 0 (official)")
     p.add_argument("--backbone", default=None, help="resnet18, resnet34, resnet50, small_cnn (default: small_cnn on digits, else resnet50)")
-    p.add_argument("--eval-every", type=int, default=d.eval_every, help="epochs between probes and checkpoints")
+    p.add_argument("--eval-every", type=_integer(), default=d.eval_every, help="epochs between probes and checkpoints")
     p.add_argument("--device", default=d.device, help="auto, cpu or cuda[:N]")
-    p.add_argument("--seed", type=int, default=d.seed, help="seeds the weights, augmentations and batches")
+    p.add_argument("--seed", type=_integer(), default=d.seed, help="seeds the weights, augmentations and batches")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--out", default=None, help="output folder (default: runs/pretrain-DATASET-LOSS-TIME)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
@@ -149,12 +180,12 @@ def _run_pretrain(args) -> int:
 def _add_linear(sub) -> None:
     p = sub.add_parser("linear", help="full linear evaluation of a checkpoint (the reference's linear.py)")
     p.add_argument("--checkpoint", required=True, help="a last.pt / best.pt, or a folder holding last.pt")
-    p.add_argument("--epochs", type=int, default=None,
+    p.add_argument("--epochs", type=_positive_int, default=None,
                    help="(default: per data set: 200, the reference's, for cifar10/cifar100/stl10/tiny_imagenet; 100 for digits)")
-    p.add_argument("--batch-size", type=int, default=None,
+    p.add_argument("--batch-size", type=_positive_int, default=None,
                    help="(default: 512, the reference's; 64 for digits; folder: halved until an epoch has 20 steps)")
-    p.add_argument("--lr", type=float, default=None, help="Adam's learning rate (default: 1e-3, the reference's; 3e-2 for digits)")
-    p.add_argument("--weight-decay", type=float, default=None, help="(default: 1e-6)")
+    p.add_argument("--lr", type=_number, default=None, help="Adam's learning rate (default: 1e-3, the reference's; 3e-2 for digits)")
+    p.add_argument("--weight-decay", type=_number, default=None, help="(default: 1e-6)")
     p.add_argument("--data-dir", default=None, help="override the data folder stored in the checkpoint")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default: auto)")
     p.add_argument("--out", default=None,
@@ -220,14 +251,14 @@ def _add_bench(sub) -> None:
 def _add_bench_train(bench) -> None:
     t = bench.add_parser("train", help="pretraining steps, fast path vs a reference-style loop: img/s, s/epoch, %% of peak")
     t.add_argument("--backbone", default="resnet18", help="resnet18, resnet34, resnet50 or small_cnn")
-    t.add_argument("--image-size", type=int, default=32, help="32 (CIFAR preset) or 64 (STL-10 preset, 96 px sources)")
+    t.add_argument("--image-size", type=_integer(), default=32, help="32 (CIFAR preset) or 64 (STL-10 preset, 96 px sources)")
     t.add_argument("--batch-size", type=_positive_int, default=128, help="images per step (default: 128)")
     t.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     t.add_argument("--steps", type=_positive_int, default=None, help="timed steps (default: 100 on CUDA, 5 on the CPU)")
-    t.add_argument("--warmup", type=int, default=None, help="untimed steps first (default: 10 on CUDA, 1 on the CPU)")
+    t.add_argument("--warmup", type=_integer(), default=None, help="untimed steps first (default: 10 on CUDA, 1 on the CPU)")
     t.add_argument("--rounds", type=_positive_int, default=1, help="alternate the two loops this often; each keeps its best")
     t.add_argument("--dataset-size", type=_positive_int, default=50_000, help="images per epoch (default: CIFAR-10's 50,000)")
-    t.add_argument("--peak-tflops", type=float, default=None, help="the device's peak (default: a table of known GPUs)")
+    t.add_argument("--peak-tflops", type=_number, default=None, help="the device's peak (default: a table of known GPUs)")
     t.add_argument("--threads", type=_positive_int, default=None, help="torch threads, and the reference's DataLoader workers")
     t.add_argument("--compile", action="store_true", help="torch.compile the fast path (compile time reported apart)")
     t.add_argument("--joint-views", action="store_true", help="both views in one forward pass (BatchNorm over both)")
@@ -237,7 +268,7 @@ def _add_bench_train(bench) -> None:
     k = bench.add_parser("packing", help="aggregate img/s of N training processes sharing one device")
     k.add_argument("--trials", default="1,2,4", help="counts of concurrent trials, comma-separated (default: 1,2,4)")
     k.add_argument("--backbone", default="resnet18", help="resnet18, resnet34, resnet50 or small_cnn (default: resnet18)")
-    k.add_argument("--image-size", type=int, default=32, help="image side in pixels (default: 32)")
+    k.add_argument("--image-size", type=_integer(), default=32, help="image side in pixels (default: 32)")
     k.add_argument("--batch-size", type=_positive_int, default=128, help="images per step (default: 128)")
     k.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     k.add_argument("--steps", type=_positive_int, default=None, help="timed steps per trial (default: 100 on CUDA, 5 on the CPU)")
@@ -246,13 +277,13 @@ def _add_bench_train(bench) -> None:
     k.set_defaults(run=_run_bench_packing)
     q = bench.add_parser("probe", help="the fast probe's seconds (features, L-BFGS, kNN) and its share of a trial")
     q.add_argument("--backbone", default="resnet18", help="resnet18, resnet34, resnet50 or small_cnn (default: resnet18)")
-    q.add_argument("--image-size", type=int, default=32, help="image side in pixels (default: 32)")
+    q.add_argument("--image-size", type=_integer(), default=32, help="image side in pixels (default: 32)")
     q.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     q.add_argument("--train-images", type=_positive_int, default=45_000, help="train split (default: CIFAR-10's 45,000)")
     q.add_argument("--val-images", type=_positive_int, default=5_000, help="val split (default: CIFAR-10's 5,000)")
     q.add_argument("--classes", type=_positive_int, default=10, help="label classes (default: 10)")
     q.add_argument("--batch-size", type=_positive_int, default=128, help="pretraining batch for the epoch time")
-    q.add_argument("--epoch-seconds", type=float, default=None, help="an epoch's seconds (default: measured)")
+    q.add_argument("--epoch-seconds", type=_number, default=None, help="an epoch's seconds (default: measured)")
     q.add_argument("--eval-every", default="5,10", help="report intervals in epochs, comma-separated (default: 5,10)")
     q.add_argument("--threads", type=_positive_int, default=None, help="torch threads")
     q.add_argument("--json", action="store_true", help="print the figures as JSON")
@@ -286,8 +317,8 @@ def _add_bench_platform(bench) -> None:
     f.add_argument("--reports", type=_positive_int, default=10, help="report intervals of a trial that runs its "
                    "full budget, after the epoch-0 report (default: 10, as experiments/cifar10_resnet18.yaml)")
     f.add_argument("--concurrency", type=_positive_int, default=8, help="trials at a time (default: 8)")
-    f.add_argument("--report-seconds", type=float, default=0.25, help="a trial's sleep per report interval (default: 0.25)")
-    f.add_argument("--checkpoint-mb", type=float, default=1.0, help="size of each report's last.pt (default: 1)")
+    f.add_argument("--report-seconds", type=_number, default=0.25, help="a trial's sleep per report interval (default: 0.25)")
+    f.add_argument("--checkpoint-mb", type=_number, default=1.0, help="size of each report's last.pt (default: 1)")
     f.add_argument("--tracking", default="sqlite", choices=("sqlite", "server", "none"),
                    help="MLflow to SQLite, to a real `mlflow server` on 127.0.0.1, or none (default: sqlite)")
     f.add_argument("--sampler", default="tpe", choices=("tpe", "random", "gp"), help="Optuna sampler (default: tpe)")
@@ -313,7 +344,9 @@ def _int_list(text: str, option: str, what: str, example: str) -> tuple[int, ...
     try:
         return tuple(int(n) for n in text.split(",") if n.strip())
     except ValueError:
-        raise InputError(f"{option} expects {what} joined by ',', e.g. {example}, got {text!r}") from None
+        from sslsearch.errors import shown
+
+        raise InputError(f"{option} expects {what} joined by ',', e.g. {example}, got {shown(text, QUOTED)}") from None
 
 
 def _run_bench_train(args) -> int:
@@ -448,13 +481,13 @@ def _add_sweep(sub) -> None:
     u = sub.add_parser("ui", help="serve the MLflow UI on the sweeps' tracking store")
     u.add_argument("--storage", default="runs", help="the sweeps' storage folder, holding mlflow.db (default: ./runs)")
     u.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, loopback only)")
-    u.add_argument("--port", type=int, default=5000, help="(default: 5000)")
+    u.add_argument("--port", type=_integer(1, MAX_PORT), default=5000, help="(default: 5000)")
     u.set_defaults(run=_run_ui)
     d = sub.add_parser("dashboard", help="serve optuna-dashboard on a sweep's Optuna study (extra: pip install -e '.[dashboard]')")
     d.add_argument("sweep", nargs="?", default=None, metavar="SWEEP", help="sweep name (default: the most recently written study)")
     d.add_argument("--storage", default="runs", help="the sweeps' storage folder (default: ./runs)")
     d.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, loopback only)")
-    d.add_argument("--port", type=int, default=8080, help="(default: 8080)")
+    d.add_argument("--port", type=_integer(1, MAX_PORT), default=8080, help="(default: 8080)")
     d.set_defaults(run=_run_dashboard)
 
 
@@ -694,9 +727,9 @@ def _add_confirm(sub) -> None:
     p = sub.add_parser("confirm", help="re-run the sweep's best settings with both losses and fresh seeds, then the verdict")
     p.add_argument("sweep", nargs="?", default=None,
                    help="sweep name (may be left out when --storage holds only one sweep: confirming spends compute)")
-    p.add_argument("--top", type=_positive_int, default=1,
+    p.add_argument("--top", type=_integer(1, MAX_CONFIRM_TOP), default=1,
                    help="settings to confirm (default: 1, the best; with more, a seed block's difference is their mean)")
-    p.add_argument("--seeds", type=_positive_int, default=8,
+    p.add_argument("--seeds", type=_integer(1, MAX_CONFIRM_SEEDS), default=8,
                    help="fresh seeds = independent blocks = n of the verdict (default: 8; a difference needs ≥ 6 non-zero)")
     p.add_argument("--design", choices=("shared", "per-loss"), default=None,
                    help="shared (default): the best settings, each run with both losses; per-loss: each loss's own best "
@@ -834,7 +867,7 @@ def _add_leaderboard(sub) -> None:
     p = sub.add_parser("leaderboard", help="rank a sweep's trials per loss and compare barlow with hsic (reads MLflow)")
     p.add_argument("sweeps", nargs="*", metavar="SWEEP", help="sweep name(s), pooled (default: the most recently started)")
     p.add_argument("--format", default="table", choices=("table", "csv", "json", "markdown"), help="(default: table)")
-    p.add_argument("--top", type=_positive_int, default=10, help="rows per loss (default: 10)")
+    p.add_argument("--top", type=_integer(1, MAX_ROWS), default=10, help="rows per loss (default: 10)")
     p.add_argument("--plots", default=None, metavar="DIR", help="also write PNG plots to DIR and log them to the sweep's run")
     _add_records(p)
     p.set_defaults(run=_run_leaderboard)
@@ -878,7 +911,7 @@ def _add_report(sub) -> None:
     p.add_argument("sweeps", nargs="*", metavar="SWEEP", help="sweep name(s), pooled (default: the most recently started)")
     p.add_argument("--out", default="report.html", metavar="FILE", help="the HTML file to write (default: report.html)")
     p.add_argument("--card", default=None, metavar="DIR", help="also show the model card `sslsearch export --out DIR` wrote")
-    p.add_argument("--top", type=_positive_int, default=10, help="rows per loss in the tables (default: 10)")
+    p.add_argument("--top", type=_integer(1, MAX_ROWS), default=10, help="rows per loss in the tables (default: 10)")
     p.add_argument("--no-log", action="store_true", help="do not log the report to the sweep's MLflow run")
     _add_records(p)
     p.set_defaults(run=_run_report)

@@ -135,7 +135,10 @@ def test_every_option_has_help_and_pretrain_shows_its_defaults(capsys):
 
 @pytest.mark.parametrize("argv,message", [
     (["--help"], None),
-    (["pretrain", "--epochs", "x"], "invalid int value"),
+    (["pretrain", "--epochs", "x"], "--epochs: expected an integer, got 'x'"),
+    (["confirm", "x", "--seeds", "100000"], "--seeds: expected an integer in [1, 1,000], got '100000'"),
+    (["confirm", "x", "--top", "51"], "--top: expected an integer in [1, 50], got '51'"),
+    (["ui", "--port", "70000"], "--port: expected an integer in [1, 65,535], got '70000'"),
     (["pretrain", "--loss", "simclr"], "unknown loss 'simclr'"),
     (["pretrain", "--backbone", "vgg"], "unknown backbone 'vgg'"),
     (["sweep", "--set", "pretrain.epoch=3"], "epoch (did you mean epochs?)"),
@@ -201,7 +204,7 @@ def test_confirm_bad_input_is_one_line_before_anything_starts(tmp_path, capsys):
     assert code == 2 and "no sweep named 'nope'" in err and "\n" not in err
     with pytest.raises(SystemExit) as done:
         main(["confirm", "x", "--seeds", "0"])
-    assert done.value.code == 2 and "expected an integer ≥ 1" in capsys.readouterr().err
+    assert done.value.code == 2 and "expected an integer in [1, 1,000], got '0'" in capsys.readouterr().err
     assert not (tmp_path / "empty").exists()
 
 

@@ -52,6 +52,7 @@ def _inline_bomb(levels: int, width: int = 10) -> str:
 
 
 LONG = "x" * 100_000   # below Linux's 128 kB limit on one argument
+QUOTED_80 = r"expected an integer, got '[^' ]{1,80}"   # a bad integer flag's value, quoted to at most 80 characters
 SPACE = ["--set", "search.paired=false", "--space", "{in}/s.yaml"]
 
 # (id, files to create in the input folder {name: text | bytes | "<fifo>" | "<dir>" | "<loop>"}, arguments, pattern)
@@ -186,6 +187,24 @@ CASES = [
     ("linear_checkpoint_fifo", {"p": "<fifo>"}, ["linear", "--checkpoint", "{in}/p", "--out", "{in}/x.csv"],
      r"not a regular file"),
     ("pretrain_projector_digits", {}, ["pretrain", "--projector", "9" * 5000], r"projector"),
+    # --- flags with bounds, refused by the parser; a bad value is quoted to at most ~80 characters ---
+    ("confirm_top_51", {}, ["confirm", "x", "--top", "51"], r"--top: expected an integer in \[1, 50\]"),
+    ("confirm_seeds_100000", {}, ["confirm", "x", "--seeds", "100000"], r"--seeds: expected an integer in \[1, 1,000\]"),
+    ("confirm_seeds_1e30", {}, ["confirm", "--seeds", "1" + "0" * 30], r"--seeds: expected an integer in"),
+    ("confirm_seeds_5000_digits", {}, ["confirm", "x", "--seeds", "9" * 5000], QUOTED_80 + r" \(5,000 characters\)"),
+    ("confirm_seeds_not_integer", {}, ["confirm", "x", "--seeds", "8.5"], r"--seeds: expected an integer, got '8.5'"),
+    ("confirm_top_long", {}, ["confirm", "x", "--top", LONG], QUOTED_80 + r" \(100,000 characters\)"),
+    ("leaderboard_top_above_1e6", {}, ["leaderboard", "--top", "1000001"], r"--top: expected an integer in \[1, 1,000,000\]"),
+    ("leaderboard_top_long", {}, ["leaderboard", "--top", LONG], QUOTED_80 + r" \(100,000 characters\)"),
+    ("report_top_1e30", {}, ["report", "--top", "1" + "0" * 30], r"--top: expected an integer in \[1, 1,000,000\]"),
+    ("ui_port_70000", {}, ["ui", "--port", "70000"], r"--port: expected an integer in \[1, 65,535\]"),
+    ("ui_port_negative", {}, ["ui", "--port", "-1"], r"--port: expected an integer in \[1, 65,535\]"),
+    ("ui_port_long", {}, ["ui", "--port", LONG], QUOTED_80 + r" \(100,000 characters\)"),
+    ("dashboard_port_65536", {}, ["dashboard", "--port", "65536"], r"--port: expected an integer in \[1, 65,535\]"),
+    ("dashboard_port_5000_digits", {}, ["dashboard", "x", "--port", "9" * 5000], QUOTED_80 + r" \(5,000 characters\)"),
+    ("pretrain_epochs_long", {}, ["pretrain", "--epochs", LONG], QUOTED_80 + r" \(100,000 characters\)"),
+    ("pretrain_lr_long", {}, ["pretrain", "--lr", LONG], r"--lr: expected a number, got '[^' ]{1,80} \(100,000 characters\)"),
+    ("linear_epochs_zero", {}, ["linear", "--checkpoint", "{in}/x.pt", "--epochs", "0"], r"--epochs: expected an integer ≥ 1"),
 ]
 
 
@@ -206,6 +225,19 @@ def _make(inputs: Path, files: dict) -> None:
             path.write_bytes(text)
 
 
+COMMANDS = ("pretrain", "linear", "confirm", "leaderboard", "report", "ui", "dashboard")   # else the case is `sweep`'s
+
+
+def command_line(args: list, inputs: Path, work: Path) -> list:
+    """A case's arguments to `sslsearch` (`sweep` unless they name another command), {in} filled in; a sweep's
+    records go to the case's own working folder."""
+    command = args if args and args[0] in COMMANDS else ["sweep", *args]
+    argv = [a.replace("{in}", str(inputs)) if isinstance(a, str) else a for a in command]
+    if argv[0] in ("sweep", "confirm", "leaderboard", "report", "ui", "dashboard") and "--storage" not in argv:
+        argv += ["--storage", str(work / "runs")]
+    return argv
+
+
 def _limit_memory() -> None:
     resource.setrlimit(resource.RLIMIT_AS, (MEMORY_CAP, MEMORY_CAP))
 
@@ -221,10 +253,7 @@ def test_bad_input_is_refused_before_anything_starts(case, files, args, pattern,
     for folder in (inputs, work, tmp, home):
         folder.mkdir()
     _make(inputs, files)
-    command = args if args and args[0] in ("pretrain", "linear") else ["sweep", *args]
-    argv = [a.replace("{in}", str(inputs)) if isinstance(a, str) else a for a in command]
-    if argv[0] == "sweep" and "--storage" not in argv:
-        argv += ["--storage", str(work / "runs")]
+    argv = command_line(args, inputs, work)
     env = {**os.environ, "PYTHONPATH": str(REPO), "TMPDIR": str(tmp), "RAY_TMPDIR": str(tmp), "HOME": str(home),
            "PYTHONDONTWRITEBYTECODE": "1"}
     # A new session, so that a case that wrongly got as far as starting Ray leaves no process behind.
@@ -252,6 +281,7 @@ def test_the_corpus_covers_every_kind_of_issue_22():
     for kind in ("batch_above_pretraining_set", "val_fraction_0.9999", "space_batch_choice_above_set", "epochs_1e20",
                  "time_budget_1e-300", "cpus_1e308", "cpus_1e-9", "cpus_above_machine", "bomb_9_levels_under_name",
                  "set_list_60k_deep", "experiment_is_folder", "experiment_is_fifo", "experiment_is_dev_zero",
-                 "num_samples_1e23", "batch_1e21"):
+                 "num_samples_1e23", "batch_1e21", "confirm_top_51", "confirm_seeds_100000", "leaderboard_top_above_1e6",
+                 "report_top_1e30", "ui_port_70000", "dashboard_port_65536", "ui_port_long"):
         assert kind in ids
-    assert len(CASES) >= 80
+    assert len(CASES) >= 100
