@@ -156,6 +156,7 @@ def _run_pretrain(args) -> int:
             raise InputError(f"--resume: no checkpoint at {resume}")
     elif out.exists() and any(out.iterdir()):
         raise InputError(f"output folder {out} exists and is not empty; pass --resume to continue it or choose another --out")
+    _fetch_data(config)   # before --out is created
     from sslsearch.method.train import pretrain
     from sslsearch.processes import INTERRUPTED, reaping
 
@@ -540,6 +541,8 @@ def _run_sweep(args) -> int:
         from sslsearch.search.sweeplock import abandon_claim, claim_sweep_folder
 
         check_new_name(storage, name, uri)  # running, finished, interrupted, or recorded: each in its own words
+    if args.address is None:   # (a cluster's workers read their own data folder)
+        _fetch_data(experiment.pretrain)
     check_store(uri)  # before Ray and MLflow load: a dead server or bad URI is refused at once
     if "://" not in storage:
         # The name is taken now, before the seconds of Ray's and MLflow's imports: a second `sweep --name X`
@@ -563,6 +566,16 @@ def _run_sweep(args) -> int:
     if code in (0, 1, 3):
         print(_next_steps(name, args, confirm=True))
     return code
+
+
+def _fetch_data(config) -> None:
+    """A built-in data set that is not on disk is downloaded now, before the sweep folder or the MLflow store exists:
+    offline, or a failed download, is one line and nothing written (the download removes what it created)."""
+    if config.data_on_disk():   # (checked without torch: the common case costs a few stat calls)
+        return
+    from sslsearch.method.data import prepare_dataset
+
+    prepare_dataset(config.dataset, config.data_dir)
 
 
 def _invocation() -> str:

@@ -40,6 +40,31 @@ MAX_SEED = 2**32                 # numpy's seeds, which the data split and augme
 MAX_IMAGE_SIZE = 1024
 
 
+IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".webp")   # what a `folder` data set's images end with
+DEFAULT_DATA_DIR = "data"      # resolved against the current directory, then made absolute
+TEST_FRACTION = 0.2            # digits and test-less folders: a fixed held-out test split (sslsearch.method.data)
+# Each downloadable data set as it lies under data_dir once extracted: its folder and the files that must be there
+# (sslsearch.method.data downloads them; checked here, without torch, before a sweep writes anything).
+DATASET_FILES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "cifar10": ("cifar-10-batches-py", (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta")),
+    "cifar100": ("cifar-100-python", ("train", "test", "meta")),
+    "stl10": ("stl10_binary", ("train_X.bin", "train_y.bin", "test_X.bin", "test_y.bin", "unlabeled_X.bin",
+                               "class_names.txt")),
+    "tiny_imagenet": ("tiny-imagenet-200", ("wnids.txt", "train", "val")),
+}
+
+
+def image_files(directory: Path) -> list[Path]:
+    """The images under `directory` (any depth) as the `folder` and Tiny ImageNet readers take them, sorted."""
+    return sorted(p for p in directory.rglob("*")
+                  if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file())
+
+
+def class_folders(directory: Path) -> list[Path]:
+    """The class folders of a `folder` data set's split (its visible subfolders), sorted."""
+    return sorted(p for p in directory.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
 def held_out_count(count: int, fraction: float) -> int:
     """Items of a class of `count` that a stratified split with `fraction` holds out."""
     # Round half up (Python's round() goes to even: 2.5 → 2, surprising in a table of split sizes).
@@ -53,15 +78,38 @@ def held_out_count(count: int, fraction: float) -> int:
 # The built-in data sets' labelled training images per class (before the validation split) and unlabeled images,
 # so that batch_size and val_fraction are checked against the data before anything loads it
 # (tests/test_config.py checks digits against its loader). digits: scikit-learn's 1,797 images less the fixed
-# 20 % test split (sslsearch.method.data.TEST_FRACTION) that held_out_count carves per class.
+# 20 % test split (TEST_FRACTION) that held_out_count carves per class.
 _DIGITS_CLASSES = (178, 182, 177, 183, 181, 182, 181, 179, 174, 180)
 TRAIN_CLASS_COUNTS: dict[str, tuple[tuple[int, ...], int]] = {
-    "digits": (tuple(c - held_out_count(c, 0.2) for c in _DIGITS_CLASSES), 0),
+    "digits": (tuple(c - held_out_count(c, TEST_FRACTION) for c in _DIGITS_CLASSES), 0),
     "cifar10": ((5000,) * 10, 0),
     "cifar100": ((500,) * 100, 0),
     "stl10": ((500,) * 10, 100_000),
     "tiny_imagenet": ((500,) * 200, 0),
 }
+
+
+_FOLDER_COUNTS: dict[str, tuple[int, ...] | None] = {}   # resolved data_dir → counts: a space check asks per candidate
+
+
+def folder_class_counts(data_dir: str | None) -> tuple[int, ...] | None:
+    """A `folder` data set's labelled training images per class before the validation split, counted on disk as its
+    reader will take them (a train/ without test/ beside it first gives up the fixed TEST_FRACTION test split, as
+    digits does); None when its train/ folder is not here (a cluster's workers may hold it)."""
+    root = Path(data_dir or DEFAULT_DATA_DIR).expanduser().resolve()
+    train = root / "train"
+    try:
+        key = f"{root}:{train.stat().st_mtime_ns}"   # a class folder added since is counted anew
+    except OSError:
+        key = str(root)
+    if key not in _FOLDER_COUNTS:
+        counts = None
+        if train.is_dir():
+            counts = tuple(len(image_files(folder)) for folder in class_folders(train))
+            if not (root / "test").is_dir():
+                counts = tuple(c - held_out_count(c, TEST_FRACTION) for c in counts)
+        _FOLDER_COUNTS[key] = counts
+    return _FOLDER_COUNTS[key]
 
 
 def _physical_memory() -> int | None:
@@ -204,24 +252,46 @@ class PretrainConfig:
         return torch.device(self.device)
 
     def pretraining_images(self) -> int | None:
-        """Images one epoch pretrains on (labelled training images less the validation split, plus unlabeled ones);
-        None for a `folder` data set, whose size is known once it is read."""
-        if self.dataset not in TRAIN_CLASS_COUNTS:
+        """Images one epoch pretrains on (labelled training images less the validation split, plus unlabeled ones):
+        known up front for the built-in data sets, counted on disk for a `folder` one; None when that is not here."""
+        if self.dataset == "folder":
+            classes, unlabeled = folder_class_counts(self.data_dir), 0
+            if classes is None:
+                return None
+        elif self.dataset in TRAIN_CLASS_COUNTS:
+            classes, unlabeled = TRAIN_CLASS_COUNTS[self.dataset]
+        else:
             return None
-        classes, unlabeled = TRAIN_CLASS_COUNTS[self.dataset]
         return sum(c - held_out_count(c, self.val_fraction) for c in classes) + unlabeled
+
+    def data_on_disk(self) -> bool:
+        """Whether the data set needs no download: digits comes with scikit-learn, a `folder` one is never downloaded
+        (check_local_data says when it is missing), a downloadable one has every file of its extracted archive."""
+        if self.dataset not in DATASET_FILES:
+            return True
+        folder, files = DATASET_FILES[self.dataset]
+        base = Path(self.data_dir or DEFAULT_DATA_DIR).expanduser().resolve() / folder
+        return all((base / name).exists() for name in files)
 
     def check_data(self) -> None:
         """InputError (one line) for settings the data set cannot satisfy, checked without loading it: a batch larger
-        than an epoch's images (a validation split that leaves too few), a data folder that is a file."""
+        than an epoch's images (a validation split that leaves too few; a `folder` data set's images counted on disk),
+        a class folder without images, a data folder that is a file."""
         if self.data_dir is not None and os.path.exists(self.data_dir) and not os.path.isdir(self.data_dir):
             raise InputError(f"pretrain.data_dir {shown_path(self.data_dir)} is a file; give the folder that holds "
                              "(or will hold) the data sets")
         images = self.pretraining_images()
         if images is not None and self.batch_size > images:
-            raise InputError(f"batch_size {self.batch_size:g} exceeds the {images:,} pretraining images of {self.dataset} "
-                             f"(its training images less the val_fraction={self.val_fraction:g} validation split); "
-                             f"lower batch_size or val_fraction")
+            counted = ""
+            if self.dataset == "folder":   # counted on disk: say where
+                counted = f" at {shown_path(Path(self.data_dir or DEFAULT_DATA_DIR) / 'train', 80)}"
+            raise InputError(f"batch_size {self.batch_size:g} exceeds the {images:,} pretraining images of {self.dataset}"
+                             f"{counted} (its training images less the val_fraction={self.val_fraction:g} validation "
+                             "split); lower batch_size or val_fraction")
+        if self.dataset == "folder" and 0 in (folder_class_counts(self.data_dir) or ()):
+            train = Path(self.data_dir or DEFAULT_DATA_DIR).expanduser().resolve() / "train"
+            empty = next(f for f in class_folders(train) if not image_files(f))
+            raise InputError(f"{shown_path(empty, 120)} holds no images; accepted suffixes: {', '.join(IMAGE_SUFFIXES)}")
 
     def check_local_data(self) -> None:
         """InputError (one line) if the data cannot be used on this machine: a `folder` data set, which has nothing to

@@ -31,15 +31,18 @@ from PIL import Image, ImageOps
 
 from sslsearch.errors import InputError
 from sslsearch.method.config import (  # the names live with the config, which imports no torch
+    DATASET_FILES,
     DATASETS,
+    DEFAULT_DATA_DIR,
+    IMAGE_SUFFIXES,
+    TEST_FRACTION,
     PretrainConfig,
+    class_folders,
     held_out_count,
+    image_files,
 )
 
-IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-DEFAULT_DATA_DIR = "data"      # resolved against the current directory, then made absolute
-TEST_FRACTION = 0.2            # digits and test-less folders: a fixed held-out test split ...
-TEST_SPLIT_SEED = 0            # ... that never moves with split_seed, so test numbers stay comparable
+TEST_SPLIT_SEED = 0            # TEST_FRACTION's split never moves with split_seed, so test numbers stay comparable
 DIGITS_IMAGE_SIZE = 32         # 8×8 digits upscaled so the CIFAR-sized backbones and crops apply
 FOLDER_IMAGE_SIZE = 64
 CACHE_DIR_NAME = ".sslsearch-cache"
@@ -252,16 +255,14 @@ class _Archive:
 
 
 _CIFAR10 = _Archive("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a",
-                    "cifar-10-batches-py", (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta"),
-                    "{data_batch_1..5,test_batch,batches.meta} (python pickle batches)")
+                    *DATASET_FILES["cifar10"], "{data_batch_1..5,test_batch,batches.meta} (python pickle batches)")
 _CIFAR100 = _Archive("https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz", "eb9058c3a382ffc7106e4002c42a8d85",
-                     "cifar-100-python", ("train", "test", "meta"), "{train,test,meta} (python pickles)")
+                     *DATASET_FILES["cifar100"], "{train,test,meta} (python pickles)")
 _STL10 = _Archive("http://ai.stanford.edu/~acoates/stl10/stl10_binary.tar.gz", "91f7769df0f17e558f3565bffb0c7dfb",
-                  "stl10_binary",
-                  ("train_X.bin", "train_y.bin", "test_X.bin", "test_y.bin", "unlabeled_X.bin", "class_names.txt"),
+                  *DATASET_FILES["stl10"],
                   "{train_X.bin,train_y.bin,test_X.bin,test_y.bin,unlabeled_X.bin,class_names.txt} (STL-10 binary)")
 _TINY_IMAGENET = _Archive("http://cs231n.stanford.edu/tiny-imagenet-200.zip", "90528d7ca1a48142e341f4ef8d21d0de",
-                          "tiny-imagenet-200", ("wnids.txt", "train", "val"),
+                          *DATASET_FILES["tiny_imagenet"],
                           "{wnids.txt,train/<wnid>/images/*.JPEG,val/images/*.JPEG + val/val_annotations.txt "
                           "or val/<wnid>/[images/]*.JPEG}")
 _ARCHIVES = {"cifar10": _CIFAR10, "cifar100": _CIFAR100, "stl10": _STL10, "tiny_imagenet": _TINY_IMAGENET}
@@ -479,20 +480,12 @@ def _load_stl10(root: Path, download: bool, image_size: int | None) -> _Source:
 
 # --- image folders: Tiny ImageNet and any folder of class subfolders ----------------------------
 
-def _list_images(directory: Path) -> list[Path]:
-    return sorted(p for p in directory.rglob("*")
-                  if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file())
-
-
-def _class_dirs(directory: Path) -> list[Path]:
-    return sorted(p for p in directory.iterdir() if p.is_dir() and not p.name.startswith("."))
-
 
 def _load_tiny_imagenet(root: Path, download: bool, image_size: int | None) -> _Source:
     base = _ensure_present("tiny_imagenet", root, _TINY_IMAGENET, download)
     wnids = [w.strip() for w in (base / "wnids.txt").read_text().splitlines() if w.strip()]
     index = {w: i for i, w in enumerate(wnids)}
-    train = [(path, index[w]) for w in wnids for path in _list_images(base / "train" / w)]
+    train = [(path, index[w]) for w in wnids for path in image_files(base / "train" / w)]
     missing = [w for w in wnids if not (base / "train" / w).is_dir()]
     if missing or not train:
         raise InputError(f"tiny_imagenet: expected {base}/train/<wnid>/images/*.JPEG for every wnid in wnids.txt, "
@@ -520,7 +513,7 @@ def _tiny_imagenet_val(base: Path, index: dict[str, int]) -> list[tuple[Path, in
                                  f"got {line.strip()[:80]!r}")
             files.append((val / "images" / fields[0], index[fields[1]]))
     else:                              # re-organised per class: val/<wnid>/[images/]*.JPEG
-        files = [(path, i) for w, i in index.items() if (val / w).is_dir() for path in _list_images(val / w)]
+        files = [(path, i) for w, i in index.items() if (val / w).is_dir() for path in image_files(val / w)]
     if not files:
         raise InputError(f"tiny_imagenet: no validation images; expected {val}/images/*.JPEG + {annotations} "
                          f"or {val}/<wnid>/[images/]*.JPEG")
@@ -542,7 +535,7 @@ def _tiny_imagenet_names(base: Path, wnids: list[str]) -> tuple[str, ...]:
 def _folder_classes(root: Path) -> list[Path]:
     """The class folders of root/train; InputError naming the layout when there are none."""
     train_dir = root / "train"
-    class_dirs = _class_dirs(train_dir) if train_dir.is_dir() else []
+    class_dirs = class_folders(train_dir) if train_dir.is_dir() else []
     if not class_dirs:
         raise InputError(f"folder data set not found: expected {root}/train/<class>/{_SUFFIX_GLOB} "
                          f"and optionally {root}/test/<class>/{_SUFFIX_GLOB}")
@@ -556,17 +549,17 @@ def _load_folder(root: Path, download: bool, image_size: int | None) -> _Source:
     classes = tuple(d.name for d in class_dirs)
     train = []
     for label, directory in enumerate(class_dirs):
-        images = _list_images(directory)
+        images = image_files(directory)
         if not images:
             raise InputError(f"{directory} holds no images; accepted suffixes: {', '.join(IMAGE_SUFFIXES)}")
         train += [(path, label) for path in images]
     splits = {"train": train}
     if test_dir.is_dir():
-        unknown = [d.name for d in _class_dirs(test_dir) if d.name not in classes]
+        unknown = [d.name for d in class_folders(test_dir) if d.name not in classes]
         if unknown:
             raise InputError(f"{test_dir / unknown[0]} is not a class of {train_dir}; test classes must be train classes")
         splits["test"] = [(path, label) for label, c in enumerate(classes) if (test_dir / c).is_dir()
-                          for path in _list_images(test_dir / c)]
+                          for path in image_files(test_dir / c)]
     decoded = _decode_cached(root, "folder", splits, size)
     if "test" in decoded:
         parts = (*decoded["train"], *decoded["test"])
