@@ -704,8 +704,9 @@ def _run_resume(args) -> int:
 
         plan = read_plan(args.name, storage)  # a confirmation stage was started: continue it too
         if plan is not None:
-            if _confirm(args.name, storage, plan["top"], len(plan["seeds"]), args.address, args.tracking_uri):
-                return 130
+            stage_code = _confirm(args.name, storage, plan["top"], len(plan["seeds"]), args.address, args.tracking_uri)
+            if stage_code:
+                return stage_code   # interrupted (130) or stopped by a full disk (4): `confirm` continues it
             print(_next_steps(args.name, args, confirm=False))
             return code
     print(_next_steps(args.name, args, confirm=True))
@@ -776,19 +777,20 @@ def _run_confirm(args) -> int:
     from sslsearch.processes import reaping
 
     with reaping():
-        if _confirm(name, storage, args.top, args.seeds, args.address, args.tracking_uri, args.design):
-            return 130
+        code = _confirm(name, storage, args.top, args.seeds, args.address, args.tracking_uri, args.design)
+        if code:
+            return code
     print(_next_steps(name, args, confirm=False))
     return 0
 
 
 def _confirm(name: str, storage: str, top: int, seeds: int, address: str | None, tracking_uri: str | None,
              design: str | None = None) -> int:
-    """Run or continue the confirmation stage, then print the leaderboard ending with the verdict and log the verdict
-    on the sweep's parent run; the count of unfinished trials."""
+    """Run or continue the confirmation stage, then make MLflow match Ray's records of the sweep (`sync`), print the
+    leaderboard ending with the verdict and log the verdict on the sweep's parent run; the exit code (_report_confirm)."""
     from sslsearch.analysis.stats import MIN_NONZERO
     from sslsearch.records.tracking import MlflowTracking, check_tracking, default_tracking_uri
-    from sslsearch.search.confirm import STAGE, confirm_experiment, format_stage, run_confirm
+    from sslsearch.search.confirm import STAGE, confirm_experiment, run_confirm
     from sslsearch.search.sweep import LiveView
 
     experiment, space = confirm_experiment(name, storage)
@@ -799,16 +801,34 @@ def _confirm(name: str, storage: str, top: int, seeds: int, address: str | None,
               f"needs ≥ {MIN_NONZERO} non-zero differences to reach p < 0.05)", file=sys.stderr)
     tracking = MlflowTracking(experiment, space, sweep=name, storage=storage, tracking_uri=uri, stage=STAGE)
     # The sweep's live view: a line per report, with the trials finished and left of the stage.
-    summary = run_confirm(name, storage, top=top, seeds=seeds, design=design, address=address,
-                          callbacks=[LiveView(), tracking])
-    print(format_stage(summary))
-    if not summary.unfinished:
-        from sslsearch.analysis.leaderboard import build_leaderboard, format_leaderboard, load_trials
+    code = _report_confirm(lambda: run_confirm(name, storage, top=top, seeds=seeds, design=design, address=address,
+                                               callbacks=[LiveView(), tracking]))
+    if code:
+        return code
+    _reconcile(name, storage, tracking_uri)   # what an earlier, stopped session could neither send nor keep
+    from sslsearch.analysis.leaderboard import build_leaderboard, format_leaderboard, load_trials
 
-        board = build_leaderboard(load_trials(uri, [name]))
-        print(format_leaderboard(board))   # ends with the verdict
-        _log_verdict(board, uri)
-    return summary.unfinished
+    board = build_leaderboard(load_trials(uri, [name]))
+    print(format_leaderboard(board))   # ends with the verdict
+    _log_verdict(board, uri)
+    return 0
+
+
+def _report_confirm(run) -> int:
+    """Run (or continue) the confirmation stage and print its line: 0 every trial ended; 130 interrupted; 4 an OS error
+    (a full disk) stopped it: its line, then one error line ending with `sslsearch confirm NAME`."""
+    from sslsearch.search.confirm import format_stage
+    from sslsearch.search.sweep import SweepStopped
+
+    try:
+        summary = run()
+    except SweepStopped as stopped:
+        if stopped.summary is not None:
+            print(format_stage(stopped.summary))
+        print(f"sslsearch: error: {stopped}", file=sys.stderr)
+        return 4
+    print(format_stage(summary))
+    return 130 if summary.unfinished else 0
 
 
 def _run_ui(args) -> int:

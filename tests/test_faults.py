@@ -49,13 +49,14 @@ class Faults(tune.Callback):
             os.killpg(self.server_pgid, signal.SIGKILL)
 
 
-def _sweep_runs(client, name):
+def _sweep_runs(client, name, stage=None):
+    """The sweep's parent runs, and its child runs by trial id (of the search, or of `stage`)."""
     experiment = client.get_experiment_by_name("sslsearch")
     runs = client.search_runs([experiment.experiment_id], f"tags.`sslsearch.sweep` = '{name}'")
     parents = [r for r in runs if r.data.tags["sslsearch.role"] == "sweep"]
     children = {}
     for r in runs:
-        if r.data.tags["sslsearch.role"] == "trial":
+        if r.data.tags["sslsearch.role"] == "trial" and r.data.tags.get("sslsearch.stage") == stage:
             children.setdefault(r.data.tags["sslsearch.trial_id"], []).append(r)
     return parents, children
 
@@ -102,10 +103,10 @@ def test_a_sweep_whose_server_died_says_sync_and_sync_loses_nothing(faulty_sweep
     assert points == s.first.points == 2 * 3  # two trials, epochs 0..2
 
 
-def _assert_mlflow_equals_ray(client, name: str, path: str) -> int:
-    """One parent run, one run per trial, every reported step exactly once, every trial completed in both;
-    the number of steps."""
-    parents, children = _sweep_runs(client, name)
+def _assert_mlflow_equals_ray(client, name: str, path: str, stage: str | None = None) -> int:
+    """One parent run, one run per trial (of the search, or of `stage` in `path`), every reported step exactly once,
+    every trial completed in both; the number of steps."""
+    parents, children = _sweep_runs(client, name, stage)
     trials = tune.ExperimentAnalysis(path).trials
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert sorted(children) == sorted(t.trial_id for t in trials) and all(len(r) == 1 for r in children.values())
@@ -307,3 +308,57 @@ def test_a_full_disk_stops_the_sweep_in_good_order_and_resume_finishes_it(ray_se
         assert not list(disk.rglob("*.tmp"))
     finally:
         subprocess.run(["umount", "-l", str(disk)])
+
+
+@pytest.mark.slow
+def test_a_full_disk_stops_the_confirmation_stage_in_good_order_and_confirm_and_sync_finish_it(ray_session, tmp_path,
+                                                                                                 capsys):
+    """As the search does: the first trial that cannot save stops the stage (exit 4, one line, the stage's line and
+    `sslsearch confirm NAME`); once space is freed the stage continues from Ray's state (or its intact copy) and `sync`
+    gives MLflow every step of the stage's trials exactly once. Synthetic trials: seconds, not minutes."""
+    from sslsearch.search.confirm import STAGE, confirm_experiment, run_confirm
+    from sslsearch.search.synthetic import synthetic_trainable
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs as the sweep's storage needs root")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40m", "tmpfs", str(disk)], capture_output=True,
+                      check=False).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        storage, name, trainable = str(disk / "runs"), "cfull", synthetic_trainable()
+        experiment = load_experiment(None, [*TINY, "search.sampler=random", "resources.max_failures=1"])
+        space = load_search_space(experiment.space_path())
+        run_sweep(experiment, space, name=name, storage=storage, quiet=True, trainable=trainable,
+                  callbacks=[MlflowTracking(experiment, space, sweep=name, storage=storage, flush_timeout_s=1)])
+        staged, _ = confirm_experiment(name, storage)
+
+        def stage(*extra):
+            tracking = MlflowTracking(staged, space, sweep=name, storage=storage, stage=STAGE, flush_timeout_s=1)
+            return run_confirm(name, storage, top=1, seeds=1, quiet=True, trainable=trainable,
+                               callbacks=[tracking, *extra])
+
+        capsys.readouterr()
+        code = cli._report_confirm(lambda: stage(FillDisk(disk, tmp_path / "filled")))
+        out, err = capsys.readouterr()
+        assert (tmp_path / "filled").exists()
+        lines = [line for line in err.splitlines() if line.startswith("sslsearch: error:")]
+        assert code == 4, out + err   # before: Ray retried and errored the stage's trials, a traceback, no hint
+        assert len(lines) == 1 and f"sslsearch confirm {name}" in lines[0] and "Traceback" not in err, err
+        assert f"confirm {name}: " in out and "running" in out and "errored" not in out, out   # (the trials started)
+        assert f"unfinished; continue with: sslsearch confirm {name}" in out, out
+        assert err.count("Trial task failed") <= 2, err   # at most one failure per running trial, never a retry
+        (disk / "filler").unlink()  # space freed
+        # Continued from Ray's saved state of the stage, from its intact copy if the full disk cut it short, or, if the
+        # disk filled before the first copy, started again from the stage's plan (whichever Ray's save timing gave).
+        assert cli._report_confirm(stage) == 0
+        assert f"confirm {name}: 2 trials (2 completed)" in capsys.readouterr().out
+        assert cli.main(["sync", name, "--storage", storage]) == 0   # the stage's records, not only the search's
+        assert "(2 of the confirmation stage)" in capsys.readouterr().out
+        client, confirm = MlflowClient(default_tracking_uri(storage)), f"{storage}/{name}/confirm"
+        assert _assert_mlflow_equals_ray(client, name, confirm, STAGE) == 2 * 3
+        assert _assert_mlflow_equals_ray(client, name, f"{storage}/{name}") == 2 * 3
+        assert not list(disk.rglob("*.tmp"))
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)

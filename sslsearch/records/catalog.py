@@ -129,7 +129,7 @@ def finished(sweep: SweepFolder) -> bool:
     if not _ended(trial_statuses(sweep.path), samples) or (sweep.path / OUTBOX_FILE).exists():
         return False
     stage = confirm_stage(sweep)
-    return stage is None or stage[1]
+    return stage is None or (stage[1] and not (sweep.path / CONFIRM_DIR / OUTBOX_FILE).exists())
 
 
 def sweep_tracking_uri(sweep: SweepFolder, storage: str) -> str:

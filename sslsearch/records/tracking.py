@@ -101,6 +101,7 @@ from sslsearch.records.schema import (
 # The light half of the store's handling (the CLI uses it before importing MLflow or Ray); re-exported here.
 from sslsearch.records.store import artifact_root as _artifact_root  # noqa: F401
 from sslsearch.records.store import check_store, default_tracking_uri
+from sslsearch.search.confirm import STAGE as CONFIRM_STAGE
 from sslsearch.search.experiment import Experiment, experiment_from_dict, keeps_last
 from sslsearch.search.folder import CONFIRM_DIR, OUTBOX_FILE
 from sslsearch.search.outcomes import FINISHED, result_outcome
@@ -366,13 +367,21 @@ class Outbox:
                 pass
 
 
-def outbox_folder(sweep_path: str | None) -> Path | None:
-    """Where a sweep's outbox lives: its own folder; for remote storage (s3://, gs://), a local cache."""
+def outbox_folder(sweep_path: str | None, stage: str | None = None) -> Path | None:
+    """Where a sweep's outbox lives: its own folder; for remote storage (s3://, gs://), a local cache. A stage's
+    (confirm) has its own, in the stage's folder: a replay writes each record as the stage it came from (its runs
+    tagged with the stage)."""
     if sweep_path is None:
         return None
     if "://" in sweep_path:
-        return Path.home() / ".cache" / "sslsearch" / "outbox" / sweep_path.rstrip("/").rsplit("/", 1)[-1]
-    return Path(sweep_path)
+        folder = Path.home() / ".cache" / "sslsearch" / "outbox" / sweep_path.rstrip("/").rsplit("/", 1)[-1]
+    else:
+        folder = Path(sweep_path)
+    if stage:
+        folder = folder / stage
+        with contextlib.suppress(OSError):   # (else the outbox says once that it keeps records in memory)
+            folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 def unsent_records(sweep_path: str) -> int:
@@ -460,7 +469,7 @@ class MlflowTracking(tune.Callback):
     @property
     def outbox(self) -> Outbox:
         if self._box is None:
-            self._box = Outbox(outbox_folder(self.sweep_path), kinds=RECORD_KINDS)
+            self._box = Outbox(outbox_folder(self.sweep_path, self.stage), kinds=RECORD_KINDS)
         return self._box
 
     # -- Ray Tune hooks: each appends records to the outbox and wakes the sender --------------------
@@ -907,9 +916,17 @@ class SyncReport:
     statuses_fixed: int    # runs whose status or outcome differed from Ray's
     duplicates: int        # trials that had more than one run: merged into one
     orphans: int = 0       # runs of trials that Ray's saved state does not hold: removed
+    stage_trials: int = 0  # of `trials`, those of the confirmation stage
+
+    def including(self, stage: SyncReport) -> SyncReport:
+        """This report and that of the sweep's confirmation stage, as one."""
+        counts = {f.name: getattr(self, f.name) + getattr(stage, f.name) for f in dataclasses.fields(self)
+                  if f.name not in ("sweep", "stage_trials")}
+        return SyncReport(self.sweep, **counts, stage_trials=stage.trials)
 
     def format(self) -> str:
-        lines = [f"sync {self.sweep}: replayed {self.replayed} queued record(s); {self.trials} trials: created "
+        staged = f" ({self.stage_trials} of the confirmation stage)" if self.stage_trials else ""
+        lines = [f"sync {self.sweep}: replayed {self.replayed} queued record(s); {self.trials} trials{staged}: created "
                  f"{self.runs_created} run(s), added {self.points_added} of {self.points} metric points, fixed "
                  f"{self.statuses_fixed} status(es)"]
         if self.duplicates:
@@ -938,11 +955,16 @@ def sync(name: str, storage: str, tracking_uri: str | None = None) -> SyncReport
     lock = SweepLock(path, name, "sync") if local else contextlib.nullcontext()
     with lock:
         tracking = MlflowTracking(experiment, space, sweep=name, storage=storage, tracking_uri=uri)
-        # A confirmation stage queues its records in the same outbox, and a replay creates the runs of its trials
-        # too: they are the stage's, not orphans of the search.
+        # The confirmation stage's trials are the stage's, not orphans of the search; then the stage is synced too,
+        # from its own outbox and Ray's records of it (a full disk or a kill during `confirm` leaves them behind).
         confirm = f"{path}/{CONFIRM_DIR}"
-        stage_trials = {t.trial_id for t in tune.ExperimentAnalysis(confirm).trials} if tune.Tuner.can_restore(confirm) else set()
-        return sync_sweep(tracking, tune.ExperimentAnalysis(path).trials, other_trials=stage_trials)
+        stage = tune.ExperimentAnalysis(confirm).trials if tune.Tuner.can_restore(confirm) else []
+        search = tune.ExperimentAnalysis(path).trials
+        report = sync_sweep(tracking, search, other_trials={t.trial_id for t in stage}, close_parent=not stage)
+        if not stage or report.unsent:
+            return report
+        staged = MlflowTracking(experiment, space, sweep=name, storage=storage, tracking_uri=uri, stage=CONFIRM_STAGE)
+        return report.including(sync_sweep(staged, stage, other_trials={t.trial_id for t in search}))
 
 
 def ray_results(trial) -> dict[int, dict[str, float]]:
@@ -964,11 +986,12 @@ def ray_results(trial) -> dict[int, dict[str, float]]:
     return steps
 
 
-def sync_sweep(tracking: MlflowTracking, trials: list, other_trials: set[str] = frozenset()) -> SyncReport:
+def sync_sweep(tracking: MlflowTracking, trials: list, other_trials: set[str] = frozenset(),
+               close_parent: bool = True) -> SyncReport:
     """Make MLflow equal to Ray's per-trial results: replay the outbox, then give every trial one run holding every
-    reported step exactly once, with Ray's status and outcome, and close the parent run as Ray left the sweep.
-    `trials`: the sweep's trials as Ray saved them (tune.ExperimentAnalysis(path).trials); `other_trials`: ids of
-    trials another stage of the sweep ran (a confirmation), whose runs are never taken for orphans."""
+    reported step exactly once, with Ray's status and outcome, and (`close_parent`) close the parent run as Ray left
+    the sweep. `trials`: the stage's trials as Ray saved them (tune.ExperimentAnalysis(path).trials); `other_trials`:
+    ids of trials another stage of the sweep ran, whose runs are never taken for orphans."""
     queued = len(tracking.outbox.pending)
     unsent = tracking.drain()
     if unsent:
@@ -1014,7 +1037,7 @@ def sync_sweep(tracking: MlflowTracking, trials: list, other_trials: set[str] = 
     want = RunStatus.to_string(RunStatus.FINISHED if done else RunStatus.KILLED)
     if merged or orphans:   # the parent's best_val_acc_<loss> may have counted a removed run
         tracking._write_summary(read_back=True)
-    if parent.info.status != want:
+    if close_parent and parent.info.status != want:
         client.set_terminated(tracking._parent, want)
         fixed += 1
     return SyncReport(tracking.sweep, queued, 0, len(trials), created, added, points, fixed, len(merged), orphans)

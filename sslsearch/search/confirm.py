@@ -29,6 +29,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -37,13 +38,14 @@ from ray.tune.schedulers import FIFOScheduler
 from ray.tune.search import BasicVariantGenerator
 
 from sslsearch.errors import InputError
-from sslsearch.processes import sigint_restored
 from sslsearch.search.experiment import Experiment, experiment_from_dict
 from sslsearch.search.folder import CONFIRM_DIR, PLAN_FILE
 from sslsearch.search.outcomes import METRIC, OUTCOMES, ranking_key
 from sslsearch.search.retention import CheckpointRetention
+from sslsearch.search.saved_state import IntactStateCopy, NoIntactState, recover_saved_state, set_aside_saved_state
 from sslsearch.search.space import Parameter, SearchSpace
 from sslsearch.search.sweep import (
+    StopOnFullDisk,
     SweepSummary,
     _concurrency,
     _local_path,
@@ -54,6 +56,7 @@ from sslsearch.search.sweep import (
     _write_text,
     check_resources,
     connect_ray,
+    fit_stopping_on_os_errors,
     make_tuner,
     summarize,
     sweep_metadata,
@@ -185,13 +188,17 @@ def read_plan(name: str, storage: str) -> dict | None:
 
 
 def run_confirm(name: str, storage: str, *, top: int, seeds: int, design: str | None = None, address: str | None = None,
-                callbacks: list | None = None, quiet: bool = False) -> SweepSummary:
+                callbacks: list | None = None, quiet: bool = False, trainable=None) -> SweepSummary:
     """Run (or continue) the confirmation stage of sweep `name`: Ray records in `<sweep>/confirm`.
 
     Called again after an interruption, it continues the same trials from their checkpoints (the
     callbacks then come back from Ray's saved state, as in `resume_sweep`). A finished stage is
     not run twice; asking for a different --top, --seeds or --design than the stage was started with is
     refused. `design` None: the started stage's, else DESIGN (plans written before designs existed were per-loss).
+    `trainable` replaces the real trial, as in `run_sweep` (e.g. `synthetic.synthetic_trainable(...)`).
+    As the search does, the stage stops at the first trial that fails for want of disk space (SweepStopped: the
+    summary and `sslsearch confirm NAME`), keeps an intact copy of Ray's saved state, and is continued from that
+    copy when the full disk cut Ray's own short.
     """
     local = _local_path(storage)
     storage = str(local.resolve()) if local is not None else storage
@@ -207,8 +214,9 @@ def run_confirm(name: str, storage: str, *, top: int, seeds: int, design: str | 
     _quiet()
     connect_ray(address)
     check_resources(experiment, address)
-    if plan is not None and tune.Tuner.can_restore(path):
-        tuner = tune.Tuner.restore(path, trainable=_trainable(experiment), resume_unfinished=True, resume_errored=True)
+    if plan is not None and tune.Tuner.can_restore(path) and _recovered(Path(path), name, local is not None):
+        tuner = tune.Tuner.restore(path, trainable=_trainable(experiment, trainable), resume_unfinished=True,
+                                   resume_errored=True)
         # Ray restores the stage's callbacks as they were pickled: a tracking callback keeps its old URI unless told
         # the one this call was given (`confirm/resume --tracking-uri`), as resume_sweep does for the search.
         uri = next((c.uri for c in callbacks or [] if hasattr(c, "use_tracking_uri")), None)
@@ -233,20 +241,41 @@ def run_confirm(name: str, storage: str, *, top: int, seeds: int, design: str | 
     sampled = sorted({k for p in points for k in sampled_params(p)})
     tuner = make_tuner(
         experiment, name=CONFIRM_DIR, storage=sweep_path(storage, name), scheduler=FIFOScheduler(), num_samples=len(points),
+        trainable=trainable,
         search_alg=BasicVariantGenerator(points_to_evaluate=points, max_concurrent=experiment.search.max_concurrent),
         # The sampled keys are placeholders that each point fills in (BasicVariantGenerator refuses unknown keys).
         param_space=make_trial_config(experiment.pretrain.to_dict(), cpus=experiment.resources.cpus_per_trial,
                                       **{k: None for k in (*sampled, SEED, PAIR)}),
-        callbacks=[CheckpointRetention(experiment.tracking.checkpoints), *(callbacks or [])])
+        callbacks=[StopOnFullDisk(), *([IntactStateCopy(path)] if local is not None else []),
+                   CheckpointRetention(experiment.tracking.checkpoints), *(callbacks or [])])
     return _fit(tuner, name, path, experiment)
 
 
+def _recovered(path: Path, name: str, local: bool) -> bool:
+    """Whether Ray's saved state of the stage can be restored: intact, or put back from its intact copy after a full disk
+    cut it short. If neither (the disk filled before the first copy), it is set aside and the stage starts again from
+    its plan: the trials restart (`sync` then removes the runs of the old ones, which Ray no longer holds)."""
+    if not local:
+        return True
+    try:
+        recover_saved_state(path, name)
+    except NoIntactState:
+        aside = set_aside_saved_state(path)
+        print(f"warning: the saved state of sweep {name}'s confirmation stage was cut short (a full disk?) before an "
+              f"intact copy of it existed; its trials start again from its plan (damaged files kept in {aside})",
+              file=sys.stderr, flush=True)
+        return False
+    return True
+
+
 def _fit(tuner, name: str, path: str, experiment: Experiment) -> SweepSummary:
-    started = time.monotonic()
+    """The stage's fit, holding the sweep's lock; a full disk (any OS error) raises SweepStopped, as in the search."""
+    started, concurrency = time.monotonic(), _concurrency(experiment)
     lock = SweepLock(str(Path(path).parent), name, "confirm") if "://" not in path else None
-    with lock.acquire() if lock is not None else contextlib.nullcontext(), sigint_restored():   # one writer per sweep
-        results = tuner.fit()
-    return summarize(results, name, path, time.monotonic() - started, _concurrency(experiment), None)
+    with lock.acquire() if lock is not None else contextlib.nullcontext():   # one writer per sweep
+        results = fit_stopping_on_os_errors(tuner, name, path, started, concurrency, None,
+                                            stage="the confirmation stage of sweep", then="confirm")
+    return summarize(results, name, path, time.monotonic() - started, concurrency, None)
 
 
 def format_stage(summary: SweepSummary) -> str:
@@ -256,7 +285,8 @@ def format_stage(summary: SweepSummary) -> str:
     line = (f"confirm {summary.name}: {len(summary.trials)} trials "
             f"({', '.join(f'{v} {k}' for k, v in counts.items() if v)}), wall {summary.wall_seconds:.0f}s")
     if summary.unfinished:
-        line += f"\ninterrupted; continue with: sslsearch confirm {summary.name} (or sslsearch resume {summary.name})"
+        line += (f"\n{summary.unfinished} unfinished; continue with: sslsearch confirm {summary.name} "
+                 f"(or sslsearch resume {summary.name})")
     return line
 
 

@@ -147,9 +147,13 @@ class IntactStateCopy(tune.Callback):
         self.__init__(state["folder"], state["every_s"])
 
 
+class NoIntactState(InputError):
+    """Ray's saved state is damaged and no intact copy of it exists (the disk filled before the first copy)."""
+
+
 def recover_saved_state(folder: Path, name: str) -> None:
     """Before `resume`: if Ray's newest saved state is damaged, put the intact copy in its place (the
-    damaged files moved to `damaged-state-<session>/`); InputError when no intact copy exists."""
+    damaged files moved to `damaged-state-<session>/`); NoIntactState when no intact copy exists."""
     newest = newest_state_files(folder)
     damaged = [path for pattern, path in newest.items() if not _readable(pattern, path)]
     if JSON_STATE not in newest or not damaged:
@@ -157,16 +161,31 @@ def recover_saved_state(folder: Path, name: str) -> None:
     intact = folder / INTACT_FOLDER
     copies = newest_state_files(intact)
     if JSON_STATE not in copies or not all(_readable(pattern, path) for pattern, path in copies.items()):
-        raise InputError(f"sweep {name} cannot be resumed: Ray's saved state {damaged[0].name} in {folder} is damaged "
-                         "(cut short, e.g. by a full disk) and no intact copy of it exists; start a new sweep")
+        raise NoIntactState(f"sweep {name} cannot be resumed: Ray's saved state {damaged[0].name} in {folder} is damaged "
+                            "(cut short, e.g. by a full disk) and no intact copy of it exists; start a new sweep")
+    aside = _set_aside(folder, newest)
+    for path in copies.values():
+        shutil.copy2(path, folder / path.name)
+    saved = time.strftime("%H:%M:%S", time.localtime(copies[JSON_STATE].stat().st_mtime))
+    print(f"warning: sweep {name}'s saved state {damaged[0].name} was cut short (a full disk?); resuming from its "
+          f"last intact copy, saved at {saved} (damaged files kept in {aside})", file=sys.stderr, flush=True)
+
+
+def _set_aside(folder: Path, newest: dict[str, Path], *also: str) -> Path:
+    """Move the files of Ray's newest save (and the files named `also`) to `damaged-state-<session>/`; that folder."""
     session = newest[JSON_STATE].name[len("experiment_state-"):-len(".json")]
     aside = folder / f"damaged-state-{session}"
     aside.mkdir(exist_ok=True)
     for path in newest.values():
         if path.name.endswith(f"-{session}{path.suffix}"):
             os.replace(path, aside / path.name)
-    for path in copies.values():
-        shutil.copy2(path, folder / path.name)
-    saved = time.strftime("%H:%M:%S", time.localtime(copies[JSON_STATE].stat().st_mtime))
-    print(f"warning: sweep {name}'s saved state {damaged[0].name} was cut short (a full disk?); resuming from its "
-          f"last intact copy, saved at {saved} (damaged files kept in {aside})", file=sys.stderr, flush=True)
+    for name in also:
+        if (folder / name).exists():
+            os.replace(folder / name, aside / name)
+    return aside
+
+
+def set_aside_saved_state(folder: Path) -> Path:
+    """Move Ray's damaged saved state of the experiment in `folder`, and its tuner.pkl, to `damaged-state-<session>/`
+    (nothing is deleted), so that it is no longer restorable: its caller starts the experiment again."""
+    return _set_aside(folder, newest_state_files(folder), "tuner.pkl", "trainable.pkl")

@@ -602,7 +602,7 @@ def run_sweep(experiment: Experiment, space: SearchSpace, *, name: str, storage:
                    *(callbacks or [])])
     started = time.monotonic()
     with lock:
-        results = _fit(tuner, name, path, started, concurrency, study_path)
+        results = fit_stopping_on_os_errors(tuner, name, path, started, concurrency, study_path)
     summary = summarize(results, name, path, time.monotonic() - started, concurrency, study_path)
     summary.slot_utilization = slot_utilization(tuner, concurrency)
     return summary
@@ -678,9 +678,10 @@ FULL_DISK_BYTES = 1 << 20   # free bytes below which a trial's unexplained failu
 
 
 class StopOnFullDisk(tune.Callback):
-    """Stops the sweep at the first trial that failed for want of disk space, instead of letting Ray retry it and
-    start others that fail the same way (minutes of failing trials before the driver itself hits the full disk).
-    The OSError it raises escapes `fit`, and `_fit` turns it into the summary and the resume hint (exit 4)."""
+    """Stops the sweep (or its confirmation stage) at the first trial that failed for want of disk space, instead of
+    letting Ray retry it and start others that fail the same way (minutes of failing trials before the driver itself
+    hits the full disk). The OSError it raises escapes `fit`, and `fit_stopping_on_os_errors` turns it into the
+    summary and the hint to continue (exit 4)."""
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         self._check(trials, trial)
@@ -717,8 +718,10 @@ class SweepStopped(RuntimeError):
         self.summary = summary
 
 
-def _fit(tuner, name: str, path: str, started: float, concurrency: int, study_path: str):
-    """tuner.fit(); an OS error stops the sweep in good order: one line, the summary, the resume hint."""
+def fit_stopping_on_os_errors(tuner, name: str, path: str, started: float, concurrency: int, study_path: str | None,
+                              *, stage: str = "sweep", then: str = "resume"):
+    """tuner.fit() of a sweep or of its confirmation stage (in `path`; its callbacks include StopOnFullDisk); an OS
+    error stops it in good order: SweepStopped with one line and the summary, ending with `sslsearch THEN NAME`."""
     try:
         with sigint_restored():
             return tuner.fit()
@@ -735,8 +738,8 @@ def _fit(tuner, name: str, path: str, started: float, concurrency: int, study_pa
                                 study_path, statuses=getattr(error, "statuses", None) if live else None)
         except Exception:  # noqa: BLE001 — no summary is better than a second traceback
             pass
-        raise SweepStopped(f"sweep {name} stopped: {error.strerror or error}{where}; free the space (or fix the "
-                           f"storage), then: sslsearch resume {name}", summary) from None
+        raise SweepStopped(f"{stage} {name} stopped: {error.strerror or error}{where}; free the space (or fix the "
+                           f"storage), then: sslsearch {then} {name}", summary) from None
 
 
 def _os_error(error: BaseException) -> OSError | None:
@@ -856,7 +859,7 @@ def resume_sweep(name: str, storage: str, address: str | None = None, trainable=
     started = time.monotonic()
     concurrency = _concurrency(experiment)
     with lock:
-        results = _fit(tuner, name, path, started, concurrency, f"{path}/{STUDY_FILE}")
+        results = fit_stopping_on_os_errors(tuner, name, path, started, concurrency, f"{path}/{STUDY_FILE}")
     summary = summarize(results, name, path, time.monotonic() - started, concurrency, f"{path}/{STUDY_FILE}")
     summary.slot_utilization = slot_utilization(tuner, concurrency)
     summary.resumed = True
