@@ -60,6 +60,7 @@ def test_reference_readme_line_is_expressible(monkeypatch, tmp_path):
 
     monkeypatch.setattr(train, "pretrain", fake_pretrain)
     monkeypatch.chdir(tmp_path)
+    write_cifar10(tmp_path / "data")   # on disk: else `pretrain` downloads it first (before --out exists)
     with pytest.raises(SystemExit):
         main(["pretrain", "--loss", "hsic", "--lmbda", "0.0078125", "--batch-size", "128", "--feature-dim", "128",
               "--dataset", "cifar10"])
