@@ -111,7 +111,7 @@ def test_sweep_cli_refuses_missing_data_before_any_trial(tmp_path, capsys, monke
     code, err = _run(capsys, argv)
     assert code == 2 and "cifar10" in err and "download failed: OSError: network unreachable" in err, err
     assert len(err.splitlines()) == 1
-    assert not (tmp_path / "runs" / "c10").exists() and not (tmp_path / "sets").exists()
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "sets").exists()   # no sweep folder, no mlflow.db
 
 
 def test_sweep_cli_refuses_a_bad_space_file_and_unknown_resume(tmp_path, capsys):
