@@ -339,6 +339,28 @@ def test_a_stage_callback_tags_its_runs_even_after_ray_restores_it(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_stage_queues_in_its_own_outbox_and_a_replay_tags_its_runs(tmp_path):
+    """The confirm stage's records wait in `<sweep>/confirm/`, apart from the search's: a replay (as `sync` does, with a
+    callback of the stage) creates the stage's runs tagged with it, never as search trials."""
+    experiment = tiny()
+    space = load_search_space(experiment.space_path())
+    closed = f"http://127.0.0.1:{free_port()}"   # nobody listens: every record waits in the outbox
+    live = MlflowTracking(experiment, space, sweep="queued", storage=str(tmp_path), tracking_uri=closed, attempts=1,
+                          backoff_s=0, stage="confirm")
+    trial = FakeTrial("c0000002", tmp_path, "hsic")
+    live.on_trial_start(0, [], trial)
+    trial.report(live, 0, 50.0)
+    assert live.close(0.1) > 0
+    assert (tmp_path / "queued" / "confirm" / "mlflow-outbox.jsonl").is_file()
+    assert not (tmp_path / "queued" / "mlflow-outbox.jsonl").exists()   # the search's outbox holds none of them
+    uri = default_tracking_uri(str(tmp_path))
+    replay = MlflowTracking(experiment, space, sweep="queued", storage=str(tmp_path), tracking_uri=uri, stage="confirm")
+    assert replay.drain() == 0
+    _, children = sweep_runs(uri, "queued")
+    assert children["c0000002"][0].data.tags["sslsearch.stage"] == "confirm"
+
+
+@pytest.mark.slow
 def test_outage_queues_records_on_disk_without_blocking_and_sends_them_in_order_later(tmp_path, monkeypatch):
     experiment = tiny()
     space = load_search_space(experiment.space_path())
