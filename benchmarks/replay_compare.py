@@ -3,10 +3,10 @@
 Replays every method (sslsearch.bench.replay.METHODS: the sweep's own SweepSearcher and PairedASHA over the
 shipped table of real learning curves) once per seed and prints, per method, at a few budgets of epochs spent
 (half, three quarters and all of random + FIFO's), the regret of the sweep's pick and the paired difference
-(same seed) to random + FIFO and to "tpe+asha old" (the searcher before issue 19), each as the mean and its
-95 % t-interval over seeds. Negative is better. Seeds are independent replays, so the interval is over seeds.
+(same seed) to random + FIFO, to "tpe+asha old" (the searcher before issue 19) and to "tpe+asha" (the default),
+each as the mean and its 95 % t-interval over seeds. Negative is better. Seeds are independent replays, so the interval is over seeds.
 
-    python benchmarks/replay_compare.py [--seeds 200] [--methods "tpe+asha,tpe+asha twins=max"] [--table PATH]
+    python benchmarks/replay_compare.py [--seeds 200] [--first-seed 0] [--methods "tpe+asha twins=max,..."] [--table PATH]
 """
 
 import argparse
@@ -22,6 +22,7 @@ from sslsearch.search.experiment import load_experiment
 from sslsearch.search.space import load_search_space
 
 OLD = "tpe+asha old"
+DEFAULT = "tpe+asha"   # the sweep's default: TPE with ProposalSettings(), ASHA
 
 
 def _cell(values: list[float]) -> str:
@@ -31,18 +32,18 @@ def _cell(values: list[float]) -> str:
     return f"{mean:+.2f} [{low:+.2f}, {high:+.2f}]"
 
 
-def compare(table: Table, names: list[str], seeds: int, overrides: list[str]) -> str:
+def compare(table: Table, names: list[str], seeds: int, overrides: list[str], first_seed: int = 0) -> str:
     experiment = load_experiment(None, [*table.overrides(), *overrides])
     table.check(experiment)
     space = load_search_space(experiment.space_path())
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     started = time.monotonic()
-    runs = {name: [replay_sweep(table, experiment, space, METHODS[name], seed) for seed in range(seeds)]
-            for name in dict.fromkeys([REFERENCE, OLD, *names])}
+    runs = {name: [replay_sweep(table, experiment, space, METHODS[name], seed) for seed in range(first_seed, first_seed + seeds)]
+            for name in dict.fromkeys([REFERENCE, OLD, DEFAULT, *names])}
     budget = max(r.epochs for r in runs[REFERENCE])
     step = experiment.pretrain.eval_every
     marks = sorted({max(step, step * round(budget * f / step)) for f in (0.5, 0.75, 1.0)})
-    lines = [f"{seeds} seeds per method on {table.path.name} ({table.true_mean.shape[0]} configurations); "
+    lines = [f"{seeds} seeds per method (search seeds {first_seed}–{first_seed + seeds - 1}) on {table.path.name} ({table.true_mean.shape[0]} configurations); "
              f"{experiment.search.num_samples} trials, {experiment.search.max_concurrent} slots; regret in val_acc points, "
              "mean [95 % t-interval over seeds]; differences paired by seed at equal epochs spent (negative: better)"]
     for name, method_runs in runs.items():
@@ -52,7 +53,7 @@ def compare(table: Table, names: list[str], seeds: int, overrides: list[str]) ->
         for epochs in marks:
             regret = [r.regret_at(epochs) for r in method_runs]
             cells = [f"  @{epochs:<4} regret {_cell(regret)}"]
-            for other in (REFERENCE, OLD):
+            for other in (REFERENCE, OLD, DEFAULT):
                 if other != name:
                     paired = [a - b.regret_at(epochs) for a, b in zip(regret, runs[other])
                               if math.isfinite(a) and math.isfinite(b.regret_at(epochs))]
@@ -65,8 +66,10 @@ def compare(table: Table, names: list[str], seeds: int, overrides: list[str]) ->
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=200)
-    parser.add_argument("--methods", default=",".join(m for m in METHODS if m not in (REFERENCE, OLD)),
+    parser.add_argument("--methods", default=",".join(m for m in METHODS if m not in (REFERENCE, OLD, DEFAULT)),
                         help="comma-separated names from sslsearch.bench.replay.METHODS (default: all)")
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="replay search seeds first-seed … first-seed + seeds − 1 (fresh seeds confirm a choice)")
     parser.add_argument("--table", default=str(DEFAULT_TABLE))
     parser.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE",
                         help="experiment override, e.g. search.num_samples=32")
@@ -78,7 +81,9 @@ def main() -> int:
             raise InputError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
         if args.seeds < 2:
             raise InputError(f"--seeds must be at least 2 (an interval needs two), got {args.seeds}")
-        print(compare(Table(args.table), names, args.seeds, args.overrides))
+        if args.first_seed < 0:
+            raise InputError(f"--first-seed must be ≥ 0, got {args.first_seed}")
+        print(compare(Table(args.table), names, args.seeds, args.overrides, args.first_seed))
     except (InputError, FileNotFoundError) as error:
         print(f"replay_compare: {error}", file=sys.stderr)
         return 2

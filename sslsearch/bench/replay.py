@@ -73,6 +73,8 @@ METHODS = {m.name: m for m in (
     Method("tpe+asha no liar", "tpe", "asha", ProposalSettings(constant_liar=False)),
     Method("tpe+asha twins=max", "tpe", "asha", ProposalSettings(twins="max")),
     Method("tpe+asha twins=mean", "tpe", "asha", ProposalSettings(twins="mean")),
+    Method("tpe+asha twins=mean multivariate", "tpe", "asha", ProposalSettings(twins="mean", multivariate=True)),
+    Method("tpe+asha twins=mean no liar", "tpe", "asha", ProposalSettings(twins="mean", constant_liar=False)),
 )}
 DEFAULT_METHODS = ("random+fifo", "random+asha", "tpe+fifo", "tpe+asha", "tpe+asha old")
 

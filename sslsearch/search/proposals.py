@@ -103,14 +103,18 @@ class StartupSampler(BaseSampler):
         self._good_set = good_set
 
     def _random_now(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+        # Decided once per trial: Optuna asks once per parameter, and the study does not change in between.
+        decided = getattr(self, "_decided", None)
+        if decided is not None and decided[0] == trial.number:
+            return decided[1]
         others = [t for t in study.get_trials(deepcopy=False) if t.number != trial.number]
-        if len({_configuration(t) for t in others}) < self._startup:
-            return True
-        if self._good_set is None:
-            return False
-        finished = [t for t in others if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
-        feasible = sum(all(v <= 0 for v in t.constraints.values()) for t in finished)
-        return feasible < self._good_set(len(finished))
+        random_now = len({_configuration(t) for t in others}) < self._startup
+        if not random_now and self._good_set is not None:
+            finished = [t for t in others if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+            feasible = sum(all(v <= 0 for v in t.constraints.values()) for t in finished)
+            random_now = feasible < self._good_set(len(finished))
+        self._decided = (trial.number, random_now)
+        return random_now
 
     def infer_relative_search_space(self, study, trial):
         return self._model.infer_relative_search_space(study, trial)

@@ -275,7 +275,14 @@ class SweepSearcher(OptunaSearch):
 
     @property
     def study(self) -> optuna.Study:
+        """The sweep's study: one Optuna trial per Ray trial (what the journal next to the sweep holds)."""
         return self._ot_study
+
+    @property
+    def configuration_study(self) -> optuna.Study | None:
+        """The in-memory study that proposes configurations (sslsearch.search.proposals); None for a searcher
+        pickled before it existed."""
+        return None if self._configurations is None else self._configurations.study
 
 
 class LiveView(tune.Callback):
