@@ -9,6 +9,9 @@
   region (told FAIL, TPE ignores it and keeps sampling there); FAIL is kept for real errors;
 - an errored trial that `resume` runs again gets a fresh Optuna trial (same parameters, the reports
   so far) that learns the rerun's true outcome; the failed attempt stays FAIL.
+
+What to try next comes from a second, in-memory study of configurations (sslsearch.search.proposals):
+the sweep's study gets each proposal enqueued, so it keeps one Optuna trial per Ray trial.
 """
 
 from __future__ import annotations
