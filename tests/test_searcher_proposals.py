@@ -37,10 +37,11 @@ def test_startup_is_counted_in_configurations_proposed_and_scaled_to_the_sweep(m
     finished trials: it would sample at random until 10 had)."""
     assert startup_configurations(num_samples // 2 if paired else num_samples) == startup
     searcher = _searcher(num_samples, paired)
-    asked = []   # the configuration being proposed, each time TPE samples a parameter
-    original = TPESampler.sample_independent
-    monkeypatch.setattr(TPESampler, "sample_independent", lambda self, *a: asked.append(
-        searcher._configurations.configurations) or original(self, *a))
+    asked = []   # the configuration being proposed, each time TPE samples (jointly, or a parameter alone)
+    for method in ("sample_relative", "sample_independent"):
+        original = getattr(TPESampler, method)
+        monkeypatch.setattr(TPESampler, method, lambda self, study, trial, space, *a, original=original: asked.append(
+            searcher._configurations.configurations) or original(self, study, trial, space, *a))
     proposed = [searcher.suggest(f"t{i}") for i in range(num_samples + (2 if paired else 1))]
     configurations = num_samples // 2 + 1 if paired else num_samples + 1
     assert sorted(set(asked)) == list(range(startup, configurations))

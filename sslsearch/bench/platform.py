@@ -468,7 +468,7 @@ SAMPLER_VARIANTS = {
     # The configuration study's samplers (search.proposals.configuration_sampler) with the sweep's settings and
     # the TPE variants the replay benchmark compared; the budget is unknown here, so startup is 10 configurations.
     "tpe": lambda seed: configuration_sampler("tpe", seed, None),
-    "tpe-multivariate": lambda seed: configuration_sampler("tpe", seed, None, ProposalSettings(multivariate=True)),
+    "tpe-univariate": lambda seed: configuration_sampler("tpe", seed, None, ProposalSettings(multivariate=False)),
     "tpe-no-liar": lambda seed: configuration_sampler("tpe", seed, None, ProposalSettings(constant_liar=False)),
     "random": lambda seed: configuration_sampler("random", seed, None),
     "gp": lambda seed: configuration_sampler("gp", seed, None),

@@ -67,14 +67,12 @@ METHODS = {m.name: m for m in (
     # TPE settings compared on the replay (docs/sweeps.md, "How TPE steers"); the sweep's own are ProposalSettings().
     Method("tpe+asha startup=2", "tpe", "asha", ProposalSettings(startup=2)),
     Method("tpe+asha startup=6", "tpe", "asha", ProposalSettings(startup=6)),
-    Method("tpe+asha multivariate", "tpe", "asha", ProposalSettings(multivariate=True)),
+    Method("tpe+asha univariate", "tpe", "asha", ProposalSettings(multivariate=False)),
     Method("tpe+asha hyperopt gamma", "tpe", "asha", ProposalSettings(gamma="hyperopt")),
     Method("tpe+asha quarter gamma", "tpe", "asha", ProposalSettings(gamma="quarter")),
     Method("tpe+asha no liar", "tpe", "asha", ProposalSettings(constant_liar=False)),
     Method("tpe+asha twins=max", "tpe", "asha", ProposalSettings(twins="max")),
     Method("tpe+asha twins=mean", "tpe", "asha", ProposalSettings(twins="mean")),
-    Method("tpe+asha twins=mean multivariate", "tpe", "asha", ProposalSettings(twins="mean", multivariate=True)),
-    Method("tpe+asha twins=mean no liar", "tpe", "asha", ProposalSettings(twins="mean", constant_liar=False)),
 )}
 DEFAULT_METHODS = ("random+fifo", "random+asha", "tpe+fifo", "tpe+asha", "tpe+asha old")
 

@@ -56,11 +56,11 @@ GAMMA_FUNCTIONS = {"optuna": optuna_gamma, "hyperopt": hyperopt_gamma, "quarter"
 
 @dataclass(frozen=True)
 class ProposalSettings:
-    """How the configuration study proposes; the defaults are what the replay benchmark measured best
-    (docs/sweeps.md, "How TPE steers")."""
+    """How the configuration study proposes. Where the replay benchmark separated no alternative from them, the
+    defaults are Optuna's own (docs/sweeps.md, "How TPE steers")."""
 
     startup: int | None = None     # configurations sampled at random first; None: startup_configurations()
-    multivariate: bool = False     # TPE models the parameters jointly
+    multivariate: bool = True      # TPE models the parameters jointly (optuna 5.1's own default, single objective)
     gamma: str = "optuna"          # the size of TPE's good set (GAMMA_FUNCTIONS)
     constant_liar: bool = True     # running configurations count as provisional results, so proposals spread
     twins: str = "each"            # paired: each twin tells its own value, or the pair tells its max / mean
@@ -108,11 +108,20 @@ class StartupSampler(BaseSampler):
         if decided is not None and decided[0] == trial.number:
             return decided[1]
         others = [t for t in study.get_trials(deepcopy=False) if t.number != trial.number]
-        random_now = len({_configuration(t) for t in others}) < self._startup
+        configurations = set()
+        for t in others:   # stops at `startup`: a long sweep pays O(startup), not O(trials)
+            if len(configurations) >= self._startup:
+                break
+            configurations.add(_configuration(t))
+        random_now = len(configurations) < self._startup
         if not random_now and self._good_set is not None:
             finished = [t for t in others if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
-            feasible = sum(all(v <= 0 for v in t.constraints.values()) for t in finished)
-            random_now = feasible < self._good_set(len(finished))
+            needed, feasible = self._good_set(len(finished)), 0
+            for t in finished:   # stops as soon as the good set can be filled (constraints are read from system attrs)
+                if feasible >= needed:
+                    break
+                feasible += all(v <= 0 for v in t.constraints.values())
+            random_now = feasible < needed
         self._decided = (trial.number, random_now)
         return random_now
 
