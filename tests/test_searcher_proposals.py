@@ -132,3 +132,14 @@ def test_the_sweeps_study_keeps_one_trial_per_ray_trial_with_every_report():
     assert trials[2].intermediate_values == {0: 70.0, 1: 71.0, 2: 72.0} and trials[2].state.name == "PRUNED"
     assert [t.params for t in restored.study.trials[:4]] == [t.params for t in trials[:4]]
     assert restored.suggest("t4")["loss"] == searcher.study.trials[4].params["loss"]
+
+
+def test_gp_proposes_from_the_configuration_study_with_a_diverged_trial_among_the_finished():
+    """GPSampler wants the same constraint names on every finished trial: every one carries `diverged`."""
+    searcher = _searcher(4, paired=False, sampler="gp")
+    for i in range(3):
+        searcher.suggest(f"t{i}")
+    _finish(searcher, "t0", 4, 60.0)
+    _finish(searcher, "t1", 1, CHANCE, diverged=True)
+    assert searcher.suggest("t3")["lr"] > 0
+    assert [t.constraints for t in searcher.configuration_study.trials[:2]] == [{"diverged": 0.0}, {"diverged": 1.0}]

@@ -165,7 +165,9 @@ def configuration_sampler(name: str, seed: int, configurations: int | None,
                                gamma=None if settings.gamma == "optuna" else gamma, constant_liar=settings.constant_liar)
         return StartupSampler(model, startup, seed, good_set=gamma)
     if name == "gp":
-        return StartupSampler(optuna.samplers.GPSampler(seed=seed, n_startup_trials=0), startup, seed)
+        # Before anything has finished GP samples at random on its own: intended here, so not warned about.
+        return StartupSampler(optuna.samplers.GPSampler(seed=seed, n_startup_trials=0, warn_independent_sampling=False),
+                              startup, seed)
     raise ValueError(f"unknown sampler {name!r}")
 
 
@@ -246,8 +248,8 @@ class ConfigurationStudy:
         if not runs:
             self.study.tell(trial, state=TrialState.FAIL)
             return
-        if all(r[0] == "diverged" for r in runs):
-            trial.set_constraint(DIVERGED, 1.0)
+        # Every finished trial carries the constraint (GPSampler wants the same names on all of them): > 0 is infeasible.
+        trial.set_constraint(DIVERGED, 1.0 if all(r[0] == "diverged" for r in runs) else 0.0)
         combine = max if self.twins in ("each", "max") else (lambda values: sum(values) / len(values))
         for step in sorted({s for _, _, steps in runs for s in steps}):
             trial.report(combine([steps[step] for _, _, steps in runs if step in steps]), step)
