@@ -472,6 +472,8 @@ SAMPLER_VARIANTS = {
     "tpe-no-liar": lambda seed: configuration_sampler("tpe", seed, None, ProposalSettings(constant_liar=False)),
     "random": lambda seed: configuration_sampler("random", seed, None),
     "gp": lambda seed: configuration_sampler("gp", seed, None),
+    # The searcher before issue 19: TPE (optuna's defaults, constant liar) sampling the sweep's own study.
+    "tpe-old": lambda seed: optuna.samplers.TPESampler(seed=seed, constant_liar=True),
 }
 
 
@@ -491,15 +493,17 @@ def suggest_latency(finished: tuple[int, ...] = (50, 200, 1000), samplers: tuple
     for name in samplers:
         out[name] = {}
         for n in finished:
+            old = name == "tpe-old"
             searcher = SweepSearcher(space, max_epochs=100, sampler=SAMPLER_VARIANTS[name](seed), seed=seed, paired=True,
-                                     study_name="s", study_path=None)
-            study = searcher.configuration_study
-            distributions = {k: d for k, d in space.to_optuna().items() if k != "loss"}   # a paired sweep's configurations
+                                     study_name="s", study_path=None, proposals=None if old else ProposalSettings())
+            study = searcher.study if old else searcher.configuration_study
+            # a paired sweep's configurations (the old searcher's study had the loss among them)
+            distributions = {k: d for k, d in space.to_optuna().items() if old or k != "loss"}
             for i in range(n):
                 params = {k: rng.choice(d.choices) if isinstance(d, optuna.distributions.CategoricalDistribution)
                           else math.exp(rng.uniform(math.log(d.low), math.log(d.high))) for k, d in distributions.items()}
                 epochs = 10 if i % 3 else 100
-                curve = {e: synthetic_val_acc({**params, "loss": "barlow"}, e) for e in range(0, epochs + 1, 10)}
+                curve = {e: synthetic_val_acc({"loss": "barlow", **params}, e) for e in range(0, epochs + 1, 10)}
                 study.add_trial(optuna.trial.create_trial(
                     params=params, distributions=distributions, intermediate_values=curve,
                     state=optuna.trial.TrialState.COMPLETE if epochs == 100 else optuna.trial.TrialState.PRUNED,
