@@ -22,7 +22,7 @@ from sslsearch.search.experiment import load_experiment
 from sslsearch.search.space import load_search_space
 
 OLD = "tpe+asha old"
-DEFAULT = "tpe+asha"   # the sweep's default: TPE with ProposalSettings(), ASHA
+DEFAULT = "tpe+asha"   # the sweep's default: TPE with DEFAULT_PROPOSALS, ASHA
 
 
 def _cell(values: list[float]) -> str:
@@ -43,9 +43,10 @@ def compare(table: Table, names: list[str], seeds: int, overrides: list[str], fi
     budget = max(r.epochs for r in runs[REFERENCE])
     step = experiment.pretrain.eval_every
     marks = sorted({max(step, step * round(budget * f / step)) for f in (0.5, 0.75, 1.0)})
-    lines = [f"{seeds} seeds per method (search seeds {first_seed}–{first_seed + seeds - 1}) on {table.path.name} ({table.true_mean.shape[0]} configurations); "
-             f"{experiment.search.num_samples} trials, {experiment.search.max_concurrent} slots; regret in val_acc points, "
-             "mean [95 % t-interval over seeds]; differences paired by seed at equal epochs spent (negative: better)"]
+    lines = [(f"{seeds} seeds per method (search seeds {first_seed}–{first_seed + seeds - 1}) on {table.path.name} "
+              f"({table.true_mean.shape[0]} configurations); {experiment.search.num_samples} trials, "
+              f"{experiment.search.max_concurrent} slots; regret in val_acc points, mean [95 % t-interval over seeds]; "
+              "differences paired by seed at equal epochs spent (negative: better)")]
     for name, method_runs in runs.items():
         spent = sum(r.epochs for r in method_runs) / len(method_runs)
         lines.append(f"{name} (epochs spent {spent:.0f}, within 0.5 of the best: "

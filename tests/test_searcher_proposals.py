@@ -9,7 +9,7 @@ import optuna
 import pytest
 from optuna.samplers import TPESampler
 
-from sslsearch.search.proposals import CONFIGURATION, ProposalSettings, startup_configurations
+from sslsearch.search.proposals import CONFIGURATION, DEFAULT_PROPOSALS, ProposalSettings, startup_configurations
 from sslsearch.search.space import load_search_space
 from sslsearch.search.sweep import SweepSearcher
 
@@ -18,7 +18,7 @@ SPACE = load_search_space(ROOT / "search_spaces" / "barlow_hsic.yaml")
 CHANCE = 10.0
 
 
-def _searcher(num_samples, paired=True, proposals=ProposalSettings(), sampler="tpe", max_epochs=4):
+def _searcher(num_samples, paired=True, proposals=DEFAULT_PROPOSALS, sampler="tpe", max_epochs=4):
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     return SweepSearcher(SPACE, max_epochs=max_epochs, sampler=sampler, seed=0, paired=paired, study_name="t",
                          study_path=None, num_samples=num_samples, proposals=proposals)

@@ -47,7 +47,7 @@ from sslsearch.records.tracking import MlflowTracking
 from sslsearch.search.asha import PairedASHA, RungState
 from sslsearch.search.experiment import PROJECT_ROOT, load_experiment
 from sslsearch.search.folder import STUDY_FILE
-from sslsearch.search.proposals import ProposalSettings, configuration_sampler
+from sslsearch.search.proposals import DEFAULT_PROPOSALS, ProposalSettings, configuration_sampler
 from sslsearch.search.retention import CheckpointRetention
 from sslsearch.search.saved_state import IntactStateCopy
 from sslsearch.search.slots import SlotUse
@@ -495,7 +495,7 @@ def suggest_latency(finished: tuple[int, ...] = (50, 200, 1000), samplers: tuple
         for n in finished:
             old = name == "tpe-old"
             searcher = SweepSearcher(space, max_epochs=100, sampler=SAMPLER_VARIANTS[name](seed), seed=seed, paired=True,
-                                     study_name="s", study_path=None, proposals=None if old else ProposalSettings())
+                                     study_name="s", study_path=None, proposals=None if old else DEFAULT_PROPOSALS)
             study = searcher.study if old else searcher.configuration_study
             # a paired sweep's configurations (the old searcher's study had the loss among them)
             distributions = {k: d for k, d in space.to_optuna().items() if old or k != "loss"}

@@ -37,7 +37,7 @@ from sslsearch.bench.replay_table import FEATURE_DIMS, LMBDA_RANGE, LR_RANGE, lo
 from sslsearch.errors import InputError
 from sslsearch.search.asha import PairedASHA
 from sslsearch.search.experiment import PROJECT_ROOT, Experiment
-from sslsearch.search.proposals import ProposalSettings
+from sslsearch.search.proposals import DEFAULT_PROPOSALS, ProposalSettings
 from sslsearch.search.space import SearchSpace
 from sslsearch.search.sweep import METRIC, SweepSearcher, make_scheduler
 
@@ -54,7 +54,7 @@ class Method:
     sampler: str                       # tpe, random, gp: make_sampler's names
     scheduler: str                     # asha or fifo
     # None: the searcher before issue 19 (TPE samples the sweep's study, Optuna's startup of 10 finished trials)
-    proposals: ProposalSettings | None = ProposalSettings()
+    proposals: ProposalSettings | None = DEFAULT_PROPOSALS
 
 
 METHODS = {m.name: m for m in (
@@ -64,7 +64,7 @@ METHODS = {m.name: m for m in (
     Method("tpe+asha", "tpe", "asha"),
     Method("tpe+asha old", "tpe", "asha", None),
     Method("tpe+fifo old", "tpe", "fifo", None),
-    # TPE settings compared on the replay (docs/sweeps.md, "How TPE steers"); the sweep's own are ProposalSettings().
+    # TPE settings compared on the replay (docs/sweeps.md, "How TPE steers"); the sweep's own are DEFAULT_PROPOSALS.
     Method("tpe+asha startup=2", "tpe", "asha", ProposalSettings(startup=2)),
     Method("tpe+asha startup=6", "tpe", "asha", ProposalSettings(startup=6)),
     Method("tpe+asha univariate", "tpe", "asha", ProposalSettings(multivariate=False)),

@@ -74,6 +74,9 @@ class ProposalSettings:
             raise ValueError(f"startup must be ≥ 0, got {self.startup}")
 
 
+DEFAULT_PROPOSALS = ProposalSettings()
+
+
 def startup_configurations(configurations: int | None) -> int:
     """Random configurations before the model: half the sweep's, at least 2, at most 10 (Optuna's default
     when the budget is unknown)."""
@@ -151,7 +154,7 @@ class StartupSampler(BaseSampler):
 
 
 def configuration_sampler(name: str, seed: int, configurations: int | None,
-                          settings: ProposalSettings = ProposalSettings()) -> BaseSampler:
+                          settings: ProposalSettings = DEFAULT_PROPOSALS) -> BaseSampler:
     """The configuration study's sampler for `search.sampler` `name` in a sweep of `configurations`."""
     startup = settings.startup if settings.startup is not None else startup_configurations(configurations)
     if name == "random":

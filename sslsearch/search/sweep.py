@@ -48,7 +48,7 @@ from sslsearch.search.asha import PairedASHA, RungState
 from sslsearch.search.experiment import Experiment, experiment_from_dict, ray_address
 from sslsearch.search.folder import STUDY_FILE, SWEEP_FILE
 from sslsearch.search.outcomes import FINISHED, METRIC, MODE, OUTCOMES, ranking_key, result_outcome, trial_outcome  # noqa: F401
-from sslsearch.search.proposals import ConfigurationStudy, ProposalSettings, configuration_sampler
+from sslsearch.search.proposals import DEFAULT_PROPOSALS, ConfigurationStudy, ProposalSettings, configuration_sampler
 from sslsearch.search.retention import CheckpointRetention, DiskUse, disk_use, size_text
 from sslsearch.search.rungs import rung_epochs
 from sslsearch.search.saved_state import IntactStateCopy, recover_saved_state
@@ -105,7 +105,7 @@ class SweepSearcher(OptunaSearch):
 
     def __init__(self, space: SearchSpace, *, max_epochs: int, sampler: str | optuna.samplers.BaseSampler, seed: int,
                  paired: bool, study_name: str, study_path: str | None, scheduler: PairedASHA | None = None,
-                 num_samples: int | None = None, proposals: ProposalSettings | None = ProposalSettings()):
+                 num_samples: int | None = None, proposals: ProposalSettings | None = DEFAULT_PROPOSALS):
         """`sampler`: make_sampler's name, or an Optuna sampler used as is (tests, benchmarks). `num_samples`: the
         sweep's trials (its configurations: half of them when paired), which startup is scaled to. `proposals`:
         how the configuration study proposes; None samples the sweep's own study directly (the searcher before
