@@ -47,6 +47,7 @@ from sslsearch.records.tracking import MlflowTracking
 from sslsearch.search.asha import PairedASHA, RungState
 from sslsearch.search.experiment import PROJECT_ROOT, load_experiment
 from sslsearch.search.folder import STUDY_FILE
+from sslsearch.search.proposals import DEFAULT_PROPOSALS, ProposalSettings, configuration_sampler
 from sslsearch.search.retention import CheckpointRetention
 from sslsearch.search.saved_state import IntactStateCopy
 from sslsearch.search.slots import SlotUse
@@ -341,7 +342,7 @@ def measure_sweep(trials: int, reports: int = 10, concurrency: int = 8, report_s
                                   seed=experiment.search.seed, paired=experiment.search.paired, study_name=name,
                                   study_path=f"{sweep_path(str(folder), name)}/{STUDY_FILE}",
                                   scheduler=scheduler if isinstance(scheduler, PairedASHA) and not paused_twins_hold_slots
-                                  else None)
+                                  else None, num_samples=experiment.search.num_samples)
         searcher.append_snapshot = append_snapshot
         slot_use = SlotUse()
         callbacks.append(slot_use)
@@ -464,21 +465,24 @@ def _curve(points: list[tuple], trials: int) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 SAMPLER_VARIANTS = {
-    # search.make_sampler's TPE: concurrent trials see each other as provisional results.
-    "tpe": lambda seed: optuna.samplers.TPESampler(seed=seed, constant_liar=True),
-    "tpe-multivariate": lambda seed: optuna.samplers.TPESampler(seed=seed, constant_liar=True, multivariate=True),
-    "tpe-no-liar": lambda seed: optuna.samplers.TPESampler(seed=seed),
-    "random": lambda seed: optuna.samplers.RandomSampler(seed=seed),
-    "gp": lambda seed: optuna.samplers.GPSampler(seed=seed),
+    # The configuration study's samplers (search.proposals.configuration_sampler) with the sweep's settings and
+    # the TPE variants the replay benchmark compared; the budget is unknown here, so startup is 10 configurations.
+    "tpe": lambda seed: configuration_sampler("tpe", seed, None),
+    "tpe-univariate": lambda seed: configuration_sampler("tpe", seed, None, ProposalSettings(multivariate=False)),
+    "tpe-no-liar": lambda seed: configuration_sampler("tpe", seed, None, ProposalSettings(constant_liar=False)),
+    "random": lambda seed: configuration_sampler("random", seed, None),
+    "gp": lambda seed: configuration_sampler("gp", seed, None),
+    # The searcher before issue 19: TPE (optuna's defaults, constant liar) sampling the sweep's own study.
+    "tpe-old": lambda seed: optuna.samplers.TPESampler(seed=seed, constant_liar=True),
 }
 
 
 def suggest_latency(finished: tuple[int, ...] = (50, 200, 1000), samplers: tuple[str, ...] = ("tpe", "random"),
                     running: int = 8, calls: int = 16, seed: int = 0) -> dict:
-    """CPU ms per `suggest` of a paired SweepSearcher whose study already holds `finished` trials (a third
-    completed, the rest pruned, with intermediate values, as ASHA leaves them) while `running` to
-    `running + calls` trials are in flight (half of them paired twins, as a paired sweep asks), for each
-    sampler variant; no Ray. Returns {sampler: {finished: ms}}."""
+    """CPU ms per `suggest` of a paired SweepSearcher whose configuration study (where the sampler works) already
+    holds `finished` configurations (a third completed, the rest pruned, with intermediate values, as ASHA leaves
+    them) while `running` to `running + calls` trials are in flight (half of them second twins, which the sampler
+    does not sample), for each sampler variant; no Ray. Returns {sampler: {finished: ms}}."""
     unknown = [name for name in samplers if name not in SAMPLER_VARIANTS]
     if unknown:
         raise InputError(f"unknown sampler variant(s) {', '.join(unknown)}; expected {', '.join(SAMPLER_VARIANTS)}")
@@ -489,16 +493,18 @@ def suggest_latency(finished: tuple[int, ...] = (50, 200, 1000), samplers: tuple
     for name in samplers:
         out[name] = {}
         for n in finished:
-            searcher = SweepSearcher(space, max_epochs=100, sampler="random", seed=seed, paired=True, study_name="s",
-                                     study_path=None)
-            searcher._ot_study.sampler = SAMPLER_VARIANTS[name](seed)
-            distributions = space.to_optuna()
+            old = name == "tpe-old"
+            searcher = SweepSearcher(space, max_epochs=100, sampler=SAMPLER_VARIANTS[name](seed), seed=seed, paired=True,
+                                     study_name="s", study_path=None, proposals=None if old else DEFAULT_PROPOSALS)
+            study = searcher.study if old else searcher.configuration_study
+            # a paired sweep's configurations (the old searcher's study had the loss among them)
+            distributions = {k: d for k, d in space.to_optuna().items() if old or k != "loss"}
             for i in range(n):
                 params = {k: rng.choice(d.choices) if isinstance(d, optuna.distributions.CategoricalDistribution)
                           else math.exp(rng.uniform(math.log(d.low), math.log(d.high))) for k, d in distributions.items()}
                 epochs = 10 if i % 3 else 100
-                curve = {e: synthetic_val_acc(params, e) for e in range(0, epochs + 1, 10)}
-                searcher._ot_study.add_trial(optuna.trial.create_trial(
+                curve = {e: synthetic_val_acc({"loss": "barlow", **params}, e) for e in range(0, epochs + 1, 10)}
+                study.add_trial(optuna.trial.create_trial(
                     params=params, distributions=distributions, intermediate_values=curve,
                     state=optuna.trial.TrialState.COMPLETE if epochs == 100 else optuna.trial.TrialState.PRUNED,
                     value=curve[100] if epochs == 100 else None))

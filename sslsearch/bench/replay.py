@@ -37,6 +37,7 @@ from sslsearch.bench.replay_table import FEATURE_DIMS, LMBDA_RANGE, LR_RANGE, lo
 from sslsearch.errors import InputError
 from sslsearch.search.asha import PairedASHA
 from sslsearch.search.experiment import PROJECT_ROOT, Experiment
+from sslsearch.search.proposals import DEFAULT_PROPOSALS, ProposalSettings
 from sslsearch.search.space import SearchSpace
 from sslsearch.search.sweep import METRIC, SweepSearcher, make_scheduler
 
@@ -47,22 +48,13 @@ TOLERANCE = 0.5        # val_acc points from the table's best
 
 @dataclass(frozen=True)
 class Method:
-    """A sampler (an Optuna sampler built per seed) and a scheduler type, as a sweep would run them."""
+    """A sampler and a scheduler type, as a sweep would run them, and how its configuration study proposes."""
 
     name: str
     sampler: str                       # tpe, random, gp: make_sampler's names
     scheduler: str                     # asha or fifo
-    tpe_options: tuple = ()            # TPESampler keyword arguments beyond the sweep's (for the comparisons)
-
-    def build_sampler(self, seed: int) -> optuna.samplers.BaseSampler | str:
-        if self.sampler == "tpe" and self.tpe_options:
-            return optuna.samplers.TPESampler(seed=seed, **dict(self.tpe_options))
-        return self.sampler
-
-
-def hyperopt_gamma(n: int) -> int:
-    """Hyperopt's split: the good set is the top ⌈0.25·√n⌉ (Optuna's default: min(⌈0.1·n⌉, 25))."""
-    return min(math.ceil(0.25 * math.sqrt(n)), 25)
+    # None: the searcher before issue 19 (TPE samples the sweep's study, Optuna's startup of 10 finished trials)
+    proposals: ProposalSettings | None = DEFAULT_PROPOSALS
 
 
 METHODS = {m.name: m for m in (
@@ -70,15 +62,19 @@ METHODS = {m.name: m for m in (
     Method("random+asha", "random", "asha"),
     Method("tpe+fifo", "tpe", "fifo"),
     Method("tpe+asha", "tpe", "asha"),
-    # TPE settings compared on the replay (docs/sweeps.md); the sweep's own TPE is make_sampler's.
-    Method("tpe+asha startup=4", "tpe", "asha", (("constant_liar", True), ("n_startup_trials", 4))),
-    Method("tpe+asha startup=4 multivariate", "tpe", "asha",
-           (("constant_liar", True), ("n_startup_trials", 4), ("multivariate", True))),
-    Method("tpe+asha startup=4 no liar", "tpe", "asha", (("constant_liar", False), ("n_startup_trials", 4))),
-    Method("tpe+asha startup=4 hyperopt gamma", "tpe", "asha",
-           (("constant_liar", True), ("n_startup_trials", 4), ("gamma", hyperopt_gamma))),
+    Method("tpe+asha old", "tpe", "asha", None),
+    Method("tpe+fifo old", "tpe", "fifo", None),
+    # TPE settings compared on the replay (docs/sweeps.md, "How TPE steers"); the sweep's own are DEFAULT_PROPOSALS.
+    Method("tpe+asha startup=2", "tpe", "asha", ProposalSettings(startup=2)),
+    Method("tpe+asha startup=6", "tpe", "asha", ProposalSettings(startup=6)),
+    Method("tpe+asha univariate", "tpe", "asha", ProposalSettings(multivariate=False)),
+    Method("tpe+asha hyperopt gamma", "tpe", "asha", ProposalSettings(gamma="hyperopt")),
+    Method("tpe+asha quarter gamma", "tpe", "asha", ProposalSettings(gamma="quarter")),
+    Method("tpe+asha no liar", "tpe", "asha", ProposalSettings(constant_liar=False)),
+    Method("tpe+asha twins=max", "tpe", "asha", ProposalSettings(twins="max")),
+    Method("tpe+asha twins=mean", "tpe", "asha", ProposalSettings(twins="mean")),
 )}
-DEFAULT_METHODS = ("random+fifo", "random+asha", "tpe+fifo", "tpe+asha", "tpe+asha startup=4")
+DEFAULT_METHODS = ("random+fifo", "random+asha", "tpe+fifo", "tpe+asha", "tpe+asha old")
 
 
 class Table:
@@ -210,9 +206,10 @@ def replay_sweep(table: Table, experiment: Experiment, space: SearchSpace, metho
     experiment = method_experiment(experiment, method, seed)
     search, max_epochs = experiment.search, experiment.pretrain.epochs
     scheduler = make_scheduler(experiment)
-    searcher = SweepSearcher(space, max_epochs=max_epochs, sampler=method.build_sampler(seed), seed=seed,
+    searcher = SweepSearcher(space, max_epochs=max_epochs, sampler=method.sampler, seed=seed,
                              paired=search.paired, study_name=f"replay-{method.name}-{seed}", study_path=None,
-                             scheduler=scheduler if isinstance(scheduler, PairedASHA) else None)
+                             scheduler=scheduler if isinstance(scheduler, PairedASHA) else None,
+                             num_samples=search.num_samples, proposals=method.proposals)
     slots = search.max_concurrent
     searcher.set_max_concurrency(slots)
     controller = ReplayController(searcher, scheduler)

@@ -9,6 +9,9 @@
   region (told FAIL, TPE ignores it and keeps sampling there); FAIL is kept for real errors;
 - an errored trial that `resume` runs again gets a fresh Optuna trial (same parameters, the reports
   so far) that learns the rerun's true outcome; the failed attempt stays FAIL.
+
+What to try next comes from a second, in-memory study of configurations (sslsearch.search.proposals):
+the sweep's study gets each proposal enqueued, so it keeps one Optuna trial per Ray trial.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from sslsearch.search.asha import PairedASHA, RungState
 from sslsearch.search.experiment import Experiment, experiment_from_dict, ray_address
 from sslsearch.search.folder import STUDY_FILE, SWEEP_FILE
 from sslsearch.search.outcomes import FINISHED, METRIC, MODE, OUTCOMES, ranking_key, result_outcome, trial_outcome  # noqa: F401
+from sslsearch.search.proposals import DEFAULT_PROPOSALS, ConfigurationStudy, ProposalSettings, configuration_sampler
 from sslsearch.search.retention import CheckpointRetention, DiskUse, disk_use, size_text
 from sslsearch.search.rungs import rung_epochs
 from sslsearch.search.saved_state import IntactStateCopy, recover_saved_state
@@ -92,18 +96,35 @@ def write_study_snapshot(study: optuna.Study, path: Path | str) -> None:
 
 
 class SweepSearcher(OptunaSearch):
-    """OptunaSearch that reports ASHA-stopped trials as PRUNED and can pair the loss variants."""
+    """OptunaSearch that reports ASHA-stopped trials as PRUNED, pairs the loss variants, and proposes
+    configurations from a configuration study (sslsearch.search.proposals)."""
+
+    # A searcher pickled before the configuration study (a sweep started before issue 19, resumed) has none:
+    # it samples its own study, as it did when it started.
+    _configurations: ConfigurationStudy | None = None
 
     def __init__(self, space: SearchSpace, *, max_epochs: int, sampler: str | optuna.samplers.BaseSampler, seed: int,
-                 paired: bool, study_name: str, study_path: str | None, scheduler: PairedASHA | None = None):
-        # `sampler`: make_sampler's name, or an Optuna sampler (the replay benchmark compares sampler settings).
-        super().__init__(space=space.to_optuna(), metric=METRIC, mode=MODE, study_name=study_name,
-                         sampler=sampler if isinstance(sampler, optuna.samplers.BaseSampler) else make_sampler(sampler, seed))
+                 paired: bool, study_name: str, study_path: str | None, scheduler: PairedASHA | None = None,
+                 num_samples: int | None = None, proposals: ProposalSettings | None = DEFAULT_PROPOSALS):
+        """`sampler`: make_sampler's name, or an Optuna sampler used as is (tests, benchmarks). `num_samples`: the
+        sweep's trials (its configurations: half of them when paired), which startup is scaled to. `proposals`:
+        how the configuration study proposes; None samples the sweep's own study directly (the searcher before
+        issue 19: the replay benchmark's "old" methods)."""
+        configurations = None if num_samples is None else num_samples // 2 if paired else num_samples
+        if proposals is None:
+            study_sampler = sampler if isinstance(sampler, optuna.samplers.BaseSampler) else make_sampler(sampler, seed)
+        else:   # every trial of the sweep's study is enqueued with the proposed parameters: its sampler never samples
+            study_sampler = optuna.samplers.RandomSampler(seed=seed)
+        super().__init__(space=space.to_optuna(), metric=METRIC, mode=MODE, study_name=study_name, sampler=study_sampler)
+        if proposals is not None:
+            model = sampler if isinstance(sampler, optuna.samplers.BaseSampler) else configuration_sampler(
+                sampler, seed, configurations, proposals)
+            self._configurations = ConfigurationStudy(space.to_optuna(), model, paired=paired, twins=proposals.twins)
         self._max_epochs = max_epochs
         self._paired = paired
         self._seed = seed
         self._study_path = study_path
-        self._partner: dict | None = None   # params waiting for their other-loss twin
+        self._partner: dict | None = None   # params waiting for their other-loss twin (without a configuration study)
         self._suggested = 0
         self._steps: dict[str, dict[int, float]] = {}   # trial id → the val_acc told to Optuna per epoch
         self.outcomes: dict[str, str] = {}
@@ -132,17 +153,20 @@ class SweepSearcher(OptunaSearch):
     def suggest(self, trial_id: str):
         if trial_id not in self._ot_trials and self.slots_taken() >= getattr(self, "_max_concurrent", math.inf):
             return None
-        if trial_id not in self._ot_trials and self._paired and self._partner is not None:
+        fresh = trial_id not in self._ot_trials
+        if fresh and self._configurations is not None:
+            # The configuration study proposes; the sweep's study records it as this trial's parameters.
+            self._ot_study.enqueue_trial(self._configurations.propose(trial_id), skip_if_exists=False)
+        elif fresh and self._paired and self._partner is not None:
             # The next ask() returns exactly these params: the same configuration with the other loss.
             self._ot_study.enqueue_trial(self._partner, skip_if_exists=False)
-        fresh = trial_id not in self._ot_trials
         config = super().suggest(trial_id)
         if config is None:
             return None
         ot_trial = self._ot_trials[trial_id]
         if fresh:
             pair = self._suggested // 2 if self._paired else self._suggested
-            if self._paired and self._partner is None:
+            if self._paired and self._configurations is None and self._partner is None:
                 twin = dict(ot_trial.params)
                 twin["loss"] = "hsic" if twin["loss"] == "barlow" else "barlow"
                 self._partner = twin
@@ -187,6 +211,8 @@ class SweepSearcher(OptunaSearch):
             fresh.report(value, step=step)
         self._completed_trials.discard(trial_id)
         self.outcomes.pop(trial_id, None)
+        if self._configurations is not None:
+            self._configurations.rerun(trial_id)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
         if trial_id in self._completed_trials and self.outcomes.get(trial_id) == "errored" and not error:
@@ -214,6 +240,8 @@ class SweepSearcher(OptunaSearch):
                          "completed": (optuna.trial.TrialState.COMPLETE, value)}[outcome]
         ot_trial.set_user_attr("outcome", outcome)
         self._ot_study.tell(ot_trial, values, state=state)
+        if self._configurations is not None:
+            self._configurations.tell(trial_id, outcome, None if value is None else float(value), dict(steps))
         self._completed_trials.add(trial_id)
         self.outcomes[trial_id] = outcome
         self.persist()
@@ -250,7 +278,14 @@ class SweepSearcher(OptunaSearch):
 
     @property
     def study(self) -> optuna.Study:
+        """The sweep's study: one Optuna trial per Ray trial (what the journal next to the sweep holds)."""
         return self._ot_study
+
+    @property
+    def configuration_study(self) -> optuna.Study | None:
+        """The in-memory study that proposes configurations (sslsearch.search.proposals); None for a searcher
+        pickled before it existed."""
+        return None if self._configurations is None else self._configurations.study
 
 
 class LiveView(tune.Callback):
@@ -587,7 +622,8 @@ def run_sweep(experiment: Experiment, space: SearchSpace, *, name: str, storage:
     scheduler = make_scheduler(experiment)
     searcher = SweepSearcher(space, max_epochs=experiment.pretrain.epochs, sampler=experiment.search.sampler,
                              seed=experiment.search.seed, paired=experiment.search.paired, study_name=name,
-                             study_path=study_path, scheduler=scheduler if isinstance(scheduler, PairedASHA) else None)
+                             study_path=study_path, scheduler=scheduler if isinstance(scheduler, PairedASHA) else None,
+                             num_samples=experiment.search.num_samples)
     state = [RungState(scheduler)] if isinstance(scheduler, PairedASHA) else []
     if local is not None:  # a full disk can cut Ray's saved state short: resume then uses the intact copy
         state.append(IntactStateCopy(path))
