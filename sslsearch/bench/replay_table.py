@@ -14,7 +14,7 @@ It imports `sslsearch.method` and the Ray-free experiment and search-space reade
 scikit-learn, PyYAML), so it runs on a bare GPU machine without Ray, Optuna or MLflow, and it trains
 many runs at once in worker processes (`--workers`). The table is written (atomically) every few
 seconds with a `done` mask, so a run stopped by `--time-limit` or Ctrl-C still leaves an honest,
-smaller table.
+smaller table, and `--resume` continues it.
 
     python -m sslsearch.bench.replay_table --out table.npz --configs 256 --seeds 3 --workers 16 --device cuda
 """
@@ -208,26 +208,52 @@ def _load_average() -> float | None:
         return None
 
 
+def _resumed(out: Path, setting: Setting, configs: int, seeds: int, design_seed: int) -> tuple[dict, dict]:
+    """The existing table at `out` to continue, or one InputError line if it was built with other settings."""
+    if not out.is_file():
+        raise InputError(f"--resume: {out} does not exist; leave out --resume to start a table")
+    table, meta = load_table(out)
+    recorded = Setting(meta.get("experiment", "?"), meta["base"], meta["space"])
+    differ = setting.differences(recorded)
+    shape = table["done"].shape
+    if shape != (configs, len(setting.losses), seeds):
+        differ.append(f"configs × losses × seeds {configs} × {len(setting.losses)} × {seeds} (table: "
+                      f"{' × '.join(map(str, shape))})")
+    if meta.get("design_seed") != design_seed:
+        differ.append(f"design seed {design_seed} (table: {meta.get('design_seed')})")
+    if differ:
+        raise InputError(f"--resume: {out} was built with other settings: {'; '.join(differ)}; "
+                         "give the table's settings or leave out --resume to start over")
+    return table, meta
+
+
 def build_table(*, out: Path, configs: int, seeds: int, workers: int, device: str, setting: Setting | None = None,
-                design_seed: int = 0, time_limit: float | None = None, threads: int = 1, command: str = "") -> dict:
-    """Train the design in `workers` processes and write the table to `out`; returns it."""
+                design_seed: int = 0, time_limit: float | None = None, threads: int = 1, command: str = "",
+                resume: bool = False) -> dict:
+    """Train the design in `workers` processes and write the table to `out`; returns it. With `resume`, continue the
+    table at `out` (its `done` mask) if it was built with the same setting, design and sizes."""
     setting = setting or experiment_setting()
     base = setting.base
     now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     session = {"command": command, "started": now, "device": device, "workers": workers, "load_average": _load_average()}
-    design = sobol_design(setting, configs, design_seed)
-    table = _empty_table(design, setting.losses, seeds, report_epochs(base["epochs"], base["eval_every"]))
-    data = load_run_data(PretrainConfig.from_dict({**base, "device": "cpu"}))
-    before = 0.0
-    meta = {"format": TABLE_FORMAT, "command": command, "experiment": setting.experiment, "base": base,
-            "space": setting.space, "design": "scrambled Sobol", "design_seed": design_seed,
-            "device": device, "workers": workers,
-            "machine": f"{platform.machine()} {os.cpu_count()} CPUs"
-                       + (f", {torch.cuda.get_device_name()}" if device.startswith("cuda") else ""),
-            "torch": torch.__version__, "python": platform.python_version(), "started": now,
-            "val_images": int(data.val_labels.numel()), "test_images": int(data.test_labels.numel()),
-            "chance_val_acc": 100.0 * torch.bincount(data.val_labels).max().item() / data.val_labels.numel(),
-            "sessions": [session]}
+    if resume:
+        table, meta = _resumed(out, setting, configs, seeds, design_seed)
+        before = float(meta.get("wall_seconds", 0.0))
+        meta["sessions"] = [*meta.get("sessions", []), session]
+    else:
+        design = sobol_design(setting, configs, design_seed)
+        table = _empty_table(design, setting.losses, seeds, report_epochs(base["epochs"], base["eval_every"]))
+        data = load_run_data(PretrainConfig.from_dict({**base, "device": "cpu"}))
+        before = 0.0
+        meta = {"format": TABLE_FORMAT, "command": command, "experiment": setting.experiment, "base": base,
+                "space": setting.space, "design": "scrambled Sobol", "design_seed": design_seed,
+                "device": device, "workers": workers,
+                "machine": f"{platform.machine()} {os.cpu_count()} CPUs"
+                           + (f", {torch.cuda.get_device_name()}" if device.startswith("cuda") else ""),
+                "torch": torch.__version__, "python": platform.python_version(), "started": now,
+                "val_images": int(data.val_labels.numel()), "test_images": int(data.test_labels.numel()),
+                "chance_val_acc": 100.0 * torch.bincount(data.val_labels).max().item() / data.val_labels.numel(),
+                "sessions": [session]}
     tasks = remaining_tasks(table)
     started = time.monotonic()
     last_write = started
@@ -313,6 +339,8 @@ def main(argv: list[str] | None = None) -> int:
                         "of another setting: the sweep it replays must be run with the same)")
     parser.add_argument("--time-limit", type=float, default=None, help="seconds; then finish the runs in progress and write")
     parser.add_argument("--design-seed", type=int, default=0)
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the table at --out (the runs it lacks); refused if it was built with other settings")
     args = parser.parse_args(argv)
     try:
         if args.configs < 2 or args.seeds < 2 or args.workers < 1 or args.threads < 1:
@@ -323,13 +351,15 @@ def main(argv: list[str] | None = None) -> int:
         if not out.parent.is_dir():
             raise InputError(f"--out {out}: folder {out.parent} does not exist")
         setting = experiment_setting(args.experiment, args.epochs)
+        if args.resume:   # refuse here, before any worker starts, if the table is not this one
+            _resumed(out, setting, args.configs, args.seeds, args.design_seed)
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     command = "python -m sslsearch.bench.replay_table " + " ".join(map(shlex.quote, sys.argv[1:] if argv is None else argv))
     table = build_table(out=out, configs=args.configs, seeds=args.seeds, workers=args.workers, device=args.device,
                         setting=setting, design_seed=args.design_seed, time_limit=args.time_limit, threads=args.threads,
-                        command=command)
+                        command=command, resume=args.resume)
     quality = table_quality(table)
     print(f"wrote {out} ({out.stat().st_size / 1e3:.0f} kB): {int(table['done'].sum())}/{table['done'].size} runs; "
           + ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in quality.items()))
