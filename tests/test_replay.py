@@ -9,7 +9,7 @@ import pytest
 from sslsearch.bench.replay import DEFAULT_TABLE, METHODS, REFERENCE, Table, bench_replay, replay_sweep, replay_trainable
 from sslsearch.errors import InputError
 from sslsearch.search.experiment import load_experiment
-from sslsearch.search.space import load_search_space
+from sslsearch.search.space import load_search_space, parse_search_space
 
 TABLE = Table(DEFAULT_TABLE)
 
@@ -93,3 +93,16 @@ def test_a_real_tuner_over_the_table_makes_the_same_decisions(ray_session, tmp_p
         assert [max(t.intermediate_values) for t in real] == replayed.last_epochs
         assert [t.state for t in real] == [optuna.trial.TrialState.COMPLETE if e == experiment.pretrain.epochs
                                            else optuna.trial.TrialState.PRUNED for e in replayed.last_epochs]
+
+
+def test_the_table_records_the_embedded_default_sweep_and_refuses_another_space_in_one_line():
+    experiment = load_experiment(None)   # experiments/digits.yaml as it stands: no overrides needed
+    TABLE.check(experiment)
+    TABLE.check_space(_space(experiment))
+    narrower = parse_search_space({**TABLE.meta["space"], "lmbda": {"distribution": "loguniform", "low": 1e-3, "high": 0.1}})
+    with pytest.raises(InputError, match=r"recorded over another search space: lmbda: loguniform \[0.0001, 0.1\] "
+                                         r"\(replay: loguniform \[0.001, 0.1\]\)") as refused:
+        TABLE.check_space(narrower)
+    assert "\n" not in str(refused.value)
+    with pytest.raises(InputError, match="was recorded with batch_size 64 \\(experiment: 128\\)"):
+        TABLE.check(load_experiment(None, ["pretrain.batch_size=128"]))

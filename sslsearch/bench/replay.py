@@ -33,12 +33,12 @@ from ray import tune
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import TrialScheduler
 
-from sslsearch.bench.replay_table import FEATURE_DIMS, LMBDA_RANGE, LR_RANGE, load_table
+from sslsearch.bench.replay_table import NOT_RECORDED, load_table
 from sslsearch.errors import InputError
 from sslsearch.search.asha import PairedASHA
 from sslsearch.search.experiment import PROJECT_ROOT, Experiment
 from sslsearch.search.proposals import DEFAULT_PROPOSALS, ProposalSettings
-from sslsearch.search.space import SearchSpace
+from sslsearch.search.space import SearchSpace, parse_search_space
 from sslsearch.search.sweep import METRIC, SweepSearcher, make_scheduler
 
 DEFAULT_TABLE = PROJECT_ROOT / "benchmarks" / "replay" / "digits_table.npz"
@@ -78,11 +78,15 @@ DEFAULT_METHODS = ("random+fifo", "random+asha", "tpe+fifo", "tpe+asha", "tpe+as
 
 
 class Table:
-    """The replay table with nearest-design-point lookup (log λ, log lr, feature_dim index, each scaled to [0, 1])."""
+    """The replay table with nearest-design-point lookup (log λ, log lr, feature_dim index, each scaled to [0, 1]).
+
+    Its pretraining settings and search space are the ones recorded in its metadata (the experiment it was built
+    from); `check` and `check_space` refuse an experiment or a space that differs from them."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
         arrays, self.meta = load_table(self.path)
+        self.space = parse_search_space(self.meta["space"], f"{self.path.name} (its recorded search space)")
         whole = arrays["done"].all(axis=(1, 2))     # configurations with every loss and seed recorded
         if whole.sum() < 2:
             raise InputError(f"{path} holds fewer than 2 complete configurations")
@@ -94,18 +98,21 @@ class Table:
         self.losses = [str(loss) for loss in arrays["losses"]]
         self.seeds = self.val_acc.shape[2]
         self.chance = float(self.meta["chance_val_acc"])
-        self._points = np.stack([self._scaled(self.lmbda, self.lr, self.feature_dim)], axis=0)[0]
+        self._points = self._scaled(self.lmbda, self.lr, self.feature_dim)
         final = np.where(self.diverged_epoch > 0, self.chance, self.val_acc[..., -1])
         self.true_mean = final.mean(axis=2)                  # (configs, losses): what a configuration is worth
         self.best = float(self.true_mean.max())
 
-    @staticmethod
-    def _scaled(lmbda, lr, feature_dim) -> np.ndarray:
-        def unit(x, low, high):
+    def _scaled(self, lmbda, lr, feature_dim) -> np.ndarray:
+        space = self.meta["space"]
+
+        def unit(x, name):
+            low, high = space[name]["low"], space[name]["high"]
             return (np.log(np.asarray(x, dtype=float)) - math.log(low)) / (math.log(high) - math.log(low))
 
-        index = np.searchsorted(FEATURE_DIMS, np.asarray(feature_dim)) / (len(FEATURE_DIMS) - 1)
-        return np.stack([unit(lmbda, *LMBDA_RANGE), unit(lr, *LR_RANGE), index], axis=-1)
+        widths = space["feature_dim"]["values"]
+        index = np.searchsorted(widths, np.asarray(feature_dim)) / (len(widths) - 1)
+        return np.stack([unit(lmbda, "lmbda"), unit(lr, "lr"), index], axis=-1)
 
     def lookup(self, config: dict) -> int:
         """The design point nearest to a trial's configuration."""
@@ -127,21 +134,39 @@ class Table:
         return out
 
     def overrides(self) -> list[str]:
-        """`--set` overrides that give an experiment the table's recorded pretraining settings."""
+        """`--set` overrides that give an experiment the table's recorded val split, epochs and report interval."""
         base = self.meta["base"]
         return [f"pretrain.{key}={base[key]}" for key in ("val_fraction", "epochs", "eval_every")]
 
     def check(self, experiment: Experiment) -> None:
-        """Refuse (one line) an experiment the table cannot replay."""
+        """Refuse (one line) an experiment whose pretraining settings the table did not record (fewer epochs are
+        allowed: the table's reports are cut there)."""
         base = self.meta["base"]
-        pretrain = experiment.pretrain
-        wanted = {"dataset": pretrain.dataset, "val_fraction": pretrain.val_fraction, "eval_every": pretrain.eval_every}
-        differ = [f"{k} {base[k]} (experiment: {v})" for k, v in wanted.items() if base[k] != v]
-        if pretrain.epochs > base["epochs"]:
-            differ.append(f"epochs {base['epochs']} (experiment: {pretrain.epochs})")
+        wanted = {k: v for k, v in experiment.pretrain.to_dict().items() if k not in NOT_RECORDED and k in base}
+        differ = [f"{k} {base[k]} (experiment: {v})" for k, v in wanted.items() if k != "epochs" and base[k] != v]
+        if experiment.pretrain.epochs > base["epochs"]:
+            differ.append(f"epochs {base['epochs']} (experiment: {experiment.pretrain.epochs})")
         if differ:
             raise InputError(f"the replay table {self.path} was recorded with {', '.join(differ)}; "
                              "replay an experiment with the table's settings or build a table for it")
+
+    def check_space(self, space: SearchSpace) -> None:
+        """Refuse (one line) a search space other than the one the table's design covers."""
+        recorded = {p.name: p for p in self.space.parameters}
+        given = {p.name: p for p in space.parameters}
+        differ = [f"{name}: {self._shown(recorded.get(name))} (replay: {self._shown(given.get(name))})"
+                  for name in [*recorded, *(n for n in given if n not in recorded)] if recorded.get(name) != given.get(name)]
+        if differ:
+            raise InputError(f"the replay table {self.path} was recorded over another search space: {'; '.join(differ)}; "
+                             "replay with the table's space or build a table for this one")
+
+    @staticmethod
+    def _shown(parameter) -> str:
+        if parameter is None:
+            return "absent"
+        if parameter.distribution == "choice":
+            return f"choice {list(parameter.values)}"
+        return f"{parameter.distribution} [{parameter.low:g}, {parameter.high:g}]"
 
 
 class ReplayController:
@@ -321,6 +346,7 @@ def bench_replay(experiment: Experiment, space: SearchSpace, *, table: str | Pat
         raise InputError(f"replay table not found: {table}; build one with python -m sslsearch.bench.replay_table")
     table = Table(table)
     table.check(experiment)
+    table.check_space(space)
     if REFERENCE not in {m.name for m in methods}:
         methods = (METHODS[REFERENCE], *methods)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
