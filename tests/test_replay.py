@@ -6,7 +6,7 @@ import math
 import optuna
 import pytest
 
-from sslsearch.bench.replay import DEFAULT_TABLE, METHODS, REFERENCE, Table, bench_replay, replay_sweep, replay_trainable
+from sslsearch.bench.replay import DEFAULT_TABLE, METHODS, REFERENCE, Table, bench_replay, format_replay, replay_sweep, replay_trainable
 from sslsearch.errors import InputError
 from sslsearch.search.experiment import load_experiment
 from sslsearch.search.space import load_search_space, parse_search_space
@@ -63,6 +63,11 @@ def test_bench_replay_reports_intervals_and_the_paired_difference_to_the_referen
     assert measured and all(d == (0.0, 0.0, 0.0) for d in measured)   # paired with itself
     mean, low, high = tpe["regret"][-1]
     assert low <= mean <= high and tpe["epochs_spent"][0] < reference["epochs_spent"][0]
+    text = format_replay(result)   # a median seed that never got there reads "never", not "inf"; no "nan%"
+    assert "inf" not in text and "nan" not in text
+    for name, m in result["methods"].items():
+        when = "never" if math.isinf(m["epochs_to_tolerance_median"]) else f"after {m['epochs_to_tolerance_median']:.0f}"
+        assert f"within 0.5 of the best: {when}" in text and f"{m['reached_tolerance']}/4 seeds got there" in text
 
 
 def test_an_experiment_the_table_did_not_record_is_refused_in_one_line():

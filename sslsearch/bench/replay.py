@@ -378,6 +378,7 @@ def bench_replay(experiment: Experiment, space: SearchSpace, *, table: str | Pat
             "epochs_to_tolerance_median": statistics.median(to_tolerance),
             "reached_tolerance": sum(math.isfinite(v) for v in to_tolerance),
             "epochs_ratio_to_reference_median": statistics.median(ratios) if ratios else math.nan,
+            "both_reached_tolerance": len(ratios),
         }
     return result
 
@@ -402,10 +403,14 @@ def format_replay(result: dict) -> str:
             cells.append(f"@{e} epochs {mean:.2f} [{low:.2f}, {high:.2f}]{diff}")
         spent = m["epochs_spent"][0]
         lines.append(f"  {name:<12} epochs spent {spent:.0f}; " + "; ".join(cells))
-        ratio = m["epochs_ratio_to_reference_median"]
-        lines.append(f"  {'':<12} within {TOLERANCE} of the best after {m['epochs_to_tolerance_median']:.0f} epochs "
-                     f"(median; {m['reached_tolerance']}/{result['seeds']} seeds got there)"
-                     + ("" if name == REFERENCE else f", {100 * ratio:.0f}% of {REFERENCE}'s epochs (median ratio)"))
+        ratio, both = m["epochs_ratio_to_reference_median"], m.get("both_reached_tolerance", 0)
+        median = m["epochs_to_tolerance_median"]
+        when = f"after {median:.0f} epochs" if math.isfinite(median) else "never"
+        versus = ("" if name == REFERENCE else
+                  f", {100 * ratio:.0f}% of {REFERENCE}'s epochs (median ratio over the {both} seeds where both got there)"
+                  if both else f"; no seed where both it and {REFERENCE} got there")
+        lines.append(f"  {'':<12} within {TOLERANCE} of the best: {when} (the median seed; {m['reached_tolerance']}/"
+                     f"{result['seeds']} seeds got there){versus}")
     lines.append(f"({result['seconds']:.0f} s)")
     return "\n".join(lines)
 
