@@ -74,7 +74,8 @@ def nothing_starts(monkeypatch):
     monkeypatch.setattr(search, "prepare_dataset", lambda *a, **k: pytest.fail("data prepared"))
 
 
-# 3 classes × 10 train images (a test/ folder beside): 24 pretraining images at the experiment's val_fraction 0.2, 3 at 0.9.
+# 3 classes × 10 train images (a test/ folder beside): 24 pretraining images at val_fraction 0.2 (set here, not
+# digits.yaml's), 3 at 0.9.
 FOLDER_CASES = [
     (["--set", "pretrain.batch_size=25"], None, r"batch_size 25 exceeds the 24 pretraining images of folder at .*train"),
     (["--set", "pretrain.batch_size=4", "--set", "pretrain.val_fraction=0.9"], None,
@@ -90,7 +91,7 @@ def test_an_image_folder_too_small_is_refused_before_anything_is_written(tmp_pat
                                                                            extra, space, match):
     root = write_image_folder(tmp_path / "images", per_class=10, test_per_class=3)
     argv = ["sweep", "--storage", str(tmp_path / "runs"), "--set", "pretrain.dataset=folder",
-            "--set", f"pretrain.data_dir={root}", "--set", "pretrain.epochs=2", *extra]
+            "--set", f"pretrain.data_dir={root}", "--set", "pretrain.epochs=2", "--set", "pretrain.val_fraction=0.2", *extra]
     if space == "<empty class>":
         (root / "train" / "empty").mkdir()
     elif space is not None:

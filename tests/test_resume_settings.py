@@ -2,6 +2,7 @@
 URI it was pickled with), and an experiment or space file edited since the sweep started is named in one line with
 the values that differ (the resumed sweep keeps its own). A real Tuner (synthetic trials), real MLflow (SQLite)."""
 
+import re
 import shutil
 from pathlib import Path
 
@@ -32,12 +33,14 @@ def test_resume_writes_where_it_is_told_and_names_edited_files(ray_session, tmp_
               trainable=synthetic_trainable(), callbacks=[tracking])
     capsys.readouterr()
 
-    experiment_file.write_text(experiment_file.read_text().replace("epochs: 16", "epochs: 40"))
+    text = experiment_file.read_text()
+    epochs = re.search(r"^  epochs: (\d+)", text, re.M).group(1)   # digits.yaml's own value
+    experiment_file.write_text(text.replace(f"epochs: {epochs}", "epochs: 40", 1))
     moved = f"sqlite:///{tmp_path / 'elsewhere.db'}"
     summary = resume_sweep(name, storage, trainable=synthetic_trainable(), tracking_uri=moved)
     err = capsys.readouterr().err
     notes = [line for line in err.splitlines() if "changed since sweep" in line]
-    assert notes == [f"note: {experiment_file} changed since sweep moved started (pretrain.epochs 16 → 40); resume keeps "
+    assert notes == [f"note: {experiment_file} changed since sweep moved started (pretrain.epochs {epochs} → 40); resume keeps "
                      "the values the sweep started with: start a new sweep to use the files' values"], err
     assert all(t.params for t in summary.trials) and {t.epoch for t in summary.trials} == {2}   # its own 2 epochs
     # The restored callback ended the sweep's parent run in the store it was told, not the one it was pickled with.
