@@ -1,4 +1,6 @@
-"""Shared fixtures. Ray starts once per test session, with explicit CPUs (no local_mode)."""
+"""Shared fixtures. Ray starts once per test session, with explicit CPUs (no local_mode); under pytest-xdist
+(`-n 2`, the README's commands) once per worker, each its own local cluster (tests mark their processes by a private
+temp folder, so two clusters on one machine never touch each other's)."""
 
 import os
 
