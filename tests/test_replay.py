@@ -77,7 +77,7 @@ def test_an_experiment_the_table_did_not_record_is_refused_in_one_line():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["tpe+asha"])   # 12 configurations: TPE proposes the last six (startup 6)
+@pytest.mark.parametrize("method", ["tpe+asha"])   # 12 configurations: TPE proposes the last nine (startup 3)
 def test_a_real_tuner_over_the_table_makes_the_same_decisions(ray_session, tmp_path, method):
     """One trial at a time (unpaired), so Ray's order of events is fixed: every configuration TPE proposes and
     every epoch ASHA stops a trial at must be the replay's."""

@@ -31,7 +31,7 @@ def _finish(searcher, trial_id, epochs, value, diverged=False):
     searcher.on_trial_complete(trial_id, result=last)
 
 
-@pytest.mark.parametrize("num_samples, paired, startup", [(16, True, 4), (16, False, 8), (40, False, 10), (4, True, 2)])
+@pytest.mark.parametrize("num_samples, paired, startup", [(16, True, 2), (32, False, 8), (80, False, 10), (4, True, 2)])
 def test_startup_is_counted_in_configurations_proposed_and_scaled_to_the_sweep(monkeypatch, num_samples, paired, startup):
     """TPE proposes from configuration `startup` on, although nothing has finished (Optuna's n_startup_trials counts
     finished trials: it would sample at random until 10 had)."""
@@ -72,7 +72,7 @@ def test_each_twin_tells_its_own_value_or_the_pair_its_max_or_mean(twins, told):
 
 
 def test_a_diverged_trial_never_enters_tpes_good_set(monkeypatch):
-    """Unpaired, 6 configurations: startup 3. Two trials diverge (COMPLETE at chance), one is stopped early (PRUNED):
+    """Unpaired, 12 configurations: startup 3. Two trials diverge (COMPLETE at chance), one is stopped early (PRUNED):
     Optuna ranks COMPLETE before PRUNED, so without the constraint a diverged trial would be TPE's good set."""
     below = []
     original = TPESampler._build_parzen_estimator
@@ -83,7 +83,7 @@ def test_a_diverged_trial_never_enters_tpes_good_set(monkeypatch):
         return original(self, study, search_space, trials, handle_below)
 
     monkeypatch.setattr(TPESampler, "_build_parzen_estimator", spy)
-    searcher = _searcher(6, paired=False)
+    searcher = _searcher(12, paired=False)
     for i in range(3):
         searcher.suggest(f"t{i}")
     _finish(searcher, "t0", 1, CHANCE, diverged=True)

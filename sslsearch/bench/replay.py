@@ -65,7 +65,7 @@ METHODS = {m.name: m for m in (
     Method("tpe+asha old", "tpe", "asha", None),
     Method("tpe+fifo old", "tpe", "fifo", None),
     # TPE settings compared on the replay (docs/sweeps.md, "How TPE steers"); the sweep's own are DEFAULT_PROPOSALS.
-    Method("tpe+asha startup=2", "tpe", "asha", ProposalSettings(startup=2)),
+    Method("tpe+asha startup=4", "tpe", "asha", ProposalSettings(startup=4)),   # half: the default before the new table
     Method("tpe+asha startup=6", "tpe", "asha", ProposalSettings(startup=6)),
     Method("tpe+asha univariate", "tpe", "asha", ProposalSettings(multivariate=False)),
     Method("tpe+asha hyperopt gamma", "tpe", "asha", ProposalSettings(gamma="hyperopt")),

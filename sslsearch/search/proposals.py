@@ -9,7 +9,7 @@ searcher asks a second study, the *configuration study*, and enqueues what it pr
 study:
 
 - startup is counted in configurations proposed and scaled to the sweep: `StartupSampler` samples at
-  random for the first half of the sweep's configurations (2 to 10), then asks the model (TPE);
+  random for the first quarter of the sweep's configurations (2 to 10), then asks the model (TPE);
 - in a paired sweep the configuration study has no `loss`: a configuration is (λ, lr, feature_dim, ...);
   the first twin's loss alternates between pairs, and each twin tells its own value (`twins="each"`;
   the pair's max or mean are the alternatives the replay benchmark compared, docs/sweeps.md);
@@ -78,11 +78,11 @@ DEFAULT_PROPOSALS = ProposalSettings()
 
 
 def startup_configurations(configurations: int | None) -> int:
-    """Random configurations before the model: half the sweep's, at least 2, at most 10 (Optuna's default
-    when the budget is unknown)."""
+    """Random configurations before the model: a quarter of the sweep's, at least 2, at most 10 (Optuna's
+    default when the budget is unknown). The replay chose a quarter over half (docs/sweeps.md, "How TPE steers")."""
     if configurations is None:
         return STARTUP_MAX
-    return min(STARTUP_MAX, max(STARTUP_MIN, configurations // 2))
+    return min(STARTUP_MAX, max(STARTUP_MIN, configurations // 4))
 
 
 def _configuration(trial: optuna.trial.FrozenTrial) -> int:
