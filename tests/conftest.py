@@ -21,6 +21,14 @@ def ray_session():
 
 
 def pytest_configure(config):
+    # A suite started as a background job of a non-interactive shell (`... &`, as CI scripts and nohup do) inherits
+    # SIGINT ignored, and every process a test starts would inherit that too: a test that stops a command "as Ctrl-C
+    # does" would then watch it run on. Python's own handler here is reset to the default in each child it execs.
+    import signal
+
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
     # One thread per test process: on 2 shared cores, two OpenMP threads fight whatever else runs
     # (Ray workers, a second pytest) and slow small CPU models down several-fold.
     import torch

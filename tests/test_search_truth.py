@@ -193,6 +193,16 @@ def _stops(summary) -> dict[tuple, int]:
     return {(t.pair, t.loss): t.epoch for t in summary.trials}
 
 
+def _unfinished_checkpoints(sweep_dir: Path) -> list[list[Path]]:
+    """The full-state checkpoints of each trial Ray's saved experiment state does not record as ended."""
+    try:
+        statuses = saved_statuses(str(sweep_dir))
+    except (OSError, ValueError, KeyError):   # not written yet, or being replaced
+        return []
+    return [sorted((sweep_dir / folder).glob("checkpoint_*/last.pt")) for folder, status in statuses.items()
+            if status != "TERMINATED"]
+
+
 @pytest.mark.slow
 def test_a_killed_and_resumed_sweep_stops_the_same_trials_at_the_same_epochs(ray_session, tmp_path):
     """ASHA's rungs are part of the sweep's saved state: the driver is SIGKILLed mid-sweep, and the
@@ -221,7 +231,8 @@ def test_a_killed_and_resumed_sweep_stops_the_same_trials_at_the_same_epochs(ray
             time.sleep(0.5)
             assert driver.poll() is None, "the sweep finished before it could be killed"
             results = _ray_results(sweep_dir) if sweep_dir.exists() else {}
-            if len(results) >= 6 and sum(bool(rows) and rows[-1]["epoch"] >= 2 for rows in results.values()) >= 4:
+            if (len(results) >= 6 and sum(bool(rows) and rows[-1]["epoch"] >= 2 for rows in results.values()) >= 4
+                    and any(_unfinished_checkpoints(sweep_dir))):   # Ray's saved state (it lags) has caught up too
                 break
         os.killpg(driver.pid, signal.SIGKILL)
         driver.wait()
@@ -229,8 +240,7 @@ def test_a_killed_and_resumed_sweep_stops_the_same_trials_at_the_same_epochs(ray
         kill_processes_mentioning(marker)
     # Checkpoint retention: every trial that Ray's saved state does not record as ended still holds its full training
     # state (the synthetic trial, like pretrain, refuses to resume from weights only); after the resume, none does.
-    unfinished = [sorted((sweep_dir / folder).glob("checkpoint_*/last.pt"))
-                  for folder, status in saved_statuses(str(sweep_dir)).items() if status != "TERMINATED"]
+    unfinished = _unfinished_checkpoints(sweep_dir)
     assert any(unfinished)
     assert all("optimizer" in torch.load(kept[-1], weights_only=True) for kept in unfinished if kept)
     resumed = resume_sweep("s", str(tmp_path / "b"), trainable=synthetic_trainable(SyntheticSettings(**synthetic)))
