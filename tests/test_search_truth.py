@@ -217,6 +217,9 @@ def test_a_killed_and_resumed_sweep_stops_the_same_trials_at_the_same_epochs(ray
     assert len(set(reference.values())) > 1, "every trial ended at the same epoch: nothing to compare"
 
     env, marker = _private_ray_env(tmp_path)
+    # Ray saves the experiment's state every 0.5 s (its "auto" period can leave it behind a sweep this short until
+    # the end), so the kill below falls while the saved state holds unfinished trials with their checkpoints.
+    env["TUNE_GLOBAL_CHECKPOINT_S"] = "0.5"
     script = ("import sys; from sslsearch.search.experiment import load_experiment; from sslsearch.search.space import load_search_space; "
               "from sslsearch.search.sweep import run_sweep; "
               "from sslsearch.search.synthetic import SyntheticSettings, synthetic_trainable; "

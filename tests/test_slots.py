@@ -1,6 +1,8 @@
 """Slot utilisation from Ray's trial events: a trial is busy from its (re)start to its last report before it
 pauses or ends; wall runs from the first start to the last end."""
 
+import sys
+
 import pytest
 
 from sslsearch.search import slots
@@ -40,3 +42,95 @@ def test_a_paused_twin_is_idle_from_its_pause_to_its_restart(monkeypatch):
 
 def test_no_trial_no_figure():
     assert SlotUse().utilization(2) is None
+
+
+def _nothing(config):
+    """A trainable Ray registers (the search below never runs it)."""
+
+
+class _Scheduler:
+    """What TwinAwareSearch asks of PairedASHA."""
+
+    def __init__(self):
+        self.later = False
+
+    def needs_actor_later(self):
+        return self.later
+
+
+def test_the_search_stays_open_while_a_twin_will_need_an_actor_and_creates_no_trial_beyond_num_samples():
+    from ray.tune.search import Searcher
+
+    from sslsearch.search.asha import TwinAwareSearch
+
+    class Proposals(Searcher):
+        def __init__(self):
+            super().__init__(metric="val_acc", mode="max")
+            self.asked = 0
+
+        def suggest(self, trial_id):
+            self.asked += 1
+            return {"x": self.asked}
+
+    proposals, scheduler = Proposals(), _Scheduler()
+    search = TwinAwareSearch(proposals, scheduler)
+    search.add_configurations({"sweep": {"run": _nothing, "num_samples": 2, "config": {}}})
+    assert search.next_trial() is not None and search.next_trial() is not None
+    scheduler.later = True                  # a twin waits at its rung: Ray must keep its actor
+    assert not search.is_finished()
+    assert search.next_trial() is None and proposals.asked == 2   # but no third trial is proposed
+    scheduler.later = False
+    assert search.is_finished()
+
+
+def _pid_recording_trial(config, *, settings, payload, folder):
+    import os
+    import time
+    from pathlib import Path
+
+    from ray import tune
+
+    from sslsearch.search.synthetic import synthetic_trial
+
+    trial = f"{config['pair']}-{config['loss']}"
+    with open(Path(folder, "starts"), "a") as starts:   # a line per (re)start: trial and worker process, in order
+        starts.write(f"{trial} {os.getpid()}\n")
+    if tune.get_checkpoint() is None:   # both twins start training together, each on its own actor
+        Path(folder, f"up-{trial}").touch()
+        deadline = time.monotonic() + 120
+        while len(list(Path(folder).glob("up-*"))) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    synthetic_trial(config, settings=settings, payload=payload)
+
+
+@pytest.mark.slow
+def test_a_released_twin_resumes_on_the_actor_kept_for_it(ray_session, tmp_path):
+    """Two slots, one pair, rungs at epochs 1 and 2: at each rung the twin that gets there first pauses, after the
+    search has made its last trial, and resumes when its partner gets there. Ray stops the actor of a trial that
+    pauses once the search is finished, unless the search says a trial still needs one (TwinAwareSearch): then
+    each twin resumes in the process it paused in. (Without it, the first twin to pause loses its process.)"""
+    import ray.cloudpickle
+    from ray import tune
+
+    from sslsearch.search.experiment import load_experiment
+    from sslsearch.search.space import load_search_space
+    from sslsearch.search.sweep import run_sweep
+    from sslsearch.search.synthetic import SyntheticSettings, checkpoint_payload
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])   # Ray's workers cannot import this module
+    experiment = load_experiment(None, ["pretrain.epochs=4", "pretrain.eval_every=1", "search.num_samples=2",
+                                        "search.paired=true", "search.max_concurrent=2", "scheduler.type=asha",
+                                        "scheduler.grace_period=1", "scheduler.reduction_factor=2"])
+    folder = tmp_path / "pids"
+    folder.mkdir()
+    settings = SyntheticSettings(epoch_seconds=0.2)
+    trainable = tune.with_parameters(_pid_recording_trial, settings=settings,
+                                     payload=checkpoint_payload(settings.checkpoint_bytes), folder=str(folder))
+    summary = run_sweep(experiment, load_search_space(experiment.space_path()), name="reuse",
+                        storage=str(tmp_path / "runs"), quiet=True, trainable=trainable)
+    assert [t.outcome for t in summary.trials] == ["completed", "completed"]
+    starts = [line.split() for line in (folder / "starts").read_text().splitlines()]
+    assert len(starts) == 4, starts   # each twin started, paused at a rung (one of them at each), resumed
+    last = {}
+    for trial, process in starts:   # each resume runs in the process its trial paused in
+        assert last.setdefault(trial, process) == process, starts

@@ -30,6 +30,7 @@ import numpy as np
 from ray import tune
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+from ray.tune.search import SearchGenerator
 
 from sslsearch.search.rungs import rung_epochs
 
@@ -129,6 +130,7 @@ class PairedASHA(FIFOScheduler):
 
     def on_trial_result(self, tune_controller, trial: Trial, result: dict) -> str:
         self._index()[1].setdefault(trial.trial_id, trial)   # (only a trial that reports can be paused)
+        self.__dict__.get("_released_while_pausing", set()).discard(trial.trial_id)   # it runs again
         if "epoch" not in result or self._metric not in result:
             return TrialScheduler.CONTINUE
         epoch, value = int(result["epoch"]), float(result[self._metric])
@@ -160,6 +162,9 @@ class PairedASHA(FIFOScheduler):
             return
         if decision == TrialScheduler.STOP:
             self._stop(tune_controller, twin)
+        elif twin.status == Trial.RUNNING:
+            # Released while its pause is still being saved: it will want an actor again once paused.
+            self.__dict__.setdefault("_released_while_pausing", set()).add(twin.trial_id)
         # CONTINUE: no longer waiting, so choose_trial_to_run picks it up again.
 
     def _stop(self, tune_controller, trial: Trial) -> None:
@@ -179,6 +184,7 @@ class PairedASHA(FIFOScheduler):
 
     def _partner_ended(self, tune_controller, trial: Trial) -> None:
         self.waiting.pop(trial.trial_id, None)
+        self.__dict__.get("_released_while_pausing", set()).discard(trial.trial_id)
         self.doomed.discard(trial.trial_id)
         if not self.paired:
             return
@@ -218,8 +224,46 @@ class PairedASHA(FIFOScheduler):
                     return trial
         return None
 
+    def needs_actor_later(self) -> bool:
+        """Whether a trial that holds no actor now will need one: a twin paused at a rung, a released twin not yet
+        resumed, a trial pending. (Not one this scheduler has stopped.)"""
+        # (A twin being paused is in `waiting`, or released while its pause is saved, before Ray files it PAUSED,
+        # which it does after it has stopped or cached its actor.)
+        if self.waiting:
+            return True
+        open_trials = list(self._index()[1].values())
+        if self.__dict__.get("_released_while_pausing") and any(
+                t.status not in (Trial.TERMINATED, Trial.ERROR) for t in open_trials):
+            return True
+        return any(t.status in (Trial.PAUSED, Trial.PENDING) and t.trial_id not in self.doomed for t in open_trials)
+
     def debug_string(self) -> str:
         return f"PairedASHA: rungs at epochs {self.rungs}, {self.stopped} stopped, {len(self.waiting)} waiting for a twin"
+
+
+class TwinAwareSearch(SearchGenerator):
+    """Ray's SearchGenerator for a sweep with PairedASHA: the search counts as finished only once no trial waits
+    for an actor.
+
+    Ray keeps the actor of a trial that pauses or ends for the next trial (reuse_actors) unless the search is
+    finished and no trial is staged (TuneController._maybe_cache_trial_actor and _cleanup_cached_actors, ray
+    2.60): in a sweep's last pairs the actor of a twin paused at its rung was stopped, and the twin, released,
+    waited for a new worker process (seconds here; on a GPU cluster, the worker and CUDA start-up) while its
+    slot stood idle. Kept "not finished" while a trial still needs an actor, the actor stays cached and the
+    twin resumes on it. No trial is created beyond num_samples: next_trial asks Ray's own count first.
+    """
+
+    def __init__(self, searcher, scheduler: PairedASHA):
+        super().__init__(searcher)
+        self.scheduler = scheduler
+
+    def is_finished(self) -> bool:
+        return super().is_finished() and not self.scheduler.needs_actor_later()
+
+    def next_trial(self):
+        if SearchGenerator.is_finished(self):
+            return None
+        return super().next_trial()
 
 
 class RungState(tune.Callback):

@@ -37,14 +37,14 @@ import ray
 from ray import tune
 from ray.tune.error import TuneError
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
-from ray.tune.search import BasicVariantGenerator
+from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter, Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from sslsearch.errors import InputError
 from sslsearch.method.data import prepare_dataset
 from sslsearch.processes import sigint_restored, sigterm_kept
 from sslsearch.search import framework
-from sslsearch.search.asha import PairedASHA, RungState
+from sslsearch.search.asha import PairedASHA, RungState, TwinAwareSearch
 from sslsearch.search.experiment import Experiment, experiment_from_dict, ray_address
 from sslsearch.search.folder import STUDY_FILE, SWEEP_FILE
 from sslsearch.search.outcomes import FINISHED, METRIC, MODE, OUTCOMES, ranking_key, result_outcome, trial_outcome  # noqa: F401
@@ -672,12 +672,17 @@ def make_tuner(experiment: Experiment, *, name: str, storage: str, search_alg, s
     trial) with the experiment's resources, one folder `trial_<id>` per trial, actors reused, the experiment's
     concurrency, time budget and retries; Ray keeps `num_to_keep` checkpoints per trial (default:
     `checkpoints_kept`), ranked by METRIC."""
+    max_concurrent = experiment.search.max_concurrent
+    if isinstance(search_alg, Searcher) and isinstance(scheduler, PairedASHA):
+        # As Tune wraps a Searcher (ConcurrencyLimiter, then SearchGenerator), but in TwinAwareSearch: actors are
+        # kept for twins that will resume.
+        search_alg, max_concurrent = TwinAwareSearch(ConcurrencyLimiter(search_alg, max_concurrent), scheduler), None
     return tune.Tuner(
         _trainable(experiment, trainable), param_space=param_space,
         tune_config=tune.TuneConfig(
             search_alg=search_alg, scheduler=scheduler, num_samples=num_samples,
             # A generator of fixed points (confirm) takes the limit itself; Tune would ignore this one, with a warning.
-            max_concurrent_trials=None if isinstance(search_alg, BasicVariantGenerator) else experiment.search.max_concurrent,
+            max_concurrent_trials=None if isinstance(search_alg, BasicVariantGenerator) else max_concurrent,
             time_budget_s=experiment.search.time_budget_s, reuse_actors=True, trial_dirname_creator=_trial_dirname),
         run_config=tune.RunConfig(
             name=name, storage_path=storage, verbose=0, callbacks=callbacks,
