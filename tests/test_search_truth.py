@@ -220,12 +220,17 @@ def test_a_killed_and_resumed_sweep_stops_the_same_trials_at_the_same_epochs(ray
     # Ray saves the experiment's state every 0.5 s (its "auto" period can leave it behind a sweep this short until
     # the end), so the kill below falls while the saved state holds unfinished trials with their checkpoints.
     env["TUNE_GLOBAL_CHECKPOINT_S"] = "0.5"
+    # The last pair waits before its first epoch while `hold` exists, so the sweep cannot finish before the kill
+    # however slow or fast this machine is; the flag is gone before the resume.
+    hold = tmp_path / "hold"
+    hold.touch()
+    held = {**synthetic, "hold_flag": str(hold), "hold_pair": 4}
     script = ("import sys; from sslsearch.search.experiment import load_experiment; from sslsearch.search.space import load_search_space; "
               "from sslsearch.search.sweep import run_sweep; "
               "from sslsearch.search.synthetic import SyntheticSettings, synthetic_trainable; "
               f"e = load_experiment(None, {_overrides(overrides)!r}); "
               f"run_sweep(e, load_search_space(e.space_path()), name='s', storage={str(tmp_path / 'b')!r}, quiet=True, "
-              f"trainable=synthetic_trainable(SyntheticSettings(**{synthetic!r})))")
+              f"trainable=synthetic_trainable(SyntheticSettings(**{held!r})))")
     driver = subprocess.Popen([sys.executable, "-c", script], env=env, start_new_session=True,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     sweep_dir, deadline = tmp_path / "b" / "s", time.monotonic() + 120
@@ -241,6 +246,7 @@ def test_a_killed_and_resumed_sweep_stops_the_same_trials_at_the_same_epochs(ray
         driver.wait()
     finally:
         kill_processes_mentioning(marker)
+        hold.unlink()
     # Checkpoint retention: every trial that Ray's saved state does not record as ended still holds its full training
     # state (the synthetic trial, like pretrain, refuses to resume from weights only); after the resume, none does.
     unfinished = _unfinished_checkpoints(sweep_dir)

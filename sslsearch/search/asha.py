@@ -90,6 +90,11 @@ class PairedASHA(FIFOScheduler):
         unpickled from a sweep saved before the index existed starts it empty.)"""
         return self.__dict__.setdefault("_pairs", {}), self.__dict__.setdefault("_open", {})
 
+    def _released_twins(self) -> set[str]:
+        """Twins released by their pair's decision while Ray still saves their pause (kept in `__dict__` under
+        "_released_while_pausing", set up on first use: as `_index`)."""
+        return self.__dict__.setdefault("_released_while_pausing", set())
+
     def on_trial_add(self, tune_controller, trial: Trial) -> None:
         pairs, open_trials = self._index()
         twins = pairs.setdefault(trial.config.get("pair"), [])
@@ -130,7 +135,7 @@ class PairedASHA(FIFOScheduler):
 
     def on_trial_result(self, tune_controller, trial: Trial, result: dict) -> str:
         self._index()[1].setdefault(trial.trial_id, trial)   # (only a trial that reports can be paused)
-        self.__dict__.get("_released_while_pausing", set()).discard(trial.trial_id)   # it runs again
+        self._released_twins().discard(trial.trial_id)   # it runs again
         if "epoch" not in result or self._metric not in result:
             return TrialScheduler.CONTINUE
         epoch, value = int(result["epoch"]), float(result[self._metric])
@@ -164,7 +169,7 @@ class PairedASHA(FIFOScheduler):
             self._stop(tune_controller, twin)
         elif twin.status == Trial.RUNNING:
             # Released while its pause is still being saved: it will want an actor again once paused.
-            self.__dict__.setdefault("_released_while_pausing", set()).add(twin.trial_id)
+            self._released_twins().add(twin.trial_id)
         # CONTINUE: no longer waiting, so choose_trial_to_run picks it up again.
 
     def _stop(self, tune_controller, trial: Trial) -> None:
@@ -184,7 +189,7 @@ class PairedASHA(FIFOScheduler):
 
     def _partner_ended(self, tune_controller, trial: Trial) -> None:
         self.waiting.pop(trial.trial_id, None)
-        self.__dict__.get("_released_while_pausing", set()).discard(trial.trial_id)
+        self._released_twins().discard(trial.trial_id)
         self.doomed.discard(trial.trial_id)
         if not self.paired:
             return
@@ -232,7 +237,7 @@ class PairedASHA(FIFOScheduler):
         if self.waiting:
             return True
         open_trials = list(self._index()[1].values())
-        if self.__dict__.get("_released_while_pausing") and any(
+        if self._released_twins() and any(
                 t.status not in (Trial.TERMINATED, Trial.ERROR) for t in open_trials):
             return True
         return any(t.status in (Trial.PAUSED, Trial.PENDING) and t.trial_id not in self.doomed for t in open_trials)
