@@ -220,7 +220,7 @@ def test_a_killed_and_resumed_sweep_stops_the_same_trials_at_the_same_epochs(ray
     # Ray saves the experiment's state every 0.5 s (its "auto" period can leave it behind a sweep this short until
     # the end), so the kill below falls while the saved state holds unfinished trials with their checkpoints.
     env["TUNE_GLOBAL_CHECKPOINT_S"] = "0.5"
-    # The last pair waits before its first epoch while `hold` exists, so the sweep cannot finish before the kill
+    # One trial of the last pair waits before its first epoch while `hold` exists, so the sweep cannot finish before the kill
     # however slow or fast this machine is; the flag is gone before the resume.
     hold = tmp_path / "hold"
     hold.touch()

@@ -43,8 +43,9 @@ class SyntheticSettings:
     diverge_lr: float = math.inf      # a trial with a larger lr diverges at epoch 1
     fail_flag: str | None = None      # while this file exists, trials of pair `fail_pair` raise at their first epoch
     fail_pair: int = 0
-    hold_flag: str | None = None      # while this file exists, trials of pair `hold_pair` wait before their first epoch
-    hold_pair: int = 0                # (after reporting epoch 0): a test can kill a sweep that cannot have finished
+    hold_flag: str | None = None      # while this file exists, the trial of pair `hold_pair` with loss `hold_loss`
+    hold_pair: int = 0                # waits before its first epoch (after reporting epoch 0): a test can kill a sweep
+    hold_loss: str = "barlow"         # that cannot have finished, while the other slots go on
     checkpoint_bytes: int = 1024      # size of the model weights in each report's last.pt
 
 
@@ -89,7 +90,8 @@ def synthetic_trial(config: dict, *, settings: SyntheticSettings, payload: bytes
     if checkpoint is None:
         acc = synthetic_val_acc(config, 0)
         report({"epoch": 0, "loss": None, "val_acc": acc, "knn_acc": acc, "images_per_s": None})
-    while settings.hold_flag and Path(settings.hold_flag).exists() and config.get(PAIR) == settings.hold_pair:
+    while (settings.hold_flag and Path(settings.hold_flag).exists() and config.get(PAIR) == settings.hold_pair
+           and trial_value(config, "loss", "barlow") == settings.hold_loss):
         time.sleep(0.05)
     while epoch < epochs:
         epoch += 1
