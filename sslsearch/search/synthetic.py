@@ -87,16 +87,19 @@ def synthetic_trial(config: dict, *, settings: SyntheticSettings, payload: bytes
             (Path(folder) / "trial_seconds.txt").write_text(repr(metrics["trial_seconds"]))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
 
+    def flagged(flag: str | None, pair: int) -> bool:
+        """A test's flag file exists and names this trial's pair."""
+        return bool(flag) and Path(flag).exists() and config.get(PAIR) == pair
+
     if checkpoint is None:
         acc = synthetic_val_acc(config, 0)
         report({"epoch": 0, "loss": None, "val_acc": acc, "knn_acc": acc, "images_per_s": None})
-    while (settings.hold_flag and Path(settings.hold_flag).exists() and config.get(PAIR) == settings.hold_pair
-           and trial_value(config, "loss", "barlow") == settings.hold_loss):
+    while flagged(settings.hold_flag, settings.hold_pair) and trial_value(config, "loss", "barlow") == settings.hold_loss:
         time.sleep(0.05)
     while epoch < epochs:
         epoch += 1
         time.sleep(settings.epoch_seconds)
-        if settings.fail_flag and Path(settings.fail_flag).exists() and config.get(PAIR) == settings.fail_pair:
+        if flagged(settings.fail_flag, settings.fail_pair):
             raise RuntimeError(f"injected failure in epoch {epoch} (while {settings.fail_flag} exists)")
         if float(trial_value(config, "lr", 1e-3)) > settings.diverge_lr:
             report({"epoch": epoch, "loss": float("nan"), "val_acc": CHANCE, "knn_acc": CHANCE, "diverged": True},
