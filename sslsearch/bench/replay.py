@@ -40,6 +40,7 @@ from sslsearch.search.experiment import PROJECT_ROOT, Experiment
 from sslsearch.search.proposals import DEFAULT_PROPOSALS, ProposalSettings
 from sslsearch.search.space import SearchSpace, parse_search_space
 from sslsearch.search.sweep import METRIC, SweepSearcher, make_scheduler
+from sslsearch.search.trial_config import trial_value
 
 DEFAULT_TABLE = PROJECT_ROOT / "benchmarks" / "replay" / "digits_table.npz"
 REFERENCE = "random+fifo"
@@ -315,7 +316,7 @@ def replay_sweep(table: Table, experiment: Experiment, space: SearchSpace, metho
 
 def replay_trial(config: dict, table: str) -> None:
     """Ray Tune function trainable that reports a table's run (the cross-check of `replay_sweep`)."""
-    for result in Table(table).reports(config, int(config["base"]["epochs"])):
+    for result in Table(table).reports(config, int(trial_value(config, "epochs"))):
         tune.report(result)
 
 
