@@ -2,6 +2,7 @@
 pauses or ends; wall runs from the first start to the last end."""
 
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -134,3 +135,110 @@ def test_a_released_twin_resumes_on_the_actor_kept_for_it(ray_session, tmp_path)
     last = {}
     for trial, process in starts:   # each resume runs in the process its trial paused in
         assert last.setdefault(trial, process) == process, starts
+
+
+class _Controller:
+    """What PairedASHA reads of Ray's TuneController: the trials, in the order Ray added them."""
+
+    def __init__(self):
+        self.trials = []
+
+    def get_trials(self):
+        return self.trials
+
+    def stop_trial(self, trial):
+        trial.set_status("TERMINATED")
+
+
+class _Sweep:
+    """SweepSearcher and PairedASHA over two slots, driven as Ray drives them (ask the searcher, then the
+    scheduler's choice), up to the moment the slot question arises: pair 1's first twin trains, pair 0's first
+    twin was released at its rung (promoted) while its partner trained on, and that partner has just ended."""
+
+    def __init__(self, pickled_before_the_limit: bool = False):
+        import optuna
+        from ray.tune.experiment import Trial
+        from ray.tune.schedulers import TrialScheduler
+
+        from sslsearch.search.asha import PairedASHA
+        from sslsearch.search.space import load_search_space
+        from sslsearch.search.sweep import SweepSearcher
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        self.asha = PairedASHA(metric="val_acc", max_epochs=4, eval_every=2, grace_period=2, reduction_factor=2,
+                               paired=True)
+        space = load_search_space(Path(__file__).resolve().parent.parent / "search_spaces" / "barlow_hsic.yaml")
+        self.searcher = SweepSearcher(space, max_epochs=4, sampler="random", seed=0, paired=True, study_name="slots",
+                                      study_path=None, scheduler=self.asha, num_samples=8)
+        self.searcher.set_max_concurrency(2)
+        assert self.asha.slots == 2
+        if pickled_before_the_limit:
+            del self.asha.slots            # as a scheduler unpickled from a sweep started before it existed
+        self.controller = _Controller()
+        a0, b0 = self.new("a0"), self.new("b0")
+        self.start(a0), self.start(b0)
+        assert self.new("x") is None                                     # two slots taken
+        assert self.report(a0, 2, 90.0) == TrialScheduler.PAUSE          # a0 waits at its rung: its slot is free
+        a0.set_status(Trial.PAUSED)
+        a1 = self.new("a1")
+        self.start(a1)
+        assert self.report(b0, 2, 80.0) == TrialScheduler.CONTINUE       # pair 0 promoted: a0 released
+        assert self.asha.resumable() == 1 and self.searcher.slots_taken() == 3
+        self.report(b0, 4, 85.0)
+        self.asha.on_trial_complete(self.controller, b0, None)
+        self.searcher.on_trial_complete("b0", {"epoch": 4, "val_acc": 85.0})
+        b0.set_status(Trial.TERMINATED)
+        self.a0, self.a1 = a0, a1
+
+    def new(self, trial_id):
+        from ray.tune.experiment import Trial
+
+        config = self.searcher.suggest(trial_id)
+        if config is None:
+            return None
+        trial = Trial("t", config=config, trial_id=trial_id, stub=True)
+        self.controller.trials.append(trial)
+        self.asha.on_trial_add(self.controller, trial)
+        return trial
+
+    def report(self, trial, epoch, value):
+        result = {"epoch": epoch, "val_acc": value}
+        decision = self.asha.on_trial_result(self.controller, trial, result)
+        self.searcher.on_trial_result(trial.trial_id, result)
+        return decision
+
+    def start(self, trial):
+        from ray.tune.experiment import Trial
+
+        assert self.asha.choose_trial_to_run(self.controller) is trial
+        trial.set_status(Trial.RUNNING)
+
+
+def test_a_pairs_second_twin_takes_the_free_slot_before_a_released_twin_resumes():
+    """The free slot goes to pair 1's second twin (created beyond max_concurrent only because the released twin
+    holds that slot), so pair 1's twins train side by side; the released twin resumes when the next slot frees.
+    No third trial runs at once, and no new pair starts before the released twin has resumed."""
+    from ray.tune.experiment import Trial
+    from ray.tune.schedulers import TrialScheduler
+
+    sweep = _Sweep()
+    b1 = sweep.new("b1")                                                 # pair 1's second twin
+    assert b1 is not None and b1.config["pair"] == sweep.a1.config["pair"] == 1
+    assert sweep.asha.choose_trial_to_run(sweep.controller) is b1        # it takes the slot; a0 waits for one
+    b1.set_status(Trial.RUNNING)
+    assert sweep.asha.choose_trial_to_run(sweep.controller) is None      # a1 and b1 hold both slots
+    assert sweep.new("a2") is None                                       # no new pair while a0 waits for a slot
+    assert sweep.report(sweep.a1, 2, 70.0) == TrialScheduler.PAUSE       # a1 waits for b1 at the rung: a slot frees
+    sweep.a1.set_status(Trial.PAUSED)
+    assert sweep.asha.choose_trial_to_run(sweep.controller) is sweep.a0  # the released twin resumes there
+    sweep.a0.set_status(Trial.PENDING)                                   # staged by Ray
+    assert sweep.asha.resumable() == 0 and sweep.asha.choose_trial_to_run(sweep.controller) is sweep.a0
+
+
+def test_a_sweep_saved_before_the_slot_limit_resumes_a_released_twin_first():
+    """A scheduler pickled before PairedASHA.slots existed: the released twin is chosen at once (Ray's resources
+    decide when it runs), and the searcher creates no trial beyond max_concurrent for a second twin."""
+    sweep = _Sweep(pickled_before_the_limit=True)
+    assert sweep.asha.slots is None
+    assert sweep.new("b1") is None
+    assert sweep.asha.choose_trial_to_run(sweep.controller) is sweep.a0

@@ -40,6 +40,11 @@ class PairedASHA(FIFOScheduler):
 
     # One decision per report: a buffered batch of results could carry a trial past its rung.
     _supports_buffered_results = False
+    # The sweep's max_concurrent, set by its searcher (SweepSearcher.set_max_concurrency): a released twin resumes
+    # only into a free slot, so that a pair's second twin can take a slot first (choose_trial_to_run). None (a
+    # scheduler without a searcher that limits concurrency, or pickled before this existed): Ray's resources
+    # alone decide when it resumes.
+    slots: int | None = None
 
     def __init__(self, *, metric: str, max_epochs: int, eval_every: int, grace_period: int, reduction_factor: float,
                  paired: bool):
@@ -214,18 +219,41 @@ class PairedASHA(FIFOScheduler):
     def on_trial_remove(self, tune_controller, trial: Trial) -> None:
         self._partner_ended(tune_controller, trial)
 
+    def resumable(self) -> int:
+        """Twins released at their rung that have not been chosen to run again: paused, or their pause still
+        being saved. Each will want a slot."""
+        released = self._released_twins()
+        return sum((t.status == Trial.PAUSED or t.trial_id in released) and t.trial_id not in self.waiting
+                   and t.trial_id not in self.doomed for t in self._index()[1].values())
+
+    def _holding(self, candidates: list) -> int:
+        """Trials that hold a slot or are staged for one: running or pending, not a twin paused (or pausing) at
+        a rung, not a released twin whose pause is still being saved, not one this scheduler has stopped."""
+        released = self._released_twins()
+        return sum(t.status in (Trial.RUNNING, Trial.PENDING) and t.trial_id not in self.waiting
+                   and t.trial_id not in self.doomed and not (t.status == Trial.RUNNING and t.trial_id in released)
+                   for t in candidates)
+
     def choose_trial_to_run(self, tune_controller) -> Trial | None:
         candidates = self._candidates(tune_controller)
         for trial in candidates:
             if trial.trial_id in self.doomed and trial.status in (Trial.PAUSED, Trial.PENDING):
                 self._stop(tune_controller, trial)
         # Paused first, as ASHA promotes before it starts new configurations: a twin released at its rung resumes
-        # at once. (Pending first, as Ray's FIFO order has it, a released twin waits until no new trial waits for
-        # an actor, while it holds its place under max_concurrent: measured in docs/scale.md. Ray starts pending
-        # trials on its own, in its step, whatever this returns.)
+        # as soon as a slot is free. (Pending first, as Ray's FIFO order has it, a released twin waits until no new
+        # trial waits for an actor, while it holds its place under max_concurrent: measured in docs/scale.md. Ray
+        # starts pending trials on its own, in its step, whatever this returns.) A slot is free when fewer than
+        # `slots` trials run or are staged: the searcher may have created a pair's second twin for the slot that
+        # just freed (SweepSearcher.suggest), and that twin goes first, so that a pair's twins train side by side
+        # and the last pair does not run one twin after the other.
+        resume = self.slots is None or self._holding(candidates) < self.slots
         for status in (Trial.PAUSED, Trial.PENDING):
+            if status == Trial.PAUSED and not resume:
+                continue
             for trial in candidates:
                 if trial.status == status and trial.trial_id not in self.waiting and trial.trial_id not in self.doomed:
+                    if status == Trial.PAUSED:
+                        self._released_twins().discard(trial.trial_id)   # staged now: Ray files it PENDING
                     return trial
         return None
 

@@ -136,6 +136,8 @@ class SweepSearcher(OptunaSearch):
         # The searcher limits concurrency itself: Ray's ConcurrencyLimiter drops on_trial_complete for
         # a trial it does not count as live, such as an errored trial that `resume` runs again.
         self._max_concurrent = max_concurrent
+        if getattr(self, "_scheduler", None) is not None:
+            self._scheduler.slots = max_concurrent   # a released twin resumes into a free slot only
         return True
 
     def slots_taken(self) -> int:
@@ -150,8 +152,25 @@ class SweepSearcher(OptunaSearch):
             return live
         return live - sum(t in self._ot_trials and t not in self._completed_trials for t in waiting.waiting)
 
+    def has_room(self) -> bool:
+        """Whether a new trial may start: fewer than max_concurrent slots taken, or the new trial is a pair's
+        second twin and a twin released at its rung holds the slot that is free.
+
+        A pair's second twin goes before a released twin resumes (PairedASHA.choose_trial_to_run waits for a free
+        slot for it), so that the twins of a pair train side by side. Otherwise, in the sweep's last pair, the
+        first twin reaches its rung and waits while the second trains alone, and a slot stands idle with nothing
+        left to run (the default sweep's largest idle stretch: docs/sweeps.md, "Slot utilisation")."""
+        limit = getattr(self, "_max_concurrent", math.inf)
+        taken = self.slots_taken()
+        if taken < limit:
+            return True
+        scheduler = getattr(self, "_scheduler", None)
+        second_twin = self._paired and self._suggested % 2 == 1
+        return (second_twin and scheduler is not None and scheduler.slots is not None
+                and taken - scheduler.resumable() < limit)
+
     def suggest(self, trial_id: str):
-        if trial_id not in self._ot_trials and self.slots_taken() >= getattr(self, "_max_concurrent", math.inf):
+        if trial_id not in self._ot_trials and not self.has_room():
             return None
         fresh = trial_id not in self._ot_trials
         if fresh and self._configurations is not None:
