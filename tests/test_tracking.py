@@ -339,6 +339,30 @@ def test_a_stage_callback_tags_its_runs_even_after_ray_restores_it(tmp_path):
 
 
 @pytest.mark.slow
+def test_the_sweeps_run_exists_when_setup_returns_and_a_store_that_fails_is_not_waited_for(tmp_path, monkeypatch):
+    """Ray calls setup before it starts the first trials: the sweep's parent run is created then, not while the first
+    trials start. A store that fails is not waited for: setup returns after the sender's first failed try (the
+    records wait in the outbox), not after SETUP_WAIT_S (set here far above any try)."""
+    from sslsearch.records import tracking as tracking_module
+
+    monkeypatch.setattr(tracking_module, "SETUP_WAIT_S", 600.0)
+    experiment = tiny()
+    space = load_search_space(experiment.space_path())
+    sweep = MlflowTracking(experiment, space, sweep="early", storage=str(tmp_path), backoff_s=0)
+    sweep.setup()
+    parents, _ = sweep_runs(default_tracking_uri(str(tmp_path)), "early")   # read by a separate client
+    assert len(parents) == 1 and not sweep.outbox.pending
+    closed = f"http://127.0.0.1:{free_port()}"   # nobody listens
+    down = MlflowTracking(experiment, space, sweep="down", storage=str(tmp_path), tracking_uri=closed, attempts=1,
+                          backoff_s=0)
+    started = time.monotonic()
+    down.setup()
+    assert time.monotonic() - started < 300   # returned at the failure (a few seconds), not at the 600 s limit
+    assert down._failures == 1 and [r[0] for _, r in down.outbox.pending] == ["sweep"]
+    assert down.close(0.1) == 1
+
+
+@pytest.mark.slow
 def test_a_stage_queues_in_its_own_outbox_and_a_replay_tags_its_runs(tmp_path):
     """The confirm stage's records wait in `<sweep>/confirm/`, apart from the search's: a replay (as `sync` does, with a
     callback of the stage) creates the stage's runs tagged with it, never as search trials."""

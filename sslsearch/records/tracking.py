@@ -121,6 +121,9 @@ TRANSIENT = (MlflowException, requests.RequestException, OSError)
 COOLDOWN_S = 30.0  # after retries fail, queued records wait this long before the next try
 # How long the end of a sweep waits for the outbox to empty; what is left waits on disk for `sslsearch sync`.
 FLUSH_TIMEOUT_S = 60.0
+# How long the sweep's start waits for the sweep's parent run (the store created or opened, the trials' runs of a
+# resumed sweep found): done before the first trials start, it does not compete with them for the driver's CPU.
+SETUP_WAIT_S = 10.0
 SENT_FILE = "mlflow-outbox.sent"
 # Outbox lines that cannot be replayed (not JSON, no `seq`, wrong types, an unknown record): moved here with the reason,
 # so one bad line (a crash mid-write, a hand edit) never blocks the records after it.
@@ -328,7 +331,8 @@ class Outbox:
                     shown(record[0] if record else record, 40), problem,
                     self.quarantine_path if self.durable else "memory")
 
-    def append(self, record: list) -> None:
+    def append(self, record: list) -> int:
+        """Queue `record` (on disk first); its number."""
         line = json.dumps({"seq": self._next, "record": record}, default=str)
         record = json.loads(line)["record"]  # what a replay will read: one code path for both
         if self.durable:
@@ -343,6 +347,7 @@ class Outbox:
                             self.path, error.strerror or error)
         self.pending.append((self._next, record))
         self._next += 1
+        return self._next - 1
 
     def acknowledge(self, number: int) -> None:
         if self.pending and self.pending[0][0] == number:
@@ -447,6 +452,7 @@ class MlflowTracking(tune.Callback):
         self._wake = threading.Condition()
         self._sender: threading.Thread | None = None
         self._stop = self._retry_now = False
+        self._failures = 0              # times the sender gave up on a record and waited (an outage)
         self.unsent = 0                 # records left in the outbox when the sweep ended
 
     # Ray pickles the callback into the sweep folder (tuner.pkl) and restores it on resume: carry the
@@ -476,7 +482,20 @@ class MlflowTracking(tune.Callback):
 
     def setup(self, stop=None, num_samples=None, total_num_samples=None, **info):
         self._started = time.monotonic()
-        self._submit(("sweep",))
+        number = self._submit(("sweep",))
+        # Ray calls this before it starts the first trials: let the sender create (or find) the sweep's run now, up to
+        # SETUP_WAIT_S, instead of while the first trials start (on a 2-core machine it delayed one of them by about
+        # 0.6 s: docs/sweeps.md, "Slot utilisation"). A store that fails is not waited for: its records wait in the
+        # outbox, as in any outage.
+        deadline = time.monotonic() + SETUP_WAIT_S
+        with self._wake:
+            failures = self._failures
+            while (self.outbox.pending and self.outbox.pending[0][0] <= number and self._failures == failures
+                   and self._sender is not None and self._sender.is_alive()):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._wake.wait(timeout=min(left, 0.5))
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self._live.add(trial.trial_id)
@@ -555,14 +574,16 @@ class MlflowTracking(tune.Callback):
 
     # -- the outbox and its sender -------------------------------------------------------------------
 
-    def _submit(self, record: tuple) -> None:
+    def _submit(self, record: tuple) -> int:
+        """Queue `record` and wake the sender; the record's number in the outbox."""
         with self._wake:
-            self.outbox.append(list(record))
+            number = self.outbox.append(list(record))
             if self._sender is None or not self._sender.is_alive():
                 self._stop = False
                 self._sender = threading.Thread(target=self._send_loop, name=f"sslsearch-mlflow-{self.sweep}", daemon=True)
                 self._sender.start()
             self._wake.notify_all()
+        return number
 
     def _send_loop(self) -> None:
         """Send records in order; after a failure wait COOLDOWN_S (or until a flush asks) and try again."""
@@ -580,6 +601,8 @@ class MlflowTracking(tune.Callback):
                     self._wake.notify_all()
                     continue
                 self._retry_now = False
+                self._failures += 1
+                self._wake.notify_all()
                 self._wake.wait_for(lambda: self._retry_now or self._stop, timeout=COOLDOWN_S)
 
     def flush(self, timeout_s: float) -> int:
