@@ -242,3 +242,34 @@ def test_a_sweep_saved_before_the_slot_limit_resumes_a_released_twin_first():
     assert sweep.asha.slots is None
     assert sweep.new("b1") is None
     assert sweep.asha.choose_trial_to_run(sweep.controller) is sweep.a0
+
+
+def test_the_timeline_benchmark_recomputes_the_sweeps_figure_from_its_event_log(monkeypatch):
+    """benchmarks/slot_timeline.py's arithmetic on a logged sequence equals SlotUse's on the same events, and its idle
+    stretches add up to slots × wall − busy."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "slot_timeline", Path(__file__).resolve().parent.parent / "benchmarks" / "slot_timeline.py")
+    timeline = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(timeline)
+    clock = [0.0]
+    monkeypatch.setattr(slots.time, "monotonic", lambda: clock[0])
+    use = SlotUse()
+    events = [(1, "start", "a"), (1.5, "start", "b"), (3, "report2", "a"), (4, "report2", "b"), (4.5, "start", "a"),
+              (6, "report4", "a"), (6, "end", "a"), (6.2, "start", "c"), (7, "report4", "b"), (7, "end", "b"),
+              (8, "report2", "c"), (8.1, "end", "c")]
+    for at, event, trial_id in events:
+        clock[0] = at
+        trial = _Trial(trial_id)
+        if event == "start":
+            use.on_trial_start(0, [], trial)
+        elif event == "end":
+            use.on_trial_complete(0, [], trial)
+        else:
+            use.on_trial_result(0, [], trial, {})
+    logged = [(at, event, trial_id, None, None) for at, event, trial_id in events]
+    busy, wall, idle = timeline.idle_stretches(timeline.busy_stretches(logged), 2)
+    assert busy == pytest.approx(use.busy) and busy / (2 * wall) == pytest.approx(use.utilization(2))
+    assert sum((end - start) * n for start, end, n in idle) == pytest.approx(2 * wall - busy)
+    assert max(idle, key=lambda s: (s[1] - s[0]) * s[2])[:2] == (3, 4.5)   # a paused at its rung from 3 to 4.5
