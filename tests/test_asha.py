@@ -196,3 +196,49 @@ def test_a_twin_waiting_at_a_rung_when_the_sweep_stopped_waits_again_after_resum
     b.set_status(Trial.RUNNING)
     assert restored.on_trial_result(controller, b, {"epoch": 1, "val_acc": 60.0}) == TrialScheduler.CONTINUE
     assert restored.choose_trial_to_run(controller) is a and restored.recorded[1] == {"pair 0": 60.0}
+
+
+class _Ray:
+    """Ray's TuneController's sets of trials by status, with its checks (tune_controller._set_trial_status)."""
+
+    def __init__(self):
+        self._pending_trials, self._paused_trials, self._running_trials = set(), set(), set()
+
+    def _set_trial_status(self, trial, status):
+        sets = {Trial.PENDING: self._pending_trials, Trial.PAUSED: self._paused_trials, Trial.RUNNING: self._running_trials}
+        assert trial in sets[trial.status] and trial not in sets[status]
+        sets[trial.status].remove(trial)
+        sets[status].add(trial)
+        trial.status = status
+
+
+class _Wrapped(_Controller):
+    """What Ray passes a scheduler (TrialRunnerWrapper): the controller behind it as `_tune_controller`."""
+
+    def __init__(self, trials):
+        super().__init__(trials)
+        self._tune_controller = _Ray()
+
+
+def test_a_waiting_twin_that_ray_retries_is_filed_paused_through_ray():
+    """A twin waiting at its rung whose pause failed is retried: Ray files it PENDING (in its set of pending trials),
+    then calls on_trial_add (tune_controller._requeue_trial). It must move to PAUSED through Ray's own bookkeeping,
+    or Ray would later schedule a trial that is not PENDING; and it stays put until its partner reaches the rung."""
+    asha = PairedASHA(metric="val_acc", max_epochs=8, eval_every=1, grace_period=1, reduction_factor=2, paired=True)
+    a, b = _Trial("a", 0), _Trial("b", 0)
+    controller = _Wrapped([a, b])
+    ray = controller._tune_controller
+    ray._running_trials.update((a, b))
+    for trial in (a, b):
+        asha.on_trial_add(controller, trial)
+    assert asha.on_trial_result(controller, a, {"epoch": 1, "val_acc": 50.0}) == TrialScheduler.PAUSE
+    a.status = Trial.ERROR                 # its pause failed; Ray retries it
+    asha.on_trial_error(controller, a)
+    ray._running_trials.discard(a)
+    ray._pending_trials.add(a)
+    a.status = Trial.PENDING
+    asha.on_trial_add(controller, a)
+    assert a.status == Trial.PAUSED and a in ray._paused_trials and a not in ray._pending_trials
+    assert asha.waiting == {"a": 1} and asha.choose_trial_to_run(controller) is None
+    assert asha.on_trial_result(controller, b, {"epoch": 1, "val_acc": 70.0}) == TrialScheduler.CONTINUE
+    assert asha.choose_trial_to_run(controller) is a

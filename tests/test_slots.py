@@ -155,7 +155,7 @@ class _Sweep:
     scheduler's choice), up to the moment the slot question arises: pair 1's first twin trains, pair 0's first
     twin was released at its rung (promoted) while its partner trained on, and that partner has just ended."""
 
-    def __init__(self, pickled_before_the_limit: bool = False):
+    def __init__(self, no_limit: bool = False):
         import optuna
         from ray.tune.experiment import Trial
         from ray.tune.schedulers import TrialScheduler
@@ -172,8 +172,8 @@ class _Sweep:
                                       study_path=None, scheduler=self.asha, num_samples=8)
         self.searcher.set_max_concurrency(2)
         assert self.asha.slots == 2
-        if pickled_before_the_limit:
-            del self.asha.slots            # as a scheduler unpickled from a sweep started before it existed
+        if no_limit:
+            del self.asha.slots            # the class default: no limit
         self.controller = _Controller()
         a0, b0 = self.new("a0"), self.new("b0")
         self.start(a0), self.start(b0)
@@ -235,10 +235,10 @@ def test_a_pairs_second_twin_takes_the_free_slot_before_a_released_twin_resumes(
     assert sweep.asha.resumable() == 0 and sweep.asha.choose_trial_to_run(sweep.controller) is sweep.a0
 
 
-def test_a_sweep_saved_before_the_slot_limit_resumes_a_released_twin_first():
-    """A scheduler pickled before PairedASHA.slots existed: the released twin is chosen at once (Ray's resources
-    decide when it runs), and the searcher creates no trial beyond max_concurrent for a second twin."""
-    sweep = _Sweep(pickled_before_the_limit=True)
+def test_without_a_slot_limit_a_released_twin_is_chosen_first():
+    """A scheduler whose searcher sets no limit (PairedASHA.slots None): the released twin is chosen at once (Ray's
+    resources decide when it runs), and the searcher creates no trial beyond max_concurrent for a second twin."""
+    sweep = _Sweep(no_limit=True)
     assert sweep.asha.slots is None
     assert sweep.new("b1") is None
     assert sweep.asha.choose_trial_to_run(sweep.controller) is sweep.a0

@@ -482,6 +482,7 @@ class MlflowTracking(tune.Callback):
 
     def setup(self, stop=None, num_samples=None, total_num_samples=None, **info):
         self._started = time.monotonic()
+        failures = self._failures   # (read first: a try that fails before the wait below must end it)
         number = self._submit(("sweep",))
         # Ray calls this before it starts the first trials: let the sender create (or find) the sweep's run now, up to
         # SETUP_WAIT_S, instead of while the first trials start (on a 2-core machine it delayed one of them by about
@@ -489,7 +490,6 @@ class MlflowTracking(tune.Callback):
         # outbox, as in any outage.
         deadline = time.monotonic() + SETUP_WAIT_S
         with self._wake:
-            failures = self._failures
             while (self.outbox.pending and self.outbox.pending[0][0] <= number and self._failures == failures
                    and self._sender is not None and self._sender.is_alive()):
                 left = deadline - time.monotonic()

@@ -40,10 +40,10 @@ class PairedASHA(FIFOScheduler):
 
     # One decision per report: a buffered batch of results could carry a trial past its rung.
     _supports_buffered_results = False
-    # The sweep's max_concurrent, set by its searcher (SweepSearcher.set_max_concurrency): a released twin resumes
-    # only into a free slot, so that a pair's second twin can take a slot first (choose_trial_to_run). None (a
-    # scheduler without a searcher that limits concurrency, or pickled before this existed): Ray's resources
-    # alone decide when it resumes.
+    # The sweep's max_concurrent, set by its searcher (SweepSearcher.set_max_concurrency, which Ray calls again when
+    # a sweep resumes, so a sweep saved before this existed gets it too): a released twin resumes only into a free
+    # slot, so that a pair's second twin can take a slot first (choose_trial_to_run). None (a scheduler whose
+    # searcher does not limit concurrency): Ray's resources alone decide when it resumes.
     slots: int | None = None
 
     def __init__(self, *, metric: str, max_epochs: int, eval_every: int, grace_period: int, reduction_factor: float,
@@ -107,10 +107,18 @@ class PairedASHA(FIFOScheduler):
             twins.append(trial)
             self.__dict__["_added"] = self.__dict__.get("_added", 0) + 1
         open_trials[trial.trial_id] = trial
+        # A trial Ray adds again will report before it pauses again: it is no longer a twin whose pause is in flight.
+        self._released_twins().discard(trial.trial_id)
         if trial.trial_id in self.waiting and trial.status == Trial.PENDING:
-            # A resumed sweep: Ray requeued the twin that waits at its rung. Filed PAUSED (add_trial files the trial
-            # by its status after this hook), it stays put until its partner reaches the rung.
-            trial.set_status(Trial.PAUSED)
+            # Ray requeued the twin that waits at its rung: filed PAUSED, it stays put until its partner reaches the rung.
+            controller = getattr(tune_controller, "_tune_controller", tune_controller)
+            if trial in getattr(controller, "_pending_trials", ()):
+                # A retry (its pause failed): Ray filed it PENDING before this hook (_requeue_trial), so its status
+                # changes through Ray, which keeps its sets of trials by status.
+                controller._set_trial_status(trial, Trial.PAUSED)
+            else:
+                # A resumed sweep: add_trial files the trial by its status after this hook.
+                trial.set_status(Trial.PAUSED)
 
     def _candidates(self, tune_controller) -> list:
         """The trials that may be paused or pending, in the order Ray added them."""
