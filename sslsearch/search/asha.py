@@ -109,16 +109,25 @@ class PairedASHA(FIFOScheduler):
         open_trials[trial.trial_id] = trial
         # A trial Ray adds again will report before it pauses again: it is no longer a twin whose pause is in flight.
         self._released_twins().discard(trial.trial_id)
-        if trial.trial_id in self.waiting and trial.status == Trial.PENDING:
+        if trial.status != Trial.PENDING:
+            return
+        controller = getattr(tune_controller, "_tune_controller", tune_controller)
+        retried = trial in getattr(controller, "_pending_trials", ())   # Ray filed it PENDING before this hook
+        if trial.trial_id in self.waiting:
             # Ray requeued the twin that waits at its rung: filed PAUSED, it stays put until its partner reaches the rung.
-            controller = getattr(tune_controller, "_tune_controller", tune_controller)
-            if trial in getattr(controller, "_pending_trials", ()):
-                # A retry (its pause failed): Ray filed it PENDING before this hook (_requeue_trial), so its status
-                # changes through Ray, which keeps its sets of trials by status.
+            if retried:
+                # A retry (its pause failed, tune_controller._requeue_trial): its status changes through Ray, which
+                # keeps its sets of trials by status.
                 controller._set_trial_status(trial, Trial.PAUSED)
             else:
                 # A resumed sweep: add_trial files the trial by its status after this hook.
                 trial.set_status(Trial.PAUSED)
+        elif (not retried and self.slots is not None and "epoch" in (getattr(trial, "last_result", None) or {})
+              and trial.trial_id not in self.doomed):
+            # A resumed sweep: Ray requeues every unfinished trial PENDING and starts pending trials itself, as many
+            # as its resources allow, whatever max_concurrent says. One that had run (a twin released at its rung, a
+            # trial cut off mid-run) is filed PAUSED instead, so choose_trial_to_run resumes it into a free slot.
+            trial.set_status(Trial.PAUSED)
 
     def _candidates(self, tune_controller) -> list:
         """The trials that may be paused or pending, in the order Ray added them."""
