@@ -488,14 +488,9 @@ class MlflowTracking(tune.Callback):
         # SETUP_WAIT_S, instead of while the first trials start (on a 2-core machine it delayed one of them by about
         # 0.6 s: docs/sweeps.md, "Slot utilisation"). A store that fails is not waited for: its records wait in the
         # outbox, as in any outage.
-        deadline = time.monotonic() + SETUP_WAIT_S
         with self._wake:
-            while (self.outbox.pending and self.outbox.pending[0][0] <= number and self._failures == failures
-                   and self._sender is not None and self._sender.is_alive()):
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                self._wake.wait(timeout=min(left, 0.5))
+            self._wait_for_sender(lambda: not (self.outbox.pending and self.outbox.pending[0][0] <= number)
+                                  or self._failures != failures, SETUP_WAIT_S)
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self._live.add(trial.trial_id)
@@ -607,16 +602,20 @@ class MlflowTracking(tune.Callback):
 
     def flush(self, timeout_s: float) -> int:
         """Wait up to `timeout_s` for the sender to empty the outbox (retrying at once); the records left."""
-        deadline = time.monotonic() + timeout_s
         with self._wake:
             self._retry_now = True
             self._wake.notify_all()
-            while self.outbox.pending and self._sender is not None and self._sender.is_alive():
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                self._wake.wait(timeout=min(left, 0.5))
+            self._wait_for_sender(lambda: not self.outbox.pending, timeout_s)
             return len(self.outbox.pending)
+
+    def _wait_for_sender(self, done, timeout_s: float) -> None:
+        """With `self._wake` held: wait up to `timeout_s` until `done()`, or until no sender runs."""
+        deadline = time.monotonic() + timeout_s
+        while not done() and self._sender is not None and self._sender.is_alive():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            self._wake.wait(timeout=min(left, 0.5))
 
     def close(self, timeout_s: float) -> int:
         """Flush, then stop the sender; the records left (they stay in the outbox file for a later replay)."""
