@@ -243,28 +243,3 @@ def test_a_waiting_twin_that_ray_retries_is_filed_paused_through_ray():
     assert asha.on_trial_result(controller, b, {"epoch": 1, "val_acc": 70.0}) == TrialScheduler.CONTINUE
     assert asha.choose_trial_to_run(controller) is a
 
-
-def test_a_resumed_sweep_restarts_the_trials_that_had_run_within_the_slot_limit():
-    """On resume Ray requeues every unfinished trial PENDING (tune_controller._requeue_restored_trials) and would start
-    them all, as its resources allow. With a slot limit, a trial that had reported is filed PAUSED as Ray adds it, and
-    the scheduler resumes such trials only into free slots; a trial that never ran stays PENDING for Ray."""
-    asha = PairedASHA(metric="val_acc", max_epochs=8, eval_every=1, grace_period=1, reduction_factor=2, paired=True)
-    asha.slots = 2
-    trials = [Trial("replay", config={"pair": i // 2}, trial_id=f"t{i}", stub=True) for i in range(4)]
-    fresh = Trial("replay", config={"pair": 2}, trial_id="t4", stub=True)
-    controller = _Controller([*trials, fresh])
-    for trial in trials:   # each had reported before the sweep stopped
-        trial.run_metadata.last_result = {"epoch": 1, "val_acc": 50.0}
-    for trial in controller.trials:
-        trial.set_status(Trial.PENDING)
-        asha.on_trial_add(controller, trial)
-    assert [t.status for t in trials] == [Trial.PAUSED] * 4 and fresh.status == Trial.PENDING
-    first = asha.choose_trial_to_run(controller)                   # the pending one holds a slot; one is free
-    assert first is trials[0]
-    first.set_status(Trial.PENDING)                                # staged by Ray
-    assert asha.choose_trial_to_run(controller).status == Trial.PENDING   # two slots held: no paused trial is resumed
-    first.set_status(Trial.RUNNING)
-    fresh.set_status(Trial.RUNNING)
-    assert asha.choose_trial_to_run(controller) is None
-    fresh.set_status(Trial.TERMINATED)                             # a slot frees
-    assert asha.choose_trial_to_run(controller) is trials[1]

@@ -122,12 +122,6 @@ class PairedASHA(FIFOScheduler):
             else:
                 # A resumed sweep: add_trial files the trial by its status after this hook.
                 trial.set_status(Trial.PAUSED)
-        elif (not retried and self.slots is not None and "epoch" in (getattr(trial, "last_result", None) or {})
-              and trial.trial_id not in self.doomed):
-            # A resumed sweep: Ray requeues every unfinished trial PENDING and starts pending trials itself, as many
-            # as its resources allow, whatever max_concurrent says. One that had run (a twin released at its rung, a
-            # trial cut off mid-run) is filed PAUSED instead, so choose_trial_to_run resumes it into a free slot.
-            trial.set_status(Trial.PAUSED)
 
     def _candidates(self, tune_controller) -> list:
         """The trials that may be paused or pending, in the order Ray added them."""
