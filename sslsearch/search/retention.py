@@ -140,6 +140,27 @@ def settle_trial(trial, policy: str, keep_full: bool) -> None:
             fs.delete_file(path)
 
 
+def settle_orphans(trials: list) -> int:
+    """Rewrite weights only the checkpoints of trial folders that none of `trials` owns: a trial created and
+    checkpointed by a driver killed before Ray saved the sweep's state, which the resumed sweep replaced by a new
+    trial. Nothing resumes it, so its training state is dead weight. The number of files rewritten."""
+    storage = trials[0].storage
+    fs = storage.storage_filesystem
+    owned = {t.storage.trial_fs_path.rstrip("/") for t in trials}
+    rewritten = 0
+    for folder in fs.get_file_info(pyarrow.fs.FileSelector(storage.experiment_fs_path, allow_not_found=True)):
+        if (folder.type != pyarrow.fs.FileType.Directory or not folder.base_name.startswith("trial_")
+                or folder.path.rstrip("/") in owned):
+            continue
+        for checkpoint in fs.get_file_info(pyarrow.fs.FileSelector(folder.path, allow_not_found=True)):
+            path = f"{checkpoint.path}/{LAST}"
+            if (checkpoint.type == pyarrow.fs.FileType.Directory and checkpoint.base_name.startswith("checkpoint_")
+                    and fs.get_file_info(path).type == pyarrow.fs.FileType.File):
+                _shrink(fs, path)
+                rewritten += 1
+    return rewritten
+
+
 class CheckpointRetention(tune.Callback):
     """Ray Tune callback: settles the checkpoints of each trial once Ray's saved sweep state records it as ended.
 
@@ -183,6 +204,12 @@ class CheckpointRetention(tune.Callback):
         # After Ray's last save: trials ended by the time budget (no per-trial hook) and earlier sessions' too.
         self._trials, self._waiting = trials, True
         self._settle()
+        if trials:
+            try:
+                settle_orphans(trials)
+            except Exception as error:  # noqa: BLE001 — as in _settle
+                log.warning("could not settle the checkpoints of orphan trial folders (%s: %s); they stay as they are",
+                            type(error).__name__, str(error).splitlines()[0][:200] if str(error) else "")
 
     def _settle(self) -> None:
         if not self._waiting or not self._trials:
