@@ -25,6 +25,7 @@ import urllib.request
 
 PR_SET_CHILD_SUBREAPER = 36  # linux/prctl.h
 STOP_GRACE_S = 5.0
+EXEC_WAIT_S = 5.0  # how long a stop waits for a child caught between fork and exec to exec
 
 
 def become_subreaper() -> bool:
@@ -136,6 +137,7 @@ def stop_descendants(root_pid: int | None = None, grace_s: float = STOP_GRACE_S,
             return stopped
         if not tree:
             break
+        _wait_for_exec(tree)
         for proc in tree:
             with contextlib.suppress(psutil.NoSuchProcess):
                 proc.terminate()
@@ -146,6 +148,30 @@ def stop_descendants(root_pid: int | None = None, grace_s: float = STOP_GRACE_S,
         psutil.wait_procs(alive, timeout=grace_s)
         stopped += len(tree)
     return stopped
+
+
+def _between_fork_and_exec(proc) -> bool:
+    """A copy of its parent that has not run exec yet: the same program and command line, started moments ago."""
+    import psutil
+
+    try:
+        parent = proc.parent()
+        return (parent is not None and time.time() - proc.create_time() < 2 * EXEC_WAIT_S
+                and proc.exe() == parent.exe() and proc.cmdline() == parent.cmdline())
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return False
+
+
+def _wait_for_exec(tree, timeout_s: float = EXEC_WAIT_S) -> None:
+    """Wait (at most `timeout_s`) until no process in `tree` is between fork and exec.
+
+    Such a child runs its parent's Python (at-fork hooks, e.g. filelock's; Ray's `preexec_fn`) with its parent's
+    signal handlers and terminal: a SIGTERM there runs the driver's handler (Ray's `sys.exit`) inside the hook,
+    Python prints "Exception ignored ... Traceback" on the user's terminal, and the child then execs anyway. Once
+    it has exec'd, it is the program it was started as, and stops as that program does."""
+    deadline = time.monotonic() + timeout_s
+    while any(_between_fork_and_exec(proc) for proc in tree) and time.monotonic() < deadline:
+        time.sleep(0.02)
 
 
 INTERRUPTED = 130  # the exit code after Ctrl-C or SIGTERM, as a shell reports Ctrl-C (docs/reliability.md)

@@ -11,7 +11,7 @@ import psutil
 import pytest
 from local_processes import kill_processes_mentioning, processes_mentioning
 
-from sslsearch.processes import reaping
+from sslsearch.processes import reaping, stop_descendants
 
 # A child that starts a grandchild ignoring SIGTERM (as ray::DashboardAgent does), then exits: the
 # grandchild is orphaned before anyone can ask its parent about it.
@@ -30,7 +30,8 @@ def test_orphans_that_ignore_sigterm_are_stopped_and_older_processes_kept(tmp_pa
     bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])  # there before: not ours to stop
     try:
         with reaping():
-            maker = subprocess.run([sys.executable, "-c", ORPHAN_MAKER], capture_output=True, text=True, timeout=60)
+            maker = subprocess.run([sys.executable, "-c", ORPHAN_MAKER], check=True, capture_output=True, text=True,
+                                   timeout=60)
             orphan = psutil.Process(int(maker.stdout.split()[-1]))
             assert orphan.is_running() and orphan.ppid() == os.getpid()  # re-parented to us, the subreaper
         assert not orphan.is_running() or orphan.status() == psutil.STATUS_ZOMBIE
@@ -65,3 +66,39 @@ def test_a_sweep_stopped_while_ray_starts_leaves_no_process(tmp_path):
         if driver.poll() is None:
             driver.kill()
         kill_processes_mentioning(str(root))  # never leave them to the next test, even when failing
+
+
+# A parent with a Python SIGTERM handler (as Ray's driver has after ray.init) forks a child whose at-fork hook
+# is slow (filelock ≥ 4.3 registers one; Ray starts its processes with a preexec_fn, so Python runs between
+# fork and exec). A SIGTERM in that window runs the parent's handler inside the hook, and Python prints
+# "Exception ignored ... Traceback" on the terminal the child still shares.
+FORK_IN_A_HOOK = """
+import os, signal, sys, time
+signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(signum))
+def slow_hook():
+    os.write(1, b"forked\\n")
+    time.sleep(1.0)
+os.register_at_fork(after_in_child=slow_hook)
+child = os.fork()
+if child == 0:
+    os.execvp("sleep", ["sleep", "600"])
+os.waitpid(child, 0)
+"""
+
+
+@pytest.mark.slow
+def test_a_child_between_fork_and_exec_is_stopped_after_it_execs_and_prints_nothing():
+    parent = subprocess.Popen([sys.executable, "-c", FORK_IN_A_HOOK], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
+    try:
+        assert parent.stdout.readline() == "forked\n"  # the child is in its at-fork hook now
+        (child,) = psutil.Process(parent.pid).children()
+        assert stop_descendants(parent.pid) >= 1
+        assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE
+        parent.wait(timeout=60)
+        errors = parent.stderr.read()
+        assert "Traceback" not in errors and "Exception ignored" not in errors, errors
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
