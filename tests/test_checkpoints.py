@@ -168,3 +168,35 @@ def test_the_summary_names_the_disk_the_sweep_uses(retention_sweeps):
     assert (f"disk: {size_text(summary.disk.total)} in {summary.path} (checkpoints {size_text(summary.disk.checkpoints)}), "
             f"MLflow artifacts {size_text(mlflow)}") in summary.format().splitlines()
     assert [size_text(n) for n in (999, 12_345, 12_345_678, 2_500_000_000)] == ["999 B", "12.3 kB", "12.3 MB", "2.5 GB"]
+
+
+def test_checkpoints_in_trial_folders_no_trial_owns_are_rewritten_weights_only(tmp_path):
+    # A driver killed between creating a trial and Ray's next save of the sweep's state leaves a trial folder
+    # that the resumed sweep does not know (it creates a new trial instead): nothing resumes it.
+    import types
+
+    import pyarrow.fs
+
+    from sslsearch.search.retention import LAST, settle_orphans
+
+    full = {"backbone": {"w": torch.ones(2)}, "optimizer": {"state": {}}, "rng": {"torch": torch.zeros(1)},
+            "config": {"lr": 0.1}, "history": [0.5]}
+    files = {name: tmp_path / name / LAST for name in
+             ("trial_kept/checkpoint_000001", "trial_orphan/checkpoint_000000", "trial_orphan/checkpoint_000001",
+              "elsewhere/checkpoint_000000", "trial_orphan/not_a_checkpoint")}
+    for path in files.values():
+        path.parent.mkdir(parents=True)
+        torch.save(full, path)
+
+    storage = types.SimpleNamespace(storage_filesystem=pyarrow.fs.LocalFileSystem(), experiment_fs_path=str(tmp_path),
+                                    trial_fs_path=str(tmp_path / "trial_kept"))
+    assert settle_orphans([types.SimpleNamespace(storage=storage)]) == 2
+
+    loaded = {name: torch.load(path, weights_only=True) for name, path in files.items()}
+    for name in ("trial_orphan/checkpoint_000000", "trial_orphan/checkpoint_000001"):
+        assert loaded[name].keys() == {"backbone", "config", "history", "weights_only"}
+        assert torch.equal(loaded[name]["backbone"]["w"], full["backbone"]["w"])
+    for name in ("trial_kept/checkpoint_000001", "elsewhere/checkpoint_000000", "trial_orphan/not_a_checkpoint"):
+        assert loaded[name].keys() == full.keys()  # owned, not a trial, not a checkpoint: untouched
+    assert not list(tmp_path.rglob("*.tmp"))
+    assert settle_orphans([types.SimpleNamespace(storage=storage)]) == 0  # again: nothing left to rewrite

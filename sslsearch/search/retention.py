@@ -103,17 +103,19 @@ def ranked(trials: list, count: int) -> set[str]:
     return {trial_id for _, trial_id in sorted(scored)[:count]}
 
 
-def _shrink(fs: pyarrow.fs.FileSystem, path: str) -> None:
-    """Rewrite the checkpoint file at `path` weights only (atomically: a reader sees the old file or the new one)."""
+def _shrink(fs: pyarrow.fs.FileSystem, path: str) -> bool:
+    """Rewrite the checkpoint file at `path` weights only (atomically: a reader sees the old file or the new one);
+    False if it already was."""
     with fs.open_input_stream(path) as stream:
         checkpoint = torch.load(io.BytesIO(stream.readall()), map_location="cpu", weights_only=True)
     if not isinstance(checkpoint, dict) or not set(RESUME_ONLY) & set(checkpoint):
-        return
+        return False
     buffer = io.BytesIO()
     torch.save(weights_only(checkpoint), buffer)
     with fs.open_output_stream(f"{path}.tmp") as stream:
         stream.write(buffer.getvalue())
     fs.move(f"{path}.tmp", path)
+    return True
 
 
 def settle_trial(trial, policy: str, keep_full: bool) -> None:
@@ -156,8 +158,7 @@ def settle_orphans(trials: list) -> int:
             path = f"{checkpoint.path}/{LAST}"
             if (checkpoint.type == pyarrow.fs.FileType.Directory and checkpoint.base_name.startswith("checkpoint_")
                     and fs.get_file_info(path).type == pyarrow.fs.FileType.File):
-                _shrink(fs, path)
-                rewritten += 1
+                rewritten += _shrink(fs, path)
     return rewritten
 
 
