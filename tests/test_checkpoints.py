@@ -4,6 +4,7 @@ needs it, weights only everywhere else (best.pt, MLflow, a finished trial's last
 import dataclasses
 import json
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -200,3 +201,127 @@ def test_checkpoints_in_trial_folders_no_trial_owns_are_rewritten_weights_only(t
         assert loaded[name].keys() == full.keys()  # owned, not a trial, not a checkpoint: untouched
     assert not list(tmp_path.rglob("*.tmp"))
     assert settle_orphans([types.SimpleNamespace(storage=storage)]) == 0  # again: nothing left to rewrite
+
+
+def _registered(manager, folder: Path, epoch: int, val_acc: float):
+    """Register one checkpoint folder with a real Ray checkpoint manager, as Ray does at a report."""
+    from ray.train import Checkpoint
+    from ray.train._internal.session import _TrainingResult
+
+    folder.mkdir(parents=True)
+    (folder / "last.pt").write_bytes(b"state")
+    result = _TrainingResult(checkpoint=Checkpoint.from_directory(str(folder)),
+                             metrics={"epoch": epoch, "val_acc": val_acc, "training_iteration": epoch + 1})
+    manager.register_checkpoint(result)
+    return result
+
+
+def test_a_restore_point_that_ray_deleted_after_its_last_save_falls_back_to_the_newest_kept(tmp_path):
+    # Ray ranks kept checkpoints by val_acc: when epoch 2 beats epoch 1, and epoch 1 was the worst of three,
+    # registering epoch 2 deletes epoch 1 at once, while Ray's saved state (a pickle taken before) names it latest.
+    import pickle
+    import types
+
+    from ray.train import CheckpointConfig
+    from ray.train._internal.checkpoint_manager import _CheckpointManager
+
+    from sslsearch.search.retention import repair_restore_point
+
+    manager = _CheckpointManager(CheckpointConfig(num_to_keep=2, checkpoint_score_attribute="val_acc",
+                                                  checkpoint_score_order="max"))
+    _registered(manager, tmp_path / "checkpoint_000000", 0, 92.0)
+    _registered(manager, tmp_path / "checkpoint_000001", 1, 90.0)
+    saved = pickle.dumps(manager)                                   # Ray saves the sweep's state here
+    _registered(manager, tmp_path / "checkpoint_000002", 2, 93.0)   # ... and the driver is killed after this
+    assert not (tmp_path / "checkpoint_000001").exists()            # Ray deleted it (the worst, not the latest)
+
+    resumed = types.SimpleNamespace(trial_id="t0", run_metadata=types.SimpleNamespace(checkpoint_manager=pickle.loads(saved)))
+    assert resumed.run_metadata.checkpoint_manager.latest_checkpoint_result.checkpoint.path.endswith("checkpoint_000001")
+    line = repair_restore_point(resumed)
+    assert line == ("trial t0: its saved checkpoint checkpoint_000001 is gone (Ray deleted it after its last save); "
+                    "it resumes from checkpoint_000000 (epoch 0)")
+    repaired = resumed.run_metadata.checkpoint_manager
+    assert repaired.latest_checkpoint_result.checkpoint.path == str(tmp_path / "checkpoint_000000")
+    assert [Path(r.checkpoint.path).name for r in repaired._checkpoint_results] == ["checkpoint_000000"]
+    assert repair_restore_point(resumed) is None                     # nothing wrong any more
+
+    # The live manager (no kill) is left alone; one with every kept checkpoint gone starts again from epoch 0.
+    assert repair_restore_point(types.SimpleNamespace(trial_id="t1", run_metadata=types.SimpleNamespace(
+        checkpoint_manager=manager))) is None
+    import shutil
+    shutil.rmtree(tmp_path / "checkpoint_000000")
+    again = types.SimpleNamespace(trial_id="t2", run_metadata=types.SimpleNamespace(checkpoint_manager=pickle.loads(saved)))
+    assert repair_restore_point(again).endswith("it starts again from epoch 0")
+    assert again.run_metadata.checkpoint_manager.latest_checkpoint_result is None
+
+
+@pytest.mark.slow
+def test_a_trial_resumed_from_a_saved_state_whose_checkpoint_ray_deleted_finishes(ray_session, tmp_path, caplog):
+    # A real Tuner with the sweep's checkpoint settings. Restoring the state saved before the last report over the
+    # sweep's folder is what a driver SIGKILLed after that report leaves: a state naming a checkpoint Ray deleted.
+    # Without the repair, Ray's restore fails on every retry and the trial ends ERROR (CI, test_confirm, 2026-12-06).
+    import shutil
+
+    from ray import tune
+
+    from sslsearch.search.retention import CheckpointRetention
+
+    def _three_reports(config):
+        """Reports epoch 0, 1 (val_acc 92, 90, each with a checkpoint); in its first run it then waits until Ray's saved
+        state names epoch 1's checkpoint as the latest and copies that state aside (what a driver killed after the next
+        report leaves behind), then reports epoch 2 (val_acc 93)."""
+        import glob
+        import shutil
+        import tempfile
+
+        from ray import tune
+
+        values = {0: 92.0, 1: 90.0, 2: 93.0}
+        restored = tune.get_checkpoint()
+        start = 0
+        if restored is not None:
+            with restored.as_directory() as folder:
+                start = int((Path(folder) / "epoch.txt").read_text()) + 1
+        for epoch in range(start, 3):
+            if epoch == 2 and restored is None:
+                deadline = time.monotonic() + 120
+                while time.monotonic() < deadline:   # (a copy taken while Ray rewrites a file is taken again)
+                    shutil.rmtree(config["saved"], ignore_errors=True)
+                    shutil.copytree(config["sweep"], config["saved"], ignore=shutil.ignore_patterns("trial_*"))
+                    states = sorted(glob.glob(f"{config['saved']}/experiment_state-*.json"))
+                    # Ray's state holds the trial's checkpoint manager pickled, as hex: it names the folder to restore.
+                    if states and b"checkpoint_000001".hex() in Path(states[-1]).read_text():
+                        break
+                    time.sleep(0.1)
+                else:
+                    raise RuntimeError("Ray never saved a state naming checkpoint_000001")
+            with tempfile.TemporaryDirectory() as folder:
+                (Path(folder) / "epoch.txt").write_text(str(epoch))
+                tune.report({"epoch": epoch, "val_acc": values[epoch]}, checkpoint=tune.Checkpoint.from_directory(folder))
+
+    storage, saved = tmp_path / "runs", tmp_path / "saved"
+
+    def tuner_config():
+        return tune.RunConfig(name="s", storage_path=str(storage), verbose=0,
+                              callbacks=[CheckpointRetention("best_and_last")],
+                              checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute="val_acc",
+                                                                      checkpoint_score_order="max"),
+                              failure_config=tune.FailureConfig(max_failures=1))
+
+    config = {"sweep": str(storage / "s"), "saved": str(saved)}
+    tune.Tuner(_three_reports, param_space=config, run_config=tuner_config()).fit()
+    trial_dir = next(p for p in (storage / "s").iterdir() if (p / "result.json").exists())
+    assert not (trial_dir / "checkpoint_000001").exists() and (trial_dir / "checkpoint_000000").exists()
+
+    for item in (storage / "s").iterdir():           # the sweep's state rolls back to the copy; trial folders stay
+        if item.is_file():
+            item.unlink()
+    for item in saved.iterdir():
+        if item.is_file():
+            shutil.copy2(item, storage / "s" / item.name)
+    with caplog.at_level("WARNING", logger="sslsearch.search.retention"):
+        results = tune.Tuner.restore(str(storage / "s"), trainable=_three_reports).fit()
+    assert [r.error for r in results] == [None]
+    assert results[0].metrics["epoch"] == 2 and results[0].metrics["val_acc"] == 93.0
+    assert any("its saved checkpoint checkpoint_000001 is gone" in m and "resumes from checkpoint_000000 (epoch 0)" in m
+               for m in caplog.messages)

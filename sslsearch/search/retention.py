@@ -178,6 +178,7 @@ class CheckpointRetention(tune.Callback):
         self.settled: dict[str, bool] = {}  # trial id → settled with its latest checkpoint kept full (top_k)
         self._trials: list = []             # Ray's list of the sweep's trials, from the last hook that passed it
         self._waiting = False               # a trial ended that is not settled yet
+        self._checked: set[str] = set()     # trials whose restore point this session has checked
 
     # Ray pickles callbacks into the sweep folder (tuner.pkl): settings only; `settled` travels in get_state.
     def __getstate__(self) -> dict:
@@ -197,6 +198,21 @@ class CheckpointRetention(tune.Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._trials, self._waiting = trials, True
+
+    def on_step_begin(self, iteration, trials, **info):
+        # Before Ray starts (and restores) any trial of this session: a resumed trial's checkpoint must exist.
+        for trial in trials:
+            if trial.trial_id in self._checked:
+                continue
+            self._checked.add(trial.trial_id)
+            if trial.status == "TERMINATED":
+                continue
+            try:
+                repaired = repair_restore_point(trial)
+            except Exception as error:  # noqa: BLE001 — as in _settle: Ray restores (or fails) as before
+                repaired = f"trial {trial.trial_id}: could not check its saved checkpoint ({type(error).__name__})"
+            if repaired:
+                log.warning("%s", repaired)
 
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
         forget_gone_checkpoints(trial)
@@ -251,6 +267,41 @@ def forget_gone_checkpoints(trial) -> int:
     if len(kept) != len(results):
         manager._checkpoint_results = kept
     return len(results) - len(kept)
+
+
+def _exists(checkpoint) -> bool:
+    if isinstance(checkpoint.filesystem, pyarrow.fs.LocalFileSystem):
+        return Path(checkpoint.path).is_dir()
+    return checkpoint.filesystem.get_file_info(checkpoint.path).type == pyarrow.fs.FileType.Directory
+
+
+def repair_restore_point(trial) -> str | None:
+    """If the checkpoint a restored trial would resume from is gone, point the trial at the newest one Ray still
+    lists (or at none: it then starts again from epoch 0); a line saying so, or None if nothing was wrong.
+
+    Ray deletes a trial's checkpoints beyond `num_to_keep` as soon as a new one registers, and ranks them by
+    val_acc, not age: the checkpoint before the newest can be the worst and go at once, while Ray's saved sweep
+    state still names it as the latest (Ray forces a save only after num_to_keep new checkpoints). A driver
+    killed in between resumes that trial from a folder that no longer exists: Ray's restore fails on every retry
+    and the trial ends ERROR. From the older checkpoint the trial repeats a few epochs, and their reports are
+    recorded once, as after any resume."""
+    try:
+        manager = trial.run_metadata.checkpoint_manager
+        latest = manager._latest_checkpoint_result
+    except AttributeError:  # Ray's internals moved: Ray restores (or fails) as before
+        return None
+    if latest is None or _exists(latest.checkpoint):
+        return None
+    manager._checkpoint_results = [r for r in manager._checkpoint_results if r is not latest and _exists(r.checkpoint)]
+    kept = [r for r in manager._checkpoint_results if _number(r.metrics.get("training_iteration"))]
+    manager._latest_checkpoint_result = max(kept, key=lambda r: r.metrics["training_iteration"], default=None)
+    gone = Path(latest.checkpoint.path).name
+    if manager._latest_checkpoint_result is None:
+        return f"trial {trial.trial_id}: its saved checkpoint {gone} is gone (Ray deleted it after its last save); " \
+               "it starts again from epoch 0"
+    now = manager._latest_checkpoint_result
+    return (f"trial {trial.trial_id}: its saved checkpoint {gone} is gone (Ray deleted it after its last save); it "
+            f"resumes from {Path(now.checkpoint.path).name} (epoch {now.metrics.get('epoch', '?')})")
 
 
 @dataclass(frozen=True)
