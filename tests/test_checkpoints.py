@@ -216,11 +216,18 @@ def _registered(manager, folder: Path, epoch: int, val_acc: float):
     return result
 
 
+def _trial(trial_id: str, manager):
+    """What repair_restore_point reads of a Ray trial: its id and its checkpoint manager."""
+    import types
+
+    return types.SimpleNamespace(trial_id=trial_id, run_metadata=types.SimpleNamespace(checkpoint_manager=manager))
+
+
 def test_a_restore_point_that_ray_deleted_after_its_last_save_falls_back_to_the_newest_kept(tmp_path):
     # Ray ranks kept checkpoints by val_acc: when epoch 2 beats epoch 1, and epoch 1 was the worst of three,
     # registering epoch 2 deletes epoch 1 at once, while Ray's saved state (a pickle taken before) names it latest.
     import pickle
-    import types
+    import shutil
 
     from ray.train import CheckpointConfig
     from ray.train._internal.checkpoint_manager import _CheckpointManager
@@ -235,7 +242,7 @@ def test_a_restore_point_that_ray_deleted_after_its_last_save_falls_back_to_the_
     _registered(manager, tmp_path / "checkpoint_000002", 2, 93.0)   # ... and the driver is killed after this
     assert not (tmp_path / "checkpoint_000001").exists()            # Ray deleted it (the worst, not the latest)
 
-    resumed = types.SimpleNamespace(trial_id="t0", run_metadata=types.SimpleNamespace(checkpoint_manager=pickle.loads(saved)))
+    resumed = _trial("t0", pickle.loads(saved))
     assert resumed.run_metadata.checkpoint_manager.latest_checkpoint_result.checkpoint.path.endswith("checkpoint_000001")
     line = repair_restore_point(resumed)
     assert line == ("trial t0: its saved checkpoint checkpoint_000001 is gone (Ray deleted it after its last save); "
@@ -246,11 +253,9 @@ def test_a_restore_point_that_ray_deleted_after_its_last_save_falls_back_to_the_
     assert repair_restore_point(resumed) is None                     # nothing wrong any more
 
     # The live manager (no kill) is left alone; one with every kept checkpoint gone starts again from epoch 0.
-    assert repair_restore_point(types.SimpleNamespace(trial_id="t1", run_metadata=types.SimpleNamespace(
-        checkpoint_manager=manager))) is None
-    import shutil
+    assert repair_restore_point(_trial("t1", manager)) is None
     shutil.rmtree(tmp_path / "checkpoint_000000")
-    again = types.SimpleNamespace(trial_id="t2", run_metadata=types.SimpleNamespace(checkpoint_manager=pickle.loads(saved)))
+    again = _trial("t2", pickle.loads(saved))
     assert repair_restore_point(again).endswith("it starts again from epoch 0")
     assert again.run_metadata.checkpoint_manager.latest_checkpoint_result is None
 
@@ -301,15 +306,13 @@ def test_a_trial_resumed_from_a_saved_state_whose_checkpoint_ray_deleted_finishe
 
     storage, saved = tmp_path / "runs", tmp_path / "saved"
 
-    def tuner_config():
-        return tune.RunConfig(name="s", storage_path=str(storage), verbose=0,
-                              callbacks=[CheckpointRetention("best_and_last")],
-                              checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute="val_acc",
-                                                                      checkpoint_score_order="max"),
-                              failure_config=tune.FailureConfig(max_failures=1))
-
+    run_config = tune.RunConfig(name="s", storage_path=str(storage), verbose=0,
+                                callbacks=[CheckpointRetention("best_and_last")],
+                                checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute="val_acc",
+                                                                        checkpoint_score_order="max"),
+                                failure_config=tune.FailureConfig(max_failures=1))
     config = {"sweep": str(storage / "s"), "saved": str(saved)}
-    tune.Tuner(_three_reports, param_space=config, run_config=tuner_config()).fit()
+    tune.Tuner(_three_reports, param_space=config, run_config=run_config).fit()
     trial_dir = next(p for p in (storage / "s").iterdir() if (p / "result.json").exists())
     assert not (trial_dir / "checkpoint_000001").exists() and (trial_dir / "checkpoint_000000").exists()
 

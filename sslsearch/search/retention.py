@@ -178,7 +178,7 @@ class CheckpointRetention(tune.Callback):
         self.settled: dict[str, bool] = {}  # trial id → settled with its latest checkpoint kept full (top_k)
         self._trials: list = []             # Ray's list of the sweep's trials, from the last hook that passed it
         self._waiting = False               # a trial ended that is not settled yet
-        self._checked: set[str] = set()     # trials whose restore point this session has checked
+        self._restore_points_checked = False  # this session's restored trials checked (at its first step)
 
     # Ray pickles callbacks into the sweep folder (tuner.pkl): settings only; `settled` travels in get_state.
     def __getstate__(self) -> dict:
@@ -200,11 +200,12 @@ class CheckpointRetention(tune.Callback):
         self._trials, self._waiting = trials, True
 
     def on_step_begin(self, iteration, trials, **info):
-        # Before Ray starts (and restores) any trial of this session: a resumed trial's checkpoint must exist.
+        # Once, before Ray starts (and restores) any trial of this session: a resumed trial's checkpoint must exist.
+        # Ray loads a restored sweep's trials before its first step; trials it adds later have no saved state.
+        if self._restore_points_checked:
+            return
+        self._restore_points_checked = True
         for trial in trials:
-            if trial.trial_id in self._checked:
-                continue
-            self._checked.add(trial.trial_id)
             if trial.status == "TERMINATED":
                 continue
             try:
@@ -262,17 +263,17 @@ def forget_gone_checkpoints(trial) -> int:
         results = manager._checkpoint_results
     except AttributeError:  # Ray's internals moved: Ray logs its error as before
         return 0
-    kept = [r for r in results if not isinstance(r.checkpoint.filesystem, pyarrow.fs.LocalFileSystem)
-            or Path(r.checkpoint.path).is_dir()]
+    kept = [r for r in results if _exists(r.checkpoint, ask_remote=False)]
     if len(kept) != len(results):
         manager._checkpoint_results = kept
     return len(results) - len(kept)
 
 
-def _exists(checkpoint) -> bool:
+def _exists(checkpoint, *, ask_remote: bool = True) -> bool:
+    """Whether the checkpoint's folder is there; on remote storage without `ask_remote`, assumed so (no request)."""
     if isinstance(checkpoint.filesystem, pyarrow.fs.LocalFileSystem):
         return Path(checkpoint.path).is_dir()
-    return checkpoint.filesystem.get_file_info(checkpoint.path).type == pyarrow.fs.FileType.Directory
+    return not ask_remote or checkpoint.filesystem.get_file_info(checkpoint.path).type == pyarrow.fs.FileType.Directory
 
 
 def repair_restore_point(trial) -> str | None:
