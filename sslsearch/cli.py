@@ -330,9 +330,9 @@ def _add_bench_platform(bench) -> None:
     f.add_argument("--rewrite-snapshot", action="store_true",
                    help="rewrite the whole Optuna journal at every finished trial (the pre-fix behaviour, for comparison; "
                         "run_sweep appends)")
-    f.add_argument("--ray-loggers", default="all", choices=("all", "json"),
-                   help="Ray's per-trial loggers: all three, as run_sweep has them (result.json, progress.csv, TensorBoard), "
-                        "or result.json only (default: all)")
+    f.add_argument("--ray-loggers", default="sweep", choices=("sweep", "all", "json"),
+                   help="Ray's per-trial loggers: result.json and progress.csv, as run_sweep has them; all three (with "
+                        "Ray's TensorBoard logger, as run_sweep had them until 2026-12-06); or result.json only (default: sweep)")
     f.add_argument("--paused-twins-hold-slots", action="store_true",
                    help="count a twin paused at a rung against max_concurrent (the accounting before issue 19, for "
                         "comparison; run_sweep lets a new trial take its slot)")

@@ -121,6 +121,8 @@ def test_confirm_killed_and_continued_records_every_trial_once(ray_session, tmp_
 
     epochs = _trial_epochs(stage)
     assert len(epochs) == 2, epochs
+    for folder in stage.glob("trial_*"):   # the sweep's loggers: result.json and progress.csv, no TensorBoard files
+        assert (folder / "progress.csv").is_file() and not list(folder.glob("events.out.tfevents*")), sorted(folder.iterdir())
     for trial, seq in epochs.items():
         assert seq[-1] == 4 and seq.count(0) <= 1, f"{trial} restarted from scratch: {seq} (killed at {killed_at})"
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from ray.tune.logger import LoggerCallback
 from local_processes import kill_processes_mentioning
 
 from sslsearch.errors import InputError
@@ -19,6 +20,7 @@ from sslsearch.search.experiment import load_experiment
 from sslsearch.search.folder import STUDY_FILE, SWEEP_FILE
 from sslsearch.search.space import load_search_space
 from sslsearch.search.sweep import SweepSearcher, check_resources, run_sweep, summarize
+from sslsearch.search.trial_logs import AUTO_LOGGERS, own_loggers_only, trial_loggers
 
 ROOT = Path(__file__).resolve().parent.parent
 SSLSEARCH = [sys.executable, "-m", "sslsearch.cli"]
@@ -98,6 +100,33 @@ def test_sweep_runs_pairs_on_ray_and_keeps_optuna_consistent(ray_session, tmp_pa
         assert states[t.trial_id].name == expected, (t.trial_id, t.outcome)
     assert set(summary.best_per_loss()) == {"barlow", "hsic"}
     assert "best barlow by final report: val_acc" in summary.format() and "overhead" in summary.format()
+    # Ray's result.json and progress.csv per trial, no TensorBoard writer (own_loggers_only), the switch put back.
+    folders = sorted((tmp_path / "small").glob("trial_*"))
+    assert len(folders) == 4
+    for folder in folders:
+        assert (folder / "result.json").is_file() and (folder / "progress.csv").is_file(), sorted(folder.iterdir())
+        assert not list(folder.glob("events.out.tfevents*")), sorted(folder.iterdir())
+    assert AUTO_LOGGERS not in os.environ
+
+
+def test_ray_adds_no_logger_of_its_own_only_while_a_sweep_with_both_of_ours_fits(monkeypatch):
+    from ray.tune.utils.callback import _create_default_callbacks
+
+    monkeypatch.delenv(AUTO_LOGGERS, raising=False)
+    ours = trial_loggers()
+    with own_loggers_only(ours):
+        # Ray's own choice of default callbacks, as tune.run makes it inside fit: nothing added to ours.
+        assert [type(c) for c in _create_default_callbacks(list(ours), metric="val_acc")
+                if isinstance(c, LoggerCallback)] == [type(c) for c in ours]
+    assert AUTO_LOGGERS not in os.environ
+    added = [type(c).__name__ for c in _create_default_callbacks(list(ours), metric="val_acc")]
+    assert "TBXLoggerCallback" in added   # outside the block Ray adds its TensorBoard logger (tensorboardX installed)
+    with own_loggers_only(ours[:1]):      # only one of ours: Ray's defaults stay, so no per-trial file goes missing
+        assert AUTO_LOGGERS not in os.environ
+    monkeypatch.setenv(AUTO_LOGGERS, "0")  # the user asks for Ray's TensorBoard files: left as set
+    with own_loggers_only(ours):
+        assert os.environ[AUTO_LOGGERS] == "0"
+    assert os.environ[AUTO_LOGGERS] == "0"
 
 
 @pytest.mark.slow

@@ -64,7 +64,7 @@ from sslsearch.search.sweep import (
 )
 from sslsearch.search.synthetic import SyntheticSettings, synthetic_trainable, synthetic_val_acc
 from sslsearch.search.trial_config import make_trial_config
-from sslsearch.search.trial_logs import ResultJsonLog, trial_loggers
+from sslsearch.search.trial_logs import AUTO_LOGGERS, ResultJsonLog, own_loggers_only, trial_loggers
 
 # The workhorse GPU sweep (ResNet-18 on CIFAR-10): its settings are what the driver records and
 # schedules; only the training is replaced.
@@ -305,7 +305,7 @@ def _mlflow_server(folder: Path):
 def measure_sweep(trials: int, reports: int = 10, concurrency: int = 8, report_seconds: float = 0.25,
                   checkpoint_mb: float = 1.0, tracking: str = "sqlite", sampler: str = "tpe",
                   storage: str | None = None, ray_num_to_keep: int | None = 2, append_snapshot: bool = True,
-                  ray_loggers: str = "all", experiment_path: str | Path | None = None,
+                  ray_loggers: str = "sweep", experiment_path: str | Path | None = None,
                   paused_twins_hold_slots: bool = False) -> dict:
     """Run one synthetic sweep of `trials` trials (`reports` report intervals at most each) and return
     the driver's figures. Uses the Ray instance already running in this process, else starts one with
@@ -331,10 +331,12 @@ def measure_sweep(trials: int, reports: int = 10, concurrency: int = 8, report_s
         connect_ray(None, num_cpus=concurrency)
         callbacks = [_TimedLiveView(quiet=False)]
         if ray_loggers == "json":  # Ray's result.json only, not its progress.csv and TensorBoard files
-            os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
             callbacks.append(ResultJsonLog())
-        else:  # as run_sweep: result.json and progress.csv kept whole across a twin's pause (TensorBoard: Ray's)
+            stack.enter_context(_environment(AUTO_LOGGERS, "1"))
+        else:  # result.json and progress.csv kept whole across a twin's pause, as run_sweep
             callbacks.extend(trial_loggers())
+            if ray_loggers == "all":  # and Ray's TensorBoard logger, as run_sweep had it until 2026-12-06
+                stack.enter_context(_environment(AUTO_LOGGERS, "0"))
         if tracking != "none":
             callbacks.append(_TimedTracking(experiment, space, sweep=name, storage=str(folder), tracking_uri=uri))
         scheduler = make_scheduler(experiment)
@@ -361,7 +363,7 @@ def measure_sweep(trials: int, reports: int = 10, concurrency: int = 8, report_s
         rss_before = _rss_mb()
         server_cpu_before = tree_cpu_seconds(server_pid) if server_pid else None
         tree_cpu_before = tree_cpu_seconds(os.getpid(), reaped=True)
-        with _instrumented():
+        with _instrumented(), own_loggers_only(callbacks):   # "sweep": no TensorBoard writer, as run_sweep
             cpu, wall = time.process_time(), time.perf_counter()
             results = tuner.fit()
             cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
@@ -388,6 +390,20 @@ def measure_sweep(trials: int, reports: int = 10, concurrency: int = 8, report_s
         shutil.rmtree(folder, ignore_errors=True)
         result["storage"] = None
     return result
+
+
+@contextlib.contextmanager
+def _environment(name: str, value: str):
+    """The environment variable set to `value` for the block, then put back as it was."""
+    before = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
 
 
 def _sweep_experiment(trials: int, reports: int, concurrency: int, sampler: str, path: str | Path | None):
@@ -524,7 +540,7 @@ def suggest_latency(finished: tuple[int, ...] = (50, 200, 1000), samplers: tuple
 def bench_platform(trials: tuple[int, ...] = (50, 200, 1000), reports: int = 10, concurrency: int = 8,
                    report_seconds: float = 0.25, checkpoint_mb: float = 1.0, tracking: str = "sqlite",
                    sampler: str = "tpe", ray_num_to_keep: int | None = 2, append_snapshot: bool = True,
-                   ray_loggers: str = "all", paused_twins_hold_slots: bool = False, timeout_s: float = 3600) -> dict:
+                   ray_loggers: str = "sweep", paused_twins_hold_slots: bool = False, timeout_s: float = 3600) -> dict:
     """`measure_sweep` for each sweep size, each in a fresh Python process: its own Ray instance and
     clean memory figures. Returns the settings and one result per size."""
     if not trials:
@@ -574,7 +590,8 @@ def format_bench_platform(result: dict) -> str:
     runs = result["runs"]
     fix = "".join([f", Ray num_to_keep={result['ray_num_to_keep']}" if result["ray_num_to_keep"] != 1 else "",
                    ", appended study snapshot" if result["append_snapshot"] else "",
-                   ", Ray's result.json only" if result.get("ray_loggers") == "json" else "",
+                   {"json": ", Ray's result.json only",
+                    "all": ", Ray's TensorBoard logger too"}.get(result.get("ray_loggers"), ""),
                    ", paused twins holding slots (before issue 19)" if result.get("paused_twins_hold_slots") else ""])
     lines = [f"platform: synthetic trials ({result['report_seconds']} s per report interval, {result['checkpoint_mb']} MB "
              f"checkpoints, up to {result['reports'] + 1} reports), {result['concurrency']} at a time, {result['sampler']} "

@@ -64,6 +64,7 @@ from sslsearch.search.sweep import (
 )
 from sslsearch.search.sweeplock import SweepLock, check_owned
 from sslsearch.search.trial_config import PAIR, SEED, make_trial_config, sampled_params, trial_value
+from sslsearch.search.trial_logs import trial_loggers
 
 STAGE = "confirm"                # the MLflow tag value of its child runs (tracking.STAGE)
 DESIGNS = ("shared", "per-loss")  # see plan_confirmation
@@ -246,7 +247,7 @@ def run_confirm(name: str, storage: str, *, top: int, seeds: int, design: str | 
         # The sampled keys are placeholders that each point fills in (BasicVariantGenerator refuses unknown keys).
         param_space=make_trial_config(experiment.pretrain.to_dict(), cpus=experiment.resources.cpus_per_trial,
                                       **{k: None for k in (*sampled, SEED, PAIR)}),
-        callbacks=[StopOnFullDisk(), *([IntactStateCopy(path)] if local is not None else []),
+        callbacks=[StopOnFullDisk(), *trial_loggers(), *([IntactStateCopy(path)] if local is not None else []),
                    CheckpointRetention(experiment.tracking.checkpoints), *(callbacks or [])])
     return _fit(tuner, name, path, experiment)
 

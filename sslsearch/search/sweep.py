@@ -57,7 +57,7 @@ from sslsearch.search.space import SearchSpace, check_space
 from sslsearch.search.sweeplock import SweepLock, check_owned, claim_sweep_folder
 from sslsearch.search.trainable import FALLBACK, run_trial
 from sslsearch.search.trial_config import PAIR, SEED, make_trial_config, sampled_params, trial_value
-from sslsearch.search.trial_logs import trial_loggers
+from sslsearch.search.trial_logs import own_loggers_only, trial_loggers
 
 
 def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
@@ -783,7 +783,7 @@ def fit_stopping_on_os_errors(tuner, name: str, path: str, started: float, concu
     """tuner.fit() of a sweep or of its confirmation stage (in `path`; its callbacks include StopOnFullDisk); an OS
     error stops it in good order: SweepStopped with one line and the summary, ending with `sslsearch THEN NAME`."""
     try:
-        with sigint_restored():
+        with sigint_restored(), own_loggers_only(_run_callbacks(tuner)):
             return tuner.fit()
     except (OSError, TuneError) as raised:
         error = _os_error(raised)

@@ -1,4 +1,4 @@
-"""Ray's per-trial result files (result.json, progress.csv), kept whole across a twin's pause.
+"""Ray's per-trial result files (result.json, progress.csv), kept whole across a twin's pause; no TensorBoard files.
 
 When Ray restarts a paused trial, its JsonLoggerCallback and CSVLoggerCallback (`log_trial_start` â†’
 `_restore_from_remote`, ray 2.60) copy the trial's file from the sweep's storage over the driver's own
@@ -7,10 +7,17 @@ are lost: in paired ASHA sweeps, typically the report at which a twin paused (1â
 measured in issue 19). These subclasses restore from storage only when the driver has no copy of its own
 (a sweep resumed in a new Ray session or on another machine); Ray adds its default loggers only when
 none of their type is given, so these replace them.
+
+Ray would still add its TensorBoard logger, which nothing in sslsearch reads (MLflow holds every report):
+a writer thread per running trial and 5-6 ms of the driver's CPU per report (docs/scale.md, "Ray's
+per-trial loggers"). `own_loggers_only` leaves it out while a sweep's Tuner fits; a user who wants Ray's
+TensorBoard files sets TUNE_DISABLE_AUTO_CALLBACK_LOGGERS=0.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 from pathlib import Path
 
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
@@ -31,6 +38,24 @@ class ProgressCsvLog(_KeepDriverCopy, CSVLoggerCallback):
     """Ray's progress.csv logger, without the stale restore at a trial's restart."""
 
 
+AUTO_LOGGERS = "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"   # Ray's switch for its default loggers, read as a Tuner fits
+
+
 def trial_loggers() -> list:
-    """The per-trial loggers a sweep passes to Ray (its TensorBoard logger stays Ray's default)."""
+    """The per-trial loggers a sweep passes to Ray: result.json and progress.csv."""
     return [ResultJsonLog(), ProgressCsvLog()]
+
+
+@contextlib.contextmanager
+def own_loggers_only(callbacks: list):
+    """While a Tuner with these callbacks fits: if they hold both of the sweep's loggers, Ray adds none of its own
+    (no TensorBoard writer). The environment is put back afterwards; a value the user set is left alone."""
+    ours = {type(c) for c in callbacks} >= {ResultJsonLog, ProgressCsvLog}
+    if not ours or AUTO_LOGGERS in os.environ:
+        yield
+        return
+    os.environ[AUTO_LOGGERS] = "1"
+    try:
+        yield
+    finally:
+        os.environ.pop(AUTO_LOGGERS, None)
