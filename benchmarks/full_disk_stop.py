@@ -19,13 +19,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from test_faults import TINY, FillDisk  # noqa: E402
-
 from sslsearch import cli  # noqa: E402
 from sslsearch.records.tracking import MlflowTracking  # noqa: E402
 from sslsearch.search.experiment import load_experiment  # noqa: E402
 from sslsearch.search.space import load_search_space  # noqa: E402
 from sslsearch.search.sweep import run_sweep  # noqa: E402
+from test_faults import TINY, FillDisk  # noqa: E402
 
 
 class TimedFill(FillDisk):

@@ -7,8 +7,8 @@ nothing and uses no network. With CUDA it checks, on small batches, that augment
 and one training step's gradients (fp32) agree with the CPU and that training steps never wait
 for the device; then it times pretraining steps (`sslsearch.bench.kernels.bench_train`) for ResNet-18
 and ResNet-50 at 32 px and ResNet-50 at 64 px against the reference-style loop, larger batches,
-joint views, the fast probe's share of a trial (`bench_probe`), packed trials and torch.compile, skipping the optional runs that would push it
-past its time budget (default 240 s; about 3 minutes on an H200 is expected). Without CUDA, or
+joint views, the fast probe's share of a trial (`bench_probe`), packed trials and torch.compile, skipping the optional
+runs that would push it past its time budget (default 240 s; about 3 minutes on an H200 is expected). Without CUDA, or
 with --device cpu, it runs tiny sizes in well under a minute: that is what CI tests.
 The exit code is 1 when a check fails or a benchmark errors; the JSON is written either way.
 """

@@ -4,7 +4,8 @@ Replays every method (sslsearch.bench.replay.METHODS: the sweep's own SweepSearc
 shipped table of real learning curves) once per seed and prints, per method, at a few budgets of epochs spent
 (half, three quarters and all of random + FIFO's), the regret of the sweep's pick and the paired difference
 (same seed) to random + FIFO, to "tpe+asha old" (the searcher before issue 19) and to "tpe+asha" (the default),
-each as the mean and its 95 % t-interval over seeds. Negative is better. Seeds are independent replays, so the interval is over seeds.
+each as the mean and its 95 % t-interval over seeds. Negative is better. Seeds are independent replays, so the interval is
+over seeds.
 
     python benchmarks/replay_compare.py [--seeds 200] [--first-seed 0] [--methods "tpe+asha twins=max,..."] [--table PATH]
 """

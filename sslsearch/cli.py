@@ -85,15 +85,18 @@ def _add_pretrain(sub) -> None:
     p.add_argument("--loss", default=d.loss, help="barlow (off-diagonal → 0) or hsic (off-diagonal → −1)")
     p.add_argument("--lmbda", type=_number, default=d.lmbda, help=f"λ, weight of the off-diagonal term (default: {d.lmbda})")
     p.add_argument("--batch-size", type=_integer(), default=d.batch_size, help=f"images per step, ≥ 2 (default: {d.batch_size})")
-    p.add_argument("--feature-dim", type=_integer(), default=d.feature_dim, help=f"projector output width (default: {d.feature_dim})")
+    p.add_argument("--feature-dim", type=_integer(), default=d.feature_dim,
+                   help=f"projector output width (default: {d.feature_dim})")
     p.add_argument("--epochs", type=_integer(), default=d.epochs, help=f"pretraining epochs (default: {d.epochs})")
     p.add_argument("--lr", type=_number, default=d.lr, help=f"learning rate of the weights (default: {d.lr})")
     p.add_argument("--lr-biases", type=_number, default=None,
                    help="learning rate of biases and BatchNorm parameters (default: --lr; official: 0.0048)")
     p.add_argument("--lr-per-256", action="store_true", help="rates are per 256 images: ×batch-size/256 (official)")
     p.add_argument("--weight-decay", type=_number, default=d.weight_decay, help=f"weight decay (default: {d.weight_decay:g})")
-    p.add_argument("--weight-decay-filter", action="store_true", help="no weight decay on biases and BatchNorm parameters (official)")
-    p.add_argument("--lars-adaptation-filter", action="store_true", help="LARS leaves biases and BatchNorm parameters unadapted (official)")
+    p.add_argument("--weight-decay-filter", action="store_true",
+                   help="no weight decay on biases and BatchNorm parameters (official)")
+    p.add_argument("--lars-adaptation-filter", action="store_true",
+                   help="LARS leaves biases and BatchNorm parameters unadapted (official)")
     p.add_argument("--momentum", type=_number, default=d.momentum, help=f"SGD and LARS (default: {d.momentum})")
     p.add_argument("--optimizer", default=d.optimizer, help="adam (reference), sgd or lars")
     p.add_argument("--schedule", default=d.schedule, help="constant (reference) or cosine to 1/1000 of the rate (official)")
@@ -105,7 +108,8 @@ def _add_pretrain(sub) -> None:
     p.add_argument("--normalize-projection", action=argparse.BooleanOptionalAction, default=d.normalize_projection,
                    help="L2-normalise z before the loss (reference: yes; official: --no-normalize-projection)")
     p.add_argument("--zero-init-residual", action="store_true", help="ResNets: residual branches start at 0 (official)")
-    p.add_argument("--backbone", default=None, help="resnet18, resnet34, resnet50, small_cnn (default: small_cnn on digits, else resnet50)")
+    p.add_argument("--backbone", default=None,
+                   help="resnet18, resnet34, resnet50, small_cnn (default: small_cnn on digits, else resnet50)")
     p.add_argument("--eval-every", type=_integer(), default=d.eval_every, help="epochs between probes and checkpoints")
     p.add_argument("--device", default=d.device, help="auto, cpu or cuda[:N]")
     p.add_argument("--seed", type=_integer(), default=d.seed, help="seeds the weights, augmentations and batches")
@@ -145,7 +149,8 @@ def _run_pretrain(args) -> int:
     config.check_local_data()
     if args.resume and not args.out:   # the default --out is a new, time-stamped folder: nothing to continue there
         runs = sorted(Path("runs").glob(f"pretrain-{config.dataset}-{config.loss}-*/last.pt"))
-        found = f"; the newest here: --out {runs[-1].parent}" if runs else f"; no run of {config.dataset}/{config.loss} under ./runs"
+        found = (f"; the newest here: --out {runs[-1].parent}" if runs
+                 else f"; no run of {config.dataset}/{config.loss} under ./runs")
         raise InputError(f"--resume needs --out, the folder of the run to continue{found}")
     out = Path(args.out or f"runs/pretrain-{config.dataset}-{config.loss}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     _check_folder(out, "--out", "a folder (new, empty, or a run to --resume)")
@@ -185,7 +190,8 @@ def _add_linear(sub) -> None:
                    help="(default: per data set: 200, the reference's, for cifar10/cifar100/stl10/tiny_imagenet; 100 for digits)")
     p.add_argument("--batch-size", type=_positive_int, default=None,
                    help="(default: 512, the reference's; 64 for digits; folder: halved until an epoch has 20 steps)")
-    p.add_argument("--lr", type=_number, default=None, help="Adam's learning rate (default: 1e-3, the reference's; 3e-2 for digits)")
+    p.add_argument("--lr", type=_number, default=None,
+                   help="Adam's learning rate (default: 1e-3, the reference's; 3e-2 for digits)")
     p.add_argument("--weight-decay", type=_number, default=None, help="(default: 1e-6)")
     p.add_argument("--data-dir", default=None, help="override the data folder stored in the checkpoint")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default: auto)")
@@ -484,8 +490,10 @@ def _add_sweep(sub) -> None:
     u.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, loopback only)")
     u.add_argument("--port", type=_integer(1, MAX_PORT), default=5000, help="(default: 5000)")
     u.set_defaults(run=_run_ui)
-    d = sub.add_parser("dashboard", help="serve optuna-dashboard on a sweep's Optuna study (extra: pip install -e '.[dashboard]')")
-    d.add_argument("sweep", nargs="?", default=None, metavar="SWEEP", help="sweep name (default: the most recently written study)")
+    d = sub.add_parser("dashboard",
+                       help="serve optuna-dashboard on a sweep's Optuna study (extra: pip install -e '.[dashboard]')")
+    d.add_argument("sweep", nargs="?", default=None, metavar="SWEEP",
+                   help="sweep name (default: the most recently written study)")
     d.add_argument("--storage", default="runs", help="the sweeps' storage folder (default: ./runs)")
     d.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, loopback only)")
     d.add_argument("--port", type=_integer(1, MAX_PORT), default=8080, help="(default: 8080)")

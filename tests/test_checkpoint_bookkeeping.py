@@ -11,8 +11,8 @@ from ray import tune
 
 from sslsearch.search.experiment import load_experiment
 from sslsearch.search.space import load_search_space
-from sslsearch.search.synthetic import synthetic_trainable
 from sslsearch.search.sweep import run_sweep
+from sslsearch.search.synthetic import synthetic_trainable
 
 TINY = ["pretrain.epochs=4", "pretrain.eval_every=1", "search.num_samples=1", "search.paired=false",
         "scheduler.type=fifo",

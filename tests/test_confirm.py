@@ -11,11 +11,10 @@ import pytest
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 from local_processes import kill_processes_mentioning  # noqa: E402
-from test_sweep import SSLSEARCH, _private_ray_env, _trial_epochs  # noqa: E402
-
 from sslsearch.cli import main  # noqa: E402
 from sslsearch.errors import InputError  # noqa: E402
 from sslsearch.search.confirm import plan_confirmation  # noqa: E402
+from test_sweep import SSLSEARCH, _private_ray_env, _trial_epochs  # noqa: E402
 
 
 def _row(trial_id, loss, val_acc, lmbda, seed):

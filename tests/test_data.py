@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision.datasets.utils
+
 from fake_datasets import (
     CIFAR10_CLASSES,
     STL10_CLASSES,
@@ -24,7 +25,6 @@ from fake_datasets import (
     write_stl10,
     write_tiny_imagenet,
 )
-
 from sslsearch.errors import InputError
 from sslsearch.method import data
 from sslsearch.method.data import DATASETS, ImageData, load_dataset, prepare_dataset, stratified_split

@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from fake_datasets import write_cifar10, write_image_folder
 
+from fake_datasets import write_cifar10, write_image_folder
 from sslsearch import cli
 from sslsearch.method.config import PretrainConfig, folder_class_counts
 

@@ -14,13 +14,12 @@ from torch import nn
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
-from test_leaderboard import open_store, trial, write_sweep  # noqa: E402
-
 from sslsearch.analysis.export import backbone_state_dict, export_best, load_backbone, sha256_of, torchvision_recipe  # noqa: E402
 from sslsearch.errors import InputError  # noqa: E402
 from sslsearch.method.data import load_dataset  # noqa: E402
 from sslsearch.method.models import SSLModel, build_backbone, build_projector  # noqa: E402
 from sslsearch.method.train import PretrainConfig, load_checkpoint, model_from_checkpoint, pretrain  # noqa: E402
+from test_leaderboard import open_store, trial, write_sweep  # noqa: E402
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -15,9 +15,9 @@ import optuna
 import pytest
 import torch
 from mlflow import MlflowClient
-from mlflow_server import MlflowServer
 from ray import tune
 
+from mlflow_server import MlflowServer
 from sslsearch import cli
 from sslsearch.errors import InputError
 from sslsearch.records.store import default_tracking_uri

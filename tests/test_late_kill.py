@@ -14,16 +14,16 @@ import time
 from pathlib import Path
 
 import pytest
-from local_processes import kill_processes_mentioning
 from mlflow import MlflowClient
 from ray import tune
-from test_sweep import _private_ray_env
 
+from local_processes import kill_processes_mentioning
 from sslsearch.records.tracking import default_tracking_uri, sync
 from sslsearch.search.outcomes import result_outcome
 from sslsearch.search.sweep import resume_sweep
 from sslsearch.search.synthetic import SyntheticSettings, synthetic_trainable
 from sslsearch.search.trial_config import PAIR, trial_value
+from test_sweep import _private_ray_env
 
 REPO = Path(__file__).resolve().parent.parent
 SETTINGS = ["pretrain.epochs=4", "pretrain.eval_every=1", "search.num_samples=8", "search.sampler=random",

@@ -290,7 +290,8 @@ def test_one_confirmed_seed_gives_a_verdict_without_an_interval():
     confirm = frame[frame["pair"] == 0].assign(stage="confirm", seed=9, pair=0, trial_id=lambda f: "c" + f["trial_id"])
     board = build_leaderboard(pd.concat([frame, confirm], ignore_index=True))
     assert board.verdict.stage == "confirm" and board.verdict.statistics["pairs"] == 1
-    assert "n = 1 seed," in board.verdict.sentence and "test_acc 80.00 (1 seed, no interval)" in board.verdict.best["barlow"]["text"]
+    assert "n = 1 seed," in board.verdict.sentence
+    assert "test_acc 80.00 (1 seed, no interval)" in board.verdict.best["barlow"]["text"]
     assert format_leaderboard(board, "table").splitlines()[-1].startswith("  next: sslsearch export s")
 
 

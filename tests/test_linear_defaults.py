@@ -1,4 +1,5 @@
-"""`sslsearch linear`: the reference's protocol for the reference's data sets, per-data-set defaults elsewhere (issue 13, point 5)."""
+"""`sslsearch linear`: the reference's protocol for the reference's data sets, per-data-set defaults elsewhere
+(issue 13, point 5)."""
 
 import pytest
 

@@ -33,7 +33,8 @@ def test_live_view_counts_running_and_finished_trials_and_keeps_earlier_sessions
         view.on_trial_start(0, trials, t)
         t.set_status(Trial.RUNNING)
     report(view, trials, first, 0, 10.0)
-    assert "| running 3, paused 0, pending 38, finished 2 | best report, any epoch: barlow 71.00  hsic 64.00" in capsys.readouterr().out
+    assert ("| running 3, paused 0, pending 38, finished 2 | best report, any epoch: barlow 71.00  hsic 64.00"
+            in capsys.readouterr().out)
 
     report(view, trials, second, 10, 75.0)
     second.set_status(Trial.TERMINATED)
@@ -62,7 +63,8 @@ def test_live_view_goes_through_all_trials_once_per_session_not_at_every_report(
     for epoch in (10, 20, 30):
         report(view, unscannable, trials[1], epoch, 50.0 + epoch)
     view.on_trial_complete(0, unscannable, trials[1])
-    assert "| running 1, paused 0, pending 2, finished 1 | best report, any epoch: barlow 70.00  hsic 80.00" in capsys.readouterr().out
+    assert ("| running 1, paused 0, pending 2, finished 1 | best report, any epoch: barlow 70.00  hsic 80.00"
+            in capsys.readouterr().out)
 
 
 def test_live_view_says_how_many_trials_are_left_of_the_total_ray_passes(capsys):

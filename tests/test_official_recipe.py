@@ -155,7 +155,7 @@ def test_the_readme_command_line_is_the_experiment_file(monkeypatch, tmp_path):
     seen = {}
     monkeypatch.setattr(train, "pretrain", lambda config, **kw: (seen.setdefault("config", config), sys.exit(0)))
     readme = (ROOT / "README.md").read_text()
-    line = next(l for l in readme.splitlines() if l.startswith("sslsearch pretrain") and "--lars-adaptation-filter" in l)
+    line = next(row for row in readme.splitlines() if row.startswith("sslsearch pretrain") and "--lars-adaptation-filter" in row)
     write_cifar10(tmp_path)   # on disk: else `pretrain` downloads it first (before --out exists)
     with pytest.raises(SystemExit):
         main(line.split()[1:] + ["--data-dir", str(tmp_path)])

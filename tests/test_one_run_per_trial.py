@@ -11,8 +11,8 @@ from sslsearch.analysis.leaderboard import load_trials
 from sslsearch.records.tracking import REMOVED, MlflowTracking, default_tracking_uri, ray_results, sync
 from sslsearch.search.experiment import load_experiment
 from sslsearch.search.space import load_search_space
-from sslsearch.search.synthetic import synthetic_trainable
 from sslsearch.search.sweep import run_sweep
+from sslsearch.search.synthetic import synthetic_trainable
 from test_tracking import FakeTrial
 
 TINY = ["pretrain.epochs=2", "pretrain.eval_every=1", "search.num_samples=2", "scheduler.type=fifo",

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import psutil
 import pytest
-from local_processes import kill_processes_mentioning, processes_mentioning
 
+from local_processes import kill_processes_mentioning, processes_mentioning
 from sslsearch.processes import reaping, stop_descendants
 
 # A child that starts a grandchild ignoring SIGTERM (as ray::DashboardAgent does), then exits: the

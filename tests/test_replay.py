@@ -6,7 +6,16 @@ import math
 import optuna
 import pytest
 
-from sslsearch.bench.replay import DEFAULT_TABLE, METHODS, REFERENCE, Table, bench_replay, format_replay, replay_sweep, replay_trainable
+from sslsearch.bench.replay import (
+    DEFAULT_TABLE,
+    METHODS,
+    REFERENCE,
+    Table,
+    bench_replay,
+    format_replay,
+    replay_sweep,
+    replay_trainable,
+)
 from sslsearch.errors import InputError
 from sslsearch.search.experiment import load_experiment
 from sslsearch.search.space import load_search_space, parse_search_space

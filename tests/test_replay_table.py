@@ -59,7 +59,7 @@ def test_resume_lists_only_the_runs_the_table_lacks_configuration_major(tmp_path
 
 def test_resume_of_a_complete_table_trains_nothing_and_keeps_every_run(tmp_path, capsys):
     setting = experiment_setting()
-    everything = [(c, l, s) for c in range(2) for l in range(2) for s in range(2)]
+    everything = [(c, k, s) for c in range(2) for k in range(2) for s in range(2)]
     _write(tmp_path / "t.npz", setting, done=everything)
     assert main(["--out", str(tmp_path / "t.npz"), "--configs", "2", "--seeds", "2", "--workers", "1", "--resume"]) == 0
     table, meta = load_table(tmp_path / "t.npz")

@@ -11,11 +11,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 from browser import find_browser, open_page  # noqa: E402
-from test_leaderboard import PAIRED, SEARCH, _confirm_trials, open_store, write_sweep  # noqa: E402
-
 from sslsearch.analysis.leaderboard import build_leaderboard, format_leaderboard, load_trials  # noqa: E402
 from sslsearch.analysis.report import markdown_html  # noqa: E402
 from sslsearch.cli import main  # noqa: E402
+from test_leaderboard import PAIRED, SEARCH, _confirm_trials, open_store, write_sweep  # noqa: E402
 
 CARD_MD = """# small_cnn pretrained with hsic on digits
 

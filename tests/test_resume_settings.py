@@ -12,8 +12,8 @@ from mlflow import MlflowClient
 from sslsearch.records.tracking import MlflowTracking
 from sslsearch.search.experiment import load_experiment
 from sslsearch.search.space import load_search_space
-from sslsearch.search.synthetic import synthetic_trainable
 from sslsearch.search.sweep import resume_sweep, run_sweep
+from sslsearch.search.synthetic import synthetic_trainable
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["pretrain.epochs=2", "pretrain.eval_every=1", "search.num_samples=2", "scheduler.type=fifo",

@@ -225,7 +225,8 @@ def test_a_killed_and_resumed_sweep_stops_the_same_trials_at_the_same_epochs(ray
     hold = tmp_path / "hold"
     hold.touch()
     held = {**synthetic, "hold_flag": str(hold), "hold_pair": 4}
-    script = ("import sys; from sslsearch.search.experiment import load_experiment; from sslsearch.search.space import load_search_space; "
+    script = ("import sys; from sslsearch.search.experiment import load_experiment; "
+              "from sslsearch.search.space import load_search_space; "
               "from sslsearch.search.sweep import run_sweep; "
               "from sslsearch.search.synthetic import SyntheticSettings, synthetic_trainable; "
               f"e = load_experiment(None, {_overrides(overrides)!r}); "

@@ -14,8 +14,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from local_processes import kill_processes_mentioning, processes_mentioning
 
+from local_processes import kill_processes_mentioning, processes_mentioning
 from sslsearch.processes import free_port
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -12,8 +12,8 @@ from pathlib import Path
 import optuna
 import pytest
 from ray.tune.logger import LoggerCallback
-from local_processes import kill_processes_mentioning
 
+from local_processes import kill_processes_mentioning
 from sslsearch.errors import InputError
 from sslsearch.processes import free_port
 from sslsearch.search.experiment import load_experiment

@@ -63,10 +63,9 @@ def records(tmp_path_factory):
     """A storage folder whose SQLite store was written by the tracking callback itself (hooks replayed with
     fake trials, as in test_tracking): sweep `old` with finished trials, then `fresh`, whose only trial
     stopped at epoch 0 (nothing to rank or confirm); each with its sweep folder."""
-    from test_tracking import FakeTrial, tiny
-
     from sslsearch.records.tracking import MlflowTracking
     from sslsearch.search.space import load_search_space
+    from test_tracking import FakeTrial, tiny
 
     storage = tmp_path_factory.mktemp("records")
     experiment = tiny()
@@ -132,7 +131,8 @@ def test_leaderboard_names_its_choice_on_the_first_line(records, capfd):
 
 
 def test_confirm_in_an_empty_folder_and_linear_on_a_wrong_file_import_nothing_heavy(tmp_path):
-    assert refused("confirm", "--storage", tmp_path / "empty") == f"no sweeps in {tmp_path / 'empty'}; run `sslsearch sweep` first"
+    expected = f"no sweeps in {tmp_path / 'empty'}; run `sslsearch sweep` first"
+    assert refused("confirm", "--storage", tmp_path / "empty") == expected
     assert not (tmp_path / "empty").exists()
     (tmp_path / "model_card.json").write_text("{}")
     line = refused("linear", "--checkpoint", tmp_path / "model_card.json")

@@ -16,9 +16,9 @@ import requests
 import torch
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
-from mlflow_server import MlflowServer
 from ray import tune
 
+from mlflow_server import MlflowServer
 from sslsearch.errors import InputError
 from sslsearch.processes import free_port
 from sslsearch.records.tracking import MlflowTracking, check_tracking, default_tracking_uri
@@ -264,7 +264,8 @@ def test_killed_then_interrupted_then_resumed_driver_keeps_one_run_per_trial(tmp
     space = load_search_space(experiment.space_path())
     (tmp_path / "replay").mkdir()  # run_sweep creates the sweep folder, where the outbox lives
     first = MlflowTracking(experiment, space, sweep="replay", storage=str(tmp_path), backoff_s=0)
-    restored = lambda: pickle.loads(pickle.dumps(first))  # what Ray does on resume (tuner.pkl)
+    def restored():
+        return pickle.loads(pickle.dumps(first))  # what Ray does on resume (tuner.pkl)
     a, b = FakeTrial("aaaa0001", tmp_path, "barlow"), FakeTrial("bbbb0002", tmp_path, "hsic")
 
     # Session 1: SIGKILLed after a few reports; runs are left RUNNING, nothing else happens.

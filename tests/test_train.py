@@ -107,7 +107,8 @@ def test_resume_extends_a_constant_schedule_but_refuses_to_stretch_a_cosine(tmp_
     with pytest.raises(InputError, match="at epoch 2, past the requested epochs=1"):
         pretrain(tiny(epochs=1, **cosine), out_dir=tmp_path / "k", data=digits, progress=False, resume=tmp_path / "k" / "last.pt")
     # The same epochs resumes (nothing left to run: the history is the checkpoint's).
-    again = pretrain(tiny(epochs=2, **cosine), out_dir=tmp_path / "k", data=digits, progress=False, resume=tmp_path / "k" / "last.pt")
+    again = pretrain(tiny(epochs=2, **cosine), out_dir=tmp_path / "k", data=digits, progress=False,
+                     resume=tmp_path / "k" / "last.pt")
     assert [r["epoch"] for r in again.history] == [0, 1, 2]
 
 

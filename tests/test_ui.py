@@ -30,7 +30,8 @@ def write_study(storage: Path, sweep: str) -> None:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # its handler would outlive pytest's captured stderr
     (storage / sweep).mkdir(parents=True)
-    journal = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(storage / sweep / "optuna-study.journal")))
+    journal = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(storage / sweep / "optuna-study.journal")))
     study = optuna.create_study(storage=journal, study_name=sweep, direction="maximize")
     study.optimize(lambda t: t.suggest_float("lmbda", 1e-3, 1, log=True), n_trials=3)
 
@@ -109,10 +110,9 @@ def serve_then_stop(argv: list[str], stop: int, ready_path: str, while_up=None) 
 @pytest.fixture(scope="module")
 def sweep_store(tmp_path_factory):
     """A store written by the tracking callback itself (hooks replayed with fake trials, as in test_tracking)."""
-    from test_tracking import FakeTrial, tiny
-
     from sslsearch.records.tracking import MlflowTracking
     from sslsearch.search.space import load_search_space
+    from test_tracking import FakeTrial, tiny
 
     folder = tmp_path_factory.mktemp("ui-store")
     experiment = tiny()
@@ -153,8 +153,9 @@ ANSWER_PROBE = """(() => {
 @pytest.mark.slow
 def test_mlflow_ui_opens_on_the_runs_with_metrics_and_stops_with_every_child(sweep_store, tmp_path_factory):
     stop = signal.SIGTERM  # (Ctrl-C: the dashboard test; both servers share one life cycle, sslsearch.records.ui.serve)
-    from browser import find_browser, open_page
     from mlflow import MlflowClient
+
+    from browser import find_browser, open_page
 
     experiment_id = MlflowClient(f"sqlite:///{sweep_store / 'mlflow.db'}").get_experiment_by_name("sslsearch").experiment_id
     port = free_port()

@@ -240,7 +240,8 @@ def _pick_confirmed(trials, loss: str | None, client) -> tuple | None:
     elif verdict.called:
         loss, choice = verdict.leader, "the verdict's leader (the loss it found ahead)"
     else:
-        firsts = confirmed[confirmed["rank"] == 1].sort_values(["val_acc_mean", "loss"], ascending=[False, True], kind="mergesort")
+        firsts = confirmed[confirmed["rank"] == 1].sort_values(["val_acc_mean", "loss"], ascending=[False, True],
+                                                               kind="mergesort")
         loss = firsts.iloc[0]["loss"]
         choice = (f"no evidence that {loss} is the better loss (see the verdict); of the two, its confirmed rank-1 has "
                   "the higher mean val_acc")
@@ -319,7 +320,8 @@ def export_best(tracking_uri: str, sweep: str | None, out_dir: str | os.PathLike
     picked = _pick_confirmed(trials, loss, client) if stage != "search" else None
     if picked is None and stage == "confirm":
         which = f"confirmed {loss}" if loss else "confirmed"
-        raise InputError(f"sweep {', '.join(trials['sweep'].unique())} has no {which} configuration; run `sslsearch confirm` first")
+        raise InputError(f"sweep {', '.join(trials['sweep'].unique())} has no {which} configuration; "
+                         "run `sslsearch confirm` first")
     if picked is None:
         verdict = build_leaderboard(trials, top=None).verdict.to_dict()
         picked = (*_pick(trials, loss, client), None, verdict, "the best search trial by val_acc (not confirmed)")

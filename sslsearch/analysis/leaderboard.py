@@ -388,13 +388,15 @@ def _best(ranked: pd.DataFrame, confirmed: pd.DataFrame, stage: str) -> dict:
     if stage == "confirm":
         for loss, group in confirmed.groupby("loss", sort=True):
             r = group.iloc[0]
-            test = (f"test_acc {_mean_interval(json_value(r['test_acc_mean']), json_value(r['test_ci_low']), json_value(r['test_ci_high']), r['seeds'])}"
-                    if json_value(r["test_acc_mean"]) is not None else "test_acc -")
+            interval = _mean_interval(json_value(r["test_acc_mean"]), json_value(r["test_ci_low"]),
+                                      json_value(r["test_ci_high"]), r["seeds"])
+            test = f"test_acc {interval}" if json_value(r["test_acc_mean"]) is not None else "test_acc -"
             best[loss] = {"stage": "confirm", "value": json_value(r["test_acc_mean"]), "metric": "test_acc",
                           "ci_low": json_value(r["test_ci_low"]), "ci_high": json_value(r["test_ci_high"]),
                           "seeds": int(r["seeds"]), "val_acc_mean": json_value(r["val_acc_mean"]),
                           "lmbda": float(r["lmbda"]), "lr": float(r["lr"]), "feature_dim": int(r["feature_dim"]),
-                          "text": f"confirmed rank-1 (λ={r['lmbda']:.4g}, lr={r['lr']:.4g}, feature_dim={int(r['feature_dim'])}): "
+                          "text": f"confirmed rank-1 (λ={r['lmbda']:.4g}, lr={r['lr']:.4g}, "
+                                  f"feature_dim={int(r['feature_dim'])}): "
                                   f"{test} over {int(r['seeds'])} seeds, val_acc mean {_cell('val_acc', r['val_acc_mean'])}"}
     else:
         for loss, group in ranked.groupby("loss", sort=True):

@@ -143,7 +143,8 @@ def _sections(markdown: str) -> list[tuple[str | None, str]]:
 CSS = """
 :root { --ink:#1f2430; --muted:#5f6b7a; --line:#e3e7ee; --band:#f5f7fa; --barlow:#1f77b4; --hsic:#ff7f0e; --accent:#2d6cdf; }
 * { box-sizing: border-box; }
-body { margin:0; font:15px/1.5 -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif; color:var(--ink); background:#fff; }
+body { margin:0; font:15px/1.5 -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif;
+       color:var(--ink); background:#fff; }
 header { background:linear-gradient(135deg,#1f2a44,#2d4a7a); color:#fff; padding:28px 0 24px; }
 .wrap { max-width:1120px; margin:0 auto; padding:0 28px; }
 header h1 { margin:0 0 4px; font-size:26px; font-weight:650; letter-spacing:.2px; }
@@ -163,7 +164,8 @@ h3 { font-size:16px; margin:18px 0 8px; }
 .card.winner { background:#eef4ff; }
 .verdict p { margin:10px 0; padding:10px 14px; background:#f3f7ff; border-left:4px solid var(--accent); border-radius:4px; }
 .verdict p.sentence { font-size:18px; font-weight:600; line-height:1.45; }
-.stage { display:inline-block; font-size:12px; font-weight:600; text-transform:uppercase; letter-spacing:.5px; color:#fff; background:var(--accent); border-radius:4px; padding:1px 7px; margin-right:6px; vertical-align:2px; }
+.stage { display:inline-block; font-size:12px; font-weight:600; text-transform:uppercase; letter-spacing:.5px; color:#fff;
+         background:var(--accent); border-radius:4px; padding:1px 7px; margin-right:6px; vertical-align:2px; }
 ul.evidence { color:var(--muted); font-size:13px; margin:4px 0 12px; padding-left:18px; }
 table { border-collapse:collapse; width:100%; font-size:14px; font-variant-numeric:tabular-nums; }
 th, td { padding:6px 10px; border-bottom:1px solid var(--line); text-align:left; white-space:nowrap; }
@@ -173,7 +175,8 @@ tbody tr:nth-child(even) td { background:#fafbfd; }
 .scroll { overflow-x:auto; margin:6px 0 12px; }
 dl.setup { display:grid; grid-template-columns:max-content 1fr; gap:6px 18px; margin:0; }
 dl.setup dt { color:var(--muted); } dl.setup dd { margin:0; }
-code { font:13px/1.4 ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; background:var(--band); padding:1px 4px; border-radius:4px; }
+code { font:13px/1.4 ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; background:var(--band); padding:1px 4px;
+       border-radius:4px; }
 pre { background:var(--band); padding:12px; border-radius:8px; overflow-x:auto; } pre code { background:none; padding:0; }
 .plots { display:grid; grid-template-columns:repeat(auto-fit,minmax(470px,1fr)); gap:18px; }
 figure { margin:0; border:1px solid var(--line); border-radius:10px; padding:10px; background:#fff; }
@@ -209,7 +212,8 @@ def _setup_html(parent) -> str:
     table = ""
     if space:
         body = "".join(f"<tr><td><code>{_e(name)}</code></td><td>{_e(spec)}</td></tr>" for name, spec in space)
-        table = f"<h3>search space</h3><div class=scroll><table><thead><tr><th>parameter</th><th>distribution</th></tr></thead><tbody>{body}</tbody></table></div>"
+        table = ("<h3>search space</h3><div class=scroll><table><thead><tr><th>parameter</th><th>distribution</th></tr>"
+                 f"</thead><tbody>{body}</tbody></table></div>")
     return f"<dl class=setup>{''.join(rows)}</dl>{table}"
 
 
@@ -270,7 +274,8 @@ def _provenance_html(parents: dict) -> str:
         rows.append(f"<h3>sweep {_e(sweep)} (MLflow run <code>{_e(parent.info.run_id)}</code>)</h3>"
                     f"<div class=scroll><table class=keys><tbody>{cells}</tbody></table></div>")
     made = (f"Report made {datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')} by sslsearch {__version__} "
-            f"on {platform.node() or 'this machine'} ({platform.platform()}, {os.cpu_count()} CPUs, Python {sys.version.split()[0]}).")
+            f"on {platform.node() or 'this machine'} ({platform.platform()}, {os.cpu_count()} CPUs, "
+            f"Python {sys.version.split()[0]}).")
     return "".join(rows) + f"<p class=note>{_e(made)}</p>"
 
 
@@ -297,15 +302,18 @@ def render_report(board: Leaderboard, parents: dict, plots: dict, card: Path | N
                                      f"<h3>head-to-head</h3>{''.join(markdown_html(v) for v in verdict)}</div>")),
              ("setup", "Setup", "".join((f"<h3>sweep {_e(s)}</h3>" if len(parents) > 1 else "") + _setup_html(p)
                                         for s, p in parents.items())),
-             ("leaderboard", "Leaderboard", "".join((f"<h3>{_inline(t)}</h3>" if t else "") + markdown_html(b) for t, b in tables)),
+             ("leaderboard", "Leaderboard", "".join((f"<h3>{_inline(t)}</h3>" if t else "") + markdown_html(b)
+                                                    for t, b in tables)),
              ("plots", "Plots", _plots_html(plots["files"], plots["notes"]))]
     card_html = _card_html(card)
     if card_html is not None:
         parts.append(("card", "Exported model", card_html))
     parts.append(("provenance", "Provenance", _provenance_html(parents)))
     nav = "".join(f"<a href='#{key}'>{title}</a>" for key, title, _ in parts)
-    body = "".join(f"<section id={key}><div class=wrap><h2>{title}</h2>{content}</div></section>" for key, title, content in parts)
-    return (f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8><meta name=viewport content='width=device-width, initial-scale=1'>"
+    body = "".join(f"<section id={key}><div class=wrap><h2>{title}</h2>{content}</div></section>"
+                   for key, title, content in parts)
+    return (f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8>"
+            f"<meta name=viewport content='width=device-width, initial-scale=1'>"
             f"<title>sslsearch report: {_e(names)}</title><style>{CSS}</style></head><body>"
             f"<header><div class=wrap><h1>sslsearch report: {_e(names)}</h1><p>{_e(subtitle)}</p></div></header>"
             f"<nav><div class=wrap>{nav}</div></nav>{body}"

@@ -137,8 +137,8 @@ def _init_worker(base: dict, device: str, threads: int) -> None:
 
 
 def train_one(task: tuple[int, int, int, str, float, float, int]) -> dict:
-    """One run (configuration c, loss index l, seed s): its val_acc per report epoch, test_acc, divergence."""
-    c, l, s, loss, lmbda, lr, feature_dim = task
+    """One run (configuration c, loss index k, seed s): its val_acc per report epoch, test_acc, divergence."""
+    c, k, s, loss, lmbda, lr, feature_dim = task
     config = PretrainConfig.from_dict({**_WORKER["base"], "loss": loss, "lmbda": float(lmbda), "lr": float(lr),
                                        "feature_dim": int(feature_dim), "seed": s})
     reports: dict[int, float] = {}
@@ -153,7 +153,7 @@ def train_one(task: tuple[int, int, int, str, float, float, int]) -> dict:
         test_acc = float(result.history[-1]["test_acc"])
     except TrainingDiverged as error:
         diverged = error.epoch
-    return {"c": c, "l": l, "s": s, "reports": reports, "test_acc": test_acc, "diverged": diverged,
+    return {"c": c, "l": k, "s": s, "reports": reports, "test_acc": test_acc, "diverged": diverged,
             "seconds": time.perf_counter() - started}
 
 
@@ -190,8 +190,8 @@ def remaining_tasks(table: dict) -> list[tuple[int, int, int, str, float, float,
     """The runs the table lacks (its `done` mask), configuration-major: a table cut short holds whole configurations
     (every loss and seed)."""
     configs, losses, seeds = table["done"].shape
-    return [(c, l, s, str(table["losses"][l]), float(table["lmbda"][c]), float(table["lr"][c]), int(table["feature_dim"][c]))
-            for c in range(configs) for s in range(seeds) for l in range(losses) if not table["done"][c, l, s]]
+    return [(c, k, s, str(table["losses"][k]), float(table["lmbda"][c]), float(table["lr"][c]), int(table["feature_dim"][c]))
+            for c in range(configs) for s in range(seeds) for k in range(losses) if not table["done"][c, k, s]]
 
 
 def write_table(table: dict, meta: dict, out: Path) -> None:

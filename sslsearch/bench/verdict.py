@@ -16,8 +16,8 @@ the same seed (twins in the search, a seed block in confirmation: same initialis
 and z_run is the run's own. A report at epoch e sees a learning curve rising to the quality, plus the
 val split's own noise (sd SPLIT_SD), rounded to whole images of the VAL_IMAGES-image val split; the
 final test_acc is the quality plus independent test-split noise, rounded to TEST_IMAGES images. The
-figures are those of the digits default until 2026-12-05 (val_fraction 0.2: 287 val and 360 test images; the seed-to-seed sd of one
-configuration's test_acc is 0.2–0.6 points in docs/sweeps.md; SD_RUN and SPLIT_SD give 0.4).
+figures are those of the digits default until 2026-12-05 (val_fraction 0.2: 287 val and 360 test images; the seed-to-seed
+sd of one configuration's test_acc is 0.2–0.6 points in docs/sweeps.md; SD_RUN and SPLIT_SD give 0.4).
 
 A verdict "claims a difference" when it calls one (≥ 6 non-zero differences and exact Wilcoxon
 p < α). With effect = 0 that is a false positive; its rate must be ≤ α + its Monte Carlo error.

@@ -580,7 +580,8 @@ def _decode_cached(root: Path, tag: str, splits: dict[str, list[tuple[Path, int]
     cached = _read_cache(cache_file, list(splits))
     if cached is not None:
         return cached
-    decoded = {split: (_decode_images([p for p, _ in files], size), torch.tensor([l for _, l in files], dtype=torch.int64))
+    decoded = {split: (_decode_images([p for p, _ in files], size),
+                       torch.tensor([label for _, label in files], dtype=torch.int64))
                for split, files in splits.items()}
     _write_cache(cache_file, prefix, decoded)
     return decoded

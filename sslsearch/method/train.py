@@ -159,7 +159,8 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for corrupt files
-        raise InputError(f"cannot read checkpoint {path.resolve()}: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}") from None
+        first_line = str(error).splitlines()[0] if str(error) else ""
+        raise InputError(f"cannot read checkpoint {path.resolve()}: {type(error).__name__}: {first_line}") from None
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT or "model" not in checkpoint:
         raise InputError(f"{path.resolve()} is not an sslsearch pretraining checkpoint (format {CHECKPOINT_FORMAT})")
     return checkpoint
@@ -238,7 +239,8 @@ class _Progress:
         rate = self.done * self.batch_size / (now - self.start)
         eta = (self.total - self.done) * self.batch_size / max(rate, 1e-9)
         loss = loss_sum.item() / max(steps_in_epoch, 1)  # the one host sync, about once a second
-        print(f"\repoch {epoch}/{epochs} loss {loss:.4f} {rate:,.0f} img/s ETA {eta:,.0f}s   ", end="", file=sys.stderr, flush=True)
+        print(f"\repoch {epoch}/{epochs} loss {loss:.4f} {rate:,.0f} img/s ETA {eta:,.0f}s   ", end="", file=sys.stderr,
+              flush=True)
 
     def epoch_end(self, row: dict, epochs: int) -> None:
         if not self.enabled:

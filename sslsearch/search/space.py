@@ -77,7 +77,8 @@ def _parameter(name: str, spec: Any, where: str) -> Parameter:
     missing = sorted(allowed[kind] - set(spec) - {"log"})
     if extra or missing:
         raise InputError(f"{where}: {name} ({kind}) takes {', '.join(sorted(allowed[kind]))}"
-                         + (f"; unknown: {', '.join(extra)}" if extra else "") + (f"; missing: {', '.join(missing)}" if missing else ""))
+                         + (f"; unknown: {', '.join(extra)}" if extra else "")
+                         + (f"; missing: {', '.join(missing)}" if missing else ""))
     if kind == "choice":
         values = spec["values"]
         if not isinstance(values, list) or not values:

@@ -623,8 +623,9 @@ def run_sweep(experiment: Experiment, space: SearchSpace, *, name: str, storage:
     connect_ray(address)
     check_resources(experiment, address)
     path = sweep_path(storage, name)
-    print(f"sweep {name}: {experiment.search.num_samples} trials of up to {experiment.pretrain.epochs} epochs on "
-          f"{experiment.pretrain.dataset}; {scheduler_line}; records in {path}", file=open(os.devnull, "w") if quiet else sys.stdout, flush=True)
+    if not quiet:
+        print(f"sweep {name}: {experiment.search.num_samples} trials of up to {experiment.pretrain.epochs} epochs on "
+              f"{experiment.pretrain.dataset}; {scheduler_line}; records in {path}", flush=True)
     study_path = f"{path}/{STUDY_FILE}"
     lock = contextlib.nullcontext()
     if claim is not None:
