@@ -354,8 +354,16 @@ def test_bench_platform_measures_a_real_sweep_end_to_end(ray_session, tmp_path):
     assert all(len(client.get_metric_history(r.info.run_id, "val_acc")) == 2 for r in runs)
     assert {a.path for a in client.list_artifacts(runs[0].info.run_id, "checkpoints")} == {"checkpoints/best.pt",
                                                                                            "checkpoints/last.pt"}
+    # What the idle slot-time is made of: every trial started once (ASHA's only rung is the end: no twin paused), one
+    # interval between each trial's two reports, each at least the sleep (0 here) less the clocks' jitter.
+    assert result["trial_starts"] == 4 and result["idle_slot_s_per_start"] >= -1e-9
+    assert math.isfinite(result["report_interval_beyond_sleep_ms"]) and result["report_interval_beyond_sleep_ms"] >= 0
+    # Ray's result.json and progress.csv per trial, as run_sweep has them; no TensorBoard writer.
+    folders = sorted((tmp_path / "platform-4").glob("trial_*"))
+    assert len(folders) == 4 and all((f / "result.json").is_file() and (f / "progress.csv").is_file() for f in folders)
+    assert not list((tmp_path / "platform-4").glob("trial_*/events.out.tfevents*"))
     text = format_bench_platform({**result, "reports": 1, "machine": {"cpus": 2, "date": "today"}, "runs": [result]})
-    assert "ms per report" in text and "suggest ms" in text
+    assert "ms per report" in text and "suggest ms" in text and "idle slot-s per trial start" in text
 
 
 def test_the_searchers_appended_study_snapshot_equals_a_rewritten_one(tmp_path):

@@ -346,7 +346,7 @@ def measure_sweep(trials: int, reports: int = 10, concurrency: int = 8, report_s
                                   scheduler=scheduler if isinstance(scheduler, PairedASHA) and not paused_twins_hold_slots
                                   else None, num_samples=experiment.search.num_samples)
         searcher.append_snapshot = append_snapshot
-        slot_use = SlotUse()
+        slot_use = _Transitions()
         callbacks.append(slot_use)
         # As run_sweep: [live view, rungs, intact state copy, retention, …] (the copy before retention in each save).
         callbacks[1:1] = [*([RungState(scheduler)] if isinstance(scheduler, PairedASHA) else []),
@@ -377,6 +377,7 @@ def measure_sweep(trials: int, reports: int = 10, concurrency: int = 8, report_s
     result = _figures(trials, reported, concurrency, wall, cpu, summary, server_cpu)
     result.update({
         "slot_utilization": slot_use.utilization(concurrency), "paired": experiment.search.paired,
+        **slot_use.figures(concurrency, report_seconds),
         "paused_twins_hold_slots": paused_twins_hold_slots,
         "reports_max": reports + 1, "report_seconds": report_seconds, "checkpoint_mb": checkpoint_mb,
         "tracking": tracking, "sampler": sampler, "ray_num_to_keep": ray_num_to_keep, "append_snapshot": append_snapshot,
@@ -390,6 +391,38 @@ def measure_sweep(trials: int, reports: int = 10, concurrency: int = 8, report_s
         shutil.rmtree(folder, ignore_errors=True)
         result["storage"] = None
     return result
+
+
+class _Transitions(SlotUse):
+    """SlotUse, and what the idle slot-time is made of: the trials' (re)starts, each of which leaves a slot idle from
+    the last report of the trial before to the start (docs/sweeps.md, "Slot utilisation"), and each report's interval
+    beyond the trial's own sleep (a report blocks the trial until the driver asks for the next one)."""
+
+    def setup(self, **info):
+        super().setup(**info)
+        self.starts = 0
+        self.intervals: list[float] = []
+        self._previous: dict[str, float] = {}   # trial id → its last report since it (re)started
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        super().on_trial_start(iteration, trials, trial, **info)
+        self.starts += 1
+        self._previous.pop(trial.trial_id, None)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        super().on_trial_result(iteration, trials, trial, result, **info)
+        now = self._last[trial.trial_id]
+        if trial.trial_id in self._previous:
+            self.intervals.append(now - self._previous[trial.trial_id])
+        self._previous[trial.trial_id] = now
+
+    def figures(self, slots: int, report_seconds: float) -> dict:
+        utilization = self.utilization(slots)
+        wall = (self.last_end - self.first_start) if utilization is not None else math.nan
+        idle = slots * wall * (1 - utilization) if utilization is not None else math.nan
+        median = sorted(self.intervals)[len(self.intervals) // 2] if self.intervals else math.nan
+        return {"trial_starts": self.starts, "idle_slot_s_per_start": idle / self.starts if self.starts else math.nan,
+                "report_interval_beyond_sleep_ms": 1e3 * (median - report_seconds)}
 
 
 @contextlib.contextmanager
@@ -604,6 +637,10 @@ def format_bench_platform(result: dict) -> str:
     row("reports (all trials)", [f"{r['reports']:,}" for r in runs])
     row("wall s", [f"{r['wall_s']:.1f}" for r in runs])
     row("slot utilisation % (training / slots × wall)", [f"{100 * r.get('slot_utilization', math.nan):.1f}" for r in runs])
+    row("  trial starts (new trials, resumed twins)", [f"{r.get('trial_starts', 0):,}" for r in runs])
+    row("  idle slot-s per trial start", [f"{r.get('idle_slot_s_per_start', math.nan):.2f}" for r in runs])
+    row("  report interval beyond sleep, median ms",
+        [f"{r.get('report_interval_beyond_sleep_ms', math.nan):.0f}" for r in runs])
     row("  beyond the trials' own time / concurrency", [f"{r['wall_beyond_trials_s']:.1f}" for r in runs])
     row("driver CPU s (process, all threads)", [f"{r['driver_cpu_s']:.1f}" for r in runs])
     row("  of which MLflow store set-up (once)", [f"{r['setup_cpu_s']:.1f}" for r in runs])
