@@ -9,9 +9,10 @@ measured in issue 19). These subclasses restore from storage only when the drive
 none of their type is given, so these replace them.
 
 Ray would still add its TensorBoard logger, which nothing in sslsearch reads (MLflow holds every report):
-a writer thread per running trial and 5-6 ms of the driver's CPU per report (docs/scale.md, "Ray's
-per-trial loggers"). `own_loggers_only` leaves it out while a sweep's Tuner fits; a user who wants Ray's
-TensorBoard files sets TUNE_DISABLE_AUTO_CALLBACK_LOGGERS=0.
+a writer thread per running trial and 5-6 ms of the driver's CPU per report (docs/scale.md, "What to change
+beyond that"). `own_loggers_only` leaves it out while a sweep's Tuner fits in this process; a user who wants
+Ray's TensorBoard files sets TUNE_DISABLE_AUTO_CALLBACK_LOGGERS=0. (Through Ray Client, `ray://`, the fit runs
+on the cluster, where Ray still adds it.)
 """
 
 from __future__ import annotations
