@@ -341,6 +341,9 @@ def test_bench_platform_measures_a_real_sweep_end_to_end(ray_session, tmp_path):
     # (the parent's summary read back at every finished trial made the driver O(trials²): docs/scale.md).
     assert result["components"]["mlflow.search_runs"]["calls"] == 3
     assert result["components"]["tracking.send"]["calls"] > result["reports"]   # the sender thread, timed
+    kinds = {k: v for k, v in result["components"].items() if k.startswith("tracking.send (")}   # and by record kind
+    assert sum(v["calls"] for v in kinds.values()) == result["components"]["tracking.send"]["calls"]
+    assert kinds["tracking.send (metrics)"]["calls"] == result["reports"] and "tracking.send (checkpoint)" in kinds
     assert 1 <= result["actor_processes"] <= result["actor_requests"]
     assert result["ray_state_saves"]["count"] >= 1 and result["ray_state_saves"]["last_bytes"] > 0
     assert 0 < result["timed_cpu_s"] < result["driver_cpu_s"]

@@ -176,7 +176,11 @@ class _TimedTracking(MlflowTracking):
     def _attempt(self, record: list, number: int = 0) -> bool:
         # The sender thread's work (at the end of the sweep, on_experiment_end waits for it: both count).
         # The first record creates (or opens) the MLflow store and the sweep's run: once per sweep, timed apart.
-        with PROFILE.timed("tracking.send.sweep" if record[0] == "sweep" else "tracking.send"):
+        # Within tracking.send, each kind of record apart too ("tracking.send (checkpoint)": best.pt uploads).
+        if record[0] == "sweep":
+            with PROFILE.timed("tracking.send.sweep"):
+                return super()._attempt(record, number)
+        with PROFILE.timed("tracking.send"), PROFILE.timed(f"tracking.send ({record[0]})"):
             return super()._attempt(record, number)
 
 
@@ -649,6 +653,10 @@ def format_bench_platform(result: dict) -> str:
     for name in TOP_LEVEL + OWN_THREADS + ("searcher.persist", *IN_STATE_SAVE):
         if any(name in r["components"] for r in runs):
             row(f"  CPU s in {name}", [f"{r['components'].get(name, {}).get('cpu_s', 0.0):.2f}" for r in runs])
+        if name == "tracking.send":   # its records by kind
+            for kind in sorted({k for r in runs for k in r["components"] if k.startswith("tracking.send (")}):
+                row(f"    of which {kind[len('tracking.send ('):-1]} records",
+                    [f"{r['components'].get(kind, {}).get('cpu_s', 0.0):.2f}" for r in runs])
     row("  CPU s elsewhere (Ray's loop and threads)", [f"{r['ray_rest_cpu_s']:.1f}" for r in runs])
     row("CPU s, all processes (driver, Ray, actors)", [f"{r.get('all_processes_cpu_s', math.nan):.1f}" for r in runs])
     row("  ms per trial", [f"{r.get('all_processes_cpu_ms_per_trial', math.nan):.0f}" for r in runs])
