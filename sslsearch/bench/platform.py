@@ -30,6 +30,7 @@ import os
 import random
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -64,7 +65,7 @@ from sslsearch.search.sweep import (
 )
 from sslsearch.search.synthetic import SyntheticSettings, synthetic_trainable, synthetic_val_acc
 from sslsearch.search.trial_config import make_trial_config
-from sslsearch.search.trial_logs import AUTO_LOGGERS, ResultJsonLog, own_loggers_only, trial_loggers
+from sslsearch.search.trial_logs import ResultJsonLog, own_loggers_only, ray_default_loggers, trial_loggers
 
 # The workhorse GPU sweep (ResNet-18 on CIFAR-10): its settings are what the driver records and
 # schedules; only the training is replaced.
@@ -336,11 +337,11 @@ def measure_sweep(trials: int, reports: int = 10, concurrency: int = 8, report_s
         callbacks = [_TimedLiveView(quiet=False)]
         if ray_loggers == "json":  # Ray's result.json only, not its progress.csv and TensorBoard files
             callbacks.append(ResultJsonLog())
-            stack.enter_context(_environment(AUTO_LOGGERS, "1"))
+            stack.enter_context(ray_default_loggers("1"))
         else:  # result.json and progress.csv kept whole across a twin's pause, as run_sweep
             callbacks.extend(trial_loggers())
             if ray_loggers == "all":  # and Ray's TensorBoard logger, as run_sweep had it until 2026-12-06
-                stack.enter_context(_environment(AUTO_LOGGERS, "0"))
+                stack.enter_context(ray_default_loggers("0"))
         if tracking != "none":
             callbacks.append(_TimedTracking(experiment, space, sweep=name, storage=str(folder), tracking_uri=uri))
         scheduler = make_scheduler(experiment)
@@ -421,26 +422,11 @@ class _Transitions(SlotUse):
         self._previous[trial.trial_id] = now
 
     def figures(self, slots: int, report_seconds: float) -> dict:
-        utilization = self.utilization(slots)
-        wall = (self.last_end - self.first_start) if utilization is not None else math.nan
-        idle = slots * wall * (1 - utilization) if utilization is not None else math.nan
-        median = sorted(self.intervals)[len(self.intervals) // 2] if self.intervals else math.nan
+        idle = (slots * (self.last_end - self.first_start) - self.busy
+                if self.utilization(slots) is not None else math.nan)
+        median = statistics.median(self.intervals) if self.intervals else math.nan
         return {"trial_starts": self.starts, "idle_slot_s_per_start": idle / self.starts if self.starts else math.nan,
                 "report_interval_beyond_sleep_ms": 1e3 * (median - report_seconds)}
-
-
-@contextlib.contextmanager
-def _environment(name: str, value: str):
-    """The environment variable set to `value` for the block, then put back as it was."""
-    before = os.environ.get(name)
-    os.environ[name] = value
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = before
 
 
 def _sweep_experiment(trials: int, reports: int, concurrency: int, sampler: str, path: str | Path | None):

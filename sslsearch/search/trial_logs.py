@@ -48,15 +48,22 @@ def trial_loggers() -> list:
 
 
 @contextlib.contextmanager
+def ray_default_loggers(switch: str):
+    """Ray's switch for its default loggers set to `switch` ("1": none of them; "0": each type the callbacks lack)
+    for the block, then put back as it was."""
+    before = os.environ.get(AUTO_LOGGERS)
+    os.environ[AUTO_LOGGERS] = switch
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(AUTO_LOGGERS, None)
+        else:
+            os.environ[AUTO_LOGGERS] = before
+
+
 def own_loggers_only(callbacks: list):
     """While a Tuner with these callbacks fits: if they hold both of the sweep's loggers, Ray adds none of its own
     (no TensorBoard writer). The environment is put back afterwards; a value the user set is left alone."""
     ours = {type(c) for c in callbacks} >= {ResultJsonLog, ProgressCsvLog}
-    if not ours or AUTO_LOGGERS in os.environ:
-        yield
-        return
-    os.environ[AUTO_LOGGERS] = "1"
-    try:
-        yield
-    finally:
-        os.environ.pop(AUTO_LOGGERS, None)
+    return ray_default_loggers("1") if ours and AUTO_LOGGERS not in os.environ else contextlib.nullcontext()
