@@ -118,5 +118,5 @@ def test_the_table_records_the_embedded_default_sweep_and_refuses_another_space_
                                          r"\(replay: loguniform \[0.001, 0.1\]\)") as refused:
         TABLE.check_space(narrower)
     assert "\n" not in str(refused.value)
-    with pytest.raises(InputError, match="was recorded with batch_size 64 \\(experiment: 128\\)"):
-        TABLE.check(load_experiment(None, ["pretrain.batch_size=128"]))
+    with pytest.raises(InputError, match="was recorded with batch_size 128 \\(experiment: 64\\)"):
+        TABLE.check(load_experiment(None, ["pretrain.batch_size=64"]))
