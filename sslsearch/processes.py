@@ -188,6 +188,43 @@ def _sigterm_as_ctrl_c(signum, frame):
 
 
 @contextlib.contextmanager
+def ctrl_c_held():
+    """Run the body (`ray.init`) with a first Ctrl-C held until the body returns, then raised as KeyboardInterrupt;
+    a second Ctrl-C raises at once (a `ray.init` that hangs can still be stopped). SIGTERM, which takes Ctrl-C's
+    path under `reaping`, is held the same way.
+
+    `ray.init` forks Ray's processes, and after each fork Python runs the driver's at-fork hooks (logging's
+    `_releaseLock`, filelock's). A KeyboardInterrupt raised inside one is printed ("Exception ignored in: <function
+    _releaseLock>" and a traceback) and dropped, and the sweep ran on as if it had never been stopped (CI of
+    2026-12-06, `test_a_sweep_stopped_while_ray_starts_leaves_no_process`). A handler that only records the signal
+    cannot be dropped. Handlers someone else chose (SIGINT ignored, a library's own) are left alone."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+
+    def hold(signum, frame):
+        if held:
+            raise KeyboardInterrupt   # the second one: at once
+        held.append(signum)
+
+    replaced = {}
+    for signum, ours in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, _sigterm_as_ctrl_c)):
+        if signal.getsignal(signum) is ours:
+            replaced[signum] = ours
+            signal.signal(signum, hold)
+    try:
+        yield
+    finally:
+        for signum, handler in replaced.items():
+            signal.signal(signum, handler)
+    if held:
+        raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
 def sigterm_kept():
     """Run the body (`ray.init`), then give SIGTERM back to the Python handler it had, if it had one.
 

@@ -102,3 +102,62 @@ def test_a_child_between_fork_and_exec_is_stopped_after_it_execs_and_prints_noth
         if parent.poll() is None:
             parent.kill()
             parent.wait()
+
+
+# The driver's own side of a stop during ray.init: after each fork Python runs the parent's at-fork hooks (logging's
+# _releaseLock); a Ctrl-C whose KeyboardInterrupt is raised inside one is printed and dropped (CI of 2026-12-06:
+# the sweep ran on). Here the hook sends the SIGINT itself and then runs bytecode, so the handler runs in the hook.
+CTRL_C_IN_A_HOOK = """
+import contextlib, os, signal, sys
+from sslsearch.processes import ctrl_c_held
+def hook():
+    os.kill(os.getpid(), signal.SIGINT)
+    for _ in range(1000):
+        pass
+os.register_at_fork(after_in_parent=hook)
+body = ctrl_c_held() if sys.argv[1] == "held" else contextlib.nullcontext()
+try:
+    with body:
+        child = os.fork()
+        if child == 0:
+            os._exit(0)
+        os.waitpid(child, 0)
+        print("body ended", flush=True)
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+    sys.exit(130)
+print("ran on", flush=True)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("body", ["plain", "held"])
+def test_a_ctrl_c_during_a_fork_is_held_until_ray_init_returns_not_lost(body):
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    done = subprocess.run([sys.executable, "-c", CTRL_C_IN_A_HOOK, body], capture_output=True, text=True, env=env,
+                          timeout=60)
+    if body == "plain":   # the hazard is real: the interrupt is printed as ignored and the program runs on
+        assert (done.returncode, done.stdout) == (0, "body ended\nran on\n")
+        assert "Exception ignored" in done.stderr and "KeyboardInterrupt" in done.stderr
+    else:                 # ctrl_c_held (connect_ray's ray.init): raised once the body has returned, nothing printed
+        assert (done.returncode, done.stdout, done.stderr) == (130, "body ended\ninterrupted\n", "")
+
+
+def test_ctrl_c_held_raises_at_once_on_a_second_ctrl_c_and_puts_the_handlers_back():
+    from sslsearch.processes import _sigterm_as_ctrl_c, ctrl_c_held
+
+    before_int = signal.signal(signal.SIGINT, signal.default_int_handler)   # as in `sslsearch sweep`, under reaping
+    before_term = signal.signal(signal.SIGTERM, _sigterm_as_ctrl_c)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with ctrl_c_held():
+                signal.raise_signal(signal.SIGINT)      # held
+                signal.raise_signal(signal.SIGTERM)     # the second: raised here, inside the body
+                pytest.fail("the second Ctrl-C did not raise at once")
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        assert signal.getsignal(signal.SIGTERM) is _sigterm_as_ctrl_c
+        with ctrl_c_held():                             # nothing sent: nothing raised
+            pass
+    finally:
+        signal.signal(signal.SIGINT, before_int)
+        signal.signal(signal.SIGTERM, before_term)

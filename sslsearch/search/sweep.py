@@ -42,7 +42,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from sslsearch.errors import InputError
 from sslsearch.method.data import prepare_dataset
-from sslsearch.processes import sigint_restored, sigterm_kept
+from sslsearch.processes import ctrl_c_held, sigint_restored, sigterm_kept
 from sslsearch.search import framework
 from sslsearch.search.asha import PairedASHA, RungState, TwinAwareSearch
 from sslsearch.search.experiment import Experiment, experiment_from_dict, ray_address
@@ -514,7 +514,8 @@ def connect_ray(address: str | None, num_cpus: int | None = None) -> None:
         _check_reachable(address)
     logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(_no_token_notice)
     try:
-        with sigterm_kept():  # Ray takes SIGTERM: a scheduler's stop must still end in good order
+        # Ray takes SIGTERM: a scheduler's stop must still end in good order; a Ctrl-C while Ray forks is held, not lost.
+        with ctrl_c_held(), sigterm_kept():
             if address:
                 ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
             else:
