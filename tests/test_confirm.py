@@ -1,5 +1,6 @@
 """The confirmation stage: which configurations and seeds it plans, and a real one killed and continued."""
 
+import fnmatch
 import json
 import os
 import signal
@@ -14,6 +15,9 @@ from local_processes import kill_processes_mentioning  # noqa: E402
 from sslsearch.cli import main  # noqa: E402
 from sslsearch.errors import InputError  # noqa: E402
 from sslsearch.search.confirm import plan_confirmation  # noqa: E402
+from sslsearch.search.folder import PLAN_FILE, SWEEP_FILE  # noqa: E402
+from sslsearch.search.saved_state import STATE_PATTERNS  # noqa: E402
+from sslsearch.search.sweeplock import unpickled_paths  # noqa: E402
 from test_sweep import SSLSEARCH, _private_ray_env, _trial_epochs  # noqa: E402
 
 
@@ -120,6 +124,13 @@ def test_confirm_killed_and_continued_records_every_trial_once(ray_session, tmp_
 
     epochs = _trial_epochs(stage)
     assert len(epochs) == 2, epochs
+    # Ray restores from every top-level .json and .pkl it wrote: each is one that the saved-state copy and the trust check know.
+    for folder in (storage / "tiny", stage):
+        ours = {SWEEP_FILE, PLAN_FILE, "tuner.pkl", "trainable.pkl"}
+        written = [p.name for p in folder.iterdir() if p.suffix in (".json", ".pkl") and p.name not in ours]
+        unknown = [n for n in written if not any(fnmatch.fnmatch(n, pattern) for pattern in STATE_PATTERNS)]
+        assert written and not unknown, f"{folder}: Ray state files neither copied nor checked: {unknown}"
+        assert {p.name for p in unpickled_paths(folder) if p.parent == folder} >= {*written, "tuner.pkl"}
     for folder in stage.glob("trial_*"):   # the sweep's loggers: result.json and progress.csv, no TensorBoard files
         assert (folder / "progress.csv").is_file() and not list(folder.glob("events.out.tfevents*")), sorted(folder.iterdir())
     for trial, seq in epochs.items():

@@ -311,6 +311,33 @@ def test_a_full_disk_stops_the_sweep_in_good_order_and_resume_finishes_it(ray_se
 
 
 @pytest.mark.slow
+def test_a_confirmation_stage_whose_list_of_points_was_cut_short_continues_from_its_intact_copy(ray_session, tmp_path,
+                                                                                                 capsys):
+    """The fresh-clone CI of 2026-12-07: a full disk left the stage's experiment state whole but cut its
+    basic-variant-state-*.json (BasicVariantGenerator's pickle: the points left to run) short; neither the intact copy
+    nor the check before resuming knew that file, Ray failed to restore the stage, restarted it with no search space
+    and raised KeyError: 'feature_dim'. Here the stage has finished, so continuing it runs nothing again."""
+    from sslsearch.search.confirm import confirm_path, run_confirm
+    from sslsearch.search.synthetic import synthetic_trainable
+
+    storage, name, trainable = str(tmp_path / "runs"), "cpoints", synthetic_trainable()
+    experiment = load_experiment(None, [*TINY, "search.sampler=random"])
+    run_sweep(experiment, load_search_space(experiment.space_path()), name=name, storage=storage, quiet=True,
+              trainable=trainable)
+    first = run_confirm(name, storage, top=1, seeds=1, quiet=True, trainable=trainable)
+    stage = Path(confirm_path(name, storage))
+    points = sorted(stage.glob("basic-variant-state-*.json"))[-1]
+    assert (stage / "intact-state" / points.name).read_bytes() == points.read_bytes()
+    points.write_bytes(points.read_bytes()[:10])
+    capsys.readouterr()
+    again = run_confirm(name, storage, top=1, seeds=1, quiet=True, trainable=trainable)
+    assert "cut short" in capsys.readouterr().err
+    assert sorted((t.trial_id, t.outcome, t.epoch) for t in again.trials) == sorted(
+        (t.trial_id, t.outcome, t.epoch) for t in first.trials)
+    assert len(first.trials) == 2 and {t.outcome for t in first.trials} == {"completed"}
+
+
+@pytest.mark.slow
 def test_a_full_disk_stops_the_confirmation_stage_in_good_order_and_confirm_and_sync_finish_it(ray_session, tmp_path,
                                                                                                  capsys):
     """As the search does: the first trial that cannot save stops the stage (exit 4, one line, the stage's line and
@@ -350,6 +377,10 @@ def test_a_full_disk_stops_the_confirmation_stage_in_good_order_and_confirm_and_
         assert f"unfinished; continue with: sslsearch confirm {name}" in out, out
         assert err.count("Trial task failed") <= 2, err   # at most one failure per running trial, never a retry
         (disk / "filler").unlink()  # space freed
+        # As the CI run of 2026-12-07 found it: the stage's list of points (BasicVariantGenerator's pickle) cut short
+        # while the experiment state was whole. Ray then failed to restore and restarted the stage with no search space.
+        for points in sorted((disk / "runs" / name / "confirm").glob("basic-variant-state-*.json"))[-1:]:
+            points.write_bytes(points.read_bytes()[:10])
         # Continued from Ray's saved state of the stage, from its intact copy if the full disk cut it short, or, if the
         # disk filled before the first copy, started again from the stage's plan (whichever Ray's save timing gave).
         assert cli._report_confirm(stage) == 0

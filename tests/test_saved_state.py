@@ -14,11 +14,12 @@ from sslsearch.search.saved_state import INTACT_FOLDER, IntactStateCopy, recover
 SESSION = "2026-11-30_10-00-00"
 
 
-def _save(folder, session=SESSION, trials=("a", "b")):
-    """Ray's files of one save, with its names and formats (JSON; pickles, one of them named .json)."""
+def _save(folder, session=SESSION, trials=("a", "b"), generator="search_gen_state"):
+    """Ray's files of one save, with its names and formats (JSON; pickles, one of them named .json). `generator`:
+    a sweep's (search_gen_state, for its searcher) or a confirmation stage's (basic-variant-state, for its points)."""
     (folder / f"experiment_state-{session}.json").write_text(json.dumps({"trial_data": list(trials)}))
     (folder / f"searcher-state-{session}.pkl").write_bytes(cloudpickle.dumps({"searcher": list(trials)}))
-    (folder / f"search_gen_state-{session}.json").write_bytes(cloudpickle.dumps({"counter": len(trials)}))
+    (folder / f"{generator}-{session}.json").write_bytes(cloudpickle.dumps({"counter": len(trials)}))
 
 
 def _truncate(path, keep=10):
@@ -67,6 +68,20 @@ def test_resume_puts_the_intact_copy_in_place_of_a_cut_state_and_keeps_the_damag
     assert len(err) == 1 and "cut short" in err[0] and "last intact copy" in err[0]
 
 
+def test_a_confirmation_stages_cut_list_of_points_is_recovered_too(tmp_path, capsys):
+    """The stage's BasicVariantGenerator saves basic-variant-state-*.json (a pickle); cut short by a full disk, Ray
+    failed to restore the stage and restarted it with no search space (CI of 2026-12-07: KeyError 'feature_dim')."""
+    _save(tmp_path, generator="basic-variant-state")
+    IntactStateCopy(str(tmp_path), every_s=0).on_experiment_end([])
+    assert (tmp_path / INTACT_FOLDER / f"basic-variant-state-{SESSION}.json").is_file()
+    broken = tmp_path / f"basic-variant-state-{SESSION}.json"
+    _truncate(broken)
+    recover_saved_state(tmp_path, "s")
+    assert cloudpickle.loads(broken.read_bytes()) == {"counter": 2}
+    assert (tmp_path / f"damaged-state-{SESSION}" / broken.name).is_file()
+    assert "cut short" in capsys.readouterr().err
+
+
 def test_resume_leaves_an_intact_state_alone(tmp_path, capsys):
     _save(tmp_path)
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
@@ -75,9 +90,9 @@ def test_resume_leaves_an_intact_state_alone(tmp_path, capsys):
     assert capsys.readouterr().err == ""
 
 
-@pytest.mark.parametrize("which", ["experiment_state-{}.json", "searcher-state-{}.pkl"])
+@pytest.mark.parametrize("which", ["experiment_state-{}.json", "searcher-state-{}.pkl", "basic-variant-state-{}.json"])
 def test_resume_refuses_a_cut_state_without_an_intact_copy(tmp_path, which):
-    _save(tmp_path)
+    _save(tmp_path, generator="basic-variant-state" if which.startswith("basic") else "search_gen_state")
     _truncate(tmp_path / which.format(SESSION))
     with pytest.raises(InputError) as raised:
         recover_saved_state(tmp_path, "s")

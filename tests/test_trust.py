@@ -37,7 +37,8 @@ class _Crafted:
 
 # One file of each kind Ray or sslsearch unpickles from a sweep folder (as ray 2.x names them).
 PICKLED = ("tuner.pkl", "trainable.pkl", "searcher-state-2026-12-04_16-00-00.pkl",
-           "callback-states-2026-12-04_16-00-00.pkl", "search_gen_state-2026-12-04_16-00-00.json")
+           "callback-states-2026-12-04_16-00-00.pkl", "search_gen_state-2026-12-04_16-00-00.json",
+           "basic-variant-state-2026-12-04_16-00-00.json")
 STATE = "experiment_state-2026-12-04_16-00-00.json"
 
 

@@ -10,3 +10,11 @@ LOCK_FILE = "sslsearch.lock"             # the writer's lock (search.sweeplock)
 CONFIRM_DIR = "confirm"                  # Ray's records of the confirmation stage (search.confirm)
 PLAN_FILE = "confirm-plan.json"          # in CONFIRM_DIR: what was asked (top, seeds) and the configurations chosen
 OUTBOX_FILE = "mlflow-outbox.jsonl"      # records waiting for MLflow (records.tracking); gone once all are sent
+
+# Ray's saved state of an experiment (a sweep, or its confirmation stage), as Ray 2.x names the files of one save;
+# Ray restores each part from the newest file of its pattern (sync_down_experiment_state copies every top-level
+# .json and .pkl). The first is JSON; the others are pickles, two of them named .json: the search generator's
+# (the sweep's searcher) and BasicVariantGenerator's (the confirmation stage's list of points).
+RAY_EXPERIMENT_STATE = "experiment_state-*.json"
+RAY_PICKLED_STATES = ("search_gen_state-*.json", "basic-variant-state-*.json", "searcher-state-*.pkl",
+                      "callback-states-*.pkl")

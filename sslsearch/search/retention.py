@@ -39,8 +39,8 @@ from ray import tune
 
 from sslsearch.method.train import RESUME_ONLY, weights_only
 from sslsearch.search.experiment import keeps_last, top_k
+from sslsearch.search.folder import RAY_EXPERIMENT_STATE  # Ray's saved sweep state; the newest name is the newest
 from sslsearch.search.outcomes import ranking_key
-from sslsearch.search.saved_state import JSON_STATE  # Ray's saved sweep state; the newest name is the newest
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,8 @@ def saved_as_ended(fs: pyarrow.fs.FileSystem, sweep_fs_path: str) -> set[str]:
     nothing unpickled); empty if there is none yet or it is being rewritten."""
     try:
         infos = fs.get_file_info(pyarrow.fs.FileSelector(sweep_fs_path, allow_not_found=True))
-        names = [i.base_name for i in infos if i.type == pyarrow.fs.FileType.File and fnmatch.fnmatch(i.base_name, JSON_STATE)]
+        names = [i.base_name for i in infos
+                 if i.type == pyarrow.fs.FileType.File and fnmatch.fnmatch(i.base_name, RAY_EXPERIMENT_STATE)]
         if not names:
             return set()
         with fs.open_input_stream(f"{sweep_fs_path}/{max(names)}") as stream:

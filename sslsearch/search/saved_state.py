@@ -28,13 +28,12 @@ import ray.cloudpickle as cloudpickle
 from ray import tune
 
 from sslsearch.errors import InputError
+from sslsearch.search.folder import RAY_EXPERIMENT_STATE, RAY_PICKLED_STATES
 
 INTACT_FOLDER = "intact-state"
-# The files of one save of Ray's state (Ray 2.x names: TuneController, SearchGenerator, Searcher,
+# The files of one save of Ray's state (TuneController; SearchGenerator or BasicVariantGenerator, Searcher,
 # CallbackList). Ray restores each from the newest file of its pattern.
-JSON_STATE = "experiment_state-*.json"
-PICKLED_STATES = ("search_gen_state-*.json", "searcher-state-*.pkl", "callback-states-*.pkl")
-STATE_PATTERNS = (JSON_STATE, *PICKLED_STATES)
+STATE_PATTERNS = (RAY_EXPERIMENT_STATE, *RAY_PICKLED_STATES)
 
 
 def newest_state_files(folder: Path) -> dict[str, Path]:
@@ -52,7 +51,7 @@ def _complete(pattern: str, data: bytes) -> bool:
     """Cheap check, run at each of Ray's saves: the JSON object is closed; a pickle ends with its STOP opcode.
     (Parsing Ray's state, 27 MB at 1,000 trials, at every save cost as much CPU as Ray's saves: docs/scale.md.
     `resume` loads the copy fully before it uses it.)"""
-    if pattern == JSON_STATE:
+    if pattern == RAY_EXPERIMENT_STATE:
         return data.lstrip().startswith(b"{") and data.rstrip().endswith(b"}")
     return data.endswith(b".")
 
@@ -61,7 +60,7 @@ def _readable(pattern: str, path: Path) -> bool:
     """Full check, run once by `resume`: the file loads as Ray will load it."""
     try:
         data = path.read_bytes()
-        if pattern == JSON_STATE:
+        if pattern == RAY_EXPERIMENT_STATE:
             json.loads(data)
         else:
             cloudpickle.loads(data)
@@ -156,24 +155,24 @@ def recover_saved_state(folder: Path, name: str) -> None:
     damaged files moved to `damaged-state-<session>/`); NoIntactState when no intact copy exists."""
     newest = newest_state_files(folder)
     damaged = [path for pattern, path in newest.items() if not _readable(pattern, path)]
-    if JSON_STATE not in newest or not damaged:
+    if RAY_EXPERIMENT_STATE not in newest or not damaged:
         return
     intact = folder / INTACT_FOLDER
     copies = newest_state_files(intact)
-    if JSON_STATE not in copies or not all(_readable(pattern, path) for pattern, path in copies.items()):
+    if RAY_EXPERIMENT_STATE not in copies or not all(_readable(pattern, path) for pattern, path in copies.items()):
         raise NoIntactState(f"sweep {name} cannot be resumed: Ray's saved state {damaged[0].name} in {folder} is damaged "
                             "(cut short, e.g. by a full disk) and no intact copy of it exists; start a new sweep")
     aside = _set_aside(folder, newest)
     for path in copies.values():
         shutil.copy2(path, folder / path.name)
-    saved = time.strftime("%H:%M:%S", time.localtime(copies[JSON_STATE].stat().st_mtime))
+    saved = time.strftime("%H:%M:%S", time.localtime(copies[RAY_EXPERIMENT_STATE].stat().st_mtime))
     print(f"warning: sweep {name}'s saved state {damaged[0].name} was cut short (a full disk?); resuming from its "
           f"last intact copy, saved at {saved} (damaged files kept in {aside})", file=sys.stderr, flush=True)
 
 
 def _set_aside(folder: Path, newest: dict[str, Path], *also: str) -> Path:
     """Move the files of Ray's newest save (and the files named `also`) to `damaged-state-<session>/`; that folder."""
-    session = newest[JSON_STATE].name[len("experiment_state-"):-len(".json")]
+    session = newest[RAY_EXPERIMENT_STATE].name[len("experiment_state-"):-len(".json")]
     aside = folder / f"damaged-state-{session}"
     aside.mkdir(exist_ok=True)
     for path in newest.values():

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from sslsearch.errors import InputError, shown_path
-from sslsearch.search.folder import LOCK_FILE, SWEEP_FILE
+from sslsearch.search.folder import LOCK_FILE, OUTBOX_FILE, RAY_EXPERIMENT_STATE, RAY_PICKLED_STATES, SWEEP_FILE
 
 HEARTBEAT_S = 10.0
 STALE_S = 6 * HEARTBEAT_S  # a holder on another host that has not beaten for this long is gone
@@ -186,14 +186,13 @@ class SweepLock:
         self._fd = None
 
 
-# Files Ray or sslsearch unpickles (or replays) from a Ray experiment folder (a sweep, or its confirm/ stage), as
-# ray 2.x names them: tuner.pkl and trainable.pkl (Tuner.restore), the experiment state, whose JSON may embed
-# CLOUDPICKLE_FALLBACK blobs (TuneController, ExperimentAnalysis), the searcher's, search generator's and
-# callbacks' pickles (despite its name, search_gen_state-*.json is a pickle), each trial's error.pkl (ResultGrid),
-# the copies in intact-state/ (sslsearch.search.saved_state loads them, then puts them in Ray's place), and the
-# MLflow outbox, whose records `sync` and `resume` replay (they name files to upload).
-TRUSTED_PATTERNS = ("tuner.pkl", "trainable.pkl", "experiment_state-*.json", "search_gen_state-*.json",
-                    "searcher-state-*.pkl", "callback-states-*.pkl", "mlflow-outbox.jsonl")
+# Files Ray or sslsearch unpickles (or replays) from a Ray experiment folder (a sweep, or its confirm/ stage):
+# tuner.pkl and trainable.pkl (Tuner.restore), Ray's saved state (search.folder: the experiment state, whose JSON may
+# embed CLOUDPICKLE_FALLBACK blobs that TuneController and ExperimentAnalysis decode, and the search generator's,
+# searcher's and callbacks' pickles), each trial's error.pkl (ResultGrid), the copies in intact-state/
+# (sslsearch.search.saved_state loads them, then puts them in Ray's place), and the MLflow outbox, whose records
+# `sync` and `resume` replay (they name files to upload).
+TRUSTED_PATTERNS = ("tuner.pkl", "trainable.pkl", RAY_EXPERIMENT_STATE, *RAY_PICKLED_STATES, OUTBOX_FILE)
 TRIAL_PICKLES = ("error.pkl",)
 NESTED = ("intact-state", "confirm")   # folders of the same kind of files inside a sweep folder
 
