@@ -1,10 +1,17 @@
 """The replay table's builder takes its setting from the experiment file the sweep runs, and `--resume` continues a
-table built with that setting (its `done` mask) and refuses any other. No training here: the tables are written by
-hand, as the builder writes them."""
+table built with that setting (its `done` mask) and refuses any other. No training here (the tables are written by
+hand, as the builder writes them), except in the slow test of a build stopped by SIGTERM or Ctrl-C."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 
 from sslsearch.bench.replay_table import (
@@ -91,3 +98,54 @@ def test_a_table_of_the_old_format_says_rebuild(tmp_path):
     np.savez(tmp_path / "old.npz", val_acc=np.zeros(1), meta=np.asarray(json.dumps({"format": 1})))
     with pytest.raises(InputError, match="format 1, expected 2; rebuild it"):
         load_table(tmp_path / "old.npz")
+
+
+def _workers(driver: psutil.Process) -> list[psutil.Process]:
+    return [p for p in driver.children() if "spawn_main" in " ".join(p.cmdline())]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stop", ["SIGTERM to the driver", "Ctrl-C to the group"])
+def test_a_build_stopped_keeps_its_finished_runs_and_leaves_no_worker(tmp_path, stop):
+    """`pkill -f ...replay_table` (SIGTERM to the driver alone) used to kill the driver at once and leave its spawned
+    workers (~950 MB each) running, idle, as orphans. Now both stops write the finished runs and end the workers."""
+    out = tmp_path / "t.npz"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    # 16 × 2 × 4 = 128 runs of 2 epochs: minutes on two workers, so the build is still going when it is stopped.
+    command = [sys.executable, "-m", "sslsearch.bench.replay_table", "--out", str(out), "--configs", "16", "--seeds", "4",
+               "--workers", "2", "--epochs", "2"]
+    build = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             start_new_session=True)
+    try:
+        driver, deadline = psutil.Process(build.pid), time.monotonic() + 240
+        while len(_workers(driver)) < 2 or (stop.startswith("SIGTERM") and not out.exists()):
+            assert build.poll() is None and time.monotonic() < deadline, build.communicate()
+            time.sleep(0.2)
+        workers = [(p, p.create_time()) for p in driver.children(recursive=True)]
+        written = int(load_table(out)[0]["done"].sum()) if out.exists() else 0
+        if stop.startswith("SIGTERM"):
+            build.send_signal(signal.SIGTERM)
+        else:
+            os.killpg(build.pid, signal.SIGINT)
+        _, err = build.communicate(timeout=120)
+    finally:
+        if build.poll() is None:
+            os.killpg(build.pid, signal.SIGKILL)
+    assert build.returncode == 130 and "Traceback" not in err, err
+    table, _ = load_table(out)
+    done = int(table["done"].sum())
+    assert written <= done < table["done"].size
+    assert err.strip().splitlines()[-1] == (f"interrupted: {out} holds {done}/128 runs; continue with the same command "
+                                            "and --resume")
+    assert not list(tmp_path.glob("*.tmp*"))
+    deadline = time.monotonic() + 30   # (multiprocessing's resource tracker ends once it reads the driver's EOF)
+    while any(_alive(p, t) for p, t in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not [p.pid for p, t in workers if _alive(p, t)]
+
+
+def _alive(process: psutil.Process, created: float) -> bool:
+    try:
+        return process.create_time() == created and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False

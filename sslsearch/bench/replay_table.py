@@ -13,8 +13,8 @@ experiment or a space the table was not recorded on).
 It imports `sslsearch.method` and the Ray-free experiment and search-space readers (torch, numpy,
 scikit-learn, PyYAML), so it runs on a bare GPU machine without Ray, Optuna or MLflow, and it trains
 many runs at once in worker processes (`--workers`). The table is written (atomically) every few
-seconds with a `done` mask, so a run stopped by `--time-limit` or Ctrl-C still leaves an honest,
-smaller table, and `--resume` continues it.
+seconds with a `done` mask, so a run stopped by `--time-limit`, Ctrl-C or SIGTERM still leaves an honest,
+smaller table (Ctrl-C and SIGTERM stop the runs in progress and the workers at once), and `--resume` continues it.
 
     python -m sslsearch.bench.replay_table --out table.npz --configs 256 --seeds 3 --workers 16 --device cuda
 """
@@ -22,6 +22,7 @@ smaller table, and `--resume` continues it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import math
@@ -29,7 +30,9 @@ import multiprocessing
 import os
 import platform
 import shlex
+import signal
 import sys
+import threading
 import time
 from concurrent import futures
 from dataclasses import dataclass
@@ -227,6 +230,14 @@ def _resumed(out: Path, setting: Setting, configs: int, seeds: int, design_seed:
     return table, meta
 
 
+class BuildInterrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM stopped the build after the table was written with `done` of its `total` runs."""
+
+    def __init__(self, done: int, total: int):
+        super().__init__(done, total)
+        self.done, self.total = done, total
+
+
 def build_table(*, out: Path, configs: int, seeds: int, workers: int, device: str, setting: Setting | None = None,
                 design_seed: int = 0, time_limit: float | None = None, threads: int = 1, command: str = "",
                 resume: bool = False) -> dict:
@@ -263,11 +274,15 @@ def build_table(*, out: Path, configs: int, seeds: int, workers: int, device: st
         session.update(wall_seconds=round(time.monotonic() - started, 1), load_average_end=_load_average())
         return {**meta, "wall_seconds": before + time.monotonic() - started, "complete": bool(table["done"].all())}
 
+    interrupted = False
     if tasks:
         context = multiprocessing.get_context("spawn")   # CUDA cannot be forked into workers
-        with futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
-                                         initargs=(base, device, threads)) as pool:
+        others = set(multiprocessing.active_children())
+        with _children_ignore_ctrl_c():   # the workers and multiprocessing's resource tracker start here
+            pool = futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
+                                               initargs=(base, device, threads))
             pending = {pool.submit(train_one, task) for task in tasks}
+        with pool:
             try:
                 while pending:
                     finished, pending = futures.wait(pending, timeout=5, return_when=futures.FIRST_COMPLETED)
@@ -285,12 +300,43 @@ def build_table(*, out: Path, configs: int, seeds: int, workers: int, device: st
                         write_table(table, progress(), out)
                         print(f"{int(table['done'].sum())}/{total} runs, {last_write - started:.0f}s", file=sys.stderr,
                               flush=True)
-            except KeyboardInterrupt:
-                for future in pending:
-                    future.cancel()
+            except KeyboardInterrupt:   # Ctrl-C, or SIGTERM (main): keep the finished runs, stop the others now
+                interrupted = True
+                pool.shutdown(wait=False, cancel_futures=True)   # (cancelling futures ourselves races the pool's thread)
+                _stop_workers(set(multiprocessing.active_children()) - others)
     meta.update(progress())
     write_table(table, meta, out)
+    if interrupted:
+        raise BuildInterrupted(int(table["done"].sum()), int(table["done"].size))
     return table
+
+
+@contextlib.contextmanager
+def _children_ignore_ctrl_c():
+    """Processes started in the body inherit SIGINT ignored (exec keeps SIG_IGN), so that a Ctrl-C, which the terminal
+    sends to the whole group, is the driver's alone, even while a worker is still importing (a traceback each before).
+    The driver's handler is back once they have started (a Ctrl-C within those milliseconds is lost)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _stop_workers(workers: set, grace_s: float = 10.0) -> None:
+    """Terminate the pool's worker processes (the runs in progress are lost; `--resume` trains them again), killing
+    any still alive after `grace_s`; the pool's own shutdown would wait for every run in progress to finish."""
+    for worker in workers:
+        worker.terminate()
+    deadline = time.monotonic() + grace_s
+    for worker in workers:
+        worker.join(max(0.0, deadline - time.monotonic()))
+        if worker.is_alive():
+            worker.kill()
+            worker.join()
 
 
 def load_table(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict]:
@@ -357,9 +403,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     command = "python -m sslsearch.bench.replay_table " + " ".join(map(shlex.quote, sys.argv[1:] if argv is None else argv))
-    table = build_table(out=out, configs=args.configs, seeds=args.seeds, workers=args.workers, device=args.device,
-                        setting=setting, design_seed=args.design_seed, time_limit=args.time_limit, threads=args.threads,
-                        command=command, resume=args.resume)
+    # SIGTERM (a job scheduler's stop, `kill`) takes Ctrl-C's path: the finished runs are written and the workers
+    # stopped; before, the driver died at once and left its workers running, idle, as orphans.
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        table = build_table(out=out, configs=args.configs, seeds=args.seeds, workers=args.workers, device=args.device,
+                            setting=setting, design_seed=args.design_seed, time_limit=args.time_limit,
+                            threads=args.threads, command=command, resume=args.resume)
+    except BuildInterrupted as stop:
+        print(f"interrupted: {out} holds {stop.done}/{stop.total} runs; continue with the same command and --resume",
+              file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("interrupted before the first run started: nothing written", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     quality = table_quality(table)
     print(f"wrote {out} ({out.stat().st_size / 1e3:.0f} kB): {int(table['done'].sum())}/{table['done'].size} runs; "
           + ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in quality.items()))
