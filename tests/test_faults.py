@@ -311,6 +311,37 @@ def test_a_full_disk_stops_the_sweep_in_good_order_and_resume_finishes_it(ray_se
 
 
 @pytest.mark.slow
+def test_a_saved_state_ray_cannot_restore_is_refused_before_anything_runs(ray_session, tmp_path):
+    """A saved state that loads (so `recover_saved_state` finds nothing cut short) but that Ray cannot restore: here an
+    experiment state listing no trials (Ray indexes its first trial). Ray logged "Failed to restore the run state" and
+    started the sweep over, running its search again from the start beside the old trials. Now: one line, nothing run,
+    every file as it was."""
+    import json
+
+    from sslsearch.search.saved_state import RestoreFailed
+    from sslsearch.search.sweep import resume_sweep
+    from sslsearch.search.synthetic import synthetic_trainable
+
+    storage, name, trainable = str(tmp_path / "runs"), "unrestorable", synthetic_trainable()
+    experiment = load_experiment(None, [*TINY, "search.sampler=random"])
+    run_sweep(experiment, load_search_space(experiment.space_path()), name=name, storage=storage, quiet=True,
+              trainable=trainable)
+    folder = tmp_path / "runs" / name
+    state = sorted(folder.glob("experiment_state-*.json"))[-1]
+    saved = json.loads(state.read_text())
+    assert len(saved["trial_data"]) == 2
+    state.write_text(json.dumps({**saved, "trial_data": []}))
+    before = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file() and p.name != "sslsearch.lock"}
+    with pytest.raises(RestoreFailed) as refused:
+        resume_sweep(name, storage, trainable=trainable)
+    message = str(refused.value)
+    assert "\n" not in message and message.startswith(f"sweep {name} cannot be resumed: Ray could not restore")
+    assert "IndexError" in message and "nothing was run" in message, message
+    after = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file() and p.name != "sslsearch.lock"}
+    assert after == before   # no trial started, no state saved, no file of the old trials touched
+
+
+@pytest.mark.slow
 def test_a_confirmation_stage_whose_list_of_points_was_cut_short_continues_from_its_intact_copy(ray_session, tmp_path,
                                                                                                  capsys):
     """The fresh-clone CI of 2026-12-07: a full disk left the stage's experiment state whole but cut its

@@ -36,6 +36,11 @@ TUNER_MEMBERS = (
     ("ray.tune.Tuner", "_local_tuner", "the run config a restored Tuner unpickled: its SlotUse callback's figure"),
 )
 
+# Ray's log line when TuneController cannot restore a saved experiment; it then starts the experiment over with no
+# trials (ray 2.x, tune_controller.py). saved_state.refusing_a_failed_restore stops there instead; its test,
+# tests/test_faults.py::test_a_saved_state_ray_cannot_restore_is_refused_before_anything_runs, fails if this changes.
+RESTORE_FAILED_LOG = ("ray.tune.execution.tune_controller", "Failed to restore the run state.")
+
 MODULE_MEMBERS = (
     ("ray._private.ray_constants", "ENABLE_RAY_CLUSTER", "connect_ray: a local sweep's Ray listens on 127.0.0.1 only"),
 )

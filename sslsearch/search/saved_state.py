@@ -16,8 +16,10 @@ place, or refuses with one line when there is none.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import json
+import logging
 import os
 import shutil
 import sys
@@ -27,8 +29,9 @@ from pathlib import Path
 import ray.cloudpickle as cloudpickle
 from ray import tune
 
-from sslsearch.errors import InputError
+from sslsearch.errors import InputError, shown, shown_path
 from sslsearch.search.folder import RAY_EXPERIMENT_STATE, RAY_PICKLED_STATES
+from sslsearch.search.framework import RESTORE_FAILED_LOG
 
 INTACT_FOLDER = "intact-state"
 # The files of one save of Ray's state (TuneController; SearchGenerator or BasicVariantGenerator, Searcher,
@@ -188,3 +191,35 @@ def set_aside_saved_state(folder: Path) -> Path:
     """Move Ray's damaged saved state of the experiment in `folder`, and its tuner.pkl, to `damaged-state-<session>/`
     (nothing is deleted), so that it is no longer restorable: its caller starts the experiment again."""
     return _set_aside(folder, newest_state_files(folder), "tuner.pkl", "trainable.pkl")
+
+
+class RestoreFailed(InputError):
+    """Ray could not restore a saved experiment (and would have started it over with no trials)."""
+
+
+@contextlib.contextmanager
+def refusing_a_failed_restore(what: str, path: str):
+    """Run the body (a Tuner's fit) so that, if Ray cannot restore the saved state it resumes, RestoreFailed stops it
+    before anything runs or is written. Ray catches its own error, logs RESTORE_FAILED_LOG and starts the experiment
+    over with no trials: a sweep ran its search again from the start, a confirmation stage raised KeyError (CI of
+    2026-12-07). `recover_saved_state` catches the damage it knows (a file cut short); this catches the rest. The
+    check is a filter on Ray's logger: it runs inside Ray's `except` block, where the error is at hand, and what it
+    raises leaves TuneController's constructor (callbacks not set up, no step, no save). `what`: "sweep NAME" or "the
+    confirmation stage of sweep NAME"."""
+    logger = logging.getLogger(RESTORE_FAILED_LOG[0])
+
+    def refuse(record: logging.LogRecord) -> bool:
+        if record.getMessage() == RESTORE_FAILED_LOG[1]:
+            error = sys.exc_info()[1]
+            cause = f"{type(error).__name__}: {shown(str(error).split(chr(10))[0])}" if error else "no reason given"
+            raise RestoreFailed(f"{what} cannot be resumed: Ray could not restore its saved state in {shown_path(path)} "
+                                f"({cause}) "
+                                "and would start it over with no trials; nothing was run and its files are as they "
+                                "were")
+        return True
+
+    logger.addFilter(refuse)
+    try:
+        yield
+    finally:
+        logger.removeFilter(refuse)

@@ -51,7 +51,7 @@ from sslsearch.search.outcomes import FINISHED, METRIC, MODE, OUTCOMES, ranking_
 from sslsearch.search.proposals import DEFAULT_PROPOSALS, ConfigurationStudy, ProposalSettings, configuration_sampler
 from sslsearch.search.retention import CheckpointRetention, DiskUse, disk_use, size_text
 from sslsearch.search.rungs import rung_epochs
-from sslsearch.search.saved_state import IntactStateCopy, recover_saved_state
+from sslsearch.search.saved_state import IntactStateCopy, recover_saved_state, refusing_a_failed_restore
 from sslsearch.search.slots import SlotUse
 from sslsearch.search.space import SearchSpace, check_space
 from sslsearch.search.sweeplock import SweepLock, check_owned, claim_sweep_folder
@@ -783,9 +783,10 @@ class SweepStopped(RuntimeError):
 def fit_stopping_on_os_errors(tuner, name: str, path: str, started: float, concurrency: int, study_path: str | None,
                               *, stage: str = "sweep", then: str = "resume"):
     """tuner.fit() of a sweep or of its confirmation stage (in `path`; its callbacks include StopOnFullDisk); an OS
-    error stops it in good order: SweepStopped with one line and the summary, ending with `sslsearch THEN NAME`."""
+    error stops it in good order: SweepStopped with one line and the summary, ending with `sslsearch THEN NAME`.
+    A restored Tuner whose saved state Ray cannot restore is refused (RestoreFailed) before anything runs."""
     try:
-        with sigint_restored(), own_loggers_only(_run_callbacks(tuner)):
+        with sigint_restored(), own_loggers_only(_run_callbacks(tuner)), refusing_a_failed_restore(f"{stage} {name}", path):
             return tuner.fit()
     except (OSError, TuneError) as raised:
         error = _os_error(raised)
