@@ -213,9 +213,8 @@ def refusing_a_failed_restore(what: str, path: str):
             error = sys.exc_info()[1]
             cause = f"{type(error).__name__}: {shown(str(error).split(chr(10))[0])}" if error else "no reason given"
             raise RestoreFailed(f"{what} cannot be resumed: Ray could not restore its saved state in {shown_path(path)} "
-                                f"({cause}) "
-                                "and would start it over with no trials; nothing was run and its files are as they "
-                                "were")
+                                f"({cause}) and would start it over with no trials; nothing was run and its files are "
+                                "as they were")
         return True
 
     logger.addFilter(refuse)
