@@ -11,7 +11,7 @@ import psutil
 import pytest
 
 from local_processes import kill_processes_mentioning, processes_mentioning
-from sslsearch.processes import reaping, stop_descendants
+from sslsearch.processes import _sigterm_as_ctrl_c, ctrl_c_held, reaping, stop_descendants
 
 # A child that starts a grandchild ignoring SIGTERM (as ray::DashboardAgent does), then exits: the
 # grandchild is orphaned before anyone can ask its parent about it.
@@ -144,8 +144,6 @@ def test_a_ctrl_c_during_a_fork_is_held_until_ray_init_returns_not_lost(body):
 
 
 def test_ctrl_c_held_raises_at_once_on_a_second_ctrl_c_and_puts_the_handlers_back():
-    from sslsearch.processes import _sigterm_as_ctrl_c, ctrl_c_held
-
     before_int = signal.signal(signal.SIGINT, signal.default_int_handler)   # as in `sslsearch sweep`, under reaping
     before_term = signal.signal(signal.SIGTERM, _sigterm_as_ctrl_c)
     try:
