@@ -1,7 +1,6 @@
 """One truth per trial, checked on the real Tuner, searcher and scheduler (a synthetic trainable that
 reports like run_trial without training): what Optuna holds equals what Ray's trials reported."""
 
-import json
 import os
 import signal
 import subprocess
@@ -21,6 +20,7 @@ from sslsearch.search.experiment import load_experiment
 from sslsearch.search.space import load_search_space
 from sslsearch.search.sweep import resume_sweep, run_sweep, saved_statuses
 from sslsearch.search.synthetic import CHANCE, SyntheticSettings, synthetic_trainable
+from test_sweep import _result_rows
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -40,12 +40,9 @@ def _study(summary):
 
 
 def _ray_results(sweep_dir: Path) -> dict[str, list[dict]]:
-    """Every result Ray recorded per trial (its result.json), keyed by trial id."""
-    results = {}
-    for path in sweep_dir.glob("trial_*/result.json"):
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        results[path.parent.name.removeprefix("trial_")] = rows
-    return results
+    """Every result Ray recorded per trial (its result.json), keyed by trial id (whole lines: also read while the
+    sweep runs)."""
+    return {path.parent.name.removeprefix("trial_"): _result_rows(path) for path in sweep_dir.glob("trial_*/result.json")}
 
 
 def _sweep(tmp_path, name, experiment, **settings):

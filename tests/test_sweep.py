@@ -145,11 +145,17 @@ def test_sweep_on_uri_storage_keeps_its_records_there_and_resumes(ray_session, t
     assert sorted(t.trial_id for t in again.trials) == sorted(t.trial_id for t in summary.trials)
 
 
+def _result_rows(result: Path) -> list[dict]:
+    """The reports in a trial's result.json, whole lines only: a sweep still running may be midway through writing
+    one (Ray's json.dump goes through an 8 kB buffer before its newline; CI of 2026-12-07 read such a half line while
+    polling a live sweep)."""
+    text = result.read_text()
+    return [json.loads(line) for line in text[:text.rfind("\n") + 1].splitlines() if line.strip()]
+
+
 def _trial_epochs(sweep_dir: Path) -> dict[str, list[int]]:
-    epochs = {}
-    for result in sweep_dir.glob("trial_*/result.json"):
-        epochs[result.parent.name] = [json.loads(line)["epoch"] for line in result.read_text().splitlines() if line.strip()]
-    return epochs
+    return {result.parent.name: [row["epoch"] for row in _result_rows(result)]
+            for result in sweep_dir.glob("trial_*/result.json")}
 
 
 @pytest.mark.slow
