@@ -211,7 +211,8 @@ def refusing_a_failed_restore(what: str, path: str):
     def refuse(record: logging.LogRecord) -> bool:
         if record.getMessage() == RESTORE_FAILED_LOG[1]:
             error = sys.exc_info()[1]
-            cause = f"{type(error).__name__}: {shown(str(error).split(chr(10))[0])}" if error else "no reason given"
+            lines = str(error).splitlines() if error is not None else []
+            cause = f"{type(error).__name__}: {shown(lines[0] if lines else '')}" if error is not None else "no reason given"
             raise RestoreFailed(f"{what} cannot be resumed: Ray could not restore its saved state in {shown_path(path)} "
                                 f"({cause}) and would start it over with no trials; nothing was run and its files are "
                                 "as they were")
