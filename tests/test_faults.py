@@ -342,6 +342,42 @@ def test_a_saved_state_ray_cannot_restore_is_refused_before_anything_runs(ray_se
 
 
 @pytest.mark.slow
+def test_a_confirmation_stage_ray_cannot_restore_starts_again_from_its_plan(ray_session, tmp_path, capsys):
+    """The stage's counterpart of the test above. Its trials are fixed by its plan, so rather than stop with
+    RestoreFailed (and leave the user to delete files), `confirm` sets Ray's saved state aside and runs the plan's
+    trials again, with one warning; the old state is kept, not deleted."""
+    import json
+
+    from sslsearch.search.confirm import confirm_path, read_plan, run_confirm
+    from sslsearch.search.synthetic import synthetic_trainable
+
+    storage, name, trainable = str(tmp_path / "runs"), "cunrestorable", synthetic_trainable()
+    experiment = load_experiment(None, [*TINY, "search.sampler=random"])
+    run_sweep(experiment, load_search_space(experiment.space_path()), name=name, storage=storage, quiet=True,
+              trainable=trainable)
+    first = run_confirm(name, storage, top=1, seeds=1, quiet=True, trainable=trainable)
+    plan = read_plan(name, storage)
+    stage = Path(confirm_path(name, storage))
+    state = sorted(stage.glob("experiment_state-*.json"))[-1]
+    saved = json.loads(state.read_text())
+    assert len(saved["trial_data"]) == 2
+    broken = json.dumps({**saved, "trial_data": []})
+    state.write_text(broken)
+    capsys.readouterr()
+    again = run_confirm(name, storage, top=1, seeds=1, quiet=True, trainable=trainable)
+    warning = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert len(warning) == 1 and "could not restore" in warning[0] and "IndexError" in warning[0], warning
+    assert "start again from its plan" in warning[0]
+    assert read_plan(name, storage) == plan
+    # the same points of the plan, run again by new trials, all to the end
+    assert sorted((t.loss, sorted(t.params.items())) for t in again.trials) == sorted(
+        (t.loss, sorted(t.params.items())) for t in first.trials)
+    assert {t.trial_id for t in again.trials}.isdisjoint(t.trial_id for t in first.trials)
+    assert len(again.trials) == 2 and {t.outcome for t in again.trials} == {"completed"}
+    kept = list(stage.glob(f"damaged-state-*/{state.name}"))
+    assert len(kept) == 1 and kept[0].read_text() == broken
+
+@pytest.mark.slow
 def test_a_confirmation_stage_whose_list_of_points_was_cut_short_continues_from_its_intact_copy(ray_session, tmp_path,
                                                                                                  capsys):
     """The fresh-clone CI of 2026-12-07: a full disk left the stage's experiment state whole but cut its

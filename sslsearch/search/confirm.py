@@ -42,7 +42,13 @@ from sslsearch.search.experiment import Experiment, experiment_from_dict
 from sslsearch.search.folder import CONFIRM_DIR, PLAN_FILE
 from sslsearch.search.outcomes import METRIC, OUTCOMES, ranking_key
 from sslsearch.search.retention import CheckpointRetention
-from sslsearch.search.saved_state import IntactStateCopy, NoIntactState, recover_saved_state, set_aside_saved_state
+from sslsearch.search.saved_state import (
+    IntactStateCopy,
+    NoIntactState,
+    RestoreFailed,
+    recover_saved_state,
+    set_aside_saved_state,
+)
 from sslsearch.search.space import Parameter, SearchSpace
 from sslsearch.search.sweep import (
     StopOnFullDisk,
@@ -199,7 +205,8 @@ def run_confirm(name: str, storage: str, *, top: int, seeds: int, design: str | 
     `trainable` replaces the real trial, as in `run_sweep` (e.g. `synthetic.synthetic_trainable(...)`).
     As the search does, the stage stops at the first trial that fails for want of disk space (SweepStopped: the
     summary and `sslsearch confirm NAME`), keeps an intact copy of Ray's saved state, and is continued from that
-    copy when the full disk cut Ray's own short.
+    copy when the full disk cut Ray's own short. Unlike the search, a stage whose saved state Ray cannot restore
+    (and no copy mends) starts its trials again from its plan, with one warning: its trials are fixed by the plan.
     """
     local = _local_path(storage)
     storage = str(local.resolve()) if local is not None else storage
@@ -224,7 +231,17 @@ def run_confirm(name: str, storage: str, *, top: int, seeds: int, design: str | 
         for callback in _run_callbacks(tuner) if uri is not None else []:
             if hasattr(callback, "use_tracking_uri") and callback.uri != uri:
                 callback.use_tracking_uri(uri)
-        return _fit(tuner, name, path, experiment)
+        try:
+            return _fit(tuner, name, path, experiment)
+        except RestoreFailed as refused:
+            if local is None:   # a remote store's files are not ours to move
+                raise
+            # Nothing ran (RestoreFailed stops Ray before any trial or save), and the stage's trials are fixed by its
+            # plan: they start again from it, as when no intact copy existed (`_recovered`), rather than stop here.
+            aside = set_aside_saved_state(Path(path))
+            print(f"warning: Ray could not restore the saved state of sweep {name}'s confirmation stage "
+                  f"({refused.cause}); its trials start again from its plan (that state kept in {aside})",
+                  file=sys.stderr, flush=True)
     if plan is None:
         sweep = sweep_path(storage, name)
         plan = plan_confirmation(search_ranking(sweep), _used_seeds(sweep, experiment.pretrain.seed), top, seeds,

@@ -194,7 +194,12 @@ def set_aside_saved_state(folder: Path) -> Path:
 
 
 class RestoreFailed(InputError):
-    """Ray could not restore a saved experiment (and would have started it over with no trials)."""
+    """Ray could not restore a saved experiment (and would have started it over with no trials). `cause`: Ray's
+    error, one line."""
+
+    def __init__(self, message: str, cause: str = ""):
+        super().__init__(message)
+        self.cause = cause
 
 
 @contextlib.contextmanager
@@ -215,7 +220,7 @@ def refusing_a_failed_restore(what: str, path: str):
             cause = f"{type(error).__name__}: {shown(lines[0] if lines else '')}" if error is not None else "no reason given"
             raise RestoreFailed(f"{what} cannot be resumed: Ray could not restore its saved state in {shown_path(path)} "
                                 f"({cause}) and would start it over with no trials; nothing was run and its files are "
-                                "as they were")
+                                "as they were", cause)
         return True
 
     logger.addFilter(refuse)
