@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from sslsearch.errors import InputError
+from sslsearch.errors import InputError, first_line
 
 QUOTED = 80   # characters of a bad flag value that its one-line error quotes
 # Bounds of the flags whose values only make sense within them: past them a value is a slip, not a plan.
@@ -651,7 +651,7 @@ def _print_verdict(uri: str, name: str) -> None:
     try:
         board = build_leaderboard(load_trials(uri, [name]))
     except (InputError, MlflowException, OSError) as error:
-        print(f"warning: no verdict yet ({str(error).splitlines()[0][:200]}); run `sslsearch leaderboard {name}` later",
+        print(f"warning: no verdict yet ({first_line(error)}); run `sslsearch leaderboard {name}` later",
               file=sys.stderr)
         return
     print("\n".join(board.verdict.lines()))
@@ -943,7 +943,7 @@ def _log_verdict(board, uri: str) -> None:
     try:
         log_verdict(board, uri)
     except (MlflowException, OSError) as error:
-        print(f"warning: could not log the verdict on the sweep's MLflow run: {str(error).splitlines()[0][:200]}",
+        print(f"warning: could not log the verdict on the sweep's MLflow run: {first_line(error)}",
               file=sys.stderr)
 
 

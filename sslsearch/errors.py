@@ -38,6 +38,21 @@ def shown(value: object, limit: int = QUOTE_LIMIT) -> str:
     return text
 
 
+def first_line(error: BaseException | str, limit: int | None = QUOTE_LIMIT) -> str:
+    """What a one-line message quotes of an error (or of a text): the first non-blank line of its message, at most
+    `limit` characters ("…" when cut; None: uncut). An error with no message gives its type's name, a blank text ""."""
+    line = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
+    if not line and isinstance(error, BaseException):
+        line = type(error).__name__
+    return line if limit is None or len(line) <= limit else line[:limit - 1] + "…"
+
+
+def error_line(error: BaseException, limit: int | None = QUOTE_LIMIT) -> str:
+    """An error as a one-line message names it: "Type: first line of its message", or "Type" when it has none."""
+    line = first_line(str(error), limit)
+    return f"{type(error).__name__}: {line}" if line else type(error).__name__
+
+
 def shown_path(path: object, limit: int = QUOTE_LIMIT) -> str:
     """A path as an error message names it: its last `limit` characters (the end says which file)."""
     text = str(path).replace("\n", "\\n")

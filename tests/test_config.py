@@ -195,3 +195,19 @@ def test_values_are_quoted_to_200_characters():
     for _ in range(100_000):
         deep = [deep]
     assert shown(deep) == "[[[[[...]]]]]"   # no recursion into what it does not show
+
+
+def test_an_error_is_quoted_by_its_first_line_even_when_it_has_none():
+    """Errors as one-line messages quote them (sslsearch.errors.first_line / error_line, used wherever an error's text
+    ends up in a message). Several call sites took `str(error).splitlines()[0]`, an IndexError inside the handler when
+    the message was empty (`ConnectionError()` from ray.init, `OSError()`)."""
+    from sslsearch.errors import QUOTE_LIMIT, error_line, first_line
+
+    assert first_line(ConnectionError()) == "ConnectionError" and error_line(ConnectionError()) == "ConnectionError"
+    assert first_line(OSError("\n  \n  disk gone  \nTraceback ...")) == "disk gone"
+    assert error_line(ValueError("bad\nmore")) == "ValueError: bad"
+    assert first_line(" \n ") == "" and first_line("text only") == "text only"
+    long = RuntimeError("y" * 10_000)
+    assert len(first_line(long)) == QUOTE_LIMIT and first_line(long).endswith("…")
+    assert first_line(long, None) == "y" * 10_000 and len(first_line(long, 50)) == 50
+    assert len(error_line(long, 50)) == len("RuntimeError: ") + 50

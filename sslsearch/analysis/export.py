@@ -37,7 +37,7 @@ from torch import nn
 
 from sslsearch import __version__
 from sslsearch.analysis.leaderboard import LOSSES, build_leaderboard, json_value, load_trials, rank_trials
-from sslsearch.errors import InputError
+from sslsearch.errors import InputError, error_line, first_line
 from sslsearch.records.query import records_client
 from sslsearch.records.schema import SWEEP, TRIAL_ID
 
@@ -435,8 +435,7 @@ def load_backbone(path: str | os.PathLike) -> nn.Module:
     try:
         state = torch.load(weights_path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 — UnpicklingError, EOFError, RuntimeError (zip), OSError: all one line
-        reason = str(error).strip().splitlines()[0][:300] if str(error).strip() else ""
-        raise InputError(f"cannot load {weights_path} ({type(error).__name__}: {reason}); weights_only refuses "
+        raise InputError(f"cannot load {weights_path} ({error_line(error)}); weights_only refuses "
                          "anything but tensors and plain values") from None
     if not isinstance(state, dict):
         raise InputError(f"{weights_path} holds a {type(state).__name__}, not a backbone's state dict")
@@ -444,5 +443,5 @@ def load_backbone(path: str | os.PathLike) -> nn.Module:
     try:
         backbone.load_state_dict(state, strict=True)
     except RuntimeError as error:
-        raise InputError(f"{weights_path} does not fit a {name} backbone: {str(error).splitlines()[0]}") from None
+        raise InputError(f"{weights_path} does not fit a {name} backbone: {first_line(error)}") from None
     return backbone.eval()

@@ -40,7 +40,7 @@ import pandas as pd
 
 from sslsearch.analysis.stats import ACCURACY, paired_statistics, t_interval
 from sslsearch.analysis.verdict import CONFIRM_COUNTED, Verdict, confirm_verdict, search_verdict
-from sslsearch.errors import InputError
+from sslsearch.errors import InputError, first_line
 from sslsearch.records.query import recorded_experiment_id, records_client, search_all_runs
 from sslsearch.records.schema import (
     LOSS,
@@ -898,7 +898,7 @@ def _plot_importances(sweep: str, study_path: Path, path: Path) -> list[str]:
             results[label] = (optuna.importance.get_param_importances(subset, evaluator=evaluator, params=params), len(group))
         except (ValueError, RuntimeError) as error:
             notes.append(f"importances for {sweep} ({label}): skipped, Optuna could not compute them: "
-                         f"{str(error).splitlines()[0]}")
+                         f"{first_line(error)}")
     if not results:
         return notes
     fig = Figure(figsize=(6.4 * len(results), 0.5 * max(len(r) for r, _ in results.values()) + 1.8), layout="constrained")

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
 
-from sslsearch.errors import InputError
+from sslsearch.errors import InputError, error_line
 from sslsearch.method.config import (  # the names live with the config, which imports no torch
     DATASET_FILES,
     DATASETS,
@@ -238,11 +238,6 @@ def _check_device(device: str | torch.device) -> torch.device:
     return device
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
-
-
 # --- downloads ----------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -279,7 +274,7 @@ def _ensure_present(name: str, root: Path, archive: _Archive, download: bool) ->
             _download(root, archive)
         except Exception as exc:    # network, md5, disk: the user needs one line, not a traceback
             _remove_empty_dirs(created)
-            reason = f"download failed: {_one_line(exc)}"
+            reason = f"download failed: {error_line(exc)}"
         else:
             return base
     raise InputError(f"{name} not found: expected {base}/{archive.layout}; {reason}")
@@ -381,7 +376,7 @@ def _read_pickle(path: Path) -> dict:
             # encoding="bytes" is what the CIFAR page prescribes for its Python 2 pickles: keys come back as bytes.
             obj = _ArrayUnpickler(f, encoding="bytes").load()
     except Exception as exc:    # truncation alone can raise half a dozen exception types
-        raise InputError(f"{path} is not a readable python pickle ({_one_line(exc)}); delete it to download it again") from None
+        raise InputError(f"{path} is not a readable python pickle ({error_line(exc)}); delete it to download it again") from None
     if not isinstance(obj, dict):
         raise InputError(f"{path} holds a {type(obj).__name__}, expected a dict as in the official CIFAR files")
     return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in obj.items()}
@@ -621,7 +616,7 @@ def _write_cache(path: Path, prefix: str, decoded: dict[str, tuple[torch.Tensor,
             if stale != path:
                 stale.unlink(missing_ok=True)
     except OSError as exc:    # a read-only data dir costs speed next time, not this run
-        warnings.warn(f"could not write the decoded-image cache {path}: {_one_line(exc)}; the next load decodes again",
+        warnings.warn(f"could not write the decoded-image cache {path}: {error_line(exc)}; the next load decodes again",
                       stacklevel=2)
     finally:
         if tmp is not None:
@@ -651,7 +646,7 @@ def _decode_image(path: Path, size: int) -> np.ndarray:
             img = _resize_center_crop(img.convert("RGB"), size)
             return np.asarray(img).transpose(2, 0, 1)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise InputError(f"cannot decode image {path}: {_one_line(exc)}") from None
+        raise InputError(f"cannot decode image {path}: {error_line(exc)}") from None
 
 
 def _resize_center_crop(img: Image.Image, size: int) -> Image.Image:

@@ -41,7 +41,7 @@ from typing import Callable
 import torch
 
 from sslsearch import __version__
-from sslsearch.errors import InputError
+from sslsearch.errors import InputError, error_line
 from sslsearch.method.augment import PRESETS, AugmentPreset, augment_views
 from sslsearch.method.config import PretrainConfig  # defined torch-free so the CLI validates before importing torch
 from sslsearch.method.data import ImageData, load_run_data
@@ -159,8 +159,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for corrupt files
-        first_line = str(error).splitlines()[0] if str(error) else ""
-        raise InputError(f"cannot read checkpoint {path.resolve()}: {type(error).__name__}: {first_line}") from None
+        raise InputError(f"cannot read checkpoint {path.resolve()}: {error_line(error)}") from None
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT or "model" not in checkpoint:
         raise InputError(f"{path.resolve()} is not an sslsearch pretraining checkpoint (format {CHECKPOINT_FORMAT})")
     return checkpoint

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from sslsearch.errors import InputError
+from sslsearch.errors import InputError, first_line
 
 
 def default_tracking_uri(storage: str) -> str:
@@ -46,7 +46,7 @@ def _connection_reason(error: Exception) -> str:
         if isinstance(cause, OSError) and cause.strerror:
             return cause.strerror
         cause = cause.__cause__ or cause.__context__
-    text = str(error).splitlines()[0] if str(error) else type(error).__name__
+    text = first_line(error, None)
     return text if len(text) <= 160 else f"{type(error).__name__}: {text.rsplit(':', 1)[-1].strip()}"
 
 

@@ -58,7 +58,7 @@ from mlflow.exceptions import MlflowException
 from ray import tune
 
 import sslsearch
-from sslsearch.errors import InputError, shown
+from sslsearch.errors import InputError, error_line, shown
 from sslsearch.method.train import save_weights_only
 from sslsearch.records.query import find_experiment, search_all_runs
 from sslsearch.records.schema import (
@@ -654,18 +654,18 @@ class MlflowTracking(tune.Callback):
                 return True
             except TRANSIENT as error:
                 if isinstance(error, MlflowException) and error.error_code in PERMANENT_ERRORS:
-                    log.warning("MLflow refused a %s record of sweep %s: %s", record[0], self.sweep, _one_line(error))
+                    log.warning("MLflow refused a %s record of sweep %s: %s", record[0], self.sweep, error_line(error))
                     return True
                 if attempt + 1 == self.attempts:
                     log.warning("MLflow at %s failed %d times (%s); %d record(s) of sweep %s wait in the outbox, "
-                                "next try in %.0f s", self.uri, self.attempts, _one_line(error),
+                                "next try in %.0f s", self.uri, self.attempts, error_line(error),
                                 len(self.outbox.pending), self.sweep, COOLDOWN_S)
                     return False
                 if record[0] == "metrics":
                     self._refresh(record[1])  # the failed request may have landed: never log a step twice
                 time.sleep(self.backoff_s * 2 ** attempt)
             except Exception as error:  # a bad record or a bug must not end the sweep: set it aside, say so once
-                self.outbox.quarantine(number, record, _one_line(error))
+                self.outbox.quarantine(number, record, error_line(error))
                 return True
         return False
 
@@ -1139,9 +1139,6 @@ def _describe(parameter) -> str:
     return f"{parameter.distribution}({parameter.low}, {parameter.high})"
 
 
-def _one_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return f"{type(error).__name__}: {text.splitlines()[0][:300] if text else ''}"
 
 
 def _last_line(text: str) -> str:

@@ -37,6 +37,7 @@ import pyarrow.fs
 import torch
 from ray import tune
 
+from sslsearch.errors import error_line
 from sslsearch.method.train import RESUME_ONLY, weights_only
 from sslsearch.search.experiment import keeps_last, top_k
 from sslsearch.search.folder import RAY_EXPERIMENT_STATE  # Ray's saved sweep state; the newest name is the newest
@@ -227,8 +228,8 @@ class CheckpointRetention(tune.Callback):
             try:
                 settle_orphans(trials)
             except Exception as error:  # noqa: BLE001 — as in _settle
-                log.warning("could not settle the checkpoints of orphan trial folders (%s: %s); they stay as they are",
-                            type(error).__name__, str(error).splitlines()[0][:200] if str(error) else "")
+                log.warning("could not settle the checkpoints of orphan trial folders (%s); they stay as they are",
+                            error_line(error))
 
     def _settle(self) -> None:
         if not self._waiting or not self._trials:
@@ -248,8 +249,8 @@ class CheckpointRetention(tune.Callback):
                 self.settled[trial.trial_id] = keep_full
             self._waiting = any(t.status == "TERMINATED" and t.trial_id not in self.settled for t in self._trials)
         except Exception as error:  # noqa: BLE001 — keeping checkpoints is never worth a stopped sweep
-            log.warning("could not settle the checkpoints of ended trials (%s: %s); they stay as they are",
-                        type(error).__name__, str(error).splitlines()[0][:200] if str(error) else "")
+            log.warning("could not settle the checkpoints of ended trials (%s); they stay as they are",
+                        error_line(error))
 
 
 def forget_gone_checkpoints(trial) -> int:

@@ -29,7 +29,7 @@ from pathlib import Path
 import ray.cloudpickle as cloudpickle
 from ray import tune
 
-from sslsearch.errors import InputError, shown, shown_path
+from sslsearch.errors import InputError, error_line, shown_path
 from sslsearch.search.folder import RAY_EXPERIMENT_STATE, RAY_PICKLED_STATES
 from sslsearch.search.framework import RESTORE_FAILED_LOG
 
@@ -216,8 +216,7 @@ def refusing_a_failed_restore(what: str, path: str):
     def refuse(record: logging.LogRecord) -> bool:
         if record.getMessage() == RESTORE_FAILED_LOG[1]:
             error = sys.exc_info()[1]
-            lines = str(error).splitlines() if error is not None else []
-            cause = f"{type(error).__name__}: {shown(lines[0] if lines else '')}" if error is not None else "no reason given"
+            cause = error_line(error) if error is not None else "no reason given"
             raise RestoreFailed(f"{what} cannot be resumed: Ray could not restore its saved state in {shown_path(path)} "
                                 f"({cause}) and would start it over with no trials; nothing was run and its files are "
                                 "as they were", cause)

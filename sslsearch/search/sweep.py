@@ -40,7 +40,7 @@ from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter, Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from sslsearch.errors import InputError
+from sslsearch.errors import InputError, first_line
 from sslsearch.method.data import prepare_dataset
 from sslsearch.processes import ctrl_c_held, sigint_restored, sigterm_kept
 from sslsearch.search import framework
@@ -525,7 +525,7 @@ def connect_ray(address: str | None, num_cpus: int | None = None) -> None:
                     ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
                              log_to_driver=False, logging_level=logging.WARNING)
     except (ConnectionError, RuntimeError, ValueError, TimeoutError) as error:
-        raise InputError(f"cannot reach the Ray cluster at {address!r}: {str(error).splitlines()[0]}") from None
+        raise InputError(f"cannot reach the Ray cluster at {address!r}: {first_line(error)}") from None
 
 
 @contextlib.contextmanager

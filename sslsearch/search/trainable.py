@@ -18,6 +18,7 @@ import ray
 import torch
 from ray import tune
 
+from sslsearch.errors import error_line
 from sslsearch.method.data import ImageData, load_run_data
 from sslsearch.method.train import PretrainConfig, TrainingDiverged, pretrain
 from sslsearch.search.trial_config import CPUS, FINAL_TEST, trial_settings
@@ -69,9 +70,8 @@ def restore(checkpoint: tune.Checkpoint, scratch: Path, notes: list[str] | None 
             torch.load(restored / "last.pt", map_location="cpu", weights_only=True)  # readable to the end
             return restored / "last.pt", float((restored / "trial_seconds.txt").read_text())
         except Exception as error:  # noqa: BLE001 — any way a file can be broken
-            reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
             broken.append(f"{candidate.path}/last.pt")
-            line = (f"sslsearch: checkpoint {candidate.path}/last.pt is unreadable ({type(error).__name__}: {reason}); "
+            line = (f"sslsearch: checkpoint {candidate.path}/last.pt is unreadable ({error_line(error)}); "
                     "trying the previous one")
             print(line, file=sys.stderr, flush=True)
             if notes is not None:
