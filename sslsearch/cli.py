@@ -985,7 +985,8 @@ def _add_export(sub) -> None:
     p.add_argument("sweep", nargs="?", default=None, help="sweep name (default: the most recently started)")
     p.add_argument("--loss", choices=("barlow", "hsic"), default=None, help="the best trial of this loss only")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for backbone.pt, model_card.json, model_card.md")
-    p.add_argument("--force", action="store_true", help="replace a non-empty --out folder")
+    p.add_argument("--force", action="store_true",
+                   help="replace an earlier export at --out (a folder holding other files is never replaced)")
     p.add_argument("--stage", choices=("auto", "confirm", "search"), default="auto",
                    help="auto (default): the confirmed winner if the sweep was confirmed, else the best search trial")
     p.add_argument("--register", default=None, metavar="NAME",
@@ -996,12 +997,11 @@ def _add_export(sub) -> None:
 
 def _run_export(args) -> int:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # MLflow draws a bar per downloaded file
+    from sslsearch.analysis.export_folder import check_export_folder
+
     out = Path(args.out).resolve()
     # As export_best checks again just before it writes; here before seconds of imports and reading the records.
-    if out.exists() and not out.is_dir():
-        raise InputError(f"export path {out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not args.force:
-        raise InputError(f"export folder {out} exists and is not empty; pass --force to replace it")
+    check_export_folder(out, args.force)
     uri = _records_uri(args)
     sweeps = _recorded(uri, [args.sweep] if args.sweep else [], "export")
     from sslsearch.analysis.export import export_best
@@ -1024,7 +1024,7 @@ def _run_export(args) -> int:
               "re-measures the best settings with fresh seeds")
     print(f"  why {card['loss']}: {card['selection']['loss_choice']}")
     print(f"  verdict ({card['verdict']['stage']} stage): {card['verdict']['sentence']}")
-    print(f"  {Path(args.out).resolve()}: backbone.pt (sha256 {card['weights']['sha256'][:16]}…), model_card.json, model_card.md")
+    print(f"  {out}: backbone.pt (sha256 {card['weights']['sha256'][:16]}…), model_card.json, model_card.md")
     if "registered" in card:
         print(f"  registered as {card['registered']['uri']} (version {card['registered']['version']})")
     return 0

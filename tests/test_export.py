@@ -122,11 +122,18 @@ def test_existing_export_folder_needs_force(sweep, exported, tmp_path):
     (out / "notes.txt").write_text("mine")
     with pytest.raises(InputError, match="exists and is not empty; pass --force"):
         export_best(sweep["uri"], "export-sweep", out)
-    assert (out / "notes.txt").read_text() == "mine"
-    card = export_best(sweep["uri"], "export-sweep", out, force=True)
-    assert sorted(p.name for p in out.iterdir()) == ["backbone.pt", "model_card.json", "model_card.md"]
+    # --force replaces an earlier export, never a folder holding anything else (it once deleted a whole sweep store)
+    with pytest.raises(InputError, match=r"holds files an export did not write \(notes.txt\); --force replaces an earlier"):
+        export_best(sweep["uri"], "export-sweep", out, force=True)
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"] and (out / "notes.txt").read_text() == "mine"
+    earlier = tmp_path / "earlier"
+    shutil.copytree(exported[0], earlier)
+    (earlier / "model_card.md").write_text("an older card")
+    card = export_best(sweep["uri"], "export-sweep", earlier, force=True)
+    assert sorted(p.name for p in earlier.iterdir()) == ["backbone.pt", "model_card.json", "model_card.md"]
     assert card["weights"]["sha256"] == exported[1]["weights"]["sha256"]
-    assert [p.name for p in tmp_path.iterdir()] == ["taken"]
+    assert (earlier / "model_card.md").read_text() != "an older card"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["earlier", "taken"]   # no staged or set-aside folder left
 
 
 @pytest.mark.slow

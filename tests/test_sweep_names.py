@@ -104,6 +104,12 @@ def test_the_store_is_read_as_mlflow_reads_it(records):
     (["report", "old", "nosuch", "--out", "{tmp}/r.html"], "unknown sweep 'nosuch'; known sweeps (newest first)"),
     (["export", "nosuch", "--out", "{tmp}/new"], "unknown sweep 'nosuch'"),
     (["export", "old", "--out", "{tmp}/exported"], "export folder {tmp}/exported exists and is not empty; pass --force"),
+    # --force replaces an earlier export only: never a folder holding anything else, such as the sweep store itself
+    (["export", "old", "--out", "{tmp}/mine", "--force"],
+     "export folder {tmp}/mine holds files an export did not write (notes.txt); --force replaces an earlier export only"),
+    (["export", "old", "--out", "{records}", "--force"], "export folder {records} holds files an export did not write"),
+    (["export", "old", "--out", "{tmp}/afile/sub"], "export folder {tmp}/afile/sub cannot be made: {tmp}/afile is a file"),
+    (["export", "old", "--out", "{tmp}", "--force"], "export folder {tmp} is the current folder or holds it"),
     (["confirm", "nosuch"], "no sweep named 'nosuch' in {records}; known sweeps: fresh, old"),
     (["confirm"], "{records} holds 2 sweeps; name the one to confirm: sslsearch confirm SWEEP (newest first: fresh, old)"),
     (["confirm", "fresh"], "sweep 'fresh' has no finished trial that reported after epoch 0; nothing to confirm"),
@@ -113,10 +119,17 @@ def test_the_store_is_read_as_mlflow_reads_it(records):
 def test_refusals_that_read_the_records_import_nothing_heavy(records, tmp_path, argv, message):
     (tmp_path / "exported").mkdir()
     (tmp_path / "exported" / "backbone.pt").write_text("an earlier export")
-    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
-    line = refused(*argv, "--storage", records)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
+    (tmp_path / "afile").write_text("a file")
+    (tmp_path / "here").mkdir()
+    before = sorted(p.relative_to(records) for p in Path(records).rglob("*"))
+    argv = [a.replace("{tmp}", str(tmp_path)).replace("{records}", str(records)) for a in argv]
+    line = refused(*argv, "--storage", records, cwd=tmp_path / "here")
     assert message.replace("{tmp}", str(tmp_path)).replace("{records}", str(records)) in line, line
     assert (tmp_path / "exported" / "backbone.pt").read_text() == "an earlier export"
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "mine" and (tmp_path / "afile").read_text() == "a file"
+    assert sorted(p.relative_to(records) for p in Path(records).rglob("*")) == before
     assert not (tmp_path / "new").exists() and not (tmp_path / "r.html").exists()
 
 

@@ -36,14 +36,12 @@ import torch
 from torch import nn
 
 from sslsearch import __version__
+from sslsearch.analysis.export_folder import BACKBONE_FILE, CARD_JSON, CARD_MD, check_export_folder
 from sslsearch.analysis.leaderboard import LOSSES, build_leaderboard, json_value, load_trials, rank_trials
-from sslsearch.errors import InputError, error_line, first_line
+from sslsearch.errors import InputError, error_line, first_line, shown_path
 from sslsearch.records.query import records_client
 from sslsearch.records.schema import SWEEP, TRIAL_ID
 
-BACKBONE_FILE = "backbone.pt"
-CARD_JSON = "model_card.json"
-CARD_MD = "model_card.md"
 CARD_FORMAT = 3  # 2: `selection.stage` and `confirmation`; 3: `verdict`, `selection.loss_choice`
 CHECKPOINTS = ("checkpoints/last.pt", "checkpoints/best.pt")   # in order of preference; see the module docstring
 ALIAS = "champion"
@@ -277,13 +275,6 @@ def _pick_confirmed(trials, loss: str | None, client) -> tuple | None:
                      f"({' or '.join(CHECKPOINTS)})")
 
 
-def _refuse_existing(out: Path, force: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise InputError(f"export path {out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise InputError(f"export folder {out} exists and is not empty; pass --force to replace it")
-
-
 def _swap_into_place(staged: Path, out: Path) -> None:
     """Replace `out` by the finished `staged` folder: no half-written export is ever at `out`."""
     if not out.exists():
@@ -312,7 +303,7 @@ def export_best(tracking_uri: str, sweep: str | None, out_dir: str | os.PathLike
     from sslsearch.method.train import load_checkpoint, model_from_checkpoint
 
     out = Path(out_dir).resolve()
-    _refuse_existing(out, force)
+    check_export_folder(out, force)
     if stage not in ("auto", "confirm", "search"):
         raise InputError(f"unknown stage {stage!r}; expected auto, confirm or search")
     trials = load_trials(tracking_uri, [sweep] if sweep else None)
@@ -327,11 +318,15 @@ def export_best(tracking_uri: str, sweep: str | None, out_dir: str | os.PathLike
         picked = (*_pick(trials, loss, client), None, verdict, "the best search trial by val_acc (not confirmed)")
     trial, source, rank, candidates, skipped, confirmation, verdict, loss_choice = picked
 
-    out.parent.mkdir(parents=True, exist_ok=True)
     # Next to `out`, so the final rename stays on one file system; os.mkdir (unlike mkdtemp, which
     # makes 0700 folders) gives the export the permissions of any folder the user creates.
     staged = out.with_name(f".{out.name}.partial-{secrets.token_hex(4)}")
-    os.mkdir(staged)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        os.mkdir(staged)
+    except OSError as error:
+        raise InputError(f"cannot write the export folder {shown_path(out)} ({error.strerror or error_line(error)}); "
+                         "choose another --out") from None
     try:
         with tempfile.TemporaryDirectory(prefix="sslsearch-export-") as download:
             local = client.download_artifacts(trial["run_id"], source, dst_path=download)
@@ -353,7 +348,7 @@ def export_best(tracking_uri: str, sweep: str | None, out_dir: str | os.PathLike
         (staged / CARD_JSON).write_text(json.dumps(card, indent=2) + "\n")
         (staged / CARD_MD).write_text(card_markdown(card))
         registered = _register(client, register, staged, model.backbone, card) if register else None
-        _refuse_existing(out, force)  # again: another process may have written there meanwhile
+        check_export_folder(out, force)  # again: another process may have written there meanwhile
         _swap_into_place(staged, out)
     except BaseException:
         shutil.rmtree(staged, ignore_errors=True)

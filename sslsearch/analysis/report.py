@@ -22,6 +22,7 @@ import tempfile
 from pathlib import Path
 
 from sslsearch import __version__
+from sslsearch.analysis.export_folder import CARD_JSON, CARD_MD
 from sslsearch.analysis.leaderboard import (
     Leaderboard,
     build_leaderboard,
@@ -36,7 +37,6 @@ from sslsearch.records.query import records_client
 from sslsearch.records.schema import PROVENANCE
 
 REPORT_FILE = "report.html"
-CARD_FILES = ("model_card.json", "model_card.md")  # sslsearch.analysis.export.CARD_JSON / CARD_MD (export imports torch)
 # The sweep's setup as the parent run records it (flattened experiment settings): (label, params).
 SETUP = (
     ("data set", ("pretrain.dataset",)),
@@ -260,8 +260,8 @@ def _plots_html(files: list[str], notes: list[str]) -> str:
 def _card_html(card_dir: Path | None) -> str | None:
     if card_dir is None:
         return None
-    md = card_dir / CARD_FILES[1]
-    card = json.loads((card_dir / CARD_FILES[0]).read_text())
+    md = card_dir / CARD_MD
+    card = json.loads((card_dir / CARD_JSON).read_text())
     body = markdown_html(md.read_text(), heading_offset=2) if md.is_file() else f"<pre>{_e(json.dumps(card, indent=2))}</pre>"
     return f"<p class=note>From <code>{_e(card_dir)}</code>.</p>{body}"
 
@@ -284,8 +284,8 @@ def _check_card(card: str | os.PathLike | None) -> Path | None:
         return None
     folder = Path(card)
     folder = folder.parent if folder.is_file() else folder
-    if not (folder / CARD_FILES[0]).is_file():
-        raise InputError(f"--card {card}: no {CARD_FILES[0]} there; give the folder `sslsearch export --out` wrote")
+    if not (folder / CARD_JSON).is_file():
+        raise InputError(f"--card {card}: no {CARD_JSON} there; give the folder `sslsearch export --out` wrote")
     return folder.resolve()
 
 
