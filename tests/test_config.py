@@ -211,3 +211,37 @@ def test_an_error_is_quoted_by_its_first_line_even_when_it_has_none():
     assert len(first_line(long)) == QUOTE_LIMIT and first_line(long).endswith("…")
     assert first_line(long, None) == "y" * 10_000 and len(first_line(long, 50)) == 50
     assert len(error_line(long, 50)) == len("RuntimeError: ") + 50
+
+
+def test_an_experiment_file_without_a_space_uses_the_shipped_one_wherever_it_lives(tmp_path, monkeypatch):
+    """`search.space` defaulted to `../search_spaces/barlow_hsic.yaml` next to the user's file: a file outside the
+    repository (/tmp/partial.yaml) was refused with "search space file not found: /tmp/search_spaces/barlow_hsic.yaml"."""
+    path = tmp_path / "partial.yaml"
+    path.write_text("name: x\npretrain: {epochs: 4}\n")
+    monkeypatch.chdir(tmp_path)   # nor does the working folder matter
+    shipped = load_experiment(None).space_path()
+    assert shipped == (ROOT / "search_spaces" / "barlow_hsic.yaml").resolve()
+    e = load_experiment(path)
+    assert e.space_path() == shipped
+    assert load_search_space(e.space_path()) == load_search_space(shipped)
+
+
+def test_a_space_the_experiment_file_names_is_relative_to_that_file(tmp_path, monkeypatch, capsys):
+    (tmp_path / "spaces").mkdir()
+    mine = tmp_path / "spaces" / "mine.yaml"
+    mine.write_text("lr: {distribution: loguniform, low: 1.0e-4, high: 1.0e-2}\n")
+    (tmp_path / "spaces" / "other.yaml").write_text("lmbda: {distribution: loguniform, low: 1.0e-4, high: 1.0e-1}\n")
+    path = tmp_path / "e.yaml"
+    path.write_text("name: x\npretrain: {epochs: 4}\nsearch: {space: spaces/mine.yaml}\n")
+    monkeypatch.chdir(ROOT)   # not relative to the working folder
+    e = load_experiment(path)
+    assert e.space_path() == mine.resolve() and load_search_space(e.space_path()).names == ("lr",)
+    # --set search.space is read as the file's own setting: relative to the experiment file too.
+    assert load_experiment(path, ["search.space=spaces/other.yaml"]).space_path() == (tmp_path / "spaces" / "other.yaml")
+    assert load_experiment(None, ["search.space=mine.yaml"]).space_path() == DEFAULT_EXPERIMENT.parent / "mine.yaml"
+    # A space the user named that is not there: one line, exit 2, nothing written.
+    path.write_text("name: x\npretrain: {epochs: 4}\nsearch: {space: spaces/missing.yaml}\n")
+    code, err = _run(capsys, ["sweep", str(path), "--storage", str(tmp_path / "runs")])
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert "search space file not found" in err and "missing.yaml" in err
+    assert not (tmp_path / "runs").exists()

@@ -552,3 +552,29 @@ def test_csv_piped_into_head_exits_quietly(store, tmp_path):
                           env={**os.environ, "PYTHONPATH": str(root)}, timeout=300)
     assert done.stdout.strip() == "141"  # 128 + SIGPIPE, as a shell reports any writer its reader left
     assert (tmp_path / "err").read_text() == ""
+
+
+def tied_trials(sweep="s"):
+    """Load_trials-shaped rows of two finished barlow trials tied on val_acc and epochs: `b` took 10 s, `a` 500 s."""
+    from sslsearch.analysis.leaderboard import TRIAL_COLUMNS
+
+    return [{**dict.fromkeys(TRIAL_COLUMNS), "sweep": sweep, "stage": "search", "trial_id": trial_id,
+             "run_id": f"{sweep}-{trial_id}", "loss": "barlow", "lmbda": 0.01, "lr": 1e-3, "feature_dim": 64, "seed": 0,
+             "val_acc": 80.0, "best_val_acc": 80.0, "epochs": 4, "trial_seconds": seconds, "outcome": "completed",
+             "dataset": "digits", "max_epochs": 4, "history": {}}
+            for trial_id, seconds in (("b", 10.0), ("a", 500.0))]
+
+
+def test_the_header_states_the_tie_breaks_the_ranking_uses():
+    """The header once said "ties: more epochs, then less wall time, then trial id"; no ranking uses wall time."""
+    board = build_leaderboard(pd.DataFrame(tied_trials()))
+    assert list(board.ranked["trial_id"]) == ["a", "b"]   # 50 times slower, yet first: the trial id breaks the tie
+    header = format_leaderboard(board, "table").splitlines()[1]
+    assert header.startswith("ranked by val_acc (final report") and "wall" not in header
+    assert header.split("ties: ", 1)[1].split(". ", 1)[0] == "more epochs, then the smaller trial id"
+    order = json.loads(format_leaderboard(board, "json"))["ranking"]["order"]
+    assert order == ["val_acc desc", "epochs desc", "trial_id asc", "sweep asc"]   # the words above, in this order
+    # Pooled sweeps with the same trial ids: the sweep name comes last, in the ranking and in the header.
+    pooled = build_leaderboard(pd.DataFrame(tied_trials("s") + tied_trials("t")))
+    assert list(zip(pooled.ranked["trial_id"], pooled.ranked["sweep"])) == [("a", "s"), ("a", "t"), ("b", "s"), ("b", "t")]
+    assert "ties: more epochs, then the smaller trial id, then the sweep name. " in format_leaderboard(pooled, "markdown")

@@ -132,3 +132,19 @@ def test_bad_report_requests_are_one_line(records, tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert code == 2 and len(err.splitlines()) == 1 and message in err, err
     assert not (tmp_path / "r.html").exists()
+
+
+def test_the_report_states_the_tie_breaks_the_ranking_uses():
+    """The report shows the leaderboard's own header: the tie-breaks `rank_trials` uses, never wall time."""
+    import types
+
+    import pandas as pd
+
+    from sslsearch.analysis.report import render_report
+    from test_leaderboard import tied_trials
+
+    board = build_leaderboard(pd.DataFrame(tied_trials()))
+    parent = types.SimpleNamespace(data=types.SimpleNamespace(params={"pretrain.dataset": "digits"}, tags={}),
+                                   info=types.SimpleNamespace(start_time=0, status="FINISHED", run_id="parent"))
+    page = render_report(board, {"s": parent}, {"files": [], "notes": []})
+    assert "ties: more epochs, then the smaller trial id." in page and "wall time" not in page

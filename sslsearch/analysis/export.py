@@ -37,7 +37,15 @@ from torch import nn
 
 from sslsearch import __version__
 from sslsearch.analysis.export_folder import BACKBONE_FILE, CARD_JSON, CARD_MD, check_export_folder
-from sslsearch.analysis.leaderboard import LOSSES, build_leaderboard, json_value, load_trials, rank_trials
+from sslsearch.analysis.leaderboard import (
+    LOSSES,
+    TRIAL_ORDER,
+    build_leaderboard,
+    json_value,
+    load_trials,
+    rank_trials,
+    ranking_words,
+)
 from sslsearch.errors import InputError, error_line, first_line, shown_path
 from sslsearch.records.query import records_client
 from sslsearch.records.schema import SWEEP, TRIAL_ID
@@ -104,7 +112,7 @@ def _model_card(checkpoint: dict, trial, rank_overall: int, candidates: int, ski
         "metrics": {"val_acc": row.get("val_acc"), "test_acc": row.get("test_acc"), "knn_acc": row.get("knn_acc"),
                     "epoch": int(checkpoint["epoch"])},
         "selection": {"stage": "search", "metric": "val_acc (final report)", "mode": "max",
-                      "tie_break": "more epochs, then less wall time (trial_seconds), then trial id",
+                      "tie_break": ranking_words(TRIAL_ORDER).split("; ties: ", 1)[1],
                       "ranked_outcomes": ["completed", "stopped early"], "rank": rank_overall, "candidates": candidates,
                       "skipped_without_checkpoint": skipped, "loss_filter": None,
                       "val_acc": json_value(trial["val_acc"]), "test_acc": json_value(trial["test_acc"]),

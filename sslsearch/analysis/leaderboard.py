@@ -12,8 +12,9 @@ Rules, decided once:
   initialisation: a trial with only that report is never ranked, nor exported). Errored, diverged
   and still-running trials are counted, not ranked.
 - Ranking is by `val_acc`, the trial's final report (the value Optuna and ASHA saw). Ties go to
-  more epochs trained, then less wall time (`trial_seconds`), then the trial id. `test_acc` is
-  shown, never used to choose.
+  more epochs trained, then the smaller trial id (sslsearch.search.outcomes.RANK_ORDER, one rule
+  everywhere; pooled sweeps then by sweep name). Wall time never breaks a tie: it differs from run
+  to run. `test_acc` is shown, never used to choose.
 - Confirmed configurations are ranked by their mean `val_acc` over seeds, with a 95 % t-interval
   over seeds (inside [0, 100]) and `test_acc` mean and interval.
 - The verdict (sslsearch.analysis.verdict) comes from the confirm stage when there is one: seed
@@ -67,6 +68,11 @@ STAGES = ("search", "confirm")
 FORMATS = ("table", "csv", "json", "markdown")
 # Ranking: (column, ascending). The first key is the objective; the rest only break ties.
 RANK_ORDER = (*TRIAL_ORDER, ("sweep", True))   # one tie-break rule everywhere (outcomes.RANK_ORDER); pooled sweeps last
+# How each key of a ranking order reads in the leaderboard's header. The header's sentence is built from the order that
+# ranks (`ranking_words`), so it cannot state a tie-break the ranking does not use; a key missing here still reads
+# as its column and direction.
+RANK_WORDS = {("val_acc", False): "val_acc", ("epochs", False): "more epochs", ("trial_id", True): "the smaller trial id",
+              ("sweep", True): "the sweep name"}
 TRIAL_COLUMNS = ("sweep", "stage", "trial_id", "run_id", "loss", "lmbda", "lr", "feature_dim", "seed", "pair", "val_acc",
                  "best_val_acc", "test_acc", "knn_acc", "epochs", "trial_seconds", "outcome", "dataset", "max_epochs",
                  "parent_run_id", "history")
@@ -535,9 +541,18 @@ def _summary_lines(board: Leaderboard) -> list[str]:
     dataset = t["dataset"].dropna().iloc[0] if t["dataset"].notna().any() else "?"
     epochs = t["max_epochs"].dropna()
     budget = f", up to {int(epochs.max())} epochs" if len(epochs) else ""
+    # The sweep key only separates pooled sweeps: one sweep's header leaves it out.
+    order = RANK_ORDER if len(board.sweeps) > 1 else TRIAL_ORDER
     return [f"sweep {', '.join(board.sweeps)} ({dataset}{budget}): {count_line(board.counts)}",
-            "ranked by val_acc (final report; only trials that reported after epoch 0); ties: more epochs, "
-            "then less wall time, then trial id. test_acc is shown, never used to choose."]
+            f"{ranking_words(order)}. test_acc is shown, never used to choose."]
+
+
+def ranking_words(order: tuple = RANK_ORDER) -> str:
+    """'ranked by val_acc (final report; …); ties: more epochs, then the smaller trial id': `order` (the one that
+    ranks, (column, ascending) pairs) in words, so the leaderboard and the report say what `rank_trials` does."""
+    words = [RANK_WORDS.get(key) or f"the {'smaller' if key[1] else 'larger'} {key[0]}" for key in order]
+    return (f"ranked by {words[0]} (final report; only trials that reported after epoch 0)"
+            + (f"; ties: {', then '.join(words[1:])}" if len(words) > 1 else ""))
 
 
 def count_line(counts: dict) -> str:

@@ -25,6 +25,10 @@ from sslsearch.search.rungs import rung_epochs
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_EXPERIMENT = PROJECT_ROOT / "experiments" / "digits.yaml"
+# The search space of an experiment file that names none: the shipped one, found as DEFAULT_EXPERIMENT is, wherever the
+# package lives. (It once was `../search_spaces/barlow_hsic.yaml` next to the user's file: a file outside the
+# repository then named a space that is not there.)
+DEFAULT_SPACE = PROJECT_ROOT / "search_spaces" / "barlow_hsic.yaml"
 SAMPLERS = ("tpe", "random", "gp")
 SCHEDULERS = ("asha", "fifo")
 # What a sweep keeps of each trial's checkpoints (docs/tracking.md, sslsearch.search.retention): weights only, except the
@@ -48,7 +52,7 @@ MAX_GPUS_PER_TRIAL = 64
 
 @dataclass(frozen=True)
 class SearchSettings:
-    space: str = "../search_spaces/barlow_hsic.yaml"  # relative to the experiment file's folder
+    space: str = str(DEFAULT_SPACE)  # one the file (or --set) names: relative to the experiment file's folder
     num_samples: int = 16        # trials in all (pairs count as two)
     sampler: str = "tpe"         # Optuna's TPE; "random" and "gp" for comparison
     seed: int = 0                # seeds the sampler, and the trials' seeds derive from it
@@ -95,6 +99,8 @@ class Experiment:
         }
 
     def space_path(self) -> Path:
+        """The search-space file: `search.space` relative to the experiment file's folder (an absolute one, such as the
+        default DEFAULT_SPACE, as it is)."""
         base = Path(self.source).parent if self.source else Path.cwd()
         return (base / self.search.space).resolve()
 
