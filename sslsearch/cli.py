@@ -12,8 +12,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from sslsearch.errors import InputError, first_line
@@ -566,7 +568,8 @@ def _run_sweep(args) -> int:
             check_tracking(uri, sweep=name)  # a name already recorded (needs MLflow; a server's records)
             tracking = MlflowTracking(experiment, space, sweep=name, storage=storage)
             code = _report_sweep(lambda: run_sweep(experiment, space, name=name, storage=storage, address=args.address,
-                                                   callbacks=[tracking], claim=claim), uri)
+                                                   callbacks=[tracking], claim=claim), uri,
+                                 continue_with=_command(args, "resume", name))
     except BaseException:
         if claim is not None:  # refused or stopped before the sweep started: the name is free again
             abandon_claim(claim)
@@ -603,13 +606,33 @@ def _invocation() -> str:
     return f"{shown(Path(sys.executable))} -m sslsearch.cli"
 
 
-def _next_steps(name: str, args, *, confirm: bool) -> str:
-    """The commands that follow on sweep `name`, as this shell can run them, with its --storage / --tracking-uri."""
+def _where(args) -> str:
+    """The options naming this shell's records (--storage, --tracking-uri) where they are not the defaults: what every
+    command printed for the user to run next carries, so that it finds the same sweep."""
     where = ""
     if Path(_storage(args.storage)) != Path("runs").resolve():
-        where += f" --storage {args.storage}"
+        where += f" --storage {shlex.quote(args.storage)}"
     if getattr(args, "tracking_uri", None):
-        where += f" --tracking-uri {args.tracking_uri}"
+        where += f" --tracking-uri {shlex.quote(args.tracking_uri)}"
+    return where
+
+
+def _command(args, command: str, name: str, extra: str = "") -> str:
+    """`sslsearch COMMAND NAME [EXTRA]` as this shell can run it, on the records this command used."""
+    return f"{_invocation()} {command} {name}{_where(args)}{extra}"
+
+
+def _confirm_flags(top: int, seeds: int, design: str | None) -> str:
+    """The flags that continue a confirmation stage started with these settings (the defaults left out)."""
+    from sslsearch.search.confirm import DESIGN, SEEDS, TOP
+
+    return "".join(f" --{flag} {value}" for flag, value, default in
+                   (("top", top, TOP), ("seeds", seeds, SEEDS), ("design", design or DESIGN, DESIGN)) if value != default)
+
+
+def _next_steps(name: str, args, *, confirm: bool) -> str:
+    """The commands that follow on sweep `name`, as this shell can run them, with its --storage / --tracking-uri."""
+    where = _where(args)
     program = _invocation()
     steps = [("confirm", "", "the best settings with both losses, 8 fresh seeds: the verdict")] if confirm else []
     steps += [("leaderboard", "", "the ranking per loss and barlow against hsic"),
@@ -620,9 +643,12 @@ def _next_steps(name: str, args, *, confirm: bool) -> str:
     return "\n".join([f"next, for sweep {name}:"] + [f"  {c:{width}}  # {why}" for c, (_, _, why) in zip(commands, steps)])
 
 
-def _report_sweep(run, uri: str | None = None) -> int:
+def _report_sweep(run, uri: str | None = None, *, continue_with: str | None = None,
+                  before_verdict: Callable[[int], None] | None = None) -> int:
     """Run a sweep (or its resume), print its summary (with the disk its records use; `uri`: where MLflow keeps
-    them); exit code per `sweep_exit_code`, 4 if an OS error stopped it."""
+    them; `continue_with`: the command an interrupted sweep names) and the verdict; exit code per `sweep_exit_code`,
+    4 if an OS error stopped it. `before_verdict(code)` runs first (resume: make MLflow match Ray's records, so the
+    verdict does not count the orphans the reconcile removes)."""
     from sslsearch.records.tracking import artifact_bytes
     from sslsearch.search.sweep import SweepStopped
 
@@ -631,14 +657,17 @@ def _report_sweep(run, uri: str | None = None) -> int:
     except SweepStopped as stopped:
         if stopped.summary is not None:
             stopped.summary.mlflow_artifact_bytes = artifact_bytes(uri, stopped.summary.name) if uri else None
-            print(stopped.summary.format())
+            print(stopped.summary.format(continue_with))
         print(f"sslsearch: error: {stopped}", file=sys.stderr)
         return 4
     summary.mlflow_artifact_bytes = artifact_bytes(uri, summary.name) if uri else None
-    print(summary.format())
+    print(summary.format(continue_with))
+    code = sweep_exit_code(summary)
+    if before_verdict is not None:
+        before_verdict(code)
     if uri and not summary.unfinished:
         _print_verdict(uri, summary.name)
-    return sweep_exit_code(summary)
+    return code
 
 
 def _print_verdict(uri: str, name: str) -> None:
@@ -702,17 +731,21 @@ def _run_resume(args) -> int:
                or default_tracking_uri(storage))
         if not args.tracking_uri:
             check_store(uri)
+        def reconciled(code: int) -> None:
+            if code in (0, 1):   # (3: the server does not take records now; the outbox keeps them for `sync`)
+                _reconcile(args.name, storage, args.tracking_uri)
+
         code = _report_sweep(lambda: resume_sweep(args.name, storage, address=args.address,
-                                                  tracking_uri=args.tracking_uri), uri)
+                                                  tracking_uri=args.tracking_uri), uri,
+                             continue_with=_command(args, "resume", args.name), before_verdict=reconciled)
         if code not in (0, 1, 3):
             return code   # bad input, interrupted, or stopped by an OS error: the confirmation stage waits
-        if code != 3:   # (3: the server does not take records now; the outbox keeps them for `sync`)
-            _reconcile(args.name, storage, args.tracking_uri)
         from sslsearch.search.confirm import read_plan
 
         plan = read_plan(args.name, storage)  # a confirmation stage was started: continue it too
         if plan is not None:
-            stage_code = _confirm(args.name, storage, plan["top"], len(plan["seeds"]), args.address, args.tracking_uri)
+            stage_code = _confirm(args.name, storage, plan["top"], len(plan["seeds"]), args.address, args.tracking_uri,
+                                  plan.get("design", "per-loss"), args=args)
             if stage_code:
                 return stage_code   # interrupted (130) or stopped by a full disk (4): `confirm` continues it
             print(_next_steps(args.name, args, confirm=False))
@@ -779,13 +812,13 @@ def _run_confirm(args) -> int:
             print(f"confirm: sweep {name}, the only sweep in {storage}", flush=True)
         sweep = find_folder(storage, name)
         check_not_written(sweep, "confirm")
-        check_confirmable(sweep, storage, args.top, args.seeds, args.tracking_uri, args.design)
+        check_confirmable(sweep, storage, args.top, args.seeds, args.tracking_uri, args.design, _where(args))
     elif name is None:
         raise InputError(f"name the sweep to confirm in {storage}: sslsearch confirm SWEEP --storage {storage}")
     from sslsearch.processes import reaping
 
     with reaping():
-        code = _confirm(name, storage, args.top, args.seeds, args.address, args.tracking_uri, args.design)
+        code = _confirm(name, storage, args.top, args.seeds, args.address, args.tracking_uri, args.design, args=args)
         if code:
             return code
     print(_next_steps(name, args, confirm=False))
@@ -793,7 +826,7 @@ def _run_confirm(args) -> int:
 
 
 def _confirm(name: str, storage: str, top: int, seeds: int, address: str | None, tracking_uri: str | None,
-             design: str | None = None) -> int:
+             design: str | None = None, *, args=None) -> int:
     """Run or continue the confirmation stage, then make MLflow match Ray's records of the sweep (`sync`), print the
     leaderboard ending with the verdict and log the verdict on the sweep's parent run; the exit code (_report_confirm)."""
     from sslsearch.analysis.stats import MIN_NONZERO
@@ -809,8 +842,11 @@ def _confirm(name: str, storage: str, top: int, seeds: int, address: str | None,
               f"needs ≥ {MIN_NONZERO} non-zero differences to reach p < 0.05)", file=sys.stderr)
     tracking = MlflowTracking(experiment, space, sweep=name, storage=storage, tracking_uri=uri, stage=STAGE)
     # The sweep's live view: a line per report, with the trials finished and left of the stage.
+    flags = _confirm_flags(top, seeds, design)
+    continue_with = (f"{_command(args, 'confirm', name, flags)} (or {_command(args, 'resume', name)})" if args is not None
+                     else f"sslsearch confirm {name}{flags} (or sslsearch resume {name})")
     code = _report_confirm(lambda: run_confirm(name, storage, top=top, seeds=seeds, design=design, address=address,
-                                               callbacks=[LiveView(), tracking]))
+                                               callbacks=[LiveView(), tracking]), continue_with)
     if code:
         return code
     _reconcile(name, storage, tracking_uri)   # what an earlier, stopped session could neither send nor keep
@@ -822,7 +858,7 @@ def _confirm(name: str, storage: str, top: int, seeds: int, address: str | None,
     return 0
 
 
-def _report_confirm(run) -> int:
+def _report_confirm(run, continue_with: str | None = None) -> int:
     """Run (or continue) the confirmation stage and print its line: 0 every trial ended; 130 interrupted; 4 an OS error
     (a full disk) stopped it: its line, then one error line ending with `sslsearch confirm NAME`."""
     from sslsearch.search.confirm import format_stage
@@ -832,10 +868,10 @@ def _report_confirm(run) -> int:
         summary = run()
     except SweepStopped as stopped:
         if stopped.summary is not None:
-            print(format_stage(stopped.summary))
+            print(format_stage(stopped.summary, continue_with))
         print(f"sslsearch: error: {stopped}", file=sys.stderr)
         return 4
-    print(format_stage(summary))
+    print(format_stage(summary, continue_with))
     return 130 if summary.unfinished else 0
 
 

@@ -324,3 +324,27 @@ def test_every_pretraining_setting_is_a_flag_of_its_own_name_or_deliberately_not
     # the sweep's (experiment files), and joint_views a speed option of bench train.
     assert without_flag == {"projector_hidden", "val_fraction", "split_seed", "knn_k", "knn_temperature",
                             "probe_weight_decay", "joint_views"}, without_flag
+
+
+def test_a_resumed_sweep_reconciles_mlflow_before_its_verdict_and_names_how_to_continue(tmp_path, capsys, monkeypatch):
+    """Found by review: `resume` after a SIGKILL printed (and logged) a verdict built from MLflow before the reconcile
+    that then removed an orphan run, so the verdict counted a trial "without its partner" that the board no longer has.
+    `_report_sweep` now runs `before_verdict` (resume: the reconcile) first. An interrupted sweep names the command
+    that continues it with the --storage it was given (it said `sslsearch resume NAME`, which looked in ./runs)."""
+    from sslsearch import cli
+    from sslsearch.search.sweep import SweepSummary
+
+    order = []
+    monkeypatch.setattr(cli, "_print_verdict", lambda uri, name: order.append(("verdict", name)))
+    done = SweepSummary(name="s", path=str(tmp_path / "s"), trials=[], wall_seconds=1.0, concurrency=1)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    code = cli._report_sweep(lambda: done, uri, before_verdict=lambda code: order.append(("reconcile", code)))
+    assert code == 0 and order == [("reconcile", 0), ("verdict", "s")]
+
+    monkeypatch.setattr(SweepSummary, "unfinished", property(lambda self: 1))
+    args = cli.build_parser().parse_args(["resume", "s", "--storage", str(tmp_path / "my runs")])
+    order.clear()
+    assert cli._report_sweep(lambda: done, uri, continue_with=cli._command(args, "resume", "s")) == 130
+    assert order == []   # no verdict on an unfinished sweep
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert last.endswith(f"continue with: {cli._invocation()} resume s --storage '{tmp_path / 'my runs'}'"), last

@@ -171,4 +171,4 @@ def test_a_stage_started_with_another_design_is_refused_at_once_naming_it(tmp_pa
     (tmp_path / "s" / "confirm" / "confirm-plan.json").write_text(json.dumps(plan))
     line = refused("confirm", "s", "--design", "per-loss", "--storage", tmp_path)
     assert line == ("the confirmation of sweep 's' was started with --top 1 --seeds 8 --design shared and has not "
-                    "finished; continue it with `sslsearch confirm s --top 1 --seeds 8 --design shared`")
+                    f"finished; continue it with `sslsearch confirm s --storage {tmp_path} --top 1 --seeds 8 --design shared`")

@@ -6,6 +6,7 @@ real command line in a child process, sends a real signal once the command is ge
 exit code, what it printed, the records it left and that no process outlives it."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -105,7 +106,7 @@ def _runs(storage: Path, name: str) -> tuple[list, list]:
 def _assert_stopped_in_good_order(command: Command, code: int, hint: str, storage: Path, marker: str) -> None:
     output = command.output()
     assert code == 130, output[-3000:]
-    assert hint in output, output[-3000:]
+    assert re.search(hint, output, re.MULTILINE), (hint, output[-3000:])
     assert "SIGTERM received" not in output and "Traceback" not in output, output[-3000:]
     parents, trials = _runs(storage, "t")
     assert [p.info.status for p in parents] == ["KILLED"]   # the sweep is not over
@@ -124,7 +125,10 @@ def test_sweep_resume_and_confirm_stop_in_good_order_on_sigterm_and_sigint(tmp_p
         sweep = Command(["sweep", "--name", "t", "--storage", str(storage), *TINY], tmp_path, env, background=True)
         sweep.wait_for(lambda: _reported(storage / "t"), "first report")
         code = sweep.stop(signal.SIGTERM)
-        _assert_stopped_in_good_order(sweep, code, "continue with: sslsearch resume t", storage, marker)
+        # The hint is a command this shell can run as printed: the program as invoked (the storage is ./runs of the
+        # working folder, the default, so no --storage; test_cli checks one given).
+        program, where = r"\S+ -m sslsearch\.cli", ""
+        _assert_stopped_in_good_order(sweep, code, f"continue with: {program} resume t{where}$", storage, marker)
         assert "2 running" in sweep.output()   # the summary, counting the unfinished trials
 
         resume = Command(["resume", "t", "--storage", str(storage)], tmp_path, env, background=False)
@@ -132,7 +136,7 @@ def test_sweep_resume_and_confirm_stop_in_good_order_on_sigterm_and_sigint(tmp_p
         resume.wait_for(lambda: any(p.stat().st_size > before.get(p, 0)
                                     for p in (storage / "t").glob("trial_*/result.json")), "a report after resuming")
         code = resume.stop(signal.SIGINT)
-        _assert_stopped_in_good_order(resume, code, "continue with: sslsearch resume t", storage, marker)
+        _assert_stopped_in_good_order(resume, code, f"continue with: {program} resume t{where}$", storage, marker)
 
         finish = Command(["resume", "t", "--storage", str(storage)], tmp_path, env, background=False)
         assert finish.shell.wait(timeout=600) == 0, finish.output()[-3000:]
@@ -141,7 +145,9 @@ def test_sweep_resume_and_confirm_stop_in_good_order_on_sigterm_and_sigint(tmp_p
                           background=True)
         confirm.wait_for(lambda: _reported(storage / "t" / "confirm"), "first report of the confirmation stage")
         code = confirm.stop(signal.SIGTERM)
-        _assert_stopped_in_good_order(confirm, code, "continue with: sslsearch confirm t", storage, marker)
+        # --seeds 1 is not the default: without it the command would be refused (the stage was started with 1 seed)
+        _assert_stopped_in_good_order(confirm, code, f"continue with: {program} confirm t{where} --seeds 1 "
+                                      rf"\(or {program} resume t{where}\)$", storage, marker)
     finally:
         for command in [c for c in locals().values() if isinstance(c, Command)]:
             command.kill()

@@ -197,7 +197,7 @@ def test_a_confirmation_started_with_other_settings_is_named_as_it_stands(tmp_pa
     (tmp_path / "s" / "confirm" / "confirm-plan.json").write_text(json.dumps(plan))
     line = refused("confirm", "s", "--top", "3", "--storage", tmp_path)
     assert line == ("the confirmation of sweep 's' was started with --top 2 --seeds 3 and has not finished; continue it "
-                    "with `sslsearch confirm s --top 2 --seeds 3`")
+                    f"with `sslsearch confirm s --storage {tmp_path} --top 2 --seeds 3`")
 
 
 # -- a real sweep ------------------------------------------------------------------------------------
@@ -275,3 +275,18 @@ def test_suggested_commands_use_the_program_as_this_shell_finds_it(tmp_path, mon
     assert _invocation() == "sslsearch"
     monkeypatch.setattr(sys, "argv", [str(ROOT / "sslsearch" / "cli.py")])  # python -m sslsearch.cli
     assert _invocation() == f"{sys.executable} -m sslsearch.cli"
+
+
+def test_confirm_refuses_a_sweep_whose_search_has_not_finished(tmp_path):
+    """Found by review: `confirm` ran on a sweep interrupted after 3 of 16 trials; it confirmed a ranking the rest of
+    the search then changed, and the resumed search drew one of the stage's seeds. Now one line, naming the command
+    that finishes the search with the --storage given, and nothing written."""
+    storage = tmp_path / "my runs"
+    write_sweep_file(storage / "cut", "cut", num_samples=3)
+    state = {"trial_data": [[json.dumps({"status": status}), "{}"] for status in ("TERMINATED", "TERMINATED", "PENDING")]}
+    (storage / "cut" / "experiment_state-2026-12-07_05-00-00.json").write_text(json.dumps(state))
+    before = sorted(p.name for p in (storage / "cut").iterdir())
+    line = refused("confirm", "cut", "--seeds", "2", "--storage", storage, cwd=tmp_path)
+    assert line == (f"sweep 'cut' has not finished its search (2 of 3 trials ended); the confirmation stage needs its "
+                    f"final ranking: finish it first with `sslsearch resume cut --storage '{storage}'`"), line
+    assert sorted(p.name for p in (storage / "cut").iterdir()) == before

@@ -119,14 +119,19 @@ def confirm_stage(sweep: SweepFolder) -> tuple[dict, bool] | None:
     return plan, _ended(trial_statuses(sweep.path / CONFIRM_DIR), points)
 
 
+def _samples(sweep: SweepFolder) -> int | None:
+    """The sweep's search budget in trials (num_samples); None if its sweep file cannot be read."""
+    try:
+        return int(json.loads((sweep.path / SWEEP_FILE).read_text())["experiment"]["search"]["num_samples"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def finished(sweep: SweepFolder) -> bool:
     """Nothing left for `resume`: every sampled trial ended normally, every record reached MLflow, and a
     confirmation stage, if one was started, ended too. (`resume` retries an errored trial: not finished.)"""
-    try:
-        samples = int(json.loads((sweep.path / SWEEP_FILE).read_text())["experiment"]["search"]["num_samples"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
-    if not _ended(trial_statuses(sweep.path), samples) or (sweep.path / OUTBOX_FILE).exists():
+    samples = _samples(sweep)
+    if samples is None or not _ended(trial_statuses(sweep.path), samples) or (sweep.path / OUTBOX_FILE).exists():
         return False
     stage = confirm_stage(sweep)
     return stage is None or (stage[1] and not (sweep.path / CONFIRM_DIR / OUTBOX_FILE).exists())
@@ -142,9 +147,10 @@ def sweep_tracking_uri(sweep: SweepFolder, storage: str) -> str:
 
 
 def check_confirmable(sweep: SweepFolder, storage: str, top: int, seeds: int, tracking_uri: str | None,
-                      design: str | None = None) -> None:
+                      design: str | None = None, where: str = "") -> None:
     """InputError (one line) if `confirm --top top --seeds seeds [--design design]` cannot run on the sweep: its stage
-    was started with other settings (one stage per sweep), or it has no finished trial to confirm."""
+    was started with other settings (one stage per sweep), its search has not finished, or it has no finished trial
+    to confirm. `where`: the options a command it names needs to find the same sweep (--storage ...)."""
     stage = confirm_stage(sweep)
     if stage is not None:
         plan, ended = stage
@@ -155,8 +161,16 @@ def check_confirmable(sweep: SweepFolder, storage: str, top: int, seeds: int, tr
                 raise InputError(f"sweep {sweep.name!r} was confirmed with {settings} and that stage has finished (a "
                                  f"sweep has one); its results: `sslsearch leaderboard {sweep.name}`")
             raise InputError(f"the confirmation of sweep {sweep.name!r} was started with {settings} and has not "
-                             f"finished; continue it with `sslsearch confirm {sweep.name} {settings}`")
+                             f"finished; continue it with `sslsearch confirm {sweep.name}{where} {settings}`")
         return
+    samples, statuses = _samples(sweep), trial_statuses(sweep.path)
+    if samples is not None and statuses is not None and not _ended(statuses, samples):
+        # The stage confirms the search's final ranking, on seeds no search trial uses: a search continued after it
+        # would change the one and could draw the other (found by review: a resumed search then used a confirm seed).
+        done = sum(status == "TERMINATED" for status in statuses)
+        raise InputError(f"sweep {sweep.name!r} has not finished its search ({done} of {samples} trials ended); the "
+                         "confirmation stage needs its final ranking: finish it first with "
+                         f"`sslsearch resume {sweep.name}{where}`")
     if (sweep.path / OUTBOX_FILE).exists():  # MLflow lacks some of the sweep's records: Ray's decide, later
         return
     uri = tracking_uri or sweep_tracking_uri(sweep, storage)

@@ -98,7 +98,7 @@ def _finite(value) -> bool:
 
 def search_ranking(path: str) -> list[dict]:
     """The sweep's finished trials in the leaderboard's order (val_acc of the final report, then more
-    epochs, less wall time, trial id). Only trials that reported after epoch 0 (epoch 0 is the random
+    epochs, then the smaller trial id: outcomes.RANK_ORDER). Only trials that reported after epoch 0 (epoch 0 is the random
     initialisation) and ended normally are ranked."""
     rows = []
     for trial in tune.ExperimentAnalysis(path).trials:
@@ -296,15 +296,16 @@ def _fit(tuner, name: str, path: str, experiment: Experiment) -> SweepSummary:
     return summarize(results, name, path, time.monotonic() - started, concurrency, None)
 
 
-def format_stage(summary: SweepSummary) -> str:
+def format_stage(summary: SweepSummary, continue_with: str | None = None) -> str:
     """One line on the stage's trials; the figures themselves are the leaderboard's (means over seeds,
-    never the best seed, which would bring the winner's curse back)."""
+    never the best seed, which would bring the winner's curse back). `continue_with`: the command an interrupted stage
+    names (the command line passes its own, with the flags and --storage it was given)."""
     counts = {o: sum(t.outcome == o for t in summary.trials) for o in OUTCOMES}
     line = (f"confirm {summary.name}: {len(summary.trials)} trials "
             f"({', '.join(f'{v} {k}' for k, v in counts.items() if v)}), wall {summary.wall_seconds:.0f}s")
     if summary.unfinished:
-        line += (f"\n{summary.unfinished} unfinished; continue with: sslsearch confirm {summary.name} "
-                 f"(or sslsearch resume {summary.name})")
+        line += (f"\n{summary.unfinished} unfinished; continue with: "
+                 f"{continue_with or f'sslsearch confirm {summary.name} (or sslsearch resume {summary.name})'}")
     return line
 
 

@@ -441,7 +441,9 @@ class SweepSummary:
         """Trials still running or pending when the sweep returned: it was interrupted (Ctrl-C)."""
         return sum(t.outcome == "running" for t in self.trials)
 
-    def format(self) -> str:
+    def format(self, continue_with: str | None = None) -> str:
+        """The summary; `continue_with`: the command an interrupted sweep names (default `sslsearch resume NAME`; the
+        command line passes its own, with the --storage it was given)."""
         counts = {o: sum(t.outcome == o for t in self.trials) for o in OUTCOMES}
         lines = [f"sweep {self.name}: {len(self.trials)} trials ({', '.join(f'{v} {k}' for k, v in counts.items() if v)})"]
         if self.resumed:  # earlier sessions' wall time is unknown here: no overhead figure rather than a wrong one
@@ -470,7 +472,7 @@ class SweepSummary:
                          f"{size_text(self.disk.checkpoints)}){mlflow}")
         if self.unfinished:
             lines.append(f"interrupted with {self.unfinished} trial{'s' * (self.unfinished > 1)} unfinished; "
-                         f"continue with: sslsearch resume {self.name}")
+                         f"continue with: {continue_with or f'sslsearch resume {self.name}'}")
         return "\n".join(lines)
 
 
