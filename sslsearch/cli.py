@@ -535,8 +535,15 @@ def _run_sweep(args) -> int:
     experiment = load_experiment(args.experiment, overrides)
     space = load_search_space(args.space if args.space else experiment.space_path())
     name = args.name or f"{experiment.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if not (name.replace("-", "").replace("_", "").replace(".", "").isalnum() and len(name) <= MAX_NAME):
-        raise InputError(f"--name may hold up to {MAX_NAME} letters, digits, '-', '_' and '.', got {shown(name, 80)}")
+    if not (name[:1].isalnum() and name.replace("-", "").replace("_", "").replace(".", "").isalnum()
+            and len(name) <= MAX_NAME):
+        raise InputError(f"--name may hold up to {MAX_NAME} letters, digits, '-', '_' and '.', starting with a letter or "
+                         f"digit, got {shown(name, 80)}")
+    from sslsearch.records.store import storage_entry
+
+    if storage_entry(name):   # the storage folder's own store and artifacts
+        raise InputError(f"--name {shown(name, 80)} is the name of the MLflow store's own files in the storage folder; "
+                         "choose another --name")
     from sslsearch.search.space import check_space
 
     check_machine(experiment, args.address)  # the data and this machine: before Ray starts, not after
@@ -951,8 +958,8 @@ def _add_leaderboard(sub) -> None:
 
 
 def _run_leaderboard(args) -> int:
-    if args.plots and Path(args.plots).exists() and not Path(args.plots).is_dir():
-        raise InputError(f"--plots {args.plots} is a file; give a folder for the PNG plots")
+    if args.plots:
+        _check_folder(Path(args.plots).resolve(), "--plots", "a folder for the PNG plots")
     uri = _records_uri(args)
     sweeps = _recorded(uri, args.sweeps, "leaderboard")
     from sslsearch.analysis.leaderboard import build_leaderboard, format_leaderboard, load_trials, write_plots
@@ -998,6 +1005,12 @@ def _run_report(args) -> int:
     out = Path(args.out)
     if out.is_dir():
         raise InputError(f"--out {out} is a folder; give the HTML file to write, e.g. {out / 'report.html'}")
+    blocked = next((p for p in out.resolve().parents if p.exists() and not p.is_dir()), None)
+    if blocked is not None:
+        from sslsearch.errors import shown_path
+
+        raise InputError(f"--out {shown_path(out)}: {shown_path(blocked, 80)} is a file; give the HTML file to write "
+                         "in a folder")
     if args.card is not None and not (Path(args.card) / "model_card.json").is_file() and not Path(args.card).is_file():
         raise InputError(f"--card {args.card}: no model_card.json there; give the folder `sslsearch export --out` wrote")
     uri = _records_uri(args)

@@ -940,7 +940,11 @@ def write_plots(board: Leaderboard, out_dir: str | os.PathLike, tracking_uri: st
     """
     client = records_client(tracking_uri)
     out = Path(out_dir).resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise InputError(f"cannot make the plots folder {out} ({error.strerror or first_line(error)}); "
+                         "give another --plots") from None
     label = "+".join(board.sweeps)
     files, notes = [out / f"val_acc_vs_lmbda-{label}.png", out / f"val_acc_vs_lr-{label}.png",
                     out / f"learning_curves-{label}.png", out / f"best_report-{label}.png"], []

@@ -32,7 +32,7 @@ from sslsearch.analysis.leaderboard import (
     log_verdict,
     write_plots,
 )
-from sslsearch.errors import InputError
+from sslsearch.errors import InputError, error_line
 from sslsearch.records.query import records_client
 from sslsearch.records.schema import PROVENANCE
 
@@ -336,10 +336,16 @@ def write_report(tracking_uri: str, sweeps: list[str] | None, out: str | os.Path
     with tempfile.TemporaryDirectory() as folder:
         plots = write_plots(board, folder, tracking_uri, storage=storage, log=False)
         page = render_report(board, parents, plots, card_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
     staged = out.with_name(f".{out.name}.partial")
-    staged.write_text(page, encoding="utf-8")
-    staged.replace(out)  # never a half-written report under the real name
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staged.write_text(page, encoding="utf-8")
+        staged.replace(out)  # never a half-written report under the real name
+    except OSError as error:
+        if staged.parent.is_dir():
+            staged.unlink(missing_ok=True)
+        raise InputError(f"cannot write the report {out} ({error.strerror or error_line(error)}); "
+                         "give another --out") from None
     logged = []
     if log:
         with tempfile.TemporaryDirectory() as folder:

@@ -12,12 +12,21 @@ from pathlib import Path
 
 from sslsearch.errors import InputError, first_line
 
+STORE_FILE = "mlflow.db"          # the default SQLite store, in the storage folder beside the sweeps' folders
+ARTIFACTS_FOLDER = "mlartifacts"  # where that store keeps artifacts, beside it
+
+
+def storage_entry(name: str) -> bool:
+    """Whether `name` is one of the storage folder's own entries (the store, its SQLite side files, its artifacts),
+    which a sweep's folder must never be named."""
+    return name == ARTIFACTS_FOLDER or name == STORE_FILE or name.startswith(f"{STORE_FILE}-")
+
 
 def default_tracking_uri(storage: str) -> str:
     """SQLite at `<storage>/mlflow.db` (absolute); artifacts go next to it, in `<storage>/mlartifacts`."""
     if "://" in storage:
         raise InputError(f"storage {storage} is remote: SQLite needs a local folder; pass --tracking-uri http://host:port")
-    return f"sqlite:///{Path(storage).resolve() / 'mlflow.db'}"
+    return f"sqlite:///{Path(storage).resolve() / STORE_FILE}"
 
 
 def sqlite_path(uri: str) -> Path | None:
@@ -27,7 +36,7 @@ def sqlite_path(uri: str) -> Path | None:
 def artifact_root(uri: str) -> str | None:
     """Where a SQLite store keeps artifacts; None for a server, which decides itself."""
     path = sqlite_path(uri)
-    return (path.parent / "mlartifacts").as_uri() if path is not None else None
+    return (path.parent / ARTIFACTS_FOLDER).as_uri() if path is not None else None
 
 
 def require_records(uri: str) -> None:
