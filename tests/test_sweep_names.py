@@ -290,3 +290,26 @@ def test_confirm_refuses_a_sweep_whose_search_has_not_finished(tmp_path):
     assert line == (f"sweep 'cut' has not finished its search (2 of 3 trials ended); the confirmation stage needs its "
                     f"final ranking: finish it first with `sslsearch resume cut --storage '{storage}'`"), line
     assert sorted(p.name for p in (storage / "cut").iterdir()) == before
+
+
+def test_a_sweep_in_its_first_seconds_is_named_as_starting_not_unknown(tmp_path, capsys):
+    """Found by review: `sync`, `resume` or `confirm` run while a sweep started (its folder claimed and locked, its files
+    not yet written) said "no sweep named 's3' ...; known sweeps: none". Here the folder is claimed as `sweep` claims it,
+    by this live process, and nothing else is written."""
+    from sslsearch.cli import main
+
+    storage = tmp_path / "runs"
+    claim = claim_sweep_folder(storage / "s3", "s3")
+    try:
+        for command in ("resume", "confirm"):
+            line = refused(command, "s3", "--storage", storage)
+            assert line.startswith(f"sweep 's3' is starting (pid {os.getpid()} on "), line
+            assert line.endswith("try again once it has started, or ended"), line
+        assert main(["sync", "s3", "--storage", str(storage)]) == 2   # (imports Ray: in this process)
+        line = capsys.readouterr().err.strip()
+        assert line.startswith(f"sslsearch: error: sweep 's3' is starting (pid {os.getpid()} on "), line
+        assert sorted(p.name for p in (storage / "s3").iterdir()) == ["sslsearch.lock"]
+    finally:
+        abandon_claim(claim)
+    line = refused("resume", "s3", "--storage", storage)   # released (or its holder killed): unknown again
+    assert line.startswith("no sweep named 's3'"), line

@@ -21,7 +21,7 @@ from sslsearch.records.schema import EXPERIMENT_NAME, OUTCOME, ROLE, STAGE, SWEE
 from sslsearch.records.store import default_tracking_uri, sqlite_path
 from sslsearch.search.folder import CONFIRM_DIR, OUTBOX_FILE, PLAN_FILE, SWEEP_FILE
 from sslsearch.search.outcomes import FINISHED
-from sslsearch.search.sweeplock import describe_writer, name_taken, writer
+from sslsearch.search.sweeplock import describe_writer, name_taken, refuse_while_starting, writer
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,7 @@ def find_folder(storage: str, name: str) -> SweepFolder:
     for sweep in sweep_folders(storage):
         if sweep.name == name:
             return sweep
+    refuse_while_starting(Path(storage) / name, name)
     raise InputError(f"no sweep named {name!r} in {storage}; known sweeps: {known_text(sweep_folders(storage))}")
 
 

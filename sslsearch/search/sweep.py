@@ -54,7 +54,7 @@ from sslsearch.search.rungs import rung_epochs
 from sslsearch.search.saved_state import IntactStateCopy, recover_saved_state, refusing_a_failed_restore
 from sslsearch.search.slots import SlotUse
 from sslsearch.search.space import SearchSpace, check_space
-from sslsearch.search.sweeplock import SweepLock, check_owned, claim_sweep_folder
+from sslsearch.search.sweeplock import SweepLock, check_owned, claim_sweep_folder, refuse_while_starting
 from sslsearch.search.trainable import FALLBACK, run_trial
 from sslsearch.search.trial_config import PAIR, SEED, make_trial_config, sampled_params, trial_value
 from sslsearch.search.trial_logs import own_loggers_only, trial_loggers
@@ -838,6 +838,8 @@ def sweep_metadata(name: str, storage: str) -> dict:
     local = _local_path(storage)
     path = sweep_path(str(local.resolve()) if local else storage, name)
     if not tune.Tuner.can_restore(path):
+        if local is not None:
+            refuse_while_starting(Path(path), name)
         known = sorted(p.name for p in local.iterdir() if tune.Tuner.can_restore(str(p))) if local and local.is_dir() else []
         raise InputError(f"no sweep named {name!r} in {storage}; known sweeps: {', '.join(known) or 'none'}")
     return json.loads(_read_text(f"{path}/{SWEEP_FILE}"))

@@ -100,6 +100,16 @@ def describe_writer(holder: dict | None) -> str:
             f"{time.time() - holder.get('heartbeat', 0):.0f} s ago)")
 
 
+def refuse_while_starting(folder: Path, name: str) -> None:
+    """For a command that did not find sweep `name` (no sweep file, or no state Ray can restore): InputError if a live
+    process holds its folder, i.e. the sweep is in its first seconds (the name is claimed before Ray and MLflow load,
+    the files come later). Without this, `sync`, `resume` and `confirm` called a starting sweep unknown."""
+    holder = writer(folder) if folder.is_dir() else None
+    if holder is not None:
+        raise InputError(f"sweep {name!r} is starting ({describe_writer(holder)}); try again once it has started, "
+                         "or ended")
+
+
 def name_taken(path: Path, name: str) -> str:
     """Why a new sweep cannot be named `name`, whose folder `path` exists: it runs, it can be resumed, or the
     folder holds no sweep."""
