@@ -651,11 +651,12 @@ def _next_steps(name: str, args, *, confirm: bool) -> str:
 
 
 def _report_sweep(run, uri: str | None = None, *, continue_with: str | None = None,
-                  before_verdict: Callable[[int], None] | None = None) -> int:
+                  before_verdict: Callable[[int], None] | None = None, verdict: bool = True) -> int:
     """Run a sweep (or its resume), print its summary (with the disk its records use; `uri`: where MLflow keeps
     them; `continue_with`: the command an interrupted sweep names) and the verdict; exit code per `sweep_exit_code`,
     4 if an OS error stopped it. `before_verdict(code)` runs first (resume: make MLflow match Ray's records, so the
-    verdict does not count the orphans the reconcile removes)."""
+    verdict does not count the orphans the reconcile removes). `verdict` False: none (resume of a sweep whose
+    confirmation stage follows: the stage ends with the verdict that counts)."""
     from sslsearch.records.tracking import artifact_bytes
     from sslsearch.search.sweep import SweepStopped
 
@@ -672,7 +673,7 @@ def _report_sweep(run, uri: str | None = None, *, continue_with: str | None = No
     code = sweep_exit_code(summary)
     if before_verdict is not None:
         before_verdict(code)
-    if uri and not summary.unfinished:
+    if uri and verdict and not summary.unfinished:
         _print_verdict(uri, summary.name)
     return code
 
@@ -742,14 +743,15 @@ def _run_resume(args) -> int:
             if code in (0, 1):   # (3: the server does not take records now; the outbox keeps them for `sync`)
                 _reconcile(args.name, storage, args.tracking_uri)
 
-        code = _report_sweep(lambda: resume_sweep(args.name, storage, address=args.address,
-                                                  tracking_uri=args.tracking_uri), uri,
-                             continue_with=_command(args, "resume", args.name), before_verdict=reconciled)
-        if code not in (0, 1, 3):
-            return code   # bad input, interrupted, or stopped by an OS error: the confirmation stage waits
         from sslsearch.search.confirm import read_plan
 
-        plan = read_plan(args.name, storage)  # a confirmation stage was started: continue it too
+        plan = read_plan(args.name, storage)  # a confirmation stage was started: continue it too (its verdict counts)
+        code = _report_sweep(lambda: resume_sweep(args.name, storage, address=args.address,
+                                                  tracking_uri=args.tracking_uri), uri,
+                             continue_with=_command(args, "resume", args.name), before_verdict=reconciled,
+                             verdict=plan is None)
+        if code not in (0, 1, 3):
+            return code   # bad input, interrupted, or stopped by an OS error: the confirmation stage waits
         if plan is not None:
             stage_code = _confirm(args.name, storage, plan["top"], len(plan["seeds"]), args.address, args.tracking_uri,
                                   plan.get("design", "per-loss"), args=args)
@@ -868,7 +870,7 @@ def _confirm(name: str, storage: str, top: int, seeds: int, address: str | None,
 def _report_confirm(run, continue_with: str | None = None) -> int:
     """Run (or continue) the confirmation stage and print its line: 0 every trial ended; 130 interrupted; 4 an OS error
     (a full disk) stopped it: its line, then one error line ending with `sslsearch confirm NAME`."""
-    from sslsearch.search.confirm import format_stage
+    from sslsearch.search.confirm import format_stage, stage_unfinished
     from sslsearch.search.sweep import SweepStopped
 
     try:
@@ -879,7 +881,7 @@ def _report_confirm(run, continue_with: str | None = None) -> int:
         print(f"sslsearch: error: {stopped}", file=sys.stderr)
         return 4
     print(format_stage(summary, continue_with))
-    return 130 if summary.unfinished else 0
+    return 130 if stage_unfinished(summary) else 0
 
 
 def _run_ui(args) -> int:

@@ -1,5 +1,6 @@
 """The confirmation stage: which configurations and seeds it plans, and a real one killed and continued."""
 
+import dataclasses
 import fnmatch
 import json
 import os
@@ -172,3 +173,21 @@ def test_a_stage_started_with_another_design_is_refused_at_once_naming_it(tmp_pa
     line = refused("confirm", "s", "--design", "per-loss", "--storage", tmp_path)
     assert line == ("the confirmation of sweep 's' was started with --top 1 --seeds 8 --design shared and has not "
                     f"finished; continue it with `sslsearch confirm s --storage {tmp_path} --top 1 --seeds 8 --design shared`")
+
+
+def test_an_interrupted_stage_counts_the_trials_of_its_plan_it_had_not_started():
+    """Found by review: a stage of 4 planned trials stopped while 2 ran said "2 trials (2 running) ... 2 unfinished"."""
+    from sslsearch.search.confirm import format_stage, stage_unfinished
+    from sslsearch.search.sweep import SweepSummary, TrialSummary
+
+    running = [TrialSummary(trial_id=t, loss="barlow", params={}, epoch=1, val_acc=90.0, test_acc=None,
+                            outcome="running", trial_seconds=1.0, checkpoint=None) for t in ("a", "b")]
+    summary = SweepSummary(name="k1", path="/sweeps/k1/confirm", trials=running, wall_seconds=3.0, concurrency=2,
+                           extra={"planned": 4})
+    assert summary.unfinished == 2 and stage_unfinished(summary) == 4
+    first, second = format_stage(summary, "sslsearch confirm k1 --seeds 2").splitlines()
+    assert first == "confirm k1: 4 trials (2 running, 2 not started), wall 3s", first
+    assert second == "4 unfinished; continue with: sslsearch confirm k1 --seeds 2", second
+    done = SweepSummary(name="k1", path="/p", trials=[dataclasses.replace(t, outcome="completed") for t in running],
+                        wall_seconds=3.0, concurrency=2, extra={"planned": 2})
+    assert stage_unfinished(done) == 0 and format_stage(done) == "confirm k1: 2 trials (2 completed), wall 3s"

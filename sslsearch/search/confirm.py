@@ -232,7 +232,7 @@ def run_confirm(name: str, storage: str, *, top: int, seeds: int, design: str | 
             if hasattr(callback, "use_tracking_uri") and callback.uri != uri:
                 callback.use_tracking_uri(uri)
         try:
-            return _fit(tuner, name, path, experiment)
+            return _fit(tuner, name, path, experiment, len(plan["points"]))
         except RestoreFailed as refused:
             if local is None:   # a remote store's files are not ours to move
                 raise
@@ -266,7 +266,7 @@ def run_confirm(name: str, storage: str, *, top: int, seeds: int, design: str | 
                                       **{k: None for k in (*sampled, SEED, PAIR)}),
         callbacks=[StopOnFullDisk(), *trial_loggers(), *([IntactStateCopy(path)] if local is not None else []),
                    CheckpointRetention(experiment.tracking.checkpoints), *(callbacks or [])])
-    return _fit(tuner, name, path, experiment)
+    return _fit(tuner, name, path, experiment, len(points))
 
 
 def _recovered(path: Path, name: str, local: bool) -> bool:
@@ -286,14 +286,22 @@ def _recovered(path: Path, name: str, local: bool) -> bool:
     return True
 
 
-def _fit(tuner, name: str, path: str, experiment: Experiment) -> SweepSummary:
-    """The stage's fit, holding the sweep's lock; a full disk (any OS error) raises SweepStopped, as in the search."""
+def _fit(tuner, name: str, path: str, experiment: Experiment, planned: int) -> SweepSummary:
+    """The stage's fit, holding the sweep's lock; a full disk (any OS error) raises SweepStopped, as in the search.
+    `planned`: the trials of the stage's plan (its summary's extra["planned"]: some may not have started)."""
     started, concurrency = time.monotonic(), _concurrency(experiment)
     lock = SweepLock(str(Path(path).parent), name, "confirm") if "://" not in path else None
     with lock.acquire() if lock is not None else contextlib.nullcontext():   # one writer per sweep
         results = fit_stopping_on_os_errors(tuner, name, path, started, concurrency, None,
                                             stage="the confirmation stage of sweep", then="confirm")
-    return summarize(results, name, path, time.monotonic() - started, concurrency, None)
+    summary = summarize(results, name, path, time.monotonic() - started, concurrency, None)
+    summary.extra["planned"] = planned
+    return summary
+
+
+def stage_unfinished(summary: SweepSummary) -> int:
+    """The stage's trials that have not ended: those interrupted, and those of its plan not yet started."""
+    return summary.unfinished + max(0, summary.extra.get("planned", 0) - len(summary.trials))
 
 
 def format_stage(summary: SweepSummary, continue_with: str | None = None) -> str:
@@ -301,10 +309,14 @@ def format_stage(summary: SweepSummary, continue_with: str | None = None) -> str
     never the best seed, which would bring the winner's curse back). `continue_with`: the command an interrupted stage
     names (the command line passes its own, with the flags and --storage it was given)."""
     counts = {o: sum(t.outcome == o for t in summary.trials) for o in OUTCOMES}
-    line = (f"confirm {summary.name}: {len(summary.trials)} trials "
+    # An interrupted stage may not have started every trial of its plan: those count as unfinished too.
+    waiting = max(0, summary.extra.get("planned", 0) - len(summary.trials))
+    if waiting:
+        counts["not started"] = waiting
+    line = (f"confirm {summary.name}: {len(summary.trials) + waiting} trials "
             f"({', '.join(f'{v} {k}' for k, v in counts.items() if v)}), wall {summary.wall_seconds:.0f}s")
-    if summary.unfinished:
-        line += (f"\n{summary.unfinished} unfinished; continue with: "
+    if stage_unfinished(summary):
+        line += (f"\n{stage_unfinished(summary)} unfinished; continue with: "
                  f"{continue_with or f'sslsearch confirm {summary.name} (or sslsearch resume {summary.name})'}")
     return line
 
