@@ -821,6 +821,9 @@ def _run_confirm(args) -> int:
             print(f"confirm: sweep {name}, the only sweep in {storage}", flush=True)
         sweep = find_folder(storage, name)
         check_not_written(sweep, "confirm")
+        from sslsearch.search.sweeplock import check_owned
+
+        check_owned(sweep.path, "confirm")   # the trust check first: before anything of the sweep is read
         check_confirmable(sweep, storage, args.top, args.seeds, args.tracking_uri, args.design, _where(args))
     elif name is None:
         raise InputError(f"name the sweep to confirm in {storage}: sslsearch confirm SWEEP --storage {storage}")
