@@ -666,7 +666,7 @@ def _report_sweep(run, uri: str | None = None, *, continue_with: str | None = No
         if stopped.summary is not None:
             stopped.summary.mlflow_artifact_bytes = artifact_bytes(uri, stopped.summary.name) if uri else None
             print(stopped.summary.format(continue_with))
-        print(f"sslsearch: error: {stopped}", file=sys.stderr)
+        print(f"sslsearch: error: {stopped.line(continue_with)}", file=sys.stderr)
         return 4
     summary.mlflow_artifact_bytes = artifact_bytes(uri, summary.name) if uri else None
     print(summary.format(continue_with))
@@ -881,7 +881,7 @@ def _report_confirm(run, continue_with: str | None = None) -> int:
     except SweepStopped as stopped:
         if stopped.summary is not None:
             print(format_stage(stopped.summary, continue_with))
-        print(f"sslsearch: error: {stopped}", file=sys.stderr)
+        print(f"sslsearch: error: {stopped.line(continue_with)}", file=sys.stderr)
         return 4
     print(format_stage(summary, continue_with))
     return 130 if stage_unfinished(summary) else 0

@@ -357,3 +357,25 @@ def test_a_resumed_sweep_reconciles_mlflow_before_its_verdict_and_names_how_to_c
     assert order == []   # no verdict on an unfinished sweep
     last = capsys.readouterr().out.splitlines()[-1]
     assert last.endswith(f"continue with: {cli._invocation()} resume s --storage '{tmp_path / 'my runs'}'"), last
+
+
+def test_a_sweep_stopped_by_a_full_disk_names_the_command_with_the_storage_given(tmp_path, capsys):
+    """The full-disk line ended with `sslsearch resume NAME`, which looks in ./runs; the command line now names the
+    command it prints for an interruption too (as this shell runs it, with --storage)."""
+    from sslsearch import cli
+    from sslsearch.search.sweep import SweepStopped
+
+    stopped = SweepStopped("sweep s stopped: No space left on device writing /x/last.pt", None, "sslsearch resume s")
+    assert str(stopped) == ("sweep s stopped: No space left on device writing /x/last.pt; free the space (or fix the "
+                            "storage), then: sslsearch resume s")   # what other callers (and the tests) read
+
+    def full():
+        raise stopped
+
+    args = cli.build_parser().parse_args(["resume", "s", "--storage", str(tmp_path / "runs2")])
+    assert cli._report_sweep(full, None, continue_with=cli._command(args, "resume", "s")) == 4
+    line = capsys.readouterr().err.strip()
+    assert line == (f"sslsearch: error: sweep s stopped: No space left on device writing /x/last.pt; free the space "
+                    f"(or fix the storage), then: {cli._invocation()} resume s --storage {tmp_path / 'runs2'}"), line
+    assert cli._report_confirm(full, "sslsearch confirm s --seeds 2 (or sslsearch resume s)") == 4
+    assert capsys.readouterr().err.strip().endswith("then: sslsearch confirm s --seeds 2 (or sslsearch resume s)")

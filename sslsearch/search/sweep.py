@@ -775,11 +775,17 @@ class StopOnFullDisk(tune.Callback):
 
 
 class SweepStopped(RuntimeError):
-    """An OS error (disk full, storage gone) stopped the sweep; `summary` is what its saved state says, if readable."""
+    """An OS error (disk full, storage gone) stopped the sweep; `summary` is what its saved state says, if readable.
+    `cause` is the line without the command that continues it, `then` that command (`sslsearch resume NAME`): the
+    command line names its own instead (`line`), with the --storage it was given."""
 
-    def __init__(self, message: str, summary: SweepSummary | None):
-        super().__init__(message)
-        self.summary = summary
+    def __init__(self, cause: str, summary: SweepSummary | None, then: str = ""):
+        super().__init__(f"{cause}; free the space (or fix the storage), then: {then}" if then else cause)
+        self.cause, self.then, self.summary = cause, then, summary
+
+    def line(self, then: str | None = None) -> str:
+        """The one line, ending with `then` (default: the plain `sslsearch resume NAME`)."""
+        return f"{self.cause}; free the space (or fix the storage), then: {then or self.then}"
 
 
 def fit_stopping_on_os_errors(tuner, name: str, path: str, started: float, concurrency: int, study_path: str | None,
@@ -803,8 +809,8 @@ def fit_stopping_on_os_errors(tuner, name: str, path: str, started: float, concu
                                 study_path, statuses=getattr(error, "statuses", None) if live else None)
         except Exception:  # noqa: BLE001 — no summary is better than a second traceback
             pass
-        raise SweepStopped(f"{stage} {name} stopped: {error.strerror or error}{where}; free the space (or fix the "
-                           f"storage), then: sslsearch {then} {name}", summary) from None
+        raise SweepStopped(f"{stage} {name} stopped: {error.strerror or error}{where}", summary,
+                           f"sslsearch {then} {name}") from None
 
 
 def _os_error(error: BaseException) -> OSError | None:
