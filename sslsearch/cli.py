@@ -838,7 +838,7 @@ def _run_confirm(args) -> int:
 
 
 def _confirm(name: str, storage: str, top: int, seeds: int, address: str | None, tracking_uri: str | None,
-             design: str | None = None, *, args=None) -> int:
+             design: str | None, *, args) -> int:
     """Run or continue the confirmation stage, then make MLflow match Ray's records of the sweep (`sync`), print the
     leaderboard ending with the verdict and log the verdict on the sweep's parent run; the exit code (_report_confirm)."""
     from sslsearch.analysis.stats import MIN_NONZERO
@@ -855,8 +855,7 @@ def _confirm(name: str, storage: str, top: int, seeds: int, address: str | None,
     tracking = MlflowTracking(experiment, space, sweep=name, storage=storage, tracking_uri=uri, stage=STAGE)
     # The sweep's live view: a line per report, with the trials finished and left of the stage.
     flags = _confirm_flags(top, seeds, design)
-    continue_with = (f"{_command(args, 'confirm', name, flags)} (or {_command(args, 'resume', name)})" if args is not None
-                     else f"sslsearch confirm {name}{flags} (or sslsearch resume {name})")
+    continue_with = f"{_command(args, 'confirm', name, flags)} (or {_command(args, 'resume', name)})"
     code = _report_confirm(lambda: run_confirm(name, storage, top=top, seeds=seeds, design=design, address=address,
                                                callbacks=[LiveView(), tracking]), continue_with)
     if code:

@@ -44,7 +44,7 @@ from sslsearch.analysis.leaderboard import (
     json_value,
     load_trials,
     rank_trials,
-    ranking_words,
+    tie_break_words,
 )
 from sslsearch.errors import InputError, error_line, first_line, shown_path
 from sslsearch.records.query import records_client
@@ -112,7 +112,7 @@ def _model_card(checkpoint: dict, trial, rank_overall: int, candidates: int, ski
         "metrics": {"val_acc": row.get("val_acc"), "test_acc": row.get("test_acc"), "knn_acc": row.get("knn_acc"),
                     "epoch": int(checkpoint["epoch"])},
         "selection": {"stage": "search", "metric": "val_acc (final report)", "mode": "max",
-                      "tie_break": ranking_words(TRIAL_ORDER).split("; ties: ", 1)[1],
+                      "tie_break": tie_break_words(TRIAL_ORDER),
                       "ranked_outcomes": ["completed", "stopped early"], "rank": rank_overall, "candidates": candidates,
                       "skipped_without_checkpoint": skipped, "loss_filter": None,
                       "val_acc": json_value(trial["val_acc"]), "test_acc": json_value(trial["test_acc"]),

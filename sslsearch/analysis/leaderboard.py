@@ -547,12 +547,20 @@ def _summary_lines(board: Leaderboard) -> list[str]:
             f"{ranking_words(order)}. test_acc is shown, never used to choose."]
 
 
+def _key_words(key: tuple[str, bool]) -> str:
+    return RANK_WORDS.get(key) or f"the {'smaller' if key[1] else 'larger'} {key[0]}"
+
+
+def tie_break_words(order: tuple = RANK_ORDER) -> str:
+    """'more epochs, then the smaller trial id': the tie-breaking keys of `order` in words (the model card's)."""
+    return ", then ".join(_key_words(key) for key in order[1:])
+
+
 def ranking_words(order: tuple = RANK_ORDER) -> str:
     """'ranked by val_acc (final report; …); ties: more epochs, then the smaller trial id': `order` (the one that
     ranks, (column, ascending) pairs) in words, so the leaderboard and the report say what `rank_trials` does."""
-    words = [RANK_WORDS.get(key) or f"the {'smaller' if key[1] else 'larger'} {key[0]}" for key in order]
-    return (f"ranked by {words[0]} (final report; only trials that reported after epoch 0)"
-            + (f"; ties: {', then '.join(words[1:])}" if len(words) > 1 else ""))
+    return (f"ranked by {_key_words(order[0])} (final report; only trials that reported after epoch 0)"
+            + (f"; ties: {tie_break_words(order)}" if len(order) > 1 else ""))
 
 
 def count_line(counts: dict) -> str:

@@ -1139,8 +1139,6 @@ def _describe(parameter) -> str:
     return f"{parameter.distribution}({parameter.low}, {parameter.high})"
 
 
-
-
 def _last_line(text: str) -> str:
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     return lines[-1] if lines else text

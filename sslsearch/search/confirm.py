@@ -299,9 +299,14 @@ def _fit(tuner, name: str, path: str, experiment: Experiment, planned: int) -> S
     return summary
 
 
+def _not_started(summary: SweepSummary) -> int:
+    """The trials of the stage's plan that an interruption left unstarted (Ray never created them)."""
+    return max(0, summary.extra.get("planned", 0) - len(summary.trials))
+
+
 def stage_unfinished(summary: SweepSummary) -> int:
     """The stage's trials that have not ended: those interrupted, and those of its plan not yet started."""
-    return summary.unfinished + max(0, summary.extra.get("planned", 0) - len(summary.trials))
+    return summary.unfinished + _not_started(summary)
 
 
 def format_stage(summary: SweepSummary, continue_with: str | None = None) -> str:
@@ -310,13 +315,14 @@ def format_stage(summary: SweepSummary, continue_with: str | None = None) -> str
     names (the command line passes its own, with the flags and --storage it was given)."""
     counts = {o: sum(t.outcome == o for t in summary.trials) for o in OUTCOMES}
     # An interrupted stage may not have started every trial of its plan: those count as unfinished too.
-    waiting = max(0, summary.extra.get("planned", 0) - len(summary.trials))
+    waiting = _not_started(summary)
     if waiting:
         counts["not started"] = waiting
     line = (f"confirm {summary.name}: {len(summary.trials) + waiting} trials "
             f"({', '.join(f'{v} {k}' for k, v in counts.items() if v)}), wall {summary.wall_seconds:.0f}s")
-    if stage_unfinished(summary):
-        line += (f"\n{stage_unfinished(summary)} unfinished; continue with: "
+    unfinished = stage_unfinished(summary)
+    if unfinished:
+        line += (f"\n{unfinished} unfinished; continue with: "
                  f"{continue_with or f'sslsearch confirm {summary.name} (or sslsearch resume {summary.name})'}")
     return line
 

@@ -779,9 +779,9 @@ class SweepStopped(RuntimeError):
     `cause` is the line without the command that continues it, `then` that command (`sslsearch resume NAME`): the
     command line names its own instead (`line`), with the --storage it was given."""
 
-    def __init__(self, cause: str, summary: SweepSummary | None, then: str = ""):
-        super().__init__(f"{cause}; free the space (or fix the storage), then: {then}" if then else cause)
+    def __init__(self, cause: str, summary: SweepSummary | None, then: str):
         self.cause, self.then, self.summary = cause, then, summary
+        super().__init__(self.line())
 
     def line(self, then: str | None = None) -> str:
         """The one line, ending with `then` (default: the plain `sslsearch resume NAME`)."""
