@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from sslsearch.errors import InputError, first_line
+from sslsearch.presets import experiment_names
 
 QUOTED = 80   # characters of a bad flag value that its one-line error quotes
 # Bounds of the flags whose values only make sense within them: past them a value is a slip, not a plan.
@@ -26,6 +27,7 @@ MAX_CONFIRM_TOP = 50       # confirm --top: each setting costs 2 × --seeds tria
 MAX_CONFIRM_SEEDS = 1000   # confirm --seeds: n of the verdict; 1,000 seed blocks is beyond any paper's
 MAX_ROWS = 1_000_000       # leaderboard/report --top: rows per loss
 MAX_PORT = 65_535
+EXPERIMENT_HELP = f"experiment YAML, or a shipped experiment by name ({', '.join(experiment_names())}; default: digits)"
 
 
 def _integer(low: int | None = None, high: int | None = None):
@@ -298,7 +300,7 @@ def _add_bench_train(bench) -> None:
     q.add_argument("--json", action="store_true", help="print the figures as JSON")
     q.set_defaults(run=_run_bench_probe)
     s = bench.add_parser("search", help="what the search is worth: TPE/random × ASHA/FIFO on one problem, over seeds")
-    s.add_argument("experiment", nargs="?", default=None, help="experiment YAML (default: experiments/digits.yaml)")
+    s.add_argument("experiment", nargs="?", default=None, help=EXPERIMENT_HELP)
     s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a setting of the experiment, e.g. --set pretrain.epochs=8")
     s.add_argument("--methods", default=None,
@@ -312,7 +314,7 @@ def _add_bench_train(bench) -> None:
     s.add_argument("--replay", action="store_true",
                    help="replay the search on a table of real learning curves (the sweep's own searcher and scheduler, "
                         "simulated trials): many seeds in minutes, with 95%% intervals")
-    s.add_argument("--table", default=None, help="the replay table (default: benchmarks/replay/digits_table.npz)")
+    s.add_argument("--table", default=None, help="the replay table (default: sslsearch/presets/replay/digits_table.npz)")
     s.add_argument("--replay-seeds", type=_positive_int, default=50, help="replayed sweeps per method (default: 50)")
     s.add_argument("--json", action="store_true", help="print the figures as JSON")
     s.set_defaults(run=_run_bench_search)
@@ -466,7 +468,7 @@ def _run_bench_augment(args) -> int:
 
 def _add_sweep(sub) -> None:
     p = sub.add_parser("sweep", help="run a hyperparameter sweep (default: the embedded digits experiment)")
-    p.add_argument("experiment", nargs="?", default=None, help="experiment YAML (default: experiments/digits.yaml)")
+    p.add_argument("experiment", nargs="?", default=None, help=EXPERIMENT_HELP)
     p.add_argument("--space", default=None, help="search-space YAML (default: the experiment's search.space)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a setting, e.g. --set pretrain.epochs=20 --set search.num_samples=32")

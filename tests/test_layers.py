@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "sslsearch"
 # Lowest first. A module may import its own layer and the layers below it, never one above.
 LAYERS = {"base": 0, "method": 1, "search": 2, "records": 3, "analysis": 4, "bench": 5, "cli": 6}
-BASE_MODULES = {"sslsearch.errors", "sslsearch.processes", "sslsearch.legacy_paths"}
+BASE_MODULES = {"sslsearch.errors", "sslsearch.processes", "sslsearch.legacy_paths", "sslsearch.presets"}
 FRAMEWORKS = ("ray", "optuna", "mlflow")
 
 

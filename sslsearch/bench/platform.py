@@ -42,6 +42,7 @@ import optuna
 import ray
 
 from sslsearch.errors import InputError
+from sslsearch.presets import EXPERIMENTS
 from sslsearch.processes import free_port, start_server, stop_server, tree_cpu_seconds, wait_until_answers
 from sslsearch.records.store import default_tracking_uri
 from sslsearch.records.tracking import MlflowTracking
@@ -69,7 +70,7 @@ from sslsearch.search.trial_logs import ResultJsonLog, own_loggers_only, ray_def
 
 # The workhorse GPU sweep (ResNet-18 on CIFAR-10): its settings are what the driver records and
 # schedules; only the training is replaced.
-DEFAULT_EXPERIMENT = PROJECT_ROOT / "experiments" / "cifar10_resnet18.yaml"
+DEFAULT_EXPERIMENT = EXPERIMENTS / "cifar10_resnet18.yaml"
 QUICK = {"trials": (4, 8), "reports": 2, "concurrency": 2, "report_seconds": 0.0, "checkpoint_mb": 0.01}
 # Components timed on the Tune loop's thread, none inside another: with Ray's upload of its state
 # (its own thread) their sum is the driver CPU that sslsearch and Ray's state saves add; the rest of

@@ -35,14 +35,15 @@ from ray.tune.schedulers import TrialScheduler
 
 from sslsearch.bench.replay_table import NOT_RECORDED, load_table
 from sslsearch.errors import InputError
+from sslsearch.presets import REPLAY_TABLE
 from sslsearch.search.asha import PairedASHA
-from sslsearch.search.experiment import PROJECT_ROOT, Experiment
+from sslsearch.search.experiment import Experiment
 from sslsearch.search.proposals import DEFAULT_PROPOSALS, ProposalSettings
 from sslsearch.search.space import SearchSpace, parse_search_space
 from sslsearch.search.sweep import METRIC, SweepSearcher, make_scheduler
 from sslsearch.search.trial_config import trial_value
 
-DEFAULT_TABLE = PROJECT_ROOT / "benchmarks" / "replay" / "digits_table.npz"
+DEFAULT_TABLE = REPLAY_TABLE
 REFERENCE = "random+fifo"
 TOLERANCE = 0.5        # val_acc points from the table's best
 

@@ -41,11 +41,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sslsearch import presets
 from sslsearch.errors import InputError
 from sslsearch.method.config import LOSSES, PretrainConfig
 from sslsearch.method.data import load_run_data
 from sslsearch.method.train import TrainingDiverged, pretrain
-from sslsearch.search.experiment import PROJECT_ROOT, load_experiment
+from sslsearch.search.experiment import load_experiment
 from sslsearch.search.space import load_search_space
 
 TABLE_FORMAT = 2
@@ -110,7 +111,8 @@ def experiment_setting(path: str | os.PathLike | None = None, epochs: int | None
                          f"{', '.join(f'{k} ({v})' for k, v in kinds.items())}")
     base = {k: v for k, v in experiment.pretrain.to_dict().items() if k not in (*NOT_RECORDED, *kinds)}
     source = Path(experiment.source).resolve()
-    shown = str(source.relative_to(PROJECT_ROOT)) if source.is_relative_to(PROJECT_ROOT) else str(source)
+    # A shipped experiment as the repository's link names it (experiments/digits.yaml), wherever the package lives.
+    shown = str(source.relative_to(presets.FOLDER)) if source.is_relative_to(presets.FOLDER) else str(source)
     return Setting(shown, base, space_mapping(space))
 
 

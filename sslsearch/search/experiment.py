@@ -21,14 +21,13 @@ import yaml
 
 from sslsearch.errors import InputError, shown, shown_path
 from sslsearch.method.config import PretrainConfig, visible_gpus
+from sslsearch.presets import DEFAULT_EXPERIMENT, DEFAULT_SPACE, experiment_names, shipped_experiment
 from sslsearch.search.rungs import rung_epochs
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_EXPERIMENT = PROJECT_ROOT / "experiments" / "digits.yaml"
-# The search space of an experiment file that names none: the shipped one, found as DEFAULT_EXPERIMENT is, wherever the
-# package lives. (It once was `../search_spaces/barlow_hsic.yaml` next to the user's file: a file outside the
-# repository then named a space that is not there.)
-DEFAULT_SPACE = PROJECT_ROOT / "search_spaces" / "barlow_hsic.yaml"
+PROJECT_ROOT = Path(__file__).resolve().parents[2]   # a checkout's root (benchmarks/, docs/); not in an installed copy
+# An experiment file that names no search space gets the shipped one (DEFAULT_SPACE), wherever the package lives. (It
+# once was `../search_spaces/barlow_hsic.yaml` next to the user's file: a file outside the repository then named a space
+# that is not there.)
 SAMPLERS = ("tpe", "random", "gp")
 SCHEDULERS = ("asha", "fifo")
 # What a sweep keeps of each trial's checkpoints (docs/tracking.md, sslsearch.search.retention): weights only, except the
@@ -350,9 +349,24 @@ def experiment_from_dict(raw: dict, source: str | None) -> Experiment:
     return Experiment(name=str(raw.get("name") or origin.stem), pretrain=pretrain, source=source, **sections)
 
 
+def experiment_path(path: str | Path | None) -> Path:
+    """The experiment file `path` names, absolute: a file, or a shipped experiment by its name (`digits`) when no file
+    of that name is there; None is the embedded default. InputError (one line, naming the shipped ones) if neither."""
+    if path is None:
+        return DEFAULT_EXPERIMENT
+    if not os.path.lexists(path):
+        shipped = shipped_experiment(str(path))
+        if shipped is None:
+            raise InputError(f"experiment file not found: {shown_path(path)} (give a YAML file, or a shipped experiment by "
+                             f"name: {', '.join(experiment_names())})")
+        return shipped
+    return resolved(path, "experiment file")
+
+
 def load_experiment(path: str | Path | None = None, overrides: list[str] = (), name: str | None = None) -> Experiment:
-    """Read an experiment file (None: the embedded digits default), apply overrides, validate."""
-    path = resolved(path, "experiment file") if path is not None else DEFAULT_EXPERIMENT
+    """Read an experiment file (None: the embedded digits default; a shipped one by its name alone), apply
+    overrides, validate."""
+    path = experiment_path(path)
     raw = read_yaml_file(path, "experiment")
     if raw is None or raw == {}:
         raise InputError(f"experiment file {shown_path(path)} is empty; it needs at least a pretrain section "
