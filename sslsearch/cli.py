@@ -579,13 +579,28 @@ def _run_sweep(args) -> int:
             code = _report_sweep(lambda: run_sweep(experiment, space, name=name, storage=storage, address=args.address,
                                                    callbacks=[tracking], claim=claim), uri,
                                  continue_with=_command(args, "resume", name))
-    except BaseException:
+    except BaseException as error:
         if claim is not None:  # refused or stopped before the sweep started: the name is free again
             abandon_claim(claim)
+        if isinstance(error, KeyboardInterrupt) and claim is not None:
+            from sslsearch.search.folder import SWEEP_FILE
+
+            if (Path(storage) / name / SWEEP_FILE).is_file():   # the sweep started: `resume` continues it
+                return _interrupted(_command(args, "resume", name))
         raise
     if code in (0, 1, 3):
         print(_next_steps(name, args, confirm=True))
     return code
+
+
+def _interrupted(continue_with: str) -> int:
+    """A Ctrl-C (or SIGTERM) that Ray Tune's handler did not take: a second one, while Ray stops the trials and saves
+    the sweep's state one last time, or one before Tune's loop or after it. No summary, but the command that continues
+    the sweep (as the summary of an interrupted sweep ends), and the shell's exit code for Ctrl-C."""
+    from sslsearch.processes import INTERRUPTED
+
+    print(f"\nsslsearch: interrupted; continue with: {continue_with}", file=sys.stderr)
+    return INTERRUPTED
 
 
 def _fetch_data(config) -> None:
@@ -748,10 +763,13 @@ def _run_resume(args) -> int:
         from sslsearch.search.confirm import read_plan
 
         plan = read_plan(args.name, storage)  # a confirmation stage was started: continue it too (its verdict counts)
-        code = _report_sweep(lambda: resume_sweep(args.name, storage, address=args.address,
-                                                  tracking_uri=args.tracking_uri), uri,
-                             continue_with=_command(args, "resume", args.name), before_verdict=reconciled,
-                             verdict=plan is None)
+        try:
+            code = _report_sweep(lambda: resume_sweep(args.name, storage, address=args.address,
+                                                      tracking_uri=args.tracking_uri), uri,
+                                 continue_with=_command(args, "resume", args.name), before_verdict=reconciled,
+                                 verdict=plan is None)
+        except KeyboardInterrupt:
+            return _interrupted(_command(args, "resume", args.name))
         if code not in (0, 1, 3):
             return code   # bad input, interrupted, or stopped by an OS error: the confirmation stage waits
         if plan is not None:
@@ -879,6 +897,10 @@ def _report_confirm(run, continue_with: str | None = None) -> int:
 
     try:
         summary = run()
+    except KeyboardInterrupt:
+        if continue_with is None:
+            raise
+        return _interrupted(continue_with)
     except SweepStopped as stopped:
         if stopped.summary is not None:
             print(format_stage(stopped.summary, continue_with))

@@ -155,6 +155,42 @@ def test_sweep_resume_and_confirm_stop_in_good_order_on_sigterm_and_sigint(tmp_p
 
 
 @pytest.mark.slow
+def test_a_second_ctrl_c_still_names_the_command_that_continues(tmp_path):
+    """A second Ctrl-C while Ray stops the sweep (Ray's handler gives SIGINT back after the first) raised
+    KeyboardInterrupt through Tuner.fit: the command printed only 'sslsearch: interrupted', no summary and no
+    resume hint. It names the command now, and that command finishes the sweep."""
+    env, marker = _private_env(tmp_path)
+    storage = tmp_path / "runs"
+    program = r"\S+ -m sslsearch\.cli"
+    try:
+        sweep = Command(["sweep", "--name", "t", "--storage", str(storage), *TINY], tmp_path, env, background=False)
+        sweep.wait_for(lambda: _reported(storage / "t"), "first report")
+        os.kill(sweep.pid, signal.SIGINT)
+        # Ray's handler has run (it logs this line) and put the default one back: the next SIGINT raises.
+        sweep.wait_for(lambda: "Stop signal received" in sweep.output(), "Ray's line for the first Ctrl-C")
+        try:
+            code = sweep.stop(signal.SIGINT)
+        except ProcessLookupError:   # the stop was over before the second signal: the summary's own hint
+            code = sweep.shell.wait()
+        output = sweep.output()
+        assert code == 130, output[-3000:]
+        assert re.search(rf"continue with: {program} resume t$", output, re.MULTILINE), output[-3000:]   # (./runs: no --storage)
+        assert "Traceback" not in output, output[-3000:]
+        time.sleep(1)
+        assert processes_mentioning(marker) == []
+
+        finish = Command(["resume", "t", "--storage", str(storage)], tmp_path, env, background=False)
+        assert finish.shell.wait(timeout=600) == 0, finish.output()[-3000:]
+        parents, trials = _runs(storage, "t")
+        assert [p.info.status for p in parents] == ["FINISHED"]
+        assert len(trials) == 2 and all(r.info.status == "FINISHED" for r in trials), [r.info.status for r in trials]
+    finally:
+        for command in [c for c in locals().values() if isinstance(c, Command)]:
+            command.kill()
+        kill_processes_mentioning(marker)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("signum, background", [(signal.SIGTERM, True), (signal.SIGINT, False)],
                          ids=["SIGTERM-script-&", "SIGINT-terminal"])
 def test_pretrain_stops_with_its_resume_hint(tmp_path, signum, background):
