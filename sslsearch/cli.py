@@ -509,10 +509,10 @@ MAX_NAME = 128   # a sweep's name is a folder name, and part of its trials' fold
 
 def _check_folder(path: Path, flag: str, wanted: str) -> None:
     """InputError unless `path` is a folder or can become one (no file in its place or above it)."""
-    from sslsearch.errors import shown_path
+    from sslsearch.errors import file_in_the_way, shown_path
 
-    existing = next(p for p in (path, *path.parents) if p.exists())   # (the root exists)
-    if not existing.is_dir():
+    existing = file_in_the_way(path)
+    if existing is not None:
         where = "" if existing == path else f": {shown_path(existing, 80)}"
         raise InputError(f"{flag} {shown_path(path)}{where} is a file; give {wanted}")
 
@@ -1033,10 +1033,10 @@ def _run_report(args) -> int:
     out = Path(args.out)
     if out.is_dir():
         raise InputError(f"--out {out} is a folder; give the HTML file to write, e.g. {out / 'report.html'}")
-    blocked = next((p for p in out.resolve().parents if p.exists() and not p.is_dir()), None)
-    if blocked is not None:
-        from sslsearch.errors import shown_path
+    from sslsearch.errors import file_in_the_way, shown_path
 
+    blocked = file_in_the_way(out.resolve().parent)
+    if blocked is not None:
         raise InputError(f"--out {shown_path(out)}: {shown_path(blocked, 80)} is a file; give the HTML file to write "
                          "in a folder")
     if args.card is not None and not (Path(args.card) / "model_card.json").is_file() and not Path(args.card).is_file():

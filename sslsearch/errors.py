@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import reprlib
+from pathlib import Path
 
 QUOTE_LIMIT = 200   # characters of any one value an error message quotes
 
@@ -57,3 +58,10 @@ def shown_path(path: object, limit: int = QUOTE_LIMIT) -> str:
     """A path as an error message names it: its last `limit` characters (the end says which file)."""
     text = str(path).replace("\n", "\\n")
     return text if len(text) <= limit else "…" + text[-(limit - 1):]
+
+
+def file_in_the_way(path: Path) -> Path | None:
+    """The nearest of `path` and the folders above it that exists, if it is not a folder: a file where `path` or a
+    folder holding it would have to be (None: `path` is a folder, or can be made one). The root always exists."""
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    return None if existing.is_dir() else existing

@@ -213,6 +213,19 @@ def test_an_error_is_quoted_by_its_first_line_even_when_it_has_none():
     assert len(error_line(long, 50)) == len("RuntimeError: ") + 50
 
 
+def test_the_file_in_the_way_of_a_folder(tmp_path):
+    """One rule for every --out/--storage/--plots check (it was written three ways): the nearest existing path at
+    or above the given one, when it is not a folder."""
+    from sslsearch.errors import file_in_the_way
+
+    (tmp_path / "afile").write_text("mine")
+    (tmp_path / "folder").mkdir()
+    assert file_in_the_way(tmp_path / "afile" / "a" / "b") == tmp_path / "afile"
+    assert file_in_the_way(tmp_path / "afile") == tmp_path / "afile"
+    assert file_in_the_way(tmp_path / "folder") is None and file_in_the_way(tmp_path / "folder" / "new" / "x") is None
+    assert file_in_the_way(Path("/")) is None
+
+
 def test_an_experiment_file_without_a_space_uses_the_shipped_one_wherever_it_lives(tmp_path, monkeypatch):
     """`search.space` defaulted to `../search_spaces/barlow_hsic.yaml` next to the user's file: a file outside the
     repository (/tmp/partial.yaml) was refused with "search space file not found: /tmp/search_spaces/barlow_hsic.yaml"."""

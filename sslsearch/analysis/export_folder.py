@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from sslsearch.errors import InputError, shown_path
+from sslsearch.errors import InputError, file_in_the_way, shown_path
 
 BACKBONE_FILE = "backbone.pt"
 CARD_JSON = "model_card.json"
@@ -30,7 +30,7 @@ def check_export_folder(out: Path, force: bool) -> None:
     if here is not None and (out == here or out in here.parents):
         raise InputError(f"export folder {shown_path(out)} is the current folder or holds it; an export replaces its "
                          "folder whole: give a new folder, e.g. --out export")
-    blocked = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
+    blocked = file_in_the_way(out.parent)
     if blocked is not None:
         raise InputError(f"export folder {shown_path(out)} cannot be made: {shown_path(blocked)} is a file")
     if not out.is_dir():
