@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from sslsearch.errors import InputError, first_line
-from sslsearch.presets import experiment_names
+from sslsearch.presets import experiment_names, space_names
 
 QUOTED = 80   # characters of a bad flag value that its one-line error quotes
 # Bounds of the flags whose values only make sense within them: past them a value is a slip, not a plan.
@@ -28,6 +28,7 @@ MAX_CONFIRM_SEEDS = 1000   # confirm --seeds: n of the verdict; 1,000 seed block
 MAX_ROWS = 1_000_000       # leaderboard/report --top: rows per loss
 MAX_PORT = 65_535
 EXPERIMENT_HELP = f"experiment YAML, or a shipped experiment by name ({', '.join(experiment_names())}; default: digits)"
+SPACE_HELP = f"search-space YAML, or a shipped space by name ({', '.join(space_names())}; default: the experiment's search.space)"
 
 
 def _integer(low: int | None = None, high: int | None = None):
@@ -469,7 +470,7 @@ def _run_bench_augment(args) -> int:
 def _add_sweep(sub) -> None:
     p = sub.add_parser("sweep", help="run a hyperparameter sweep (default: the embedded digits experiment)")
     p.add_argument("experiment", nargs="?", default=None, help=EXPERIMENT_HELP)
-    p.add_argument("--space", default=None, help="search-space YAML (default: the experiment's search.space)")
+    p.add_argument("--space", default=None, help=SPACE_HELP)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a setting, e.g. --set pretrain.epochs=20 --set search.num_samples=32")
     p.add_argument("--name", default=None, help="sweep name (default: EXPERIMENT-TIME)")
@@ -528,14 +529,14 @@ def _storage(text: str) -> str:
 def _run_sweep(args) -> int:
     from sslsearch.errors import shown
     from sslsearch.records.store import check_store, default_tracking_uri
-    from sslsearch.search.experiment import check_machine, load_experiment, ray_address
+    from sslsearch.search.experiment import check_machine, load_experiment, ray_address, space_file
     from sslsearch.search.space import load_search_space
 
     if args.address:
         ray_address(args.address)
     overrides = list(args.overrides) + ([f"tracking.uri={args.tracking_uri}"] if args.tracking_uri else [])
     experiment = load_experiment(args.experiment, overrides)
-    space = load_search_space(args.space if args.space else experiment.space_path())
+    space = load_search_space(space_file(args.space, Path.cwd()) if args.space else experiment.space_path())
     name = args.name or f"{experiment.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     if not (name[:1].isalnum() and name.replace("-", "").replace("_", "").replace(".", "").isalnum()
             and len(name) <= MAX_NAME):
@@ -583,9 +584,9 @@ def _run_sweep(args) -> int:
         if claim is not None:  # refused or stopped before the sweep started: the name is free again
             abandon_claim(claim)
         if isinstance(error, KeyboardInterrupt) and claim is not None:
-            from sslsearch.search.folder import SWEEP_FILE
+            from sslsearch.search.folder import ray_state_saved
 
-            if (Path(storage) / name / SWEEP_FILE).is_file():   # the sweep started: `resume` continues it
+            if ray_state_saved(Path(storage) / name):   # Ray saved the sweep: `resume` continues it
                 return _interrupted(_command(args, "resume", name))
         raise
     if code in (0, 1, 3):
@@ -734,10 +735,11 @@ def _run_resume(args) -> int:
 
     storage = _storage(args.storage)
     if "://" not in storage:  # (a remote storage is checked by Ray)
-        from sslsearch.records.catalog import check_not_written, confirm_stage, find_folder, finished
+        from sslsearch.records.catalog import check_not_written, check_resumable, confirm_stage, find_folder, finished
 
         sweep = find_folder(storage, args.name)
         check_not_written(sweep, "resume")
+        check_resumable(sweep)
         if finished(sweep):
             print(f"sweep {args.name} has finished: every trial ended (and its confirmation stage, if any); "
                   "nothing to resume", flush=True)

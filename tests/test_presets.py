@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -15,7 +16,8 @@ import pytest
 from sslsearch import presets
 from sslsearch.cli import main
 from sslsearch.errors import InputError
-from sslsearch.search.experiment import load_experiment
+from sslsearch.search.experiment import load_experiment, space_file
+from sslsearch.search.space import load_search_space
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -34,8 +36,10 @@ def test_a_shipped_experiment_by_name(tmp_path, monkeypatch):
     assert experiment.pretrain.dataset == "cifar10" and experiment.space_path() == presets.DEFAULT_SPACE
 
 
-def test_a_file_of_that_name_comes_first(tmp_path, monkeypatch):
+def test_a_file_of_that_name_comes_first_a_folder_does_not(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "digits").mkdir()
+    assert load_experiment("digits").source == str(presets.DEFAULT_EXPERIMENT)
     (tmp_path / "cifar10_resnet18").write_text("name: mine\npretrain: {dataset: digits, epochs: 2, eval_every: 1}\n")
     experiment = load_experiment("cifar10_resnet18")
     assert experiment.name == "mine" and experiment.source == str(tmp_path / "cifar10_resnet18")
@@ -56,12 +60,39 @@ def test_the_command_line_names_the_shipped_experiments(tmp_path, monkeypatch, c
     assert not (tmp_path / "runs").exists()
 
 
+def test_a_copy_of_a_shipped_experiment_finds_its_space_anywhere(tmp_path):
+    """Found by review: the shipped experiments named `../search_spaces/barlow_hsic.yaml`, so a copy made to change
+    one (what the README suggests) was refused with "search space file not found: /tmp/search_spaces/..."."""
+    for name in presets.experiment_names():
+        copy = tmp_path / f"my_{name}.yaml"
+        copy.write_text((presets.EXPERIMENTS / f"{name}.yaml").read_text())
+        shipped = load_experiment(presets.EXPERIMENTS / f"{name}.yaml")
+        assert load_experiment(copy).space_path() == shipped.space_path()
+        assert shipped.space_path().parent == presets.SEARCH_SPACES
+
+
+def test_a_search_space_by_name_or_by_file(tmp_path):
+    assert space_file("official_recipe", tmp_path) == presets.SEARCH_SPACES / "official_recipe.yaml"
+    (tmp_path / "official_recipe").write_text("lr: {distribution: loguniform, low: 0.001, high: 0.1}\n")
+    assert space_file("official_recipe", tmp_path) == tmp_path / "official_recipe"   # a file of that name first
+    assert space_file("../x/barlow_hsic.yaml", tmp_path) == (tmp_path.parent / "x" / "barlow_hsic.yaml")
+    with pytest.raises(InputError, match=r"search space file not found: .*nosuch \(give a YAML file, or a shipped space "
+                                         r"by name: barlow_hsic, official_recipe\)"):
+        load_search_space(space_file("nosuch", tmp_path))
+    assert [p.name for p in load_search_space(space_file("barlow_hsic", tmp_path)).parameters]
+
+
 @pytest.mark.slow
 def test_an_installed_wheel_has_the_shipped_files(tmp_path):
     """A wheel built from the tree, installed into a folder of its own and imported from there (not from the
     checkout): the default experiment, its search space, the replay table and every shipped experiment load.
     Before the files moved into the package, an installed copy looked for them beside site-packages."""
-    build = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path / "wheel"), str(ROOT)]
+    # Built from a copy of the tree without earlier builds' output: setuptools puts all of an existing build/lib into
+    # a wheel, which would hide a package-data table that lost an entry.
+    source = tmp_path / "source"
+    shutil.copytree(ROOT, source, symlinks=True, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", "runs", "data"))
+    build = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path / "wheel"), str(source)]
     try:
         import setuptools  # noqa: F401 — present: build without fetching it again
         build.insert(5, "--no-build-isolation")

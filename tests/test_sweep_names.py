@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from sslsearch.errors import InputError
 from sslsearch.records import catalog
-from sslsearch.search.folder import SWEEP_FILE
+from sslsearch.search.folder import RAY_TUNER_FILE, STUDY_FILE, SWEEP_FILE
 from sslsearch.search.sweeplock import abandon_claim, claim_sweep_folder
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,10 +52,15 @@ def refused(*argv, cwd=None) -> str:
     return lines[0].removeprefix("sslsearch: error: ")
 
 
-def write_sweep_file(folder: Path, name: str, num_samples: int = 2) -> None:
+def write_sweep_file(folder: Path, name: str, num_samples: int = 2, ray_saved: bool = False) -> None:
+    """The sweep file run_sweep writes; with `ray_saved`, also stand-ins for Ray's first save (its Tuner and an
+    experiment state that holds no trial yet), which make the sweep one `resume` can continue."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / SWEEP_FILE).write_text(json.dumps({"name": name, "experiment": {"search": {"num_samples": num_samples},
                                                                               "tracking": {"uri": None}}}))
+    if ray_saved:
+        (folder / RAY_TUNER_FILE).write_bytes(b"")
+        (folder / "experiment_state-0000.json").write_text("{}")
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +75,7 @@ def records(tmp_path_factory):
     storage = tmp_path_factory.mktemp("records")
     experiment = tiny()
     for sweep, reports in (("old", (40.0, 81.0, 90.5)), ("fresh", (40.0,))):
-        write_sweep_file(storage / sweep, sweep)
+        write_sweep_file(storage / sweep, sweep, ray_saved=True)
         tracking = MlflowTracking(experiment, load_search_space(experiment.space_path()), sweep=sweep, storage=str(storage))
         tracking.setup()
         for trial_id, loss in ((f"{sweep}01", "barlow"), (f"{sweep}02", "hsic")):
@@ -179,8 +184,14 @@ def test_a_claimed_folder_that_never_started_a_sweep_is_given_back(tmp_path):
     abandon_claim(lock)
     assert list(tmp_path.iterdir()) == []  # the name is free again, nothing half-made is left
     lock = claim_sweep_folder(tmp_path / "X", "X")
-    (tmp_path / "X" / SWEEP_FILE).write_text("{}")
-    abandon_claim(lock)  # a sweep was written: the folder stays, unlocked
+    for name in (SWEEP_FILE, STUDY_FILE, RAY_TUNER_FILE):   # what a sweep writes before Ray's first save
+        (tmp_path / "X" / name).write_text("{}")
+    abandon_claim(lock)  # stopped before Ray saved it: nothing to resume, so nothing is kept and the name is free
+    assert list(tmp_path.iterdir()) == []
+    lock = claim_sweep_folder(tmp_path / "X", "X")
+    for name in (SWEEP_FILE, STUDY_FILE, RAY_TUNER_FILE, "experiment_state-2026-12-07_13-00-00.json"):
+        (tmp_path / "X" / name).write_text("{}")
+    abandon_claim(lock)  # Ray saved the sweep: the folder stays, unlocked, for `resume`
     assert (tmp_path / "X" / SWEEP_FILE).is_file() and catalog.writer(tmp_path / "X") is None
     with pytest.raises(InputError, match="a sweep named 'X' already exists"):
         claim_sweep_folder(tmp_path / "X", "X")
@@ -188,6 +199,19 @@ def test_a_claimed_folder_that_never_started_a_sweep_is_given_back(tmp_path):
     with pytest.raises(InputError, match="holds no sweep; remove it or choose another --name"):
         claim_sweep_folder(tmp_path / "Y", "Y")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["X", "Y"]
+
+
+def test_a_sweep_stopped_before_rays_first_save_is_not_sent_to_resume(tmp_path):
+    """Found by review: a sweep stopped between its sweep file and Ray's first save (a Ctrl-C while the searcher was
+    built, or a SIGKILL) left a folder that `sweep --name` called unfinished, sending the user to `resume`, and that
+    `resume` did not know ("no sweep named"): each command sent the user to the other."""
+    write_sweep_file(tmp_path / "s", "s")
+    line = refused("sweep", "--name", "s", "--storage", tmp_path)
+    assert line == (f"a sweep named 's' in {tmp_path} was stopped before Ray first saved it: there is nothing to resume; "
+                    f"remove its folder {tmp_path / 's'} or choose another --name"), line
+    line = refused("resume", "s", "--storage", tmp_path)
+    assert line == (f"sweep 's' was stopped before Ray first saved it: there is nothing to resume; remove its folder "
+                    f"{tmp_path / 's'} and start it again"), line
 
 
 def test_a_confirmation_started_with_other_settings_is_named_as_it_stands(tmp_path):

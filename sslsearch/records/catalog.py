@@ -16,10 +16,10 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
-from sslsearch.errors import InputError
+from sslsearch.errors import InputError, shown_path
 from sslsearch.records.schema import EXPERIMENT_NAME, OUTCOME, ROLE, STAGE, SWEEP, SWEEP_ROLE, TRIAL_ROLE
 from sslsearch.records.store import default_tracking_uri, sqlite_path
-from sslsearch.search.folder import CONFIRM_DIR, OUTBOX_FILE, PLAN_FILE, SWEEP_FILE
+from sslsearch.search.folder import CONFIRM_DIR, OUTBOX_FILE, PLAN_FILE, SWEEP_FILE, ray_state_saved
 from sslsearch.search.outcomes import FINISHED
 from sslsearch.search.sweeplock import describe_writer, name_taken, refuse_while_starting, writer
 
@@ -60,6 +60,15 @@ def find_folder(storage: str, name: str) -> SweepFolder:
     raise InputError(f"no sweep named {name!r} in {storage}; known sweeps: {known_text(sweep_folders(storage))}")
 
 
+NEVER_SAVED = "was stopped before Ray first saved it: there is nothing to resume; remove its folder"
+
+
+def check_resumable(sweep: SweepFolder) -> None:
+    """InputError (one line) for a sweep stopped between its sweep file and Ray's first save: Ray cannot restore it."""
+    if not ray_state_saved(sweep.path):
+        raise InputError(f"sweep {sweep.name!r} {NEVER_SAVED} {shown_path(sweep.path)} and start it again")
+
+
 def check_not_written(sweep: SweepFolder, action: str) -> None:
     """InputError (one line) while another process writes the sweep (`action`: what this command would do)."""
     if sweep.writer is not None:
@@ -76,6 +85,9 @@ def check_new_name(storage: str, name: str, tracking_uri: str | None) -> None:
         if finished(sweep):
             raise InputError(f"a sweep named {name!r} already exists in {storage} and has finished (its results: "
                              f"`sslsearch leaderboard {name}`); choose another --name")
+        if not ray_state_saved(path):   # stopped (or killed) before Ray's first save: nothing for `resume`
+            raise InputError(f"a sweep named {name!r} in {storage} {NEVER_SAVED} {shown_path(path)} or choose "
+                             "another --name")
         raise InputError(f"a sweep named {name!r} already exists in {storage} and did not finish; continue it with "
                          f"`sslsearch resume {name}` or choose another --name")
     if path.exists():

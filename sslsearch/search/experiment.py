@@ -21,7 +21,7 @@ import yaml
 
 from sslsearch.errors import InputError, shown, shown_path
 from sslsearch.method.config import PretrainConfig, visible_gpus
-from sslsearch.presets import DEFAULT_EXPERIMENT, DEFAULT_SPACE, experiment_names, shipped_experiment
+from sslsearch.presets import DEFAULT_EXPERIMENT, DEFAULT_SPACE, experiment_names, shipped_experiment, shipped_space
 from sslsearch.search.rungs import rung_epochs
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]   # a checkout's root (benchmarks/, docs/); not in an installed copy
@@ -99,9 +99,9 @@ class Experiment:
 
     def space_path(self) -> Path:
         """The search-space file: `search.space` relative to the experiment file's folder (an absolute one, such as the
-        default DEFAULT_SPACE, as it is)."""
-        base = Path(self.source).parent if self.source else Path.cwd()
-        return (base / self.search.space).resolve()
+        default DEFAULT_SPACE, as it is), or a shipped space by its name (`barlow_hsic`) when no file of that name is
+        there."""
+        return space_file(self.search.space, Path(self.source).parent if self.source else Path.cwd())
 
 
 _SECTIONS = {"search": SearchSettings, "scheduler": SchedulerSettings, "resources": ResourceSettings,
@@ -349,13 +349,23 @@ def experiment_from_dict(raw: dict, source: str | None) -> Experiment:
     return Experiment(name=str(raw.get("name") or origin.stem), pretrain=pretrain, source=source, **sections)
 
 
+def space_file(space: str | Path, base: Path) -> Path:
+    """The search-space file `space` names, relative to `base`: a file, or a shipped space by its name alone when no file
+    of that name is there (then as it is: loading it names what is missing)."""
+    path = base / space
+    if not os.path.lexists(path) and (shipped := shipped_space(str(space))) is not None:
+        return shipped
+    return path.resolve()
+
+
 def experiment_path(path: str | Path | None) -> Path:
     """The experiment file `path` names, absolute: a file, or a shipped experiment by its name (`digits`) when no file
-    of that name is there; None is the embedded default. InputError (one line, naming the shipped ones) if neither."""
+    of that name is there (a folder of that name does not count); None is the embedded default. InputError (one line,
+    naming the shipped ones) if neither."""
     if path is None:
         return DEFAULT_EXPERIMENT
-    if not os.path.lexists(path):
-        shipped = shipped_experiment(str(path))
+    shipped = shipped_experiment(str(path))
+    if not os.path.lexists(path) or (shipped is not None and os.path.isdir(path)):   # (a folder is never an experiment)
         if shipped is None:
             raise InputError(f"experiment file not found: {shown_path(path)} (give a YAML file, or a shipped experiment by "
                              f"name: {', '.join(experiment_names())})")

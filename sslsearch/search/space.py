@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sslsearch.errors import InputError, shown, shown_path
 from sslsearch.method.config import PretrainConfig
+from sslsearch.presets import space_names
 from sslsearch.search.experiment import build_section, read_yaml_file, resolved
 
 if TYPE_CHECKING:
@@ -140,5 +142,8 @@ def check_space(space: SearchSpace, experiment) -> None:
 def load_search_space(path: str | Path) -> SearchSpace:
     """Read and validate a search-space YAML file."""
     path = resolved(path, "search space file")
+    if not os.path.lexists(path):
+        raise InputError(f"search space file not found: {shown_path(path)} (give a YAML file, or a shipped space by name: "
+                         f"{', '.join(space_names())})")
     raw = read_yaml_file(path, "search space")
     return dataclasses.replace(parse_search_space(raw, path.name), source=str(path))

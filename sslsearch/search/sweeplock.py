@@ -22,7 +22,16 @@ import time
 from pathlib import Path
 
 from sslsearch.errors import InputError, shown_path
-from sslsearch.search.folder import LOCK_FILE, OUTBOX_FILE, RAY_EXPERIMENT_STATE, RAY_PICKLED_STATES, SWEEP_FILE
+from sslsearch.search.folder import (
+    LOCK_FILE,
+    OUTBOX_FILE,
+    RAY_EXPERIMENT_STATE,
+    RAY_PICKLED_STATES,
+    RAY_TUNER_FILE,
+    STUDY_FILE,
+    SWEEP_FILE,
+    ray_state_saved,
+)
 
 HEARTBEAT_S = 10.0
 STALE_S = 6 * HEARTBEAT_S  # a holder on another host that has not beaten for this long is gone
@@ -53,11 +62,14 @@ def claim_sweep_folder(path: Path, name: str) -> SweepLock:
 
 
 def abandon_claim(lock: SweepLock) -> None:
-    """Release a claimed sweep folder, and remove it if no sweep was written into it (refused or stopped
-    before it started), so that the name is free again and nothing half-made is left."""
+    """Release a claimed sweep folder, and remove it if Ray never saved a sweep there (refused, or stopped before
+    Ray's first save: nothing `resume` could continue), so that the name is free again and nothing half-made is left.
+    What a sweep writes before that save goes with it; anything else keeps the folder."""
     folder = lock.path.parent
-    started = (folder / SWEEP_FILE).exists()
+    started = ray_state_saved(folder)
     if not started:
+        for name in (SWEEP_FILE, STUDY_FILE, RAY_TUNER_FILE):
+            (folder / name).unlink(missing_ok=True)
         lock.path.unlink(missing_ok=True)
     lock.release()
     if not started:
