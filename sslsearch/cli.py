@@ -315,7 +315,8 @@ def _add_bench_train(bench) -> None:
     s.add_argument("--replay", action="store_true",
                    help="replay the search on a table of real learning curves (the sweep's own searcher and scheduler, "
                         "simulated trials): many seeds in minutes, with 95%% intervals")
-    s.add_argument("--table", default=None, help="the replay table (default: sslsearch/presets/replay/digits_table.npz)")
+    s.add_argument("--table", default=None,
+                   help="the replay table (default: the shipped digits table, presets/replay/digits_table.npz in the package)")
     s.add_argument("--replay-seeds", type=_positive_int, default=50, help="replayed sweeps per method (default: 50)")
     s.add_argument("--json", action="store_true", help="print the figures as JSON")
     s.set_defaults(run=_run_bench_search)

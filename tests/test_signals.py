@@ -163,7 +163,9 @@ def test_a_second_ctrl_c_still_names_the_command_that_continues(tmp_path):
     storage = tmp_path / "runs"
     program = r"\S+ -m sslsearch\.cli"
     try:
-        sweep = Command(["sweep", "--name", "t", "--storage", str(storage), *TINY], tmp_path, env, background=False)
+        # 4 epochs, not 8: the first signal comes at the first report (epoch 0), and the resume below runs the rest.
+        sweep = Command(["sweep", "--name", "t", "--storage", str(storage), *TINY, "--set", "pretrain.epochs=4"],
+                        tmp_path, env, background=False)
         sweep.wait_for(lambda: _reported(storage / "t"), "first report")
         os.kill(sweep.pid, signal.SIGINT)
         # Ray's handler has run once it logs this line, and has put the default one back: the next SIGINT raises.
