@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from sslsearch.errors import InputError, first_line
-from sslsearch.presets import experiment_names, space_names
+from sslsearch.presets import EXPERIMENTS, SEARCH_SPACES, experiment_names, space_names
 
 QUOTED = 80   # characters of a bad flag value that its one-line error quotes
 # Bounds of the flags whose values only make sense within them: past them a value is a slip, not a plan.
@@ -27,8 +27,11 @@ MAX_CONFIRM_TOP = 50       # confirm --top: each setting costs 2 × --seeds tria
 MAX_CONFIRM_SEEDS = 1000   # confirm --seeds: n of the verdict; 1,000 seed blocks is beyond any paper's
 MAX_ROWS = 1_000_000       # leaderboard/report --top: rows per loss
 MAX_PORT = 65_535
-EXPERIMENT_HELP = f"experiment YAML, or a shipped experiment by name ({', '.join(experiment_names())}; default: digits)"
-SPACE_HELP = f"search-space YAML, or a shipped space by name ({', '.join(space_names())}; default: the experiment's search.space)"
+# The shipped files' folder too: in an installed copy it is the only way to find one to copy and change.
+EXPERIMENT_HELP = (f"experiment YAML, or a shipped experiment by name ({', '.join(experiment_names())}; default: digits; "
+                   f"their files, to copy and change: {EXPERIMENTS})")
+SPACE_HELP = (f"search-space YAML, or a shipped space by name ({', '.join(space_names())}; default: the experiment's "
+              f"search.space; their files: {SEARCH_SPACES})")
 
 
 def _integer(low: int | None = None, high: int | None = None):

@@ -54,6 +54,10 @@ def test_no_file_and_no_shipped_experiment_of_that_name(given, tmp_path, monkeyp
 
 def test_the_command_line_names_the_shipped_experiments(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit):
+        main(["sweep", "--help"])
+    shown = "".join(capsys.readouterr().out.split())   # (argparse wraps the help, long paths mid-word too)
+    assert "".join(str(presets.EXPERIMENTS).split()) in shown   # the folder to copy one from, in an installed copy too
     assert main(["sweep", "nosuch", "--storage", str(tmp_path / "runs")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and all(name in err for name in presets.experiment_names())
