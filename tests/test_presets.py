@@ -75,6 +75,17 @@ def test_a_copy_of_a_shipped_experiment_finds_its_space_anywhere(tmp_path):
         assert shipped.space_path().parent == presets.SEARCH_SPACES
 
 
+def test_a_shipped_experiment_reads_its_data_from_the_working_folder(tmp_path, monkeypatch):
+    """Found reading the change: the shipped files said `data_dir: ../data` (relative to themselves), which meant the
+    repository's data/ until they moved into the package, and then a folder inside the package (in an installed copy,
+    inside site-packages). They name no data folder now: ./data of the working folder, as `sslsearch pretrain`."""
+    monkeypatch.chdir(tmp_path)
+    for name in presets.experiment_names():
+        data_dir = load_experiment(name).pretrain.data_dir
+        if data_dir is not None:   # (digits is bundled)
+            assert data_dir == str(tmp_path.resolve() / "data"), (name, data_dir)
+
+
 def test_a_search_space_by_name_or_by_file(tmp_path):
     assert space_file("official_recipe", tmp_path) == presets.SEARCH_SPACES / "official_recipe.yaml"
     (tmp_path / "official_recipe").write_text("lr: {distribution: loguniform, low: 0.001, high: 0.1}\n")
