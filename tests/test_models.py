@@ -28,6 +28,19 @@ def test_the_torch_free_config_names_exactly_the_registered_backbones():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+@pytest.mark.slow
+def test_a_trial_process_imports_torchvision_only_to_build_a_resnet():
+    """What a sweep's trial imports, and a small_cnn built and zero-initialised, leave torchvision unimported
+    (3.5 s and 160 MB per process here); a ResNet still gets torchvision's blocks, zero-initialised."""
+    code = ("import sys\nimport sslsearch.search.trainable\n"
+            "from sslsearch.method.models import build_backbone, zero_init_residual\n"
+            "zero_init_residual(build_backbone('small_cnn', 8))\nprint('torchvision' in sys.modules)\n"
+            "model = zero_init_residual(build_backbone('resnet18', 32))\n"
+            "print('torchvision' in sys.modules, type(model).__module__, float(model.layer1[0].bn2.weight.abs().sum()))\n")
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    assert out.splitlines() == ["False", "True torchvision.models.resnet 0.0"], out
+
+
 @pytest.mark.parametrize("name,dim", [("resnet18", 512), ("resnet34", 512), ("resnet50", 2048)])
 def test_resnet_stem_and_maxpool_follow_the_reference(name, dim):
     small = build_backbone(name, 32)
