@@ -19,7 +19,7 @@ from pathlib import Path
 from sslsearch.errors import InputError, shown_path
 from sslsearch.records.schema import EXPERIMENT_NAME, OUTCOME, ROLE, STAGE, SWEEP, SWEEP_ROLE, TRIAL_ROLE
 from sslsearch.records.store import default_tracking_uri, sqlite_path
-from sslsearch.search.folder import CONFIRM_DIR, OUTBOX_FILE, PLAN_FILE, SWEEP_FILE, ray_state_saved
+from sslsearch.search.folder import CONFIRM_DIR, OUTBOX_FILE, PLAN_FILE, RAY_EXPERIMENT_STATE, SWEEP_FILE, ray_state_saved
 from sslsearch.search.outcomes import FINISHED
 from sslsearch.search.sweeplock import describe_writer, name_taken, refuse_while_starting, writer
 
@@ -105,7 +105,7 @@ def known_text(sweeps) -> str:
 
 def trial_statuses(folder: Path) -> list[str] | None:
     """Each trial's status as Ray last saved the run in `folder` (the newest experiment_state file); None if unreadable."""
-    states = sorted(glob.glob(str(folder / "experiment_state-*.json")))
+    states = sorted(glob.glob(str(folder / RAY_EXPERIMENT_STATE)))
     if not states:
         return None
     try:

@@ -175,7 +175,8 @@ def recover_saved_state(folder: Path, name: str) -> None:
 
 def _set_aside(folder: Path, newest: dict[str, Path], *also: str) -> Path:
     """Move the files of Ray's newest save (and the files named `also`) to `damaged-state-<session>/`; that folder."""
-    session = newest[RAY_EXPERIMENT_STATE].name[len("experiment_state-"):-len(".json")]
+    prefix, suffix = RAY_EXPERIMENT_STATE.split("*")
+    session = newest[RAY_EXPERIMENT_STATE].name[len(prefix):-len(suffix)]
     aside = folder / f"damaged-state-{session}"
     aside.mkdir(exist_ok=True)
     for path in newest.values():
