@@ -6,7 +6,9 @@ import json
 import os
 import pickle
 import signal
+import threading
 import time
+import traceback
 import types
 from pathlib import Path
 from urllib.parse import urlparse
@@ -119,11 +121,13 @@ def server_sweep(ray_session, mlflow_server, tmp_path_factory):
     experiment = tiny()
     space = load_search_space(experiment.space_path())
     check_tracking(mlflow_server, sweep="sv")
-    original, sent = requests.Session.request, []
+    original, sent, probes = requests.Session.request, [], []
 
     def counting_request(self, method, url, *args, **kwargs):
         if urlparse(url).netloc == urlparse(mlflow_server).netloc:  # not MLflow's own telemetry
             sent.append((method, urlparse(url).path))
+            if urlparse(url).path.endswith("/server-info"):
+                probes.append(f"thread {threading.current_thread().name}:\n" + "".join(traceback.format_stack()[-14:]))
         return original(self, method, url, *args, **kwargs)
 
     with pytest.MonkeyPatch.context() as patch:
@@ -131,7 +135,7 @@ def server_sweep(ray_session, mlflow_server, tmp_path_factory):
         tracking = MlflowTracking(experiment, space, sweep="sv", storage=storage, tracking_uri=mlflow_server)
         summary = run_sweep(experiment, space, name="sv", storage=storage, callbacks=[tracking])
     return types.SimpleNamespace(uri=mlflow_server, name="sv", storage=storage, summary=summary, sent=sent,
-                                 experiment=experiment)
+                                 probes=probes, experiment=experiment)
 
 
 @pytest.mark.slow
@@ -200,6 +204,11 @@ def test_one_batched_request_per_report(server_sweep):
         improvements += sum(v > max(history[1:i], default=-float("inf")) for i, v in enumerate(history) if i > 0)
     kinds = collections.Counter("artifact upload" if "/mlflow-artifacts/" in path else f"{method} {path.split('/mlflow/')[-1]}"
                                 for method, path in server_sweep.sent)
+    # MLflow's client may ask the server's capabilities once per process (cached; multipart transfers, workspaces,
+    # telemetry): not a request of ours, and whether it falls inside this count depends on what the process did
+    # before. Two CI rehearsals of 2026-12-07 saw one inside it; the stack says from where, if ever more than one.
+    assert kinds.pop("GET server-info", 0) <= 1, "\n".join(server_sweep.probes)
+    print("".join(f"\nMLflow's capability probe, from {probe}" for probe in server_sweep.probes))
     # Parent params; per trial: params, final tags; the parent's best_val_acc_<loss> once per finished trial and at the end.
     summaries = trials + 1  # every trial of this sweep finishes
     assert kinds["POST runs/log-batch"] == 1 + reports + 2 * trials + summaries, kinds
