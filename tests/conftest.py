@@ -7,9 +7,8 @@ import os
 import pytest
 
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-# MLflow's telemetry thread would otherwise run in every test process: mlflow, imported while pytest collects, looks
-# for PYTEST_CURRENT_TEST only then, before it is set. Its one GET server-info to the tracking server of the moment
-# fell once inside test_tracking's count of the driver's requests (CI rehearsal of 2026-12-07, 17:11 UTC).
+# MLflow's telemetry thread would otherwise run in every test process (tests send nothing out): mlflow, imported while
+# pytest collects, looks for PYTEST_CURRENT_TEST only then, before it is set.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 

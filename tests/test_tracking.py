@@ -204,9 +204,9 @@ def test_one_batched_request_per_report(server_sweep):
         improvements += sum(v > max(history[1:i], default=-float("inf")) for i, v in enumerate(history) if i > 0)
     kinds = collections.Counter("artifact upload" if "/mlflow-artifacts/" in path else f"{method} {path.split('/mlflow/')[-1]}"
                                 for method, path in server_sweep.sent)
-    # MLflow's client may ask the server's capabilities once per process (cached; multipart transfers, workspaces,
-    # telemetry): not a request of ours, and whether it falls inside this count depends on what the process did
-    # before. Two CI rehearsals of 2026-12-07 saw one inside it; the stack says from where, if ever more than one.
+    # MLflow ≥ 3.18's artifact client asks the server's capabilities (GET server-info) before its first upload and
+    # caches the answer: one request per sweep, not per report (CI of 2026-12-07 with mlflow 3.18.0: from the sender's
+    # `log_artifacts` of the sweep's files; 3.17 never asks). The stack says from where, should there be more.
     assert kinds.pop("GET server-info", 0) <= 1, "\n".join(server_sweep.probes)
     print("".join(f"\nMLflow's capability probe, from {probe}" for probe in server_sweep.probes))
     # Parent params; per trial: params, final tags; the parent's best_val_acc_<loss> once per finished trial and at the end.
