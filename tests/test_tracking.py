@@ -124,9 +124,10 @@ def server_sweep(ray_session, mlflow_server, tmp_path_factory):
     original, sent, probes = requests.Session.request, [], []
 
     def counting_request(self, method, url, *args, **kwargs):
-        if urlparse(url).netloc == urlparse(mlflow_server).netloc:  # not MLflow's own telemetry
-            sent.append((method, urlparse(url).path))
-            if urlparse(url).path.endswith("/server-info"):
+        parts = urlparse(url)
+        if parts.netloc == urlparse(mlflow_server).netloc:  # not MLflow's own telemetry
+            sent.append((method, parts.path))
+            if parts.path.endswith("/server-info"):
                 probes.append(f"thread {threading.current_thread().name}:\n" + "".join(traceback.format_stack()[-14:]))
         return original(self, method, url, *args, **kwargs)
 
@@ -208,7 +209,6 @@ def test_one_batched_request_per_report(server_sweep):
     # caches the answer: one request per sweep, not per report (CI of 2026-12-07 with mlflow 3.18.0: from the sender's
     # `log_artifacts` of the sweep's files; 3.17 never asks). The stack says from where, should there be more.
     assert kinds.pop("GET server-info", 0) <= 1, "\n".join(server_sweep.probes)
-    print("".join(f"\nMLflow's capability probe, from {probe}" for probe in server_sweep.probes))
     # Parent params; per trial: params, final tags; the parent's best_val_acc_<loss> once per finished trial and at the end.
     summaries = trials + 1  # every trial of this sweep finishes
     assert kinds["POST runs/log-batch"] == 1 + reports + 2 * trials + summaries, kinds
